@@ -1,0 +1,99 @@
+//! `Site`: a Kubernetes cluster running KubeVirt where VMs run, and how to reach it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::SecretKeyRef;
+
+/// A place where VMs run: a cluster with KubeVirt, VolSync and CSI snapshots.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "coldsite.io",
+    version = "v1alpha1",
+    kind = "Site",
+    plural = "sites",
+    shortname = "site",
+    category = "coldsite",
+    status = "SiteStatus",
+    cel,
+    printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Reachable\")].status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"KubeVirt","type":"boolean","jsonPath":".status.capabilities.kubevirt"}"#,
+    printcolumn = r#"{"name":"VolSync","type":"boolean","jsonPath":".status.capabilities.volsync"}"#,
+    printcolumn = r#"{"name":"Last Probe","type":"date","jsonPath":".status.lastProbeTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteSpec {
+    /// How to reach the site's cluster. Left out, the site is the management cluster itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<SiteCluster>,
+    /// Storage for restored disks and recovery points at this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<SiteStorage>,
+    /// Namespace where test-failover VMs are created at this site.
+    #[serde(default = "default_test_namespace")]
+    #[x_kube(validation = crate::rules::dns_label("spec.testNamespace"))]
+    #[schemars(length(max = 63))]
+    pub test_namespace: String,
+}
+
+fn default_test_namespace() -> String {
+    "coldsite-test".into()
+}
+
+/// Connection to a site cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteCluster {
+    /// A Secret on the management cluster holding a kubeconfig for the site.
+    pub kubeconfig_secret_ref: SecretKeyRef,
+}
+
+/// Storage classes used at a site.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteStorage {
+    /// StorageClass for restored disks and replication destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub storage_class_name: Option<String>,
+    /// VolumeSnapshotClass for recovery points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub volume_snapshot_class_name: Option<String>,
+}
+
+/// Observed state of a site.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteStatus {
+    /// `Reachable` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the site was last probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    /// What the site has installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<SiteCapabilities>,
+    /// The generation the status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The platform pieces found at a site.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteCapabilities {
+    /// KubeVirt's `kubevirt.io/v1` API is served.
+    pub kubevirt: bool,
+    /// VolSync's `volsync.backube/v1alpha1` API is served.
+    pub volsync: bool,
+    /// CSI snapshots (`snapshot.storage.k8s.io/v1`) are served.
+    pub snapshots: bool,
+    /// The site's Kubernetes version, as `/version` reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+}

@@ -1,0 +1,60 @@
+//! The `validate` command as a CI job would run it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn validate(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))
+        .arg("validate")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn exchange_example_is_valid() {
+    let (ok, out) = validate(&["examples/exchange"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("9 coldsite object(s)"), "{out}");
+    assert!(
+        out.contains("✓ examples/exchange/30-recovery-plan.yaml: RecoveryPlan exchange"),
+        "{out}"
+    );
+}
+
+#[test]
+fn each_invalid_example_fails_with_its_message() {
+    for entry in std::fs::read_dir(repo().join("examples/invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .unwrap();
+        let (ok, out) = validate(&[path.to_str().unwrap()]);
+        assert!(!ok, "{} passed validation", path.display());
+        assert!(
+            out.contains(expect),
+            "{}: {expect:?} not in:\n{out}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn a_missing_path_is_an_error_not_a_pass() {
+    let (ok, _) = validate(&["examples/no-such-folder"]);
+    assert!(!ok);
+}

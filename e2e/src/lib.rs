@@ -1,0 +1,1 @@
+//! The real control plane harness and end-to-end tests (work in progress).
