@@ -318,6 +318,7 @@ pub struct VmRunStatus {
     /// The RecoveryRun's UID, so a rerun of the same name is told apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<RunAction>,
     /// The recovery point actually used.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -170,7 +170,8 @@ impl RunPhase {
     }
 }
 
-/// What a step does.
+/// What a step does. Group steps are barriers that mark a group's progress; VM steps are
+/// recorded in the ProtectedVM's `status.lastRun`.
 #[derive(
     Serialize,
     Deserialize,
@@ -185,36 +186,50 @@ impl RunPhase {
     schemars::JsonSchema,
 )]
 pub enum StepKind {
-    /// Stop a group's source VMs (planned actions).
+    /// Group: every source VM of the group has stopped (planned actions).
     Shutdown,
-    /// A last replication sync after the sources stopped.
-    FinalSync,
+    /// Group: the groups it depends on are done and its pre actions have run.
+    Start,
+    /// Group: every VM of the group is up.
+    Ready,
+    /// Group: ready, and its post actions have run.
+    Done,
     /// A pre or post Job script.
     Job,
     /// A pre or post webhook.
     Webhook,
     /// A manual gate.
     Manual,
-    /// A group's VMs: restore, create, power on. Counted per VM in `groups`.
-    Recover,
-    /// A group's readiness checks.
-    Readiness,
-    /// Discard the other recovery points (Commit).
-    Commit,
-    /// Reverse replication (Reprotect).
-    Reverse,
-    /// One VM's part: restore disks.
-    RestoreDisks,
-    /// One VM's part: create the recovered VirtualMachine.
-    CreateVm,
-    /// One VM's part: start it.
-    PowerOn,
-    /// One VM's part: wait until it is up.
-    VmReady,
-    /// One VM's part: stop the source copy.
+    /// VM: stop the source copy.
     PowerOff,
-    /// Remove what a test created.
+    /// VM: confirm the source copy is not running (unplanned failover without shutdown).
+    CheckSource,
+    /// VM: a last replication sync after the source stopped.
+    FinalSync,
+    /// VM: restore the disks from a recovery point.
+    RestoreDisks,
+    /// VM: create the recovered VirtualMachine, halted.
+    CreateVm,
+    /// VM: start the recovered copy.
+    PowerOn,
+    /// VM: wait until it is up, as the group's readiness says.
+    VmReady,
+    /// VM: discard the other recovery points (Commit).
+    Commit,
+    /// VM: replicate back from the active site (Reprotect).
+    ReverseReplication,
+    /// Remove what a test created at a site.
     Cleanup,
+}
+
+impl StepKind {
+    /// Steps that only mark progress and complete as soon as their dependencies do.
+    pub fn is_barrier(self) -> bool {
+        matches!(
+            self,
+            StepKind::Shutdown | StepKind::Start | StepKind::Ready | StepKind::Done
+        )
+    }
 }
 
 /// Where a step stands.
@@ -262,6 +277,7 @@ pub struct StepStatus {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<StepKind>,
     /// What it acts on: an action name, a VM, a site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +289,9 @@ pub struct StepStatus {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// The recovery point the step used or produced (restore, final sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<Time>,
     /// When the next attempt may start, after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,

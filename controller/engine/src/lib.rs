@@ -1,1 +1,19 @@
-//! placeholder
+//! coldsite's pure core. It decides everything that happens in a failover and touches no
+//! Kubernetes client: validation turns API objects into a domain model, the planner turns a
+//! plan into a step graph, the executor drives that graph from persisted state and
+//! observations, and the `Fabric` trait is the one seam to the platform.
+
+pub mod cloudinit;
+pub mod driver;
+pub mod executor;
+pub mod fabric;
+pub mod model;
+pub mod planner;
+pub mod reip;
+pub mod rpo;
+pub mod sim;
+pub mod simulation;
+pub mod source_vm;
+pub mod synthetic;
+pub mod time;
+pub mod validate;

@@ -1,0 +1,484 @@
+//! The driver: the imperative shell around the executor. Each pass polls the fabric for the
+//! steps that are due, feeds what it saw to the executor, starts what the executor says and
+//! saves the records that changed. The operator runs one pass per reconcile; the simulator
+//! runs passes on a virtual clock.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use chrono::{DateTime, Utc};
+use coldsite_api::RunAction;
+use coldsite_api::recovery_plan::ScriptSite;
+use coldsite_api::recovery_run::{RecoveryPointSelector, StepKind};
+use futures::StreamExt;
+
+use crate::cloudinit;
+use crate::executor::{
+    Command, Executor, Observation, Outcome, RunInputs, StepRecord, chrono_duration,
+};
+use crate::fabric::{
+    Fabric, FabricError, FailureKind, Progress, RecoveredNic, Recovery, RecoveryPoint, RunRef,
+    ScriptLocation, ScriptRequest,
+};
+use crate::model::{ActionModel, Direction, PlanModel};
+use crate::planner::{SiteRole, StepGraph, StepIdx};
+use crate::rpo;
+
+/// The fixed inputs of a run.
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    pub plan: PlanModel,
+    pub run: RunRef,
+    pub recovery_point: RecoveryPointSelector,
+}
+
+impl RunContext {
+    pub fn is_test(&self) -> bool {
+        self.run.action == RunAction::TestFailover
+    }
+
+    /// What the recovered copy of a VM looks like for this run.
+    pub fn recovery(&self, vm: usize) -> Result<Recovery<'_>, FabricError> {
+        let model = &self.plan.vms[vm];
+        let (source, target) = self.plan.sites(self.run.direction);
+        let test = self.is_test();
+        let nics: Vec<RecoveredNic> = model
+            .nics
+            .iter()
+            .map(|n| {
+                let (network, plan) = match (self.run.direction, test) {
+                    (Direction::Forward, true) => (
+                        n.test_network
+                            .clone()
+                            .unwrap_or_else(|| n.target_network.clone()),
+                        &n.test,
+                    ),
+                    (Direction::Forward, false) => (n.target_network.clone(), &n.recovered),
+                    (Direction::Reverse, _) => (n.source_network.clone(), &n.returned),
+                };
+                RecoveredNic {
+                    name: n.name.clone(),
+                    mac: n.mac.clone(),
+                    network,
+                    plan: plan.clone(),
+                }
+            })
+            .collect();
+        let plans: Vec<_> = nics.iter().map(|n| n.plan.clone()).collect();
+        let network_data = cloudinit::render_network_config(&plans)
+            .map_err(|e| FabricError::permanent(format!("VM {}: network data: {e}", model.name)))?;
+        Ok(Recovery {
+            run: &self.run,
+            vm: model,
+            source,
+            target,
+            namespace: if test {
+                target.test_namespace.clone()
+            } else {
+                model.vm_namespace.clone()
+            },
+            test,
+            network_data,
+            nics,
+        })
+    }
+
+    /// The JSON context a script receives.
+    pub fn script_context(
+        &self,
+        step_id: &str,
+        group: usize,
+        action: &ActionModel,
+    ) -> serde_json::Value {
+        let (source, target) = self.plan.sites(self.run.direction);
+        let vms: Vec<serde_json::Value> = self
+            .plan
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| {
+                let Ok(rec) = self.recovery(i) else {
+                    return serde_json::json!({"name": vm.name});
+                };
+                let group = self.plan.groups.iter().find(|g| g.vms.contains(&i)).map(|g| g.name.clone());
+                serde_json::json!({
+                    "name": vm.name,
+                    "vm": format!("{}/{}", rec.namespace, vm.vm_name),
+                    "group": group,
+                    "ips": rec.nics.iter().flat_map(|n| n.plan.addresses.iter().map(|a| a.addr().to_string())).collect::<Vec<_>>(),
+                    "nics": rec.nics.iter().map(|n| serde_json::json!({
+                        "name": n.name,
+                        "network": n.network,
+                        "addresses": n.plan.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "plan": {"namespace": self.plan.namespace, "name": self.plan.name},
+            "run": {"name": self.run.name, "uid": self.run.uid, "action": self.run.action.as_str()},
+            "sourceSite": source.name,
+            "targetSite": target.name,
+            "test": self.is_test(),
+            "group": self.plan.groups[group].name,
+            "action": action.name,
+            "step": step_id,
+            "vms": vms,
+        })
+    }
+}
+
+/// Persists step records. The operator writes run- and VM-level status; the simulator keeps
+/// them in memory.
+#[allow(async_fn_in_trait)]
+pub trait RunStore {
+    async fn save(
+        &mut self,
+        graph: &StepGraph,
+        step: StepIdx,
+        record: &StepRecord,
+    ) -> Result<(), DriverError>;
+}
+
+/// A point where the simulator may kill the controller.
+pub trait CrashHook {
+    fn crash_now(&self) -> bool;
+}
+
+/// Never crashes: production.
+pub struct NoCrash;
+
+impl CrashHook for NoCrash {
+    fn crash_now(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("controller crashed (simulated)")]
+    Crashed,
+    #[error("saving step {step}: {message}")]
+    Store { step: String, message: String },
+}
+
+/// How many fabric calls a pass makes at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { concurrency: 32 }
+    }
+}
+
+pub struct Driver<'a, F, S, H> {
+    ctx: &'a RunContext,
+    executor: Executor<'a>,
+    fabric: &'a F,
+    store: S,
+    hook: H,
+    limits: Limits,
+    /// Running steps and when to ask the fabric next, with the attempt polled.
+    polls: BinaryHeap<Reverse<(DateTime<Utc>, StepIdx, u32)>>,
+    /// Fabric calls made, for reports.
+    pub calls: u64,
+}
+
+impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
+    pub fn new(
+        ctx: &'a RunContext,
+        executor: Executor<'a>,
+        fabric: &'a F,
+        store: S,
+        hook: H,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            ctx,
+            executor,
+            fabric,
+            store,
+            hook,
+            limits,
+            polls: BinaryHeap::new(),
+            calls: 0,
+        }
+    }
+
+    pub fn executor(&self) -> &Executor<'a> {
+        &self.executor
+    }
+
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// When the next pass has something to do.
+    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+        let poll = self.polls.peek().map(|Reverse((t, _, _))| *t);
+        match (poll, self.executor.next_wakeup()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One pass at `now`: everything due is polled and decided, repeatedly, until nothing
+    /// more is due at this instant.
+    pub async fn pass(
+        &mut self,
+        now: DateTime<Utc>,
+        inputs: &RunInputs,
+    ) -> Result<(), DriverError> {
+        let mut observations = Vec::new();
+        loop {
+            let commands = self
+                .executor
+                .advance(now, inputs, std::mem::take(&mut observations));
+            for c in commands {
+                if let Command::Start { step, attempt } = c {
+                    self.polls.push(Reverse((now, step, attempt)));
+                }
+                // Abandoned steps drop out when their poll comes due: the attempt no longer runs.
+            }
+            self.save_dirty().await?;
+            let mut due = Vec::new();
+            while let Some(Reverse((t, step, attempt))) = self.polls.peek().copied() {
+                if t > now {
+                    break;
+                }
+                self.polls.pop();
+                let r = self.executor.record(step);
+                if r.state == coldsite_api::recovery_run::StepState::Running
+                    && r.attempts == attempt
+                {
+                    due.push((step, attempt));
+                }
+            }
+            if due.is_empty() {
+                return Ok(());
+            }
+            let this = &*self;
+            let results: Vec<(
+                StepIdx,
+                u32,
+                Result<Progress<Option<RecoveryPoint>>, FabricError>,
+            )> = futures::stream::iter(due)
+                .map(|(step, attempt)| async move { (step, attempt, this.poll(step, now).await) })
+                .buffer_unordered(self.limits.concurrency.max(1))
+                .collect()
+                .await;
+            for (step, attempt, result) in results {
+                self.calls += 1;
+                if self.hook.crash_now() {
+                    return Err(DriverError::Crashed);
+                }
+                let tolerate = self.executor.graph().steps[step].tolerate_unreachable;
+                match result {
+                    Ok(Progress::Done(point)) => {
+                        observations.push(Observation {
+                            step,
+                            attempt,
+                            outcome: Outcome::Done {
+                                point: point.map(|p| p.time),
+                                note: None,
+                            },
+                        });
+                    }
+                    Err(e) if tolerate && e.kind == FailureKind::Unreachable => {
+                        let note = Some(format!(
+                            "source site unreachable, taken as down: {}",
+                            e.message
+                        ));
+                        observations.push(Observation {
+                            step,
+                            attempt,
+                            outcome: Outcome::Done { point: None, note },
+                        });
+                    }
+                    Ok(Progress::InProgress { retry_after }) => {
+                        let at = now
+                            + chrono_duration(retry_after.max(std::time::Duration::from_millis(1)));
+                        self.polls.push(Reverse((at, step, attempt)));
+                    }
+                    Err(e) => {
+                        observations.push(Observation {
+                            step,
+                            attempt,
+                            outcome: Outcome::Failed {
+                                retryable: e.retryable(),
+                                message: e.message,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn save_dirty(&mut self) -> Result<(), DriverError> {
+        for step in self.executor.take_dirty() {
+            self.store
+                .save(self.executor.graph(), step, self.executor.record(step))
+                .await?;
+            if self.hook.crash_now() {
+                return Err(DriverError::Crashed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll(
+        &self,
+        step: StepIdx,
+        now: DateTime<Utc>,
+    ) -> Result<Progress<Option<RecoveryPoint>>, FabricError> {
+        let ctx = self.ctx;
+        let graph = self.executor.graph();
+        let def = &graph.steps[step];
+        let plan = &ctx.plan;
+        let (source, target) = plan.sites(ctx.run.direction);
+        let none = |p: Progress<()>| match p {
+            Progress::Done(()) => Progress::Done(None),
+            Progress::InProgress { retry_after } => Progress::InProgress { retry_after },
+        };
+        let some = |p: Progress<RecoveryPoint>| match p {
+            Progress::Done(pt) => Progress::Done(Some(pt)),
+            Progress::InProgress { retry_after } => Progress::InProgress { retry_after },
+        };
+        match def.kind {
+            StepKind::PowerOff => {
+                let vm = &plan.vms[def.vm.unwrap_or_default()];
+                self.fabric.power_off(&ctx.run, source, vm).await.map(none)
+            }
+            StepKind::CheckSource => {
+                let vm = &plan.vms[def.vm.unwrap_or_default()];
+                self.fabric.check_stopped(source, vm).await.map(none)
+            }
+            StepKind::FinalSync => {
+                let vm = def.vm.unwrap_or_default();
+                let after = graph
+                    .vm_step(plan, vm, StepKind::PowerOff)
+                    .and_then(|s| self.executor.record(s).finished_at)
+                    .unwrap_or(now);
+                self.fabric
+                    .final_sync(&ctx.run, &plan.vms[vm], after)
+                    .await
+                    .map(some)
+            }
+            StepKind::RestoreDisks => {
+                let vm = def.vm.unwrap_or_default();
+                // The first call that restores fixes the point; later ones report it.
+                let point = self.choose_point(vm, now).await?;
+                let req = ctx.recovery(vm)?;
+                self.fabric.restore_disks(&req, &point).await.map(some)
+            }
+            StepKind::CreateVm => self
+                .fabric
+                .create_vm(&ctx.recovery(def.vm.unwrap_or_default())?)
+                .await
+                .map(none),
+            StepKind::PowerOn => self
+                .fabric
+                .power_on(&ctx.recovery(def.vm.unwrap_or_default())?)
+                .await
+                .map(none),
+            StepKind::VmReady => {
+                let readiness = &plan.groups[def.group.unwrap_or_default()].readiness;
+                self.fabric
+                    .vm_ready(&ctx.recovery(def.vm.unwrap_or_default())?, readiness)
+                    .await
+                    .map(none)
+            }
+            StepKind::Job | StepKind::Webhook => {
+                let Some(a) = def.action else {
+                    return Err(FabricError::permanent(format!(
+                        "step {} has no action",
+                        def.id
+                    )));
+                };
+                let g = &plan.groups[a.group];
+                let action = if a.pre {
+                    &g.pre[a.index]
+                } else {
+                    &g.post[a.index]
+                };
+                let location = match &action.kind {
+                    crate::model::ActionKind::Job { site, .. } => match site {
+                        ScriptSite::Primary => ScriptLocation::Site(&plan.primary),
+                        ScriptSite::Recovery => ScriptLocation::Site(&plan.recovery),
+                        ScriptSite::Management => ScriptLocation::Management,
+                    },
+                    _ => ScriptLocation::Management,
+                };
+                let req = ScriptRequest {
+                    run: &ctx.run,
+                    step_id: &def.id,
+                    action,
+                    location,
+                    idempotency_key: format!("{}/{}", ctx.run.uid, def.id),
+                    context: ctx.script_context(&def.id, a.group, action),
+                };
+                self.fabric.run_script(&req).await.map(none)
+            }
+            StepKind::Commit => self
+                .fabric
+                .commit(&ctx.run, &plan.vms[def.vm.unwrap_or_default()])
+                .await
+                .map(none),
+            StepKind::ReverseReplication => self
+                .fabric
+                .reverse_replication(&ctx.run, &plan.vms[def.vm.unwrap_or_default()])
+                .await
+                .map(none),
+            StepKind::Cleanup => {
+                let site = match def.site {
+                    Some(SiteRole::Source) => source,
+                    _ => target,
+                };
+                self.fabric
+                    .delete_test_resources(&ctx.run, site)
+                    .await
+                    .map(none)
+            }
+            StepKind::Manual
+            | StepKind::Shutdown
+            | StepKind::Start
+            | StepKind::Ready
+            | StepKind::Done => Err(FabricError::permanent(format!(
+                "step {} is not driven by the fabric",
+                def.id
+            ))),
+        }
+    }
+
+    async fn choose_point(
+        &self,
+        vm: usize,
+        now: DateTime<Utc>,
+    ) -> Result<RecoveryPoint, FabricError> {
+        let graph = self.executor.graph();
+        let model = &self.ctx.plan.vms[vm];
+        // A planned action restores the point its final sync produced, taken after the stop.
+        if let Some(sync) = graph.vm_step(&self.ctx.plan, vm, StepKind::FinalSync) {
+            let r = self.executor.record(sync);
+            return r
+                .point
+                .map(|time| RecoveryPoint {
+                    time,
+                    app_consistent: true,
+                })
+                .ok_or_else(|| {
+                    FabricError::permanent("the final sync recorded no recovery point")
+                });
+        }
+        let points = self
+            .fabric
+            .recovery_points(model, self.ctx.run.direction)
+            .await?;
+        rpo::choose_point(&points, &self.ctx.recovery_point, now, model.retention)
+            .map_err(|e| FabricError::permanent(format!("VM {}: {e}", model.name)))
+    }
+}

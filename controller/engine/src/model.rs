@@ -1,0 +1,210 @@
+//! The domain model: a recovery plan with everything it references resolved, checked and
+//! translated into plain data the planner and executor work on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use coldsite_api::common::LocalSecretKeyRef;
+use coldsite_api::recovery_plan::{OnError, ScriptSite};
+use coldsite_api::{FailoverKind, RunAction};
+use k8s_openapi::api::batch::v1::JobTemplateSpec;
+
+use crate::reip::NicPlan;
+
+/// Which way a run moves VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Direction {
+    /// From the plan's primary site to its recovery site.
+    Forward,
+    /// From the recovery site back to the primary site (failback).
+    Reverse,
+}
+
+/// A site as the engine needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteModel {
+    pub name: String,
+    pub test_namespace: String,
+    pub storage_class: Option<String>,
+    pub snapshot_class: Option<String>,
+}
+
+/// One NIC of a protected VM and where it lands on each side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NicModel {
+    pub name: String,
+    pub mac: Option<String>,
+    /// The KubeVirt network at the primary site.
+    pub source_network: String,
+    /// The network at the recovery site.
+    pub target_network: String,
+    /// The isolated network test failovers use at the recovery site.
+    pub test_network: Option<String>,
+    /// Addressing at the recovery site.
+    pub recovered: NicPlan,
+    /// Addressing in a test failover.
+    pub test: NicPlan,
+    /// Addressing back at the primary site, after failback.
+    pub returned: NicPlan,
+}
+
+/// A protected VM with its source VM and policies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmModel {
+    /// The ProtectedVM's name, which step ids use.
+    pub name: String,
+    pub namespace: String,
+    /// The VirtualMachine at the primary site.
+    pub vm_namespace: String,
+    pub vm_name: String,
+    /// PVC claim names of the VM's disks at the primary site.
+    pub disks: Vec<String>,
+    pub nics: Vec<NicModel>,
+    pub rpo: Duration,
+    pub retention: Duration,
+    pub app_consistent_interval: Option<Duration>,
+    pub cpu: Option<u32>,
+    pub memory: Option<String>,
+}
+
+/// What runs before or after a group.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActionKind {
+    Job {
+        site: ScriptSite,
+        template: Box<JobTemplateSpec>,
+    },
+    Webhook {
+        url: String,
+        secret: LocalSecretKeyRef,
+        request_timeout: Duration,
+    },
+    Manual {
+        instructions: String,
+    },
+}
+
+/// An action with its policies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionModel {
+    pub name: String,
+    pub kind: ActionKind,
+    pub on_error: OnError,
+    pub when: Vec<FailoverKind>,
+    /// Scripts: the whole budget, retries included. Manual: the wait for approval, if any.
+    pub timeout: Option<Duration>,
+}
+
+impl ActionModel {
+    pub fn runs_in(&self, action: RunAction) -> bool {
+        self.when.is_empty() || self.when.iter().any(|k| k.matches(action))
+    }
+
+    pub fn is_manual(&self) -> bool {
+        matches!(self.kind, ActionKind::Manual { .. })
+    }
+}
+
+/// A readiness probe against a recovered address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeModel {
+    Tcp {
+        port: u16,
+        nic: Option<String>,
+    },
+    Http {
+        port: u16,
+        path: String,
+        https: bool,
+        nic: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadinessModel {
+    pub vm_ready: bool,
+    pub guest_agent: bool,
+    pub probes: Vec<ProbeModel>,
+    pub timeout: Duration,
+}
+
+/// A group of VMs that recover together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupModel {
+    pub name: String,
+    /// Indices into [`PlanModel::vms`].
+    pub vms: Vec<usize>,
+    /// Indices into [`PlanModel::groups`].
+    pub depends_on: Vec<usize>,
+    pub readiness: ReadinessModel,
+    pub pre: Vec<ActionModel>,
+    pub post: Vec<ActionModel>,
+}
+
+/// A validated plan: every reference resolved, order acyclic, addresses unique.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanModel {
+    pub namespace: String,
+    pub name: String,
+    pub primary: SiteModel,
+    pub recovery: SiteModel,
+    pub groups: Vec<GroupModel>,
+    pub vms: Vec<VmModel>,
+    /// Drill settings, if any.
+    pub auto_approve: Vec<String>,
+}
+
+impl PlanModel {
+    /// The groups in an order where every group comes after those it depends on.
+    pub fn startup_order(&self) -> Vec<usize> {
+        // Validation guarantees acyclicity; Kahn's algorithm keeps plan order among peers.
+        let n = self.groups.len();
+        let mut indegree: Vec<usize> = self.groups.iter().map(|g| g.depends_on.len()).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, g) in self.groups.iter().enumerate() {
+            for &d in &g.depends_on {
+                dependents[d].push(i);
+            }
+        }
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for &d in &dependents[i] {
+                indegree[d] -= 1;
+                if indegree[d] == 0 {
+                    ready.insert(d);
+                }
+            }
+        }
+        order
+    }
+
+    pub fn vm_index(&self) -> BTreeMap<&str, usize> {
+        self.vms
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.name.as_str(), i))
+            .collect()
+    }
+
+    /// The site VMs move from and the site they move to, for a direction.
+    pub fn sites(&self, direction: Direction) -> (&SiteModel, &SiteModel) {
+        match direction {
+            Direction::Forward => (&self.primary, &self.recovery),
+            Direction::Reverse => (&self.recovery, &self.primary),
+        }
+    }
+}
+
+/// Parses a Go duration such as `15m` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d: kube::core::Duration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{text:?} is negative"));
+    }
+    Ok(d.into())
+}

@@ -1,0 +1,813 @@
+//! Cross-object validation: dereferenced API objects in, a [`PlanModel`] or a list of
+//! problems out, each naming the object, the field and the fix. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use coldsite_api::network_mapping::{NetworkMapping, NetworkRule};
+use coldsite_api::protected_vm::ProtectedVM;
+use coldsite_api::recovery_plan::{Action, RecoveryPlan};
+use coldsite_api::site::Site;
+use ipnet::IpNet;
+use kube::ResourceExt;
+
+use crate::model::{
+    ActionKind, ActionModel, GroupModel, NicModel, PlanModel, ProbeModel, ReadinessModel,
+    SiteModel, VmModel, parse_duration,
+};
+use crate::reip::{self, NicPlan, SourceNic, StaticAddress, SubnetMap};
+use crate::source_vm::SourceVm;
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Severity {
+    /// The plan cannot run as written.
+    Error,
+    /// Something could not be checked.
+    Warning,
+}
+
+/// One thing wrong, with where and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{sev}: {}: {}: {}",
+            self.object, self.field, self.message
+        )
+    }
+}
+
+/// Everything validation may look up, keyed by namespace and name.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub sites: BTreeMap<String, Site>,
+    pub mappings: BTreeMap<(String, String), NetworkMapping>,
+    pub protected_vms: BTreeMap<(String, String), ProtectedVM>,
+    /// VirtualMachines at primary sites, by namespace and name.
+    pub source_vms: BTreeMap<(String, String), SourceVm>,
+}
+
+struct Problems {
+    object: String,
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn new(object: String) -> Self {
+        Self {
+            object,
+            list: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Error, field, message);
+    }
+
+    fn warning(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Warning, field, message);
+    }
+
+    fn push(&mut self, severity: Severity, field: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            severity,
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn has_errors(&self) -> bool {
+        self.list.iter().any(|p| p.severity == Severity::Error)
+    }
+}
+
+fn ns_of<K: kube::Resource>(o: &K) -> String {
+    o.meta()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Checks a NetworkMapping against the sites it names and its own rules as a whole.
+pub fn validate_mapping(nm: &NetworkMapping, inv: &Inventory) -> Vec<Problem> {
+    let mut p = Problems::new(format!("NetworkMapping {}/{}", ns_of(nm), nm.name_any()));
+    for (field, site) in [
+        ("spec.sourceSite", &nm.spec.source_site),
+        ("spec.targetSite", &nm.spec.target_site),
+    ] {
+        if !inv.sites.contains_key(site) {
+            p.error(
+                field,
+                format!("Site {site:?} does not exist; create it or fix the name"),
+            );
+        }
+    }
+    // Source subnets must not overlap across networks either: one address, one translation.
+    let mut sources: Vec<(usize, IpNet)> = Vec::new();
+    let mut targets: Vec<(usize, IpNet)> = Vec::new();
+    for (i, rule) in nm.spec.networks.iter().enumerate() {
+        for (j, s) in rule.subnets.iter().enumerate() {
+            let field = format!("spec.networks[{i}].subnets[{j}]");
+            match SubnetMap::from_rule(s) {
+                Ok(m) => {
+                    for (k, other) in &sources {
+                        if *k != i && (other.contains(&m.source) || m.source.contains(other)) {
+                            p.error(
+                                format!("{field}.source"),
+                                format!("{} overlaps {} of spec.networks[{k}]; an address would map two ways", m.source, other),
+                            );
+                        }
+                    }
+                    for (k, other) in &targets {
+                        if other.contains(&m.target) || m.target.contains(other) {
+                            p.error(
+                                format!("{field}.target"),
+                                format!("{} overlaps target {} of spec.networks[{k}]; two source subnets would land on the same addresses", m.target, other),
+                            );
+                        }
+                    }
+                    sources.push((i, m.source));
+                    targets.push((i, m.target));
+                }
+                Err(e) => p.error(field, e.to_string()),
+            }
+        }
+    }
+    p.list
+}
+
+/// Checks a ProtectedVM's references.
+pub fn validate_protected_vm(pvm: &ProtectedVM, inv: &Inventory) -> Vec<Problem> {
+    let ns = ns_of(pvm);
+    let mut p = Problems::new(format!("ProtectedVM {ns}/{}", pvm.name_any()));
+    check_pvm_refs(pvm, &ns, inv, &mut p);
+    p.list
+}
+
+fn check_pvm_refs<'a>(
+    pvm: &ProtectedVM,
+    ns: &str,
+    inv: &'a Inventory,
+    p: &mut Problems,
+) -> Option<&'a NetworkMapping> {
+    let spec = &pvm.spec;
+    for (field, site) in [
+        ("spec.primarySite", &spec.primary_site),
+        ("spec.recoverySite", &spec.recovery_site),
+    ] {
+        if !inv.sites.contains_key(site) {
+            p.error(
+                field,
+                format!("Site {site:?} does not exist; create it or fix the name"),
+            );
+        }
+    }
+    let mapping = inv
+        .mappings
+        .get(&(ns.to_owned(), spec.network_mapping.clone()));
+    match mapping {
+        None => p.error(
+            "spec.networkMapping",
+            format!("NetworkMapping {ns}/{} does not exist; create it or fix the name", spec.network_mapping),
+        ),
+        Some(nm) if nm.spec.source_site != spec.primary_site || nm.spec.target_site != spec.recovery_site => p.error(
+            "spec.networkMapping",
+            format!(
+                "NetworkMapping {} maps {} → {}, but this VM is protected from {} to {}; use a mapping for that direction",
+                spec.network_mapping, nm.spec.source_site, nm.spec.target_site, spec.primary_site, spec.recovery_site
+            ),
+        ),
+        Some(_) => {}
+    }
+    let vm_ns = spec.vm.namespace.clone().unwrap_or_else(|| ns.to_owned());
+    if !inv
+        .source_vms
+        .contains_key(&(vm_ns.clone(), spec.vm.name.clone()))
+    {
+        p.warning(
+            "spec.vm",
+            format!(
+                "VirtualMachine {vm_ns}/{} was not found, so its NICs and addresses were not checked",
+                spec.vm.name
+            ),
+        );
+    }
+    mapping
+}
+
+/// Resolves and checks a plan; on success the model the planner works on.
+pub fn validate_plan(
+    plan: &RecoveryPlan,
+    inv: &Inventory,
+) -> Result<(PlanModel, Vec<Problem>), Vec<Problem>> {
+    let ns = ns_of(plan);
+    let mut p = Problems::new(format!("RecoveryPlan {ns}/{}", plan.name_any()));
+    let spec = &plan.spec;
+
+    let primary = site_model(inv, &spec.primary_site, "spec.primarySite", &mut p);
+    let recovery = site_model(inv, &spec.recovery_site, "spec.recoverySite", &mut p);
+
+    // Groups and their order.
+    let group_index: BTreeMap<&str, usize> = spec
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.name.as_str(), i))
+        .collect();
+    let mut depends: Vec<Vec<usize>> = Vec::new();
+    for (i, g) in spec.groups.iter().enumerate() {
+        let deps = match &g.depends_on {
+            None if i > 0 => vec![i - 1],
+            None => Vec::new(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| match group_index.get(n.as_str()) {
+                    Some(&j) if j != i => Some(j),
+                    _ => {
+                        p.error(
+                            format!("spec.groups[{i}].dependsOn"),
+                            format!("{n:?} is not another group of this plan"),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        depends.push(deps);
+    }
+    if let Some(cycle) = find_cycle(&depends) {
+        let names: Vec<&str> = cycle
+            .iter()
+            .map(|&i| spec.groups[i].name.as_str())
+            .collect();
+        p.error(
+            "spec.groups[].dependsOn",
+            format!(
+                "groups depend on each other in a cycle: {}; remove one of these dependencies",
+                names.join(" → ")
+            ),
+        );
+    }
+
+    // VMs: each in one group, each resolvable.
+    let mut owner: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut vms: Vec<VmModel> = Vec::new();
+    let mut groups: Vec<GroupModel> = Vec::new();
+    let mut recovered_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut test_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for (gi, g) in spec.groups.iter().enumerate() {
+        let mut members = Vec::new();
+        for (vi, vm_name) in g.vms.iter().enumerate() {
+            let field = format!("spec.groups[{gi}].vms[{vi}]");
+            if let Some(&other) = owner.get(vm_name.as_str()) {
+                p.error(
+                    field,
+                    format!(
+                        "ProtectedVM {vm_name} is already in group {}; a VM belongs to one group",
+                        spec.groups[other].name
+                    ),
+                );
+                continue;
+            }
+            owner.insert(vm_name, gi);
+            let Some(pvm) = inv.protected_vms.get(&(ns.clone(), vm_name.clone())) else {
+                p.error(
+                    field,
+                    format!("ProtectedVM {ns}/{vm_name} does not exist; create it or fix the name"),
+                );
+                continue;
+            };
+            if pvm.spec.primary_site != spec.primary_site
+                || pvm.spec.recovery_site != spec.recovery_site
+            {
+                p.error(
+                    field,
+                    format!(
+                        "ProtectedVM {vm_name} is protected from {} to {}, but the plan recovers {} to {}",
+                        pvm.spec.primary_site, pvm.spec.recovery_site, spec.primary_site, spec.recovery_site
+                    ),
+                );
+                continue;
+            }
+            if let Some(vm) = resolve_vm(
+                pvm,
+                &ns,
+                inv,
+                &mut p,
+                &field,
+                &mut recovered_ips,
+                &mut test_ips,
+            ) {
+                members.push(vms.len());
+                vms.push(vm);
+            }
+        }
+        groups.push(GroupModel {
+            name: g.name.clone(),
+            vms: members,
+            depends_on: depends[gi].clone(),
+            readiness: readiness_model(&g.readiness, gi, &mut p),
+            pre: actions(&g.pre, &format!("spec.groups[{gi}].pre"), &mut p),
+            post: actions(&g.post, &format!("spec.groups[{gi}].post"), &mut p),
+        });
+    }
+
+    let auto_approve = spec
+        .drill
+        .as_ref()
+        .map(|d| d.auto_approve.clone())
+        .unwrap_or_default();
+    let manual: BTreeSet<&str> = groups
+        .iter()
+        .flat_map(|g| g.pre.iter().chain(&g.post))
+        .filter(|a| a.is_manual())
+        .map(|a| a.name.as_str())
+        .collect();
+    for name in &auto_approve {
+        if !manual.contains(name.as_str()) {
+            p.error(
+                "spec.drill.autoApprove",
+                format!("{name:?} is not a manual action of this plan"),
+            );
+        }
+    }
+
+    if p.has_errors() {
+        return Err(p.list);
+    }
+    let (Some(primary), Some(recovery)) = (primary, recovery) else {
+        return Err(p.list);
+    };
+    Ok((
+        PlanModel {
+            namespace: ns,
+            name: plan.name_any(),
+            primary,
+            recovery,
+            groups,
+            vms,
+            auto_approve,
+        },
+        p.list,
+    ))
+}
+
+fn site_model(inv: &Inventory, name: &str, field: &str, p: &mut Problems) -> Option<SiteModel> {
+    match inv.sites.get(name) {
+        Some(site) => Some(SiteModel {
+            name: name.to_owned(),
+            test_namespace: site.spec.test_namespace.clone(),
+            storage_class: site
+                .spec
+                .storage
+                .as_ref()
+                .and_then(|s| s.storage_class_name.clone()),
+            snapshot_class: site
+                .spec
+                .storage
+                .as_ref()
+                .and_then(|s| s.volume_snapshot_class_name.clone()),
+        }),
+        None => {
+            p.error(
+                field,
+                format!("Site {name:?} does not exist; create it or fix the name"),
+            );
+            None
+        }
+    }
+}
+
+/// The inverse rules for failback: an explicit mapping for the other direction wins.
+fn return_rules(
+    inv: &Inventory,
+    ns: &str,
+    nm: &NetworkMapping,
+    rule: &NetworkRule,
+) -> Vec<SubnetMap> {
+    let explicit = inv.mappings.iter().find(|((m_ns, _), m)| {
+        m_ns == ns
+            && m.spec.source_site == nm.spec.target_site
+            && m.spec.target_site == nm.spec.source_site
+    });
+    if let Some((_, back)) = explicit
+        && let Some(r) = back
+            .spec
+            .networks
+            .iter()
+            .find(|r| r.source.network == rule.target.network)
+    {
+        return r
+            .subnets
+            .iter()
+            .filter_map(|s| SubnetMap::from_rule(s).ok())
+            .collect();
+    }
+    reip::invert(
+        &rule
+            .subnets
+            .iter()
+            .filter_map(|s| SubnetMap::from_rule(s).ok())
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_vm(
+    pvm: &ProtectedVM,
+    ns: &str,
+    inv: &Inventory,
+    p: &mut Problems,
+    field: &str,
+    recovered_ips: &mut BTreeMap<IpAddr, String>,
+    test_ips: &mut BTreeMap<IpAddr, String>,
+) -> Option<VmModel> {
+    let name = pvm.name_any();
+    let mapping = check_pvm_refs(pvm, ns, inv, p)?;
+    let spec = &pvm.spec;
+    let vm_ns = spec.vm.namespace.clone().unwrap_or_else(|| ns.to_owned());
+    let overrides = spec
+        .recovery
+        .as_ref()
+        .map(|r| r.nics.as_slice())
+        .unwrap_or_default();
+    let source = inv.source_vms.get(&(vm_ns.clone(), spec.vm.name.clone()));
+    let mut nics = Vec::new();
+    if let Some(source) = source {
+        for o in overrides {
+            if !source.nics.iter().any(|n| n.name == o.name) {
+                p.error(
+                    format!("ProtectedVM {name}: spec.recovery.nics"),
+                    format!(
+                        "VirtualMachine {vm_ns}/{} has no NIC {:?}; use one of its interface names",
+                        spec.vm.name, o.name
+                    ),
+                );
+            }
+        }
+        for nic in &source.nics {
+            let Some(rule) = mapping
+                .spec
+                .networks
+                .iter()
+                .find(|r| r.source.network == nic.network)
+            else {
+                p.error(
+                    format!("ProtectedVM {name}: NIC {}", nic.name),
+                    format!(
+                        "network {} has no rule in NetworkMapping {}: add spec.networks[] with source.network {}",
+                        nic.network, spec.network_mapping, nic.network
+                    ),
+                );
+                continue;
+            };
+            let Some(test_network) = rule.test.as_ref().map(|t| t.network.clone()) else {
+                p.error(
+                    format!("ProtectedVM {name}: NIC {}", nic.name),
+                    format!(
+                        "network {} has no test network in NetworkMapping {}: set test.network so test failovers stay isolated",
+                        nic.network, spec.network_mapping
+                    ),
+                );
+                continue;
+            };
+            let rules: Vec<SubnetMap> = rule
+                .subnets
+                .iter()
+                .filter_map(|s| SubnetMap::from_rule(s).ok())
+                .collect();
+            let o = overrides.iter().find(|o| o.name == nic.name);
+            let static_ip = o.and_then(|o| {
+                static_address(
+                    o.ip.as_deref(),
+                    o.gateway.as_deref(),
+                    &name,
+                    &nic.name,
+                    "ip",
+                    p,
+                )
+            });
+            if let Some(s) = &static_ip
+                && !rules.is_empty()
+                && !rules.iter().any(|r| r.target.contains(&s.ip.addr()))
+            {
+                let targets: Vec<String> = rules.iter().map(|r| r.target.to_string()).collect();
+                p.error(
+                    format!("ProtectedVM {name}: spec.recovery.nics[{}].ip", nic.name),
+                    format!(
+                        "{} is outside the target subnets of {} ({}); pick an address inside one",
+                        s.ip,
+                        rule.target.network,
+                        targets.join(", ")
+                    ),
+                );
+            }
+            let recovered = reip::plan_nic(&nic.nic, &rules, static_ip);
+            let test = match o.and_then(|o| {
+                static_address(
+                    o.test_ip.as_deref(),
+                    o.test_gateway.as_deref(),
+                    &name,
+                    &nic.name,
+                    "testIp",
+                    p,
+                )
+            }) {
+                Some(s) => reip::plan_nic(&nic.nic, &[], Some(s)),
+                // The test network is isolated: the recovered addresses cannot clash there.
+                None => recovered.clone(),
+            };
+            let returned =
+                returned_plan(&nic.nic, &recovered, &return_rules(inv, ns, mapping, rule));
+            let who = format!("{name}/{}", nic.name);
+            unique_addresses(&recovered, &who, recovered_ips, "recovered", p);
+            unique_addresses(&test, &who, test_ips, "test", p);
+            nics.push(NicModel {
+                name: nic.name.clone(),
+                mac: nic.nic.mac.clone(),
+                source_network: nic.network.clone(),
+                target_network: rule.target.network.clone(),
+                test_network: Some(test_network),
+                recovered,
+                test,
+                returned,
+            });
+        }
+    }
+    let duration = |text: &str, f: &str, p: &mut Problems| match parse_duration(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            p.error(format!("{field}: ProtectedVM {name}: {f}"), e);
+            None
+        }
+    };
+    let rpo = duration(&spec.replication.rpo, "spec.replication.rpo", p)?;
+    let retention = duration(&spec.replication.retention, "spec.replication.retention", p)?;
+    let app_consistent_interval = match &spec.replication.app_consistent_interval {
+        Some(t) => Some(duration(t, "spec.replication.appConsistentInterval", p)?),
+        None => None,
+    };
+    Some(VmModel {
+        name,
+        namespace: ns.to_owned(),
+        vm_namespace: vm_ns,
+        vm_name: spec.vm.name.clone(),
+        disks: source.map(|s| s.disks.clone()).unwrap_or_default(),
+        nics,
+        rpo,
+        retention,
+        app_consistent_interval,
+        cpu: spec.recovery.as_ref().and_then(|r| r.cpu),
+        memory: spec
+            .recovery
+            .as_ref()
+            .and_then(|r| r.memory.as_ref().map(|q| q.0.clone())),
+    })
+}
+
+/// Failback brings the VM home with the inverse translation; addresses that do not invert
+/// (static overrides outside every rule) fall back to the VM's original ones.
+fn returned_plan(original: &SourceNic, recovered: &NicPlan, inverse: &[SubnetMap]) -> NicPlan {
+    let as_source = SourceNic {
+        name: recovered.name.clone(),
+        mac: recovered.mac.clone(),
+        addresses: recovered.addresses.clone(),
+        gateway4: recovered.gateway4,
+        gateway6: recovered.gateway6,
+    };
+    let back = reip::plan_nic(&as_source, inverse, None);
+    if back.addresses.len() == original.addresses.len() {
+        back
+    } else {
+        NicPlan {
+            name: original.name.clone(),
+            mac: original.mac.clone(),
+            addresses: original.addresses.clone(),
+            gateway4: original.gateway4,
+            gateway6: original.gateway6,
+            dns: Vec::new(),
+            search: Vec::new(),
+            dhcp4: false,
+            dhcp6: false,
+            source: reip::AddressSource::Static,
+        }
+    }
+}
+
+fn static_address(
+    ip: Option<&str>,
+    gateway: Option<&str>,
+    vm: &str,
+    nic: &str,
+    field: &str,
+    p: &mut Problems,
+) -> Option<StaticAddress> {
+    let ip = ip?;
+    let parsed: Result<IpNet, _> = ip.parse();
+    match parsed {
+        Ok(ip) => Some(StaticAddress {
+            ip,
+            gateway: gateway.and_then(|g| g.parse().ok()),
+        }),
+        Err(_) => {
+            p.error(
+                format!("ProtectedVM {vm}: spec.recovery.nics[{nic}].{field}"),
+                format!("{ip:?} is not an address with a prefix such as 10.50.1.25/24"),
+            );
+            None
+        }
+    }
+}
+
+fn unique_addresses(
+    plan: &NicPlan,
+    who: &str,
+    seen: &mut BTreeMap<IpAddr, String>,
+    what: &str,
+    p: &mut Problems,
+) {
+    for a in &plan.addresses {
+        if let Some(other) = seen.get(&a.addr()) {
+            p.error(
+                format!("NIC {who}"),
+                format!("{what} address {} is also given to {other}; recovered addresses must be unique in the plan", a.addr()),
+            );
+        } else {
+            seen.insert(a.addr(), who.to_owned());
+        }
+    }
+}
+
+fn readiness_model(
+    r: &coldsite_api::recovery_plan::Readiness,
+    gi: usize,
+    p: &mut Problems,
+) -> ReadinessModel {
+    let timeout = parse_duration(&r.timeout).unwrap_or_else(|e| {
+        p.error(format!("spec.groups[{gi}].readiness.timeout"), e);
+        std::time::Duration::from_secs(600)
+    });
+    ReadinessModel {
+        vm_ready: r.vm_ready,
+        guest_agent: r.guest_agent,
+        probes: r
+            .probes
+            .iter()
+            .filter_map(|pr| match (&pr.tcp, &pr.http) {
+                (Some(t), _) => Some(ProbeModel::Tcp {
+                    port: t.port,
+                    nic: pr.nic.clone(),
+                }),
+                (_, Some(h)) => Some(ProbeModel::Http {
+                    port: h.port,
+                    path: h.path.clone(),
+                    https: h.scheme == coldsite_api::recovery_plan::HttpScheme::Https,
+                    nic: pr.nic.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        timeout,
+    }
+}
+
+fn actions(list: &[Action], field: &str, p: &mut Problems) -> Vec<ActionModel> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            let field = format!("{field}[{i}]");
+            let (kind, timeout) = match (&a.script, &a.manual) {
+                (Some(s), None) => {
+                    let timeout = parse_duration(&s.timeout)
+                        .map_err(|e| p.error(format!("{field}.script.timeout"), e))
+                        .ok()?;
+                    let kind = match (&s.job, &s.webhook) {
+                        (Some(job), None) => {
+                            let containers = job
+                                .spec
+                                .as_ref()
+                                .and_then(|s| s.template.spec.as_ref())
+                                .map(|s| s.containers.len());
+                            if containers.unwrap_or(0) == 0 {
+                                p.error(
+                                    format!("{field}.script.job"),
+                                    "the Job template needs spec.template.spec.containers",
+                                );
+                                return None;
+                            }
+                            ActionKind::Job {
+                                site: s.site.unwrap_or_default(),
+                                template: job.clone(),
+                            }
+                        }
+                        (None, Some(w)) => ActionKind::Webhook {
+                            url: w.url.clone(),
+                            secret: w.secret_ref.clone(),
+                            request_timeout: parse_duration(&w.timeout)
+                                .map_err(|e| p.error(format!("{field}.script.webhook.timeout"), e))
+                                .ok()?,
+                        },
+                        _ => {
+                            p.error(
+                                format!("{field}.script"),
+                                "set exactly one of job or webhook",
+                            );
+                            return None;
+                        }
+                    };
+                    (kind, Some(timeout))
+                }
+                (None, Some(m)) => {
+                    let timeout = match &m.timeout {
+                        Some(t) => Some(
+                            parse_duration(t)
+                                .map_err(|e| p.error(format!("{field}.manual.timeout"), e))
+                                .ok()?,
+                        ),
+                        None => None,
+                    };
+                    (
+                        ActionKind::Manual {
+                            instructions: m.instructions.clone(),
+                        },
+                        timeout,
+                    )
+                }
+                _ => {
+                    p.error(field, "set exactly one of script or manual");
+                    return None;
+                }
+            };
+            Some(ActionModel {
+                name: a.name.clone(),
+                kind,
+                on_error: a.on_error,
+                when: a.when.clone(),
+                timeout,
+            })
+        })
+        .collect()
+}
+
+/// A cycle in a dependency list, as the indices along it (first repeated at the end).
+fn find_cycle(depends: &[Vec<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        depends: &[Vec<usize>],
+        mark: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        mark[i] = Mark::Open;
+        stack.push(i);
+        for &d in &depends[i] {
+            match mark[d] {
+                Mark::Open => {
+                    let start = stack.iter().position(|&s| s == d).unwrap_or(0);
+                    let mut cycle: Vec<usize> = stack[start..].to_vec();
+                    cycle.push(d);
+                    return Some(cycle);
+                }
+                Mark::New => {
+                    if let Some(c) = visit(d, depends, mark, stack) {
+                        return Some(c);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        mark[i] = Mark::Done;
+        None
+    }
+    let mut mark = vec![Mark::New; depends.len()];
+    for i in 0..depends.len() {
+        if mark[i] == Mark::New
+            && let Some(c) = visit(i, depends, &mut mark, &mut Vec::new())
+        {
+            return Some(c);
+        }
+    }
+    None
+}
