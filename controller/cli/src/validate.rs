@@ -1,109 +1,109 @@
-//! `validate`: manifests checked offline against the CRD schema and CEL rules.
+//! `validate`: manifests checked offline, first as the API server would check each object
+//! (schema and CEL rules), then across objects as the controller would (references, cycles,
+//! network coverage, address clashes).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context;
-use coldsite_api::manifest::{SchemaChecker, describe, into_typed, parse_documents};
-use serde_json::Value;
+use coldsite_engine::validate::{self, Problem, Severity};
+use kube::ResourceExt;
 
-/// Checks every manifest under `paths`; `Ok(false)` when any is invalid.
-pub fn run(paths: &[PathBuf], quiet: bool) -> anyhow::Result<bool> {
-    let checker = SchemaChecker::new().context("building the schema checker")?;
-    let mut files = Vec::new();
-    for path in paths {
-        collect(path, &mut files)?;
+use crate::load;
+
+/// Checks every manifest under `paths`; `Ok(false)` when any has an error.
+pub fn run(paths: &[PathBuf], namespace: &str, quiet: bool) -> anyhow::Result<bool> {
+    let loaded = load::load(paths, namespace)?;
+    let mut errors = 0usize;
+    for (file, e) in &loaded.unreadable {
+        println!("✗ {}: {e}", file.display());
+        errors += 1;
     }
-    if files.is_empty() {
-        anyhow::bail!("no .yaml, .yml or .json files under {paths:?}");
+    for (file, what, v) in &loaded.violations {
+        println!("✗ {}: {what}: {v}", file.display());
+        errors += 1;
     }
-    let mut seen: BTreeMap<String, Value> = BTreeMap::new();
-    let (mut checked, mut errors) = (0usize, 0usize);
-    for file in &files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let docs = match parse_documents(&text) {
-            Ok(d) => d,
-            Err(e) => {
-                println!("✗ {}: {e}", file.display());
+    if !quiet {
+        for (file, what, update) in &loaded.accepted {
+            let verb = if *update { "update of " } else { "" };
+            println!("✓ {}: {verb}{what}", file.display());
+        }
+    }
+
+    let inv = &loaded.inventory;
+    let mut problems: Vec<Problem> = Vec::new();
+    for m in inv.mappings.values() {
+        problems.extend(validate::validate_mapping(m, inv));
+    }
+    for p in inv.protected_vms.values() {
+        // Plans report their VMs' problems with more context; lone VMs report their own.
+        let planned = loaded.plans.iter().any(|plan| {
+            plan.spec
+                .groups
+                .iter()
+                .any(|g| g.vms.contains(&p.name_any()))
+        });
+        if !planned {
+            problems.extend(validate::validate_protected_vm(p, inv));
+        }
+    }
+    for plan in &loaded.plans {
+        match validate::validate_plan(plan, inv) {
+            Ok((_, warnings)) => problems.extend(warnings),
+            Err(list) => problems.extend(list),
+        }
+    }
+    for run in &loaded.runs {
+        let ns = run.namespace().unwrap_or_default();
+        if !loaded
+            .plans
+            .iter()
+            .any(|p| p.name_any() == run.spec.plan && p.namespace().unwrap_or_default() == ns)
+        {
+            problems.push(Problem {
+                severity: Severity::Warning,
+                object: format!("RecoveryRun {ns}/{}", run.name_any()),
+                field: "spec.plan".into(),
+                message: format!(
+                    "RecoveryPlan {ns}/{} is not among these manifests",
+                    run.spec.plan
+                ),
+            });
+        }
+    }
+    problems.sort_by(|a, b| (a.severity, &a.object).cmp(&(b.severity, &b.object)));
+    problems.dedup();
+    let mut warnings = 0usize;
+    for p in &problems {
+        match p.severity {
+            Severity::Error => {
                 errors += 1;
-                continue;
+                println!("✗ {p}");
             }
-        };
-        for doc in docs {
-            if !checker.knows(&doc) {
-                continue;
-            }
-            checked += 1;
-            let key = identity(&doc);
-            let old = seen.get(&key);
-            let mut violations = checker.check(&doc, old);
-            if violations.is_empty()
-                && let Err(v) = into_typed(&doc)
-            {
-                violations.push(v);
-            }
-            let what = describe(&doc);
-            if violations.is_empty() {
-                if !quiet {
-                    let verb = if old.is_some() { "update of " } else { "" };
-                    println!("✓ {}: {verb}{what}", file.display());
-                }
-                seen.insert(key, doc);
-            } else {
-                errors += violations.len();
-                for v in violations {
-                    println!("✗ {}: {what}: {v}", file.display());
-                }
-                // A refused update leaves the first version standing, as on a server.
-                seen.entry(key).or_insert(doc);
+            Severity::Warning => {
+                warnings += 1;
+                println!("! {p}");
             }
         }
     }
     println!(
-        "{checked} coldsite object(s) in {} file(s): {}",
-        files.len(),
+        "{} coldsite object(s) in {} file(s): {}{}",
+        loaded.accepted.len()
+            + loaded
+                .violations
+                .iter()
+                .map(|(_, w, _)| w)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+        loaded.files,
         if errors == 0 {
             "valid".to_owned()
         } else {
             format!("{errors} error(s)")
+        },
+        if warnings == 0 {
+            String::new()
+        } else {
+            format!(", {warnings} warning(s)")
         }
     );
     Ok(errors == 0)
-}
-
-fn identity(doc: &Value) -> String {
-    let meta = &doc["metadata"];
-    format!(
-        "{}/{}/{}",
-        doc["kind"].as_str().unwrap_or_default(),
-        meta["namespace"].as_str().unwrap_or_default(),
-        meta["name"].as_str().unwrap_or_default()
-    )
-}
-
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("reading folder {}", path.display()))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        entries.sort();
-        for entry in entries {
-            if entry.is_dir() || is_manifest(&entry) {
-                collect(&entry, out)?;
-            }
-        }
-    } else if path.exists() {
-        out.push(path.to_owned());
-    } else {
-        anyhow::bail!("{} does not exist", path.display());
-    }
-    Ok(())
-}
-
-fn is_manifest(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }

@@ -26,7 +26,11 @@ fn exchange_example_is_valid() {
     assert!(ok, "{out}");
     assert!(out.contains("9 coldsite object(s)"), "{out}");
     assert!(
-        out.contains("✓ examples/exchange/30-recovery-plan.yaml: RecoveryPlan exchange"),
+        !out.contains("warning"),
+        "the VM manifests let every NIC be checked: {out}"
+    );
+    assert!(
+        out.contains("✓ examples/exchange/30-recovery-plan.yaml: RecoveryPlan default/exchange"),
         "{out}"
     );
 }
@@ -57,4 +61,38 @@ fn each_invalid_example_fails_with_its_message() {
 fn a_missing_path_is_an_error_not_a_pass() {
     let (ok, _) = validate(&["examples/no-such-folder"]);
     assert!(!ok);
+}
+
+#[test]
+fn cross_object_problems_fail_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("examples/exchange")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let plan = std::fs::read_to_string(dir.path().join("30-recovery-plan.yaml")).unwrap();
+    // identity now waits for client-access, which waits for mailbox, which waits for identity.
+    let cyclic = plan.replacen(
+        "    - name: identity\n      vms: [dc01]\n",
+        "    - name: identity\n      vms: [dc01]\n      dependsOn: [client-access]\n",
+        1,
+    );
+    std::fs::write(dir.path().join("30-recovery-plan.yaml"), cyclic).unwrap();
+    let (ok, out) = validate(&[dir.path().to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "groups depend on each other in a cycle: identity → client-access → mailbox → identity"
+        ),
+        "{out}"
+    );
+    // Without the VirtualMachine manifests the NICs cannot be checked, and validate says so.
+    assert!(
+        out.contains(
+            "VirtualMachine default/dc01 was not found, so its NICs and addresses were not checked"
+        ),
+        "{out}"
+    );
 }

@@ -17,69 +17,121 @@ use crate::executor::{
     Command, Executor, Observation, Outcome, RunInputs, StepRecord, chrono_duration,
 };
 use crate::fabric::{
-    Fabric, FabricError, FailureKind, Progress, RecoveredNic, Recovery, RecoveryPoint, RunRef,
-    ScriptLocation, ScriptRequest,
+    Fabric, FabricError, FailureKind, Progress, RecoveredNic, RecoveredVm, Recovery, RecoveryPoint,
+    RunRef, ScriptLocation, ScriptRequest,
 };
 use crate::model::{ActionModel, Direction, PlanModel};
 use crate::planner::{SiteRole, StepGraph, StepIdx};
 use crate::rpo;
 
-/// The fixed inputs of a run.
+/// The fixed inputs of a run, with what follows from them computed once.
 #[derive(Clone, Debug)]
 pub struct RunContext {
     pub plan: PlanModel,
     pub run: RunRef,
     pub recovery_point: RecoveryPointSelector,
+    recovered: Vec<Result<RecoveredVm, String>>,
+    /// The VMs as scripts see them in their context.
+    vms_context: serde_json::Value,
 }
 
 impl RunContext {
+    pub fn new(plan: PlanModel, run: RunRef, recovery_point: RecoveryPointSelector) -> Self {
+        let test = run.action == RunAction::TestFailover;
+        let (_, target) = plan.sites(run.direction);
+        let recovered: Vec<Result<RecoveredVm, String>> = plan
+            .vms
+            .iter()
+            .map(|model| {
+                let nics: Vec<RecoveredNic> = model
+                    .nics
+                    .iter()
+                    .map(|n| {
+                        let (network, plan) = match (run.direction, test) {
+                            (Direction::Forward, true) => (
+                                n.test_network
+                                    .clone()
+                                    .unwrap_or_else(|| n.target_network.clone()),
+                                &n.test,
+                            ),
+                            (Direction::Forward, false) => (n.target_network.clone(), &n.recovered),
+                            (Direction::Reverse, _) => (n.source_network.clone(), &n.returned),
+                        };
+                        RecoveredNic {
+                            name: n.name.clone(),
+                            mac: n.mac.clone(),
+                            network,
+                            plan: plan.clone(),
+                        }
+                    })
+                    .collect();
+                let plans: Vec<_> = nics.iter().map(|n| n.plan.clone()).collect();
+                let network_data = cloudinit::render_network_config(&plans)
+                    .map_err(|e| format!("VM {}: network data: {e}", model.name))?;
+                Ok(RecoveredVm {
+                    namespace: if test {
+                        target.test_namespace.clone()
+                    } else {
+                        model.vm_namespace.clone()
+                    },
+                    nics,
+                    network_data,
+                })
+            })
+            .collect();
+        let vms_context = serde_json::Value::Array(
+            plan.vms
+                .iter()
+                .zip(&recovered)
+                .enumerate()
+                .map(|(i, (vm, rec))| {
+                    let group = plan.groups.iter().find(|g| g.vms.contains(&i)).map(|g| g.name.clone());
+                    let Ok(rec) = rec else {
+                        return serde_json::json!({"name": vm.name, "group": group});
+                    };
+                    serde_json::json!({
+                        "name": vm.name,
+                        "vm": format!("{}/{}", rec.namespace, vm.vm_name),
+                        "group": group,
+                        "ips": rec.nics.iter().flat_map(|n| n.plan.addresses.iter().map(|a| a.addr().to_string())).collect::<Vec<_>>(),
+                        "nics": rec.nics.iter().map(|n| serde_json::json!({
+                            "name": n.name,
+                            "network": n.network,
+                            "addresses": n.plan.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        );
+        Self {
+            plan,
+            run,
+            recovery_point,
+            recovered,
+            vms_context,
+        }
+    }
+
     pub fn is_test(&self) -> bool {
         self.run.action == RunAction::TestFailover
     }
 
     /// What the recovered copy of a VM looks like for this run.
     pub fn recovery(&self, vm: usize) -> Result<Recovery<'_>, FabricError> {
-        let model = &self.plan.vms[vm];
+        let rec = match &self.recovered[vm] {
+            Ok(r) => r,
+            Err(e) => return Err(FabricError::permanent(e.clone())),
+        };
         let (source, target) = self.plan.sites(self.run.direction);
-        let test = self.is_test();
-        let nics: Vec<RecoveredNic> = model
-            .nics
-            .iter()
-            .map(|n| {
-                let (network, plan) = match (self.run.direction, test) {
-                    (Direction::Forward, true) => (
-                        n.test_network
-                            .clone()
-                            .unwrap_or_else(|| n.target_network.clone()),
-                        &n.test,
-                    ),
-                    (Direction::Forward, false) => (n.target_network.clone(), &n.recovered),
-                    (Direction::Reverse, _) => (n.source_network.clone(), &n.returned),
-                };
-                RecoveredNic {
-                    name: n.name.clone(),
-                    mac: n.mac.clone(),
-                    network,
-                    plan: plan.clone(),
-                }
-            })
-            .collect();
-        let plans: Vec<_> = nics.iter().map(|n| n.plan.clone()).collect();
-        let network_data = cloudinit::render_network_config(&plans)
-            .map_err(|e| FabricError::permanent(format!("VM {}: network data: {e}", model.name)))?;
         Ok(Recovery {
             run: &self.run,
-            vm: model,
+            vm: &self.plan.vms[vm],
             source,
             target,
-            namespace: if test {
-                target.test_namespace.clone()
-            } else {
-                model.vm_namespace.clone()
-            },
-            test,
-            network_data,
-            nics,
+            namespace: &rec.namespace,
+            test: self.is_test(),
+            nics: &rec.nics,
+            network_data: &rec.network_data,
         })
     }
 
@@ -91,29 +143,6 @@ impl RunContext {
         action: &ActionModel,
     ) -> serde_json::Value {
         let (source, target) = self.plan.sites(self.run.direction);
-        let vms: Vec<serde_json::Value> = self
-            .plan
-            .vms
-            .iter()
-            .enumerate()
-            .map(|(i, vm)| {
-                let Ok(rec) = self.recovery(i) else {
-                    return serde_json::json!({"name": vm.name});
-                };
-                let group = self.plan.groups.iter().find(|g| g.vms.contains(&i)).map(|g| g.name.clone());
-                serde_json::json!({
-                    "name": vm.name,
-                    "vm": format!("{}/{}", rec.namespace, vm.vm_name),
-                    "group": group,
-                    "ips": rec.nics.iter().flat_map(|n| n.plan.addresses.iter().map(|a| a.addr().to_string())).collect::<Vec<_>>(),
-                    "nics": rec.nics.iter().map(|n| serde_json::json!({
-                        "name": n.name,
-                        "network": n.network,
-                        "addresses": n.plan.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
         serde_json::json!({
             "plan": {"namespace": self.plan.namespace, "name": self.plan.name},
             "run": {"name": self.run.name, "uid": self.run.uid, "action": self.run.action.as_str()},
@@ -123,7 +152,7 @@ impl RunContext {
             "group": self.plan.groups[group].name,
             "action": action.name,
             "step": step_id,
-            "vms": vms,
+            "vms": self.vms_context,
         })
     }
 }
@@ -360,7 +389,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             StepKind::FinalSync => {
                 let vm = def.vm.unwrap_or_default();
                 let after = graph
-                    .vm_step(plan, vm, StepKind::PowerOff)
+                    .vm_step(vm, StepKind::PowerOff)
                     .and_then(|s| self.executor.record(s).finished_at)
                     .unwrap_or(now);
                 self.fabric
@@ -462,7 +491,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
         let graph = self.executor.graph();
         let model = &self.ctx.plan.vms[vm];
         // A planned action restores the point its final sync produced, taken after the stop.
-        if let Some(sync) = graph.vm_step(&self.ctx.plan, vm, StepKind::FinalSync) {
+        if let Some(sync) = graph.vm_step(vm, StepKind::FinalSync) {
             let r = self.executor.record(sync);
             return r
                 .point

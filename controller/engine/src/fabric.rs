@@ -102,11 +102,19 @@ pub struct Recovery<'a> {
     pub source: &'a SiteModel,
     pub target: &'a SiteModel,
     /// Where the copy is created: the VM's namespace, or the site's test namespace.
-    pub namespace: String,
+    pub namespace: &'a str,
     /// A test copy: on the isolated test network, removed when the run is deleted.
     pub test: bool,
-    pub nics: Vec<RecoveredNic>,
+    pub nics: &'a [RecoveredNic],
     /// cloud-init network-config v2 for the recovered copy.
+    pub network_data: &'a str,
+}
+
+/// The parts of a [`Recovery`] computed once per run and VM.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecoveredVm {
+    pub namespace: String,
+    pub nics: Vec<RecoveredNic>,
     pub network_data: String,
 }
 

@@ -64,6 +64,7 @@ pub struct StepGraph {
     pub steps: Vec<StepDef>,
     pub dependents: Vec<Vec<StepIdx>>,
     index: HashMap<String, StepIdx>,
+    vm_steps: HashMap<(usize, StepKind), StepIdx>,
 }
 
 impl StepGraph {
@@ -80,13 +81,8 @@ impl StepGraph {
     }
 
     /// The step of a VM with a given kind, if the graph has one.
-    pub fn vm_step(&self, plan: &PlanModel, vm: usize, kind: StepKind) -> Option<StepIdx> {
-        let group = plan.groups.iter().position(|g| g.vms.contains(&vm))?;
-        self.find(&vm_step_id(
-            &plan.groups[group].name,
-            &plan.vms[vm].name,
-            kind,
-        ))
+    pub fn vm_step(&self, vm: usize, kind: StepKind) -> Option<StepIdx> {
+        self.vm_steps.get(&(vm, kind)).copied()
     }
 }
 
@@ -198,12 +194,19 @@ impl Builder {
             .enumerate()
             .map(|(i, s)| (s.id.clone(), i))
             .collect();
+        let vm_steps = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.vm.map(|vm| ((vm, s.kind), i)))
+            .collect();
         StepGraph {
             action: options.action,
             direction: options.direction,
             steps: self.steps,
             dependents,
             index,
+            vm_steps,
         }
     }
 }

@@ -371,7 +371,7 @@ impl SimFabric {
     fn vm_key(req: &Recovery<'_>) -> (String, String, String) {
         (
             req.target.name.clone(),
-            req.namespace.clone(),
+            req.namespace.to_owned(),
             req.vm.vm_name.clone(),
         )
     }
@@ -554,7 +554,7 @@ impl Fabric for SimFabric {
             run_uid: Some(run_uid.clone()),
             test: req.test,
             networks: req.nics.iter().map(|n| n.network.clone()).collect(),
-            network_data: req.network_data.clone(),
+            network_data: req.network_data.to_owned(),
             started_at: None,
             stopped_at: None,
             ready_at: None,

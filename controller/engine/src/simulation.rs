@@ -424,7 +424,9 @@ pub fn check(
                 for &vm in &plan.groups[d].vms {
                     let key = (
                         target.name.clone(),
-                        ctx.recovery(vm).map(|r| r.namespace).unwrap_or_default(),
+                        ctx.recovery(vm)
+                            .map(|r| r.namespace.to_owned())
+                            .unwrap_or_default(),
                         plan.vms[vm].vm_name.clone(),
                     );
                     let up = world
@@ -458,7 +460,7 @@ pub fn check(
                     .map_err(|e| e.to_string())?;
                 let key = (
                     target.name.clone(),
-                    rec.namespace.clone(),
+                    rec.namespace.to_owned(),
                     vm.vm_name.clone(),
                 );
                 if !world.vms.get(&key).is_some_and(|v| v.running) {

@@ -493,16 +493,7 @@ fn resolve_vm(
                 .filter_map(|s| SubnetMap::from_rule(s).ok())
                 .collect();
             let o = overrides.iter().find(|o| o.name == nic.name);
-            let static_ip = o.and_then(|o| {
-                static_address(
-                    o.ip.as_deref(),
-                    o.gateway.as_deref(),
-                    &name,
-                    &nic.name,
-                    "ip",
-                    p,
-                )
-            });
+            let static_ip = o.and_then(|o| overridden(StaticAddress::from_override(o), &name, p));
             if let Some(s) = &static_ip
                 && !rules.is_empty()
                 && !rules.iter().any(|r| r.target.contains(&s.ip.addr()))
@@ -519,20 +510,12 @@ fn resolve_vm(
                 );
             }
             let recovered = reip::plan_nic(&nic.nic, &rules, static_ip);
-            let test = match o.and_then(|o| {
-                static_address(
-                    o.test_ip.as_deref(),
-                    o.test_gateway.as_deref(),
-                    &name,
-                    &nic.name,
-                    "testIp",
-                    p,
-                )
-            }) {
-                Some(s) => reip::plan_nic(&nic.nic, &[], Some(s)),
-                // The test network is isolated: the recovered addresses cannot clash there.
-                None => recovered.clone(),
-            };
+            let test =
+                match o.and_then(|o| overridden(StaticAddress::from_test_override(o), &name, p)) {
+                    Some(s) => reip::plan_nic(&nic.nic, &[], Some(s)),
+                    // The test network is isolated: the recovered addresses cannot clash there.
+                    None => recovered.clone(),
+                };
             let returned =
                 returned_plan(&nic.nic, &recovered, &return_rules(inv, ns, mapping, rule));
             let who = format!("{name}/{}", nic.name);
@@ -595,44 +578,19 @@ fn returned_plan(original: &SourceNic, recovered: &NicPlan, inverse: &[SubnetMap
     if back.addresses.len() == original.addresses.len() {
         back
     } else {
-        NicPlan {
-            name: original.name.clone(),
-            mac: original.mac.clone(),
-            addresses: original.addresses.clone(),
-            gateway4: original.gateway4,
-            gateway6: original.gateway6,
-            dns: Vec::new(),
-            search: Vec::new(),
-            dhcp4: false,
-            dhcp6: false,
-            source: reip::AddressSource::Static,
-        }
+        reip::plan_nic(original, &reip::identity_rules(&original.addresses), None)
     }
 }
 
-fn static_address(
-    ip: Option<&str>,
-    gateway: Option<&str>,
+fn overridden(
+    parsed: Result<Option<StaticAddress>, reip::ReipError>,
     vm: &str,
-    nic: &str,
-    field: &str,
     p: &mut Problems,
 ) -> Option<StaticAddress> {
-    let ip = ip?;
-    let parsed: Result<IpNet, _> = ip.parse();
-    match parsed {
-        Ok(ip) => Some(StaticAddress {
-            ip,
-            gateway: gateway.and_then(|g| g.parse().ok()),
-        }),
-        Err(_) => {
-            p.error(
-                format!("ProtectedVM {vm}: spec.recovery.nics[{nic}].{field}"),
-                format!("{ip:?} is not an address with a prefix such as 10.50.1.25/24"),
-            );
-            None
-        }
-    }
+    parsed.unwrap_or_else(|e| {
+        p.error(format!("ProtectedVM {vm}"), e.to_string());
+        None
+    })
 }
 
 fn unique_addresses(

@@ -115,17 +115,17 @@ fn scenario(seed: u64) -> Scenario {
         || !action.recovers_vms()
         || action.is_planned();
     Scenario {
-        ctx: RunContext {
-            run: RunRef {
+        ctx: RunContext::new(
+            plan,
+            RunRef {
                 namespace: "apps".into(),
                 name: format!("run-{seed}"),
                 uid: format!("uid-{seed}"),
                 action,
                 direction,
             },
-            plan,
             recovery_point,
-        },
+        ),
         options: PlanOptions {
             action,
             direction,
@@ -274,17 +274,17 @@ fn failover_without_shutdown_refuses_a_running_source() {
             random_dependencies: false,
         },
     );
-    let ctx = RunContext {
-        run: RunRef {
+    let ctx = RunContext::new(
+        plan,
+        RunRef {
             namespace: "apps".into(),
             name: "r".into(),
             uid: "u".into(),
             action: RunAction::Failover,
             direction: Direction::Forward,
         },
-        plan,
-        recovery_point: RecoveryPointSelector::Latest,
-    };
+        RecoveryPointSelector::Latest,
+    );
     // shutdown_source false: the source keeps running, and the copy starts anyway.
     let graph = planner::plan(
         &ctx.plan,
@@ -342,17 +342,17 @@ fn crashes_everywhere_in_one_run() {
         },
     );
     let action = RunAction::PlannedFailover;
-    let ctx = RunContext {
-        run: RunRef {
+    let ctx = RunContext::new(
+        plan,
+        RunRef {
             namespace: "apps".into(),
             name: "r".into(),
             uid: "u".into(),
             action,
             direction: Direction::Forward,
         },
-        plan,
-        recovery_point: RecoveryPointSelector::Latest,
-    };
+        RecoveryPointSelector::Latest,
+    );
     let graph = planner::plan(
         &ctx.plan,
         PlanOptions {

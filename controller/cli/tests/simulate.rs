@@ -1,0 +1,131 @@
+//! `simulate` on the Exchange example: the timeline the README shows.
+
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn simulate(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))
+        .arg("simulate")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["examples/exchange", "--output", "json"];
+    all.extend_from_slice(args);
+    let (ok, out) = simulate(&all);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn step<'a>(run: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id}"))
+}
+
+fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn test_failover_prints_identity_then_approval_then_mailbox_then_client_access() {
+    let (ok, out) = simulate(&["examples/exchange", "--approve-after", "5m"]);
+    assert!(ok, "{out}");
+    let at = |s: &str| {
+        out.find(s)
+            .unwrap_or_else(|| panic!("{s:?} not in:\n{out}"))
+    };
+    assert!(at("● identity") < at("waited 5m for approval"));
+    assert!(at("waited 5m for approval") < at("vm exch-mbx01"));
+    assert!(at("● mailbox") < at("● client-access"));
+    assert!(out.contains("Succeeded. Estimated RTO"), "{out}");
+}
+
+#[test]
+fn the_json_timeline_keeps_the_order_and_the_gate() {
+    let run = json(&["--approve-after", "10m"]);
+    assert_eq!(run["phase"], "Succeeded");
+    let dc_up = time(&step(&run, "identity/vm/dc01/ready")["finishedAt"]);
+    let fsmo = step(&run, "identity/post/verify-ad");
+    let gate = step(&run, "mailbox/pre/confirm-ad-replication");
+    let mbx_on = time(&step(&run, "mailbox/vm/exch-mbx01/power-on")["startedAt"]);
+    let mbx_up = time(&step(&run, "mailbox/vm/exch-mbx01/ready")["finishedAt"]);
+    let mount = time(&step(&run, "mailbox/post/mount-databases")["finishedAt"]);
+    let cas_on = time(&step(&run, "client-access/vm/exch-cas01/power-on")["startedAt"]);
+    assert!(time(&fsmo["startedAt"]) >= dc_up);
+    assert!(time(&gate["startedAt"]) >= time(&fsmo["finishedAt"]));
+    // The gate held for the ten minutes nobody approved.
+    assert_eq!(
+        (time(&gate["finishedAt"]) - time(&gate["startedAt"])).num_seconds(),
+        600
+    );
+    assert!(mbx_on >= time(&gate["finishedAt"]));
+    assert!(cas_on >= mount && mount >= mbx_up);
+    assert!(run["rtoSeconds"].as_u64().unwrap() > 600);
+}
+
+#[test]
+fn planned_failover_shuts_down_in_reverse_and_runs_dns() {
+    let run = json(&["--action", "PlannedFailover"]);
+    assert_eq!(run["phase"], "Succeeded");
+    let stopped = |g: &str| time(&step(&run, &format!("{g}/shutdown"))["finishedAt"]);
+    assert!(
+        stopped("client-access") <= stopped("mailbox") && stopped("mailbox") <= stopped("identity")
+    );
+    let sync = step(&run, "identity/vm/dc01/final-sync");
+    let restore = step(&run, "identity/vm/dc01/restore-disks");
+    assert_eq!(sync["recoveryPoint"], restore["recoveryPoint"]);
+    assert!(
+        time(&sync["recoveryPoint"])
+            >= time(&step(&run, "identity/vm/dc01/stop-source")["finishedAt"])
+    );
+    assert_eq!(
+        step(&run, "client-access/post/update-dns")["state"],
+        "Succeeded"
+    );
+}
+
+#[test]
+fn nobody_approving_fails_the_run_at_the_gate() {
+    let (ok, out) = simulate(&["examples/exchange", "--approve-after", "never"]);
+    assert!(!ok);
+    assert!(out.contains("no approval within 2h"), "{out}");
+    assert!(out.contains("Failed."), "{out}");
+}
+
+#[test]
+fn a_boot_failure_is_reported_against_its_vm() {
+    let (ok, out) = simulate(&["examples/exchange", "--boot-failure", "exch-mbx01"]);
+    assert!(!ok);
+    assert!(
+        out.contains("mailbox/vm/exch-mbx01/ready: timed out after 10m"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unplanned_failover_with_hq_down() {
+    let run = json(&["--action", "Failover", "--site-down", "contoso-hq"]);
+    assert_eq!(run["phase"], "Succeeded");
+    let stop = step(&run, "identity/vm/dc01/stop-source");
+    assert!(
+        stop["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable, taken as down"),
+        "{stop}"
+    );
+}

@@ -1,0 +1,397 @@
+//! Cross-object validation and planning on the Exchange example, and on broken variants of
+//! it: each problem is reported with the object, the field and the fix.
+
+use std::path::Path;
+
+use coldsite_api::RunAction;
+use coldsite_api::manifest::{ColdsiteObject, into_typed, parse_documents};
+use coldsite_api::recovery_run::StepKind;
+use coldsite_api::{RecoveryPlan, protected_vm::NicOverride};
+use coldsite_engine::model::{Direction, PlanModel};
+use coldsite_engine::planner::{self, PlanOptions, StepGraph};
+use coldsite_engine::source_vm;
+use coldsite_engine::validate::{Inventory, Problem, Severity, validate_mapping, validate_plan};
+use kube::ResourceExt;
+
+fn exchange() -> (Inventory, RecoveryPlan) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/exchange");
+    let mut inv = Inventory::default();
+    let mut plan = None;
+    for file in [
+        "00-sites.yaml",
+        "10-network-mapping.yaml",
+        "20-protected-vms.yaml",
+        "30-recovery-plan.yaml",
+        "primary-site/virtual-machines.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for mut doc in parse_documents(&text).unwrap() {
+            if doc["kind"] == "VirtualMachine" {
+                let vm = source_vm::from_manifest(&doc, "exchange").unwrap();
+                inv.source_vms
+                    .insert((vm.namespace.clone(), vm.name.clone()), vm);
+                continue;
+            }
+            if doc["kind"] != "Site" {
+                doc["metadata"]["namespace"] = "exchange".into();
+            }
+            match into_typed(&doc).unwrap() {
+                ColdsiteObject::Site(s) => {
+                    inv.sites.insert(s.name_any(), *s);
+                }
+                ColdsiteObject::NetworkMapping(m) => {
+                    inv.mappings.insert(("exchange".into(), m.name_any()), *m);
+                }
+                ColdsiteObject::ProtectedVM(p) => {
+                    inv.protected_vms
+                        .insert(("exchange".into(), p.name_any()), *p);
+                }
+                ColdsiteObject::RecoveryPlan(p) => plan = Some(*p),
+                ColdsiteObject::RecoveryRun(_) => {}
+            }
+        }
+    }
+    (inv, plan.unwrap())
+}
+
+fn model() -> PlanModel {
+    let (inv, plan) = exchange();
+    validate_plan(&plan, &inv).unwrap().0
+}
+
+fn errors(result: Result<(PlanModel, Vec<Problem>), Vec<Problem>>) -> Vec<String> {
+    match result {
+        Ok(_) => Vec::new(),
+        Err(list) => list
+            .into_iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| p.to_string())
+            .collect(),
+    }
+}
+
+fn has(errors: &[String], text: &str) {
+    assert!(
+        errors.iter().any(|e| e.contains(text)),
+        "no error containing {text:?} in {errors:#?}"
+    );
+}
+
+#[test]
+fn exchange_resolves_with_mapped_addresses() {
+    let m = model();
+    let order: Vec<&str> = m
+        .startup_order()
+        .into_iter()
+        .map(|g| m.groups[g].name.as_str())
+        .collect();
+    assert_eq!(order, ["identity", "mailbox", "client-access"]);
+    let vm = |name: &str| m.vms.iter().find(|v| v.name == name).unwrap();
+    let addrs = |p: &coldsite_engine::reip::NicPlan| {
+        p.addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+    };
+    // The static override wins for the domain controller (IPv4); IPv6 follows the subnet rule.
+    assert_eq!(
+        addrs(&vm("dc01").nics[0].recovered),
+        ["10.50.1.10/24", "fd00:c0:50::10/64"]
+    );
+    // The others keep their host bits.
+    assert_eq!(
+        addrs(&vm("exch-mbx01").nics[0].recovered),
+        ["10.50.1.20/24", "fd00:c0:50::20/64"]
+    );
+    assert_eq!(vm("exch-mbx01").nics[0].target_network, "contoso/dr-lan");
+    assert_eq!(
+        vm("exch-mbx01").nics[0].test_network.as_deref(),
+        Some("contoso/dr-isolated")
+    );
+    // Failback brings them home to their original addresses.
+    assert_eq!(
+        addrs(&vm("exch-cas01").nics[0].returned),
+        ["10.0.1.30/24", "fd00:c0:1::30/64"]
+    );
+    assert_eq!(
+        vm("exch-mbx01").disks,
+        ["exch-mbx01-system", "exch-mbx01-data"]
+    );
+}
+
+#[test]
+fn a_dependency_cycle_is_named_by_its_groups() {
+    let (inv, mut plan) = exchange();
+    plan.spec.groups[0].depends_on = Some(vec!["client-access".into()]);
+    let e = errors(validate_plan(&plan, &inv));
+    has(&e, "cycle: identity → client-access → mailbox → identity");
+}
+
+#[test]
+fn a_vm_in_two_groups_is_refused() {
+    let (inv, mut plan) = exchange();
+    plan.spec.groups[2].vms.push("dc01".into());
+    has(
+        &errors(validate_plan(&plan, &inv)),
+        "ProtectedVM dc01 is already in group identity",
+    );
+}
+
+#[test]
+fn missing_references_are_named() {
+    let (mut inv, mut plan) = exchange();
+    plan.spec.groups[1].vms.push("exch-mbx02".into());
+    plan.spec.recovery_site = "contoso-dr2".into();
+    inv.mappings.clear();
+    let e = errors(validate_plan(&plan, &inv));
+    has(
+        &e,
+        "spec.groups[1].vms[1]: ProtectedVM exchange/exch-mbx02 does not exist",
+    );
+    has(&e, "spec.recoverySite: Site \"contoso-dr2\" does not exist");
+}
+
+#[test]
+fn a_vm_protected_between_other_sites_is_refused() {
+    let (mut inv, plan) = exchange();
+    inv.protected_vms
+        .get_mut(&("exchange".into(), "exch-cas01".into()))
+        .unwrap()
+        .spec
+        .recovery_site = "contoso-hq".into();
+    inv.protected_vms
+        .get_mut(&("exchange".into(), "exch-cas01".into()))
+        .unwrap()
+        .spec
+        .primary_site = "contoso-dr".into();
+    has(
+        &errors(validate_plan(&plan, &inv)),
+        "ProtectedVM exch-cas01 is protected from contoso-dr to contoso-hq",
+    );
+}
+
+#[test]
+fn unmapped_networks_and_missing_test_networks_are_refused() {
+    let (mut inv, plan) = exchange();
+    let vm = inv
+        .source_vms
+        .get_mut(&("exchange".into(), "exch-cas01".into()))
+        .unwrap();
+    vm.nics[0].network = "contoso/dmz".into();
+    inv.mappings
+        .get_mut(&("exchange".into(), "hq-to-dr".into()))
+        .unwrap()
+        .spec
+        .networks[0]
+        .test = None;
+    let e = errors(validate_plan(&plan, &inv));
+    has(
+        &e,
+        "network contoso/dmz has no rule in NetworkMapping hq-to-dr: add spec.networks[] with source.network contoso/dmz",
+    );
+    has(
+        &e,
+        "network contoso/corp-lan has no test network in NetworkMapping hq-to-dr",
+    );
+}
+
+#[test]
+fn clashing_and_stray_static_addresses_are_refused() {
+    let (mut inv, plan) = exchange();
+    let pvm = inv
+        .protected_vms
+        .get_mut(&("exchange".into(), "exch-cas01".into()))
+        .unwrap();
+    pvm.spec.recovery = Some(coldsite_api::protected_vm::RecoveryOverrides {
+        nics: vec![NicOverride {
+            name: "corp".into(),
+            ip: Some("10.50.1.20/24".into()),
+            gateway: None,
+            test_ip: None,
+            test_gateway: None,
+        }],
+        cpu: None,
+        memory: None,
+    });
+    let e = errors(validate_plan(&plan, &inv));
+    has(
+        &e,
+        "recovered address 10.50.1.20 is also given to exch-mbx01/corp",
+    );
+
+    let (mut inv, plan) = exchange();
+    let pvm = inv
+        .protected_vms
+        .get_mut(&("exchange".into(), "dc01".into()))
+        .unwrap();
+    pvm.spec.recovery.as_mut().unwrap().nics[0].ip = Some("192.168.7.10/24".into());
+    pvm.spec.recovery.as_mut().unwrap().nics[0].gateway = None;
+    has(
+        &errors(validate_plan(&plan, &inv)),
+        "192.168.7.10/24 is outside the target subnets of contoso/dr-lan",
+    );
+}
+
+#[test]
+fn test_addresses_must_be_unique_too() {
+    let (mut inv, plan) = exchange();
+    for name in ["exch-mbx01", "exch-cas01"] {
+        let pvm = inv
+            .protected_vms
+            .get_mut(&("exchange".into(), name.into()))
+            .unwrap();
+        pvm.spec.recovery = Some(coldsite_api::protected_vm::RecoveryOverrides {
+            nics: vec![NicOverride {
+                name: "corp".into(),
+                ip: None,
+                gateway: None,
+                test_ip: Some("192.168.100.5/24".into()),
+                test_gateway: None,
+            }],
+            cpu: None,
+            memory: None,
+        });
+    }
+    has(
+        &errors(validate_plan(&plan, &inv)),
+        "test address 192.168.100.5 is also given to",
+    );
+}
+
+#[test]
+fn mappings_report_unknown_sites_and_overlaps_across_networks() {
+    let (mut inv, _) = exchange();
+    let mut nm = inv.mappings.values().next().unwrap().clone();
+    let mut second = nm.spec.networks[0].clone();
+    second.source.network = "contoso/voice".into();
+    second.subnets[0].source = "10.0.0.0/16".into();
+    second.subnets[0].target = "10.60.0.0/16".into();
+    second.subnets[0].gateway = None;
+    second.subnets.truncate(1);
+    nm.spec.networks.push(second);
+    nm.spec.target_site = "nowhere".into();
+    inv.sites.remove("nowhere");
+    let problems: Vec<String> = validate_mapping(&nm, &inv)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    has(
+        &problems,
+        "spec.targetSite: Site \"nowhere\" does not exist",
+    );
+    has(
+        &problems,
+        "10.0.0.0/16 overlaps 10.0.1.0/24 of spec.networks[0]",
+    );
+}
+
+fn ids(g: &StepGraph) -> Vec<&str> {
+    g.steps.iter().map(|s| s.id.as_str()).collect()
+}
+
+#[test]
+fn test_failover_graph_orders_groups_and_filters_actions() {
+    let m = model();
+    let g = planner::plan(
+        &m,
+        PlanOptions {
+            action: RunAction::TestFailover,
+            direction: Direction::Forward,
+            shutdown_source: true,
+        },
+    );
+    let ids = ids(&g);
+    assert!(ids.contains(&"mailbox/pre/confirm-ad-replication"));
+    assert!(ids.contains(&"mailbox/vm/exch-mbx01/power-on"));
+    // update-dns runs only in real failovers.
+    assert!(!ids.contains(&"client-access/post/update-dns"));
+    assert!(
+        !g.steps
+            .iter()
+            .any(|s| s.kind == StepKind::PowerOff || s.kind == StepKind::FinalSync)
+    );
+    // Power-on waits for the group's start, which waits for the manual gate and identity.
+    let power_on = &g.steps[g.find("mailbox/vm/exch-mbx01/power-on").unwrap()];
+    let start = g.find("mailbox/start").unwrap();
+    assert!(power_on.deps.contains(&start));
+    let start_deps: Vec<&str> = g.steps[start]
+        .deps
+        .iter()
+        .map(|&d| g.steps[d].id.as_str())
+        .collect();
+    assert_eq!(
+        start_deps,
+        ["identity/done", "mailbox/pre/confirm-ad-replication"]
+    );
+    // Restores wait for nothing: disks are ready before the group's turn.
+    assert!(
+        g.steps[g.find("client-access/vm/exch-cas01/restore-disks").unwrap()]
+            .deps
+            .is_empty()
+    );
+}
+
+#[test]
+fn planned_failover_stops_in_reverse_order_and_syncs() {
+    let m = model();
+    let g = planner::plan(
+        &m,
+        PlanOptions {
+            action: RunAction::PlannedFailover,
+            direction: Direction::Forward,
+            shutdown_source: true,
+        },
+    );
+    let deps = |id: &str| -> Vec<&str> {
+        g.steps[g.find(id).unwrap()]
+            .deps
+            .iter()
+            .map(|&d| g.steps[d].id.as_str())
+            .collect()
+    };
+    assert!(deps("client-access/vm/exch-cas01/stop-source").is_empty());
+    assert_eq!(
+        deps("mailbox/vm/exch-mbx01/stop-source"),
+        ["client-access/shutdown"]
+    );
+    assert_eq!(deps("identity/vm/dc01/stop-source"), ["mailbox/shutdown"]);
+    assert_eq!(
+        deps("identity/vm/dc01/final-sync"),
+        ["identity/vm/dc01/stop-source"]
+    );
+    assert_eq!(
+        deps("identity/vm/dc01/restore-disks"),
+        ["identity/vm/dc01/final-sync"]
+    );
+    assert!(ids(&g).contains(&"client-access/post/update-dns"));
+    // Same inputs, same graph.
+    let again = planner::plan(
+        &m,
+        PlanOptions {
+            action: RunAction::PlannedFailover,
+            direction: Direction::Forward,
+            shutdown_source: true,
+        },
+    );
+    assert_eq!(ids(&g), ids(&again));
+}
+
+#[test]
+fn commit_and_reprotect_have_their_own_graphs() {
+    let m = model();
+    for (action, kind) in [
+        (RunAction::Commit, StepKind::Commit),
+        (RunAction::Reprotect, StepKind::ReverseReplication),
+    ] {
+        let g = planner::plan(
+            &m,
+            PlanOptions {
+                action,
+                direction: Direction::Forward,
+                shutdown_source: true,
+            },
+        );
+        assert_eq!(g.len(), 3);
+        assert!(g.steps.iter().all(|s| s.kind == kind && s.deps.is_empty()));
+    }
+}

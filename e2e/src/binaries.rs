@@ -1,0 +1,123 @@
+//! Locating the control-plane binaries built by `e2e/controlplane/build.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Environment variable that names the directory holding the binaries, overriding the
+/// build script's cache directory.
+pub const BIN_DIR_ENV: &str = "COLDSITE_K8S_BIN";
+
+/// The binaries every control plane needs.
+pub const REQUIRED: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "helm",
+];
+
+/// The directory with `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl`
+/// and `helm`.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    dir: PathBuf,
+}
+
+impl Binaries {
+    /// Path of the build script, inside this crate.
+    pub fn build_script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh")
+    }
+
+    /// Finds the binaries: `$COLDSITE_K8S_BIN` if set, else the cache directory that
+    /// `build.sh --print-bin-dir` names. Fails with instructions when any is missing.
+    pub fn locate() -> Result<Self> {
+        let script = Self::build_script();
+        let (dir, origin) = match std::env::var_os(BIN_DIR_ENV) {
+            Some(dir) if !dir.is_empty() => (PathBuf::from(dir), format!("${BIN_DIR_ENV}")),
+            _ => {
+                let out = Command::new("bash")
+                    .arg(&script)
+                    .arg("--print-bin-dir")
+                    .output()
+                    .with_context(|| {
+                        format!("running `bash {} --print-bin-dir`", script.display())
+                    })?;
+                if !out.status.success() {
+                    bail!(
+                        "`bash {} --print-bin-dir` failed ({}): {}",
+                        script.display(),
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                let dir = String::from_utf8(out.stdout)
+                    .context("build.sh --print-bin-dir printed non-UTF-8")?
+                    .trim()
+                    .to_owned();
+                (
+                    PathBuf::from(dir),
+                    format!("`{} --print-bin-dir`", script.display()),
+                )
+            }
+        };
+        Self::verified(dir, &origin)
+    }
+
+    /// Uses the binaries in `dir` after checking they are all there; `origin` says
+    /// where `dir` came from, for the error message.
+    pub fn verified(dir: PathBuf, origin: &str) -> Result<Self> {
+        let script = Self::build_script();
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|b| !dir.join(b).is_file())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "control-plane binaries missing in {} (from {origin}): {}.\n\
+                 Build them first with `bash {}` (a cold build takes many minutes; \
+                 later runs reuse the cache), or point ${BIN_DIR_ENV} at a directory that has them.",
+                dir.display(),
+                missing.join(", "),
+                script.display(),
+            );
+        }
+        Ok(Self { dir })
+    }
+
+    /// Uses the binaries in `dir` as they are (no check).
+    pub fn from_dir(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory holding the binaries.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of binary `name` in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_say_how_to_build_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("etcd"), "").expect("write");
+        let err = Binaries::verified(dir.path().to_owned(), "a test")
+            .expect_err("binaries are missing")
+            .to_string();
+        assert!(err.contains("kube-apiserver"), "{err}");
+        assert!(!err.contains("etcd,"), "{err}");
+        assert!(err.contains("controlplane/build.sh"), "{err}");
+        assert!(err.contains(BIN_DIR_ENV), "{err}");
+    }
+}
