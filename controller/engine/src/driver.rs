@@ -135,7 +135,12 @@ impl RunContext {
         })
     }
 
-    /// The JSON context a script receives.
+    /// The VMs as the script context lists them.
+    pub fn script_vms(&self) -> &serde_json::Value {
+        &self.vms_context
+    }
+
+    /// The JSON context a script receives, but for the VM list.
     pub fn script_context(
         &self,
         step_id: &str,
@@ -152,10 +157,12 @@ impl RunContext {
             "group": self.plan.groups[group].name,
             "action": action.name,
             "step": step_id,
-            "vms": self.vms_context,
         })
     }
 }
+
+/// What one poll of a step saw: done (with the point a restore or sync used), or not yet.
+type PollResult = Result<Progress<Option<RecoveryPoint>>, FabricError>;
 
 /// Persists step records. The operator writes run- and VM-level status; the simulator keeps
 /// them in memory.
@@ -290,11 +297,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 return Ok(());
             }
             let this = &*self;
-            let results: Vec<(
-                StepIdx,
-                u32,
-                Result<Progress<Option<RecoveryPoint>>, FabricError>,
-            )> = futures::stream::iter(due)
+            let results: Vec<(StepIdx, u32, PollResult)> = futures::stream::iter(due)
                 .map(|(step, attempt)| async move { (step, attempt, this.poll(step, now).await) })
                 .buffer_unordered(self.limits.concurrency.max(1))
                 .collect()
@@ -359,11 +362,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
         Ok(())
     }
 
-    async fn poll(
-        &self,
-        step: StepIdx,
-        now: DateTime<Utc>,
-    ) -> Result<Progress<Option<RecoveryPoint>>, FabricError> {
+    async fn poll(&self, step: StepIdx, now: DateTime<Utc>) -> PollResult {
         let ctx = self.ctx;
         let graph = self.executor.graph();
         let def = &graph.steps[step];
@@ -449,6 +448,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                     location,
                     idempotency_key: format!("{}/{}", ctx.run.uid, def.id),
                     context: ctx.script_context(&def.id, a.group, action),
+                    vms: ctx.script_vms(),
                 };
                 self.fabric.run_script(&req).await.map(none)
             }

@@ -134,8 +134,19 @@ pub struct ScriptRequest<'a> {
     pub location: ScriptLocation<'a>,
     /// Sent with webhooks and set on Jobs, so a repeat has no second effect.
     pub idempotency_key: String,
-    /// The context scripts receive: plan, run, action, group and the VMs with their addresses.
+    /// The context scripts receive, but for the VMs: plan, run, action, group.
     pub context: serde_json::Value,
+    /// The VMs with their recovered addresses, shared by every script of the run.
+    pub vms: &'a serde_json::Value,
+}
+
+impl ScriptRequest<'_> {
+    /// The whole context, as a Job's file and a webhook's body carry it.
+    pub fn context_json(&self) -> serde_json::Value {
+        let mut c = self.context.clone();
+        c["vms"] = self.vms.clone();
+        c
+    }
 }
 
 /// Replication of one VM as observed.

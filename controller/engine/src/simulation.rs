@@ -275,6 +275,34 @@ pub fn check(
     let test = ctx.is_test();
     let (source, target) = plan.sites(ctx.run.direction);
 
+    let index = plan.vm_index();
+    let namespace = |vm: usize| {
+        ctx.recovery(vm)
+            .map(|r| r.namespace.to_owned())
+            .unwrap_or_default()
+    };
+    // When each group's last VM came up at the target, if all did.
+    let group_up: Vec<Option<DateTime<Utc>>> = plan
+        .groups
+        .iter()
+        .map(|g| {
+            if g.vms.is_empty() {
+                return Some(DateTime::<Utc>::MIN_UTC);
+            }
+            g.vms
+                .iter()
+                .try_fold(None, |latest: Option<DateTime<Utc>>, &vm| {
+                    let key = (
+                        target.name.clone(),
+                        namespace(vm),
+                        plan.vms[vm].vm_name.clone(),
+                    );
+                    let ready = world.vms.get(&key).and_then(|v| v.ready_at)?;
+                    Some(Some(latest.map_or(ready, |l| l.max(ready))))
+                })?
+        })
+        .collect();
+
     // 4. Exactly-once effects: no object or script effect happened twice.
     if let Some((name, n)) = world.effects.iter().find(|(_, n)| **n > 1) {
         return Err(format!("effect {name} happened {n} times"));
@@ -289,15 +317,15 @@ pub fn check(
                 pvm,
                 test: is_test,
             } => {
-                let Some(vm) = plan.vms.iter().find(|v| &v.name == pvm) else {
+                let Some(&vi) = index.get(pvm.as_str()) else {
                     return Err(format!("unknown VM {pvm} started"));
                 };
+                let vm = &plan.vms[vi];
                 if *is_test {
                     let copy = world
                         .vms
-                        .iter()
-                        .find(|((s, _, _), v)| s == site && &v.pvm == pvm && v.test);
-                    if let Some((_, copy)) = copy {
+                        .get(&(site.clone(), namespace(vi), vm.vm_name.clone()));
+                    if let Some(copy) = copy {
                         let isolated = vm.nics.iter().all(|n| {
                             n.test_network
                                 .as_ref()
@@ -317,10 +345,11 @@ pub fn check(
                 } else {
                     &target.name
                 };
-                let twin = world.vms.iter().find(|((s, ns, n), v)| {
-                    s == other && ns == &vm.vm_namespace && n == &vm.vm_name && !v.test
-                });
-                if let Some((_, twin)) = twin {
+                let twin = world
+                    .vms
+                    .get(&(other.clone(), vm.vm_namespace.clone(), vm.vm_name.clone()))
+                    .filter(|v| !v.test);
+                if let Some(twin) = twin {
                     let still_running = twin.running || twin.stopped_at.is_some_and(|t| t > *at);
                     let down = fabric.config.faults.sites_down.contains(other);
                     if still_running && !down {
@@ -331,7 +360,7 @@ pub fn check(
                 }
             }
             SimEvent::Restored { at, pvm, point, .. } => {
-                let Some(vm) = plan.vms.iter().find(|v| &v.name == pvm) else {
+                let Some(vm) = index.get(pvm.as_str()).map(|&i| &plan.vms[i]) else {
                     return Err(format!("unknown VM {pvm} restored"));
                 };
                 // 5. No data loss on planned actions: the point is after the source stopped.
@@ -421,25 +450,11 @@ pub fn check(
             && let Some(g) = step.group
         {
             for &d in &plan.groups[g].depends_on {
-                for &vm in &plan.groups[d].vms {
-                    let key = (
-                        target.name.clone(),
-                        ctx.recovery(vm)
-                            .map(|r| r.namespace.to_owned())
-                            .unwrap_or_default(),
-                        plan.vms[vm].vm_name.clone(),
-                    );
-                    let up = world
-                        .vms
-                        .get(&key)
-                        .and_then(|v| v.ready_at)
-                        .is_some_and(|r| r <= started);
-                    if !up {
-                        return Err(format!(
-                            "{} powered on at {started} before {} of group {} was up",
-                            step.id, plan.vms[vm].name, plan.groups[d].name
-                        ));
-                    }
+                if group_up[d].is_none_or(|up| up > started) {
+                    return Err(format!(
+                        "{} powered on at {started} before every VM of group {} was up",
+                        step.id, plan.groups[d].name
+                    ));
                 }
             }
         }
@@ -456,7 +471,7 @@ pub fn check(
         if succeeded && ctx.run.action.recovers_vms() {
             for vm in &plan.vms {
                 let rec = ctx
-                    .recovery(plan.vm_index()[vm.name.as_str()])
+                    .recovery(index[vm.name.as_str()])
                     .map_err(|e| e.to_string())?;
                 let key = (
                     target.name.clone(),
