@@ -10,13 +10,7 @@ use anyhow::{Context, Result, bail};
 pub const BIN_DIR_ENV: &str = "COLDSITE_K8S_BIN";
 
 /// The binaries every control plane needs.
-pub const REQUIRED: [&str; 5] = [
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kubectl",
-    "helm",
-];
+pub const REQUIRED: [&str; 5] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm"];
 
 /// The directory with `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl`
 /// and `helm`.
@@ -42,9 +36,7 @@ impl Binaries {
                     .arg(&script)
                     .arg("--print-bin-dir")
                     .output()
-                    .with_context(|| {
-                        format!("running `bash {} --print-bin-dir`", script.display())
-                    })?;
+                    .with_context(|| format!("running `bash {} --print-bin-dir`", script.display()))?;
                 if !out.status.success() {
                     bail!(
                         "`bash {} --print-bin-dir` failed ({}): {}",
@@ -57,10 +49,7 @@ impl Binaries {
                     .context("build.sh --print-bin-dir printed non-UTF-8")?
                     .trim()
                     .to_owned();
-                (
-                    PathBuf::from(dir),
-                    format!("`{} --print-bin-dir`", script.display()),
-                )
+                (PathBuf::from(dir), format!("`{} --print-bin-dir`", script.display()))
             }
         };
         Self::verified(dir, &origin)
@@ -70,11 +59,7 @@ impl Binaries {
     /// where `dir` came from, for the error message.
     pub fn verified(dir: PathBuf, origin: &str) -> Result<Self> {
         let script = Self::build_script();
-        let missing: Vec<&str> = REQUIRED
-            .iter()
-            .copied()
-            .filter(|b| !dir.join(b).is_file())
-            .collect();
+        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|b| !dir.join(b).is_file()).collect();
         if !missing.is_empty() {
             bail!(
                 "control-plane binaries missing in {} (from {origin}): {}.\n\

@@ -64,10 +64,7 @@ impl ControlPlaneOptions {
         Self {
             name: name.into(),
             controller_manager: true,
-            controllers: DEFAULT_CONTROLLERS
-                .iter()
-                .map(|c| (*c).to_owned())
-                .collect(),
+            controllers: DEFAULT_CONTROLLERS.iter().map(|c| (*c).to_owned()).collect(),
             extra_apiserver_args: Vec::new(),
             startup_timeout: Duration::from_secs(180),
         }
@@ -219,10 +216,8 @@ impl ControlPlane {
             ],
         )?;
         let etcd_port = ports.etcd_client;
-        self.wait_until(Component::Etcd, "/health", timeout, || {
-            etcd_healthy(etcd_port)
-        })
-        .await?;
+        self.wait_until(Component::Etcd, "/health", timeout, || etcd_healthy(etcd_port))
+            .await?;
 
         // kube-apiserver
         let mut args = vec![
@@ -237,10 +232,7 @@ impl ControlPlane {
             "--authorization-mode=RBAC".into(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", files.sa_pub.display()),
-            format!(
-                "--service-account-signing-key-file={}",
-                files.sa_key.display()
-            ),
+            format!("--service-account-signing-key-file={}", files.sa_key.display()),
             // Only allocated from, never routed: nothing here sends traffic to it.
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             // There is no network behind the `kubernetes` Service; don't publish 127.0.0.1.
@@ -277,10 +269,7 @@ impl ControlPlane {
                     "--leader-elect=false".into(),
                     format!("--controllers={}", options.controllers.join(",")),
                     "--use-service-account-credentials=true".into(),
-                    format!(
-                        "--service-account-private-key-file={}",
-                        files.sa_key.display()
-                    ),
+                    format!("--service-account-private-key-file={}", files.sa_key.display()),
                     format!("--root-ca-file={}", files.ca_cert.display()),
                     format!("--cluster-name={}", self.name),
                     "--v=1".into(),
@@ -327,13 +316,7 @@ impl ControlPlane {
 
     /// Polls `probe` until it returns true, failing early (with the log's tail) if the
     /// component exits, and at `timeout`.
-    async fn wait_until<F, Fut>(
-        &self,
-        component: Component,
-        what: &str,
-        timeout: Duration,
-        mut probe: F,
-    ) -> Result<()>
+    async fn wait_until<F, Fut>(&self, component: Component, what: &str, timeout: Duration, mut probe: F) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
@@ -424,8 +407,7 @@ impl ControlPlane {
     /// A client with admin rights. Make one per test: a `kube::Client` belongs to the
     /// tokio runtime it was created in, and each `#[tokio::test]` has its own.
     pub async fn client(&self) -> Result<Client> {
-        let kubeconfig =
-            Kubeconfig::from_yaml(&self.kubeconfig_yaml).context("parsing admin kubeconfig")?;
+        let kubeconfig = Kubeconfig::from_yaml(&self.kubeconfig_yaml).context("parsing admin kubeconfig")?;
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .context("loading admin kubeconfig")?;
@@ -480,10 +462,7 @@ impl ControlPlane {
 
     /// Process ids of the running components.
     pub fn pids(&self) -> Vec<(Component, u32)> {
-        self.running()
-            .iter()
-            .map(|r| (r.component, r.child.id()))
-            .collect()
+        self.running().iter().map(|r| (r.component, r.child.id())).collect()
     }
 
     /// Kills all processes now (also done on drop). Later API calls fail: useful to

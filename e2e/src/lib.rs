@@ -22,12 +22,12 @@
 
 mod binaries;
 mod controlplane;
+pub mod manifests;
 mod pki;
 mod process;
 
 pub use binaries::{BIN_DIR_ENV, Binaries};
 pub use controlplane::{
-    Component, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS, TEST_NAMESPACE_LABEL,
-    log_tail,
+    Component, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS, TEST_NAMESPACE_LABEL, log_tail,
 };
 pub use process::KEEP_ENV;

@@ -33,8 +33,7 @@ fn stdout_of(mut cmd: std::process::Command) -> Result<String> {
 
 #[tokio::test]
 async fn two_independent_api_servers_of_the_built_version() -> Result<()> {
-    let (primary, recovery) =
-        tokio::try_join!(ControlPlane::shared(), ControlPlane::shared_recovery())?;
+    let (primary, recovery) = tokio::try_join!(ControlPlane::shared(), ControlPlane::shared_recovery())?;
     assert_ne!(primary.server_url(), recovery.server_url());
 
     let client = primary.client().await?;
@@ -60,10 +59,7 @@ async fn two_independent_api_servers_of_the_built_version() -> Result<()> {
     let kubectl_git = kubectl_version["clientVersion"]["gitVersion"]
         .as_str()
         .unwrap_or_default();
-    assert!(
-        kubectl_git.starts_with("v1.36."),
-        "kubectl reports {kubectl_version}"
-    );
+    assert!(kubectl_git.starts_with("v1.36."), "kubectl reports {kubectl_version}");
     let listed = stdout_of({
         let mut c = primary.kubectl();
         c.args(["get", "namespace", &ns, "-o", "name"]);
@@ -75,10 +71,7 @@ async fn two_independent_api_servers_of_the_built_version() -> Result<()> {
         c.args(["version", "--short"]);
         c
     })?;
-    assert!(
-        helm_version.starts_with("v3."),
-        "helm reports {helm_version}"
-    );
+    assert!(helm_version.starts_with("v3."), "helm reports {helm_version}");
 
     // The recovery site is a separate cluster with its own etcd.
     let recovery_client = recovery.client().await?;
@@ -100,9 +93,7 @@ async fn garbage_collector_deletes_dependents_in_background() -> Result<()> {
     let ns = cp.create_namespace("gc").await?;
     let cms: Api<ConfigMap> = Api::namespaced(cp.client().await?, &ns);
 
-    let owner = cms
-        .create(&PostParams::default(), &config_map("owner", None))
-        .await?;
+    let owner = cms.create(&PostParams::default(), &config_map("owner", None)).await?;
     let owner_ref = OwnerReference {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
@@ -110,11 +101,8 @@ async fn garbage_collector_deletes_dependents_in_background() -> Result<()> {
         uid: owner.metadata.uid.context("owner has no uid")?,
         ..OwnerReference::default()
     };
-    cms.create(
-        &PostParams::default(),
-        &config_map("dependent", Some(owner_ref)),
-    )
-    .await?;
+    cms.create(&PostParams::default(), &config_map("dependent", Some(owner_ref)))
+        .await?;
 
     cms.delete("owner", &DeleteParams::background()).await?;
     let started = Instant::now();
@@ -136,10 +124,7 @@ async fn dropping_a_control_plane_stops_its_processes_and_removes_its_directory(
     })
     .await?;
     let pids = cp.pids();
-    ensure!(
-        pids.len() == 2,
-        "expected etcd and kube-apiserver, got {pids:?}"
-    );
+    ensure!(pids.len() == 2, "expected etcd and kube-apiserver, got {pids:?}");
     let dir = cp.dir().to_owned();
     ensure!(dir.is_dir());
     drop(cp);

@@ -38,19 +38,7 @@ pub struct LocalSecretKeyRef {
 }
 
 /// What a RecoveryRun does. Actions in a plan use the first four in `when`.
-#[derive(
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
 pub enum RunAction {
     /// Recover copies onto the isolated test network; the source keeps running.
     TestFailover,
@@ -96,10 +84,7 @@ impl RunAction {
     pub fn recovers_vms(self) -> bool {
         matches!(
             self,
-            RunAction::TestFailover
-                | RunAction::PlannedFailover
-                | RunAction::Failover
-                | RunAction::Failback
+            RunAction::TestFailover | RunAction::PlannedFailover | RunAction::Failover | RunAction::Failback
         )
     }
 }

@@ -51,8 +51,7 @@ pub enum ParseError {
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
     let mut out = Vec::new();
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|source| ParseError::Yaml { index, source })?;
+        let value: Value = serde::Deserialize::deserialize(doc).map_err(|source| ParseError::Yaml { index, source })?;
         if value.is_null() {
             continue;
         }
@@ -134,11 +133,10 @@ impl SchemaChecker {
                     .as_ref()
                     .and_then(|s| s.open_api_v3_schema.as_ref())
                     .ok_or_else(|| CheckerError::NoSchema(name.clone()))?;
-                let openapi =
-                    serde_json::to_value(schema).map_err(|source| CheckerError::Json {
-                        crd: name.clone(),
-                        source,
-                    })?;
+                let openapi = serde_json::to_value(schema).map_err(|source| CheckerError::Json {
+                    crd: name.clone(),
+                    source,
+                })?;
                 let mut strict = openapi.clone();
                 make_strict(&mut strict);
                 // The CRD schema leaves the object's envelope to the apiserver.
@@ -147,18 +145,14 @@ impl SchemaChecker {
                         props.entry(field).or_insert_with(|| serde_json::json!({}));
                     }
                 }
-                let structural =
-                    jsonschema::validator_for(&strict).map_err(|e| CheckerError::BadSchema {
-                        crd: name.clone(),
-                        message: e.to_string(),
-                    })?;
+                let structural = jsonschema::validator_for(&strict).map_err(|e| CheckerError::BadSchema {
+                    crd: name.clone(),
+                    message: e.to_string(),
+                })?;
                 let api_version = format!("{}/{}", crd.spec.group, version.name);
                 kinds.insert(
                     format!("{api_version}/{}", crd.spec.names.kind),
-                    KindSchema {
-                        structural,
-                        openapi,
-                    },
+                    KindSchema { structural, openapi },
                 );
             }
         }
@@ -189,11 +183,7 @@ impl SchemaChecker {
     }
 
     /// Checks, then reads the object into its typed resource.
-    pub fn check_typed(
-        &self,
-        object: &Value,
-        old: Option<&Value>,
-    ) -> Result<ColdsiteObject, Vec<Violation>> {
+    pub fn check_typed(&self, object: &Value, old: Option<&Value>) -> Result<ColdsiteObject, Vec<Violation>> {
         let violations = self.check(object, old);
         if !violations.is_empty() {
             return Err(violations);
@@ -205,28 +195,18 @@ impl SchemaChecker {
 /// Reads an object of a coldsite kind into its type.
 pub fn into_typed(object: &Value) -> Result<ColdsiteObject, Violation> {
     let key = kind_key(object);
-    let typed = |e: serde_json::Error| {
-        Violation::new(describe(object), format!("cannot be read as {key}: {e}"))
-    };
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let typed = |e: serde_json::Error| Violation::new(describe(object), format!("cannot be read as {key}: {e}"));
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     if object.get("apiVersion").and_then(Value::as_str) != Some(crate::API_VERSION) {
         return Err(Violation::new(
             describe(object),
-            format!(
-                "apiVersion must be {} for coldsite kinds",
-                crate::API_VERSION
-            ),
+            format!("apiVersion must be {} for coldsite kinds", crate::API_VERSION),
         ));
     }
     let o = object.clone();
     Ok(match kind {
         "Site" => ColdsiteObject::Site(serde_json::from_value(o).map_err(typed)?),
-        "NetworkMapping" => {
-            ColdsiteObject::NetworkMapping(serde_json::from_value(o).map_err(typed)?)
-        }
+        "NetworkMapping" => ColdsiteObject::NetworkMapping(serde_json::from_value(o).map_err(typed)?),
         "ProtectedVM" => ColdsiteObject::ProtectedVM(serde_json::from_value(o).map_err(typed)?),
         "RecoveryPlan" => ColdsiteObject::RecoveryPlan(serde_json::from_value(o).map_err(typed)?),
         "RecoveryRun" => ColdsiteObject::RecoveryRun(serde_json::from_value(o).map_err(typed)?),
@@ -241,33 +221,21 @@ pub fn into_typed(object: &Value) -> Result<ColdsiteObject, Violation> {
 
 /// `Kind namespace/name`, for messages.
 pub fn describe(object: &Value) -> String {
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("object");
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("object");
     let meta = object.get("metadata");
     let name = meta
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>");
-    match meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-    {
+    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
 }
 
 fn kind_key(object: &Value) -> String {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     format!("{api_version}/{kind}")
 }
 
@@ -359,10 +327,7 @@ fn structural_violations(validator: &jsonschema::Validator, object: &Value) -> V
                 }
                 ValidationErrorKind::UniqueItems => {
                     let items = value.as_array().map(Vec::as_slice).unwrap_or_default();
-                    let dup = items
-                        .iter()
-                        .enumerate()
-                        .find(|(i, v)| items[..*i].contains(v));
+                    let dup = items.iter().enumerate().find(|(i, v)| items[..*i].contains(v));
                     return match dup {
                         Some((i, v)) => Violation::new(format!("{field}[{i}]"), format!("Duplicate value: {v}")),
                         None => Violation::new(field, "Duplicate value"),
@@ -401,6 +366,9 @@ fn cel_violation(e: &kube::core::cel::ValidationError) -> Violation {
         _ => "Invalid value",
     };
     let message = match e.kind {
+        // The apiserver reports a rule with reason FieldValueDuplicate as a bare
+        // `Duplicate value`, dropping the rule's message: say what it would say.
+        CelErrorKind::ValidationFailure if prefix == "Duplicate value" => prefix.to_owned(),
         CelErrorKind::ValidationFailure => format!("{prefix}: {}", e.message),
         _ => format!("rule could not be evaluated ({}): {}", e.rule, e.message),
     };

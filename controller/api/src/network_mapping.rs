@@ -40,15 +40,12 @@ pub struct NetworkMappingSpec {
 }
 
 fn unique_source_networks() -> Rule {
-    Rule::new(
-        "self.networks.all(n, self.networks.exists_one(m, m.source.network == n.source.network))",
-    )
-    .message(Message::Message(
-        "spec.networks: each source.network may be mapped only once; merge the duplicate rules"
-            .into(),
-    ))
-    .field_path(".networks")
-    .reason(Reason::FieldValueDuplicate)
+    Rule::new("self.networks.all(n, self.networks.exists_one(m, m.source.network == n.source.network))")
+        .message(Message::Message(
+            "spec.networks: each source.network may be mapped only once; merge the duplicate rules".into(),
+        ))
+        .field_path(".networks")
+        .reason(Reason::FieldValueInvalid)
 }
 
 /// Where one source network goes.
@@ -76,8 +73,7 @@ fn disjoint_subnets() -> Rule {
          !(cidr(a.source).containsCIDR(cidr(b.source)) || cidr(b.source).containsCIDR(cidr(a.source)))))",
     )
     .message(Message::Message(
-        "subnets: source subnets of one network must not overlap or repeat; an address would map two ways"
-            .into(),
+        "subnets: source subnets of one network must not overlap or repeat; an address would map two ways".into(),
     ))
     .field_path(".subnets")
     .reason(Reason::FieldValueInvalid)

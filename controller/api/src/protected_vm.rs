@@ -202,9 +202,7 @@ fn gateway_in_ip_subnet(ip: &str, gateway: &str) -> Rule {
 }
 
 /// Where a protected VM stands.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum ProtectionPhase {
     /// Replication is being set up.
     #[default]
@@ -226,9 +224,7 @@ pub enum ProtectionPhase {
 }
 
 /// Which way the disks replicate.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum ReplicationDirection {
     /// From `primarySite` to `recoverySite`.
     #[default]
@@ -240,9 +236,7 @@ pub enum ReplicationDirection {
 }
 
 /// How replication is doing.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum ReplicationHealth {
     #[default]
     Unknown,
@@ -274,6 +268,9 @@ pub struct ProtectedVMStatus {
     /// This VM's part in the latest RecoveryRun that included it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<VmRunStatus>,
+    /// The UID of the last finished run whose outcome `phase` and `activeSite` reflect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_run: Option<String>,
     /// `Ready`, `Replicating` and `RpoMet`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -320,6 +317,9 @@ pub struct VmRunStatus {
     pub run_uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<RunAction>,
+    /// How the run ended, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<crate::recovery_run::RunPhase>,
     /// The recovery point actually used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<Time>,

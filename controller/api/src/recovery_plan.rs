@@ -61,15 +61,22 @@ fn depends_on_known_groups() -> Rule {
 
 fn unique_action_names() -> Rule {
     // Approvals name manual actions by name alone, so names are unique plan-wide.
-    Rule::new(
-        "self.groups.all(g, g.pre.all(a, g.post.all(b, a.name != b.name)) && \
-         self.groups.all(h, h.name == g.name || (h.pre + h.post).all(b, (g.pre + g.post).all(a, a.name != b.name))))",
-    )
+    // No `g.pre + g.post`: the apiserver types each list by its schema path, and CEL has
+    // no `+` for two different list types, so every pair of lists is compared on its own.
+    let disjoint = |x: &str, y: &str| format!("{x}.all(a, {y}.all(b, a.name != b.name))");
+    Rule::new(format!(
+        "self.groups.all(g, {} && self.groups.all(h, h.name == g.name || ({} && {} && {} && {})))",
+        disjoint("g.pre", "g.post"),
+        disjoint("g.pre", "h.pre"),
+        disjoint("g.pre", "h.post"),
+        disjoint("g.post", "h.pre"),
+        disjoint("g.post", "h.post"),
+    ))
     .message(Message::Message(
         "spec.groups: action names must be unique across the whole plan (pre and post of every group), because approvals name actions alone".into(),
     ))
     .field_path(".groups")
-    .reason(Reason::FieldValueDuplicate)
+    .reason(Reason::FieldValueInvalid)
 }
 
 /// A set of VMs that recover together, with what runs around them.
@@ -182,9 +189,7 @@ fn default_http_path() -> String {
     "/".into()
 }
 
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpScheme {
     #[default]
@@ -249,9 +254,7 @@ fn default_script_timeout() -> String {
     "30m".into()
 }
 
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ScriptSite {
     Primary,
@@ -294,9 +297,7 @@ pub struct ManualAction {
     pub timeout: Option<String>,
 }
 
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum OnError {
     /// Stop the run.
     #[default]

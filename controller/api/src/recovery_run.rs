@@ -147,9 +147,7 @@ impl schemars::JsonSchema for RecoveryPointSelector {
 }
 
 /// Where a run stands.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema)]
 pub enum RunPhase {
     #[default]
     Pending,
@@ -163,28 +161,13 @@ pub enum RunPhase {
 
 impl RunPhase {
     pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled
-        )
+        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled)
     }
 }
 
 /// What a step does. Group steps are barriers that mark a group's progress; VM steps are
 /// recorded in the ProtectedVM's `status.lastRun`.
-#[derive(
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
 pub enum StepKind {
     /// Group: every source VM of the group has stopped (planned actions).
     Shutdown,
@@ -233,9 +216,7 @@ impl StepKind {
 }
 
 /// Where a step stands.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema)]
 pub enum StepState {
     #[default]
     Pending,
@@ -253,10 +234,7 @@ impl StepState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            StepState::Succeeded
-                | StepState::FailedContinued
-                | StepState::Failed
-                | StepState::Skipped
+            StepState::Succeeded | StepState::FailedContinued | StepState::Failed | StepState::Skipped
         )
     }
 

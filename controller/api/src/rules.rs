@@ -66,18 +66,16 @@ pub fn unique_names(field: &str, what: &str) -> Rule {
         .message(Message::Message(format!(
             "{field}: each {what} name must be unique; rename or remove the duplicate"
         )))
-        .reason(Reason::FieldValueDuplicate)
+        .reason(Reason::FieldValueInvalid)
 }
 
 /// A KubeVirt network reference: `pod`, or a Multus network `namespace/name`.
 pub fn kubevirt_network(field: &str) -> Rule {
-    Rule::new(
-        "self == 'pod' || self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",
-    )
-    .message(Message::Message(format!(
-        "{field} must be 'pod' or a Multus network as namespace/name, such as corp/lan"
-    )))
-    .reason(Reason::FieldValueInvalid)
+    Rule::new("self == 'pod' || self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message(Message::Message(format!(
+            "{field} must be 'pod' or a Multus network as namespace/name, such as corp/lan"
+        )))
+        .reason(Reason::FieldValueInvalid)
 }
 
 /// The two sites of a pair differ.

@@ -42,9 +42,7 @@ fn assert_subset(original: &Value, round_tripped: &Value, path: &str) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
                 let child = format!("{path}.{k}");
-                let other = b
-                    .get(k)
-                    .unwrap_or_else(|| panic!("{child} was dropped by the types"));
+                let other = b.get(k).unwrap_or_else(|| panic!("{child} was dropped by the types"));
                 assert_subset(v, other, &child);
             }
         }
@@ -62,10 +60,9 @@ fn assert_subset(original: &Value, round_tripped: &Value, path: &str) {
 fn crds_folder_matches_the_types() {
     for crd in coldsite_api::crds() {
         let name = crd.metadata.name.clone().unwrap();
-        let shipped: CustomResourceDefinition = serde_yaml_ng::from_str(
-            &std::fs::read_to_string(repo().join(format!("crds/{name}.yaml"))).unwrap(),
-        )
-        .unwrap();
+        let shipped: CustomResourceDefinition =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(repo().join(format!("crds/{name}.yaml"))).unwrap())
+                .unwrap();
         assert_eq!(
             shipped, crd,
             "crds/{name}.yaml is stale: run `cargo run -p coldsite-api --bin crdgen`"
@@ -89,9 +86,7 @@ fn exchange_example_passes_schema_and_rules_and_round_trips() {
             assert_subset(&doc, &back, &path.display().to_string());
             // A second trip changes nothing: defaults are stable.
             assert_eq!(into_typed(&back).unwrap().to_value().unwrap(), back);
-            *kinds
-                .entry(doc["kind"].as_str().unwrap().to_owned())
-                .or_default() += 1;
+            *kinds.entry(doc["kind"].as_str().unwrap().to_owned()).or_default() += 1;
         }
     }
     let expected = [
@@ -153,10 +148,7 @@ fn every_cel_rule_fires_for_some_invalid_example() {
         match v {
             Value::Object(m) => {
                 if let Some(Value::Array(list)) = m.get("x-kubernetes-validations") {
-                    out.extend(
-                        list.iter()
-                            .filter_map(|r| r["rule"].as_str().map(str::to_owned)),
-                    );
+                    out.extend(list.iter().filter_map(|r| r["rule"].as_str().map(str::to_owned)));
                 }
                 m.values().for_each(|c| rules(c, out));
             }

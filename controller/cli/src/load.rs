@@ -74,8 +74,7 @@ pub fn load(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Loaded> {
     };
     let mut seen: std::collections::BTreeMap<String, Value> = Default::default();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         let docs = match parse_documents(&text) {
             Ok(d) => d,
             Err(e) => {
@@ -140,8 +139,7 @@ fn add(loaded: &mut Loaded, object: ColdsiteObject) {
             inv.mappings.insert(key(m.namespace(), m.name_any()), *m);
         }
         ColdsiteObject::ProtectedVM(p) => {
-            inv.protected_vms
-                .insert(key(p.namespace(), p.name_any()), *p);
+            inv.protected_vms.insert(key(p.namespace(), p.name_any()), *p);
         }
         ColdsiteObject::RecoveryPlan(p) => {
             loaded

@@ -56,10 +56,7 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
             [] => bail!("no RecoveryPlan in the manifests"),
             many => bail!(
                 "several plans ({}); choose one with --plan",
-                many.iter()
-                    .map(|p| p.name_any())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                many.iter().map(|p| p.name_any()).collect::<Vec<_>>().join(", ")
             ),
         },
     };
@@ -129,10 +126,7 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
         },
     )?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json(&ctx, &graph, &report))?
-        );
+        println!("{}", serde_json::to_string_pretty(&json(&ctx, &graph, &report))?);
     } else {
         print_timeline(&ctx, &graph, &report, args.seed);
     }
@@ -164,22 +158,14 @@ fn mark(state: StepState) -> &'static str {
 }
 
 fn span(start: DateTime<Utc>, r: &StepRecord) -> String {
-    format!(
-        "{} → {}",
-        offset(start, r.started_at),
-        offset(start, r.finished_at)
-    )
+    format!("{} → {}", offset(start, r.started_at), offset(start, r.finished_at))
 }
 
 fn print_timeline(ctx: &RunContext, graph: &StepGraph, report: &RunReport, seed: u64) {
     let plan: &PlanModel = &ctx.plan;
     let (source, target) = plan.sites(ctx.run.direction);
     let start = report.started;
-    let rec = |id: &str| {
-        graph
-            .find(id)
-            .map(|i| (&graph.steps[i], &report.records[i]))
-    };
+    let rec = |id: &str| graph.find(id).map(|i| (&graph.steps[i], &report.records[i]));
     println!(
         "Simulated {} of RecoveryPlan {}/{}: {} → {} (SimFabric, seed {seed}, times from the start)",
         ctx.run.action, plan.namespace, plan.name, source.name, target.name
@@ -193,12 +179,7 @@ fn print_timeline(ctx: &RunContext, graph: &StepGraph, report: &RunReport, seed:
     if !shutdown.is_empty() {
         println!("\nSource shutdown at {}, in reverse order", source.name);
         for (g, (_, r)) in shutdown {
-            println!(
-                "  {:<28} {:<18} {}",
-                plan.groups[g].name,
-                span(start, r),
-                mark(r.state)
-            );
+            println!("  {:<28} {:<18} {}", plan.groups[g].name, span(start, r), mark(r.state));
         }
     }
     println!("\nRecovery at {}", target.name);
@@ -256,12 +237,8 @@ fn print_timeline(ctx: &RunContext, graph: &StepGraph, report: &RunReport, seed:
                 "  ├─ vm {:<23} restore {} · power-on {} · up {} {} {}",
                 name,
                 restore.map(|r| span(start, r)).unwrap_or_default(),
-                power
-                    .map(|r| offset(start, r.started_at))
-                    .unwrap_or_default(),
-                ready
-                    .map(|r| offset(start, r.finished_at))
-                    .unwrap_or_default(),
+                power.map(|r| offset(start, r.started_at)).unwrap_or_default(),
+                ready.map(|r| offset(start, r.finished_at)).unwrap_or_default(),
                 ready.map(|r| mark(r.state)).unwrap_or_default(),
                 point,
             );

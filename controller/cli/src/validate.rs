@@ -35,12 +35,10 @@ pub fn run(paths: &[PathBuf], namespace: &str, quiet: bool) -> anyhow::Result<bo
     }
     for p in inv.protected_vms.values() {
         // Plans report their VMs' problems with more context; lone VMs report their own.
-        let planned = loaded.plans.iter().any(|plan| {
-            plan.spec
-                .groups
-                .iter()
-                .any(|g| g.vms.contains(&p.name_any()))
-        });
+        let planned = loaded
+            .plans
+            .iter()
+            .any(|plan| plan.spec.groups.iter().any(|g| g.vms.contains(&p.name_any())));
         if !planned {
             problems.extend(validate::validate_protected_vm(p, inv));
         }
@@ -62,10 +60,7 @@ pub fn run(paths: &[PathBuf], namespace: &str, quiet: bool) -> anyhow::Result<bo
                 severity: Severity::Warning,
                 object: format!("RecoveryRun {ns}/{}", run.name_any()),
                 field: "spec.plan".into(),
-                message: format!(
-                    "RecoveryPlan {ns}/{} is not among these manifests",
-                    run.spec.plan
-                ),
+                message: format!("RecoveryPlan {ns}/{} is not among these manifests", run.spec.plan),
             });
         }
     }

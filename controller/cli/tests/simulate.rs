@@ -14,8 +14,7 @@ fn simulate(args: &[&str]) -> (bool, String) {
         .current_dir(repo())
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -44,10 +43,7 @@ fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
 fn test_failover_prints_identity_then_approval_then_mailbox_then_client_access() {
     let (ok, out) = simulate(&["examples/exchange", "--approve-after", "5m"]);
     assert!(ok, "{out}");
-    let at = |s: &str| {
-        out.find(s)
-            .unwrap_or_else(|| panic!("{s:?} not in:\n{out}"))
-    };
+    let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s:?} not in:\n{out}"));
     assert!(at("● identity") < at("waited 5m for approval"));
     assert!(at("waited 5m for approval") < at("vm exch-mbx01"));
     assert!(at("● mailbox") < at("● client-access"));
@@ -82,20 +78,12 @@ fn planned_failover_shuts_down_in_reverse_and_runs_dns() {
     let run = json(&["--action", "PlannedFailover"]);
     assert_eq!(run["phase"], "Succeeded");
     let stopped = |g: &str| time(&step(&run, &format!("{g}/shutdown"))["finishedAt"]);
-    assert!(
-        stopped("client-access") <= stopped("mailbox") && stopped("mailbox") <= stopped("identity")
-    );
+    assert!(stopped("client-access") <= stopped("mailbox") && stopped("mailbox") <= stopped("identity"));
     let sync = step(&run, "identity/vm/dc01/final-sync");
     let restore = step(&run, "identity/vm/dc01/restore-disks");
     assert_eq!(sync["recoveryPoint"], restore["recoveryPoint"]);
-    assert!(
-        time(&sync["recoveryPoint"])
-            >= time(&step(&run, "identity/vm/dc01/stop-source")["finishedAt"])
-    );
-    assert_eq!(
-        step(&run, "client-access/post/update-dns")["state"],
-        "Succeeded"
-    );
+    assert!(time(&sync["recoveryPoint"]) >= time(&step(&run, "identity/vm/dc01/stop-source")["finishedAt"]));
+    assert_eq!(step(&run, "client-access/post/update-dns")["state"], "Succeeded");
 }
 
 #[test]
@@ -122,10 +110,7 @@ fn unplanned_failover_with_hq_down() {
     assert_eq!(run["phase"], "Succeeded");
     let stop = step(&run, "identity/vm/dc01/stop-source");
     assert!(
-        stop["message"]
-            .as_str()
-            .unwrap()
-            .contains("unreachable, taken as down"),
+        stop["message"].as_str().unwrap().contains("unreachable, taken as down"),
         "{stop}"
     );
 }

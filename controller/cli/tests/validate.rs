@@ -14,10 +14,7 @@ fn validate(args: &[&str]) -> (bool, String) {
         .current_dir(repo())
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
@@ -43,17 +40,10 @@ fn each_invalid_example_fails_with_its_message() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let expect = text
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .unwrap();
+        let expect = text.lines().find_map(|l| l.strip_prefix("# expect: ")).unwrap();
         let (ok, out) = validate(&[path.to_str().unwrap()]);
         assert!(!ok, "{} passed validation", path.display());
-        assert!(
-            out.contains(expect),
-            "{}: {expect:?} not in:\n{out}",
-            path.display()
-        );
+        assert!(out.contains(expect), "{}: {expect:?} not in:\n{out}", path.display());
     }
 }
 
@@ -83,16 +73,12 @@ fn cross_object_problems_fail_validation() {
     let (ok, out) = validate(&[dir.path().to_str().unwrap()]);
     assert!(!ok, "{out}");
     assert!(
-        out.contains(
-            "groups depend on each other in a cycle: identity → client-access → mailbox → identity"
-        ),
+        out.contains("groups depend on each other in a cycle: identity → client-access → mailbox → identity"),
         "{out}"
     );
     // Without the VirtualMachine manifests the NICs cannot be checked, and validate says so.
     assert!(
-        out.contains(
-            "VirtualMachine default/dc01 was not found, so its NICs and addresses were not checked"
-        ),
+        out.contains("VirtualMachine default/dc01 was not found, so its NICs and addresses were not checked"),
         "{out}"
     );
 }

@@ -22,10 +22,7 @@ use coldsite_engine::synthetic::{self, Shape};
 
 fn cpu_time() -> Duration {
     // Process CPU time, so other load on the machine does not count.
-    let mut ts = libc_timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc_timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into the pointer we pass.
     unsafe {
         clock_gettime(2 /* CLOCK_PROCESS_CPUTIME_ID */, &mut ts)
@@ -84,11 +81,7 @@ fn main() {
         random_dependencies: true,
     };
     let plan = synthetic::plan(2026, &shape);
-    println!(
-        "plan: {} VMs in {} groups",
-        plan.vms.len(),
-        plan.groups.len()
-    );
+    println!("plan: {} VMs in {} groups", plan.vms.len(), plan.groups.len());
     for action in [RunAction::TestFailover, RunAction::PlannedFailover] {
         let options = PlanOptions {
             action,
@@ -113,14 +106,11 @@ fn main() {
         let run_options = RunOptions {
             approve_after: Some(Duration::from_secs(300)),
             // Enough parallel calls that the platform, not the driver, sets the pace.
-            limits: Limits {
-                concurrency: 10_000,
-            },
+            limits: Limits { concurrency: 10_000 },
             ..RunOptions::default()
         };
         let t1 = cpu_time();
-        let report = simulation::run(&ctx, &graph, &fabric, &run_options)
-            .expect("the benchmark run completes");
+        let report = simulation::run(&ctx, &graph, &fabric, &run_options).expect("the benchmark run completes");
         let ran = cpu_time() - t1;
         assert_eq!(report.phase, RunPhase::Succeeded);
         let t2 = cpu_time();
@@ -148,10 +138,7 @@ fn main() {
             baseline.as_secs_f64(),
             engine.as_secs_f64() / baseline.as_secs_f64().max(1e-9)
         );
-        println!(
-            "  simulated RTO        {:>9.0} s",
-            report.rto().as_secs_f64()
-        );
+        println!("  simulated RTO        {:>9.0} s", report.rto().as_secs_f64());
         println!("  critical path        {:>9.0} s", lower.as_secs_f64());
         println!(
             "  RTO / critical path  {:>9.4}     (goal <= 1.01)",

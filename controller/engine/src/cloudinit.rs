@@ -18,9 +18,7 @@ pub enum CloudInitError {
     NotAMapping,
     #[error("network config has no `version`; only `version: 2` is supported")]
     MissingVersion,
-    #[error(
-        "network config version {found} is not supported; only version 2 (netplan style, with `ethernets`) is"
-    )]
+    #[error("network config version {found} is not supported; only version 2 (netplan style, with `ethernets`) is")]
     UnsupportedVersion { found: String },
     #[error("ethernets: must be a mapping from interface id to its settings")]
     EthernetsNotAMapping,
@@ -144,10 +142,7 @@ pub fn render_network_config(nics: &[NicPlan]) -> Result<String, CloudInitError>
             .entry(nic.name.as_str())
             .or_insert_with(|| EthernetOut::from_plan(nic));
     }
-    let doc = NetworkOut {
-        version: 2,
-        ethernets,
-    };
+    let doc = NetworkOut { version: 2, ethernets };
     if doc.strings().any(yaml11_ambiguous) {
         let mut text = serde_json::to_string_pretty(&doc).map_err(CloudInitError::RenderJson)?;
         text.push('\n');
@@ -204,9 +199,7 @@ fn yaml11_ambiguous(s: &str) -> bool {
     if t.contains(':') {
         return base60(t);
     }
-    b.iter().filter(|c| **c == b'.').count() <= 1
-        && b.iter()
-            .all(|c| c.is_ascii_hexdigit() || b"_.+-xXoO".contains(c))
+    b.iter().filter(|c| **c == b'.').count() <= 1 && b.iter().all(|c| c.is_ascii_hexdigit() || b"_.+-xXoO".contains(c))
 }
 
 /// YAML 1.1 base-60 numbers: `1:20:30` (int, no leading zero) and `0:20:30.5` (float).
@@ -229,9 +222,8 @@ fn base60(t: &str) -> bool {
     if sixty(last) {
         return !first.starts_with('0');
     }
-    last.split_once('.').is_some_and(|(sec, frac)| {
-        sixty(sec) && frac.bytes().all(|c| c.is_ascii_digit() || c == b'_')
-    })
+    last.split_once('.')
+        .is_some_and(|(sec, frac)| sixty(sec) && frac.bytes().all(|c| c.is_ascii_digit() || c == b'_'))
 }
 
 // ---- parsing ---------------------------------------------------------------------------
@@ -356,13 +348,9 @@ fn source_nic(key: String, entry: EthernetIn) -> Result<SourceNic, CloudInitErro
                 }
             },
         };
-        let net: IpNet = text.parse().map_err(|_| {
-            bad(
-                "addresses",
-                text,
-                "an address with a prefix such as 10.0.1.10/24",
-            )
-        })?;
+        let net: IpNet = text
+            .parse()
+            .map_err(|_| bad("addresses", text, "an address with a prefix such as 10.0.1.10/24"))?;
         addresses.push(net);
     }
 
@@ -390,18 +378,12 @@ fn source_nic(key: String, entry: EthernetIn) -> Result<SourceNic, CloudInitErro
     if gateway4.is_none()
         && let Some(g) = entry.gateway4.as_deref()
     {
-        gateway4 = Some(
-            g.parse()
-                .map_err(|_| bad("gateway4", g, "an IPv4 address"))?,
-        );
+        gateway4 = Some(g.parse().map_err(|_| bad("gateway4", g, "an IPv4 address"))?);
     }
     if gateway6.is_none()
         && let Some(g) = entry.gateway6.as_deref()
     {
-        gateway6 = Some(
-            g.parse()
-                .map_err(|_| bad("gateway6", g, "an IPv6 address"))?,
-        );
+        gateway6 = Some(g.parse().map_err(|_| bad("gateway6", g, "an IPv6 address"))?);
     }
 
     Ok(SourceNic {
@@ -555,10 +537,7 @@ ethernets:
         p.gateway6 = Some("2001:10:20:30:40:50:1:2".parse().unwrap());
         let text = render_network_config(std::slice::from_ref(&p)).unwrap();
         assert!(text.starts_with('{'), "{text}");
-        assert!(
-            text.contains(r#""macaddress": "52:54:00:12:34:56""#),
-            "{text}"
-        );
+        assert!(text.contains(r#""macaddress": "52:54:00:12:34:56""#), "{text}");
         let nics = parse_network_config(&text).unwrap();
         assert_eq!(nics[0].name, "on");
         assert_eq!(nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
@@ -611,10 +590,7 @@ bonds: {}
         let nics = parse_network_config(text).unwrap();
         assert_eq!(nics[0].name, "eth0");
         assert_eq!(nics[0].mac.as_deref(), Some("02:00:00:00:00:0a"));
-        assert_eq!(
-            nics[0].addresses,
-            vec![net("192.168.1.5/24"), net("2001:db8::5/64")]
-        );
+        assert_eq!(nics[0].addresses, vec![net("192.168.1.5/24"), net("2001:db8::5/64")]);
         assert_eq!(nics[0].gateway4, Some("192.168.1.1".parse().unwrap()));
         assert_eq!(nics[0].gateway6, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(nics[1].name, "eth1");
@@ -641,8 +617,7 @@ network:
 
     #[test]
     fn version_1_is_refused_by_name() {
-        let err = parse_network_config("version: 1\nconfig:\n  - type: physical\n    name: eth0\n")
-            .unwrap_err();
+        let err = parse_network_config("version: 1\nconfig:\n  - type: physical\n    name: eth0\n").unwrap_err();
         assert!(matches!(&err, CloudInitError::UnsupportedVersion { found } if found == "1"));
         assert!(err.to_string().contains("version 1"), "{err}");
         assert!(matches!(
@@ -653,23 +628,15 @@ network:
 
     #[test]
     fn bad_values_name_the_nic_and_field() {
-        let err =
-            parse_network_config("version: 2\nethernets:\n  corp:\n    addresses: [10.0.1.10]\n")
-                .unwrap_err();
+        let err = parse_network_config("version: 2\nethernets:\n  corp:\n    addresses: [10.0.1.10]\n").unwrap_err();
         assert!(
             matches!(&err, CloudInitError::BadValue { nic, field: "addresses", value, .. } if nic == "corp" && value == "10.0.1.10"),
             "{err}"
         );
-        let err = parse_network_config(
-            "version: 2\nethernets:\n  corp:\n    routes: [{to: default, via: gw}]\n",
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().starts_with("ethernets.corp.routes[].via"),
-            "{err}"
-        );
-        let err = parse_network_config("version: 2\nethernets:\n  corp:\n    addresses: 5\n")
+        let err = parse_network_config("version: 2\nethernets:\n  corp:\n    routes: [{to: default, via: gw}]\n")
             .unwrap_err();
+        assert!(err.to_string().starts_with("ethernets.corp.routes[].via"), "{err}");
+        let err = parse_network_config("version: 2\nethernets:\n  corp:\n    addresses: 5\n").unwrap_err();
         assert!(
             matches!(&err, CloudInitError::Ethernet { nic, .. } if nic == "corp"),
             "{err}"

@@ -13,12 +13,10 @@ use coldsite_api::recovery_run::{RecoveryPointSelector, StepKind};
 use futures::StreamExt;
 
 use crate::cloudinit;
-use crate::executor::{
-    Command, Executor, Observation, Outcome, RunInputs, StepRecord, chrono_duration,
-};
+use crate::executor::{Command, Executor, Observation, Outcome, RunInputs, StepRecord, chrono_duration};
 use crate::fabric::{
-    Fabric, FabricError, FailureKind, Progress, RecoveredNic, RecoveredVm, Recovery, RecoveryPoint,
-    RunRef, ScriptLocation, ScriptRequest,
+    Fabric, FabricError, FailureKind, Progress, RecoveredNic, RecoveredVm, Recovery, RecoveryPoint, RunRef,
+    ScriptLocation, ScriptRequest,
 };
 use crate::model::{ActionModel, Direction, PlanModel};
 use crate::planner::{SiteRole, StepGraph, StepIdx};
@@ -49,9 +47,7 @@ impl RunContext {
                     .map(|n| {
                         let (network, plan) = match (run.direction, test) {
                             (Direction::Forward, true) => (
-                                n.test_network
-                                    .clone()
-                                    .unwrap_or_else(|| n.target_network.clone()),
+                                n.test_network.clone().unwrap_or_else(|| n.target_network.clone()),
                                 &n.test,
                             ),
                             (Direction::Forward, false) => (n.target_network.clone(), &n.recovered),
@@ -141,12 +137,7 @@ impl RunContext {
     }
 
     /// The JSON context a script receives, but for the VM list.
-    pub fn script_context(
-        &self,
-        step_id: &str,
-        group: usize,
-        action: &ActionModel,
-    ) -> serde_json::Value {
+    pub fn script_context(&self, step_id: &str, group: usize, action: &ActionModel) -> serde_json::Value {
         let (source, target) = self.plan.sites(self.run.direction);
         serde_json::json!({
             "plan": {"namespace": self.plan.namespace, "name": self.plan.name},
@@ -168,12 +159,7 @@ type PollResult = Result<Progress<Option<RecoveryPoint>>, FabricError>;
 /// them in memory.
 #[allow(async_fn_in_trait)]
 pub trait RunStore {
-    async fn save(
-        &mut self,
-        graph: &StepGraph,
-        step: StepIdx,
-        record: &StepRecord,
-    ) -> Result<(), DriverError>;
+    async fn save(&mut self, graph: &StepGraph, step: StepIdx, record: &StepRecord) -> Result<(), DriverError>;
 }
 
 /// A point where the simulator may kill the controller.
@@ -224,14 +210,7 @@ pub struct Driver<'a, F, S, H> {
 }
 
 impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
-    pub fn new(
-        ctx: &'a RunContext,
-        executor: Executor<'a>,
-        fabric: &'a F,
-        store: S,
-        hook: H,
-        limits: Limits,
-    ) -> Self {
+    pub fn new(ctx: &'a RunContext, executor: Executor<'a>, fabric: &'a F, store: S, hook: H, limits: Limits) -> Self {
         Self {
             ctx,
             executor,
@@ -263,16 +242,10 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
 
     /// One pass at `now`: everything due is polled and decided, repeatedly, until nothing
     /// more is due at this instant.
-    pub async fn pass(
-        &mut self,
-        now: DateTime<Utc>,
-        inputs: &RunInputs,
-    ) -> Result<(), DriverError> {
+    pub async fn pass(&mut self, now: DateTime<Utc>, inputs: &RunInputs) -> Result<(), DriverError> {
         let mut observations = Vec::new();
         loop {
-            let commands = self
-                .executor
-                .advance(now, inputs, std::mem::take(&mut observations));
+            let commands = self.executor.advance(now, inputs, std::mem::take(&mut observations));
             for c in commands {
                 if let Command::Start { step, attempt } = c {
                     self.polls.push(Reverse((now, step, attempt)));
@@ -287,9 +260,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 }
                 self.polls.pop();
                 let r = self.executor.record(step);
-                if r.state == coldsite_api::recovery_run::StepState::Running
-                    && r.attempts == attempt
-                {
+                if r.state == coldsite_api::recovery_run::StepState::Running && r.attempts == attempt {
                     due.push((step, attempt));
                 }
             }
@@ -320,10 +291,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                         });
                     }
                     Err(e) if tolerate && e.kind == FailureKind::Unreachable => {
-                        let note = Some(format!(
-                            "source site unreachable, taken as down: {}",
-                            e.message
-                        ));
+                        let note = Some(format!("source site unreachable, taken as down: {}", e.message));
                         observations.push(Observation {
                             step,
                             attempt,
@@ -331,8 +299,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                         });
                     }
                     Ok(Progress::InProgress { retry_after }) => {
-                        let at = now
-                            + chrono_duration(retry_after.max(std::time::Duration::from_millis(1)));
+                        let at = now + chrono_duration(retry_after.max(std::time::Duration::from_millis(1)));
                         self.polls.push(Reverse((at, step, attempt)));
                     }
                     Err(e) => {
@@ -391,10 +358,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                     .vm_step(vm, StepKind::PowerOff)
                     .and_then(|s| self.executor.record(s).finished_at)
                     .unwrap_or(now);
-                self.fabric
-                    .final_sync(&ctx.run, &plan.vms[vm], after)
-                    .await
-                    .map(some)
+                self.fabric.final_sync(&ctx.run, &plan.vms[vm], after).await.map(some)
             }
             StepKind::RestoreDisks => {
                 let vm = def.vm.unwrap_or_default();
@@ -422,17 +386,10 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             }
             StepKind::Job | StepKind::Webhook => {
                 let Some(a) = def.action else {
-                    return Err(FabricError::permanent(format!(
-                        "step {} has no action",
-                        def.id
-                    )));
+                    return Err(FabricError::permanent(format!("step {} has no action", def.id)));
                 };
                 let g = &plan.groups[a.group];
-                let action = if a.pre {
-                    &g.pre[a.index]
-                } else {
-                    &g.post[a.index]
-                };
+                let action = if a.pre { &g.pre[a.index] } else { &g.post[a.index] };
                 let location = match &action.kind {
                     crate::model::ActionKind::Job { site, .. } => match site {
                         ScriptSite::Primary => ScriptLocation::Site(&plan.primary),
@@ -467,27 +424,15 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                     Some(SiteRole::Source) => source,
                     _ => target,
                 };
-                self.fabric
-                    .delete_test_resources(&ctx.run, site)
-                    .await
-                    .map(none)
+                self.fabric.delete_test_resources(&ctx.run, site).await.map(none)
             }
-            StepKind::Manual
-            | StepKind::Shutdown
-            | StepKind::Start
-            | StepKind::Ready
-            | StepKind::Done => Err(FabricError::permanent(format!(
-                "step {} is not driven by the fabric",
-                def.id
-            ))),
+            StepKind::Manual | StepKind::Shutdown | StepKind::Start | StepKind::Ready | StepKind::Done => Err(
+                FabricError::permanent(format!("step {} is not driven by the fabric", def.id)),
+            ),
         }
     }
 
-    async fn choose_point(
-        &self,
-        vm: usize,
-        now: DateTime<Utc>,
-    ) -> Result<RecoveryPoint, FabricError> {
+    async fn choose_point(&self, vm: usize, now: DateTime<Utc>) -> Result<RecoveryPoint, FabricError> {
         let graph = self.executor.graph();
         let model = &self.ctx.plan.vms[vm];
         // A planned action restores the point its final sync produced, taken after the stop.
@@ -499,14 +444,9 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                     time,
                     app_consistent: true,
                 })
-                .ok_or_else(|| {
-                    FabricError::permanent("the final sync recorded no recovery point")
-                });
+                .ok_or_else(|| FabricError::permanent("the final sync recorded no recovery point"));
         }
-        let points = self
-            .fabric
-            .recovery_points(model, self.ctx.run.direction)
-            .await?;
+        let points = self.fabric.recovery_points(model, self.ctx.run.direction).await?;
         rpo::choose_point(&points, &self.ctx.recovery_point, now, model.retention)
             .map_err(|e| FabricError::permanent(format!("VM {}: {e}", model.name)))
     }

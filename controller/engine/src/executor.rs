@@ -137,10 +137,7 @@ impl<'g> Executor<'g> {
             match r.state {
                 s if s.is_terminal() => {
                     ex.terminal += 1;
-                    if s == StepState::Failed
-                        && def.on_failure == OnFailure::FailRun
-                        && ex.halt.is_none()
-                    {
+                    if s == StepState::Failed && def.on_failure == OnFailure::FailRun && ex.halt.is_none() {
                         ex.halt = Some(Halt::Failed(i));
                     }
                 }
@@ -377,10 +374,7 @@ impl<'g> Executor<'g> {
                 continue;
             }
             if def.kind == StepKind::Manual {
-                let approved = def
-                    .approval
-                    .as_ref()
-                    .is_some_and(|n| inputs.approvals.contains(n));
+                let approved = def.approval.as_ref().is_some_and(|n| inputs.approvals.contains(n));
                 self.records[i].started_at = Some(now);
                 if approved {
                     self.records[i].message = Some("approved".into());

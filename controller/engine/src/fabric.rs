@@ -177,11 +177,7 @@ pub trait Fabric {
     ) -> Result<ReplicationState, FabricError>;
 
     /// Recovery points held for a VM at the target of `direction`, oldest first.
-    async fn recovery_points(
-        &self,
-        vm: &VmModel,
-        direction: Direction,
-    ) -> Result<Vec<RecoveryPoint>, FabricError>;
+    async fn recovery_points(&self, vm: &VmModel, direction: Direction) -> Result<Vec<RecoveryPoint>, FabricError>;
 
     /// Stops a VM: `runStrategy: Halted`, done when no instance runs.
     async fn power_off(&self, run: &RunRef, site: &SiteModel, vm: &VmModel) -> FabricResult<()>;
@@ -190,20 +186,11 @@ pub trait Fabric {
     async fn check_stopped(&self, site: &SiteModel, vm: &VmModel) -> FabricResult<()>;
 
     /// A manual sync after the source stopped; done with the point it produced.
-    async fn final_sync(
-        &self,
-        run: &RunRef,
-        vm: &VmModel,
-        after: DateTime<Utc>,
-    ) -> FabricResult<RecoveryPoint>;
+    async fn final_sync(&self, run: &RunRef, vm: &VmModel, after: DateTime<Utc>) -> FabricResult<RecoveryPoint>;
 
     /// PVCs restored from the point's snapshots. Done with the point actually used, which is
     /// the one an earlier call chose if there was one.
-    async fn restore_disks(
-        &self,
-        req: &Recovery<'_>,
-        point: &RecoveryPoint,
-    ) -> FabricResult<RecoveryPoint>;
+    async fn restore_disks(&self, req: &Recovery<'_>, point: &RecoveryPoint) -> FabricResult<RecoveryPoint>;
 
     /// The recovered VirtualMachine, created halted, with mapped networks and addresses.
     async fn create_vm(&self, req: &Recovery<'_>) -> FabricResult<()>;

@@ -166,8 +166,7 @@ impl PlanModel {
                 dependents[d].push(i);
             }
         }
-        let mut ready: std::collections::BTreeSet<usize> =
-            (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(i) = ready.pop_first() {
             order.push(i);
@@ -182,11 +181,7 @@ impl PlanModel {
     }
 
     pub fn vm_index(&self) -> BTreeMap<&str, usize> {
-        self.vms
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.name.as_str(), i))
-            .collect()
+        self.vms.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect()
     }
 
     /// The site VMs move from and the site they move to, for a direction.
@@ -200,9 +195,7 @@ impl PlanModel {
 
 /// Parses a Go duration such as `15m` or `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d: kube::core::Duration = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+    let d: kube::core::Duration = text.parse().map_err(|e| format!("{text:?} is not a duration: {e}"))?;
     if d.is_negative() {
         return Err(format!("{text:?} is negative"));
     }

@@ -188,12 +188,7 @@ impl Builder {
                 dependents[d].push(i);
             }
         }
-        let index = self
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect();
+        let index = self.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
         let vm_steps = self
             .steps
             .iter()
@@ -252,16 +247,7 @@ pub fn cleanup(options: PlanOptions) -> StepGraph {
 fn per_vm(model: &PlanModel, b: &mut Builder, kind: StepKind, timeout: Duration) {
     for (gi, g) in model.groups.iter().enumerate() {
         for &vm in &g.vms {
-            b.vm_step(
-                model,
-                gi,
-                vm,
-                kind,
-                Vec::new(),
-                timeout,
-                5,
-                OnFailure::FailRun,
-            );
+            b.vm_step(model, gi, vm, kind, Vec::new(), timeout, 5, OnFailure::FailRun);
         }
     }
 }
@@ -293,35 +279,21 @@ fn recovery(model: &PlanModel, b: &mut Builder, options: PlanOptions) {
     let mut shutdown: Vec<Option<StepIdx>> = vec![None; n];
     let mut source_step: HashMap<usize, StepIdx> = HashMap::new();
     if let Some(kind) = source_kind {
-        let (attempts, timeout) = if planned {
-            (5, 10 * MINUTE)
-        } else {
-            (3, 5 * MINUTE)
-        };
+        let (attempts, timeout) = if planned { (5, 10 * MINUTE) } else { (3, 5 * MINUTE) };
         for &gi in order.iter().rev() {
             let deps: Vec<StepIdx> = dependents[gi].iter().filter_map(|&h| shutdown[h]).collect();
             let stops: Vec<StepIdx> = model.groups[gi]
                 .vms
                 .iter()
                 .map(|&vm| {
-                    let s = b.vm_step(
-                        model,
-                        gi,
-                        vm,
-                        kind,
-                        deps.clone(),
-                        timeout,
-                        attempts,
-                        OnFailure::FailRun,
-                    );
+                    let s = b.vm_step(model, gi, vm, kind, deps.clone(), timeout, attempts, OnFailure::FailRun);
                     b.steps[s].tolerate_unreachable = unplanned;
                     source_step.insert(vm, s);
                     s
                 })
                 .collect();
             let name = &model.groups[gi].name;
-            shutdown[gi] =
-                Some(b.barrier(gi, format!("{name}/shutdown"), StepKind::Shutdown, stops));
+            shutdown[gi] = Some(b.barrier(gi, format!("{name}/shutdown"), StepKind::Shutdown, stops));
         }
     }
 

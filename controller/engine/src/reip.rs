@@ -21,9 +21,7 @@ pub enum ReipError {
         value: IpNet,
         network: IpNet,
     },
-    #[error(
-        "target: {target} is not the same IP family as source {source_net}; a subnet maps only within one family"
-    )]
+    #[error("target: {target} is not the same IP family as source {source_net}; a subnet maps only within one family")]
     FamilyMismatch { source_net: IpNet, target: IpNet },
     #[error(
         "target: {target} has prefix length /{target_len} but source {source_net} has /{source_len}; they must match so host bits carry over"
@@ -76,10 +74,7 @@ impl SubnetMap {
         if let Some(gw) = gateway
             && !target.contains(&gw)
         {
-            return Err(ReipError::GatewayOutsideTarget {
-                gateway: gw,
-                target,
-            });
+            return Err(ReipError::GatewayOutsideTarget { gateway: gw, target });
         }
         let dns = rule
             .dns
@@ -99,8 +94,7 @@ impl SubnetMap {
     /// Whether `translate` can use this rule: one family and one prefix length on both sides.
     /// `from_rule` guarantees it; a hand-built map may not.
     fn is_consistent(&self) -> bool {
-        family(self.source.addr()) == family(self.target.addr())
-            && self.source.prefix_len() == self.target.prefix_len()
+        family(self.source.addr()) == family(self.target.addr()) && self.source.prefix_len() == self.target.prefix_len()
     }
 }
 
@@ -266,13 +260,7 @@ pub struct StaticAddress {
 impl StaticAddress {
     /// The failover address of an override (`ip`, `gateway`); `None` when `ip` is unset.
     pub fn from_override(nic: &NicOverride) -> Result<Option<Self>, ReipError> {
-        Self::parse(
-            &nic.name,
-            "ip",
-            nic.ip.as_deref(),
-            "gateway",
-            nic.gateway.as_deref(),
-        )
+        Self::parse(&nic.name, "ip", nic.ip.as_deref(), "gateway", nic.gateway.as_deref())
     }
 
     /// The test-failover address of an override (`testIp`, `testGateway`); `None` when
@@ -386,11 +374,7 @@ impl NicPlan {
 ///   that had source addresses but ends with none turns DHCP on (`dhcp4`/`dhcp6`); a NIC
 ///   with no address at all gets `dhcp4`. DHCP for one family does not remove the
 ///   translated addresses of the other: this is the mixed case.
-pub fn plan_nic(
-    nic: &SourceNic,
-    rules: &[SubnetMap],
-    static_override: Option<StaticAddress>,
-) -> NicPlan {
+pub fn plan_nic(nic: &SourceNic, rules: &[SubnetMap], static_override: Option<StaticAddress>) -> NicPlan {
     let mut plan = NicPlan::empty(nic);
     let static_family = static_override.map(|s| family(s.ip.addr()));
 
@@ -472,12 +456,7 @@ mod tests {
 
     /// The Exchange example: corp v4 and v6 subnets moving to the recovery site.
     fn exchange() -> Vec<SubnetMap> {
-        let mut v4 = rule(
-            "10.0.1.0/24",
-            "10.50.1.0/24",
-            Some("10.50.1.1"),
-            &["10.50.1.10"],
-        );
+        let mut v4 = rule("10.0.1.0/24", "10.50.1.0/24", Some("10.50.1.1"), &["10.50.1.10"]);
         v4.dns_search = vec!["contoso.com".into()];
         vec![
             SubnetMap::from_rule(&v4).unwrap(),
@@ -544,12 +523,7 @@ mod tests {
             }
         );
         assert_eq!(
-            err(rule(
-                "10.0.1.0/24",
-                "10.50.1.0/24",
-                None,
-                &["10.50.1.10", "dns1"]
-            )),
+            err(rule("10.0.1.0/24", "10.50.1.0/24", None, &["10.50.1.10", "dns1"])),
             ReipError::NotIp {
                 field: "dns[1]".into(),
                 value: "dns1".into()
@@ -562,10 +536,7 @@ mod tests {
     #[test]
     fn translate_keeps_host_bits_v4_and_v6() {
         let rules = exchange();
-        assert_eq!(
-            translate(net("10.0.1.25/24"), &rules),
-            Some(net("10.50.1.25/24"))
-        );
+        assert_eq!(translate(net("10.0.1.25/24"), &rules), Some(net("10.50.1.25/24")));
         assert_eq!(
             translate(net("fd00:c0:1::10/64"), &rules),
             Some(net("fd00:c0:50::10/64"))
@@ -579,14 +550,8 @@ mod tests {
             SubnetMap::from_rule(&rule("10.0.0.0/16", "10.60.0.0/16", None, &[])).unwrap(),
             SubnetMap::from_rule(&rule("10.0.1.0/24", "10.50.1.0/24", None, &[])).unwrap(),
         ];
-        assert_eq!(
-            translate(net("10.0.1.25/16"), &rules),
-            Some(net("10.50.1.25/24"))
-        );
-        assert_eq!(
-            translate(net("10.0.2.25/16"), &rules),
-            Some(net("10.60.2.25/16"))
-        );
+        assert_eq!(translate(net("10.0.1.25/16"), &rules), Some(net("10.50.1.25/24")));
+        assert_eq!(translate(net("10.0.2.25/16"), &rules), Some(net("10.60.2.25/16")));
     }
 
     #[test]
@@ -608,25 +573,15 @@ mod tests {
         assert_eq!(back[0].target, net("10.0.1.0/24"));
         assert_eq!(back[0].gateway, None);
         assert!(back[0].dns.is_empty() && back[0].search.is_empty());
-        assert_eq!(
-            translate(net("10.50.1.25/24"), &back),
-            Some(net("10.0.1.25/24"))
-        );
+        assert_eq!(translate(net("10.50.1.25/24"), &back), Some(net("10.0.1.25/24")));
     }
 
     #[test]
     fn plan_translates_a_dual_stack_nic() {
-        let plan = plan_nic(
-            &corp_nic(&["10.0.1.25/24", "fd00:c0:1::25/64"]),
-            &exchange(),
-            None,
-        );
+        let plan = plan_nic(&corp_nic(&["10.0.1.25/24", "fd00:c0:1::25/64"]), &exchange(), None);
         assert_eq!(plan.source, AddressSource::Subnet);
         assert_eq!(plan.mac.as_deref(), Some("02:c0:00:01:00:10"));
-        assert_eq!(
-            plan.addresses,
-            vec![net("10.50.1.25/24"), net("fd00:c0:50::25/64")]
-        );
+        assert_eq!(plan.addresses, vec![net("10.50.1.25/24"), net("fd00:c0:50::25/64")]);
         assert_eq!(plan.gateway4, Some("10.50.1.1".parse().unwrap()));
         // The v6 rule has no gateway: the source one is carried over with its host bits.
         assert_eq!(plan.gateway6, Some("fd00:c0:50::1".parse().unwrap()));
@@ -646,10 +601,7 @@ mod tests {
             }),
         );
         assert_eq!(plan.source, AddressSource::Static);
-        assert_eq!(
-            plan.addresses,
-            vec![net("10.50.1.10/24"), net("fd00:c0:50::25/64")]
-        );
+        assert_eq!(plan.addresses, vec![net("10.50.1.10/24"), net("fd00:c0:50::25/64")]);
         // No gateway in the override: the rule whose target holds the address gives one.
         assert_eq!(plan.gateway4, Some("10.50.1.1".parse().unwrap()));
         assert_eq!(plan.dns, vec![ip("10.50.1.10")]);

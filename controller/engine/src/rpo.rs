@@ -45,11 +45,7 @@ pub fn retention_floor(now: DateTime<Utc>, retention: Duration) -> DateTime<Utc>
 
 /// Points past retention, to prune. The newest point is always kept, whatever its age, so a
 /// VM whose replication stalled still has something to recover from.
-pub fn expired(
-    points: &[RecoveryPoint],
-    now: DateTime<Utc>,
-    retention: Duration,
-) -> Vec<RecoveryPoint> {
+pub fn expired(points: &[RecoveryPoint], now: DateTime<Utc>, retention: Duration) -> Vec<RecoveryPoint> {
     let floor = retention_floor(now, retention);
     let newest = points.iter().map(|p| p.time).max();
     points
@@ -86,17 +82,15 @@ pub fn choose_point(
             .ok_or(PointError::NoAppConsistent),
         RecoveryPointSelector::At(t) => {
             let t = crate::time::from_k8s(t);
-            kept.filter(|p| p.time <= t)
-                .max_by_key(|p| p.time)
-                .ok_or_else(|| {
-                    let oldest = points
-                        .iter()
-                        .filter(|p| p.time >= floor)
-                        .map(|p| p.time)
-                        .min()
-                        .map_or_else(|| "none".to_owned(), |t| t.to_rfc3339());
-                    PointError::NoneBefore(t, oldest)
-                })
+            kept.filter(|p| p.time <= t).max_by_key(|p| p.time).ok_or_else(|| {
+                let oldest = points
+                    .iter()
+                    .filter(|p| p.time >= floor)
+                    .map(|p| p.time)
+                    .min()
+                    .map_or_else(|| "none".to_owned(), |t| t.to_rfc3339());
+                PointError::NoneBefore(t, oldest)
+            })
         }
     };
     best.cloned()
@@ -121,10 +115,7 @@ mod tests {
 
     #[test]
     fn rpo_maps_to_schedule() {
-        assert_eq!(
-            sync_interval(Duration::from_secs(15 * 60)),
-            Duration::from_secs(7 * 60)
-        );
+        assert_eq!(sync_interval(Duration::from_secs(15 * 60)), Duration::from_secs(7 * 60));
         assert_eq!(cron_schedule(Duration::from_secs(7 * 60)), "*/6 * * * *");
         assert_eq!(cron_schedule(Duration::from_secs(60)), "*/1 * * * *");
         assert_eq!(cron_schedule(Duration::from_secs(5 * 3600)), "0 */4 * * *");

@@ -13,8 +13,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::executor::chrono_duration;
 use crate::fabric::{
-    Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, RecoveryPointSummary,
-    ReplicationState, RunRef, ScriptLocation, ScriptRequest,
+    Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, RecoveryPointSummary, ReplicationState,
+    RunRef, ScriptLocation, ScriptRequest,
 };
 use crate::model::{Direction, PlanModel, ReadinessModel, SiteModel, VmModel};
 use crate::rpo;
@@ -232,11 +232,7 @@ impl SimFabric {
         for vm in &plan.vms {
             let down = config.faults.sites_down.contains(&source.name);
             vms.insert(
-                (
-                    source.name.clone(),
-                    vm.vm_namespace.clone(),
-                    vm.vm_name.clone(),
-                ),
+                (source.name.clone(), vm.vm_namespace.clone(), vm.vm_name.clone()),
                 SimVm {
                     pvm: vm.name.clone(),
                     running: !down,
@@ -310,9 +306,7 @@ impl SimFabric {
                 retry_after: (op.done_at - now).to_std().unwrap_or_default(),
             });
         }
-        if self.config.faults.failure_rate > 0.0
-            && w.rng.random_bool(self.config.faults.failure_rate.min(1.0))
-        {
+        if self.config.faults.failure_rate > 0.0 && w.rng.random_bool(self.config.faults.failure_rate.min(1.0)) {
             return Err(FabricError::transient(format!(
                 "{key}: the API server answered 503 (simulated)"
             )));
@@ -323,8 +317,7 @@ impl SimFabric {
         // Sometimes the request takes effect and its answer is lost: the caller must not
         // make the effect twice when it tries again.
         let lost = self.config.faults.failure_rate > 0.0
-            && w.rng
-                .random_bool((self.config.faults.failure_rate / 2.0).min(1.0));
+            && w.rng.random_bool((self.config.faults.failure_rate / 2.0).min(1.0));
         w.ops.insert(
             key.clone(),
             Op {
@@ -387,9 +380,7 @@ fn unit(p: FabricResult<Option<RecoveryPoint>>) -> FabricResult<()> {
 fn with_point(p: FabricResult<Option<RecoveryPoint>>) -> FabricResult<RecoveryPoint> {
     match p? {
         Progress::Done(Some(pt)) => Ok(Progress::Done(pt)),
-        Progress::Done(None) => Err(FabricError::permanent(
-            "the operation produced no recovery point",
-        )),
+        Progress::Done(None) => Err(FabricError::permanent("the operation produced no recovery point")),
         Progress::InProgress { retry_after } => Ok(Progress::InProgress { retry_after }),
     }
 }
@@ -422,11 +413,7 @@ impl Fabric for SimFabric {
         })
     }
 
-    async fn recovery_points(
-        &self,
-        vm: &VmModel,
-        _direction: Direction,
-    ) -> Result<Vec<RecoveryPoint>, FabricError> {
+    async fn recovery_points(&self, vm: &VmModel, _direction: Direction) -> Result<Vec<RecoveryPoint>, FabricError> {
         self.world.borrow_mut().calls += 1;
         if self.world.borrow().committed.contains(&vm.name) {
             return Ok(Vec::new());
@@ -435,11 +422,7 @@ impl Fabric for SimFabric {
     }
 
     async fn power_off(&self, run: &RunRef, site: &SiteModel, vm: &VmModel) -> FabricResult<()> {
-        let key = (
-            site.name.clone(),
-            vm.vm_namespace.clone(),
-            vm.vm_name.clone(),
-        );
+        let key = (site.name.clone(), vm.vm_namespace.clone(), vm.vm_name.clone());
         let r = self.ensure(
             format!("power-off/{}/{}", run.uid, vm.name),
             &[&site.name],
@@ -471,11 +454,7 @@ impl Fabric for SimFabric {
     async fn check_stopped(&self, site: &SiteModel, vm: &VmModel) -> FabricResult<()> {
         self.world.borrow_mut().calls += 1;
         self.reachable(&site.name)?;
-        let key = (
-            site.name.clone(),
-            vm.vm_namespace.clone(),
-            vm.vm_name.clone(),
-        );
+        let key = (site.name.clone(), vm.vm_namespace.clone(), vm.vm_name.clone());
         match self.world.borrow().vms.get(&key) {
             Some(v) if v.running => Err(FabricError::permanent(format!(
                 "VirtualMachine {}/{} is still running at {}: stop it, or run the failover with shutdownSource",
@@ -485,12 +464,7 @@ impl Fabric for SimFabric {
         }
     }
 
-    async fn final_sync(
-        &self,
-        run: &RunRef,
-        vm: &VmModel,
-        after: DateTime<Utc>,
-    ) -> FabricResult<RecoveryPoint> {
+    async fn final_sync(&self, run: &RunRef, vm: &VmModel, after: DateTime<Utc>) -> FabricResult<RecoveryPoint> {
         let (source, target) = self.sites_for(run);
         let r = self.ensure(
             format!("final-sync/{}/{}", run.uid, vm.name),
@@ -506,11 +480,7 @@ impl Fabric for SimFabric {
         with_point(r)
     }
 
-    async fn restore_disks(
-        &self,
-        req: &Recovery<'_>,
-        point: &RecoveryPoint,
-    ) -> FabricResult<RecoveryPoint> {
+    async fn restore_disks(&self, req: &Recovery<'_>, point: &RecoveryPoint) -> FabricResult<RecoveryPoint> {
         let run_uid = req.run.uid.clone();
         let (site, ns, vm) = Self::vm_key(req);
         let pvm = req.vm.name.clone();
@@ -522,8 +492,7 @@ impl Fabric for SimFabric {
             |w, now| {
                 for d in disks.iter().chain(disks.is_empty().then_some(&vm)) {
                     Self::effect(w, format!("pvc/{site}/{ns}/{d}/{run_uid}"));
-                    w.pvcs
-                        .insert((site.clone(), ns.clone(), d.clone(), run_uid.clone()));
+                    w.pvcs.insert((site.clone(), ns.clone(), d.clone(), run_uid.clone()));
                 }
                 w.events.push(SimEvent::Restored {
                     at: now,
@@ -631,11 +600,7 @@ impl Fabric for SimFabric {
             crate::model::ActionKind::Webhook { .. } => self.config.latencies.webhook,
             _ => self.config.latencies.job,
         };
-        let fails = self
-            .config
-            .faults
-            .script_failures
-            .contains(&req.action.name);
+        let fails = self.config.faults.script_failures.contains(&req.action.name);
         let action = req.action.name.clone();
         let key = req.idempotency_key.clone();
         let r = self.ensure(format!("script/{key}"), &site, latency, |w, now| {
@@ -689,11 +654,9 @@ impl Fabric for SimFabric {
             &[&site.name],
             self.config.latencies.cleanup,
             |w, _| {
-                w.vms.retain(|(s, _, _), v| {
-                    !(s == &site_name && v.test && v.run_uid.as_deref() == Some(uid.as_str()))
-                });
-                w.pvcs
-                    .retain(|(s, _, _, r)| !(s == &site_name && r == &uid));
+                w.vms
+                    .retain(|(s, _, _), v| !(s == &site_name && v.test && v.run_uid.as_deref() == Some(uid.as_str())));
+                w.pvcs.retain(|(s, _, _, r)| !(s == &site_name && r == &uid));
                 Ok(None)
             },
         ))

@@ -30,12 +30,7 @@ impl MemStore {
 }
 
 impl RunStore for &mut MemStore {
-    async fn save(
-        &mut self,
-        _graph: &StepGraph,
-        step: StepIdx,
-        record: &StepRecord,
-    ) -> Result<(), DriverError> {
+    async fn save(&mut self, _graph: &StepGraph, step: StepIdx, record: &StepRecord) -> Result<(), DriverError> {
         self.records[step] = record.clone();
         self.saves += 1;
         Ok(())
@@ -122,10 +117,7 @@ impl RunReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("invariant violated at {at}: {violation}")]
-    Invariant {
-        at: DateTime<Utc>,
-        violation: String,
-    },
+    Invariant { at: DateTime<Utc>, violation: String },
     #[error("the run is stuck at {at}: nothing is due and it has not finished")]
     Stuck { at: DateTime<Utc> },
     #[error("the run did not finish within {0:?} of virtual time")]
@@ -160,14 +152,7 @@ async fn run_async(
     'restart: loop {
         let cancelled = cancel_at.is_some_and(|c| fabric.clock.now() >= c);
         let executor = Executor::resume(graph, store.records.clone(), cancelled);
-        let mut driver = Driver::new(
-            ctx,
-            executor,
-            fabric,
-            &mut store,
-            &crashes_plan,
-            options.limits,
-        );
+        let mut driver = Driver::new(ctx, executor, fabric, &mut store, &crashes_plan, options.limits);
         loop {
             let now = fabric.clock.now();
             let inputs = RunInputs {
@@ -182,9 +167,7 @@ async fn run_async(
                 Ok(()) => {}
                 Err(DriverError::Crashed) => {
                     crashes += 1;
-                    fabric
-                        .clock
-                        .advance_to(now + chrono_duration(options.restart_delay));
+                    fabric.clock.advance_to(now + chrono_duration(options.restart_delay));
                     continue 'restart;
                 }
                 Err(e) => return Err(e.into()),
@@ -199,12 +182,7 @@ async fn run_async(
                 let report = RunReport {
                     phase: ex.phase(),
                     started,
-                    finished: ex
-                        .records()
-                        .iter()
-                        .filter_map(|r| r.finished_at)
-                        .max()
-                        .unwrap_or(now),
+                    finished: ex.records().iter().filter_map(|r| r.finished_at).max().unwrap_or(now),
                     records: ex.records().to_vec(),
                     approvals,
                     crashes,
@@ -219,11 +197,7 @@ async fn run_async(
             let mut next_approval = None;
             if let Some(after) = options.approve_after {
                 for name in ex.waiting_for() {
-                    let Some(step) = graph
-                        .steps
-                        .iter()
-                        .position(|s| s.approval.as_deref() == Some(name))
-                    else {
+                    let Some(step) = graph.steps.iter().position(|s| s.approval.as_deref() == Some(name)) else {
                         continue;
                     };
                     let since = ex.record(step).started_at.unwrap_or(now);
@@ -231,23 +205,15 @@ async fn run_async(
                     if at <= now {
                         approvals.entry(name.to_owned()).or_insert(now);
                     } else {
-                        next_approval =
-                            Some(next_approval.map_or(at, |n: DateTime<Utc>| n.min(at)));
+                        next_approval = Some(next_approval.map_or(at, |n: DateTime<Utc>| n.min(at)));
                     }
                 }
             }
-            let mut next = [
-                driver.next_wakeup(),
-                next_approval,
-                cancel_at.filter(|&c| c > now),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            if next_approval.is_none()
-                && !ex.waiting_for().is_empty()
-                && options.approve_after.is_some()
-            {
+            let mut next = [driver.next_wakeup(), next_approval, cancel_at.filter(|&c| c > now)]
+                .into_iter()
+                .flatten()
+                .min();
+            if next_approval.is_none() && !ex.waiting_for().is_empty() && options.approve_after.is_some() {
                 // Approvals granted this pass take effect on the next one, at once.
                 next = Some(now);
             }
@@ -276,11 +242,7 @@ pub fn check(
     let (source, target) = plan.sites(ctx.run.direction);
 
     let index = plan.vm_index();
-    let namespace = |vm: usize| {
-        ctx.recovery(vm)
-            .map(|r| r.namespace.to_owned())
-            .unwrap_or_default()
-    };
+    let namespace = |vm: usize| ctx.recovery(vm).map(|r| r.namespace.to_owned()).unwrap_or_default();
     // When each group's last VM came up at the target, if all did.
     let group_up: Vec<Option<DateTime<Utc>>> = plan
         .groups
@@ -289,17 +251,11 @@ pub fn check(
             if g.vms.is_empty() {
                 return Some(DateTime::<Utc>::MIN_UTC);
             }
-            g.vms
-                .iter()
-                .try_fold(None, |latest: Option<DateTime<Utc>>, &vm| {
-                    let key = (
-                        target.name.clone(),
-                        namespace(vm),
-                        plan.vms[vm].vm_name.clone(),
-                    );
-                    let ready = world.vms.get(&key).and_then(|v| v.ready_at)?;
-                    Some(Some(latest.map_or(ready, |l| l.max(ready))))
-                })?
+            g.vms.iter().try_fold(None, |latest: Option<DateTime<Utc>>, &vm| {
+                let key = (target.name.clone(), namespace(vm), plan.vms[vm].vm_name.clone());
+                let ready = world.vms.get(&key).and_then(|v| v.ready_at)?;
+                Some(Some(latest.map_or(ready, |l| l.max(ready))))
+            })?
         })
         .collect();
 
@@ -322,15 +278,12 @@ pub fn check(
                 };
                 let vm = &plan.vms[vi];
                 if *is_test {
-                    let copy = world
-                        .vms
-                        .get(&(site.clone(), namespace(vi), vm.vm_name.clone()));
+                    let copy = world.vms.get(&(site.clone(), namespace(vi), vm.vm_name.clone()));
                     if let Some(copy) = copy {
-                        let isolated = vm.nics.iter().all(|n| {
-                            n.test_network
-                                .as_ref()
-                                .is_some_and(|t| copy.networks.contains(t))
-                        });
+                        let isolated = vm
+                            .nics
+                            .iter()
+                            .all(|n| n.test_network.as_ref().is_some_and(|t| copy.networks.contains(t)));
                         if !isolated {
                             return Err(format!(
                                 "test copy of {pvm} is not on the isolated test networks: {:?}",
@@ -367,11 +320,7 @@ pub fn check(
                 if ctx.run.action.is_planned() {
                     let stopped = world
                         .vms
-                        .get(&(
-                            source.name.clone(),
-                            vm.vm_namespace.clone(),
-                            vm.vm_name.clone(),
-                        ))
+                        .get(&(source.name.clone(), vm.vm_namespace.clone(), vm.vm_name.clone()))
                         .and_then(|v| v.stopped_at);
                     match stopped {
                         Some(s) if point.time >= s => {}
@@ -382,9 +331,7 @@ pub fn check(
                             ));
                         }
                         None => {
-                            return Err(format!(
-                                "{pvm}: planned recovery while the source never stopped"
-                            ));
+                            return Err(format!("{pvm}: planned recovery while the source never stopped"));
                         }
                     }
                 } else {
@@ -398,23 +345,12 @@ pub fn check(
                             crate::time::from_k8s(t)
                         ));
                     }
-                    if point.time < crate::rpo::retention_floor(*at, vm.retention)
-                        || point.time > *at
-                    {
-                        return Err(format!(
-                            "{pvm}: point {} is outside retention at {at}",
-                            point.time
-                        ));
+                    if point.time < crate::rpo::retention_floor(*at, vm.retention) || point.time > *at {
+                        return Err(format!("{pvm}: point {} is outside retention at {at}", point.time));
                     }
-                    if matches!(
-                        ctx.recovery_point,
-                        RecoveryPointSelector::LatestAppConsistent
-                    ) && !point.app_consistent
+                    if matches!(ctx.recovery_point, RecoveryPointSelector::LatestAppConsistent) && !point.app_consistent
                     {
-                        return Err(format!(
-                            "{pvm}: asked for an app-consistent point, got {}",
-                            point.time
-                        ));
+                        return Err(format!("{pvm}: asked for an app-consistent point, got {}", point.time));
                     }
                 }
             }
@@ -430,8 +366,7 @@ pub fn check(
         };
         for &d in &step.deps {
             let dep = &records[d];
-            let ok =
-                dep.state.lets_successors_run() && dep.finished_at.is_some_and(|f| f <= started);
+            let ok = dep.state.lets_successors_run() && dep.finished_at.is_some_and(|f| f <= started);
             if !ok {
                 return Err(format!(
                     "{} started at {started} before {} was done ({:?})",
@@ -470,14 +405,8 @@ pub fn check(
             .all(|r| r.state != StepState::Failed && r.state != StepState::Skipped);
         if succeeded && ctx.run.action.recovers_vms() {
             for vm in &plan.vms {
-                let rec = ctx
-                    .recovery(index[vm.name.as_str()])
-                    .map_err(|e| e.to_string())?;
-                let key = (
-                    target.name.clone(),
-                    rec.namespace.to_owned(),
-                    vm.vm_name.clone(),
-                );
+                let rec = ctx.recovery(index[vm.name.as_str()]).map_err(|e| e.to_string())?;
+                let key = (target.name.clone(), rec.namespace.to_owned(), vm.vm_name.clone());
                 if !world.vms.get(&key).is_some_and(|v| v.running) {
                     return Err(format!(
                         "{} is not running at {} after a successful run",
@@ -487,11 +416,7 @@ pub fn check(
                 if test
                     && !world
                         .vms
-                        .get(&(
-                            source.name.clone(),
-                            vm.vm_namespace.clone(),
-                            vm.vm_name.clone(),
-                        ))
+                        .get(&(source.name.clone(), vm.vm_namespace.clone(), vm.vm_name.clone()))
                         .is_some_and(|v| v.running)
                     && !fabric.config.faults.sites_down.contains(&source.name)
                 {

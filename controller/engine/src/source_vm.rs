@@ -34,10 +34,7 @@ pub enum SourceVmError {
 /// Reads a `kubevirt.io/v1` VirtualMachine. `default_namespace` applies when the manifest
 /// names none.
 pub fn from_manifest(vm: &Value, default_namespace: &str) -> Result<SourceVm, SourceVmError> {
-    let name = vm["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let name = vm["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let namespace = vm["metadata"]["namespace"]
         .as_str()
         .unwrap_or(default_namespace)
@@ -63,14 +60,13 @@ pub fn from_manifest(vm: &Value, default_namespace: &str) -> Result<SourceVm, So
         }
     }
     let addressed = match network_data {
-        Some(text) => cloudinit::parse_network_config(text)
-            .map_err(|e| bad(format!("cloud-init network data: {e}")))?,
+        Some(text) => {
+            cloudinit::parse_network_config(text).map_err(|e| bad(format!("cloud-init network data: {e}")))?
+        }
         None => Vec::new(),
     };
 
-    let interfaces = spec["domain"]["devices"]["interfaces"]
-        .as_array()
-        .unwrap_or(&empty);
+    let interfaces = spec["domain"]["devices"]["interfaces"].as_array().unwrap_or(&empty);
     let mut nics = Vec::new();
     for net in spec["networks"].as_array().unwrap_or(&empty) {
         let nic_name = net["name"].as_str().unwrap_or_default().to_owned();
@@ -83,9 +79,7 @@ pub fn from_manifest(vm: &Value, default_namespace: &str) -> Result<SourceVm, So
                 format!("{namespace}/{n}")
             }
         } else {
-            return Err(bad(format!(
-                "network {nic_name:?} is neither pod nor multus"
-            )));
+            return Err(bad(format!("network {nic_name:?} is neither pod nor multus")));
         };
         let mac = interfaces
             .iter()
@@ -93,9 +87,9 @@ pub fn from_manifest(vm: &Value, default_namespace: &str) -> Result<SourceVm, So
             .and_then(|i| i["macAddress"].as_str())
             .map(str::to_lowercase);
         // Network data names interfaces by set-name, or matches them by MAC.
-        let from_data = addressed.iter().find(|s| {
-            s.name == nic_name || (mac.is_some() && s.mac.as_deref().map(str::to_lowercase) == mac)
-        });
+        let from_data = addressed
+            .iter()
+            .find(|s| s.name == nic_name || (mac.is_some() && s.mac.as_deref().map(str::to_lowercase) == mac));
         let nic = match from_data {
             Some(s) => SourceNic {
                 name: nic_name.clone(),

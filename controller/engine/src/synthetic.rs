@@ -9,9 +9,7 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{
-    ActionKind, ActionModel, GroupModel, NicModel, PlanModel, ReadinessModel, SiteModel, VmModel,
-};
+use crate::model::{ActionKind, ActionModel, GroupModel, NicModel, PlanModel, ReadinessModel, SiteModel, VmModel};
 use crate::reip::{self, SourceNic, SubnetMap};
 
 /// The shape of a generated plan.

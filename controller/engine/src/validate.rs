@@ -13,8 +13,8 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use crate::model::{
-    ActionKind, ActionModel, GroupModel, NicModel, PlanModel, ProbeModel, ReadinessModel,
-    SiteModel, VmModel, parse_duration,
+    ActionKind, ActionModel, GroupModel, NicModel, PlanModel, ProbeModel, ReadinessModel, SiteModel, VmModel,
+    parse_duration,
 };
 use crate::reip::{self, NicPlan, SourceNic, StaticAddress, SubnetMap};
 use crate::source_vm::SourceVm;
@@ -44,11 +44,7 @@ impl fmt::Display for Problem {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(
-            f,
-            "{sev}: {}: {}: {}",
-            self.object, self.field, self.message
-        )
+        write!(f, "{sev}: {}: {}: {}", self.object, self.field, self.message)
     }
 }
 
@@ -98,10 +94,7 @@ impl Problems {
 }
 
 fn ns_of<K: kube::Resource>(o: &K) -> String {
-    o.meta()
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into())
+    o.meta().namespace.clone().unwrap_or_else(|| "default".into())
 }
 
 /// Checks a NetworkMapping against the sites it names and its own rules as a whole.
@@ -130,7 +123,10 @@ pub fn validate_mapping(nm: &NetworkMapping, inv: &Inventory) -> Vec<Problem> {
                         if *k != i && (other.contains(&m.source) || m.source.contains(other)) {
                             p.error(
                                 format!("{field}.source"),
-                                format!("{} overlaps {} of spec.networks[{k}]; an address would map two ways", m.source, other),
+                                format!(
+                                    "{} overlaps {} of spec.networks[{k}]; an address would map two ways",
+                                    m.source, other
+                                ),
                             );
                         }
                     }
@@ -154,18 +150,25 @@ pub fn validate_mapping(nm: &NetworkMapping, inv: &Inventory) -> Vec<Problem> {
 
 /// Checks a ProtectedVM's references.
 pub fn validate_protected_vm(pvm: &ProtectedVM, inv: &Inventory) -> Vec<Problem> {
-    let ns = ns_of(pvm);
-    let mut p = Problems::new(format!("ProtectedVM {ns}/{}", pvm.name_any()));
-    check_pvm_refs(pvm, &ns, inv, &mut p);
-    p.list
+    match vm_model(pvm, inv) {
+        Ok((_, warnings)) => warnings,
+        Err(problems) => problems,
+    }
 }
 
-fn check_pvm_refs<'a>(
-    pvm: &ProtectedVM,
-    ns: &str,
-    inv: &'a Inventory,
-    p: &mut Problems,
-) -> Option<&'a NetworkMapping> {
+/// Resolves one ProtectedVM on its own, as its reconciler needs it.
+pub fn vm_model(pvm: &ProtectedVM, inv: &Inventory) -> Result<(VmModel, Vec<Problem>), Vec<Problem>> {
+    let ns = ns_of(pvm);
+    let mut p = Problems::new(format!("ProtectedVM {ns}/{}", pvm.name_any()));
+    let (mut recovered, mut test) = (BTreeMap::new(), BTreeMap::new());
+    let vm = resolve_vm(pvm, &ns, inv, &mut p, "spec", &mut recovered, &mut test);
+    match vm {
+        Some(vm) if !p.has_errors() => Ok((vm, p.list)),
+        _ => Err(p.list),
+    }
+}
+
+fn check_pvm_refs<'a>(pvm: &ProtectedVM, ns: &str, inv: &'a Inventory, p: &mut Problems) -> Option<&'a NetworkMapping> {
     let spec = &pvm.spec;
     for (field, site) in [
         ("spec.primarySite", &spec.primary_site),
@@ -178,9 +181,7 @@ fn check_pvm_refs<'a>(
             );
         }
     }
-    let mapping = inv
-        .mappings
-        .get(&(ns.to_owned(), spec.network_mapping.clone()));
+    let mapping = inv.mappings.get(&(ns.to_owned(), spec.network_mapping.clone()));
     match mapping {
         None => p.error(
             "spec.networkMapping",
@@ -196,10 +197,7 @@ fn check_pvm_refs<'a>(
         Some(_) => {}
     }
     let vm_ns = spec.vm.namespace.clone().unwrap_or_else(|| ns.to_owned());
-    if !inv
-        .source_vms
-        .contains_key(&(vm_ns.clone(), spec.vm.name.clone()))
-    {
+    if !inv.source_vms.contains_key(&(vm_ns.clone(), spec.vm.name.clone())) {
         p.warning(
             "spec.vm",
             format!(
@@ -212,10 +210,7 @@ fn check_pvm_refs<'a>(
 }
 
 /// Resolves and checks a plan; on success the model the planner works on.
-pub fn validate_plan(
-    plan: &RecoveryPlan,
-    inv: &Inventory,
-) -> Result<(PlanModel, Vec<Problem>), Vec<Problem>> {
+pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel, Vec<Problem>), Vec<Problem>> {
     let ns = ns_of(plan);
     let mut p = Problems::new(format!("RecoveryPlan {ns}/{}", plan.name_any()));
     let spec = &plan.spec;
@@ -252,10 +247,7 @@ pub fn validate_plan(
         depends.push(deps);
     }
     if let Some(cycle) = find_cycle(&depends) {
-        let names: Vec<&str> = cycle
-            .iter()
-            .map(|&i| spec.groups[i].name.as_str())
-            .collect();
+        let names: Vec<&str> = cycle.iter().map(|&i| spec.groups[i].name.as_str()).collect();
         p.error(
             "spec.groups[].dependsOn",
             format!(
@@ -293,9 +285,7 @@ pub fn validate_plan(
                 );
                 continue;
             };
-            if pvm.spec.primary_site != spec.primary_site
-                || pvm.spec.recovery_site != spec.recovery_site
-            {
+            if pvm.spec.primary_site != spec.primary_site || pvm.spec.recovery_site != spec.recovery_site {
                 p.error(
                     field,
                     format!(
@@ -305,15 +295,7 @@ pub fn validate_plan(
                 );
                 continue;
             }
-            if let Some(vm) = resolve_vm(
-                pvm,
-                &ns,
-                inv,
-                &mut p,
-                &field,
-                &mut recovered_ips,
-                &mut test_ips,
-            ) {
+            if let Some(vm) = resolve_vm(pvm, &ns, inv, &mut p, &field, &mut recovered_ips, &mut test_ips) {
                 members.push(vms.len());
                 vms.push(vm);
             }
@@ -328,11 +310,7 @@ pub fn validate_plan(
         });
     }
 
-    let auto_approve = spec
-        .drill
-        .as_ref()
-        .map(|d| d.auto_approve.clone())
-        .unwrap_or_default();
+    let auto_approve = spec.drill.as_ref().map(|d| d.auto_approve.clone()).unwrap_or_default();
     let manual: BTreeSet<&str> = groups
         .iter()
         .flat_map(|g| g.pre.iter().chain(&g.post))
@@ -373,11 +351,7 @@ fn site_model(inv: &Inventory, name: &str, field: &str, p: &mut Problems) -> Opt
         Some(site) => Some(SiteModel {
             name: name.to_owned(),
             test_namespace: site.spec.test_namespace.clone(),
-            storage_class: site
-                .spec
-                .storage
-                .as_ref()
-                .and_then(|s| s.storage_class_name.clone()),
+            storage_class: site.spec.storage.as_ref().and_then(|s| s.storage_class_name.clone()),
             snapshot_class: site
                 .spec
                 .storage
@@ -395,16 +369,9 @@ fn site_model(inv: &Inventory, name: &str, field: &str, p: &mut Problems) -> Opt
 }
 
 /// The inverse rules for failback: an explicit mapping for the other direction wins.
-fn return_rules(
-    inv: &Inventory,
-    ns: &str,
-    nm: &NetworkMapping,
-    rule: &NetworkRule,
-) -> Vec<SubnetMap> {
+fn return_rules(inv: &Inventory, ns: &str, nm: &NetworkMapping, rule: &NetworkRule) -> Vec<SubnetMap> {
     let explicit = inv.mappings.iter().find(|((m_ns, _), m)| {
-        m_ns == ns
-            && m.spec.source_site == nm.spec.target_site
-            && m.spec.target_site == nm.spec.source_site
+        m_ns == ns && m.spec.source_site == nm.spec.target_site && m.spec.target_site == nm.spec.source_site
     });
     if let Some((_, back)) = explicit
         && let Some(r) = back
@@ -413,11 +380,7 @@ fn return_rules(
             .iter()
             .find(|r| r.source.network == rule.target.network)
     {
-        return r
-            .subnets
-            .iter()
-            .filter_map(|s| SubnetMap::from_rule(s).ok())
-            .collect();
+        return r.subnets.iter().filter_map(|s| SubnetMap::from_rule(s).ok()).collect();
     }
     reip::invert(
         &rule
@@ -442,11 +405,7 @@ fn resolve_vm(
     let mapping = check_pvm_refs(pvm, ns, inv, p)?;
     let spec = &pvm.spec;
     let vm_ns = spec.vm.namespace.clone().unwrap_or_else(|| ns.to_owned());
-    let overrides = spec
-        .recovery
-        .as_ref()
-        .map(|r| r.nics.as_slice())
-        .unwrap_or_default();
+    let overrides = spec.recovery.as_ref().map(|r| r.nics.as_slice()).unwrap_or_default();
     let source = inv.source_vms.get(&(vm_ns.clone(), spec.vm.name.clone()));
     let mut nics = Vec::new();
     if let Some(source) = source {
@@ -462,12 +421,7 @@ fn resolve_vm(
             }
         }
         for nic in &source.nics {
-            let Some(rule) = mapping
-                .spec
-                .networks
-                .iter()
-                .find(|r| r.source.network == nic.network)
-            else {
+            let Some(rule) = mapping.spec.networks.iter().find(|r| r.source.network == nic.network) else {
                 p.error(
                     format!("ProtectedVM {name}: NIC {}", nic.name),
                     format!(
@@ -510,14 +464,12 @@ fn resolve_vm(
                 );
             }
             let recovered = reip::plan_nic(&nic.nic, &rules, static_ip);
-            let test =
-                match o.and_then(|o| overridden(StaticAddress::from_test_override(o), &name, p)) {
-                    Some(s) => reip::plan_nic(&nic.nic, &[], Some(s)),
-                    // The test network is isolated: the recovered addresses cannot clash there.
-                    None => recovered.clone(),
-                };
-            let returned =
-                returned_plan(&nic.nic, &recovered, &return_rules(inv, ns, mapping, rule));
+            let test = match o.and_then(|o| overridden(StaticAddress::from_test_override(o), &name, p)) {
+                Some(s) => reip::plan_nic(&nic.nic, &[], Some(s)),
+                // The test network is isolated: the recovered addresses cannot clash there.
+                None => recovered.clone(),
+            };
+            let returned = returned_plan(&nic.nic, &recovered, &return_rules(inv, ns, mapping, rule));
             let who = format!("{name}/{}", nic.name);
             unique_addresses(&recovered, &who, recovered_ips, "recovered", p);
             unique_addresses(&test, &who, test_ips, "test", p);
@@ -593,18 +545,15 @@ fn overridden(
     })
 }
 
-fn unique_addresses(
-    plan: &NicPlan,
-    who: &str,
-    seen: &mut BTreeMap<IpAddr, String>,
-    what: &str,
-    p: &mut Problems,
-) {
+fn unique_addresses(plan: &NicPlan, who: &str, seen: &mut BTreeMap<IpAddr, String>, what: &str, p: &mut Problems) {
     for a in &plan.addresses {
         if let Some(other) = seen.get(&a.addr()) {
             p.error(
                 format!("NIC {who}"),
-                format!("{what} address {} is also given to {other}; recovered addresses must be unique in the plan", a.addr()),
+                format!(
+                    "{what} address {} is also given to {other}; recovered addresses must be unique in the plan",
+                    a.addr()
+                ),
             );
         } else {
             seen.insert(a.addr(), who.to_owned());
@@ -612,11 +561,7 @@ fn unique_addresses(
     }
 }
 
-fn readiness_model(
-    r: &coldsite_api::recovery_plan::Readiness,
-    gi: usize,
-    p: &mut Problems,
-) -> ReadinessModel {
+fn readiness_model(r: &coldsite_api::recovery_plan::Readiness, gi: usize, p: &mut Problems) -> ReadinessModel {
     let timeout = parse_duration(&r.timeout).unwrap_or_else(|e| {
         p.error(format!("spec.groups[{gi}].readiness.timeout"), e);
         std::time::Duration::from_secs(600)
@@ -682,10 +627,7 @@ fn actions(list: &[Action], field: &str, p: &mut Problems) -> Vec<ActionModel> {
                                 .ok()?,
                         },
                         _ => {
-                            p.error(
-                                format!("{field}.script"),
-                                "set exactly one of job or webhook",
-                            );
+                            p.error(format!("{field}.script"), "set exactly one of job or webhook");
                             return None;
                         }
                     };
@@ -731,12 +673,7 @@ fn find_cycle(depends: &[Vec<usize>]) -> Option<Vec<usize>> {
         Open,
         Done,
     }
-    fn visit(
-        i: usize,
-        depends: &[Vec<usize>],
-        mark: &mut [Mark],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
+    fn visit(i: usize, depends: &[Vec<usize>], mark: &mut [Mark], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
         mark[i] = Mark::Open;
         stack.push(i);
         for &d in &depends[i] {

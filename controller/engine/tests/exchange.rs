@@ -28,8 +28,7 @@ fn exchange() -> (Inventory, RecoveryPlan) {
         for mut doc in parse_documents(&text).unwrap() {
             if doc["kind"] == "VirtualMachine" {
                 let vm = source_vm::from_manifest(&doc, "exchange").unwrap();
-                inv.source_vms
-                    .insert((vm.namespace.clone(), vm.name.clone()), vm);
+                inv.source_vms.insert((vm.namespace.clone(), vm.name.clone()), vm);
                 continue;
             }
             if doc["kind"] != "Site" {
@@ -43,8 +42,7 @@ fn exchange() -> (Inventory, RecoveryPlan) {
                     inv.mappings.insert(("exchange".into(), m.name_any()), *m);
                 }
                 ColdsiteObject::ProtectedVM(p) => {
-                    inv.protected_vms
-                        .insert(("exchange".into(), p.name_any()), *p);
+                    inv.protected_vms.insert(("exchange".into(), p.name_any()), *p);
                 }
                 ColdsiteObject::RecoveryPlan(p) => plan = Some(*p),
                 ColdsiteObject::RecoveryRun(_) => {}
@@ -87,12 +85,7 @@ fn exchange_resolves_with_mapped_addresses() {
         .collect();
     assert_eq!(order, ["identity", "mailbox", "client-access"]);
     let vm = |name: &str| m.vms.iter().find(|v| v.name == name).unwrap();
-    let addrs = |p: &coldsite_engine::reip::NicPlan| {
-        p.addresses
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-    };
+    let addrs = |p: &coldsite_engine::reip::NicPlan| p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     // The static override wins for the domain controller (IPv4); IPv6 follows the subnet rule.
     assert_eq!(
         addrs(&vm("dc01").nics[0].recovered),
@@ -113,10 +106,7 @@ fn exchange_resolves_with_mapped_addresses() {
         addrs(&vm("exch-cas01").nics[0].returned),
         ["10.0.1.30/24", "fd00:c0:1::30/64"]
     );
-    assert_eq!(
-        vm("exch-mbx01").disks,
-        ["exch-mbx01-system", "exch-mbx01-data"]
-    );
+    assert_eq!(vm("exch-mbx01").disks, ["exch-mbx01-system", "exch-mbx01-data"]);
 }
 
 #[test]
@@ -214,16 +204,10 @@ fn clashing_and_stray_static_addresses_are_refused() {
         memory: None,
     });
     let e = errors(validate_plan(&plan, &inv));
-    has(
-        &e,
-        "recovered address 10.50.1.20 is also given to exch-mbx01/corp",
-    );
+    has(&e, "recovered address 10.50.1.20 is also given to exch-mbx01/corp");
 
     let (mut inv, plan) = exchange();
-    let pvm = inv
-        .protected_vms
-        .get_mut(&("exchange".into(), "dc01".into()))
-        .unwrap();
+    let pvm = inv.protected_vms.get_mut(&("exchange".into(), "dc01".into())).unwrap();
     pvm.spec.recovery.as_mut().unwrap().nics[0].ip = Some("192.168.7.10/24".into());
     pvm.spec.recovery.as_mut().unwrap().nics[0].gateway = None;
     has(
@@ -236,10 +220,7 @@ fn clashing_and_stray_static_addresses_are_refused() {
 fn test_addresses_must_be_unique_too() {
     let (mut inv, plan) = exchange();
     for name in ["exch-mbx01", "exch-cas01"] {
-        let pvm = inv
-            .protected_vms
-            .get_mut(&("exchange".into(), name.into()))
-            .unwrap();
+        let pvm = inv.protected_vms.get_mut(&("exchange".into(), name.into())).unwrap();
         pvm.spec.recovery = Some(coldsite_api::protected_vm::RecoveryOverrides {
             nics: vec![NicOverride {
                 name: "corp".into(),
@@ -271,18 +252,9 @@ fn mappings_report_unknown_sites_and_overlaps_across_networks() {
     nm.spec.networks.push(second);
     nm.spec.target_site = "nowhere".into();
     inv.sites.remove("nowhere");
-    let problems: Vec<String> = validate_mapping(&nm, &inv)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    has(
-        &problems,
-        "spec.targetSite: Site \"nowhere\" does not exist",
-    );
-    has(
-        &problems,
-        "10.0.0.0/16 overlaps 10.0.1.0/24 of spec.networks[0]",
-    );
+    let problems: Vec<String> = validate_mapping(&nm, &inv).iter().map(ToString::to_string).collect();
+    has(&problems, "spec.targetSite: Site \"nowhere\" does not exist");
+    has(&problems, "10.0.0.0/16 overlaps 10.0.1.0/24 of spec.networks[0]");
 }
 
 fn ids(g: &StepGraph) -> Vec<&str> {
@@ -314,15 +286,8 @@ fn test_failover_graph_orders_groups_and_filters_actions() {
     let power_on = &g.steps[g.find("mailbox/vm/exch-mbx01/power-on").unwrap()];
     let start = g.find("mailbox/start").unwrap();
     assert!(power_on.deps.contains(&start));
-    let start_deps: Vec<&str> = g.steps[start]
-        .deps
-        .iter()
-        .map(|&d| g.steps[d].id.as_str())
-        .collect();
-    assert_eq!(
-        start_deps,
-        ["identity/done", "mailbox/pre/confirm-ad-replication"]
-    );
+    let start_deps: Vec<&str> = g.steps[start].deps.iter().map(|&d| g.steps[d].id.as_str()).collect();
+    assert_eq!(start_deps, ["identity/done", "mailbox/pre/confirm-ad-replication"]);
     // Restores wait for nothing: disks are ready before the group's turn.
     assert!(
         g.steps[g.find("client-access/vm/exch-cas01/restore-disks").unwrap()]
@@ -350,19 +315,10 @@ fn planned_failover_stops_in_reverse_order_and_syncs() {
             .collect()
     };
     assert!(deps("client-access/vm/exch-cas01/stop-source").is_empty());
-    assert_eq!(
-        deps("mailbox/vm/exch-mbx01/stop-source"),
-        ["client-access/shutdown"]
-    );
+    assert_eq!(deps("mailbox/vm/exch-mbx01/stop-source"), ["client-access/shutdown"]);
     assert_eq!(deps("identity/vm/dc01/stop-source"), ["mailbox/shutdown"]);
-    assert_eq!(
-        deps("identity/vm/dc01/final-sync"),
-        ["identity/vm/dc01/stop-source"]
-    );
-    assert_eq!(
-        deps("identity/vm/dc01/restore-disks"),
-        ["identity/vm/dc01/final-sync"]
-    );
+    assert_eq!(deps("identity/vm/dc01/final-sync"), ["identity/vm/dc01/stop-source"]);
+    assert_eq!(deps("identity/vm/dc01/restore-disks"), ["identity/vm/dc01/final-sync"]);
     assert!(ids(&g).contains(&"client-access/post/update-dns"));
     // Same inputs, same graph.
     let again = planner::plan(

@@ -77,7 +77,14 @@ macro_rules! family_props {
                         )
                     })
                     .prop_map(|(p1, p2, k, s, t1, t2, h)| {
-                        (network(s, p1), network(s, p2), network(t1, p1), network(t2, p2), h, k)
+                        (
+                            network(s, p1),
+                            network(s, p2),
+                            network(t1, p1),
+                            network(t2, p2),
+                            h,
+                            k,
+                        )
                     })
             }
 

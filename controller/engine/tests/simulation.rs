@@ -79,8 +79,7 @@ fn scenario(seed: u64) -> Scenario {
         must_succeed = false;
     }
     let (source, _) = plan.sites(direction);
-    let source_down =
-        matches!(action, RunAction::Failover | RunAction::PlannedFailover) && rng.random_bool(0.15);
+    let source_down = matches!(action, RunAction::Failover | RunAction::PlannedFailover) && rng.random_bool(0.15);
     if source_down {
         faults.sites_down.insert(source.name.clone());
         must_succeed &= action == RunAction::Failover;
@@ -111,9 +110,8 @@ fn scenario(seed: u64) -> Scenario {
         )),
     };
     // A requested point may not exist in retention: then the restore fails for good.
-    must_succeed &= matches!(recovery_point, RecoveryPointSelector::Latest)
-        || !action.recovers_vms()
-        || action.is_planned();
+    must_succeed &=
+        matches!(recovery_point, RecoveryPointSelector::Latest) || !action.recovers_vms() || action.is_planned();
     Scenario {
         ctx: RunContext::new(
             plan,
@@ -197,10 +195,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
             return Err(format!("the run failed for no injected reason: {failed:?}"));
         }
     }
-    if s.source_down
-        && s.options.action == RunAction::PlannedFailover
-        && report.phase == RunPhase::Succeeded
-    {
+    if s.source_down && s.options.action == RunAction::PlannedFailover && report.phase == RunPhase::Succeeded {
         return Err("a planned failover succeeded with the primary site down".into());
     }
     Ok(())
@@ -208,10 +203,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
 
 fn seeds() -> Vec<u64> {
     if let Ok(one) = std::env::var("COLDSITE_SEED") {
-        return one
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
+        return one.split(',').filter_map(|s| s.trim().parse().ok()).collect();
     }
     let n: u64 = std::env::var("COLDSITE_SIM_SEEDS")
         .ok()
@@ -237,12 +229,7 @@ fn seeded_runs_keep_the_invariants() {
         "{} of {} seeds failed; replay one with COLDSITE_SEED=<seed> cargo test -p coldsite-engine --test simulation:\n{}",
         failures.len(),
         seeds.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -313,17 +300,9 @@ fn failover_without_shutdown_refuses_a_running_source() {
             .iter()
             .all(|e| !matches!(e, coldsite_engine::sim::SimEvent::VmStarted { .. }))
     );
-    let failed = report
-        .records
-        .iter()
-        .find(|r| r.state == StepState::Failed)
-        .unwrap();
+    let failed = report.records.iter().find(|r| r.state == StepState::Failed).unwrap();
     assert!(
-        failed
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("still running"),
+        failed.message.as_deref().unwrap_or_default().contains("still running"),
         "{failed:?}"
     );
 }
@@ -378,11 +357,7 @@ fn crashes_everywhere_in_one_run() {
     assert!(report.crashes >= 20, "crashed {} times", report.crashes);
     assert_eq!(report.phase, RunPhase::Succeeded);
     let world = fabric.world();
-    let scripts = world
-        .effects
-        .keys()
-        .filter(|k| k.starts_with("script/"))
-        .count();
+    let scripts = world.effects.keys().filter(|k| k.starts_with("script/")).count();
     let expected = ctx
         .plan
         .groups

@@ -1,1 +1,17 @@
-//! placeholder
+//! coldsite-controller: the Kubernetes shell around the engine. Reconcilers read the world,
+//! call the engine and apply what it returns; the KubeVirt fabric drives VolSync, snapshots
+//! and VMs at the sites.
+
+pub mod conditions;
+pub mod context;
+pub mod error;
+pub mod http_client;
+pub mod inventory;
+pub mod kubevirt;
+pub mod metrics;
+pub mod probes;
+pub mod reconcile;
+pub mod scripts;
+pub mod server;
+pub mod sites;
+pub mod status;

@@ -1,0 +1,284 @@
+//! coldsite-controller: converges replication and failover state toward the coldsite
+//! resources. Run two replicas: leader election through a Lease keeps one acting.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use coldsite_api::{NetworkMapping, ProtectedVM, RecoveryPlan, RecoveryRun, Site};
+use coldsite_operator::context::{Context, Settings};
+use coldsite_operator::error::Error;
+use coldsite_operator::http_client::HttpClient;
+use coldsite_operator::metrics::Metrics;
+use coldsite_operator::reconcile;
+use coldsite_operator::server::{self, Readiness};
+use coldsite_operator::sites::SiteClients;
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+/// Disaster recovery for KubeVirt VMs: the controller.
+///
+/// Reconciles Sites (reachability and capabilities), NetworkMappings (validity),
+/// ProtectedVMs (VolSync replication, recovery points, RPO), RecoveryPlans (validity,
+/// readiness, drills) and RecoveryRuns (failovers, driven step by step). Serves /healthz,
+/// /readyz and /metrics. With leader election on, only the replica holding the Lease acts.
+#[derive(Parser, Debug)]
+#[command(name = "coldsite-controller", version, about, long_about)]
+struct Args {
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "COLDSITE_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "coldsite-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "coldsite-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease; the Pod's name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Act without leader election: for a single replica only.
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Platform calls in flight at once, per run.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+type Reconciled = std::pin::Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
+
+/// Wraps a kind's reconciler with metrics and tracing.
+fn instrument<K, F, Fut>(kind: &'static str, f: F) -> impl Fn(Arc<K>, Arc<Context>) -> Reconciled
+where
+    K: Resource + Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        let f = f.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let name = obj.meta().name.clone().unwrap_or_default();
+            let result = f(obj, ctx.clone()).await;
+            ctx.metrics
+                .reconciled(kind, started, result.as_ref().err().map(Error::category));
+            if let Err(e) = &result {
+                tracing::warn!(kind, name, category = %e.category(), error = %e, "reconcile failed");
+            }
+            result
+        })
+    }
+}
+
+fn error_policy<K>(_: Arc<K>, e: &Error, _: Arc<Context>) -> Action {
+    use coldsite_operator::error::Category;
+    Action::requeue(match e.category() {
+        Category::SiteUnreachable => Duration::from_secs(30),
+        Category::InvalidSpec | Category::Reference => Duration::from_secs(60),
+        _ => Duration::from_secs(5),
+    })
+}
+
+type Stop = futures::future::Shared<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+fn shared(f: impl Future<Output = ()> + Send + 'static) -> Stop {
+    futures::FutureExt::shared(Box::pin(f) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>)
+}
+
+async fn log_result<T, E: std::fmt::Display>(kind: &'static str, r: Result<T, E>) {
+    if let Err(e) = r {
+        tracing::debug!(kind, error = %e, "controller event");
+    }
+}
+
+async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
+    let client = ctx.client.clone();
+    let cfg = watcher::Config::default();
+    let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone())
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            instrument("Site", reconcile::site::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| log_result("Site", r));
+    let mappings = Controller::new(Api::<NetworkMapping>::all(client.clone()), cfg.clone())
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            instrument("NetworkMapping", reconcile::network_mapping::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| log_result("NetworkMapping", r));
+    let pvms = Controller::new(Api::<ProtectedVM>::all(client.clone()), cfg.clone())
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            instrument("ProtectedVM", reconcile::protected_vm::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| log_result("ProtectedVM", r));
+    let plans = Controller::new(Api::<RecoveryPlan>::all(client.clone()), cfg.clone())
+        .watches(
+            Api::<RecoveryRun>::all(client.clone()),
+            cfg.clone(),
+            |run: RecoveryRun| run.namespace().map(|ns| ObjectRef::new(&run.spec.plan).within(&ns)),
+        )
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            instrument("RecoveryPlan", reconcile::recovery_plan::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| log_result("RecoveryPlan", r));
+    let runs = Controller::new(Api::<RecoveryRun>::all(client.clone()), cfg)
+        .graceful_shutdown_on(stop)
+        .run(
+            instrument("RecoveryRun", reconcile::recovery_run::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| log_result("RecoveryRun", r));
+    tokio::join!(sites, mappings, pvms, plans, runs);
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let client = Client::try_default().await?;
+    let metrics = Metrics::new()?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("coldsite-controller-{}", std::process::id()));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        sites: SiteClients::new(client.clone()),
+        metrics: metrics.clone(),
+        reporter: Reporter {
+            controller: "coldsite-controller".into(),
+            instance: Some(identity.clone()),
+        },
+        http: HttpClient::new()?,
+        settings: Settings {
+            concurrency: args.concurrency.max(1),
+        },
+        runs: Default::default(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let ready = Readiness::default();
+    let server = tokio::spawn(server::serve(args.metrics_address, metrics, ready.clone(), stopped()));
+    ready.set(true);
+
+    if args.no_leader_election {
+        tracing::info!("acting without leader election");
+        run_controllers(ctx, shared(stopped())).await;
+    } else {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+            .await?;
+        let (mut leader, task) = manager.watch().await;
+        tracing::info!(identity, lease = args.lease_name, "waiting to lead");
+        let mut stop = stop_rx.clone();
+        loop {
+            if *leader.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = leader.changed() => changed?,
+                _ = stop.wait_for(|s| *s) => {
+                    drop(leader);
+                    let _ = task.await;
+                    return Ok(());
+                }
+            }
+        }
+        tracing::info!(identity, "leading: controllers start");
+        let lost = {
+            let mut leader = leader.clone();
+            async move {
+                let _ = leader.wait_for(|l| !*l).await;
+            }
+        };
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let mut lost_watch = lost_rx.clone();
+        let stop_or_lost = {
+            let stopped = stopped();
+            async move {
+                tokio::select! {
+                    () = stopped => {},
+                    _ = lost_watch.wait_for(|l| *l) => {},
+                }
+            }
+        };
+        let controllers = tokio::spawn(run_controllers(ctx, shared(stop_or_lost)));
+        tokio::select! {
+            () = lost => {
+                // Another replica may act now: stop at once rather than race it.
+                let _ = lost_tx.send(true);
+                tracing::error!("lost the lease; exiting so a restart rejoins as standby");
+                std::process::exit(1);
+            }
+            _ = controllers => {}
+        }
+        drop(leader);
+        let _ = task.await;
+    }
+    let _ = server.await;
+    Ok(())
+}

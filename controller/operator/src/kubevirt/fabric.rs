@@ -1,0 +1,674 @@
+//! `KubeVirtFabric`: the engine's Fabric against real site clusters. VMs are KubeVirt
+//! VirtualMachines, disks replicate with VolSync rsync-TLS movers, recovery points are the
+//! destination's VolumeSnapshots kept with VolSync's do-not-delete label.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use coldsite_engine::fabric::{
+    Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, RecoveryPointSummary, ReplicationState,
+    RunRef, ScriptRequest,
+};
+use coldsite_engine::model::{Direction, ProbeModel, ReadinessModel, SiteModel, VmModel};
+use coldsite_engine::rpo;
+use serde_json::{Value, json};
+
+use super::dynamic::{
+    CONFIG_MAP, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, SiteApi, VM, VMI, VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT, str_at,
+};
+use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, POINT, PROTECTED_VM, RUN_UID};
+use crate::scripts::ScriptRunner;
+
+const SOON: Duration = Duration::from_secs(2);
+
+/// The platform as the controller reaches it.
+pub struct KubeVirtFabric {
+    /// Reachable sites by name; a missing site counts as unreachable.
+    pub sites: HashMap<String, SiteApi>,
+    pub management: SiteApi,
+    pub scripts: ScriptRunner,
+    /// The plan's (or the ProtectedVM's) primary and recovery sites.
+    pub primary: String,
+    pub recovery: String,
+}
+
+fn in_progress<T>(after: Duration) -> FabricResult<T> {
+    Ok(Progress::InProgress { retry_after: after })
+}
+
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl KubeVirtFabric {
+    pub fn site(&self, name: &str) -> Result<&SiteApi, FabricError> {
+        self.sites.get(name).ok_or_else(|| {
+            FabricError::unreachable(format!("site {name} cannot be reached (see its Reachable condition)"))
+        })
+    }
+
+    /// The site data moves from and the site it moves to.
+    fn ends(&self, direction: Direction) -> (&str, &str) {
+        match direction {
+            Direction::Forward => (&self.primary, &self.recovery),
+            Direction::Reverse => (&self.recovery, &self.primary),
+        }
+    }
+
+    /// The labelled snapshots of one disk at a site, oldest first, with their times.
+    async fn disk_points(
+        &self,
+        site: &SiteApi,
+        vm: &VmModel,
+        disk: &str,
+    ) -> Result<Vec<(DateTime<Utc>, Value)>, FabricError> {
+        let selector = format!("{PROTECTED_VM}={},{DISK}={disk}", vm.name);
+        let mut points: Vec<(DateTime<Utc>, Value)> = site
+            .list(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), &selector)
+            .await?
+            .into_iter()
+            .filter_map(|s| {
+                let t = parse_time(str_at(
+                    &s,
+                    &format!("/metadata/annotations/{}", POINT.replace('/', "~1")),
+                ))?;
+                Some((t, s))
+            })
+            .collect();
+        points.sort_by_key(|(t, _)| *t);
+        Ok(points)
+    }
+
+    /// Adopts the destination's newest snapshot as a recovery point: VolSync keeps it when it
+    /// carries do-not-delete, and the annotation records when its data was taken.
+    async fn adopt_latest(
+        &self,
+        site: &SiteApi,
+        vm: &VmModel,
+        disk: &str,
+        app_consistent: bool,
+    ) -> Result<Option<DateTime<Utc>>, FabricError> {
+        let name = objects::replication_name(disk);
+        let Some(rd) = site.get(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name).await? else {
+            return Ok(None);
+        };
+        let (Some(image), Some(synced)) = (
+            str_at(&rd, "/status/latestImage/name"),
+            parse_time(str_at(&rd, "/status/lastSyncTime")),
+        ) else {
+            return Ok(None);
+        };
+        let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
+            return Ok(None);
+        };
+        if str_at(
+            &snapshot,
+            &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1")),
+        )
+        .is_none()
+        {
+            let patch = json!({"metadata": {
+                "labels": {DO_NOT_DELETE: "true", PROTECTED_VM: vm.name, DISK: disk, objects::MANAGED_BY: "coldsite"},
+                "annotations": {POINT: synced.to_rfc3339(), APP_CONSISTENT: app_consistent.to_string()},
+            }});
+            site.merge(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image, &patch)
+                .await?;
+        }
+        Ok(Some(synced))
+    }
+
+    /// Replication of one VM from `source` to `target`, with the schedule from its RPO, and
+    /// recovery points adopted and pruned. The Secret's key is made once and copied.
+    /// `reuse_disks`: the target keeps the VM's own PVCs as destinations (after a failover,
+    /// replicating back onto the old disks), so only changes move.
+    pub async fn replicate(
+        &self,
+        vm: &VmModel,
+        source: &SiteModel,
+        target: &SiteModel,
+        reuse_disks: bool,
+        now: DateTime<Utc>,
+    ) -> Result<ReplicationState, FabricError> {
+        let src = self.site(&source.name)?;
+        let dst = self.site(&target.name)?;
+        let ns = vm.vm_namespace.as_str();
+        dst.ensure_namespace(ns).await?;
+
+        // The rsync-TLS key, the same on both sides.
+        let secret_name = objects::rsync_secret_name(&vm.name);
+        let existing = match dst.get(SECRET, Some(ns), &secret_name).await? {
+            Some(s) => Some(s),
+            None => src.get(SECRET, Some(ns), &secret_name).await?,
+        };
+        let psk = existing
+            .as_ref()
+            .and_then(|s| str_at(s, "/data/psk.txt"))
+            .and_then(decode_b64)
+            .and_then(|t| t.strip_prefix("volsync:").map(str::to_owned))
+            .unwrap_or_else(new_psk);
+        let secret = objects::rsync_secret(ns, &vm.name, &psk);
+        dst.create_if_absent(SECRET, &secret).await?;
+        src.create_if_absent(SECRET, &secret).await?;
+
+        // A copy of the VM's manifest at the target, for recovering it when the source is gone.
+        if let Some(source_vm) = src.get(VM, Some(ns), &vm.vm_name).await? {
+            let copy = json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": objects::source_copy_name(&vm.name), "namespace": ns,
+                             "labels": {PROTECTED_VM: vm.name, objects::MANAGED_BY: "coldsite"}},
+                "data": {"vm.json": serde_json::to_string(&json!({
+                    "metadata": {"labels": source_vm.pointer("/metadata/labels").cloned().unwrap_or(Value::Null)},
+                    "spec": source_vm.get("spec").cloned().unwrap_or(Value::Null),
+                })).unwrap_or_default()},
+            });
+            dst.apply(CONFIG_MAP, &copy).await?;
+        }
+
+        let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
+        let mut established = true;
+        let mut last_sync: Option<DateTime<Utc>> = None;
+        for disk in &vm.disks {
+            let Some(pvc) = src.get(PVC, Some(ns), disk).await? else {
+                return Err(FabricError::permanent(format!(
+                    "site {}: disk PVC {ns}/{disk} of VM {} not found",
+                    source.name, vm.vm_name
+                )));
+            };
+            let capacity = str_at(&pvc, "/spec/resources/requests/storage")
+                .unwrap_or("10Gi")
+                .to_owned();
+            let modes: Vec<String> = pvc
+                .pointer("/spec/accessModes")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
+                .unwrap_or_else(|| vec!["ReadWriteOnce".into()]);
+            let rd = dst
+                .apply(
+                    REPLICATION_DESTINATION,
+                    &objects::replication_destination(&objects::DestinationSpec {
+                        namespace: ns,
+                        pvm: &vm.name,
+                        disk,
+                        capacity: &capacity,
+                        access_modes: &modes,
+                        storage_class: target.storage_class.as_deref(),
+                        snapshot_class: target.snapshot_class.as_deref(),
+                        destination_pvc: reuse_disks.then_some(disk.as_str()),
+                        manual: None,
+                    }),
+                )
+                .await?;
+            let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
+                established = false;
+                continue;
+            };
+            let rs = src
+                .apply(
+                    REPLICATION_SOURCE,
+                    &objects::replication_source(&objects::SourceSpec {
+                        namespace: ns,
+                        pvm: &vm.name,
+                        disk,
+                        address,
+                        schedule: Some(&schedule),
+                        manual: None,
+                        storage_class: source.storage_class.as_deref(),
+                        snapshot_class: source.snapshot_class.as_deref(),
+                    }),
+                )
+                .await?;
+            let synced = parse_time(str_at(&rs, "/status/lastSyncTime"));
+            last_sync = match (last_sync, synced) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (None, b) if disk == &vm.disks[0] => b,
+                (a, _) => a,
+            };
+            if synced.is_none() {
+                last_sync = None;
+            }
+            self.adopt_latest(dst, vm, disk, false).await?;
+            // Retention: points past it go, but never the newest.
+            let points = self.disk_points(dst, vm, disk).await?;
+            let times: Vec<RecoveryPoint> = points
+                .iter()
+                .map(|(t, _)| RecoveryPoint {
+                    time: *t,
+                    app_consistent: false,
+                })
+                .collect();
+            for gone in rpo::expired(&times, now, vm.retention) {
+                if let Some((_, s)) = points.iter().find(|(t, _)| *t == gone.time) {
+                    let name = str_at(s, "/metadata/name").unwrap_or_default();
+                    dst.delete(VOLUME_SNAPSHOT, Some(ns), name).await?;
+                }
+            }
+        }
+        let points = self.recovery_points_at(dst, vm).await?;
+        Ok(ReplicationState {
+            established,
+            last_sync,
+            points: points
+                .iter()
+                .map(|p| RecoveryPointSummary {
+                    time: p.time,
+                    app_consistent: p.app_consistent,
+                })
+                .collect(),
+            bytes_transferred: None,
+        })
+    }
+
+    /// A VM's points: the times of its first disk's snapshots. Each other disk restores its
+    /// newest snapshot not after that time.
+    async fn recovery_points_at(&self, site: &SiteApi, vm: &VmModel) -> Result<Vec<RecoveryPoint>, FabricError> {
+        let Some(first) = vm.disks.first() else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .disk_points(site, vm, first)
+            .await?
+            .into_iter()
+            .map(|(time, s)| RecoveryPoint {
+                time,
+                app_consistent: str_at(
+                    &s,
+                    &format!("/metadata/annotations/{}", APP_CONSISTENT.replace('/', "~1")),
+                ) == Some("true"),
+            })
+            .collect())
+    }
+
+    async fn vmi_running(&self, site: &SiteApi, ns: &str, name: &str) -> Result<bool, FabricError> {
+        Ok(site.get(VMI, Some(ns), name).await?.is_some_and(|v| {
+            str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
+        }))
+    }
+}
+
+fn new_psk() -> String {
+    use rand::RngCore;
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    hex::encode(key)
+}
+
+fn decode_b64(s: &str) -> Option<String> {
+    use k8s_openapi::ByteString;
+    let bytes: ByteString = serde_json::from_value(json!(s)).ok()?;
+    String::from_utf8(bytes.0).ok()
+}
+
+impl Fabric for KubeVirtFabric {
+    async fn ensure_replication(
+        &self,
+        vm: &VmModel,
+        direction: Direction,
+        primary: &SiteModel,
+        recovery: &SiteModel,
+    ) -> Result<ReplicationState, FabricError> {
+        let (source, target) = match direction {
+            Direction::Forward => (primary, recovery),
+            Direction::Reverse => (recovery, primary),
+        };
+        self.replicate(vm, source, target, direction == Direction::Reverse, Utc::now())
+            .await
+    }
+
+    async fn recovery_points(&self, vm: &VmModel, direction: Direction) -> Result<Vec<RecoveryPoint>, FabricError> {
+        let (_, target) = self.ends(direction);
+        self.recovery_points_at(self.site(target)?, vm).await
+    }
+
+    async fn power_off(&self, _run: &RunRef, site: &SiteModel, vm: &VmModel) -> FabricResult<()> {
+        let api = self.site(&site.name)?;
+        let ns = vm.vm_namespace.as_str();
+        if api
+            .merge(VM, Some(ns), &vm.vm_name, &json!({"spec": {"runStrategy": "Halted"}}))
+            .await?
+            .is_none()
+        {
+            return Ok(Progress::Done(()));
+        }
+        if self.vmi_running(api, ns, &vm.vm_name).await? {
+            return in_progress(SOON);
+        }
+        Ok(Progress::Done(()))
+    }
+
+    async fn check_stopped(&self, site: &SiteModel, vm: &VmModel) -> FabricResult<()> {
+        let api = self.site(&site.name)?;
+        if self.vmi_running(api, &vm.vm_namespace, &vm.vm_name).await? {
+            return Err(FabricError::permanent(format!(
+                "VirtualMachine {}/{} is still running at {}: stop it, or run the failover with shutdownSource",
+                vm.vm_namespace, vm.vm_name, site.name
+            )));
+        }
+        Ok(Progress::Done(()))
+    }
+
+    async fn final_sync(&self, run: &RunRef, vm: &VmModel, after: DateTime<Utc>) -> FabricResult<RecoveryPoint> {
+        let (source, target) = self.ends(run.direction);
+        let (src, dst) = (self.site(source)?, self.site(target)?);
+        let ns = vm.vm_namespace.as_str();
+        let mut point: Option<DateTime<Utc>> = None;
+        for disk in &vm.disks {
+            let name = objects::replication_name(disk);
+            let Some(rs) = src.get(REPLICATION_SOURCE, Some(ns), &name).await? else {
+                return Err(FabricError::permanent(format!(
+                    "VM {}: no ReplicationSource for disk {disk} at {source}; is it protected?",
+                    vm.name
+                )));
+            };
+            // A manual trigger replaces the schedule: one last sync, then replication pauses.
+            if str_at(&rs, "/spec/trigger/manual") != Some(run.uid.as_str()) {
+                let trigger = json!({"spec": {"trigger": {"schedule": null, "manual": run.uid}}});
+                src.merge(REPLICATION_SOURCE, Some(ns), &name, &trigger).await?;
+                dst.merge(
+                    REPLICATION_DESTINATION,
+                    Some(ns),
+                    &name,
+                    &json!({"spec": {"trigger": {"manual": run.uid}}}),
+                )
+                .await?;
+                return in_progress(SOON);
+            }
+            let rd = dst.get(REPLICATION_DESTINATION, Some(ns), &name).await?;
+            let dst_done = rd
+                .as_ref()
+                .is_some_and(|rd| str_at(rd, "/status/lastManualSync") == Some(run.uid.as_str()));
+            if str_at(&rs, "/status/lastManualSync") != Some(run.uid.as_str()) || !dst_done {
+                return in_progress(SOON);
+            }
+            match self.adopt_latest(dst, vm, disk, true).await? {
+                Some(t) if t >= after => point = Some(point.map_or(t, |p| p.max(t))),
+                _ => return in_progress(SOON),
+            }
+        }
+        match point {
+            Some(time) => Ok(Progress::Done(RecoveryPoint {
+                time,
+                app_consistent: true,
+            })),
+            None => Err(FabricError::permanent(format!("VM {} has no disks to sync", vm.name))),
+        }
+    }
+
+    async fn restore_disks(&self, req: &Recovery<'_>, point: &RecoveryPoint) -> FabricResult<RecoveryPoint> {
+        let site = self.site(&req.target.name)?;
+        let vm = req.vm;
+        if req.run.direction == Direction::Reverse {
+            // Failback: reverse replication wrote into the original disks, in place.
+            for disk in &vm.disks {
+                if site.get(PVC, Some(&vm.vm_namespace), disk).await?.is_none() {
+                    return Err(FabricError::permanent(format!(
+                        "failback: disk {disk} is missing at {}",
+                        req.target.name
+                    )));
+                }
+            }
+            return Ok(Progress::Done(point.clone()));
+        }
+        site.ensure_namespace(req.namespace).await?;
+        let mut bound = true;
+        let mut used = point.clone();
+        for disk in &vm.disks {
+            if let Some(existing) = site.get(PVC, Some(req.namespace), disk).await? {
+                if str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")))
+                    != Some(req.run.uid.as_str())
+                {
+                    return Err(FabricError::permanent(format!(
+                        "PVC {}/{disk} already exists at {} and was not restored by this run",
+                        req.namespace, req.target.name
+                    )));
+                }
+                if let Some(t) = parse_time(str_at(
+                    &existing,
+                    &format!("/metadata/annotations/{}", POINT.replace('/', "~1")),
+                )) {
+                    used.time = t;
+                }
+                bound &= str_at(&existing, "/status/phase") == Some("Bound");
+                continue;
+            }
+            let points = self.disk_points(site, vm, disk).await?;
+            let Some((t, snapshot)) = points.iter().rev().find(|(t, _)| *t <= point.time) else {
+                return Err(FabricError::permanent(format!(
+                    "VM {}: disk {disk} has no snapshot at or before {}",
+                    vm.name, point.time
+                )));
+            };
+            let mut snapshot_name = str_at(snapshot, "/metadata/name").unwrap_or_default().to_owned();
+            if req.namespace != vm.vm_namespace {
+                // Snapshots are namespaced: a test restores from a copy in the test namespace.
+                let content_name = str_at(snapshot, "/status/boundVolumeSnapshotContentName").unwrap_or_default();
+                let content = site.get(VOLUME_SNAPSHOT_CONTENT, None, content_name).await?;
+                let driver = content
+                    .as_ref()
+                    .and_then(|c| str_at(c, "/spec/driver"))
+                    .unwrap_or("unknown.csi")
+                    .to_owned();
+                let handle = content
+                    .as_ref()
+                    .and_then(|c| str_at(c, "/status/snapshotHandle"))
+                    .unwrap_or(content_name)
+                    .to_owned();
+                let copy_name = objects::dns_name(&format!("coldsite-{}-{disk}", objects::run_tag(&req.run.uid)));
+                let (c, s) = objects::snapshot_copy(
+                    req.namespace,
+                    &copy_name,
+                    &vm.name,
+                    &req.run.uid,
+                    &driver,
+                    &handle,
+                    req.target.snapshot_class.as_deref(),
+                );
+                site.create_if_absent(VOLUME_SNAPSHOT_CONTENT, &c).await?;
+                site.create_if_absent(VOLUME_SNAPSHOT, &s).await?;
+                snapshot_name = copy_name;
+            }
+            let capacity = str_at(snapshot, "/status/restoreSize").unwrap_or("10Gi").to_owned();
+            let modes = vec!["ReadWriteOnce".to_owned()];
+            let pvc = objects::restored_pvc(&objects::RestoredPvc {
+                namespace: req.namespace,
+                name: disk,
+                pvm: &vm.name,
+                run_uid: &req.run.uid,
+                snapshot: &snapshot_name,
+                capacity: &capacity,
+                access_modes: &modes,
+                storage_class: req.target.storage_class.as_deref(),
+                point: &t.to_rfc3339(),
+            });
+            site.create_if_absent(PVC, &pvc).await?;
+            if disk == &vm.disks[0] {
+                used.time = *t;
+            }
+            bound = false;
+        }
+        if bound {
+            Ok(Progress::Done(used))
+        } else {
+            in_progress(SOON)
+        }
+    }
+
+    async fn create_vm(&self, req: &Recovery<'_>) -> FabricResult<()> {
+        let site = self.site(&req.target.name)?;
+        let vm = req.vm;
+        if let Some(existing) = site.get(VM, Some(req.namespace), &vm.vm_name).await? {
+            let owner = str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")));
+            return match owner {
+                Some(uid) if uid == req.run.uid => Ok(Progress::Done(())),
+                // Failback finds the original, halted since the failover: it comes back as it was.
+                None if req.run.direction == Direction::Reverse => Ok(Progress::Done(())),
+                _ => Err(FabricError::permanent(format!(
+                    "VirtualMachine {}/{} already exists at {} and was not created by this run",
+                    req.namespace, vm.vm_name, req.target.name
+                ))),
+            };
+        }
+        let copy = site
+            .get(CONFIG_MAP, Some(&vm.vm_namespace), &objects::source_copy_name(&vm.name))
+            .await?
+            .ok_or_else(|| {
+                FabricError::permanent(format!(
+                    "no copy of VM {}'s manifest at {}; has replication been established?",
+                    vm.name, req.target.name
+                ))
+            })?;
+        let source: Value = str_at(&copy, "/data/vm.json")
+            .and_then(|t| serde_json::from_str(t).ok())
+            .ok_or_else(|| FabricError::permanent(format!("the copy of VM {}'s manifest does not parse", vm.name)))?;
+        let recovered = objects::recovered_vm(&source, req).map_err(FabricError::permanent)?;
+        site.create_if_absent(VM, &recovered).await?;
+        Ok(Progress::Done(()))
+    }
+
+    async fn power_on(&self, req: &Recovery<'_>) -> FabricResult<()> {
+        let site = self.site(&req.target.name)?;
+        match site
+            .merge(
+                VM,
+                Some(req.namespace),
+                &req.vm.vm_name,
+                &json!({"spec": {"runStrategy": "Always"}}),
+            )
+            .await?
+        {
+            Some(_) => Ok(Progress::Done(())),
+            None => Err(FabricError::transient(format!(
+                "VirtualMachine {}/{} not found",
+                req.namespace, req.vm.vm_name
+            ))),
+        }
+    }
+
+    async fn vm_ready(&self, req: &Recovery<'_>, readiness: &ReadinessModel) -> FabricResult<()> {
+        let site = self.site(&req.target.name)?;
+        let ns = req.namespace;
+        let name = &req.vm.vm_name;
+        if readiness.vm_ready {
+            let vm = site.get(VM, Some(ns), name).await?;
+            if !vm
+                .as_ref()
+                .and_then(|v| v.pointer("/status/ready"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
+                return in_progress(Duration::from_secs(3));
+            }
+        }
+        if readiness.guest_agent {
+            let vmi = site.get(VMI, Some(ns), name).await?;
+            let agent = vmi
+                .as_ref()
+                .and_then(|v| v.pointer("/status/conditions"))
+                .and_then(Value::as_array)
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "AgentConnected" && c["status"] == "True"));
+            if !agent {
+                return in_progress(Duration::from_secs(3));
+            }
+        }
+        for probe in &readiness.probes {
+            if !crate::probes::probe(&self.scripts.http, probe, req).await {
+                return in_progress(Duration::from_secs(5));
+            }
+        }
+        Ok(Progress::Done(()))
+    }
+
+    async fn run_script(&self, req: &ScriptRequest<'_>) -> FabricResult<()> {
+        self.scripts.run(self, req).await
+    }
+
+    async fn commit(&self, run: &RunRef, vm: &VmModel) -> FabricResult<()> {
+        // Keep the points the run restored from; the others go.
+        let (_, target) = self.ends(run.direction);
+        let site = self.site(target)?;
+        let keep: Vec<String> = site
+            .list(PVC, Some(&vm.vm_namespace), &format!("{PROTECTED_VM}={}", vm.name))
+            .await?
+            .iter()
+            .filter_map(|p| str_at(p, "/spec/dataSource/name").map(str::to_owned))
+            .collect();
+        for disk in &vm.disks {
+            for (_, s) in self.disk_points(site, vm, disk).await? {
+                let name = str_at(&s, "/metadata/name").unwrap_or_default();
+                if !keep.iter().any(|k| k == name) {
+                    site.delete(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
+                }
+            }
+        }
+        Ok(Progress::Done(()))
+    }
+
+    async fn reverse_replication(&self, run: &RunRef, vm: &VmModel) -> FabricResult<()> {
+        // `run.direction` is the way the last failover went: the copy now runs at its target,
+        // which becomes the source; the old source's disks become the destinations.
+        let (old_source, active) = self.ends(run.direction);
+        let (old, new) = (self.site(old_source)?, self.site(active)?);
+        let ns = vm.vm_namespace.as_str();
+        for disk in &vm.disks {
+            let name = objects::replication_name(disk);
+            old.delete(REPLICATION_SOURCE, Some(ns), &name).await?;
+            new.delete(REPLICATION_DESTINATION, Some(ns), &name).await?;
+        }
+        let site = |name: &str| SiteModel {
+            name: name.to_owned(),
+            test_namespace: String::new(),
+            storage_class: None,
+            snapshot_class: None,
+        };
+        let state = self
+            .replicate(vm, &site(active), &site(old_source), true, Utc::now())
+            .await?;
+        if state.established {
+            Ok(Progress::Done(()))
+        } else {
+            in_progress(SOON)
+        }
+    }
+
+    async fn delete_test_resources(&self, run: &RunRef, site: &SiteModel) -> FabricResult<()> {
+        let api = self.site(&site.name)?;
+        let selector = format!("{RUN_UID}={}", run.uid);
+        let mut left = 0usize;
+        for kind in [VM, PVC, VOLUME_SNAPSHOT, CONFIG_MAP, super::dynamic::JOB] {
+            for o in api.list(kind, None, &selector).await? {
+                left += 1;
+                let ns = str_at(&o, "/metadata/namespace");
+                api.delete(kind, ns, str_at(&o, "/metadata/name").unwrap_or_default())
+                    .await?;
+            }
+        }
+        for o in api.list(VOLUME_SNAPSHOT_CONTENT, None, &selector).await? {
+            left += 1;
+            api.delete(
+                VOLUME_SNAPSHOT_CONTENT,
+                None,
+                str_at(&o, "/metadata/name").unwrap_or_default(),
+            )
+            .await?;
+        }
+        if left == 0 {
+            Ok(Progress::Done(()))
+        } else {
+            in_progress(SOON)
+        }
+    }
+}
+
+/// The probe helper needs the recovered addresses.
+pub fn probe_address(req: &Recovery<'_>, probe: &ProbeModel) -> Option<std::net::IpAddr> {
+    let nic_name = match probe {
+        ProbeModel::Tcp { nic, .. } | ProbeModel::Http { nic, .. } => nic.as_deref(),
+    };
+    let nic = match nic_name {
+        Some(n) => req.nics.iter().find(|x| x.name == n),
+        None => req.nics.first(),
+    }?;
+    nic.plan.addresses.first().map(|a| a.addr())
+}

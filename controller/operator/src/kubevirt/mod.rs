@@ -1,0 +1,5 @@
+//! The KubeVirt/VolSync fabric: the engine's seam to real site clusters.
+
+pub mod dynamic;
+pub mod fabric;
+pub mod objects;

@@ -1,0 +1,377 @@
+//! Pure builders for the objects the KubeVirt fabric creates at sites: VolSync replication,
+//! restored PVCs, recovered VirtualMachines. Names are deterministic, so creating again
+//! finds the first one; labels carry the ProtectedVM and the run.
+
+use std::collections::BTreeMap;
+
+use coldsite_engine::fabric::Recovery;
+use serde_json::{Value, json};
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const PROTECTED_VM: &str = "coldsite.io/protected-vm";
+pub const DISK: &str = "coldsite.io/disk";
+pub const RUN_UID: &str = "coldsite.io/run-uid";
+pub const POINT: &str = "coldsite.io/recovery-point";
+pub const APP_CONSISTENT: &str = "coldsite.io/app-consistent";
+pub const DO_NOT_DELETE: &str = "volsync.backube/do-not-delete";
+pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+
+/// A Kubernetes name of at most 63 characters: long names keep a hash of the whole.
+pub fn dns_name(base: &str) -> String {
+    if base.len() <= 63 {
+        return base.to_owned();
+    }
+    let hash = fnv(base);
+    format!("{}-{hash:08x}", base[..54].trim_end_matches('-'))
+}
+
+fn fnv(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// The short form of a run UID that names the run's objects.
+pub fn run_tag(uid: &str) -> String {
+    uid.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+pub fn replication_name(disk: &str) -> String {
+    dns_name(&format!("coldsite-{disk}"))
+}
+
+pub fn rsync_secret_name(pvm: &str) -> String {
+    dns_name(&format!("coldsite-{pvm}-rsync"))
+}
+
+/// The ConfigMap at the recovery site that keeps a copy of the source VM's manifest, so an
+/// unplanned failover can recreate it while the primary is gone.
+pub fn source_copy_name(pvm: &str) -> String {
+    dns_name(&format!("coldsite-{pvm}-source"))
+}
+
+fn labels(pvm: &str, extra: &[(&str, &str)]) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert(MANAGED_BY.into(), json!("coldsite"));
+    m.insert(PROTECTED_VM.into(), json!(pvm));
+    for (k, v) in extra {
+        m.insert((*k).into(), json!(v));
+    }
+    Value::Object(m)
+}
+
+/// Where replication of one disk lands, and how its snapshots are made.
+pub struct DestinationSpec<'a> {
+    pub namespace: &'a str,
+    pub pvm: &'a str,
+    pub disk: &'a str,
+    pub capacity: &'a str,
+    pub access_modes: &'a [String],
+    pub storage_class: Option<&'a str>,
+    pub snapshot_class: Option<&'a str>,
+    /// Reuse an existing PVC as the destination (reprotect), so only changes move.
+    pub destination_pvc: Option<&'a str>,
+    /// Pause until this manual trigger (the final sync of a planned action).
+    pub manual: Option<&'a str>,
+}
+
+pub fn replication_destination(d: &DestinationSpec<'_>) -> Value {
+    let mut rsync = json!({
+        "copyMethod": "Snapshot",
+        "capacity": d.capacity,
+        "accessModes": d.access_modes,
+        "keySecret": rsync_secret_name(d.pvm),
+    });
+    if let Some(sc) = d.storage_class {
+        rsync["storageClassName"] = json!(sc);
+    }
+    if let Some(vsc) = d.snapshot_class {
+        rsync["volumeSnapshotClassName"] = json!(vsc);
+    }
+    if let Some(pvc) = d.destination_pvc {
+        rsync["destinationPVC"] = json!(pvc);
+    }
+    let mut spec = json!({ "rsyncTLS": rsync });
+    if let Some(m) = d.manual {
+        spec["trigger"] = json!({ "manual": m });
+    }
+    json!({
+        "apiVersion": "volsync.backube/v1alpha1",
+        "kind": "ReplicationDestination",
+        "metadata": {
+            "name": replication_name(d.disk),
+            "namespace": d.namespace,
+            "labels": labels(d.pvm, &[(DISK, d.disk)]),
+        },
+        "spec": spec,
+    })
+}
+
+/// The sending side of one disk.
+pub struct SourceSpec<'a> {
+    pub namespace: &'a str,
+    pub pvm: &'a str,
+    pub disk: &'a str,
+    pub address: &'a str,
+    pub schedule: Option<&'a str>,
+    pub manual: Option<&'a str>,
+    pub storage_class: Option<&'a str>,
+    pub snapshot_class: Option<&'a str>,
+}
+
+pub fn replication_source(s: &SourceSpec<'_>) -> Value {
+    let mut rsync = json!({
+        "keySecret": rsync_secret_name(s.pvm),
+        "address": s.address,
+        "copyMethod": "Snapshot",
+    });
+    if let Some(sc) = s.storage_class {
+        rsync["storageClassName"] = json!(sc);
+    }
+    if let Some(vsc) = s.snapshot_class {
+        rsync["volumeSnapshotClassName"] = json!(vsc);
+    }
+    let trigger = match (s.manual, s.schedule) {
+        (Some(m), _) => json!({ "manual": m }),
+        (None, Some(cron)) => json!({ "schedule": cron }),
+        (None, None) => json!({}),
+    };
+    json!({
+        "apiVersion": "volsync.backube/v1alpha1",
+        "kind": "ReplicationSource",
+        "metadata": {
+            "name": replication_name(s.disk),
+            "namespace": s.namespace,
+            "labels": labels(s.pvm, &[(DISK, s.disk)]),
+        },
+        "spec": {
+            "sourcePVC": s.disk,
+            "trigger": trigger,
+            "rsyncTLS": rsync,
+        },
+    })
+}
+
+/// The pre-shared key VolSync's rsync-TLS movers use, in the format they read.
+pub fn rsync_secret(namespace: &str, pvm: &str, psk_hex: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": rsync_secret_name(pvm),
+            "namespace": namespace,
+            "labels": labels(pvm, &[]),
+        },
+        "type": "Opaque",
+        "stringData": { "psk.txt": format!("volsync:{psk_hex}") },
+    })
+}
+
+/// A disk restored from a snapshot for a run.
+pub struct RestoredPvc<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub pvm: &'a str,
+    pub run_uid: &'a str,
+    pub snapshot: &'a str,
+    pub capacity: &'a str,
+    pub access_modes: &'a [String],
+    pub storage_class: Option<&'a str>,
+    pub point: &'a str,
+}
+
+pub fn restored_pvc(p: &RestoredPvc<'_>) -> Value {
+    let mut spec = json!({
+        "accessModes": p.access_modes,
+        "resources": { "requests": { "storage": p.capacity } },
+        "dataSource": { "apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": p.snapshot },
+    });
+    if let Some(sc) = p.storage_class {
+        spec["storageClassName"] = json!(sc);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": p.name,
+            "namespace": p.namespace,
+            "labels": labels(p.pvm, &[(RUN_UID, p.run_uid)]),
+            "annotations": { POINT: p.point },
+        },
+        "spec": spec,
+    })
+}
+
+/// A copy of a snapshot in another namespace, for test failovers into the test namespace:
+/// a pre-provisioned VolumeSnapshotContent on the same storage snapshot, and a
+/// VolumeSnapshot bound to it.
+pub fn snapshot_copy(
+    namespace: &str,
+    name: &str,
+    pvm: &str,
+    run_uid: &str,
+    driver: &str,
+    handle: &str,
+    class: Option<&str>,
+) -> (Value, Value) {
+    let content_name = dns_name(&format!("coldsite-{}-{name}", run_tag(run_uid)));
+    let mut content = json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshotContent",
+        "metadata": { "name": content_name, "labels": labels(pvm, &[(RUN_UID, run_uid)]) },
+        "spec": {
+            "deletionPolicy": "Retain",
+            "driver": driver,
+            "source": { "snapshotHandle": handle },
+            "volumeSnapshotRef": { "namespace": namespace, "name": name },
+        },
+    });
+    if let Some(c) = class {
+        content["spec"]["volumeSnapshotClassName"] = json!(c);
+    }
+    let snapshot = json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": { "name": name, "namespace": namespace, "labels": labels(pvm, &[(RUN_UID, run_uid)]) },
+        "spec": { "source": { "volumeSnapshotContentName": content_name } },
+    });
+    (content, snapshot)
+}
+
+/// The recovered VirtualMachine, from the source's manifest: halted, disks on the restored
+/// PVCs, networks mapped, MACs kept, cloud-init network data rewritten with the new
+/// addresses, CPU and memory overridden if asked.
+pub fn recovered_vm(source: &Value, req: &Recovery<'_>) -> Result<Value, String> {
+    let vm = req.vm;
+    let mut spec = source
+        .get("spec")
+        .cloned()
+        .ok_or("the source VirtualMachine has no spec")?;
+    let obj = spec
+        .as_object_mut()
+        .ok_or("the source VirtualMachine's spec is not an object")?;
+    obj.remove("running");
+    obj.remove("dataVolumeTemplates");
+    obj.insert("runStrategy".into(), json!("Halted"));
+    let template = spec
+        .pointer_mut("/template/spec")
+        .and_then(Value::as_object_mut)
+        .ok_or("the source VirtualMachine has no spec.template.spec")?;
+
+    if let Some(volumes) = template.get_mut("volumes").and_then(Value::as_array_mut) {
+        for v in volumes {
+            let Some(v) = v.as_object_mut() else { continue };
+            let claim = v
+                .get("persistentVolumeClaim")
+                .and_then(|p| p.get("claimName"))
+                .or_else(|| v.get("dataVolume").and_then(|d| d.get("name")))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if let Some(claim) = claim {
+                v.remove("dataVolume");
+                v.insert("persistentVolumeClaim".into(), json!({ "claimName": claim }));
+            }
+            for source in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
+                if let Some(ci) = v.get_mut(source).and_then(Value::as_object_mut) {
+                    ci.remove("networkDataBase64");
+                    ci.remove("networkDataSecretRef");
+                    ci.insert("networkData".into(), json!(req.network_data));
+                }
+            }
+        }
+    }
+    let mapped: BTreeMap<&str, &str> = req.nics.iter().map(|n| (n.name.as_str(), n.network.as_str())).collect();
+    if let Some(networks) = template.get_mut("networks").and_then(Value::as_array_mut) {
+        for n in networks {
+            let name = n.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let Some(target) = mapped.get(name.as_str()) else {
+                continue;
+            };
+            let Some(o) = n.as_object_mut() else { continue };
+            o.remove("pod");
+            o.remove("multus");
+            if *target == "pod" {
+                o.insert("pod".into(), json!({}));
+            } else {
+                o.insert("multus".into(), json!({ "networkName": target }));
+            }
+        }
+    }
+    if let Some(ifaces) = template
+        .get_mut("domain")
+        .and_then(|d| d.get_mut("devices"))
+        .and_then(|d| d.get_mut("interfaces"))
+        .and_then(Value::as_array_mut)
+    {
+        for i in ifaces {
+            let name = i.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if let Some(mac) = req.nics.iter().find(|n| n.name == name).and_then(|n| n.mac.clone())
+                && i.get("macAddress").is_none()
+            {
+                i["macAddress"] = json!(mac);
+            }
+        }
+    }
+    if let Some(cpu) = vm.cpu {
+        template.entry("domain").or_insert_with(|| json!({}))["cpu"]["cores"] = json!(cpu);
+    }
+    if let Some(memory) = &vm.memory {
+        let domain = template.entry("domain").or_insert_with(|| json!({}));
+        domain["memory"]["guest"] = json!(memory);
+        if domain.pointer("/resources/requests/memory").is_some() {
+            domain["resources"]["requests"]["memory"] = json!(memory);
+        }
+    }
+    let mut labels = source.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({}));
+    labels[MANAGED_BY] = json!("coldsite");
+    labels[PROTECTED_VM] = json!(vm.name);
+    labels[RUN_UID] = json!(req.run.uid);
+    Ok(json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": vm.vm_name,
+            "namespace": req.namespace,
+            "labels": labels,
+            "annotations": {
+                "coldsite.io/recovered-from": format!("{}/{}/{}", req.source.name, vm.vm_namespace, vm.vm_name),
+                "coldsite.io/run": req.run.name,
+            },
+        },
+        "spec": spec,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_stay_valid_and_distinct() {
+        let a = dns_name(&"x".repeat(80));
+        let b = dns_name(&format!("{}y", "x".repeat(79)));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert_eq!(dns_name("coldsite-dc01"), "coldsite-dc01");
+    }
+
+    #[test]
+    fn source_follows_a_manual_trigger_over_its_schedule() {
+        let s = replication_source(&SourceSpec {
+            namespace: "ns",
+            pvm: "dc01",
+            disk: "dc01-system",
+            address: "addr",
+            schedule: Some("*/7 * * * *"),
+            manual: Some("run-1"),
+            storage_class: None,
+            snapshot_class: Some("snap"),
+        });
+        assert_eq!(s["spec"]["trigger"], json!({"manual": "run-1"}));
+        assert_eq!(s["spec"]["rsyncTLS"]["copyMethod"], "Snapshot");
+        assert_eq!(s["spec"]["rsyncTLS"]["keySecret"], "coldsite-dc01-rsync");
+    }
+}
