@@ -25,6 +25,7 @@ mod controlplane;
 pub mod manifests;
 mod pki;
 mod process;
+pub mod simulator;
 
 pub use binaries::{BIN_DIR_ENV, Binaries};
 pub use controlplane::{
