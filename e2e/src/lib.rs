@@ -22,6 +22,7 @@
 
 mod binaries;
 mod controlplane;
+pub mod exchange;
 pub mod manifests;
 mod pki;
 mod process;

@@ -1,332 +1,146 @@
-//! The Exchange scenario end to end: two real kube-apiservers (management + primary site,
-//! and the recovery site), the site simulator standing in for KubeVirt, VolSync, the
-//! snapshot controller and kubelets, and `coldsite-controller` running as a process.
+//! The Exchange scenario end to end, on real kube-apiservers, with the site simulator
+//! standing in for KubeVirt, VolSync, the snapshot controller and kubelets, and
+//! `coldsite-controller` running as processes.
 //!
-//! One test drives the lifecycle in order, because one controller acts on the whole
-//! management cluster: protect, then a test failover with its gate, Job and webhook, then
-//! its cleanup.
+//! `exchange_lifecycle` drives one plan through its whole life with two controller
+//! replicas under leader election, killing the leader during runs: protect, test failover
+//! (gate, Job, webhook, cleanup), planned failover, commit, reprotect and failback.
+//! `unplanned_failover_with_the_primary_down` stops the primary's API server first. The two
+//! use different management servers, so their controllers never meet.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use coldsite_api::protected_vm::{ProtectionPhase, ReplicationDirection};
 use coldsite_api::recovery_run::{RunPhase, StepKind, StepState};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun};
 use coldsite_e2e::ControlPlane;
-use coldsite_e2e::manifests::{apply, install_crds, read_documents, repo_root};
-use coldsite_e2e::simulator::{self, SimConfig, Simulator, SimulatorHandle};
-use hmac::{Hmac, Mac};
-use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use coldsite_e2e::exchange::{
+    ControllerProcess, Scenario, Topology, dynamic, virtual_machine_instances, virtual_machines, wait_for,
+};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-const HMAC_KEY: &str = "e2e-webhook-key-0123456789";
+const VMS: [&str; 3] = ["dc01", "exch-mbx01", "exch-cas01"];
 
-/// What the test's webhook receiver saw: idempotency key, body, and whether the signature
-/// matched.
-type Calls = Arc<Mutex<Vec<(String, Value, bool)>>>;
-
-/// A plain HTTP receiver that checks coldsite's signature, as a real one would.
-async fn webhook_receiver() -> Result<(SocketAddr, Calls)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let calls: Calls = Arc::default();
-    let seen = calls.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                // Read headers, then the body by Content-Length.
-                let (head, body) = loop {
-                    let Ok(n) = stream.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            let Ok(n) = stream.read(&mut chunk).await else { return };
-                            if n == 0 {
-                                break;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
-                        break (head, buf[end + 4..].to_vec());
-                    }
-                };
-                let header = |name: &str| {
-                    head.lines()
-                        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-                        .map(|v| v.trim().to_owned())
-                };
-                let mut mac = Hmac::<Sha256>::new_from_slice(HMAC_KEY.as_bytes()).expect("hmac key");
-                mac.update(&body);
-                let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-                let valid = header("x-coldsite-signature").as_deref() == Some(expected.as_str());
-                let key = header("x-coldsite-idempotency-key").unwrap_or_default();
-                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                seen.lock().unwrap().push((key, json, valid));
-                let status = if valid { "200 OK" } else { "401 Unauthorized" };
-                let _ = stream
-                    .write_all(
-                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
-    Ok((addr, calls))
-}
-
-struct Env {
-    mgmt: &'static ControlPlane,
-    rec: &'static ControlPlane,
-    m: Client,
-    r: Client,
-    ns: String,
-    test_ns: String,
-    hq: String,
-    dr: String,
-    calls: Calls,
-    _sim: SimulatorHandle,
-    controller: tokio::process::Child,
-    log: PathBuf,
-}
-
-fn dynamic(client: &Client, ns: &str, group: &str, version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-fn vms(client: &Client, ns: &str) -> Api<DynamicObject> {
-    dynamic(client, ns, "kubevirt.io", "v1", "VirtualMachine", "virtualmachines")
-}
-
-fn vmis(client: &Client, ns: &str) -> Api<DynamicObject> {
-    dynamic(
-        client,
-        ns,
-        "kubevirt.io",
-        "v1",
-        "VirtualMachineInstance",
-        "virtualmachineinstances",
+fn controller(cp: &ControlPlane, name: &str, extra: &[&str]) -> Result<ControllerProcess> {
+    let log = cp.dir().join(format!("{name}.log"));
+    ControllerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_coldsite-controller")),
+        cp.kubeconfig_path(),
+        log,
+        extra,
     )
 }
 
-async fn apply_all(client: &Client, docs: &[Value], ns: &str) -> Result<()> {
-    for d in docs {
-        apply(client, d, ns)
-            .await?
-            .with_context(|| format!("applying {}", d["metadata"]["name"]))?;
-    }
+async fn metric(c: &ControllerProcess, name: &str) -> f64 {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(c.metrics).await else {
+        return -1.0;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).await;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn run_phase(runs: &Api<RecoveryRun>, name: &str) -> Result<Option<RunPhase>> {
+    Ok(runs.get(name).await?.status.and_then(|s| s.phase))
+}
+
+async fn create_run(s: &Scenario, name: &str, action: &str, approvals: &[&str]) -> Result<()> {
+    let run: RecoveryRun = serde_json::from_value(json!({
+        "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
+        "metadata": {"name": name, "namespace": s.ns},
+        "spec": {"plan": "exchange", "action": action, "approvals": approvals},
+    }))?;
+    Api::<RecoveryRun>::namespaced(s.management.clone(), &s.ns)
+        .create(&PostParams::default(), &run)
+        .await?;
     Ok(())
 }
 
-/// Waits until `check` returns Some, polling; on timeout, the last state and the
-/// controller's log tail make the failure readable.
-async fn wait_for<T, F, Fut>(env: &Env, what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => eprintln!("waiting for {what}: {e:#}"),
+async fn run_to_end(s: &Scenario, name: &str, timeout: Duration) -> Result<RecoveryRun> {
+    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+    wait_for(&format!("run {name} to succeed"), timeout, || async {
+        let r = runs.get(name).await?;
+        match r.status.as_ref().and_then(|s| s.phase) {
+            Some(RunPhase::Succeeded) => Ok(Some(r)),
+            Some(RunPhase::Failed) => bail!("run {name} failed: {:?}", r.status.as_ref().map(|s| &s.conditions)),
+            _ => Ok(None),
         }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(&env.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            bail!(
-                "timed out after {timeout:?} waiting for {what}\ncontroller log tail:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The Exchange example, renamed into this test's namespace and sites.
-fn exchange_docs(env_ns: &str, hq: &str, dr: &str, test_ns: &str, hook: SocketAddr) -> Result<Vec<Value>> {
-    let dir = repo_root().join("examples/exchange");
-    let mut out = Vec::new();
-    for file in [
-        "00-sites.yaml",
-        "10-network-mapping.yaml",
-        "20-protected-vms.yaml",
-        "30-recovery-plan.yaml",
-        "40-webhook-secret.yaml",
-    ] {
-        for mut d in read_documents(&dir.join(file))? {
-            let text = serde_json::to_string(&d)?
-                .replace("\"contoso-hq\"", &format!("\"{hq}\""))
-                .replace("\"contoso-dr\"", &format!("\"{dr}\""));
-            d = serde_json::from_str(&text)?;
-            match d["kind"].as_str() {
-                Some("Site") => {
-                    d["spec"]["testNamespace"] = json!(test_ns);
-                    let secret = if d["metadata"]["name"] == hq {
-                        format!("{hq}-kubeconfig")
-                    } else {
-                        format!("{dr}-kubeconfig")
-                    };
-                    d["spec"]["cluster"]["kubeconfigSecretRef"] =
-                        json!({"namespace": env_ns, "name": secret, "key": "kubeconfig"});
-                    d["spec"].as_object_mut().map(|s| s.remove("storage"));
-                }
-                Some("RecoveryPlan") => {
-                    // The simulated VMs' addresses are not reachable from here: readiness is
-                    // the VM's Ready status and the guest agent, which the simulator reports.
-                    for g in d["spec"]["groups"].as_array_mut().into_iter().flatten() {
-                        if let Some(r) = g["readiness"].as_object_mut() {
-                            r.remove("probes");
-                        }
-                    }
-                    let hook_url = format!("http://{hook}/mount");
-                    for g in d["spec"]["groups"].as_array_mut().into_iter().flatten() {
-                        for a in g["post"].as_array_mut().into_iter().flatten() {
-                            if a["script"]["webhook"].is_object() {
-                                a["script"]["webhook"]["url"] = json!(hook_url);
-                            }
-                        }
-                    }
-                    d["spec"].as_object_mut().map(|s| s.remove("drill"));
-                }
-                Some("Secret") => d["stringData"]["hmac-key"] = json!(HMAC_KEY),
-                _ => {}
-            }
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
-async fn setup() -> Result<Env> {
-    let mgmt = ControlPlane::shared().await?;
-    let rec = ControlPlane::shared_recovery().await?;
-    install_crds(mgmt).await?;
-    let (m, r) = (mgmt.client().await?, rec.client().await?);
-    simulator::install_crds(&m).await?;
-    simulator::install_crds(&r).await?;
-    let ns = mgmt.create_namespace("exchange").await?;
-    let test_ns = format!("{ns}-test");
-    for (client, name) in [(&r, ns.as_str()), (&m, test_ns.as_str()), (&r, test_ns.as_str())] {
-        apply(
-            client,
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
-            name,
-        )
-        .await??;
-    }
-    let (hq, dr) = (format!("hq-{ns}"), format!("dr-{ns}"));
-
-    // The sites' kubeconfigs, as Secrets the Sites name.
-    for (site, cp) in [(&hq, mgmt), (&dr, rec)] {
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{site}-kubeconfig")},
-                            "stringData": {"kubeconfig": cp.kubeconfig_yaml()}});
-        apply(&m, &secret, &ns).await??;
-    }
-    // The primary site: disks and the three VMs.
-    for vm in ["dc01", "exch-mbx01", "exch-cas01"] {
-        for disk in ["system", "data"] {
-            let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": format!("{vm}-{disk}")},
-                             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}});
-            apply(&m, &pvc, &ns).await??;
-        }
-    }
-    let vm_docs = read_documents(&repo_root().join("examples/exchange/primary-site/virtual-machines.yaml"))?;
-    apply_all(&m, &vm_docs, &ns).await?;
-
-    let sim = Simulator::start(
-        vec![(hq.clone(), m.clone()), (dr.clone(), r.clone())],
-        SimConfig::default().with_namespaces([ns.clone(), test_ns.clone()]),
-    );
-    let (hook, calls) = webhook_receiver().await?;
-    apply_all(&m, &exchange_docs(&ns, &hq, &dr, &test_ns, hook)?, &ns).await?;
-
-    let log = mgmt.dir().join(format!("controller-{ns}.log"));
-    let file = std::fs::File::create(&log)?;
-    let controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_coldsite-controller"))
-        .env("KUBECONFIG", mgmt.kubeconfig_path())
-        .env("RUST_LOG", "info,coldsite_operator=debug,kube=warn")
-        .args([
-            "--no-leader-election",
-            "--metrics-address",
-            &format!("127.0.0.1:{}", free_port()?),
-        ])
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting coldsite-controller")?;
-    Ok(Env {
-        mgmt,
-        rec,
-        m,
-        r,
-        ns,
-        test_ns,
-        hq,
-        dr,
-        calls,
-        _sim: sim,
-        controller,
-        log,
     })
+    .await
 }
 
-async fn protected(env: &Env) -> Result<()> {
-    let pvms: Api<ProtectedVM> = Api::namespaced(env.m.clone(), &env.ns);
+async fn pvm_status(s: &Scenario, vm: &str) -> Result<coldsite_api::protected_vm::ProtectedVMStatus> {
+    Ok(Api::<ProtectedVM>::namespaced(s.management.clone(), &s.ns)
+        .get(vm)
+        .await?
+        .status
+        .unwrap_or_default())
+}
+
+async fn vm_step_started(s: &Scenario, vm: &str, kind: StepKind) -> Result<chrono::DateTime<chrono::Utc>> {
+    let last = pvm_status(s, vm).await?.last_run.context("no lastRun")?;
+    let step = last
+        .steps
+        .iter()
+        .find(|x| x.kind == Some(kind))
+        .with_context(|| format!("{vm}: no {kind:?} step"))?;
+    Ok(coldsite_engine::time::from_k8s(
+        step.started_at.as_ref().context("not started")?,
+    ))
+}
+
+async fn vm_step_finished(s: &Scenario, vm: &str, kind: StepKind) -> Result<chrono::DateTime<chrono::Utc>> {
+    let last = pvm_status(s, vm).await?.last_run.context("no lastRun")?;
+    let step = last
+        .steps
+        .iter()
+        .find(|x| x.kind == Some(kind))
+        .with_context(|| format!("{vm}: no {kind:?} step"))?;
+    Ok(coldsite_engine::time::from_k8s(
+        step.finished_at.as_ref().context("not finished")?,
+    ))
+}
+
+async fn protected(s: &Scenario) -> Result<()> {
+    let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
     wait_for(
-        env,
         "every ProtectedVM Ready with recovery points",
-        Duration::from_secs(120),
+        Duration::from_secs(150),
         || async {
             let list = pvms.list(&ListParams::default()).await?;
             let ready = list.items.len() == 3
                 && list.items.iter().all(|p| {
-                    let s = p.status.clone().unwrap_or_default();
-                    coldsite_api::common::is_condition_true(&s.conditions, "Ready")
-                        && s.recovery_points.as_ref().is_some_and(|r| r.count >= 1)
+                    let st = p.status.clone().unwrap_or_default();
+                    coldsite_api::common::is_condition_true(&st.conditions, "Ready")
+                        && st.recovery_points.as_ref().is_some_and(|r| r.count >= 1)
                 });
             Ok(ready.then_some(()))
         },
     )
     .await?;
-    // Replication is VolSync at both sites, with the key Secret on both sides.
     let rs = dynamic(
-        &env.m,
-        &env.ns,
+        &s.primary,
+        &s.ns,
         "volsync.backube",
         "v1alpha1",
         "ReplicationSource",
         "replicationsources",
     );
     let rd = dynamic(
-        &env.r,
-        &env.ns,
+        &s.recovery,
+        &s.ns,
         "volsync.backube",
         "v1alpha1",
         "ReplicationDestination",
@@ -338,7 +152,7 @@ async fn protected(env: &Env) -> Result<()> {
     );
     ensure!(
         rd.list(&ListParams::default()).await?.items.len() == 6,
-        "one ReplicationDestination per disk at the recovery site"
+        "one ReplicationDestination per disk at recovery"
     );
     let source = rs.get("coldsite-dc01-system").await?;
     ensure!(
@@ -347,145 +161,134 @@ async fn protected(env: &Env) -> Result<()> {
         source.data["spec"]["trigger"]
     );
     let snaps = dynamic(
-        &env.r,
-        &env.ns,
+        &s.recovery,
+        &s.ns,
         "snapshot.storage.k8s.io",
         "v1",
         "VolumeSnapshot",
         "volumesnapshots",
     );
-    let kept = snaps
-        .list(&ListParams::default().labels("volsync.backube/do-not-delete=true"))
-        .await?;
-    ensure!(!kept.items.is_empty(), "recovery points are kept with do-not-delete");
-    // Points accumulate as syncs go on.
-    let before = kept.items.len();
-    wait_for(env, "more recovery points", Duration::from_secs(60), || async {
-        let n = snaps
-            .list(&ListParams::default().labels("volsync.backube/do-not-delete=true"))
-            .await?
-            .items
-            .len();
-        Ok((n > before).then_some(()))
+    let kept = |snaps: Api<kube::api::DynamicObject>| async move {
+        Ok::<_, anyhow::Error>(
+            snaps
+                .list(&ListParams::default().labels("volsync.backube/do-not-delete,coldsite.io/protected-vm=dc01"))
+                .await?
+                .items
+                .len(),
+        )
+    };
+    let before = kept(snaps.clone()).await?;
+    ensure!(
+        before >= 2,
+        "recovery points kept with do-not-delete, one per disk at least"
+    );
+    wait_for("recovery points to accumulate", Duration::from_secs(60), || async {
+        Ok((kept(snaps.clone()).await? > before).then_some(()))
     })
     .await?;
     Ok(())
 }
 
-fn step<'a>(run: &'a RecoveryRun, id: &str) -> Option<&'a coldsite_api::recovery_run::StepStatus> {
-    run.status.as_ref()?.steps.iter().find(|s| s.id == id)
-}
-
-async fn vm_step_time(pvms: &Api<ProtectedVM>, vm: &str, kind: StepKind) -> Result<chrono::DateTime<chrono::Utc>> {
-    let p = pvms.get(vm).await?;
-    let last = p.status.and_then(|s| s.last_run).context("no lastRun")?;
-    let s = last
-        .steps
-        .iter()
-        .find(|s| s.kind == Some(kind))
-        .context("no such step")?;
-    Ok(coldsite_engine::time::from_k8s(
-        s.started_at.as_ref().context("not started")?,
-    ))
-}
-
-async fn test_failover(env: &Env) -> Result<()> {
-    let runs: Api<RecoveryRun> = Api::namespaced(env.m.clone(), &env.ns);
-    let docs = read_documents(&repo_root().join("examples/exchange/runs/test-failover.yaml"))?;
-    apply_all(&env.m, &docs, &env.ns).await?;
+/// Test failover with its gate; the leader is killed once while the gate holds.
+async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> {
+    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+    create_run(s, "exchange-test-1", "TestFailover", &[]).await?;
     let name = "exchange-test-1";
-
-    // The gate holds: mailbox waits for a person, and nothing of it powers on.
-    let run = wait_for(
-        env,
-        "the run to wait for approval",
-        Duration::from_secs(120),
-        || async {
-            let r = runs.get(name).await?;
-            Ok(
-                (r.status.as_ref().and_then(|s| s.waiting_for.clone()).as_deref() == Some("confirm-ad-replication"))
-                    .then_some(r),
-            )
-        },
-    )
+    let run = wait_for("the run to wait for approval", Duration::from_secs(120), || async {
+        let r = runs.get(name).await?;
+        Ok(
+            (r.status.as_ref().and_then(|s| s.waiting_for.clone()).as_deref() == Some("confirm-ad-replication"))
+                .then_some(r),
+        )
+    })
     .await?;
+    let verify = run
+        .status
+        .as_ref()
+        .and_then(|st| st.steps.iter().find(|x| x.id == "identity/post/verify-ad"));
     ensure!(
-        step(&run, "identity/post/verify-ad").is_some_and(|s| s.state == StepState::Succeeded),
-        "the FSMO Job ran first"
+        verify.is_some_and(|x| x.state == StepState::Succeeded),
+        "the FSMO Job ran before the gate"
     );
-    let test_vms = vms(&env.r, &env.test_ns);
+    let test_vms = virtual_machines(&s.recovery, &s.test_ns);
     let mbx = test_vms.get_opt("exch-mbx01").await?;
     ensure!(
         mbx.as_ref().is_none_or(|v| v.data["spec"]["runStrategy"] == "Halted"),
         "mailbox must not run before approval"
     );
-    ensure!(env.calls.lock().unwrap().is_empty(), "the webhook waits for mailbox");
-    // The Job really ran at the recovery site with its context.
-    let jobs = dynamic(&env.r, &env.ns, "batch", "v1", "Job", "jobs");
+    ensure!(s.webhook.calls().is_empty(), "the webhook waits for mailbox");
+    let jobs = dynamic(&s.recovery, &s.ns, "batch", "v1", "Job", "jobs");
     let job = jobs
         .list(&ListParams::default().labels("coldsite.io/action=verify-ad"))
         .await?;
     ensure!(job.items.len() == 1, "one verify-ad Job");
-    let env_names: Vec<String> = job.items[0].data["spec"]["template"]["spec"]["containers"][0]["env"]
+    let env_names: Vec<&str> = job.items[0].data["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| e["name"].as_str().map(str::to_owned))
+        .filter_map(|e| e["name"].as_str())
         .collect();
     ensure!(
-        env_names.contains(&"COLDSITE_CONTEXT_FILE".to_owned()),
+        env_names.contains(&"COLDSITE_CONTEXT_FILE"),
         "context in the environment: {env_names:?}"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    ensure!(
-        runs.get(name).await?.status.and_then(|s| s.phase) == Some(RunPhase::WaitingForApproval),
-        "still waiting"
-    );
 
-    // Approve; the rest follows.
+    // The leader dies while the gate holds; the standby takes over.
+    replicas.kill_leader().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        run_phase(&runs, name).await? == Some(RunPhase::WaitingForApproval),
+        "the gate still holds"
+    );
     runs.patch(
         name,
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {"approvals": ["confirm-ad-replication"]}})),
     )
     .await?;
-    let run = wait_for(
-        env,
-        "the test failover to succeed",
-        Duration::from_secs(180),
-        || async {
-            let r = runs.get(name).await?;
-            match r.status.as_ref().and_then(|s| s.phase) {
-                Some(RunPhase::Succeeded) => Ok(Some(r)),
-                Some(RunPhase::Failed) => bail!("the run failed: {:?}", r.status.as_ref().map(|s| &s.conditions)),
-                _ => Ok(None),
-            }
-        },
-    )
-    .await?;
+    let run = run_to_end(s, name, Duration::from_secs(240)).await?;
     ensure!(
-        run.status.as_ref().and_then(|s| s.rto_seconds).is_some(),
+        run.status.as_ref().and_then(|st| st.rto_seconds).is_some(),
         "RTO recorded"
     );
 
-    // Order: DC → mailbox → CAS.
-    let pvms: Api<ProtectedVM> = Api::namespaced(env.m.clone(), &env.ns);
-    let dc = vm_step_time(&pvms, "dc01", StepKind::PowerOn).await?;
-    let mbx = vm_step_time(&pvms, "exch-mbx01", StepKind::PowerOn).await?;
-    let cas = vm_step_time(&pvms, "exch-cas01", StepKind::PowerOn).await?;
+    let dc = vm_step_started(s, "dc01", StepKind::PowerOn).await?;
+    let mbx = vm_step_started(s, "exch-mbx01", StepKind::PowerOn).await?;
+    let cas = vm_step_started(s, "exch-cas01", StepKind::PowerOn).await?;
     ensure!(dc < mbx && mbx < cas, "power-on order dc {dc} < mbx {mbx} < cas {cas}");
-
-    // The webhook ran once, signed, with the context and the recovered addresses.
-    let calls = env.calls.lock().unwrap().clone();
-    ensure!(calls.len() == 1, "one webhook call, got {}", calls.len());
-    let (key, body, valid) = &calls[0];
-    ensure!(*valid, "the signature verifies");
-    ensure!(key.ends_with("/mailbox/post/mount-databases"), "idempotency key {key}");
     ensure!(
-        body["action"] == "mount-databases" && body["test"] == true,
-        "context {body}"
+        vm_step_finished(s, "dc01", StepKind::VmReady).await? <= mbx,
+        "mailbox waited for the DC to be up"
     );
-    // The test copies run on the isolated network with their test addresses; HQ keeps running.
+
+    // One webhook effect: every call carries the same idempotency key and a valid signature.
+    let calls = s.webhook.calls();
+    let keys: BTreeSet<&str> = calls.iter().map(|c| c.idempotency_key.as_str()).collect();
+    ensure!(
+        !calls.is_empty() && keys.len() == 1,
+        "one webhook effect, got keys {keys:?}"
+    );
+    ensure!(calls.iter().all(|c| c.signature_valid), "the signature verifies");
+    ensure!(
+        calls[0].idempotency_key.ends_with("/mailbox/post/mount-databases"),
+        "key {}",
+        calls[0].idempotency_key
+    );
+    ensure!(
+        calls[0].body["action"] == "mount-databases" && calls[0].body["test"] == true,
+        "context {}",
+        calls[0].body
+    );
+    // One Job per Job action, despite the kill.
+    ensure!(
+        jobs.list(&ListParams::default().labels("coldsite.io/action=verify-ad"))
+            .await?
+            .items
+            .len()
+            == 1,
+        "no second Job"
+    );
+
     for (vm, ip) in [
         ("dc01", "10.50.1.10"),
         ("exch-mbx01", "10.50.1.20"),
@@ -498,7 +301,7 @@ async fn test_failover(env: &Env) -> Result<()> {
             network == "contoso/dr-isolated",
             "{vm} on the test network, not {network}"
         );
-        let vmi = vmis(&env.r, &env.test_ns).get(vm).await?;
+        let vmi = virtual_machine_instances(&s.recovery, &s.test_ns).get(vm).await?;
         let ips: Vec<&str> = vmi.data["status"]["interfaces"][0]["ipAddresses"]
             .as_array()
             .into_iter()
@@ -506,43 +309,54 @@ async fn test_failover(env: &Env) -> Result<()> {
             .filter_map(Value::as_str)
             .collect();
         ensure!(ips.contains(&ip), "{vm} has {ip}: {ips:?}");
-        let primary = vmis(&env.m, &env.ns).get_opt(vm).await?;
-        ensure!(primary.is_some(), "{vm} still runs at HQ");
+        ensure!(
+            virtual_machine_instances(&s.primary, &s.ns)
+                .get_opt(vm)
+                .await?
+                .is_some(),
+            "{vm} still runs at HQ"
+        );
     }
-    // The plan shows the run.
-    let plan = Api::<RecoveryPlan>::namespaced(env.m.clone(), &env.ns)
+    let pvcs = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.test_ns);
+    ensure!(
+        pvcs.list(&ListParams::default()).await?.items.len() == 6,
+        "one restored PVC per disk, no duplicate"
+    );
+    let plan = Api::<RecoveryPlan>::namespaced(s.management.clone(), &s.ns)
         .get("exchange")
         .await?;
     ensure!(
-        plan.status.and_then(|s| s.last_run).is_some_and(|l| l.name == name),
+        plan.status.and_then(|st| st.last_run).is_some_and(|l| l.name == name),
         "plan.status.lastRun"
     );
 
-    // Deleting the run removes everything it created, at both sites.
     runs.delete(name, &DeleteParams::default()).await?;
     wait_for(
-        env,
-        "the run and its resources to be gone",
+        "the test run and everything it created to be gone",
         Duration::from_secs(120),
         || async {
             if runs.get_opt(name).await?.is_some() {
                 return Ok(None);
             }
-            let left = vms(&env.r, &env.test_ns)
-                .list(&ListParams::default())
-                .await?
-                .items
-                .len()
-                + Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(env.r.clone(), &env.test_ns)
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .len()
+            let left = test_vms.list(&ListParams::default()).await?.items.len()
+                + pvcs.list(&ListParams::default()).await?.items.len()
                 + jobs
                     .list(&ListParams::default().labels("coldsite.io/run-uid"))
                     .await?
                     .items
-                    .len();
+                    .len()
+                + dynamic(
+                    &s.recovery,
+                    &s.test_ns,
+                    "snapshot.storage.k8s.io",
+                    "v1",
+                    "VolumeSnapshot",
+                    "volumesnapshots",
+                )
+                .list(&ListParams::default())
+                .await?
+                .items
+                .len();
             Ok((left == 0).then_some(()))
         },
     )
@@ -550,19 +364,329 @@ async fn test_failover(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// Samples both sites while a run goes: a VM must never run at both (test copies aside).
+fn watch_split_brain(s: &Scenario, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Result<usize>> {
+    let (p, r, ns) = (s.primary.clone(), s.recovery.clone(), s.ns.clone());
+    tokio::spawn(async move {
+        let mut samples = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let at_primary = running(&p, &ns).await?;
+            let at_recovery = running(&r, &ns).await?;
+            if let Some(both) = at_primary.intersection(&at_recovery).next() {
+                bail!("split brain: {both} runs at both sites");
+            }
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(samples)
+    })
+}
+
+async fn running(c: &Client, ns: &str) -> Result<BTreeSet<String>> {
+    Ok(virtual_machine_instances(c, ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|v| v.data["status"]["phase"] == "Running")
+        .map(|v| v.name_any())
+        .collect())
+}
+
+async fn network_data(c: &Client, ns: &str, vm: &str) -> Result<String> {
+    let v = virtual_machines(c, ns).get(vm).await?;
+    let volumes = v.data["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    volumes
+        .iter()
+        .find_map(|x| x["cloudInitNoCloud"]["networkData"].as_str().map(str::to_owned))
+        .context("no cloud-init network data")
+}
+
+async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_split_brain(s, stop.clone());
+
+    create_run(s, "exchange-move", "PlannedFailover", &["confirm-ad-replication"]).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    replicas.kill_leader().await?;
+    run_to_end(s, "exchange-move", Duration::from_secs(300)).await?;
+    // Sources halted in reverse order, each after the groups that depend on it.
+    let cas = vm_step_finished(s, "exch-cas01", StepKind::PowerOff).await?;
+    let mbx = vm_step_started(s, "exch-mbx01", StepKind::PowerOff).await?;
+    let dc = vm_step_started(s, "dc01", StepKind::PowerOff).await?;
+    ensure!(cas <= mbx && mbx <= dc, "halt order cas {cas} <= mbx {mbx} <= dc {dc}");
+    for vm in VMS {
+        let st = pvm_status(s, vm).await?;
+        let last = st.last_run.clone().context("lastRun")?;
+        let stopped = last
+            .steps
+            .iter()
+            .find(|x| x.kind == Some(StepKind::PowerOff))
+            .and_then(|x| x.finished_at.clone());
+        let point = last.recovery_point.clone().context("recovery point")?;
+        ensure!(
+            Some(point.0) >= stopped.as_ref().map(|t| t.0),
+            "{vm}: recovered from {point:?}, after the source stopped at {stopped:?}"
+        );
+        ensure!(
+            virtual_machines(&s.primary, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Halted",
+            "{vm} halted at HQ"
+        );
+    }
+    // Re-IPed: the recovered VMs carry DR addresses in their network data, on the DR LAN.
+    let nd = network_data(&s.recovery, &s.ns, "exch-mbx01").await?;
+    ensure!(
+        nd.contains("10.50.1.20/24") && !nd.contains("10.0.1.20"),
+        "mailbox re-IPed: {nd}"
+    );
+    ensure!(nd.contains("fd00:c0:50::20/64"), "IPv6 re-IPed too: {nd}");
+    let dc_nd = network_data(&s.recovery, &s.ns, "dc01").await?;
+    ensure!(dc_nd.contains("10.50.1.10/24"), "the DC's static address: {dc_nd}");
+    // DNS moved only in a real failover.
+    let dns = dynamic(&s.management, &s.ns, "batch", "v1", "Job", "jobs")
+        .list(&ListParams::default().labels("coldsite.io/action=update-dns"))
+        .await?;
+    ensure!(dns.items.len() == 1, "update-dns ran on the management cluster");
+    wait_for(
+        "VMs to report FailedOver at the recovery site",
+        Duration::from_secs(60),
+        || async {
+            for vm in VMS {
+                let st = pvm_status(s, vm).await?;
+                if st.phase != Some(ProtectionPhase::FailedOver) || st.active_site.as_deref() != Some(s.dr.as_str()) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+
+    create_run(s, "exchange-commit", "Commit", &[]).await?;
+    run_to_end(s, "exchange-commit", Duration::from_secs(120)).await?;
+    create_run(s, "exchange-reprotect", "Reprotect", &[]).await?;
+    run_to_end(s, "exchange-reprotect", Duration::from_secs(180)).await?;
+    // Replication now runs back: sources at DR, destinations at HQ on the old disks.
+    let rs = dynamic(
+        &s.recovery,
+        &s.ns,
+        "volsync.backube",
+        "v1alpha1",
+        "ReplicationSource",
+        "replicationsources",
+    );
+    let rd = dynamic(
+        &s.primary,
+        &s.ns,
+        "volsync.backube",
+        "v1alpha1",
+        "ReplicationDestination",
+        "replicationdestinations",
+    );
+    wait_for("reversed replication", Duration::from_secs(120), || async {
+        let sources = rs.list(&ListParams::default()).await?.items;
+        let dests = rd.list(&ListParams::default()).await?.items;
+        Ok((sources.len() == 6 && dests.len() == 6).then_some(dests))
+    })
+    .await
+    .map(|dests| {
+        dests
+            .iter()
+            .all(|d| d.data["spec"]["rsyncTLS"]["destinationPVC"].is_string())
+    })
+    .and_then(|reuse| {
+        if reuse {
+            Ok(())
+        } else {
+            bail!("destinations reuse the old disks")
+        }
+    })?;
+    wait_for("VMs protected in reverse", Duration::from_secs(150), || async {
+        for vm in VMS {
+            let st = pvm_status(s, vm).await?;
+            if st.replication_direction != Some(ReplicationDirection::RecoveryToPrimary)
+                || !coldsite_api::common::is_condition_true(&st.conditions, "Ready")
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+
+    create_run(s, "exchange-home", "Failback", &["confirm-ad-replication"]).await?;
+    run_to_end(s, "exchange-home", Duration::from_secs(300)).await?;
+    for vm in VMS {
+        ensure!(
+            virtual_machines(&s.primary, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Always",
+            "{vm} back at HQ"
+        );
+        ensure!(
+            virtual_machines(&s.recovery, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Halted",
+            "{vm} halted at DR"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let samples = watcher.await??;
+    ensure!(samples > 50, "the split-brain watch sampled {samples} times");
+    Ok(())
+}
+
+/// Two replicas under leader election; the killed one comes back as standby.
+struct Replicas<'a> {
+    cp: &'a ControlPlane,
+    procs: Vec<(String, ControllerProcess)>,
+    lease_ns: String,
+    started: usize,
+}
+
+impl<'a> Replicas<'a> {
+    async fn start(cp: &'a ControlPlane, lease_ns: &str) -> Result<Self> {
+        let mut r = Replicas {
+            cp,
+            procs: Vec::new(),
+            lease_ns: lease_ns.to_owned(),
+            started: 0,
+        };
+        r.spawn()?;
+        r.leader().await?;
+        r.spawn()?;
+        Ok(r)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        self.started += 1;
+        let id = format!("replica-{}", self.started);
+        let args = ["--lease-namespace", &self.lease_ns, "--identity", &id];
+        let p = controller(self.cp, &format!("controller-{}-{id}", self.lease_ns), &args)?;
+        self.procs.push((id, p));
+        Ok(())
+    }
+
+    async fn leader(&self) -> Result<String> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.cp.client().await?, &self.lease_ns);
+        let ids: Vec<String> = self.procs.iter().map(|(id, _)| id.clone()).collect();
+        wait_for("a leader", Duration::from_secs(60), || async {
+            let holder = leases
+                .get_opt("coldsite-controller")
+                .await?
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity);
+            Ok(holder.filter(|h| ids.contains(h)))
+        })
+        .await
+    }
+
+    /// Kills the leader with SIGKILL and starts a fresh replica in its place.
+    async fn kill_leader(&mut self) -> Result<()> {
+        let leader = self.leader().await?;
+        let i = self
+            .procs
+            .iter()
+            .position(|(id, _)| *id == leader)
+            .context("leader process")?;
+        let (_, mut p) = self.procs.remove(i);
+        p.kill().await?;
+        self.spawn()
+    }
+}
+
+async fn standby_never_acts(replicas: &Replicas<'_>) -> Result<()> {
+    let leader = replicas.leader().await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (id, p) in &replicas.procs {
+        let reconciles = metric(p, "coldsite_reconciles_total").await;
+        if *id == leader {
+            ensure!(reconciles > 0.0, "the leader {id} reconciles");
+        } else {
+            ensure!(reconciles == 0.0, "the standby {id} reconciled {reconciles} times");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_lifecycle() -> Result<()> {
-    let mut env = setup().await?;
+    let mgmt = ControlPlane::shared().await?;
+    let recovery = ControlPlane::shared_recovery().await?;
+    let s = Scenario::set_up(
+        &Topology {
+            management: mgmt,
+            primary: mgmt,
+            recovery,
+        },
+        "exchange",
+    )
+    .await?;
+    let mut replicas = Replicas::start(mgmt, &s.ns).await?;
     let result = async {
-        protected(&env).await.context("protect")?;
-        test_failover(&env).await.context("test failover")?;
+        protected(&s).await.context("protect")?;
+        standby_never_acts(&replicas).await.context("leader election")?;
+        test_failover(&s, &mut replicas).await.context("test failover")?;
+        planned_failover_and_back(&s, &mut replicas)
+            .await
+            .context("planned failover, commit, reprotect, failback")?;
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    let _ = env.controller.start_kill();
-    if result.is_err() {
-        eprintln!("controller log: {}", env.log.display());
+    if let Err(e) = &result {
+        for (id, p) in &replicas.procs {
+            eprintln!("--- {id} log tail ---\n{}", p.log_tail(30));
+        }
+        eprintln!("{e:#}");
     }
-    let _ = (&env.mgmt, &env.rec, &env.hq, &env.dr, BTreeMap::<u8, u8>::new());
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplanned_failover_with_the_primary_down() -> Result<()> {
+    // The management cluster lives at the recovery site, as DESIGN.md advises; the primary
+    // is a server of its own, stopped to play the disaster.
+    let recovery = ControlPlane::shared_recovery().await?;
+    let primary = ControlPlane::start(coldsite_e2e::ControlPlaneOptions::new("hq-outage")).await?;
+    let s = Scenario::set_up(
+        &Topology {
+            management: recovery,
+            primary: &primary,
+            recovery,
+        },
+        "outage",
+    )
+    .await?;
+    let mut ctl = controller(recovery, &format!("controller-{}", s.ns), &["--no-leader-election"])?;
+    let result = async {
+        protected(&s).await.context("protect")?;
+        primary.stop();
+        create_run(&s, "exchange-disaster", "Failover", &["confirm-ad-replication"]).await?;
+        run_to_end(&s, "exchange-disaster", Duration::from_secs(300)).await?;
+        let mut notes = BTreeMap::new();
+        for vm in VMS {
+            let last = pvm_status(&s, vm).await?.last_run.context("lastRun")?;
+            let stop = last
+                .steps
+                .iter()
+                .find(|x| x.kind == Some(StepKind::PowerOff))
+                .context("stop step")?;
+            notes.insert(vm, stop.message.clone().unwrap_or_default());
+            ensure!(
+                virtual_machines(&s.recovery, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Always",
+                "{vm} runs at DR"
+            );
+        }
+        ensure!(
+            notes.values().all(|m| m.contains("unreachable")),
+            "the source's outage is recorded: {notes:?}"
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = &result {
+        eprintln!("--- controller log tail ---\n{}\n{e:#}", ctl.log_tail(40));
+    }
+    let _ = ctl.kill().await;
     result
 }

@@ -1,0 +1,322 @@
+//! The Exchange example on real API servers, shared by the end-to-end tests and the demo:
+//! the sites with their kubeconfig Secrets, the example's objects renamed into one
+//! namespace, the primary site's disks and VMs, the site simulator, a webhook receiver
+//! that checks signatures, and `coldsite-controller` as a child process.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+
+use crate::ControlPlane;
+use crate::manifests::{apply, install_crds, read_documents, repo_root};
+use crate::simulator::{self, SimConfig, Simulator, SimulatorHandle};
+
+/// The key the example's webhook is signed with in tests and the demo.
+pub const HMAC_KEY: &str = "e2e-webhook-key-0123456789";
+
+/// Where each role runs. The management cluster may share a server with a site.
+pub struct Topology<'a> {
+    pub management: &'a ControlPlane,
+    pub primary: &'a ControlPlane,
+    pub recovery: &'a ControlPlane,
+}
+
+/// One webhook call as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct WebhookCall {
+    pub idempotency_key: String,
+    pub body: Value,
+    pub signature_valid: bool,
+}
+
+/// A webhook receiver on loopback that checks coldsite's HMAC-SHA256 signature and
+/// records each call; it answers 401 to a bad signature.
+pub struct WebhookReceiver {
+    pub addr: SocketAddr,
+    pub calls: Arc<Mutex<Vec<WebhookCall>>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(key: &'static str) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let calls: Arc<Mutex<Vec<WebhookCall>>> = Arc::default();
+        let seen = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move { Ok::<_, Infallible>(receive(req, key, &seen).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, calls })
+    }
+
+    pub fn calls(&self) -> Vec<WebhookCall> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+async fn receive(req: Request<Incoming>, key: &str, seen: &Mutex<Vec<WebhookCall>>) -> Response<Full<Bytes>> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (signature, idempotency_key) = (header("x-coldsite-signature"), header("x-coldsite-idempotency-key"));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let valid = Hmac::<Sha256>::new_from_slice(key.as_bytes())
+        .map(|mut mac| {
+            mac.update(&body);
+            signature.as_deref() == Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes())).as_str())
+        })
+        .unwrap_or(false);
+    if let Ok(mut calls) = seen.lock() {
+        calls.push(WebhookCall {
+            idempotency_key: idempotency_key.unwrap_or_default(),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            signature_valid: valid,
+        });
+    }
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = if valid {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    response
+}
+
+/// An API for a kind the tests have no Rust type for.
+pub fn dynamic(client: &Client, ns: &str, group: &str, version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+pub fn virtual_machines(client: &Client, ns: &str) -> Api<DynamicObject> {
+    dynamic(client, ns, "kubevirt.io", "v1", "VirtualMachine", "virtualmachines")
+}
+
+pub fn virtual_machine_instances(client: &Client, ns: &str) -> Api<DynamicObject> {
+    dynamic(
+        client,
+        ns,
+        "kubevirt.io",
+        "v1",
+        "VirtualMachineInstance",
+        "virtualmachineinstances",
+    )
+}
+
+/// The example's objects, renamed into `ns` and the sites `hq` and `dr`: Site kubeconfig
+/// Secrets in `ns`, the webhook pointed at `hook`, and readiness without network probes,
+/// since simulated VMs have no reachable addresses.
+pub fn example_docs(ns: &str, hq: &str, dr: &str, test_ns: &str, hook: SocketAddr) -> Result<Vec<Value>> {
+    let dir = repo_root().join("examples/exchange");
+    let mut out = Vec::new();
+    for file in [
+        "00-sites.yaml",
+        "10-network-mapping.yaml",
+        "20-protected-vms.yaml",
+        "30-recovery-plan.yaml",
+        "40-webhook-secret.yaml",
+    ] {
+        for d in read_documents(&dir.join(file))? {
+            let text = serde_json::to_string(&d)?
+                .replace("\"contoso-hq\"", &format!("\"{hq}\""))
+                .replace("\"contoso-dr\"", &format!("\"{dr}\""));
+            let mut d: Value = serde_json::from_str(&text)?;
+            match d["kind"].as_str() {
+                Some("Site") => {
+                    d["spec"]["testNamespace"] = json!(test_ns);
+                    let name = d["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                    d["spec"]["cluster"]["kubeconfigSecretRef"] =
+                        json!({"namespace": ns, "name": format!("{name}-kubeconfig"), "key": "kubeconfig"});
+                    if let Some(spec) = d["spec"].as_object_mut() {
+                        spec.remove("storage");
+                    }
+                }
+                Some("RecoveryPlan") => {
+                    for g in d["spec"]["groups"].as_array_mut().into_iter().flatten() {
+                        if let Some(r) = g["readiness"].as_object_mut() {
+                            r.remove("probes");
+                        }
+                        for a in g["post"].as_array_mut().into_iter().flatten() {
+                            if a["script"]["webhook"].is_object() {
+                                a["script"]["webhook"]["url"] = json!(format!("http://{hook}/mount"));
+                            }
+                        }
+                    }
+                    if let Some(spec) = d["spec"].as_object_mut() {
+                        spec.remove("drill");
+                    }
+                }
+                Some("Secret") => d["stringData"]["hmac-key"] = json!(HMAC_KEY),
+                _ => {}
+            }
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// The Exchange example, set up and protected by nobody yet: start a controller next.
+pub struct Scenario {
+    pub management: Client,
+    pub primary: Client,
+    pub recovery: Client,
+    pub ns: String,
+    pub test_ns: String,
+    pub hq: String,
+    pub dr: String,
+    pub webhook: WebhookReceiver,
+    pub simulator: SimulatorHandle,
+}
+
+impl Scenario {
+    pub async fn set_up(top: &Topology<'_>, prefix: &str) -> Result<Self> {
+        install_crds(top.management).await?;
+        let management = top.management.client().await?;
+        let (primary, recovery) = (top.primary.client().await?, top.recovery.client().await?);
+        for c in [&primary, &recovery] {
+            simulator::install_crds(c).await?;
+        }
+        let ns = top.management.create_namespace(prefix).await?;
+        let test_ns = format!("{ns}-test");
+        for client in [&management, &primary, &recovery] {
+            for name in [&ns, &test_ns] {
+                apply(
+                    client,
+                    &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+                    name,
+                )
+                .await??;
+            }
+        }
+        let (hq, dr) = (format!("hq-{ns}"), format!("dr-{ns}"));
+        for (site, cp) in [(&hq, top.primary), (&dr, top.recovery)] {
+            let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{site}-kubeconfig")},
+                                "stringData": {"kubeconfig": cp.kubeconfig_yaml()}});
+            apply(&management, &secret, &ns).await??;
+        }
+        for vm in ["dc01", "exch-mbx01", "exch-cas01"] {
+            for disk in ["system", "data"] {
+                let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": format!("{vm}-{disk}")},
+                                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}});
+                apply(&primary, &pvc, &ns).await??;
+            }
+        }
+        for vm in read_documents(&repo_root().join("examples/exchange/primary-site/virtual-machines.yaml"))? {
+            apply(&primary, &vm, &ns).await??;
+        }
+        let simulator = Simulator::start(
+            vec![(hq.clone(), primary.clone()), (dr.clone(), recovery.clone())],
+            SimConfig::default().with_namespaces([ns.clone(), test_ns.clone()]),
+        );
+        let webhook = WebhookReceiver::start(HMAC_KEY).await?;
+        for d in example_docs(&ns, &hq, &dr, &test_ns, webhook.addr)? {
+            apply(&management, &d, &ns)
+                .await?
+                .with_context(|| format!("applying {}", d["metadata"]["name"]))?;
+        }
+        Ok(Self {
+            management,
+            primary,
+            recovery,
+            ns,
+            test_ns,
+            hq,
+            dr,
+            webhook,
+            simulator,
+        })
+    }
+}
+
+/// `coldsite-controller` as a child process, logging to a file; killed when dropped.
+pub struct ControllerProcess {
+    child: tokio::process::Child,
+    pub log: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+impl ControllerProcess {
+    pub fn start(binary: &Path, kubeconfig: &Path, log: PathBuf, extra: &[&str]) -> Result<Self> {
+        let metrics: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = tokio::process::Command::new(binary)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--metrics-address", &metrics.to_string()])
+            .args(extra)
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self { child, log, metrics })
+    }
+
+    /// SIGKILL, as a node failure would: no chance to clean up.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::log_tail(&self.log, lines)
+    }
+}
+
+/// Polls `check` until it yields; on timeout the error carries `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_error = Some(format!("{e:#}")),
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
