@@ -16,6 +16,15 @@ use crate::kubevirt::dynamic::{CONFIG_MAP, VM, str_at};
 use crate::kubevirt::fabric::KubeVirtFabric;
 use crate::kubevirt::objects::{MANAGED_BY, PROTECTED_VM};
 
+/// Every Site, by name.
+pub async fn sites(ctx: &Context) -> Result<std::collections::BTreeMap<String, Site>> {
+    let list = Api::<Site>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("listing Sites"))?;
+    Ok(list.into_iter().map(|s| (s.name_any(), s)).collect())
+}
+
 /// Sites, and the mappings and ProtectedVMs of a namespace, and the VMs they protect: read
 /// live from the primary site, or, when it cannot be reached, from the copies replication
 /// keeps at the recovery site.

@@ -89,28 +89,24 @@ async fn pvm_status(s: &Scenario, vm: &str) -> Result<coldsite_api::protected_vm
         .unwrap_or_default())
 }
 
-async fn vm_step_started(s: &Scenario, vm: &str, kind: StepKind) -> Result<chrono::DateTime<chrono::Utc>> {
+/// When a VM's step of `kind` started and finished in its latest run.
+async fn vm_step(
+    s: &Scenario,
+    vm: &str,
+    kind: StepKind,
+) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
     let last = pvm_status(s, vm).await?.last_run.context("no lastRun")?;
     let step = last
         .steps
         .iter()
         .find(|x| x.kind == Some(kind))
         .with_context(|| format!("{vm}: no {kind:?} step"))?;
-    Ok(coldsite_engine::time::from_k8s(
-        step.started_at.as_ref().context("not started")?,
-    ))
-}
-
-async fn vm_step_finished(s: &Scenario, vm: &str, kind: StepKind) -> Result<chrono::DateTime<chrono::Utc>> {
-    let last = pvm_status(s, vm).await?.last_run.context("no lastRun")?;
-    let step = last
-        .steps
-        .iter()
-        .find(|x| x.kind == Some(kind))
-        .with_context(|| format!("{vm}: no {kind:?} step"))?;
-    Ok(coldsite_engine::time::from_k8s(
-        step.finished_at.as_ref().context("not finished")?,
-    ))
+    let time = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.as_ref()
+            .map(coldsite_engine::time::from_k8s)
+            .with_context(|| format!("{vm}: {kind:?} did not run"))
+    };
+    Ok((time(&step.started_at)?, time(&step.finished_at)?))
 }
 
 async fn protected(s: &Scenario) -> Result<()> {
@@ -252,12 +248,12 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
         "RTO recorded"
     );
 
-    let dc = vm_step_started(s, "dc01", StepKind::PowerOn).await?;
-    let mbx = vm_step_started(s, "exch-mbx01", StepKind::PowerOn).await?;
-    let cas = vm_step_started(s, "exch-cas01", StepKind::PowerOn).await?;
+    let dc = vm_step(s, "dc01", StepKind::PowerOn).await?.0;
+    let mbx = vm_step(s, "exch-mbx01", StepKind::PowerOn).await?.0;
+    let cas = vm_step(s, "exch-cas01", StepKind::PowerOn).await?.0;
     ensure!(dc < mbx && mbx < cas, "power-on order dc {dc} < mbx {mbx} < cas {cas}");
     ensure!(
-        vm_step_finished(s, "dc01", StepKind::VmReady).await? <= mbx,
+        vm_step(s, "dc01", StepKind::VmReady).await?.1 <= mbx,
         "mailbox waited for the DC to be up"
     );
 
@@ -364,6 +360,15 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
     Ok(())
 }
 
+/// A delay from the clock's nanoseconds: random enough to land the kill anywhere.
+fn random_millis(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    u64::from(nanos) % max
+}
+
 /// Samples both sites while a run goes: a VM must never run at both (test copies aside).
 fn watch_split_brain(s: &Scenario, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Result<usize>> {
     let (p, r, ns) = (s.primary.clone(), s.recovery.clone(), s.ns.clone());
@@ -410,13 +415,16 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
     let watcher = watch_split_brain(s, stop.clone());
 
     create_run(s, "exchange-move", "PlannedFailover", &["confirm-ad-replication"]).await?;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The leader dies at a random point of the run; the delay is printed to replay it.
+    let delay = Duration::from_millis(random_millis(9000));
+    eprintln!("killing the leader {delay:?} into the planned failover");
+    tokio::time::sleep(delay).await;
     replicas.kill_leader().await?;
     run_to_end(s, "exchange-move", Duration::from_secs(300)).await?;
     // Sources halted in reverse order, each after the groups that depend on it.
-    let cas = vm_step_finished(s, "exch-cas01", StepKind::PowerOff).await?;
-    let mbx = vm_step_started(s, "exch-mbx01", StepKind::PowerOff).await?;
-    let dc = vm_step_started(s, "dc01", StepKind::PowerOff).await?;
+    let cas = vm_step(s, "exch-cas01", StepKind::PowerOff).await?.1;
+    let mbx = vm_step(s, "exch-mbx01", StepKind::PowerOff).await?.0;
+    let dc = vm_step(s, "dc01", StepKind::PowerOff).await?.0;
     ensure!(cas <= mbx && mbx <= dc, "halt order cas {cas} <= mbx {mbx} <= dc {dc}");
     for vm in VMS {
         let st = pvm_status(s, vm).await?;
@@ -642,6 +650,47 @@ async fn exchange_lifecycle() -> Result<()> {
     result
 }
 
+/// With a one-minute retention, points older than that go, the newest always stays.
+async fn retention_prunes(s: &Scenario) -> Result<()> {
+    let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
+    pvms.patch(
+        "dc01",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replication": {"rpo": "1m", "retention": "1m"}}})),
+    )
+    .await?;
+    let snaps = dynamic(
+        &s.recovery,
+        &s.ns,
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+    );
+    let selector = "coldsite.io/protected-vm=dc01,coldsite.io/disk=dc01-system";
+    let first = snaps.list(&ListParams::default().labels(selector)).await?.items;
+    let oldest = first
+        .iter()
+        .filter_map(|p| p.metadata.creation_timestamp.clone())
+        .min()
+        .context("points")?;
+    wait_for(
+        "points older than the retention to be pruned",
+        Duration::from_secs(150),
+        || async {
+            let now = pvm_status(s, "dc01").await?;
+            let points = snaps.list(&ListParams::default().labels(selector)).await?.items;
+            let gone = points
+                .iter()
+                .all(|p| p.metadata.creation_timestamp.as_ref().is_some_and(|t| *t > oldest));
+            let count = now.recovery_points.map(|r| r.count).unwrap_or(0);
+            Ok((gone && !points.is_empty() && count >= 1).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     // The management cluster lives at the recovery site, as DESIGN.md advises; the primary
@@ -660,6 +709,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     let mut ctl = controller(recovery, &format!("controller-{}", s.ns), &["--no-leader-election"])?;
     let result = async {
         protected(&s).await.context("protect")?;
+        retention_prunes(&s).await.context("retention")?;
         primary.stop();
         create_run(&s, "exchange-disaster", "Failover", &["confirm-ad-replication"]).await?;
         run_to_end(&s, "exchange-disaster", Duration::from_secs(300)).await?;

@@ -4,28 +4,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use coldsite_api::NetworkMapping;
 use coldsite_api::common::condition;
 use coldsite_api::network_mapping::NetworkMappingStatus;
-use coldsite_api::{NetworkMapping, Site};
 use coldsite_engine::validate::{self, Inventory, Severity};
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub async fn reconcile(nm: Arc<NetworkMapping>, ctx: Arc<Context>) -> Result<Action> {
     let ns = nm.namespace().unwrap_or_default();
-    let mut inv = Inventory::default();
-    for s in Api::<Site>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing Sites"))?
-    {
-        inv.sites.insert(s.name_any(), s);
-    }
+    let inv = Inventory {
+        sites: crate::inventory::sites(&ctx).await?,
+        ..Inventory::default()
+    };
     let problems: Vec<String> = validate::validate_mapping(&nm, &inv)
         .into_iter()
         .filter(|p| p.severity == Severity::Error)

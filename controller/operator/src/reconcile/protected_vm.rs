@@ -17,7 +17,6 @@ use coldsite_engine::fabric::{FabricError, ReplicationState};
 use coldsite_engine::model::SiteModel;
 use coldsite_engine::validate::{self, Severity};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
 use crate::conditions::{self, Desired};
@@ -119,19 +118,14 @@ pub fn health(
 }
 
 pub async fn reconcile(pvm: Arc<ProtectedVM>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = pvm.namespace().unwrap_or_default();
-    let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, pvm, |event| async {
-        match event {
-            Finalizer::Apply(p) => apply(&p, &ctx).await,
-            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
-        }
-    })
+    super::finalized(
+        pvm,
+        ctx,
+        FINALIZER,
+        |o, c| async move { apply(&o, &c).await },
+        |o, c| async move { cleanup(&o, &c).await },
+    )
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
 }
 
 fn site_model(name: &str, site: Option<&coldsite_api::Site>) -> SiteModel {
@@ -350,6 +344,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         });
     if old.phase != status.phase || coldsite_api::common::is_condition_true(&old.conditions, condition::READY) != ready
     {
+        tracing::info!(protected_vm = %name, namespace = %ns, phase = ?standing.phase, ready, reason = ready_reason, "protection");
         ctx.event(
             pvm,
             !ready && problem.is_some(),

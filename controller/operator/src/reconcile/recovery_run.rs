@@ -21,7 +21,6 @@ use coldsite_engine::time::{from_k8s, to_k8s};
 use coldsite_engine::validate::{self, Severity};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
 use crate::conditions::{self, Desired};
@@ -42,19 +41,14 @@ impl RunStore for Unsaved {
 }
 
 pub async fn reconcile(run: Arc<RecoveryRun>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = run.namespace().unwrap_or_default();
-    let api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, run, |event| async {
-        match event {
-            Finalizer::Apply(r) => apply(&r, &ctx).await,
-            Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
-        }
-    })
+    super::finalized(
+        run,
+        ctx,
+        FINALIZER,
+        |o, c| async move { apply(&o, &c).await },
+        |o, c| async move { cleanup(&o, &c).await },
+    )
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
 }
 
 fn record_of(s: &StepStatus) -> StepRecord {
@@ -498,6 +492,7 @@ async fn report(
             Some(m) => format!("{}: {m}", def.id),
             None => def.id.clone(),
         };
+        tracing::info!(run = %run.name_any(), step = %def.id, state = ?a.state, message = a.message.as_deref().unwrap_or(""), "step");
         ctx.event(run, warning, reason, "Step", note).await;
     }
     let ns = run.namespace().unwrap_or_default();
