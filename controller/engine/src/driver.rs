@@ -388,8 +388,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 let Some(a) = def.action else {
                     return Err(FabricError::permanent(format!("step {} has no action", def.id)));
                 };
-                let g = &plan.groups[a.group];
-                let action = if a.pre { &g.pre[a.index] } else { &g.post[a.index] };
+                let action = a.resolve(plan);
                 let location = match &action.kind {
                     crate::model::ActionKind::Job { site, .. } => match site {
                         ScriptSite::Primary => ScriptLocation::Site(&plan.primary),

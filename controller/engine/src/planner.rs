@@ -20,6 +20,18 @@ pub struct ActionRef {
     pub index: usize,
 }
 
+impl ActionRef {
+    /// The action this refers to in its plan.
+    pub fn resolve<'a>(&self, plan: &'a PlanModel) -> &'a crate::model::ActionModel {
+        let g = &plan.groups[self.group];
+        if self.pre {
+            &g.pre[self.index]
+        } else {
+            &g.post[self.index]
+        }
+    }
+}
+
 /// The site a cleanup step works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SiteRole {

@@ -69,14 +69,11 @@ fn status_of(graph: &StepGraph, plan: &PlanModel, i: StepIdx, r: &StepRecord) ->
         id: def.id.clone(),
         group: def.group.map(|g| plan.groups[g].name.clone()),
         kind: Some(def.kind),
-        target: def
-            .vm
-            .map(|v| plan.vms[v].name.clone())
-            .or_else(|| def.approval.clone())
-            .or_else(|| {
-                def.action
-                    .map(|_| def.id.rsplit('/').next().unwrap_or_default().to_owned())
-            }),
+        target: match (def.vm, def.action) {
+            (Some(v), _) => Some(plan.vms[v].name.clone()),
+            (None, Some(a)) => Some(a.resolve(plan).name.clone()),
+            (None, None) => None,
+        },
         state: r.state,
         attempts: r.attempts as i32,
         started_at: r.started_at.map(to_k8s),
