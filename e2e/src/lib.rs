@@ -21,6 +21,7 @@
 //! ```
 
 mod binaries;
+pub mod chart;
 mod controlplane;
 pub mod exchange;
 pub mod manifests;

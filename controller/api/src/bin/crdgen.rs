@@ -1,22 +1,26 @@
-//! Writes one YAML file per CRD into a folder (default `crds/`), or checks it is current.
+//! Writes one YAML file per CRD into `crds/` and the Helm chart's `crds/` (or the folders
+//! given), or checks they are current.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut check = false;
-    let mut dir = PathBuf::from("crds");
+    let mut dirs: Vec<PathBuf> = Vec::new();
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check" => check = true,
             "-h" | "--help" => {
                 println!(
-                    "crdgen [--check] [DIR]\n\nWrites coldsite's CRDs as DIR/<plural>.coldsite.io.yaml (DIR defaults to crds/).\n--check writes nothing and fails when DIR differs from the types, as CI does."
+                    "crdgen [--check] [DIR...]\n\nWrites coldsite's CRDs as DIR/<plural>.coldsite.io.yaml (default: crds/ and charts/coldsite/crds/).\n--check writes nothing and fails when a DIR differs from the types, as CI does."
                 );
                 return ExitCode::SUCCESS;
             }
-            other => dir = PathBuf::from(other),
+            other => dirs.push(PathBuf::from(other)),
         }
+    }
+    if dirs.is_empty() {
+        dirs = vec![PathBuf::from("crds"), PathBuf::from("charts/coldsite/crds")];
     }
     let mut stale = Vec::new();
     for crd in coldsite_api::crds() {
@@ -28,18 +32,20 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let path = dir.join(format!("{name}.yaml"));
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        if current == yaml {
-            continue;
-        }
-        if check {
-            stale.push(path.display().to_string());
-        } else if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml)) {
-            eprintln!("crdgen: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        } else {
-            println!("wrote {}", path.display());
+        for dir in &dirs {
+            let path = dir.join(format!("{name}.yaml"));
+            let current = std::fs::read_to_string(&path).unwrap_or_default();
+            if current == yaml {
+                continue;
+            }
+            if check {
+                stale.push(path.display().to_string());
+            } else if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &yaml)) {
+                eprintln!("crdgen: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            } else {
+                println!("wrote {}", path.display());
+            }
         }
     }
     if !stale.is_empty() {

@@ -1,0 +1,123 @@
+{{/* The chart's name, shortened to a DNS label. */}}
+{{- define "coldsite.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name: object names start with it. */}}
+{{- define "coldsite.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "coldsite.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "coldsite.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "coldsite.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "coldsite.labels" -}}
+helm.sh/chart: {{ include "coldsite.chart" . }}
+app.kubernetes.io/name: {{ include "coldsite.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: coldsite
+{{- end }}
+
+{{/* The controller's ServiceAccount. */}}
+{{- define "coldsite.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "coldsite.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The site identity's ServiceAccount. */}}
+{{- define "coldsite.siteServiceAccountName" -}}
+{{- default (printf "%s-site" (include "coldsite.fullname" .) | trunc 63 | trimSuffix "-") .Values.siteAccess.serviceAccountName }}
+{{- end }}
+
+{{/* Where the Sites' kubeconfig Secrets live. */}}
+{{- define "coldsite.kubeconfigNamespace" -}}
+{{- default .Release.Namespace .Values.rbac.kubeconfigSecrets.namespace }}
+{{- end }}
+
+{{- define "coldsite.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+What coldsite-controller does at a site, and so what a site's identity must be allowed.
+The same rules serve the site clusters (siteAccess) and the management cluster when it is
+a site itself (managementIsSite). Each rule names the code path that needs it; RBAC.md
+has the table. Namespaces of protected VMs and test namespaces are arbitrary, and cleanup
+after a test failover lists by label across all namespaces, so these are cluster-wide.
+*/}}
+{{- define "coldsite.siteRules" -}}
+# VirtualMachines: read the source VM (inventory, manifest copy), create the recovered VM,
+# set spec.runStrategy (power off/on: merge patch), delete test copies; list by label for
+# cleanup and inventory.
+- apiGroups: ["kubevirt.io"]
+  resources: ["virtualmachines"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# VirtualMachineInstances: is a VM still running, is its guest agent connected. Read only.
+- apiGroups: ["kubevirt.io"]
+  resources: ["virtualmachineinstances"]
+  verbs: ["get"]
+# VolSync: replication is server-side applied (patch, and create when absent), final syncs
+# set a manual trigger (patch), reverse replication and unprotect delete them.
+- apiGroups: ["volsync.backube"]
+  resources: ["replicationsources", "replicationdestinations"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# VolumeSnapshots are the recovery points: listed by label, adopted (labels and
+# annotations by merge patch), copied into test namespaces (create), pruned by retention,
+# commit and cleanup (delete).
+- apiGroups: ["snapshot.storage.k8s.io"]
+  resources: ["volumesnapshots"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# VolumeSnapshotContents (cluster-scoped): a test failover restores in the test namespace
+# from a pre-provisioned copy of the point's content; cleanup deletes it.
+- apiGroups: ["snapshot.storage.k8s.io"]
+  resources: ["volumesnapshotcontents"]
+  verbs: ["get", "list", "create", "delete"]
+# PVCs: read the source disks' size, restore disks from snapshots, delete test disks.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "create", "delete"]
+# Secrets: the rsync-TLS key coldsite creates for each VM's replication (same key at both
+# ends); deleted when the VM is unprotected. coldsite never updates a Secret.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "create", "delete"]
+# ConfigMaps: the copy of each VM's manifest at the recovery site (server-side apply), the
+# context of script Jobs (create); deleted on cleanup and unprotect.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# Jobs: plan scripts with `site: primary|recovery`; read for completion, deleted on cleanup.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "create", "delete"]
+# Namespaces: the VM's namespace at the recovery site and the Site's testNamespace are
+# created when missing (create; get after AlreadyExists).
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "create"]
+{{- end }}
