@@ -310,6 +310,9 @@ pub struct ApprovalRecord {
 pub struct RecoveryRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RunPhase>,
+    /// A digest of the plan's spec when the run started; the run holds while the plan differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
     /// The site VMs are recovered from, and the one they are recovered to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_site: Option<String>,

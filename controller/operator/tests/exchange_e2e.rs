@@ -236,12 +236,41 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
         run_phase(&runs, name).await? == Some(RunPhase::WaitingForApproval),
         "the gate still holds"
     );
+    // The plan is edited under the run: it holds, even approved, until the plan is restored.
+    let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+    let original = plans.get("exchange").await?;
+    let mut edited = original.clone();
+    edited.spec.groups[2].readiness.timeout = "20m".into();
+    plans.replace("exchange", &PostParams::default(), &edited).await?;
     runs.patch(
         name,
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {"approvals": ["confirm-ad-replication"]}})),
     )
     .await?;
+    wait_for(
+        "the run to hold on the changed plan",
+        Duration::from_secs(60),
+        || async {
+            let r = runs.get(name).await?;
+            let held = r
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Succeeded"))
+                .is_some_and(|c| c.reason == "PlanChanged");
+            Ok(held.then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mbx = test_vms.get_opt("exch-mbx01").await?;
+    ensure!(
+        mbx.as_ref().is_none_or(|v| v.data["spec"]["runStrategy"] == "Halted"),
+        "nothing starts while the plan differs"
+    );
+    let mut restored = plans.get("exchange").await?;
+    restored.spec = original.spec.clone();
+    plans.replace("exchange", &PostParams::default(), &restored).await?;
     let run = run_to_end(s, name, Duration::from_secs(240)).await?;
     ensure!(
         run.status.as_ref().and_then(|st| st.rto_seconds).is_some(),

@@ -109,6 +109,13 @@ fn persisted(graph: &StepGraph, run: &RecoveryRun, pvms: &BTreeMap<(String, Stri
         .collect()
 }
 
+/// A short digest of the plan's spec, to notice a plan edited under a running run.
+fn plan_digest(plan: &RecoveryPlan) -> String {
+    use sha2::Digest;
+    let spec = serde_json::to_vec(&plan.spec).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(&spec)[..8])
+}
+
 /// Which way a run moves VMs: failback reverses; commit and reprotect follow where the VMs
 /// run now.
 fn direction(action: RunAction, plan: &RecoveryPlan, pvms: &BTreeMap<(String, String), ProtectedVM>) -> Direction {
@@ -207,6 +214,38 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_secs(15)));
     }
 
+    // A run follows the plan it started with: while the plan differs, nothing new starts.
+    let digest = plan_digest(&plan);
+    if let Some(started) = old.plan_digest.as_ref().filter(|_| old.start_time.is_some())
+        && *started != digest
+        && !run.spec.cancel
+    {
+        let message = format!(
+            "RecoveryPlan {} changed during the run; nothing new starts until it is restored, or set spec.cancel",
+            run.spec.plan
+        );
+        let mut status = old.clone();
+        let held = coldsite_api::common::find_condition(&status.conditions, condition::SUCCEEDED)
+            .is_some_and(|c| c.reason == "PlanChanged");
+        conditions::set(
+            &mut status.conditions,
+            Desired {
+                type_: condition::SUCCEEDED,
+                ok: false,
+                reason: "PlanChanged",
+                message: message.clone(),
+            },
+            run.metadata.generation,
+            to_k8s(Utc::now()),
+        );
+        if !held {
+            ctx.event(run, true, "PlanChanged", "Hold", message).await;
+        }
+        let api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
+        crate::status::apply(&api, &name, run.status.as_ref(), &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(15)));
+    }
+
     // Dereference and validate.
     let fabric = ctx.fabric(&plan.spec.primary_site, &plan.spec.recovery_site).await?;
     let inv = crate::inventory::load(ctx, &ns, &fabric).await?;
@@ -297,7 +336,7 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
     }
 
     // Status: the run's own steps, and each VM's part in its ProtectedVM.
-    let status = build_status(
+    let mut status = build_status(
         &graph,
         &rctx.plan,
         &after,
@@ -309,6 +348,7 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
         now,
         run.metadata.generation,
     );
+    status.plan_digest = old.plan_digest.clone().or(Some(digest));
     report(ctx, run, &graph, &before, &after, &status, &old).await;
     let api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
     crate::status::apply(&api, &name, run.status.as_ref(), &status).await?;
