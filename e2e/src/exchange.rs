@@ -258,6 +258,54 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// Creates a RecoveryRun of the example's plan.
+    pub async fn create_run(&self, name: &str, action: &str, approvals: &[&str]) -> Result<()> {
+        let run: coldsite_api::RecoveryRun = serde_json::from_value(json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"plan": "exchange", "action": action, "approvals": approvals},
+        }))?;
+        Api::<coldsite_api::RecoveryRun>::namespaced(self.management.clone(), &self.ns)
+            .create(&kube::api::PostParams::default(), &run)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until a run succeeds; fails at once if it fails.
+    pub async fn run_to_end(&self, name: &str, timeout: Duration) -> Result<coldsite_api::RecoveryRun> {
+        use coldsite_api::recovery_run::RunPhase;
+        let runs: Api<coldsite_api::RecoveryRun> = Api::namespaced(self.management.clone(), &self.ns);
+        wait_for(&format!("run {name} to succeed"), timeout, || async {
+            let r = runs.get(name).await?;
+            match r.status.as_ref().and_then(|s| s.phase) {
+                Some(RunPhase::Succeeded) => Ok(Some(r)),
+                Some(RunPhase::Failed) => {
+                    anyhow::bail!("run {name} failed: {:?}", r.status.as_ref().map(|s| &s.conditions))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the three VMs are Ready with at least one recovery point each.
+    pub async fn wait_protected(&self, timeout: Duration) -> Result<()> {
+        let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);
+        wait_for("every ProtectedVM Ready with recovery points", timeout, || async {
+            let list = pvms.list(&kube::api::ListParams::default()).await?;
+            let ready = list.items.len() == 3
+                && list.items.iter().all(|p| {
+                    let st = p.status.clone().unwrap_or_default();
+                    coldsite_api::common::is_condition_true(&st.conditions, "Ready")
+                        && st.recovery_points.as_ref().is_some_and(|r| r.count >= 1)
+                });
+            Ok(ready.then_some(()))
+        })
+        .await
+    }
+}
+
 /// `coldsite-controller` as a child process, logging to a file; killed when dropped.
 pub struct ControllerProcess {
     child: tokio::process::Child,

@@ -31,7 +31,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const VMS: [&str; 3] = ["dc01", "exch-mbx01", "exch-cas01"];
@@ -553,41 +553,10 @@ async fn check_token_scope(token: &Client, s: &Scenario, release_ns: &str, elsew
     Ok(())
 }
 
-async fn create_run(s: &Scenario, name: &str, action: &str, approvals: &[&str]) -> Result<()> {
-    let run: RecoveryRun = serde_json::from_value(json!({
-        "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
-        "metadata": {"name": name, "namespace": s.ns},
-        "spec": {"plan": "exchange", "action": action, "approvals": approvals},
-    }))?;
-    Api::<RecoveryRun>::namespaced(s.management.clone(), &s.ns)
-        .create(&PostParams::default(), &run)
-        .await?;
-    Ok(())
-}
-
-async fn protected(s: &Scenario) -> Result<()> {
-    let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
-    wait_for(
-        "every ProtectedVM Ready with recovery points",
-        Duration::from_secs(180),
-        || async {
-            let list = pvms.list(&ListParams::default()).await?;
-            let ready = list.items.len() == 3
-                && list.items.iter().all(|p| {
-                    let st = p.status.clone().unwrap_or_default();
-                    coldsite_api::common::is_condition_true(&st.conditions, "Ready")
-                        && st.recovery_points.as_ref().is_some_and(|r| r.count >= 1)
-                });
-            Ok(ready.then_some(()))
-        },
-    )
-    .await
-}
-
 async fn test_failover(s: &Scenario) -> Result<()> {
     let name = "exchange-test-chart";
     let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
-    create_run(s, name, "TestFailover", &["confirm-ad-replication"]).await?;
+    s.create_run(name, "TestFailover", &["confirm-ad-replication"]).await?;
     let run = wait_for(&format!("run {name} to finish"), Duration::from_secs(240), || async {
         let r = runs.get(name).await?;
         let finished = matches!(
@@ -852,7 +821,7 @@ async fn chart_rbac_is_enough_for_the_exchange_test_failover() -> Result<()> {
             Ok((holder.as_deref() == Some("x")).then_some(()))
         })
         .await?;
-        protected(&s).await.context("protect")?;
+        s.wait_protected(Duration::from_secs(180)).await.context("protect")?;
         test_failover(&s).await.context("test failover")?;
         let sites: Api<Site> = Api::all(admin.clone());
         let message = wait_for(

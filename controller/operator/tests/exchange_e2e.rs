@@ -56,31 +56,6 @@ async fn run_phase(runs: &Api<RecoveryRun>, name: &str) -> Result<Option<RunPhas
     Ok(runs.get(name).await?.status.and_then(|s| s.phase))
 }
 
-async fn create_run(s: &Scenario, name: &str, action: &str, approvals: &[&str]) -> Result<()> {
-    let run: RecoveryRun = serde_json::from_value(json!({
-        "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
-        "metadata": {"name": name, "namespace": s.ns},
-        "spec": {"plan": "exchange", "action": action, "approvals": approvals},
-    }))?;
-    Api::<RecoveryRun>::namespaced(s.management.clone(), &s.ns)
-        .create(&PostParams::default(), &run)
-        .await?;
-    Ok(())
-}
-
-async fn run_to_end(s: &Scenario, name: &str, timeout: Duration) -> Result<RecoveryRun> {
-    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
-    wait_for(&format!("run {name} to succeed"), timeout, || async {
-        let r = runs.get(name).await?;
-        match r.status.as_ref().and_then(|s| s.phase) {
-            Some(RunPhase::Succeeded) => Ok(Some(r)),
-            Some(RunPhase::Failed) => bail!("run {name} failed: {:?}", r.status.as_ref().map(|s| &s.conditions)),
-            _ => Ok(None),
-        }
-    })
-    .await
-}
-
 async fn pvm_status(s: &Scenario, vm: &str) -> Result<coldsite_api::protected_vm::ProtectedVMStatus> {
     Ok(Api::<ProtectedVM>::namespaced(s.management.clone(), &s.ns)
         .get(vm)
@@ -110,22 +85,7 @@ async fn vm_step(
 }
 
 async fn protected(s: &Scenario) -> Result<()> {
-    let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
-    wait_for(
-        "every ProtectedVM Ready with recovery points",
-        Duration::from_secs(150),
-        || async {
-            let list = pvms.list(&ListParams::default()).await?;
-            let ready = list.items.len() == 3
-                && list.items.iter().all(|p| {
-                    let st = p.status.clone().unwrap_or_default();
-                    coldsite_api::common::is_condition_true(&st.conditions, "Ready")
-                        && st.recovery_points.as_ref().is_some_and(|r| r.count >= 1)
-                });
-            Ok(ready.then_some(()))
-        },
-    )
-    .await?;
+    s.wait_protected(Duration::from_secs(150)).await?;
     let rs = dynamic(
         &s.primary,
         &s.ns,
@@ -188,7 +148,7 @@ async fn protected(s: &Scenario) -> Result<()> {
 /// Test failover with its gate; the leader is killed once while the gate holds.
 async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> {
     let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
-    create_run(s, "exchange-test-1", "TestFailover", &[]).await?;
+    s.create_run("exchange-test-1", "TestFailover", &[]).await?;
     let name = "exchange-test-1";
     let run = wait_for("the run to wait for approval", Duration::from_secs(120), || async {
         let r = runs.get(name).await?;
@@ -271,7 +231,7 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
     let mut restored = plans.get("exchange").await?;
     restored.spec = original.spec.clone();
     plans.replace("exchange", &PostParams::default(), &restored).await?;
-    let run = run_to_end(s, name, Duration::from_secs(240)).await?;
+    let run = s.run_to_end(name, Duration::from_secs(240)).await?;
     ensure!(
         run.status.as_ref().and_then(|st| st.rto_seconds).is_some(),
         "RTO recorded"
@@ -443,13 +403,14 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_split_brain(s, stop.clone());
 
-    create_run(s, "exchange-move", "PlannedFailover", &["confirm-ad-replication"]).await?;
+    s.create_run("exchange-move", "PlannedFailover", &["confirm-ad-replication"])
+        .await?;
     // The leader dies at a random point of the run; the delay is printed to replay it.
     let delay = Duration::from_millis(random_millis(9000));
     eprintln!("killing the leader {delay:?} into the planned failover");
     tokio::time::sleep(delay).await;
     replicas.kill_leader().await?;
-    run_to_end(s, "exchange-move", Duration::from_secs(300)).await?;
+    s.run_to_end("exchange-move", Duration::from_secs(300)).await?;
     // Sources halted in reverse order, each after the groups that depend on it.
     let cas = vm_step(s, "exch-cas01", StepKind::PowerOff).await?.1;
     let mbx = vm_step(s, "exch-mbx01", StepKind::PowerOff).await?.0;
@@ -502,10 +463,10 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
     )
     .await?;
 
-    create_run(s, "exchange-commit", "Commit", &[]).await?;
-    run_to_end(s, "exchange-commit", Duration::from_secs(120)).await?;
-    create_run(s, "exchange-reprotect", "Reprotect", &[]).await?;
-    run_to_end(s, "exchange-reprotect", Duration::from_secs(180)).await?;
+    s.create_run("exchange-commit", "Commit", &[]).await?;
+    s.run_to_end("exchange-commit", Duration::from_secs(120)).await?;
+    s.create_run("exchange-reprotect", "Reprotect", &[]).await?;
+    s.run_to_end("exchange-reprotect", Duration::from_secs(180)).await?;
     // Replication now runs back: sources at DR, destinations at HQ on the old disks.
     let rs = dynamic(
         &s.recovery,
@@ -554,8 +515,9 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
     })
     .await?;
 
-    create_run(s, "exchange-home", "Failback", &["confirm-ad-replication"]).await?;
-    run_to_end(s, "exchange-home", Duration::from_secs(300)).await?;
+    s.create_run("exchange-home", "Failback", &["confirm-ad-replication"])
+        .await?;
+    s.run_to_end("exchange-home", Duration::from_secs(300)).await?;
     for vm in VMS {
         ensure!(
             virtual_machines(&s.primary, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Always",
@@ -740,8 +702,9 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         protected(&s).await.context("protect")?;
         retention_prunes(&s).await.context("retention")?;
         primary.stop();
-        create_run(&s, "exchange-disaster", "Failover", &["confirm-ad-replication"]).await?;
-        run_to_end(&s, "exchange-disaster", Duration::from_secs(300)).await?;
+        s.create_run("exchange-disaster", "Failover", &["confirm-ad-replication"])
+            .await?;
+        s.run_to_end("exchange-disaster", Duration::from_secs(300)).await?;
         let mut notes = BTreeMap::new();
         for vm in VMS {
             let last = pvm_status(&s, vm).await?.last_run.context("lastRun")?;
