@@ -1,23 +1,82 @@
 //! `kubectl-coldsite`: the command-line side of coldsite.
 
+mod cluster;
 mod load;
+mod ops;
+mod report;
 mod simulate;
+mod tree;
 mod validate;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use coldsite_api::RunAction;
 
-/// Disaster recovery for KubeVirt VMs: check and rehearse coldsite recovery plans.
+use crate::cluster::ClusterArgs;
+use crate::ops::{Format, NewRun};
+
+/// Disaster recovery for KubeVirt VMs: check, rehearse, run and report coldsite recovery plans.
 ///
-/// Installed on PATH as `kubectl-coldsite`, it also runs as `kubectl coldsite`.
+/// Installed on PATH as `kubectl-coldsite`, it also runs as `kubectl coldsite`. The commands
+/// that talk to the management cluster (status, approve, test, failover, planned, commit,
+/// reprotect, failback, cleanup, report) find it as kubectl does: --kubeconfig or
+/// $KUBECONFIG or ~/.kube/config, --context, and -n/--namespace (else the context's
+/// namespace); inside a pod, its service account.
 #[derive(Parser)]
 #[command(name = "kubectl-coldsite", version, about, long_about)]
 struct Cli {
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options every run-creating command has.
+#[derive(Args)]
+struct RunArgs {
+    /// The RecoveryPlan to run.
+    plan: String,
+    /// Approve a manual action of the plan up front, so its gate does not wait (repeatable).
+    #[arg(long = "approve", value_name = "ACTION")]
+    approvals: Vec<String>,
+    /// Name of the RecoveryRun (default: <plan>-<command>-<yyyymmdd-hhmmss>, in UTC).
+    #[arg(long)]
+    name: Option<String>,
+    /// Print the RecoveryRun as YAML instead of creating it.
+    #[arg(long)]
+    dry_run: bool,
+    /// Start the run even though the plan is not Valid or not Ready, or another run of the
+    /// plan is in progress.
+    #[arg(long)]
+    force: bool,
+    /// Follow the run as `status --watch` does until it finishes; exit 1 unless it succeeds.
+    #[arg(short, long)]
+    wait: bool,
+    /// The field manager the run is created under (default: kubectl-coldsite:<your user name>).
+    #[arg(long, value_name = "NAME")]
+    field_manager: Option<String>,
+}
+
+impl RunArgs {
+    fn request(self, verb: &'static str, action: RunAction) -> NewRun {
+        NewRun {
+            verb,
+            action,
+            plan: self.plan,
+            recovery_point: None,
+            shutdown_source: true,
+            approvals: self.approvals,
+            name: self.name,
+            dry_run: self.dry_run,
+            force: self.force,
+            wait: self.wait,
+            field_manager: self.field_manager,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -38,9 +97,6 @@ enum Command {
         /// Files or folders of YAML manifests.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Namespace for namespaced objects that name none.
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
         /// Print only problems and the summary.
         #[arg(short, long)]
         quiet: bool,
@@ -63,9 +119,6 @@ enum Command {
         /// The plan to run, when the manifests hold several.
         #[arg(long)]
         plan: Option<String>,
-        /// Namespace for namespaced objects that name none.
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
         /// A simulated person approves each manual action this long after it starts waiting;
         /// `never` leaves gates to their timeouts.
         #[arg(long, default_value = "5m")]
@@ -98,21 +151,185 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Show a run as a tree of groups and steps, or a plan with its VMs' protection.
+    ///
+    /// For a RecoveryRun: the phase, progress and RTO; each manual action waiting for
+    /// approval, for how long, its instructions and the command that approves it; the source
+    /// shutdown in reverse order (planned actions); then each group in startup order with its
+    /// pre actions, its VMs and their steps (restore-disks, create-vm, power-on, ready…) and
+    /// the recovery point each VM was restored from, and its post actions. Every step shows
+    /// its state and how long it took. VM steps come from each ProtectedVM's
+    /// status.lastRun, as long as this run is the VM's latest.
+    ///
+    /// For a RecoveryPlan: its Valid and Ready conditions, its groups in startup order with
+    /// their actions, each VM's phase, active site, replication health, RPO now against its
+    /// target and recovery points, and the plan's last run and drill.
+    ///
+    /// TARGET is rrun/NAME, rplan/NAME, or a bare NAME: a run if one has that name, else a
+    /// plan. Colour is used when stdout is a terminal (NO_COLOR turns it off).
+    Status {
+        /// rrun/NAME, rplan/NAME, or NAME.
+        target: String,
+        /// Redraw as things change, at most four times a second, until the run finishes
+        /// (for a plan, until interrupted). Exits 1 if the run ends other than Succeeded.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Approve a manual action of a run, so its gate passes.
+    ///
+    /// Adds ACTION to the run's spec.approvals by server-side apply, under the field manager
+    /// kubectl-coldsite:<your user name> (from a SelfSubjectReview), so the API server
+    /// records who approved and when in the run's managedFields; `report` shows it.
+    /// Refuses when ACTION is not a manual action of the run's plan, does not run in this
+    /// kind of run, or the run has finished. An approval cannot be taken back.
+    Approve {
+        /// The RecoveryRun.
+        run: String,
+        /// The manual action's name, as in the plan (e.g. confirm-ad-replication).
+        action: String,
+        /// Approve under this field manager instead.
+        #[arg(long, value_name = "NAME")]
+        field_manager: Option<String>,
+    },
+    /// Start a test failover: copies on the isolated test network; the source keeps running.
+    ///
+    /// Creates a RecoveryRun with action TestFailover. Refuses unless the plan is Valid and
+    /// Ready (every VM protected within its RPO), while another run of the plan is in
+    /// progress, and while an earlier test of the plan has not been cleaned up (its copies
+    /// would collide with the new ones); --force overrides. Delete it with `cleanup` to
+    /// remove everything it made.
+    Test {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Latest, LatestAppConsistent, or an RFC 3339 time: the newest point not after it.
+        #[arg(long, value_name = "POINT")]
+        recovery_point: Option<String>,
+    },
+    /// Start an unplanned failover: recover from a recovery point while the primary is down.
+    ///
+    /// Creates a RecoveryRun with action Failover. The source VMs are shut down first when
+    /// the primary answers, unless --no-shutdown-source. Refuses unless the plan is Valid and
+    /// Ready; in a real disaster it will not be Ready, and --force is the way on.
+    Failover {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Latest, LatestAppConsistent, or an RFC 3339 time: the newest point not after it.
+        #[arg(long, value_name = "POINT")]
+        recovery_point: Option<String>,
+        /// Do not try to stop the source VMs; only check that they are not running.
+        #[arg(long)]
+        no_shutdown_source: bool,
+    },
+    /// Start a planned failover: stop the source, sync a last time, recover with no data loss.
+    ///
+    /// Creates a RecoveryRun with action PlannedFailover. Refuses unless the plan is Valid
+    /// and Ready (--force overrides).
+    Planned {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Commit a failover: make it permanent and discard the other recovery points.
+    ///
+    /// Creates a RecoveryRun with action Commit. Refuses unless the plan is Valid
+    /// (--force overrides); it need not be Ready, since its VMs no longer replicate.
+    Commit {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Reprotect after a failover: replicate back from the active site, reusing the old disks.
+    ///
+    /// Creates a RecoveryRun with action Reprotect. Refuses unless the plan is Valid
+    /// (--force overrides).
+    Reprotect {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Fail back: a planned failover to the original primary site.
+    ///
+    /// Creates a RecoveryRun with action Failback. Refuses unless the plan is Valid and Ready,
+    /// that is reprotected in the reverse direction (--force overrides).
+    Failback {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Delete a run and wait until it is gone.
+    ///
+    /// For a TestFailover, the controller's finalizer first removes everything the test
+    /// created at both sites: VMs, restored disks, snapshots and Jobs; this prints what it
+    /// reports and waits for it. For any other run, deleting removes only the record: the
+    /// failover it did stays done. A run other than a test that has not finished is refused
+    /// (cancel it first), unless --force.
+    Cleanup {
+        /// The RecoveryRun.
+        run: String,
+        /// Delete a run that is not a test even while it is in progress.
+        #[arg(long)]
+        force: bool,
+        /// Return once the deletion is requested.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the run to go.
+        #[arg(long, default_value = "10m", value_parser = parse_timeout)]
+        timeout: Duration,
+    },
+    /// Write a run's report: HTML with a Gantt chart of every step, or Markdown.
+    ///
+    /// The HTML page is self-contained (inline CSS and SVG, no scripts or external assets):
+    /// the phase and RTO, a timeline with one bar per step (source shutdown, each group's
+    /// actions, and each VM's restore, create, power-on and ready) coloured by state on a time
+    /// axis, the recovery point used per VM and how old it was, the approvals with who gave
+    /// them (status.approvals[].by, or the field manager that wrote the value into
+    /// spec.approvals) and when, and every step with its start, finish and duration.
+    /// Markdown holds the same facts in tables.
+    Report {
+        /// The RecoveryRun.
+        run: String,
+        /// html or markdown.
+        #[arg(long, value_enum, default_value = "html")]
+        format: Format,
+        /// Write to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print a shell completion script for kubectl-coldsite.
+    ///
+    /// bash: `source <(kubectl-coldsite completion bash)`, or save it in
+    /// /etc/bash_completion.d/. zsh: save it as `_kubectl-coldsite` in a folder on $fpath.
+    /// fish: `kubectl-coldsite completion fish > ~/.config/fish/completions/kubectl-coldsite.fish`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    coldsite_engine::model::parse_duration(s)
+}
+
+/// Runs a command that talks to the cluster.
+fn on_cluster<F, Fut>(cluster: &ClusterArgs, f: F) -> anyhow::Result<bool>
+where
+    F: FnOnce(cluster::Cluster) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let c = cluster.connect().await?;
+        f(c).await
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // For validate and simulate: the namespace of objects that name none.
+    let namespace = cli.cluster.namespace.clone().unwrap_or_else(|| "default".into());
+    let cl = &cli.cluster;
     let result = match cli.command {
-        Command::Validate {
-            paths,
-            namespace,
-            quiet,
-        } => validate::run(&paths, &namespace, quiet),
+        Command::Validate { paths, quiet } => validate::run(&paths, &namespace, quiet),
         Command::Simulate {
             paths,
             action,
             plan,
-            namespace,
             approve_after,
             recovery_point,
             seed,
@@ -139,6 +356,62 @@ fn main() -> ExitCode {
             no_shutdown_source,
             concurrency,
         }),
+        Command::Status { target, watch } => on_cluster(cl, |c| async move { ops::status(&c, &target, watch).await }),
+        Command::Approve {
+            run,
+            action,
+            field_manager,
+        } => on_cluster(
+            cl,
+            |c| async move { ops::approve(&c, &run, &action, field_manager).await },
+        ),
+        Command::Test { run, recovery_point } => {
+            let mut req = run.request("test", RunAction::TestFailover);
+            req.recovery_point = recovery_point;
+            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
+        }
+        Command::Failover {
+            run,
+            recovery_point,
+            no_shutdown_source,
+        } => {
+            let mut req = run.request("failover", RunAction::Failover);
+            req.recovery_point = recovery_point;
+            req.shutdown_source = !no_shutdown_source;
+            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
+        }
+        Command::Planned { run } => {
+            let req = run.request("planned", RunAction::PlannedFailover);
+            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
+        }
+        Command::Commit { run } => {
+            let req = run.request("commit", RunAction::Commit);
+            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
+        }
+        Command::Reprotect { run } => {
+            let req = run.request("reprotect", RunAction::Reprotect);
+            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
+        }
+        Command::Failback { run } => {
+            let req = run.request("failback", RunAction::Failback);
+            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
+        }
+        Command::Cleanup {
+            run,
+            force,
+            no_wait,
+            timeout,
+        } => on_cluster(
+            cl,
+            |c| async move { ops::cleanup(&c, &run, force, !no_wait, timeout).await },
+        ),
+        Command::Report { run, format, output } => {
+            on_cluster(cl, |c| async move { ops::report(&c, &run, format, output).await })
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kubectl-coldsite", &mut std::io::stdout());
+            Ok(true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

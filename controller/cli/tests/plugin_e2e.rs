@@ -1,0 +1,561 @@
+//! `kubectl-coldsite` against a real kube-apiserver: the Exchange example with the site
+//! simulator and `coldsite-controller` running, driven only through the plugin's commands,
+//! as an operator would: refuse a test while the plan is not Ready, start one once it is,
+//! see it wait for approval, approve it, follow it to the end, report it (HTML rendered in
+//! headless Chromium, and Markdown) and clean it up.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use coldsite_api::recovery_run::RunPhase;
+use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun};
+use coldsite_e2e::ControlPlane;
+use coldsite_e2e::exchange::{ControllerProcess, Scenario, Topology, wait_for};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds `coldsite-controller`, which lives in another crate, and returns its path.
+fn controller_binary() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "coldsite-operator", "--bin", "coldsite-controller"])
+        .current_dir(repo())
+        .status()
+        .context("running cargo build for coldsite-controller")?;
+    ensure!(status.success(), "building coldsite-controller failed");
+    // This test binary is target/<profile>/deps/plugin_e2e-…; the controller is beside deps/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("target dir")?;
+    let bin = profile_dir.join("coldsite-controller");
+    ensure!(bin.exists(), "no {}", bin.display());
+    Ok(bin)
+}
+
+/// The plugin, as a user would call it, against the management cluster.
+struct Plugin {
+    kubeconfig: PathBuf,
+    ns: String,
+}
+
+impl Plugin {
+    fn run(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))
+            .args(args)
+            .args(["-n", &self.ns])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(child.wait_with_output()?);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                bail!(
+                    "kubectl-coldsite {} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> Result<String> {
+        self.ok_within(args, Duration::from_secs(60)).await
+    }
+
+    async fn ok_within(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        let (this, args2): (Plugin, Vec<String>) = (self.clone_(), args.iter().map(|s| s.to_string()).collect());
+        let out = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args2.iter().map(String::as_str).collect();
+            this.run(&refs, timeout)
+        })
+        .await??;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        ensure!(
+            out.status.success(),
+            "kubectl-coldsite {} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            args.join(" "),
+            out.status
+        );
+        Ok(stdout)
+    }
+
+    /// Runs and expects a refusal; returns stderr.
+    async fn refused(&self, args: &[&str]) -> Result<String> {
+        let (this, args2): (Plugin, Vec<String>) = (self.clone_(), args.iter().map(|s| s.to_string()).collect());
+        let out = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args2.iter().map(String::as_str).collect();
+            this.run(&refs, Duration::from_secs(60))
+        })
+        .await??;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(
+            !out.status.success(),
+            "kubectl-coldsite {} should have been refused; stdout:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(stderr)
+    }
+
+    fn clone_(&self) -> Plugin {
+        Plugin {
+            kubeconfig: self.kubeconfig.clone(),
+            ns: self.ns.clone(),
+        }
+    }
+}
+
+fn condition(plan: &RecoveryPlan, t: &str) -> Option<String> {
+    plan.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+        .map(|c| c.status.clone())
+}
+
+fn in_order(text: &str, parts: &[&str]) -> Result<()> {
+    let mut at = 0;
+    for p in parts {
+        match text[at..].find(p) {
+            Some(i) => at += i + p.len(),
+            None => bail!("{p:?} missing or out of order in:\n{text}"),
+        }
+    }
+    Ok(())
+}
+
+/// Every step id of a run: its own, and each VM's from the ProtectedVMs.
+async fn step_ids(s: &Scenario, run: &RecoveryRun) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = run
+        .status
+        .as_ref()
+        .map(|st| st.steps.iter().map(|x| x.id.clone()).collect())
+        .unwrap_or_default();
+    for p in Api::<ProtectedVM>::namespaced(s.management.clone(), &s.ns)
+        .list(&ListParams::default())
+        .await?
+    {
+        if let Some(last) = p.status.and_then(|st| st.last_run)
+            && last.run_uid == run.uid()
+        {
+            ids.extend(last.steps.into_iter().map(|x| x.id));
+        }
+    }
+    Ok(ids)
+}
+
+/// The HTML report in headless Chromium: the DOM has the chart and every step; a screenshot
+/// is kept for people. Skips when Chromium is missing, except in CI.
+fn render_in_chromium(report: &Path, ids: &[String]) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/render-report.sh");
+    let have = std::env::var_os("CHROMIUM").is_some()
+        || ["chromium", "chromium-browser", "google-chrome"].iter().any(|c| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    if !have {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            bail!(
+                "CI=true but Chromium is not installed: .ci/run must run `controller/cli/tests/render-report.sh --install` first"
+            );
+        }
+        eprintln!(
+            "SKIPPED: rendering the report in headless Chromium: Chromium is not installed \
+             (controller/cli/tests/render-report.sh --install installs it)"
+        );
+        return Ok(());
+    }
+    let out = Command::new("bash").arg(&script).arg(report).args(ids).output()?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(
+        out.status.success(),
+        "the rendered report misses something ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{stdout}");
+    let png = report.with_extension("png");
+    ensure!(
+        std::fs::metadata(&png).map(|m| m.len() > 10_000).unwrap_or(false),
+        "screenshot {} is missing or blank",
+        png.display()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
+    let started = Instant::now();
+    let controller_bin = tokio::task::spawn_blocking(controller_binary).await??;
+    let mgmt = ControlPlane::shared().await?;
+    let recovery = ControlPlane::shared_recovery().await?;
+    let s = Scenario::set_up(
+        &Topology {
+            management: mgmt,
+            primary: mgmt,
+            recovery,
+        },
+        "plugin",
+    )
+    .await?;
+    let plugin = Plugin {
+        kubeconfig: mgmt.kubeconfig_path().to_owned(),
+        ns: s.ns.clone(),
+    };
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-e2e");
+    std::fs::create_dir_all(&out_dir)?;
+
+    // No controller yet: the plan has no conditions, so nothing may start.
+    let why = plugin.refused(&["test", "exchange"]).await?;
+    ensure!(
+        why.contains("refusing to start a TestFailover") && why.contains("not Valid") && why.contains("--force"),
+        "{why}"
+    );
+
+    let log = mgmt.dir().join(format!("controller-{}.log", s.ns));
+    let mut ctl = ControllerProcess::start(&controller_bin, mgmt.kubeconfig_path(), log, &["--no-leader-election"])?;
+    let result = async {
+        let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+        let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+        let plan = wait_for("the plan to be Valid", Duration::from_secs(60), || async {
+            let p = plans.get("exchange").await?;
+            Ok((condition(&p, "Valid").as_deref() == Some("True")).then_some(p))
+        })
+        .await?;
+        if condition(&plan, "Ready").as_deref() != Some("True") {
+            let why = plugin.refused(&["test", "exchange"]).await?;
+            ensure!(why.contains("not Ready"), "refused for not being Ready: {why}");
+            // --force overrides; --dry-run shows what would be created without creating it.
+            let yaml = plugin.ok(&["test", "exchange", "--force", "--dry-run"]).await?;
+            ensure!(
+                yaml.contains("kind: RecoveryRun") && yaml.contains("action: TestFailover"),
+                "{yaml}"
+            );
+            ensure!(
+                runs.list(&ListParams::default()).await?.items.is_empty(),
+                "dry run created nothing"
+            );
+        } else {
+            eprintln!("note: the plan was Ready before the not-Ready refusal could be checked");
+        }
+        let plan_text = plugin.ok(&["status", "rplan/exchange"]).await?;
+        in_order(
+            &plan_text,
+            &[
+                "Valid  True",
+                "● identity",
+                "● mailbox",
+                "● client-access",
+                "VMs",
+                "dc01",
+            ],
+        )?;
+
+        wait_for("the plan to be Ready", Duration::from_secs(180), || async {
+            let p = plans.get("exchange").await?;
+            Ok((condition(&p, "Ready").as_deref() == Some("True")).then_some(()))
+        })
+        .await?;
+        let t0 = Instant::now();
+        let created = plugin.ok(&["test", "exchange"]).await?;
+        let name = created
+            .lines()
+            .find_map(|l| l.strip_prefix("recoveryrun.coldsite.io/"))
+            .and_then(|l| l.split(' ').next())
+            .with_context(|| format!("no run name in: {created}"))?
+            .to_owned();
+        let stamp = name.strip_prefix("exchange-test-").context("generated name")?;
+        ensure!(
+            stamp.len() == 15 && stamp.chars().filter(|c| *c == '-').count() == 1,
+            "name {name}"
+        );
+
+        // The gate holds; status shows what it waits for, since when and what to do.
+        wait_for("the run to wait for approval", Duration::from_secs(150), || async {
+            let r = runs.get(&name).await?;
+            Ok((r.status.and_then(|x| x.phase) == Some(RunPhase::WaitingForApproval)).then_some(()))
+        })
+        .await?;
+        let waiting = plugin.ok(&["status", &name]).await?;
+        ensure!(
+            waiting
+                .contains("⏸ Waiting for approval of confirm-ad-replication (mailbox/pre/confirm-ad-replication) for"),
+            "{waiting}"
+        );
+        ensure!(
+            waiting.contains("times out after 2h") && waiting.contains("FSMO roles"),
+            "{waiting}"
+        );
+        ensure!(
+            waiting.contains(&format!(
+                "kubectl coldsite approve {name} confirm-ad-replication -n {}",
+                s.ns
+            )),
+            "{waiting}"
+        );
+        ensure!(!waiting.contains('\x1b'), "no colour into a pipe");
+        in_order(
+            &waiting,
+            &[
+                "● identity",
+                "vm dc01",
+                "post verify-ad (Job)",
+                "✓ Succeeded",
+                "● mailbox",
+            ],
+        )?;
+
+        let why = plugin.refused(&["approve", &name, "mount-databases"]).await?;
+        ensure!(
+            why.contains("not a manual action") && why.contains("confirm-ad-replication"),
+            "{why}"
+        );
+        let approved = plugin.ok(&["approve", &name, "confirm-ad-replication"]).await?;
+        ensure!(
+            approved.contains("as kubectl-coldsite:coldsite-e2e-admin") && approved.contains("goes on now"),
+            "{approved}"
+        );
+        let again = plugin.ok(&["approve", &name, "confirm-ad-replication"]).await?;
+        ensure!(again.contains("already approved"), "{again}");
+
+        // Follow it to the end, as a person watching would.
+        let watched = plugin
+            .ok_within(&["status", &name, "--watch"], Duration::from_secs(300))
+            .await?;
+        ensure!(watched.contains("Phase Succeeded"), "{watched}");
+        let rto = t0.elapsed();
+        let run = runs.get(&name).await?;
+        ensure!(
+            run.status.as_ref().and_then(|x| x.phase) == Some(RunPhase::Succeeded),
+            "succeeded"
+        );
+        let owners: Vec<String> = run
+            .managed_fields()
+            .iter()
+            .filter(|m| {
+                m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.to_string().contains("confirm-ad-replication"))
+            })
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        ensure!(
+            owners == ["kubectl-coldsite:coldsite-e2e-admin"],
+            "the approval is owned by the person: {owners:?}"
+        );
+
+        let done = plugin.ok(&["status", &format!("rrun/{name}")]).await?;
+        in_order(
+            &done,
+            &[
+                "Phase Succeeded",
+                "● identity",
+                "vm dc01",
+                "recovery point",
+                "● mailbox",
+                "pre confirm-ad-replication (manual)",
+                "vm exch-mbx01",
+                "recovery point",
+                "post mount-databases (webhook)",
+                "● client-access",
+                "vm exch-cas01",
+                "recovery point",
+                "Approvals",
+                "confirm-ad-replication by kubectl-coldsite:coldsite-e2e-admin",
+            ],
+        )?;
+        ensure!(done.contains("power-on") && done.contains("restore-disks"), "{done}");
+        ensure!(
+            !done.contains("update-dns"),
+            "update-dns does not run in a test: {done}"
+        );
+
+        // Reports.
+        let ids = step_ids(&s, &run).await?;
+        ensure!(ids.len() >= 24, "steps of the run and its VMs: {ids:?}");
+        let html_path = out_dir.join(format!("{name}.html"));
+        plugin
+            .ok(&["report", &name, "-o", html_path.to_str().context("path")?])
+            .await?;
+        let html = std::fs::read_to_string(&html_path)?;
+        ensure!(html.contains("<svg") && html.contains("RTO"), "an HTML report");
+        for id in &ids {
+            ensure!(html.contains(&format!("data-step=\"{id}\"")), "no bar for {id}");
+        }
+        ensure!(
+            html.matches("<rect class=\"bar\"").count() == ids.len(),
+            "one bar per step"
+        );
+        ensure!(html.contains("coldsite-e2e-admin (kubectl-coldsite)"), "who approved");
+        let md = plugin.ok(&["report", &name, "--format", "markdown"]).await?;
+        for id in &ids {
+            ensure!(
+                md.contains(&format!("| `{id}` |")),
+                "{id} not in the Markdown table:\n{md}"
+            );
+        }
+        ensure!(md.contains("| **Phase** | Succeeded |"), "{md}");
+        render_in_chromium(&html_path, &ids)?;
+
+        let why = plugin.refused(&["approve", &name, "confirm-ad-replication"]).await?;
+        ensure!(why.contains("has finished"), "{why}");
+        // Its test copies are still there: another test would collide with them.
+        let why = plugin.refused(&["test", "exchange"]).await?;
+        ensure!(
+            why.contains("has not been cleaned up") && why.contains(&format!("kubectl coldsite cleanup {name}")),
+            "{why}"
+        );
+
+        // Cleanup deletes the run once the controller removed what the test made.
+        let cleaned = plugin.ok_within(&["cleanup", &name], Duration::from_secs(180)).await?;
+        ensure!(
+            cleaned.contains("TestFailover") && cleaned.contains(&format!("RecoveryRun {name} is gone")),
+            "{cleaned}"
+        );
+        ensure!(runs.get_opt(&name).await?.is_none(), "the run is gone");
+        let test_vms = coldsite_e2e::exchange::virtual_machines(&s.recovery, &s.test_ns);
+        ensure!(
+            test_vms.list(&ListParams::default()).await?.items.is_empty(),
+            "the test's VMs are gone"
+        );
+        let why = plugin.refused(&["status", &name]).await?;
+        ensure!(
+            why.contains(&format!("no RecoveryRun or RecoveryPlan named {name}")),
+            "{why}"
+        );
+
+        // A second test, approved up front and followed with --wait.
+        let drill = "exchange-drill";
+        let waited = plugin
+            .ok_within(
+                &[
+                    "test",
+                    "exchange",
+                    "--approve",
+                    "confirm-ad-replication",
+                    "--wait",
+                    "--name",
+                    drill,
+                ],
+                Duration::from_secs(300),
+            )
+            .await?;
+        ensure!(
+            waited.contains(&format!("recoveryrun.coldsite.io/{drill} created")) && waited.contains("Phase Succeeded"),
+            "{waited}"
+        );
+        let md = plugin.ok(&["report", drill, "--format", "markdown"]).await?;
+        ensure!(
+            md.contains("| confirm-ad-replication | coldsite-e2e-admin (kubectl-coldsite) |"),
+            "an approval given at creation has its owner too:\n{md}"
+        );
+        let last_run = format!("Last run: {drill} (TestFailover) Succeeded");
+        wait_for(
+            "the plan's status to name the last run",
+            Duration::from_secs(30),
+            || async {
+                let text = plugin.ok(&["status", "exchange"]).await?;
+                Ok(text.contains(&last_run).then_some(()))
+            },
+        )
+        .await?;
+        let cleaned = plugin.ok_within(&["cleanup", drill], Duration::from_secs(180)).await?;
+        ensure!(cleaned.contains("is gone"), "{cleaned}");
+
+        eprintln!(
+            "plugin e2e: test failover took {:.0}s from `test` to Succeeded; whole test {:.0}s",
+            rto.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = &result {
+        eprintln!("--- controller log tail ---\n{}\n{e:#}", ctl.log_tail(40));
+    }
+    let _ = ctl.kill().await;
+    result
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _kubectl__coldsite"),
+        ("zsh", "#compdef kubectl-coldsite"),
+        ("fish", "complete -c kubectl-coldsite"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {marker:?} not in the script");
+        for cmd in ["status", "approve", "failback", "report"] {
+            assert!(text.contains(cmd), "{shell}: no {cmd}");
+        }
+    }
+}
+
+#[test]
+fn every_command_explains_itself() {
+    for cmd in [
+        "status",
+        "approve",
+        "test",
+        "failover",
+        "planned",
+        "commit",
+        "reprotect",
+        "failback",
+        "cleanup",
+        "report",
+        "completion",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().count() > 8, "{cmd} --help says too little:\n{text}");
+        assert!(text.contains("--namespace"), "{cmd}: cluster options");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))
+        .args(["failover", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--recovery-point",
+        "--no-shutdown-source",
+        "--approve",
+        "--dry-run",
+        "--force",
+        "--wait",
+    ] {
+        assert!(text.contains(flag), "failover --help has no {flag}");
+    }
+}
