@@ -109,6 +109,30 @@ fn persisted(graph: &StepGraph, run: &RecoveryRun, pvms: &BTreeMap<(String, Stri
         .collect()
 }
 
+/// Each approval with the field manager that added it, as managedFields tell.
+fn approvers(run: &RecoveryRun) -> Vec<(String, Option<String>)> {
+    let managed = run.metadata.managed_fields.clone().unwrap_or_default();
+    run.spec
+        .approvals
+        .iter()
+        .map(|a| {
+            let by = managed.iter().find_map(|m| {
+                // Set items appear in fieldsV1 as keys `v:"<item>"`.
+                let key = format!("v:{}", serde_json::to_string(a).ok()?);
+                let owns = m
+                    .fields_v1
+                    .as_ref()?
+                    .0
+                    .pointer("/f:spec/f:approvals")?
+                    .get(&key)
+                    .is_some();
+                owns.then(|| m.manager.clone()).flatten()
+            });
+            (a.clone(), by)
+        })
+        .collect()
+}
+
 /// A short digest of the plan's spec, to notice a plan edited under a running run.
 fn plan_digest(plan: &RecoveryPlan) -> String {
     use sha2::Digest;
@@ -344,7 +368,7 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
         phase,
         &waiting,
         (done, total),
-        &run.spec.approvals,
+        &approvers(run),
         now,
         run.metadata.generation,
     );
@@ -378,7 +402,7 @@ fn build_status(
     phase: RunPhase,
     waiting: &[String],
     (done, total): (usize, usize),
-    approvals: &[String],
+    approvals: &[(String, Option<String>)],
     now: DateTime<Utc>,
     generation: Option<i64>,
 ) -> RecoveryRunStatus {
@@ -435,7 +459,7 @@ fn build_status(
             p
         })
         .collect();
-    for a in approvals {
+    for (a, by) in approvals {
         let passed = graph
             .steps
             .iter()
@@ -448,7 +472,7 @@ fn build_status(
             s.approvals.push(ApprovalRecord {
                 action: a.clone(),
                 observed_at: to_k8s(records[i].finished_at.unwrap_or(now)),
-                by: None,
+                by: by.clone(),
             });
         }
     }
@@ -722,4 +746,34 @@ async fn cleanup(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
     )
     .await;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approvals_are_attributed_to_the_manager_that_added_them() {
+        let run: RecoveryRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
+            "metadata": {"name": "r", "managedFields": [
+                {"manager": "kubectl-create", "operation": "Update", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:spec": {"f:plan": {}, "f:action": {}}}},
+                {"manager": "kubectl-coldsite:alice", "operation": "Apply", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:spec": {"f:approvals": {"v:\"confirm-ad-replication\"": {}}}}},
+            ]},
+            "spec": {"plan": "exchange", "action": "TestFailover", "approvals": ["confirm-ad-replication", "other"]},
+        }))
+        .unwrap();
+        assert_eq!(
+            approvers(&run),
+            vec![
+                (
+                    "confirm-ad-replication".to_owned(),
+                    Some("kubectl-coldsite:alice".to_owned())
+                ),
+                ("other".to_owned(), None)
+            ]
+        );
+    }
 }
