@@ -26,7 +26,7 @@ use crate::kubevirt::dynamic::{
     CONFIG_MAP, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, VOLUME_SNAPSHOT, str_at,
 };
 use crate::kubevirt::fabric::KubeVirtFabric;
-use crate::kubevirt::objects::{self, PROTECTED_VM};
+use crate::kubevirt::objects::PROTECTED_VM;
 
 pub const FINALIZER: &str = "coldsite.io/protection";
 const CHECK_EVERY: Duration = Duration::from_secs(30);
@@ -419,7 +419,6 @@ async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
                     .map_err(|e| Error::Fabric(e.message))?;
             }
         }
-        let _ = objects::replication_name;
     }
     ctx.event(
         pvm,
