@@ -21,8 +21,8 @@ use serde_json::json;
 
 /// Run the Exchange disaster-recovery example end to end on this machine.
 ///
-/// Builds nothing by itself but the controller: the Kubernetes binaries come from
-/// e2e/controlplane/build.sh (run it first, or let `cargo run` users see the hint).
+/// The first run builds the Kubernetes binaries from Go modules (e2e/controlplane/build.sh,
+/// several minutes, cached in ~/.cache/coldsite) and the controller with cargo.
 /// KubeVirt, VolSync, the snapshot controller and kubelets are played by coldsite's site
 /// simulator, which says so in its logs; everything else is real.
 #[derive(Parser)]
@@ -93,6 +93,14 @@ async fn main() -> Result<()> {
         start,
         "coldsite demo: the Exchange example on two local API servers (KubeVirt, VolSync and kubelets simulated)",
     );
+    // The Kubernetes binaries: built from Go modules on the first run, reused after.
+    let built = std::process::Command::new("bash")
+        .arg(repo_root().join("e2e/controlplane/build.sh"))
+        .status()
+        .context("running e2e/controlplane/build.sh")?;
+    if !built.success() {
+        bail!("e2e/controlplane/build.sh failed; see its output above");
+    }
     let controller = controller_binary(&args)?;
     say(start, "starting the management + HQ API server and the DR API server …");
     let hq = ControlPlane::start(ControlPlaneOptions::new("hq")).await?;
