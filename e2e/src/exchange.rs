@@ -276,7 +276,7 @@ impl Scenario {
     pub async fn run_to_end(&self, name: &str, timeout: Duration) -> Result<coldsite_api::RecoveryRun> {
         use coldsite_api::recovery_run::RunPhase;
         let runs: Api<coldsite_api::RecoveryRun> = Api::namespaced(self.management.clone(), &self.ns);
-        wait_for(&format!("run {name} to succeed"), timeout, || async {
+        let outcome = wait_for(&format!("run {name} to succeed"), timeout, || async {
             let r = runs.get(name).await?;
             match r.status.as_ref().and_then(|s| s.phase) {
                 Some(RunPhase::Succeeded) => Ok(Some(r)),
@@ -286,7 +286,48 @@ impl Scenario {
                 _ => Ok(None),
             }
         })
-        .await
+        .await;
+        match outcome {
+            Ok(r) => Ok(r),
+            Err(e) => Err(e.context(self.where_run_stands(name).await)),
+        }
+    }
+
+    /// The steps of a run that have not succeeded, its own and its VMs', for failures.
+    pub async fn where_run_stands(&self, name: &str) -> String {
+        use coldsite_api::recovery_run::StepState;
+        let runs: Api<coldsite_api::RecoveryRun> = Api::namespaced(self.management.clone(), &self.ns);
+        let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);
+        let mut out = Vec::new();
+        if let Ok(r) = runs.get(name).await {
+            let st = r.status.unwrap_or_default();
+            let conditions: Vec<&String> = st.conditions.iter().map(|c| &c.message).collect();
+            out.push(format!("run {name}: {:?} {conditions:?}", st.phase));
+            for s in st.steps.iter().filter(|s| s.state != StepState::Succeeded) {
+                out.push(format!(
+                    "  {} {:?} {}",
+                    s.id,
+                    s.state,
+                    s.message.clone().unwrap_or_default()
+                ));
+            }
+        }
+        if let Ok(list) = pvms.list(&kube::api::ListParams::default()).await {
+            for p in list.items {
+                for s in p.status.and_then(|s| s.last_run).map(|l| l.steps).unwrap_or_default() {
+                    if s.state != StepState::Succeeded {
+                        out.push(format!(
+                            "  {} {:?} attempts {} {}",
+                            s.id,
+                            s.state,
+                            s.attempts,
+                            s.message.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+        out.join("\n")
     }
 
     /// Waits until the three VMs are Ready with at least one recovery point each.

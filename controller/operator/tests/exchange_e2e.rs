@@ -410,7 +410,7 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
     eprintln!("killing the leader {delay:?} into the planned failover");
     tokio::time::sleep(delay).await;
     replicas.kill_leader().await?;
-    s.run_to_end("exchange-move", Duration::from_secs(300)).await?;
+    s.run_to_end("exchange-move", Duration::from_secs(600)).await?;
     // Sources halted in reverse order, each after the groups that depend on it.
     let cas = vm_step(s, "exch-cas01", StepKind::PowerOff).await?.1;
     let mbx = vm_step(s, "exch-mbx01", StepKind::PowerOff).await?.0;
@@ -517,7 +517,7 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
 
     s.create_run("exchange-home", "Failback", &["confirm-ad-replication"])
         .await?;
-    s.run_to_end("exchange-home", Duration::from_secs(300)).await?;
+    s.run_to_end("exchange-home", Duration::from_secs(600)).await?;
     for vm in VMS {
         ensure!(
             virtual_machines(&s.primary, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Always",

@@ -363,16 +363,13 @@ impl Fabric for KubeVirtFabric {
                 )));
             };
             // A manual trigger replaces the schedule: one last sync, then replication pauses.
+            // The destination is told first: a destination whose trigger arrives after the
+            // source's sync would wait for a sync that never comes.
             if str_at(&rs, "/spec/trigger/manual") != Some(run.uid.as_str()) {
+                let manual = json!({"spec": {"trigger": {"manual": run.uid}}});
+                dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &manual).await?;
                 let trigger = json!({"spec": {"trigger": {"schedule": null, "manual": run.uid}}});
                 src.merge(REPLICATION_SOURCE, Some(ns), &name, &trigger).await?;
-                dst.merge(
-                    REPLICATION_DESTINATION,
-                    Some(ns),
-                    &name,
-                    &json!({"spec": {"trigger": {"manual": run.uid}}}),
-                )
-                .await?;
                 return in_progress(SOON);
             }
             let rd = dst.get(REPLICATION_DESTINATION, Some(ns), &name).await?;
