@@ -330,6 +330,45 @@ impl Scenario {
         out.join("\n")
     }
 
+    /// Deletes a test run and waits until it is gone with everything it created at DR:
+    /// test VMs, restored PVCs, snapshot copies and Jobs.
+    pub async fn delete_test_run(&self, name: &str, timeout: Duration) -> Result<()> {
+        use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+        use kube::api::{DeleteParams, ListParams};
+        let runs: Api<coldsite_api::RecoveryRun> = Api::namespaced(self.management.clone(), &self.ns);
+        runs.delete(name, &DeleteParams::default()).await?;
+        let (r, test_ns) = (&self.recovery, self.test_ns.as_str());
+        let snapshots = dynamic(
+            r,
+            test_ns,
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshot",
+            "volumesnapshots",
+        );
+        let jobs = dynamic(r, &self.ns, "batch", "v1", "Job", "jobs");
+        let all = ListParams::default();
+        wait_for("the test run and everything it created to be gone", timeout, || async {
+            if runs.get_opt(name).await?.is_some() {
+                return Ok(None);
+            }
+            let left = virtual_machines(r, test_ns).list(&all).await?.items.len()
+                + Api::<PersistentVolumeClaim>::namespaced(r.clone(), test_ns)
+                    .list(&all)
+                    .await?
+                    .items
+                    .len()
+                + snapshots.list(&all).await?.items.len()
+                + jobs
+                    .list(&ListParams::default().labels("coldsite.io/run-uid"))
+                    .await?
+                    .items
+                    .len();
+            Ok((left == 0).then_some(()))
+        })
+        .await
+    }
+
     /// Waits until the three VMs are Ready with at least one recovery point each.
     pub async fn wait_protected(&self, timeout: Duration) -> Result<()> {
         let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);

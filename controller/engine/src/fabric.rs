@@ -154,14 +154,9 @@ impl ScriptRequest<'_> {
 pub struct ReplicationState {
     pub established: bool,
     pub last_sync: Option<DateTime<Utc>>,
-    pub points: Vec<RecoveryPointSummary>,
+    /// Recovery points held at the target, oldest first.
+    pub points: Vec<RecoveryPoint>,
     pub bytes_transferred: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecoveryPointSummary {
-    pub time: DateTime<Utc>,
-    pub app_consistent: bool,
 }
 
 /// The platform: KubeVirt, VolSync and CSI snapshots at each site, plus script runners.

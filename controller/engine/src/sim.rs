@@ -13,8 +13,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::executor::chrono_duration;
 use crate::fabric::{
-    Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, RecoveryPointSummary, ReplicationState,
-    RunRef, ScriptLocation, ScriptRequest,
+    Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, ReplicationState, RunRef, ScriptLocation,
+    ScriptRequest,
 };
 use crate::model::{Direction, PlanModel, ReadinessModel, SiteModel, VmModel};
 use crate::rpo;
@@ -402,13 +402,7 @@ impl Fabric for SimFabric {
         Ok(ReplicationState {
             established: true,
             last_sync: points.last().map(|p| p.time),
-            points: points
-                .iter()
-                .map(|p| RecoveryPointSummary {
-                    time: p.time,
-                    app_consistent: p.app_consistent,
-                })
-                .collect(),
+            points,
             bytes_transferred: None,
         })
     }

@@ -29,7 +29,7 @@ use coldsite_e2e::exchange::{ControllerProcess, Scenario, Topology, dynamic, vir
 use coldsite_e2e::manifests::{apply, install_crds, repo_root};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -610,35 +610,7 @@ async fn test_failover(s: &Scenario) -> Result<()> {
         .count();
     ensure!(ours > 0, "coldsite-controller published Events in {}", s.ns);
 
-    runs.delete(name, &DeleteParams::default()).await?;
-    let pvcs = Api::<PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.test_ns);
-    let snapshots = dynamic(
-        &s.recovery,
-        &s.test_ns,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-    );
-    wait_for(
-        "the test run and everything it created to be gone",
-        Duration::from_secs(120),
-        || async {
-            if runs.get_opt(name).await?.is_some() {
-                return Ok(None);
-            }
-            let left = test_vms.list(&ListParams::default()).await?.items.len()
-                + pvcs.list(&ListParams::default()).await?.items.len()
-                + jobs
-                    .list(&ListParams::default().labels("coldsite.io/run-uid"))
-                    .await?
-                    .items
-                    .len()
-                + snapshots.list(&ListParams::default()).await?.items.len();
-            Ok((left == 0).then_some(()))
-        },
-    )
-    .await?;
+    s.delete_test_run(name, Duration::from_secs(120)).await?;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use coldsite_e2e::ControlPlane;
 use coldsite_e2e::exchange::{
     ControllerProcess, Scenario, Topology, dynamic, virtual_machine_instances, virtual_machines, wait_for,
 };
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -315,37 +315,7 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
         "plan.status.lastRun"
     );
 
-    runs.delete(name, &DeleteParams::default()).await?;
-    wait_for(
-        "the test run and everything it created to be gone",
-        Duration::from_secs(120),
-        || async {
-            if runs.get_opt(name).await?.is_some() {
-                return Ok(None);
-            }
-            let left = test_vms.list(&ListParams::default()).await?.items.len()
-                + pvcs.list(&ListParams::default()).await?.items.len()
-                + jobs
-                    .list(&ListParams::default().labels("coldsite.io/run-uid"))
-                    .await?
-                    .items
-                    .len()
-                + dynamic(
-                    &s.recovery,
-                    &s.test_ns,
-                    "snapshot.storage.k8s.io",
-                    "v1",
-                    "VolumeSnapshot",
-                    "volumesnapshots",
-                )
-                .list(&ListParams::default())
-                .await?
-                .items
-                .len();
-            Ok((left == 0).then_some(()))
-        },
-    )
-    .await?;
+    s.delete_test_run(name, Duration::from_secs(120)).await?;
     Ok(())
 }
 

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use coldsite_engine::fabric::{
-    Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, RecoveryPointSummary, ReplicationState,
-    RunRef, ScriptRequest,
+    Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, ReplicationState, RunRef, ScriptRequest,
 };
 use coldsite_engine::model::{Direction, ProbeModel, ReadinessModel, SiteModel, VmModel};
 use coldsite_engine::rpo;
@@ -250,13 +249,7 @@ impl KubeVirtFabric {
         Ok(ReplicationState {
             established,
             last_sync,
-            points: points
-                .iter()
-                .map(|p| RecoveryPointSummary {
-                    time: p.time,
-                    app_consistent: p.app_consistent,
-                })
-                .collect(),
+            points,
             bytes_transferred: None,
         })
     }
