@@ -1,4 +1,5 @@
-//! Locating the control-plane binaries built by `e2e/controlplane/build.sh`.
+//! Locating binaries: the control plane's, built by `e2e/controlplane/build.sh`, and the
+//! workspace's own (the controller, the plugin), built by cargo for tests in other crates.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,6 +88,30 @@ impl Binaries {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+}
+
+/// Builds binary `bin` of workspace package `package` with the cargo running this test
+/// (same profile and target dir) and returns its path. For tests of a crate that does not
+/// own the binary, so `CARGO_BIN_EXE_*` does not name it.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .current_dir(&workspace)
+        .status()
+        .with_context(|| format!("running cargo build for {bin}"))?;
+    if !status.success() {
+        bail!("building {bin} ({package}) failed");
+    }
+    // A test binary is target/<profile>/deps/<name>-<hash>; binaries sit beside deps/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("the target directory")?;
+    let path = profile_dir.join(bin);
+    if !path.is_file() {
+        bail!("cargo built {bin} but there is no {}", path.display());
+    }
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -5,17 +5,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::ControlPlane;
-use crate::exchange::wait_for;
 use crate::manifests::repo_root;
 
 /// `charts/coldsite`.
@@ -86,23 +84,6 @@ pub async fn request_token(admin: &Client, namespace: &str, service_account: &st
     Ok(token)
 }
 
-/// The token the token controller puts into a `kubernetes.io/service-account-token` Secret.
-pub async fn token_from_secret(admin: &Client, namespace: &str, secret: &str) -> Result<String> {
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
-    wait_for(
-        &format!("the token controller to fill Secret {namespace}/{secret}"),
-        Duration::from_secs(60),
-        || async {
-            let s = secrets.get_opt(secret).await?;
-            let token = s
-                .and_then(|s| s.data)
-                .and_then(|d| d.get("token").map(|b| String::from_utf8_lossy(&b.0).into_owned()));
-            Ok(token.filter(|t| !t.is_empty()))
-        },
-    )
-    .await
-}
-
 /// A kubeconfig for `cp` (its server and CA) that authenticates with a bearer token.
 pub fn token_kubeconfig(cp: &ControlPlane, user: &str, token: &str) -> Result<String> {
     let admin = Kubeconfig::from_yaml(cp.kubeconfig_yaml()).context("parsing the admin kubeconfig")?;
@@ -155,4 +136,52 @@ pub async fn client_from(kubeconfig: &str) -> Result<Client> {
     let kc = Kubeconfig::from_yaml(kubeconfig).context("parsing a kubeconfig")?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Client::try_from(config).context("building a client")
+}
+
+/// `coldsite-controller` run as the chart's Deployment would run it, where no kubelet can:
+/// a process with a TokenRequest token of the Deployment's ServiceAccount and the
+/// Deployment's own arguments (leader election in the release namespace under
+/// `identity`). Returns the process and the token's kubeconfig.
+pub async fn start_chart_controller(
+    cp: &ControlPlane,
+    release_ns: &str,
+    deployment: &str,
+    binary: &Path,
+    identity: &str,
+) -> Result<(crate::exchange::ControllerProcess, String)> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let admin = cp.client().await?;
+    let pod = Api::<Deployment>::namespaced(admin.clone(), release_ns)
+        .get(deployment)
+        .await
+        .with_context(|| format!("reading Deployment {release_ns}/{deployment}"))?
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("the Deployment has no pod template")?;
+    let service_account = pod.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let args: Vec<String> = pod
+        .containers
+        .into_iter()
+        .next()
+        .and_then(|c| c.args)
+        .context("the Deployment's container args")?
+        .into_iter()
+        .filter(|a| !a.starts_with("--metrics-address"))
+        .chain([
+            "--lease-namespace".into(),
+            release_ns.to_owned(),
+            "--identity".into(),
+            identity.to_owned(),
+        ])
+        .collect();
+    let token = request_token(&admin, release_ns, &service_account, 3600).await?;
+    let kubeconfig_text = token_kubeconfig(cp, &service_account, &token)?;
+    let kubeconfig = cp
+        .dir()
+        .join(format!("{release_ns}-{deployment}-{identity}.kubeconfig"));
+    write_kubeconfig(&kubeconfig, &kubeconfig_text)?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = cp.dir().join(format!("controller-{release_ns}-{identity}.log"));
+    let process = crate::exchange::ControllerProcess::start(binary, &kubeconfig, log, &args)?;
+    Ok((process, kubeconfig_text))
 }

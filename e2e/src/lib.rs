@@ -29,7 +29,7 @@ mod pki;
 mod process;
 pub mod simulator;
 
-pub use binaries::{BIN_DIR_ENV, Binaries};
+pub use binaries::{BIN_DIR_ENV, Binaries, workspace_binary};
 pub use controlplane::{
     Component, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS, TEST_NAMESPACE_LABEL, log_tail,
 };

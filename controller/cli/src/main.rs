@@ -1,6 +1,7 @@
 //! `kubectl-coldsite`: the command-line side of coldsite.
 
 mod cluster;
+mod link;
 mod load;
 mod ops;
 mod report;
@@ -291,6 +292,19 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Give the management cluster a kubeconfig for a site, in the Secret its Site names.
+    ///
+    /// Run it against the management cluster (the current context, or --context) after
+    /// installing the site identity on the site cluster with the chart
+    /// (`--set controller.enabled=false --set siteAccess.create=true`). It finds that
+    /// identity's ServiceAccount at --site-context, takes the chart's long-lived token (or
+    /// requests one for --token-duration), builds a kubeconfig with the context's server and
+    /// certificate authority, checks that it authenticates there as the ServiceAccount, and
+    /// writes it by server-side apply into the Secret that Site SITE's
+    /// spec.cluster.kubeconfigSecretRef names; for a Site not created yet, into
+    /// <SITE>-kubeconfig in --secret-namespace, under key `kubeconfig`. Run it again to
+    /// rotate the token.
+    Link(link::LinkArgs),
     /// Print a shell completion script for kubectl-coldsite.
     ///
     /// bash: `source <(kubectl-coldsite completion bash)`, or save it in
@@ -407,6 +421,10 @@ fn main() -> ExitCode {
         ),
         Command::Report { run, format, output } => {
             on_cluster(cl, |c| async move { ops::report(&c, &run, format, output).await })
+        }
+        Command::Link(args) => {
+            let kubeconfig = cl.kubeconfig.clone();
+            on_cluster(cl, |c| async move { link::link(&c, kubeconfig.as_ref(), &args).await })
         }
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kubectl-coldsite", &mut std::io::stdout());

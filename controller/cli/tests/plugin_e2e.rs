@@ -16,27 +16,6 @@ use coldsite_e2e::exchange::{ControllerProcess, Scenario, Topology, wait_for};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Builds `coldsite-controller`, which lives in another crate, and returns its path.
-fn controller_binary() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "-p", "coldsite-operator", "--bin", "coldsite-controller"])
-        .current_dir(repo())
-        .status()
-        .context("running cargo build for coldsite-controller")?;
-    ensure!(status.success(), "building coldsite-controller failed");
-    // This test binary is target/<profile>/deps/plugin_e2e-…; the controller is beside deps/.
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("target dir")?;
-    let bin = profile_dir.join("coldsite-controller");
-    ensure!(bin.exists(), "no {}", bin.display());
-    Ok(bin)
-}
-
 /// The plugin, as a user would call it, against the management cluster.
 struct Plugin {
     kubeconfig: PathBuf,
@@ -208,7 +187,9 @@ fn render_in_chromium(report: &Path, ids: &[String]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
     let started = Instant::now();
-    let controller_bin = tokio::task::spawn_blocking(controller_binary).await??;
+    let controller_bin =
+        tokio::task::spawn_blocking(|| coldsite_e2e::workspace_binary("coldsite-operator", "coldsite-controller"))
+            .await??;
     let mgmt = ControlPlane::shared().await?;
     let recovery = ControlPlane::shared_recovery().await?;
     let s = Scenario::set_up(
@@ -532,6 +513,7 @@ fn every_command_explains_itself() {
         "failback",
         "cleanup",
         "report",
+        "link",
         "completion",
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))

@@ -183,28 +183,34 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
         });
     }
 
-    // Drills: one per cron tick, kept for keepFor after they finish.
+    // Drills: one per cron tick, kept for keepFor after they finish (suspended or not).
     let mut requeue = Duration::from_secs(60);
-    if let Some(drill) = plan.spec.drill.as_ref().filter(|d| !d.suspend) {
+    if let Some(drill) = plan.spec.drill.as_ref() {
         let keep = coldsite_engine::model::parse_duration(&drill.keep_for).unwrap_or(Duration::from_secs(3600));
-        for d in &drills {
-            let finished = d
+        for d in drills.iter().filter(|d| d.meta().deletion_timestamp.is_none()) {
+            let Some(expires) = d
                 .status
                 .as_ref()
-                .and_then(|s| s.completion_time.clone())
-                .map(|t| coldsite_engine::time::from_k8s(&t));
-            if finished.is_some_and(|f| now - coldsite_engine::executor::chrono_duration(keep) > f)
-                && d.meta().deletion_timestamp.is_none()
-            {
+                .and_then(|s| s.completion_time.as_ref())
+                .map(|t| coldsite_engine::time::from_k8s(t) + coldsite_engine::executor::chrono_duration(keep))
+            else {
+                continue;
+            };
+            if expires <= now {
                 runs_api
                     .delete(&d.name_any(), &DeleteParams::background())
                     .await
                     .map_err(Error::kube("deleting an expired drill"))?;
+            } else {
+                requeue = requeue.min((expires - now).to_std().unwrap_or(requeue).max(Duration::from_secs(1)));
             }
         }
+        // Expired drills are deleted, so the last one's start in status counts too: else
+        // the tick it ran for would come due again.
         let since = drills
             .iter()
             .filter_map(|d| d.metadata.creation_timestamp.clone())
+            .chain(status.last_drill.as_ref().map(|d| d.time.clone()))
             .map(|t| coldsite_engine::time::from_k8s(&t))
             .max()
             .or_else(|| {
@@ -214,7 +220,7 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
                     .map(coldsite_engine::time::from_k8s)
             })
             .unwrap_or(now);
-        match next_drill(&drill.schedule, since) {
+        match next_drill(&drill.schedule, since).filter(|_| !drill.suspend) {
             Some(due) if due <= now => {
                 let busy = runs.iter().any(|r| {
                     !r.status
@@ -223,6 +229,14 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
                         .is_some_and(RunPhase::is_finished)
                 });
                 if valid && !busy {
+                    // The next drill replaces the last one's test copies: a test waits
+                    // until the previous test is gone.
+                    for d in drills.iter().filter(|d| d.meta().deletion_timestamp.is_none()) {
+                        runs_api
+                            .delete(&d.name_any(), &DeleteParams::background())
+                            .await
+                            .map_err(Error::kube("deleting the previous drill"))?;
+                    }
                     create_drill(&runs_api, &plan, due, &drill.auto_approve).await?;
                     ctx.event(
                         plan.as_ref(),

@@ -216,7 +216,32 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
             && r.metadata.creation_timestamp.as_ref().map(|t| t.0)
                 < run.metadata.creation_timestamp.as_ref().map(|t| t.0)
     });
-    if let Some(other) = earlier_active
+    // A test failover's copies live in the recovery site's test namespace under the source
+    // VMs' names: the next test waits until the previous one is cleaned up.
+    let earlier_test = (run.spec.action == RunAction::TestFailover)
+        .then(|| {
+            runs.iter().find(|r| {
+                r.spec.action == RunAction::TestFailover
+                    && r.status.as_ref().and_then(|s| s.start_time.as_ref()).is_some()
+            })
+        })
+        .flatten();
+    let wait = match (earlier_active, earlier_test) {
+        (Some(other), _) => Some((
+            "Queued",
+            format!("waiting for run {} of the same plan to finish", other.name_any()),
+        )),
+        (None, Some(other)) => Some((
+            "WaitingForCleanup",
+            format!(
+                "the test copies of run {0} are still at the recovery site; this test starts once {0} is deleted \
+                 (kubectl coldsite cleanup {0})",
+                other.name_any()
+            ),
+        )),
+        (None, None) => None,
+    };
+    if let Some((reason, message)) = wait
         && old.start_time.is_none()
     {
         let mut status = old.clone();
@@ -227,8 +252,8 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
             Desired {
                 type_: condition::SUCCEEDED,
                 ok: false,
-                reason: "Queued",
-                message: format!("waiting for run {} of the same plan to finish", other.name_any()),
+                reason,
+                message,
             },
             run.metadata.generation,
             now,
