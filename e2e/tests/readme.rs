@@ -18,6 +18,9 @@
 //!   webhook URL points at a loopback receiver that checks the signature with the
 //!   example's key. Every other file is the shipped one, byte for byte.
 //!
+//! DR starts without the VolumeSnapshotClass its Site names; before the README's first
+//! `status`, the test checks that the ProtectedVMs say so and creates it.
+//!
 //! A person re-runs `status rplan/exchange` until the plan is Ready and `status <run>` until
 //! the run waits at its gate; so does the test. `<run>` is the name `test` printed.
 //!
@@ -245,7 +248,8 @@ impl World {
 /// The sites as the README finds them: KubeVirt and friends (the simulator's stand-in
 /// CRDs), storage and snapshot classes, and HQ running the Exchange VMs on their disks in namespace `exchange`.
 async fn prepare_sites(hq: &Client, dr: &Client) -> Result<()> {
-    // The storage and snapshot classes the example's Sites name.
+    // The storage and snapshot classes the example's Sites name, but DR's snapshot class:
+    // see `forgotten_snapshot_class`.
     for (c, class) in [(hq, "ceph-rbd"), (dr, "dr-ssd")] {
         simulator::install_crds(c).await?;
         apply(
@@ -255,15 +259,8 @@ async fn prepare_sites(hq: &Client, dr: &Client) -> Result<()> {
             "",
         )
         .await??;
-        apply(
-            c,
-            &json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-                    "metadata": {"name": format!("{class}-snap")},
-                    "driver": "sim.csi.coldsite.io", "deletionPolicy": "Delete"}),
-            "",
-        )
-        .await??;
     }
+    snapshot_class(hq, "ceph-rbd-snap").await?;
     apply(
         hq,
         &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
@@ -282,6 +279,41 @@ async fn prepare_sites(hq: &Client, dr: &Client) -> Result<()> {
         apply(hq, &vm, NS).await??;
     }
     Ok(())
+}
+
+async fn snapshot_class(site: &Client, name: &str) -> Result<()> {
+    apply(
+        site,
+        &json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+                "metadata": {"name": name}, "driver": "sim.csi.coldsite.io", "deletionPolicy": "Delete"}),
+        "",
+    )
+    .await??;
+    Ok(())
+}
+
+/// A day-one mistake: DR lacks the VolumeSnapshotClass its Site names. Protection must say
+/// so in the ProtectedVMs' Ready condition, then go on once the class exists.
+async fn forgotten_snapshot_class(mgmt: &Client, dr: &Client) -> Result<()> {
+    let pvms: Api<ProtectedVM> = Api::namespaced(mgmt.clone(), NS);
+    let message = wait_for(
+        "ProtectedVM dc01 to name the missing snapshot class",
+        Duration::from_secs(180),
+        || async {
+            let st = pvms.get("dc01").await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.message.contains("\"dr-ssd-snap\" not found"))
+                .map(|c| c.message.clone()))
+        },
+    )
+    .await?;
+    ensure!(
+        message.contains("VolumeSnapshot exchange/") && message.contains("at contoso-dr"),
+        "{message}"
+    );
+    snapshot_class(dr, "dr-ssd-snap").await
 }
 
 /// `examples/exchange` in the working directory: the shipped files, but the plan's
@@ -518,6 +550,7 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
             };
             let t0 = Instant::now();
             let out = if line.contains(" status ") && line.contains("rplan/") {
+                forgotten_snapshot_class(&mgmt, &dr).await?;
                 world.sh_until(&line, "Ready  True", Duration::from_secs(300)).await?
             } else if line.contains(" status ") && run.is_some() && !line.contains("--watch") {
                 world

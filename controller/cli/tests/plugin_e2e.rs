@@ -409,40 +409,60 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
             "{why}"
         );
 
+        // Forced, a second test waits in the controller until the first is cleaned up.
+        let drill = "exchange-drill";
+        let waiter = plugin.clone_();
+        let queued = tokio::spawn(async move {
+            waiter
+                .ok_within(
+                    &[
+                        "test",
+                        "exchange",
+                        "--force",
+                        "--approve",
+                        "confirm-ad-replication",
+                        "--name",
+                        drill,
+                        "--wait",
+                    ],
+                    Duration::from_secs(420),
+                )
+                .await
+        });
+        let held = wait_for(
+            "the second test to wait for the first one's cleanup",
+            Duration::from_secs(60),
+            || async {
+                let r = runs.get(drill).await?;
+                let st = r.status.unwrap_or_default();
+                Ok(st
+                    .conditions
+                    .iter()
+                    .find(|c| c.reason == "WaitingForCleanup")
+                    .filter(|_| st.phase == Some(RunPhase::Pending) && st.start_time.is_none())
+                    .map(|c| c.message.clone()))
+            },
+        )
+        .await?;
+        ensure!(held.contains(&format!("kubectl coldsite cleanup {name}")), "{held}");
+
         // Cleanup deletes the run once the controller removed what the test made.
         let cleaned = plugin.ok_within(&["cleanup", &name], Duration::from_secs(180)).await?;
         ensure!(
-            cleaned.contains("TestFailover") && cleaned.contains(&format!("RecoveryRun {name} is gone")),
+            cleaned.contains("TestFailover")
+                && cleaned.contains(&format!("RecoveryRun {name} is gone"))
+                && cleaned.contains("nothing the test created remains"),
             "{cleaned}"
         );
         ensure!(runs.get_opt(&name).await?.is_none(), "the run is gone");
-        let test_vms = coldsite_e2e::exchange::virtual_machines(&s.recovery, &s.test_ns);
-        ensure!(
-            test_vms.list(&ListParams::default()).await?.items.is_empty(),
-            "the test's VMs are gone"
-        );
         let why = plugin.refused(&["status", &name]).await?;
         ensure!(
             why.contains(&format!("no RecoveryRun or RecoveryPlan named {name}")),
             "{why}"
         );
 
-        // A second test, approved up front and followed with --wait.
-        let drill = "exchange-drill";
-        let waited = plugin
-            .ok_within(
-                &[
-                    "test",
-                    "exchange",
-                    "--approve",
-                    "confirm-ad-replication",
-                    "--wait",
-                    "--name",
-                    drill,
-                ],
-                Duration::from_secs(300),
-            )
-            .await?;
+        // The second test starts now, approved up front; `--wait` followed it to the end.
+        let waited = queued.await??;
         ensure!(
             waited.contains(&format!("recoveryrun.coldsite.io/{drill} created")) && waited.contains("Phase Succeeded"),
             "{waited}"

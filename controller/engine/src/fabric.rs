@@ -157,6 +157,8 @@ pub struct ReplicationState {
     /// Recovery points held at the target, oldest first.
     pub points: Vec<RecoveryPoint>,
     pub bytes_transferred: Option<i64>,
+    /// While a disk has never synced: what the platform reports is in the way.
+    pub waiting: Vec<String>,
 }
 
 /// The platform: KubeVirt, VolSync and CSI snapshots at each site, plus script runners.

@@ -404,6 +404,7 @@ impl Fabric for SimFabric {
             last_sync: points.last().map(|p| p.time),
             points,
             bytes_transferred: None,
+            waiting: Vec::new(),
         })
     }
 

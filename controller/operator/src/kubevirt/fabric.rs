@@ -169,6 +169,7 @@ impl KubeVirtFabric {
         let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
         let mut established = true;
         let mut last_sync: Option<DateTime<Utc>> = None;
+        let mut waiting = Vec::new();
         for disk in &vm.disks {
             let Some(pvc) = src.get(PVC, Some(ns), disk).await? else {
                 return Err(FabricError::permanent(format!(
@@ -202,6 +203,7 @@ impl KubeVirtFabric {
                 .await?;
             let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
                 established = false;
+                waiting.extend(blockers(dst, &target.name, "ReplicationDestination", &rd).await?);
                 continue;
             };
             let rs = src
@@ -227,6 +229,8 @@ impl KubeVirtFabric {
             };
             if synced.is_none() {
                 last_sync = None;
+                waiting.extend(blockers(src, &source.name, "ReplicationSource", &rs).await?);
+                waiting.extend(blockers(dst, &target.name, "ReplicationDestination", &rd).await?);
             }
             self.adopt_latest(dst, vm, disk, false).await?;
             // Retention: points past it go, but never the newest.
@@ -251,6 +255,7 @@ impl KubeVirtFabric {
             last_sync,
             points,
             bytes_transferred: None,
+            waiting,
         })
     }
 
@@ -279,6 +284,44 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// Why a VolSync object has not synced yet, in what VolSync and the snapshot controller
+/// report: its conditions that are False or name an error, and the errors of the
+/// VolumeSnapshots it owns. Read only while a disk has never synced.
+async fn blockers(site: &SiteApi, site_name: &str, kind: &str, owner: &Value) -> Result<Vec<String>, FabricError> {
+    let ns = str_at(owner, "/metadata/namespace").unwrap_or_default();
+    let name = str_at(owner, "/metadata/name").unwrap_or_default();
+    let mut out: Vec<String> = owner
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| str_at(c, "/status") == Some("False") || str_at(c, "/reason").is_some_and(|r| r.contains("Error")))
+        .map(|c| {
+            format!(
+                "{kind} {ns}/{name} at {site_name}: {} {} ({}): {}",
+                str_at(c, "/type").unwrap_or("?"),
+                str_at(c, "/status").unwrap_or("?"),
+                str_at(c, "/reason").unwrap_or(""),
+                str_at(c, "/message").unwrap_or("")
+            )
+        })
+        .collect();
+    let uid = str_at(owner, "/metadata/uid").unwrap_or_default();
+    for snap in site.list(VOLUME_SNAPSHOT, Some(ns), "").await? {
+        let owned = snap
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .is_some_and(|refs| refs.iter().any(|r| str_at(r, "/uid") == Some(uid)));
+        if let Some(error) = str_at(&snap, "/status/error/message").filter(|_| owned) {
+            out.push(format!(
+                "VolumeSnapshot {ns}/{} at {site_name}: {error}",
+                str_at(&snap, "/metadata/name").unwrap_or_default()
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn new_psk() -> String {

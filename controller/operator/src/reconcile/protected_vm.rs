@@ -251,6 +251,13 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let rep = status.replication.clone().unwrap_or_default();
     let rpo_met = rep.current_rpo_seconds.is_some_and(|a| a <= rpo.as_secs() as i64);
     let replicating = replication.as_ref().is_some_and(|s| s.established) && !paused;
+    // What the platform says is in the way of a first sync.
+    let waiting = replication
+        .as_ref()
+        .map(|s| s.waiting.join("; "))
+        .filter(|w| !w.is_empty())
+        .map(|w| format!(": {w}"))
+        .unwrap_or_default();
     let (ready, ready_reason, ready_message) = match (&problem, standing.phase) {
         (Some((reason, message)), _) => (false, *reason, message.clone()),
         (None, ProtectionPhase::FailedOver | ProtectionPhase::Committed) => (
@@ -259,15 +266,14 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
             "running at the other site; replication is paused until Reprotect".to_owned(),
         ),
         (None, _) if run_in_progress => (false, "RunInProgress", "a recovery run is moving this VM".to_owned()),
-        (None, _) if !replicating => (false, "Enabling", "replication is being set up".to_owned()),
+        (None, _) if !replicating => (false, "Enabling", format!("replication is being set up{waiting}")),
         (None, _) if !rpo_met => (
             false,
             "RpoNotMet",
-            format!(
-                "last sync {}s ago, RPO {}",
-                rep.current_rpo_seconds.unwrap_or(-1),
-                spec.replication.rpo
-            ),
+            match rep.current_rpo_seconds {
+                Some(age) => format!("last sync {age}s ago, RPO {}", spec.replication.rpo),
+                None => format!("the first sync has not completed{waiting}"),
+            },
         ),
         (None, _) => (
             true,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use coldsite_api::common::{condition, is_condition_true};
-use coldsite_api::recovery_plan::{DrillSummary, RecoveryPlanStatus, RunSummary};
+use coldsite_api::recovery_plan::{DrillSchedule, DrillSummary, RecoveryPlanStatus, RunSummary};
 use coldsite_api::recovery_run::{RecoveryRunSpec, RunPhase};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
 use coldsite_engine::validate::{self, Severity};
@@ -31,6 +31,77 @@ pub fn next_drill(schedule: &str, since: DateTime<Utc>) -> Option<DateTime<Utc>>
         .ok()?
         .find_next_occurrence(&since, false)
         .ok()
+}
+
+/// What a drill schedule asks for at `now`.
+#[derive(Debug, PartialEq)]
+pub struct DrillDecision {
+    /// Drills to delete: finished longer than keepFor ago, or replaced by the one starting.
+    pub delete: Vec<String>,
+    /// Start a drill for this tick.
+    pub start: Option<DateTime<Utc>>,
+    /// When to look again: the next tick or the next expiry, within a minute.
+    pub requeue: Duration,
+}
+
+/// Pure: the drills to delete and to start. `drills` are the plan's drill runs, `can_start`
+/// says the plan is valid and no run of it is in progress.
+pub fn plan_drills(
+    drill: &DrillSchedule,
+    drills: &[&RecoveryRun],
+    last_drill: Option<&DrillSummary>,
+    plan_created: Option<DateTime<Utc>>,
+    can_start: bool,
+    now: DateTime<Utc>,
+) -> DrillDecision {
+    let soon = |t: DateTime<Utc>, cap: Duration| (t - now).to_std().unwrap_or(cap).clamp(Duration::from_secs(1), cap);
+    let keep = coldsite_engine::model::parse_duration(&drill.keep_for).unwrap_or(Duration::from_secs(3600));
+    let mut requeue = Duration::from_secs(60);
+    let live: Vec<&RecoveryRun> = drills
+        .iter()
+        .copied()
+        .filter(|d| d.meta().deletion_timestamp.is_none())
+        .collect();
+    let mut delete = Vec::new();
+    for d in &live {
+        let expires = d
+            .status
+            .as_ref()
+            .and_then(|s| s.completion_time.as_ref())
+            .map(|t| coldsite_engine::time::from_k8s(t) + coldsite_engine::executor::chrono_duration(keep));
+        match expires {
+            Some(e) if e <= now => delete.push(d.name_any()),
+            Some(e) => requeue = soon(e, requeue),
+            None => {}
+        }
+    }
+    // Expired drills are deleted, so the last one's start in status counts too: else the
+    // tick it ran for would come due again.
+    let since = drills
+        .iter()
+        .filter_map(|d| d.metadata.creation_timestamp.as_ref())
+        .map(coldsite_engine::time::from_k8s)
+        .chain(last_drill.map(|d| coldsite_engine::time::from_k8s(&d.time)))
+        .max()
+        .or(plan_created)
+        .unwrap_or(now);
+    let mut start = None;
+    match next_drill(&drill.schedule, since).filter(|_| !drill.suspend) {
+        // The new drill's test copies replace the last one's: a test waits until the
+        // previous test is gone.
+        Some(due) if due <= now && can_start => {
+            for d in &live {
+                if !delete.contains(&d.name_any()) {
+                    delete.push(d.name_any());
+                }
+            }
+            start = Some(due);
+        }
+        Some(due) if due <= now => {}
+        Some(due) => requeue = soon(due, requeue),
+        None => {}
+    }
+    DrillDecision { delete, start, requeue }
 }
 
 fn summary(run: &RecoveryRun) -> RunSummary {
@@ -186,74 +257,42 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
     // Drills: one per cron tick, kept for keepFor after they finish (suspended or not).
     let mut requeue = Duration::from_secs(60);
     if let Some(drill) = plan.spec.drill.as_ref() {
-        let keep = coldsite_engine::model::parse_duration(&drill.keep_for).unwrap_or(Duration::from_secs(3600));
-        for d in drills.iter().filter(|d| d.meta().deletion_timestamp.is_none()) {
-            let Some(expires) = d
-                .status
+        let busy = runs.iter().any(|r| {
+            !r.status
                 .as_ref()
-                .and_then(|s| s.completion_time.as_ref())
-                .map(|t| coldsite_engine::time::from_k8s(t) + coldsite_engine::executor::chrono_duration(keep))
-            else {
-                continue;
-            };
-            if expires <= now {
-                runs_api
-                    .delete(&d.name_any(), &DeleteParams::background())
-                    .await
-                    .map_err(Error::kube("deleting an expired drill"))?;
-            } else {
-                requeue = requeue.min((expires - now).to_std().unwrap_or(requeue).max(Duration::from_secs(1)));
-            }
+                .and_then(|s| s.phase)
+                .is_some_and(RunPhase::is_finished)
+        });
+        let plan_created = plan
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(coldsite_engine::time::from_k8s);
+        let decision = plan_drills(
+            drill,
+            &drills,
+            status.last_drill.as_ref(),
+            plan_created,
+            valid && !busy,
+            now,
+        );
+        requeue = decision.requeue;
+        for name in decision.delete {
+            runs_api
+                .delete(&name, &DeleteParams::background())
+                .await
+                .map_err(Error::kube("deleting a drill past keepFor or replaced"))?;
         }
-        // Expired drills are deleted, so the last one's start in status counts too: else
-        // the tick it ran for would come due again.
-        let since = drills
-            .iter()
-            .filter_map(|d| d.metadata.creation_timestamp.clone())
-            .chain(status.last_drill.as_ref().map(|d| d.time.clone()))
-            .map(|t| coldsite_engine::time::from_k8s(&t))
-            .max()
-            .or_else(|| {
-                plan.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(coldsite_engine::time::from_k8s)
-            })
-            .unwrap_or(now);
-        match next_drill(&drill.schedule, since).filter(|_| !drill.suspend) {
-            Some(due) if due <= now => {
-                let busy = runs.iter().any(|r| {
-                    !r.status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .is_some_and(RunPhase::is_finished)
-                });
-                if valid && !busy {
-                    // The next drill replaces the last one's test copies: a test waits
-                    // until the previous test is gone.
-                    for d in drills.iter().filter(|d| d.meta().deletion_timestamp.is_none()) {
-                        runs_api
-                            .delete(&d.name_any(), &DeleteParams::background())
-                            .await
-                            .map_err(Error::kube("deleting the previous drill"))?;
-                    }
-                    create_drill(&runs_api, &plan, due, &drill.auto_approve).await?;
-                    ctx.event(
-                        plan.as_ref(),
-                        false,
-                        "DrillStarted",
-                        "Drill",
-                        format!("scheduled test failover for {due}"),
-                    )
-                    .await;
-                }
-            }
-            Some(due) => {
-                requeue = requeue
-                    .min((due - now).to_std().unwrap_or(requeue))
-                    .max(Duration::from_secs(1))
-            }
-            None => {}
+        if let Some(due) = decision.start {
+            create_drill(&runs_api, &plan, due, &drill.auto_approve).await?;
+            ctx.event(
+                plan.as_ref(),
+                false,
+                "DrillStarted",
+                "Drill",
+                format!("scheduled test failover for {due}"),
+            )
+            .await;
         }
     }
     status.observed_generation = generation;
@@ -312,5 +351,73 @@ mod tests {
         assert_eq!(next.to_rfc3339(), "2026-11-28T03:00:00+00:00");
         assert!(next_drill("@daily", since).is_some());
         assert!(next_drill("every saturday", since).is_none());
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn schedule(cron: &str, keep_for: &str, suspend: bool) -> DrillSchedule {
+        serde_json::from_value(serde_json::json!({"schedule": cron, "keepFor": keep_for, "suspend": suspend})).unwrap()
+    }
+
+    fn drill_run(name: &str, created: &str, completed: Option<&str>) -> RecoveryRun {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
+            "metadata": {"name": name, "namespace": "ns", "creationTimestamp": created},
+            "spec": {"plan": "p", "action": "TestFailover"},
+            "status": {"phase": if completed.is_some() { "Succeeded" } else { "Running" }, "completionTime": completed},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_tick_starts_one_drill_and_replaces_the_kept_one() {
+        let d = schedule("0 3 * * *", "2h", false);
+        let old = drill_run("p-drill-1", "2026-11-25T03:00:01Z", Some("2026-11-25T03:20:00Z"));
+        // Before the tick: nothing to do; look again within a minute.
+        let before = plan_drills(&d, &[&old], None, None, true, at("2026-11-26T02:59:30Z"));
+        assert_eq!(before.start, None);
+        assert!(before.delete.contains(&"p-drill-1".to_owned()), "expired after 2h");
+        assert_eq!(before.requeue, Duration::from_secs(30));
+        // At the tick: start, and the earlier drill goes.
+        let due = plan_drills(&d, &[&old], None, None, true, at("2026-11-26T03:00:05Z"));
+        assert_eq!(due.start, Some(at("2026-11-26T03:00:00Z")));
+        assert_eq!(due.delete, ["p-drill-1"]);
+        // A run in progress or an invalid plan: nothing starts.
+        let busy = plan_drills(&d, &[&old], None, None, false, at("2026-11-26T03:00:05Z"));
+        assert_eq!(busy.start, None);
+    }
+
+    #[test]
+    fn a_tick_does_not_come_due_again_after_its_drill_was_deleted() {
+        let d = schedule("0 3 * * *", "1h", false);
+        let last = DrillSummary {
+            time: coldsite_engine::time::to_k8s(at("2026-11-26T03:00:02Z")),
+            run: Some("p-drill-202611260300".into()),
+            result: "Succeeded".into(),
+            rto_seconds: None,
+            rpo_seconds: None,
+            message: None,
+        };
+        let created = Some(at("2026-11-20T00:00:00Z"));
+        let later = plan_drills(&d, &[], Some(&last), created, true, at("2026-11-26T05:00:00Z"));
+        assert_eq!(later.start, None, "the 03:00 tick ran already");
+        let without_status = plan_drills(&d, &[], None, created, true, at("2026-11-26T05:00:00Z"));
+        assert!(without_status.start.is_some(), "the check above is not vacuous");
+    }
+
+    #[test]
+    fn suspended_drills_still_expire() {
+        let d = schedule("* * * * *", "20s", true);
+        let done = drill_run("p-drill-1", "2026-11-26T03:00:01Z", Some("2026-11-26T03:01:00Z"));
+        let running = drill_run("p-drill-2", "2026-11-26T03:01:05Z", None);
+        let x = plan_drills(&d, &[&done, &running], None, None, true, at("2026-11-26T03:01:10Z"));
+        assert_eq!(x.start, None);
+        assert!(x.delete.is_empty());
+        assert_eq!(x.requeue, Duration::from_secs(10), "at the expiry");
+        let x = plan_drills(&d, &[&done, &running], None, None, true, at("2026-11-26T03:01:30Z"));
+        assert_eq!(x.delete, ["p-drill-1"]);
+        assert_eq!(x.start, None);
     }
 }
