@@ -1,6 +1,7 @@
 //! `kubectl-coldsite`: the command-line side of coldsite.
 
 mod cluster;
+mod complete;
 mod link;
 mod load;
 mod ops;
@@ -334,6 +335,18 @@ where
 }
 
 fn main() -> ExitCode {
+    // Before clap: the words to complete may hold flags that are not valid yet.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__complete") {
+        let root = Cli::command();
+        return match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => {
+                rt.block_on(complete::run(root, &args[2..]));
+                ExitCode::SUCCESS
+            }
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let cli = Cli::parse();
     // For validate and simulate: the namespace of objects that name none.
     let namespace = cli.cluster.namespace.clone().unwrap_or_else(|| "default".into());

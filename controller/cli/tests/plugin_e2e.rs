@@ -2,7 +2,8 @@
 //! simulator and `coldsite-controller` running, driven only through the plugin's commands,
 //! as an operator would: refuse a test while the plan is not Ready, start one once it is,
 //! see it wait for approval, approve it, follow it to the end, report it (HTML rendered in
-//! headless Chromium, and Markdown) and clean it up.
+//! headless Chromium, and Markdown) and clean it up. Tab completion runs through kubectl's
+//! own plugin completion.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -184,6 +185,17 @@ fn render_in_chromium(report: &Path, ids: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `kubectl __complete <words>` with the plugin and its completion helper on PATH.
+fn complete_via_kubectl(cp: &ControlPlane, words: &[&str]) -> Result<String> {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl_complete-coldsite"))
+        .parent()
+        .context("bin dir")?;
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = cp.kubectl().arg("__complete").args(words).env("PATH", path).output()?;
+    ensure!(out.status.success(), "kubectl __complete {words:?}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
     let started = Instant::now();
@@ -307,6 +319,23 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
                 "● mailbox",
             ],
         )?;
+
+        // Tab completion through kubectl's plugin completion (kubectl_complete-coldsite).
+        let runs_offered = complete_via_kubectl(mgmt, &["coldsite", "-n", &s.ns, "approve", ""])?;
+        ensure!(
+            runs_offered
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}\tTestFailover of exchange")))
+                && runs_offered.trim_end().ends_with(":4"),
+            "{runs_offered}"
+        );
+        let actions_offered = complete_via_kubectl(mgmt, &["coldsite", "-n", &s.ns, "approve", &name, "conf"])?;
+        ensure!(
+            actions_offered
+                .lines()
+                .any(|l| l.starts_with("confirm-ad-replication\t")),
+            "{actions_offered}"
+        );
 
         let why = plugin.refused(&["approve", &name, "mount-databases"]).await?;
         ensure!(
