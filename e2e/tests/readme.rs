@@ -522,8 +522,13 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
         world.dr.client().await?,
     );
     prepare_sites(&hq, &dr).await?;
+    // The management cluster gets the simulator's kubelet for the drill's script Job.
     let _simulator = Simulator::start(
-        vec![("contoso-hq".into(), hq.clone()), ("contoso-dr".into(), dr.clone())],
+        vec![
+            ("contoso-hq".into(), hq.clone()),
+            ("contoso-dr".into(), dr.clone()),
+            ("management".into(), mgmt.clone()),
+        ],
         SimConfig::default().with_namespaces([NS, TEST_NS]),
     );
     let receiver_key: &'static str = Box::leak(
@@ -641,7 +646,7 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
         let refused = refusals(&process.log, "outside");
         ensure!(refused.is_empty(), "the controller was refused:\n{}", refused.join("\n"));
 
-        drill(&mgmt, &dr).await.context("a scheduled drill")?;
+        drill(&world, &mgmt, &dr).await.context("a scheduled drill")?;
         Ok::<_, anyhow::Error>(())
     }
     .await;
@@ -652,25 +657,58 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
     result
 }
 
-/// A drill every minute, kept 20 s: it starts on the cron, passes its gate by autoApprove,
-/// lands in status.lastDrill, and is cleaned up when keepFor runs out, even with drills
-/// suspended.
-async fn drill(mgmt: &Client, dr: &Client) -> Result<()> {
+/// A drill every minute, kept 20 s, with a script on the management cluster (granted by a
+/// `helm upgrade`): it starts on the cron, passes its gate by autoApprove, lands in
+/// status.lastDrill, and is cleaned up at both sites and on the management cluster when
+/// keepFor runs out, even with drills suspended.
+async fn drill(world: &World, mgmt: &Client, dr: &Client) -> Result<()> {
     let plans: Api<RecoveryPlan> = Api::namespaced(mgmt.clone(), NS);
     let runs: Api<RecoveryRun> = Api::namespaced(mgmt.clone(), NS);
+    world
+        .sh(
+            "helm --kube-context mgmt upgrade coldsite charts/coldsite -n coldsite-system --reuse-values \
+             --set 'rbac.managementScripts.namespaces={exchange}'",
+            Duration::from_secs(60),
+        )
+        .await?;
+    let mut groups = plans.get("exchange").await?.spec.groups;
+    let last_group = groups.last_mut().context("the plan's groups")?;
+    last_group.post.push(serde_json::from_value(json!({
+        "name": "drill-report", "when": ["TestFailover"],
+        "script": {"site": "management", "job": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "report", "image": "registry.contoso.com/dr/report:1"}]}}}}}
+    }))?);
     plans
         .patch(
             "exchange",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"drill": {"schedule": "* * * * *", "keepFor": "20s"}}})),
+            &Patch::Merge(json!({"spec": {"groups": groups, "drill": {"schedule": "* * * * *", "keepFor": "20s"}}})),
         )
         .await?;
+    let script_objects = || async {
+        let labelled = ListParams::default().labels("coldsite.io/run-uid");
+        let jobs = dynamic(mgmt, NS, "batch", "v1", "Job", "jobs")
+            .list(&labelled)
+            .await?
+            .items
+            .len();
+        let maps = dynamic(mgmt, NS, "", "v1", "ConfigMap", "configmaps")
+            .list(&labelled)
+            .await?
+            .items
+            .len();
+        Ok::<_, anyhow::Error>(jobs + maps)
+    };
     let last = wait_for("a drill to finish", Duration::from_secs(240), || async {
         let p = plans.get("exchange").await?;
         Ok(p.status.and_then(|s| s.last_drill))
     })
     .await?;
     ensure!(last.result == "Succeeded", "the drill: {last:?}");
+    ensure!(
+        script_objects().await? == 2,
+        "the drill's Job and its context ConfigMap on the management cluster"
+    );
     let name = last.run.clone().context("lastDrill names its run")?;
     ensure!(name.starts_with("exchange-drill-"), "{name}");
     plans
@@ -692,7 +730,7 @@ async fn drill(mgmt: &Client, dr: &Client) -> Result<()> {
         Duration::from_secs(150),
         || async {
             let left = runs.list(&ListParams::default()).await?.items.len();
-            Ok((left == 0 && test_copies_left(dr).await? == 0).then_some(()))
+            Ok((left == 0 && test_copies_left(dr).await? == 0 && script_objects().await? == 0).then_some(()))
         },
     )
     .await?;

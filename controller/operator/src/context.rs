@@ -1,11 +1,12 @@
-//! What every reconciler shares: clients, metrics, the Event reporter, and the in-memory
-//! records of runs in progress.
+//! What every reconciler shares: clients, metrics, the Event reporter, the controllers'
+//! caches of the management cluster, and the in-memory records of runs in progress.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
-use coldsite_api::Site;
+use coldsite_api::{NetworkMapping, ProtectedVM, Site};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::error::{Error, Result};
@@ -23,6 +24,23 @@ pub struct Settings {
     pub concurrency: usize,
 }
 
+/// The controllers' caches of the management cluster's objects, fed by their watches, so
+/// a reconcile reads what it refers to without asking the API server.
+#[derive(Clone)]
+pub struct Stores {
+    pub sites: Store<Site>,
+    pub mappings: Store<NetworkMapping>,
+    pub protected_vms: Store<ProtectedVM>,
+}
+
+impl Stores {
+    async fn ready(&self) -> bool {
+        self.sites.wait_until_ready().await.is_ok()
+            && self.mappings.wait_until_ready().await.is_ok()
+            && self.protected_vms.wait_until_ready().await.is_ok()
+    }
+}
+
 pub struct Context {
     pub client: Client,
     pub sites: SiteClients,
@@ -32,6 +50,8 @@ pub struct Context {
     pub settings: Settings,
     /// Step records of runs in progress, by run UID: the durable copy is in status.
     pub runs: Mutex<HashMap<String, Vec<coldsite_engine::executor::StepRecord>>>,
+    /// Set while controllers run (one leadership term); None makes readers ask the API.
+    pub stores: RwLock<Option<Stores>>,
 }
 
 impl Context {
@@ -61,16 +81,34 @@ impl Context {
         }
     }
 
+    pub fn set_stores(&self, stores: Option<Stores>) {
+        if let Ok(mut s) = self.stores.write() {
+            *s = stores;
+        }
+    }
+
+    /// The caches, once each has its first full list; None when no controller runs.
+    pub async fn stores(&self) -> Option<Stores> {
+        let stores = self.stores.read().ok()?.clone()?;
+        stores.ready().await.then_some(stores)
+    }
+
+    /// A Site, from the cache when there is one.
+    pub async fn site(&self, name: &str) -> Result<Option<Site>> {
+        if let Some(s) = self.stores().await {
+            return Ok(s.sites.get(&ObjectRef::new(name)).map(|s| (*s).clone()));
+        }
+        Api::<Site>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(format!("reading Site {name}")))
+    }
+
     /// A fabric over the sites that answer, for a pair of sites.
     pub async fn fabric(&self, primary: &str, recovery: &str) -> Result<KubeVirtFabric> {
-        let sites_api: Api<Site> = Api::all(self.client.clone());
         let mut sites = HashMap::new();
         for name in [primary, recovery] {
-            let Some(site) = sites_api
-                .get_opt(name)
-                .await
-                .map_err(Error::kube(format!("reading Site {name}")))?
-            else {
+            let Some(site) = self.site(name).await? else {
                 continue;
             };
             match self.sites.client(&site).await {

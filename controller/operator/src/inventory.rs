@@ -1,12 +1,13 @@
 //! The dereference stage: everything a plan or a VM refers to, read from the management
 //! cluster and the sites, as the engine's [`Inventory`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use coldsite_api::{NetworkMapping, ProtectedVM, Site};
 use coldsite_engine::source_vm;
 use coldsite_engine::validate::Inventory;
 use kube::api::ListParams;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
@@ -16,8 +17,25 @@ use crate::kubevirt::dynamic::{CONFIG_MAP, VM, str_at};
 use crate::kubevirt::fabric::KubeVirtFabric;
 use crate::kubevirt::objects::{MANAGED_BY, PROTECTED_VM};
 
+/// What a reconcile needs to see.
+pub enum Scope<'a> {
+    /// A plan or a run: every mapping and ProtectedVM of the namespace and their VMs.
+    Namespace,
+    /// One ProtectedVM: its Sites, its mapping and its own VM only, so that reconciling
+    /// each of n VMs costs O(1) reads, not O(n).
+    Vm(&'a ProtectedVM),
+}
+
 /// Every Site, by name.
-pub async fn sites(ctx: &Context) -> Result<std::collections::BTreeMap<String, Site>> {
+pub async fn sites(ctx: &Context) -> Result<BTreeMap<String, Site>> {
+    if let Some(stores) = ctx.stores().await {
+        return Ok(stores
+            .sites
+            .state()
+            .into_iter()
+            .map(|s| (s.name_any(), (*s).clone()))
+            .collect());
+    }
     let list = Api::<Site>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
@@ -25,75 +43,136 @@ pub async fn sites(ctx: &Context) -> Result<std::collections::BTreeMap<String, S
     Ok(list.into_iter().map(|s| (s.name_any(), s)).collect())
 }
 
-/// Sites, and the mappings and ProtectedVMs of a namespace, and the VMs they protect: read
-/// live from the primary site, or, when it cannot be reached, from the copies replication
-/// keeps at the recovery site.
-pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric) -> Result<Inventory> {
-    let mut inv = Inventory::default();
-    for s in Api::<Site>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing Sites"))?
-    {
-        inv.sites.insert(s.name_any(), s);
+/// The namespace's objects of a kind, from the cache when there is one.
+async fn in_namespace<K>(ctx: &Context, store: Option<&Store<K>>, namespace: &str, what: &str) -> Result<Vec<K>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match store {
+        Some(store) => Ok(store
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().as_deref() == Some(namespace))
+            .map(|o| (*o).clone())
+            .collect()),
+        None => Api::<K>::namespaced(ctx.client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(Error::kube(format!("listing {what}"))),
     }
-    let mappings = Api::<NetworkMapping>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing NetworkMappings"))?;
+}
+
+/// Sites, and the mappings and ProtectedVMs in scope, and the VMs they protect: read live
+/// from the primary site, or, when it cannot be reached, from the copies replication keeps
+/// at the recovery site. Management objects come from the controllers' caches.
+pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope: Scope<'_>) -> Result<Inventory> {
+    let stores = ctx.stores().await;
+    let mut inv = Inventory {
+        sites: sites(ctx).await?,
+        ..Inventory::default()
+    };
+    let (mappings, pvms) = match scope {
+        Scope::Namespace => (
+            in_namespace(ctx, stores.as_ref().map(|s| &s.mappings), namespace, "NetworkMappings").await?,
+            in_namespace(
+                ctx,
+                stores.as_ref().map(|s| &s.protected_vms),
+                namespace,
+                "ProtectedVMs",
+            )
+            .await?,
+        ),
+        Scope::Vm(pvm) => {
+            let name = &pvm.spec.network_mapping;
+            let mapping = match &stores {
+                Some(s) => s
+                    .mappings
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .map(|m| (*m).clone()),
+                None => Api::<NetworkMapping>::namespaced(ctx.client.clone(), namespace)
+                    .get_opt(name)
+                    .await
+                    .map_err(Error::kube("reading the NetworkMapping"))?,
+            };
+            (mapping.into_iter().collect(), vec![pvm.clone()])
+        }
+    };
     for m in mappings {
         inv.mappings.insert((namespace.to_owned(), m.name_any()), m);
     }
-    let pvms = Api::<ProtectedVM>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing ProtectedVMs"))?;
-    let vm_namespaces: BTreeSet<String> = pvms
-        .iter()
-        .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
-        .collect();
     for p in pvms {
         inv.protected_vms.insert((namespace.to_owned(), p.name_any()), p);
     }
-    for ns in &vm_namespaces {
-        let live = match fabric.site(&fabric.primary) {
-            Ok(site) => site.list(VM, Some(ns), "").await.ok(),
-            Err(_) => None,
-        };
-        for vm in live.unwrap_or_default() {
-            if let Ok(v) = source_vm::from_manifest(&vm, ns) {
-                inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
+    let primary = fabric.site(&fabric.primary).ok();
+    let recovery = fabric.site(&fabric.recovery).ok();
+    match scope {
+        Scope::Namespace => {
+            let vm_namespaces: BTreeSet<String> = inv
+                .protected_vms
+                .values()
+                .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
+                .collect();
+            for ns in &vm_namespaces {
+                let live = match primary {
+                    Some(site) => site.list(VM, Some(ns), "").await.ok(),
+                    None => None,
+                };
+                for vm in live.unwrap_or_default() {
+                    if let Ok(v) = source_vm::from_manifest(&vm, ns) {
+                        inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
+                    }
+                }
+                let Some(site) = recovery else { continue };
+                let copies = site
+                    .list(CONFIG_MAP, Some(ns), &format!("{MANAGED_BY}=coldsite,{PROTECTED_VM}"))
+                    .await
+                    .unwrap_or_default();
+                for copy in copies {
+                    add_copy(&mut inv, namespace, ns, &copy);
+                }
             }
         }
-        // The copies at the recovery site stand in for VMs the primary cannot show.
-        let Ok(site) = fabric.site(&fabric.recovery) else {
-            continue;
-        };
-        let copies = site
-            .list(CONFIG_MAP, Some(ns), &format!("{MANAGED_BY}=coldsite,{PROTECTED_VM}"))
-            .await
-            .unwrap_or_default();
-        for copy in copies {
-            let Some(pvm) = str_at(&copy, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) else {
-                continue;
+        Scope::Vm(pvm) => {
+            let ns = pvm.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned());
+            let live = match primary {
+                Some(site) => site.get(VM, Some(&ns), &pvm.spec.vm.name).await.ok().flatten(),
+                None => None,
             };
-            let Some(p) = inv.protected_vms.get(&(namespace.to_owned(), pvm.to_owned())) else {
-                continue;
-            };
-            let key = (ns.clone(), p.spec.vm.name.clone());
-            if inv.source_vms.contains_key(&key) {
-                continue;
-            }
-            let Some(mut manifest) = str_at(&copy, "/data/vm.json").and_then(|t| serde_json::from_str::<Value>(t).ok())
-            else {
-                continue;
-            };
-            manifest["metadata"]["name"] = Value::String(key.1.clone());
-            manifest["metadata"]["namespace"] = Value::String(ns.clone());
-            if let Ok(v) = source_vm::from_manifest(&manifest, ns) {
-                inv.source_vms.insert(key, v);
+            if let Some(v) = live.and_then(|vm| source_vm::from_manifest(&vm, &ns).ok()) {
+                inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
+            } else if let Some(site) = recovery {
+                let name = crate::kubevirt::objects::source_copy_name(&pvm.name_any());
+                if let Ok(Some(copy)) = site.get(CONFIG_MAP, Some(&ns), &name).await {
+                    add_copy(&mut inv, namespace, &ns, &copy);
+                }
             }
         }
     }
     Ok(inv)
+}
+
+/// A VM the primary cannot show, from the copy of its manifest kept at the recovery site.
+fn add_copy(inv: &mut Inventory, namespace: &str, vm_namespace: &str, copy: &Value) {
+    let Some(pvm) = str_at(copy, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) else {
+        return;
+    };
+    let Some(p) = inv.protected_vms.get(&(namespace.to_owned(), pvm.to_owned())) else {
+        return;
+    };
+    let key = (vm_namespace.to_owned(), p.spec.vm.name.clone());
+    if inv.source_vms.contains_key(&key) {
+        return;
+    }
+    let Some(mut manifest) = str_at(copy, "/data/vm.json").and_then(|t| serde_json::from_str::<Value>(t).ok()) else {
+        return;
+    };
+    manifest["metadata"]["name"] = Value::String(key.1.clone());
+    manifest["metadata"]["namespace"] = Value::String(vm_namespace.to_owned());
+    if let Ok(v) = source_vm::from_manifest(&manifest, vm_namespace) {
+        inv.source_vms.insert(key, v);
+    }
 }

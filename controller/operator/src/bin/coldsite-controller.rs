@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use coldsite_api::{NetworkMapping, ProtectedVM, RecoveryPlan, RecoveryRun, Site};
-use coldsite_operator::context::{Context, Settings};
+use coldsite_operator::context::{Context, Settings, Stores};
 use coldsite_operator::error::Error;
 use coldsite_operator::http_client::HttpClient;
 use coldsite_operator::metrics::Metrics;
@@ -130,7 +130,16 @@ async fn log_result<T, E: std::fmt::Display>(kind: &'static str, r: Result<T, E>
 async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
-    let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone())
+    let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone());
+    let mappings = Controller::new(Api::<NetworkMapping>::all(client.clone()), cfg.clone());
+    let pvms = Controller::new(Api::<ProtectedVM>::all(client.clone()), cfg.clone());
+    // Reconciles read what they refer to from the controllers' own caches.
+    ctx.set_stores(Some(Stores {
+        sites: sites.store(),
+        mappings: mappings.store(),
+        protected_vms: pvms.store(),
+    }));
+    let sites = sites
         .graceful_shutdown_on(stop.clone())
         .run(
             instrument("Site", reconcile::site::reconcile),
@@ -138,7 +147,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             ctx.clone(),
         )
         .for_each(|r| log_result("Site", r));
-    let mappings = Controller::new(Api::<NetworkMapping>::all(client.clone()), cfg.clone())
+    let mappings = mappings
         .graceful_shutdown_on(stop.clone())
         .run(
             instrument("NetworkMapping", reconcile::network_mapping::reconcile),
@@ -146,7 +155,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             ctx.clone(),
         )
         .for_each(|r| log_result("NetworkMapping", r));
-    let pvms = Controller::new(Api::<ProtectedVM>::all(client.clone()), cfg.clone())
+    let pvms = pvms
         .graceful_shutdown_on(stop.clone())
         .run(
             instrument("ProtectedVM", reconcile::protected_vm::reconcile),
@@ -176,6 +185,8 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
         )
         .for_each(|r| log_result("RecoveryRun", r));
     tokio::join!(sites, mappings, pvms, plans, runs);
+    // The watches ended with this term: later readers ask the API until the next term.
+    ctx.set_stores(None);
 }
 
 #[tokio::main]
@@ -201,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency: args.concurrency.max(1),
         },
         runs: Default::default(),
+        stores: Default::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

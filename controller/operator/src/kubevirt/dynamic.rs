@@ -193,8 +193,13 @@ impl SiteApi {
         }
     }
 
-    /// Makes sure a namespace exists, for test namespaces and scripts.
+    /// Makes sure a namespace exists, for test namespaces and scripts. Reads first, so an
+    /// identity that may only read a namespace that exists (a plan's namespace on the
+    /// management cluster) needs no right to create namespaces.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), FabricError> {
+        if self.get(NAMESPACE, None, name).await?.is_some() {
+            return Ok(());
+        }
         let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         self.create_if_absent(NAMESPACE, &ns).await.map(|_| ())
     }

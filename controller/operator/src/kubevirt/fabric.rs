@@ -694,6 +694,27 @@ impl Fabric for KubeVirtFabric {
     }
 }
 
+impl KubeVirtFabric {
+    /// Deletes the Jobs and context ConfigMaps a test's `site: management` scripts left in
+    /// the run's namespace on the management cluster; done once none is left.
+    pub async fn delete_management_scripts(&self, run: &RunRef) -> FabricResult<()> {
+        let selector = format!("{RUN_UID}={}", run.uid);
+        let mut left = 0usize;
+        for kind in [super::dynamic::JOB, CONFIG_MAP] {
+            for o in self.management.list(kind, Some(&run.namespace), &selector).await? {
+                left += 1;
+                let name = str_at(&o, "/metadata/name").unwrap_or_default();
+                self.management.delete(kind, Some(&run.namespace), name).await?;
+            }
+        }
+        if left == 0 {
+            Ok(Progress::Done(()))
+        } else {
+            in_progress(SOON)
+        }
+    }
+}
+
 /// The probe helper needs the recovered addresses.
 pub fn probe_address(req: &Recovery<'_>, probe: &ProbeModel) -> Option<std::net::IpAddr> {
     let nic_name = match probe {

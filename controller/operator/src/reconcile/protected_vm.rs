@@ -147,7 +147,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let spec = &pvm.spec;
     let now = Utc::now();
     let fabric = ctx.fabric(&spec.primary_site, &spec.recovery_site).await?;
-    let inv = crate::inventory::load(ctx, &ns, &fabric).await?;
+    let inv = crate::inventory::load(ctx, &ns, &fabric, crate::inventory::Scope::Vm(pvm)).await?;
     let old = pvm.status.clone().unwrap_or_default();
     let mut status = old.clone();
     let generation = pvm.metadata.generation;

@@ -123,7 +123,7 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
     let t = coldsite_engine::time::to_k8s(now);
     let generation = plan.metadata.generation;
     let fabric = ctx.fabric(&plan.spec.primary_site, &plan.spec.recovery_site).await?;
-    let inv = crate::inventory::load(&ctx, &ns, &fabric).await?;
+    let inv = crate::inventory::load(&ctx, &ns, &fabric, crate::inventory::Scope::Namespace).await?;
     let mut status: RecoveryPlanStatus = plan.status.clone().unwrap_or_default();
 
     let validated = validate::validate_plan(&plan, &inv);
