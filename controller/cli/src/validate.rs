@@ -51,11 +51,13 @@ pub fn run(paths: &[PathBuf], namespace: &str, quiet: bool) -> anyhow::Result<bo
     }
     for run in &loaded.runs {
         let ns = run.namespace().unwrap_or_default();
-        if !loaded
+        let plan = loaded
             .plans
             .iter()
-            .any(|p| p.name_any() == run.spec.plan && p.namespace().unwrap_or_default() == ns)
-        {
+            .find(|p| p.name_any() == run.spec.plan && p.namespace().unwrap_or_default() == ns);
+        if let Some(plan) = plan {
+            problems.extend(validate::validate_run(run, plan));
+        } else {
             problems.push(Problem {
                 severity: Severity::Warning,
                 object: format!("RecoveryRun {ns}/{}", run.name_any()),

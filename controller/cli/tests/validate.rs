@@ -17,6 +17,18 @@ fn validate(args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The example's top-level manifests (not its VirtualMachines or runs) in a temporary folder.
+fn example_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("examples/exchange")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
 #[test]
 fn exchange_example_is_valid() {
     let (ok, out) = validate(&["examples/exchange"]);
@@ -55,13 +67,7 @@ fn a_missing_path_is_an_error_not_a_pass() {
 
 #[test]
 fn cross_object_problems_fail_validation() {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo().join("examples/exchange")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = example_copy();
     let plan = std::fs::read_to_string(dir.path().join("30-recovery-plan.yaml")).unwrap();
     // identity now waits for client-access, which waits for mailbox, which waits for identity.
     let cyclic = plan.replacen(
@@ -81,4 +87,28 @@ fn cross_object_problems_fail_validation() {
         out.contains("VirtualMachine default/dc01 was not found, so its NICs and addresses were not checked"),
         "{out}"
     );
+}
+
+#[test]
+fn an_approval_must_name_a_manual_action_of_the_plan() {
+    let dir = example_copy();
+    let run = |approvals: &str| {
+        format!(
+            "apiVersion: coldsite.io/v1alpha1\nkind: RecoveryRun\nmetadata: {{name: r}}\n\
+             spec: {{plan: exchange, action: TestFailover, approvals: {approvals}}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("run.yaml"), run("[confirm-ad-replicaton]")).unwrap();
+    let (ok, out) = validate(&["--quiet", dir.path().to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "RecoveryRun default/r: spec.approvals[0]: \"confirm-ad-replicaton\" is not a manual action of \
+             RecoveryPlan exchange; its manual actions: confirm-ad-replication"
+        ),
+        "{out}"
+    );
+    std::fs::write(dir.path().join("run.yaml"), run("[confirm-ad-replication]")).unwrap();
+    let (ok, out) = validate(&["--quiet", dir.path().to_str().unwrap()]);
+    assert!(ok, "the right name passes: {out}");
 }

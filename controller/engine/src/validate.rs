@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use coldsite_api::network_mapping::{NetworkMapping, NetworkRule};
 use coldsite_api::protected_vm::ProtectedVM;
 use coldsite_api::recovery_plan::{Action, RecoveryPlan};
+use coldsite_api::recovery_run::RecoveryRun;
 use coldsite_api::site::Site;
 use ipnet::IpNet;
 use kube::ResourceExt;
@@ -207,6 +208,50 @@ fn check_pvm_refs<'a>(pvm: &ProtectedVM, ns: &str, inv: &'a Inventory, p: &mut P
         );
     }
     mapping
+}
+
+/// Checks a run against its plan: every approval names a manual action of the plan (a
+/// misspelt one would leave the real gate waiting), and one that runs in this action.
+pub fn validate_run(run: &RecoveryRun, plan: &RecoveryPlan) -> Vec<Problem> {
+    let mut p = Problems::new(format!(
+        "RecoveryRun {}/{}",
+        run.namespace().unwrap_or_default(),
+        run.name_any()
+    ));
+    let manual: Vec<&Action> = plan
+        .spec
+        .groups
+        .iter()
+        .flat_map(|g| g.pre.iter().chain(&g.post))
+        .filter(|a| a.manual.is_some())
+        .collect();
+    let names: Vec<&str> = manual.iter().map(|a| a.name.as_str()).collect();
+    for (i, approval) in run.spec.approvals.iter().enumerate() {
+        let field = format!("spec.approvals[{i}]");
+        match manual.iter().find(|a| a.name == *approval) {
+            None => p.error(
+                field,
+                format!(
+                    "{approval:?} is not a manual action of RecoveryPlan {}; its manual actions: {}",
+                    run.spec.plan,
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ),
+            Some(a) if !(a.when.is_empty() || a.when.iter().any(|k| k.matches(run.spec.action))) => p.warning(
+                field,
+                format!(
+                    "{approval:?} does not run in a {:?}, so this approval has no effect",
+                    run.spec.action
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    p.list
 }
 
 /// Resolves and checks a plan; on success the model the planner works on.

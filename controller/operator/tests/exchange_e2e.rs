@@ -307,13 +307,20 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
         pvcs.list(&ListParams::default()).await?.items.len() == 6,
         "one restored PVC per disk, no duplicate"
     );
-    let plan = Api::<RecoveryPlan>::namespaced(s.management.clone(), &s.ns)
-        .get("exchange")
-        .await?;
-    ensure!(
-        plan.status.and_then(|st| st.last_run).is_some_and(|l| l.name == name),
-        "plan.status.lastRun"
-    );
+    // The plan learns of the run from its watch, a moment later.
+    let plans = Api::<RecoveryPlan>::namespaced(s.management.clone(), &s.ns);
+    wait_for(
+        "plan.status.lastRun to name the run",
+        Duration::from_secs(30),
+        || async {
+            let plan = plans.get("exchange").await?;
+            Ok(plan
+                .status
+                .and_then(|st| st.last_run)
+                .filter(|l| l.name == name && l.phase == Some(RunPhase::Succeeded)))
+        },
+    )
+    .await?;
 
     s.delete_test_run(name, Duration::from_secs(120)).await?;
     Ok(())

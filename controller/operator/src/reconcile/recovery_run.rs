@@ -311,6 +311,21 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
         }
     };
 
+    // Approvals that name no manual action of the plan leave the real gates waiting; said
+    // once, as the run starts (spec.approvals can only grow, so it cannot be mended).
+    if old.start_time.is_none() {
+        for p in validate::validate_run(run, &plan) {
+            ctx.event(
+                run,
+                true,
+                "ApprovalHasNoEffect",
+                "Start",
+                format!("{}: {}", p.field, p.message),
+            )
+            .await;
+        }
+    }
+
     // Plan the graph and resume the executor where the records say the run stands.
     let dir = direction(run.spec.action, &plan, &inv.protected_vms);
     let options = PlanOptions {
