@@ -395,6 +395,41 @@ pub fn check(
         }
     }
 
+    // 7. Status is true: a step recorded as succeeded had its effect seen by the platform
+    // no later than the record says it finished.
+    for (i, step) in graph.steps.iter().enumerate() {
+        let (StepState::Succeeded, Some(done), Some(v)) = (records[i].state, records[i].finished_at, step.vm) else {
+            continue;
+        };
+        let vm = &plan.vms[v];
+        let seen = match step.kind {
+            StepKind::RestoreDisks => world.events.iter().any(|e| {
+                matches!(e, SimEvent::Restored { at, pvm, run_uid, .. }
+                    if *pvm == vm.name && *run_uid == ctx.run.uid && *at <= done)
+            }),
+            StepKind::PowerOn => world.events.iter().any(|e| {
+                matches!(e, SimEvent::VmStarted { at, site, pvm, .. }
+                    if *pvm == vm.name && *site == target.name && *at <= done)
+            }),
+            StepKind::VmReady => world
+                .vms
+                .get(&(target.name.clone(), namespace(v), vm.vm_name.clone()))
+                .and_then(|x| x.ready_at)
+                .is_some_and(|r| r <= done),
+            StepKind::PowerOff if !fabric.config.faults.sites_down.contains(&source.name) => world
+                .vms
+                .get(&(source.name.clone(), vm.vm_namespace.clone(), vm.vm_name.clone()))
+                .is_some_and(|x| !x.running && x.stopped_at.is_none_or(|t| t <= done)),
+            _ => true,
+        };
+        if !seen {
+            return Err(format!(
+                "{} is recorded as succeeded at {done}, but the platform never saw it happen by then",
+                step.id
+            ));
+        }
+    }
+
     if complete {
         // Nothing lost: every step ended, and a successful run recovered every VM.
         if let Some(i) = records.iter().position(|r| !r.state.is_terminal()) {
