@@ -232,11 +232,15 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
     let result = async {
         let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
         let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
-        let plan = wait_for("the plan to be Valid", Duration::from_secs(60), || async {
+        let valid = wait_for("the plan to be Valid", Duration::from_secs(60), || async {
             let p = plans.get("exchange").await?;
             Ok((condition(&p, "Valid").as_deref() == Some("True")).then_some(p))
         })
-        .await?;
+        .await;
+        let plan = match valid {
+            Ok(p) => p,
+            Err(e) => bail!("{e:#}; the plan's status: {:?}", plans.get("exchange").await?.status),
+        };
         if condition(&plan, "Ready").as_deref() != Some("True") {
             let why = plugin.refused(&["test", "exchange"]).await?;
             ensure!(why.contains("not Ready"), "refused for not being Ready: {why}");

@@ -33,14 +33,6 @@ pub struct Stores {
     pub protected_vms: Store<ProtectedVM>,
 }
 
-impl Stores {
-    async fn ready(&self) -> bool {
-        self.sites.wait_until_ready().await.is_ok()
-            && self.mappings.wait_until_ready().await.is_ok()
-            && self.protected_vms.wait_until_ready().await.is_ok()
-    }
-}
-
 pub struct Context {
     pub client: Client,
     pub sites: SiteClients,
@@ -50,7 +42,8 @@ pub struct Context {
     pub settings: Settings,
     /// Step records of runs in progress, by run UID: the durable copy is in status.
     pub runs: Mutex<HashMap<String, Vec<coldsite_engine::executor::StepRecord>>>,
-    /// Set while controllers run (one leadership term); None makes readers ask the API.
+    /// Set while controllers run (one leadership term) and their caches are filled; None
+    /// makes readers ask the API.
     pub stores: RwLock<Option<Stores>>,
 }
 
@@ -87,15 +80,15 @@ impl Context {
         }
     }
 
-    /// The caches, once each has its first full list; None when no controller runs.
-    pub async fn stores(&self) -> Option<Stores> {
-        let stores = self.stores.read().ok()?.clone()?;
-        stores.ready().await.then_some(stores)
+    /// The caches, once each has its first full list; None before, and when no controller
+    /// runs. Never waits: see `run_controllers`.
+    pub fn stores(&self) -> Option<Stores> {
+        self.stores.read().ok()?.clone()
     }
 
     /// A Site, from the cache when there is one.
     pub async fn site(&self, name: &str) -> Result<Option<Site>> {
-        if let Some(s) = self.stores().await {
+        if let Some(s) = self.stores() {
             return Ok(s.sites.get(&ObjectRef::new(name)).map(|s| (*s).clone()));
         }
         Api::<Site>::all(self.client.clone())

@@ -28,7 +28,7 @@ pub enum Scope<'a> {
 
 /// Every Site, by name.
 pub async fn sites(ctx: &Context) -> Result<BTreeMap<String, Site>> {
-    if let Some(stores) = ctx.stores().await {
+    if let Some(stores) = ctx.stores() {
         return Ok(stores
             .sites
             .state()
@@ -70,7 +70,7 @@ where
 /// from the primary site, or, when it cannot be reached, from the copies replication keeps
 /// at the recovery site. Management objects come from the controllers' caches.
 pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope: Scope<'_>) -> Result<Inventory> {
-    let stores = ctx.stores().await;
+    let stores = ctx.stores();
     let mut inv = Inventory {
         sites: sites(ctx).await?,
         ..Inventory::default()

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use coldsite_api::protected_vm::{ProtectionPhase, ReplicationDirection};
 use coldsite_api::recovery_run::{RunPhase, StepKind, StepState};
-use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun};
+use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_e2e::ControlPlane;
 use coldsite_e2e::exchange::{
     ControllerProcess, Scenario, Topology, dynamic, virtual_machine_instances, virtual_machines, wait_for,
@@ -700,6 +700,32 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             notes.values().all(|m| m.contains("unreachable")),
             "the source's outage is recorded: {notes:?}"
         );
+
+        // HQ is lost for good: once its Site is deleted, unprotecting a VM no longer waits
+        // for it, and still cleans up at DR.
+        Api::<Site>::all(s.management.clone())
+            .delete(&s.hq, &Default::default())
+            .await?;
+        let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
+        let points_at_dr = dynamic(
+            &s.recovery,
+            &s.ns,
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshot",
+            "volumesnapshots",
+        );
+        let dc01 = ListParams::default().labels("coldsite.io/protected-vm=dc01");
+        ensure!(
+            !points_at_dr.list(&dc01).await?.items.is_empty(),
+            "dc01's recovery points at DR before it is unprotected"
+        );
+        pvms.delete("dc01", &Default::default()).await?;
+        wait_for("dc01 to be unprotected without HQ", Duration::from_secs(60), || async {
+            let points = points_at_dr.list(&dc01).await?.items.len();
+            Ok((pvms.get_opt("dc01").await?.is_none() && points == 0).then_some(()))
+        })
+        .await?;
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -133,12 +133,25 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
     let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone());
     let mappings = Controller::new(Api::<NetworkMapping>::all(client.clone()), cfg.clone());
     let pvms = Controller::new(Api::<ProtectedVM>::all(client.clone()), cfg.clone());
-    // Reconciles read what they refer to from the controllers' own caches.
-    ctx.set_stores(Some(Stores {
+    // Reconciles read what they refer to from the controllers' own caches, once each has
+    // its first full list. Only this future waits for that: a store's readiness keeps one
+    // waker, so of several reconciles waiting there all but one would sleep forever.
+    let stores = Stores {
         sites: sites.store(),
         mappings: mappings.store(),
         protected_vms: pvms.store(),
-    }));
+    };
+    let caches = {
+        let ctx = ctx.clone();
+        async move {
+            let ready = stores.sites.wait_until_ready().await.is_ok()
+                && stores.mappings.wait_until_ready().await.is_ok()
+                && stores.protected_vms.wait_until_ready().await.is_ok();
+            if ready {
+                ctx.set_stores(Some(stores));
+            }
+        }
+    };
     let sites = sites
         .graceful_shutdown_on(stop.clone())
         .run(
@@ -184,7 +197,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             ctx.clone(),
         )
         .for_each(|r| log_result("RecoveryRun", r));
-    tokio::join!(sites, mappings, pvms, plans, runs);
+    tokio::join!(caches, sites, mappings, pvms, plans, runs);
     // The watches ended with this term: later readers ask the API until the next term.
     ctx.set_stores(None);
 }

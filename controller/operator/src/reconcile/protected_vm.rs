@@ -402,7 +402,14 @@ async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         .unwrap_or_default();
     let fabric: KubeVirtFabric = ctx.fabric(&spec.primary_site, &spec.recovery_site).await?;
     let selector = format!("{PROTECTED_VM}={}", pvm.name_any());
+    let mut gone = Vec::new();
     for site_name in [&spec.primary_site, &spec.recovery_site] {
+        // A Site deleted from coldsite (a site lost for good) is not waited for: what
+        // replication left there stays there.
+        if ctx.site(site_name).await?.is_none() {
+            gone.push(site_name.as_str());
+            continue;
+        }
         let site = fabric.site(site_name).map_err(|e| Error::Site {
             site: site_name.clone(),
             message: format!("cannot remove replication: {}", e.message),
@@ -426,14 +433,16 @@ async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    ctx.event(
-        pvm,
-        false,
-        "ProtectionRemoved",
-        "Unprotect",
-        "replication and recovery points removed at both sites".into(),
-    )
-    .await;
+    let note = if gone.is_empty() {
+        "replication and recovery points removed at both sites".to_owned()
+    } else {
+        format!(
+            "replication and recovery points removed; Site {} no longer exists, so nothing was removed there",
+            gone.join(" and ")
+        )
+    };
+    ctx.event(pvm, !gone.is_empty(), "ProtectionRemoved", "Unprotect", note)
+        .await;
     Ok(Action::await_change())
 }
 
