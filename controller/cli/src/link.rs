@@ -349,3 +349,61 @@ pub async fn link(mgmt: &Cluster, kubeconfig_file: Option<&PathBuf>, a: &LinkArg
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeconfig_with_ca_file(ca: &std::path::Path) -> Kubeconfig {
+        Kubeconfig::from_yaml(&format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: hq-cluster\n  cluster:\n    server: https://10.0.0.1:6443\n    certificate-authority: {}\n\
+             users:\n- name: admin\n  user:\n    token: t\n\
+             contexts:\n- name: hq\n  context:\n    cluster: hq-cluster\n    user: admin\n\
+             current-context: hq\n",
+            ca.display()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_site_cluster_is_taken_from_the_context_with_its_ca_embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n").unwrap();
+        let kc = kubeconfig_with_ca_file(&ca);
+        let c = site_cluster(&kc, "hq", None).unwrap();
+        assert_eq!(c.server.as_deref(), Some("https://10.0.0.1:6443"));
+        assert_eq!(c.certificate_authority, None, "a file path means nothing in a Secret");
+        let data: ByteString = serde_json::from_value(json!(c.certificate_authority_data.unwrap())).unwrap();
+        assert_eq!(data.0, std::fs::read(&ca).unwrap());
+        let c = site_cluster(&kc, "hq", Some("https://hq.example:6443")).unwrap();
+        assert_eq!(c.server.as_deref(), Some("https://hq.example:6443"));
+        let err = site_cluster(&kc, "dr", None).unwrap_err().to_string();
+        assert!(
+            err.contains("--site-context") && err.contains("\"dr\"") && err.contains("it has: hq"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_built_kubeconfig_authenticates_with_the_token_only() {
+        let cluster = kube::config::Cluster {
+            server: Some("https://10.0.0.1:6443".into()),
+            certificate_authority_data: Some("Y2E=".into()),
+            ..Default::default()
+        };
+        let yaml = serde_yaml_ng::to_string(&kubeconfig(
+            "contoso-hq",
+            cluster,
+            "coldsite-contoso-hq",
+            "s3cret".into(),
+        ))
+        .unwrap();
+        let back = Kubeconfig::from_yaml(&yaml).unwrap();
+        assert_eq!(back.current_context.as_deref(), Some("contoso-hq"));
+        let user = back.auth_infos[0].auth_info.as_ref().unwrap();
+        assert!(user.client_certificate_data.is_none() && user.exec.is_none());
+        assert!(yaml.contains("token: s3cret"), "{yaml}");
+    }
+}
