@@ -735,11 +735,14 @@ async fn drill(world: &World, mgmt: &Client, dr: &Client) -> Result<()> {
     )
     .await?;
     let p = plans.get("exchange").await?;
+    // A drill of the next tick may have started before the suspension; either way the
+    // record of the last one outlives its run.
+    let last = p.status.and_then(|s| s.last_drill);
     ensure!(
-        p.status
-            .and_then(|s| s.last_drill)
-            .is_some_and(|d| d.run == Some(name.clone())),
-        "lastDrill outlives its run"
+        last.as_ref()
+            .and_then(|d| d.run.as_deref())
+            .is_some_and(|r| r.starts_with("exchange-drill-")),
+        "lastDrill outlives its run: {last:?}"
     );
     Ok(())
 }
