@@ -122,6 +122,17 @@ pub fn virtual_machines(client: &Client, ns: &str) -> Api<DynamicObject> {
     dynamic(client, ns, "kubevirt.io", "v1", "VirtualMachine", "virtualmachines")
 }
 
+pub fn volume_snapshots(client: &Client, ns: &str) -> Api<DynamicObject> {
+    dynamic(
+        client,
+        ns,
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+    )
+}
+
 pub fn virtual_machine_instances(client: &Client, ns: &str) -> Api<DynamicObject> {
     dynamic(
         client,
@@ -338,14 +349,7 @@ impl Scenario {
         let runs: Api<coldsite_api::RecoveryRun> = Api::namespaced(self.management.clone(), &self.ns);
         runs.delete(name, &DeleteParams::default()).await?;
         let (r, test_ns) = (&self.recovery, self.test_ns.as_str());
-        let snapshots = dynamic(
-            r,
-            test_ns,
-            "snapshot.storage.k8s.io",
-            "v1",
-            "VolumeSnapshot",
-            "volumesnapshots",
-        );
+        let snapshots = volume_snapshots(r, test_ns);
         let jobs = dynamic(r, &self.ns, "batch", "v1", "Job", "jobs");
         let all = ListParams::default();
         wait_for("the test run and everything it created to be gone", timeout, || async {

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_e2e::chart::{client_from, start_chart_controller};
-use coldsite_e2e::exchange::{ControllerProcess, WebhookReceiver, dynamic, virtual_machines, wait_for};
+use coldsite_e2e::exchange::{
+    ControllerProcess, WebhookReceiver, dynamic, virtual_machines, volume_snapshots, wait_for,
+};
 use coldsite_e2e::manifests::{apply, read_documents, repo_root};
 use coldsite_e2e::simulator::{self, SimConfig, Simulator};
 use coldsite_e2e::{ControlPlane, ControlPlaneOptions, workspace_binary};
@@ -449,14 +451,7 @@ fn refusals(log: &Path, allowed: &str) -> Vec<String> {
 /// Nothing a test failover made is left at the recovery site.
 async fn test_copies_left(dr: &Client) -> Result<usize> {
     let all = ListParams::default();
-    let snapshots = dynamic(
-        dr,
-        TEST_NS,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-    );
+    let snapshots = volume_snapshots(dr, TEST_NS);
     Ok(virtual_machines(dr, TEST_NS).list(&all).await?.items.len()
         + Api::<PersistentVolumeClaim>::namespaced(dr.clone(), TEST_NS)
             .list(&all)

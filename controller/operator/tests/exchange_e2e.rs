@@ -20,7 +20,8 @@ use coldsite_api::recovery_run::{RunPhase, StepKind, StepState};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_e2e::ControlPlane;
 use coldsite_e2e::exchange::{
-    ControllerProcess, Scenario, Topology, dynamic, virtual_machine_instances, virtual_machines, wait_for,
+    ControllerProcess, Scenario, Topology, dynamic, virtual_machine_instances, virtual_machines, volume_snapshots,
+    wait_for,
 };
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -116,14 +117,7 @@ async fn protected(s: &Scenario) -> Result<()> {
         "schedule from the 15m RPO: {}",
         source.data["spec"]["trigger"]
     );
-    let snaps = dynamic(
-        &s.recovery,
-        &s.ns,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-    );
+    let snaps = volume_snapshots(&s.recovery, &s.ns);
     let kept = |snaps: Api<kube::api::DynamicObject>| async move {
         Ok::<_, anyhow::Error>(
             snaps
@@ -627,14 +621,7 @@ async fn retention_prunes(s: &Scenario) -> Result<()> {
         &Patch::Merge(json!({"spec": {"replication": {"rpo": "1m", "retention": "1m"}}})),
     )
     .await?;
-    let snaps = dynamic(
-        &s.recovery,
-        &s.ns,
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-    );
+    let snaps = volume_snapshots(&s.recovery, &s.ns);
     let selector = "coldsite.io/protected-vm=dc01,coldsite.io/disk=dc01-system";
     let first = snaps.list(&ListParams::default().labels(selector)).await?.items;
     let oldest = first
@@ -707,14 +694,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             .delete(&s.hq, &Default::default())
             .await?;
         let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
-        let points_at_dr = dynamic(
-            &s.recovery,
-            &s.ns,
-            "snapshot.storage.k8s.io",
-            "v1",
-            "VolumeSnapshot",
-            "volumesnapshots",
-        );
+        let points_at_dr = volume_snapshots(&s.recovery, &s.ns);
         let dc01 = ListParams::default().labels("coldsite.io/protected-vm=dc01");
         ensure!(
             !points_at_dr.list(&dc01).await?.items.is_empty(),
