@@ -11,8 +11,9 @@
 //!   `helm install` the test runs `coldsite-controller` as a process with a token of the
 //!   Deployment's ServiceAccount and the Deployment's arguments. The README's commands
 //!   succeed only if the chart's RBAC is enough;
-//! - a kubeconfig with contexts `mgmt`, `hq` and `dr`, and `kubectl`, `helm` and
-//!   `kubectl-coldsite` on PATH;
+//! - a kubeconfig with contexts `mgmt`, `hq` and `dr`, `kubectl` and `helm` on PATH, and
+//!   the plugin installed with `cargo install --path controller/cli` (as a debug build, to
+//!   reuse the compiled workspace);
 //! - the example's two endpoints outside these clusters, in a copy of `examples/exchange`:
 //!   the readiness probes are dropped (simulated VMs have no reachable addresses) and the
 //!   webhook URL points at a loopback receiver that checks the signature with the
@@ -137,19 +138,19 @@ impl World {
         let dir = tempfile::Builder::new().prefix("coldsite-readme-").tempdir()?;
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin)?;
-        let plugin = workspace_binary("coldsite-cli", "kubectl-coldsite")?;
         for (name, target) in [
             ("kubectl", mgmt.binaries().path("kubectl")),
             ("helm", mgmt.binaries().path("helm")),
-            ("kubectl-coldsite", plugin),
         ] {
             std::os::unix::fs::symlink(target, bin.join(name))?;
         }
+        let installed = install_plugin(&dir.path().join("cargo"))?;
         std::os::unix::fs::symlink(repo_root().join("charts"), dir.path().join("charts"))?;
         std::fs::create_dir_all(dir.path().join("home"))?;
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
             bin.display(),
+            installed.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
         );
         let world = Self {
@@ -245,6 +246,36 @@ impl World {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
     }
+}
+
+/// The plugin as the README installs it, `cargo install --path controller/cli`: here a
+/// debug build into `root`, reusing this workspace's target directory. Returns the folder
+/// of the installed binaries, both of which must be there.
+fn install_plugin(root: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // This test binary is <target>/debug/deps/readme-…
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .context("the target directory of this test binary")?;
+    let out = std::process::Command::new(cargo)
+        .args(["install", "--path", "controller/cli", "--debug", "--locked", "--root"])
+        .arg(root)
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(repo_root())
+        .output()
+        .context("running cargo install")?;
+    ensure!(
+        out.status.success(),
+        "cargo install --path controller/cli failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = root.join("bin");
+    for b in ["kubectl-coldsite", "kubectl_complete-coldsite"] {
+        ensure!(bin.join(b).is_file(), "cargo install did not install {b}");
+    }
+    Ok(bin)
 }
 
 /// The sites as the README finds them: KubeVirt and friends (the simulator's stand-in
