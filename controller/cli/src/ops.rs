@@ -211,6 +211,16 @@ fn apply_event<K: ResourceExt>(map: &mut BTreeMap<String, K>, e: watcher::Event<
 
 /// Follows a run until it finishes: watches the run, its plan and the ProtectedVMs, and
 /// redraws at most four times a second (on a terminal, also each second for the clocks).
+/// Every change to the namespace's ProtectedVMs, whose status holds each VM's steps.
+fn pvm_changes(c: &Cluster) -> impl futures::Stream<Item = Result<Change, watcher::Error>> + use<> {
+    watcher(
+        Api::<ProtectedVM>::namespaced(c.client.clone(), &c.namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(Change::Pvm))
+}
+
 pub async fn follow_run(c: &Cluster, name: &str) -> anyhow::Result<bool> {
     let first = get_run(c, name).await?;
     let plan_name = first.spec.plan.clone();
@@ -227,12 +237,7 @@ pub async fn follow_run(c: &Cluster, name: &str) -> anyhow::Result<bool> {
     )
     .default_backoff()
     .map(|e| e.map(Change::Plan));
-    let pvms = watcher(
-        Api::<ProtectedVM>::namespaced(c.client.clone(), &c.namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|e| e.map(Change::Pvm));
+    let pvms = pvm_changes(c);
     let mut changes = Box::pin(stream::select(runs, stream::select(plans, pvms)));
 
     let mut run: Option<RecoveryRun> = Some(first);
@@ -338,12 +343,7 @@ async fn follow_plan(c: &Cluster, name: &str) -> anyhow::Result<bool> {
     )
     .default_backoff()
     .map(|e| e.map(Change::Plan));
-    let pvms = watcher(
-        Api::<ProtectedVM>::namespaced(c.client.clone(), &c.namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|e| e.map(Change::Pvm));
+    let pvms = pvm_changes(c);
     let mut changes = Box::pin(stream::select(plans, pvms));
     let mut plan_map = BTreeMap::new();
     let mut pvm_map: BTreeMap<String, ProtectedVM> = BTreeMap::new();

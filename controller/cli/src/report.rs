@@ -348,6 +348,19 @@ fn summary(v: &RunView) -> Vec<(&'static str, String)> {
 }
 
 /// Per VM: group, recovery point, how old it was when the run started, and its state.
+/// The approvals table's rows, for both formats.
+fn approval_rows(v: &RunView) -> impl Iterator<Item = Vec<String>> + '_ {
+    v.approvals.iter().map(|a| {
+        vec![
+            a.action.clone(),
+            approvals_by(&a.by),
+            opt_time(a.given_at),
+            opt_time(a.observed_at),
+            a.waited.map(duration).unwrap_or_else(|| "-".into()),
+        ]
+    })
+}
+
 fn points(v: &RunView) -> Vec<[String; 5]> {
     v.groups
         .iter()
@@ -547,15 +560,7 @@ pub fn html(v: &RunView) -> String {
         html_table(
             &mut out,
             &["Action", "Approved by", "Approved at", "Gate passed", "Waited"],
-            v.approvals.iter().map(|a| {
-                vec![
-                    a.action.clone(),
-                    approvals_by(&a.by),
-                    opt_time(a.given_at),
-                    opt_time(a.observed_at),
-                    a.waited.map(duration).unwrap_or_else(|| "-".into()),
-                ]
-            }),
+            approval_rows(v),
             true,
         );
     }
@@ -624,15 +629,7 @@ pub fn markdown(v: &RunView) -> String {
         md_table(
             &mut out,
             &["Action", "Approved by", "Approved at", "Gate passed", "Waited"],
-            v.approvals.iter().map(|a| {
-                vec![
-                    a.action.clone(),
-                    approvals_by(&a.by),
-                    opt_time(a.given_at),
-                    opt_time(a.observed_at),
-                    a.waited.map(duration).unwrap_or_else(|| "-".into()),
-                ]
-            }),
+            approval_rows(v),
         );
     }
     for w in &v.waits {
