@@ -26,6 +26,7 @@ mod controlplane;
 pub mod exchange;
 pub mod manifests;
 mod pki;
+pub mod plugin;
 mod process;
 pub mod simulator;
 

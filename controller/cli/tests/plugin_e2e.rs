@@ -5,8 +5,8 @@
 //! headless Chromium, and Markdown) and clean it up. Tab completion runs through kubectl's
 //! own plugin completion.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -14,94 +14,9 @@ use coldsite_api::recovery_run::RunPhase;
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun};
 use coldsite_e2e::ControlPlane;
 use coldsite_e2e::exchange::{ControllerProcess, Scenario, Topology, wait_for};
+use coldsite_e2e::plugin::Plugin;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-
-/// The plugin, as a user would call it, against the management cluster.
-struct Plugin {
-    kubeconfig: PathBuf,
-    ns: String,
-}
-
-impl Plugin {
-    fn run(&self, args: &[&str], timeout: Duration) -> Result<Output> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-coldsite"))
-            .args(args)
-            .args(["-n", &self.ns])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if child.try_wait()?.is_some() {
-                return Ok(child.wait_with_output()?);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                bail!(
-                    "kubectl-coldsite {} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Runs and expects success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> Result<String> {
-        self.ok_within(args, Duration::from_secs(60)).await
-    }
-
-    async fn ok_within(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        let (this, args2): (Plugin, Vec<String>) = (self.clone_(), args.iter().map(|s| s.to_string()).collect());
-        let out = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = args2.iter().map(String::as_str).collect();
-            this.run(&refs, timeout)
-        })
-        .await??;
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        ensure!(
-            out.status.success(),
-            "kubectl-coldsite {} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            args.join(" "),
-            out.status
-        );
-        Ok(stdout)
-    }
-
-    /// Runs and expects a refusal; returns stderr.
-    async fn refused(&self, args: &[&str]) -> Result<String> {
-        let (this, args2): (Plugin, Vec<String>) = (self.clone_(), args.iter().map(|s| s.to_string()).collect());
-        let out = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = args2.iter().map(String::as_str).collect();
-            this.run(&refs, Duration::from_secs(60))
-        })
-        .await??;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        ensure!(
-            !out.status.success(),
-            "kubectl-coldsite {} should have been refused; stdout:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        Ok(stderr)
-    }
-
-    fn clone_(&self) -> Plugin {
-        Plugin {
-            kubeconfig: self.kubeconfig.clone(),
-            ns: self.ns.clone(),
-        }
-    }
-}
 
 fn condition(plan: &RecoveryPlan, t: &str) -> Option<String> {
     plan.status
@@ -214,6 +129,7 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
     )
     .await?;
     let plugin = Plugin {
+        exe: env!("CARGO_BIN_EXE_kubectl-coldsite").into(),
         kubeconfig: mgmt.kubeconfig_path().to_owned(),
         ns: s.ns.clone(),
     };
@@ -444,7 +360,7 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
 
         // Forced, a second test waits in the controller until the first is cleaned up.
         let drill = "exchange-drill";
-        let waiter = plugin.clone_();
+        let waiter = plugin.clone();
         let queued = tokio::spawn(async move {
             waiter
                 .ok_within(

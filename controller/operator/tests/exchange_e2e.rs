@@ -6,7 +6,9 @@
 //! replicas under leader election, killing the leader during runs: protect, test failover
 //! (gate, Job, webhook, cleanup), planned failover, commit, reprotect and failback.
 //! `unplanned_failover_with_the_primary_down` stops the primary's API server first. The two
-//! use different management servers, so their controllers never meet.
+//! use different management servers, so their controllers never meet. Apart from the first
+//! test failover, every run is started with its `kubectl-coldsite` command (`planned`,
+//! `commit`, `reprotect`, `failback`, `failover`), as an operator would.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -23,6 +25,7 @@ use coldsite_e2e::exchange::{
     ControllerProcess, Scenario, Topology, dynamic, virtual_machine_instances, virtual_machines, volume_snapshots,
     wait_for,
 };
+use coldsite_e2e::plugin::Plugin;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -51,6 +54,30 @@ async fn metric(c: &ControllerProcess, name: &str) -> f64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Starts a run with a plugin command (`planned`, `failback`…) under a chosen name, and
+/// checks it says what it created.
+async fn start_run(plugin: &Plugin, command: &str, name: &str, extra: &[&str]) -> Result<()> {
+    let mut args = vec![command, "exchange", "--name", name];
+    args.extend_from_slice(extra);
+    let out = plugin.ok(&args).await?;
+    ensure!(
+        out.contains(&format!("recoveryrun.coldsite.io/{name} created")),
+        "kubectl coldsite {command}: {out}"
+    );
+    Ok(())
+}
+
+/// Waits until the plan is Ready, as `kubectl coldsite` requires before it recovers VMs.
+async fn plan_ready(s: &Scenario) -> Result<()> {
+    let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+    wait_for("the plan to be Ready", Duration::from_secs(120), || async {
+        let plan = plans.get("exchange").await?;
+        let conds = plan.status.map(|st| st.conditions).unwrap_or_default();
+        Ok(coldsite_api::common::is_condition_true(&conds, "Ready").then_some(()))
+    })
+    .await
 }
 
 async fn run_phase(runs: &Api<RecoveryRun>, name: &str) -> Result<Option<RunPhase>> {
@@ -370,12 +397,18 @@ async fn network_data(c: &Client, ns: &str, vm: &str) -> Result<String> {
         .context("no cloud-init network data")
 }
 
-async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> {
+async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut Replicas<'_>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_split_brain(s, stop.clone());
 
-    s.create_run("exchange-move", "PlannedFailover", &["confirm-ad-replication"])
-        .await?;
+    plan_ready(s).await?;
+    start_run(
+        plugin,
+        "planned",
+        "exchange-move",
+        &["--approve", "confirm-ad-replication"],
+    )
+    .await?;
     // The leader dies at a random point of the run; the delay is printed to replay it.
     let delay = Duration::from_millis(random_millis(9000));
     eprintln!("killing the leader {delay:?} into the planned failover");
@@ -434,9 +467,9 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
     )
     .await?;
 
-    s.create_run("exchange-commit", "Commit", &[]).await?;
+    start_run(plugin, "commit", "exchange-commit", &[]).await?;
     s.run_to_end("exchange-commit", Duration::from_secs(120)).await?;
-    s.create_run("exchange-reprotect", "Reprotect", &[]).await?;
+    start_run(plugin, "reprotect", "exchange-reprotect", &[]).await?;
     s.run_to_end("exchange-reprotect", Duration::from_secs(180)).await?;
     // Replication now runs back: sources at DR, destinations at HQ on the old disks.
     let rs = dynamic(
@@ -486,8 +519,14 @@ async fn planned_failover_and_back(s: &Scenario, replicas: &mut Replicas<'_>) ->
     })
     .await?;
 
-    s.create_run("exchange-home", "Failback", &["confirm-ad-replication"])
-        .await?;
+    plan_ready(s).await?;
+    start_run(
+        plugin,
+        "failback",
+        "exchange-home",
+        &["--approve", "confirm-ad-replication"],
+    )
+    .await?;
     s.run_to_end("exchange-home", Duration::from_secs(600)).await?;
     for vm in VMS {
         ensure!(
@@ -593,11 +632,12 @@ async fn exchange_lifecycle() -> Result<()> {
     )
     .await?;
     let mut replicas = Replicas::start(mgmt, &s.ns).await?;
+    let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
         protected(&s).await.context("protect")?;
         standby_never_acts(&replicas).await.context("leader election")?;
         test_failover(&s, &mut replicas).await.context("test failover")?;
-        planned_failover_and_back(&s, &mut replicas)
+        planned_failover_and_back(&s, &plugin, &mut replicas)
             .await
             .context("planned failover, commit, reprotect, failback")?;
         Ok::<_, anyhow::Error>(())
@@ -662,12 +702,33 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     )
     .await?;
     let mut ctl = controller(recovery, &format!("controller-{}", s.ns), &["--no-leader-election"])?;
+    let plugin = Plugin::build(recovery.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
         protected(&s).await.context("protect")?;
         retention_prunes(&s).await.context("retention")?;
         primary.stop();
-        s.create_run("exchange-disaster", "Failover", &["confirm-ad-replication"])
-            .await?;
+        // With the primary down the plan is not Ready: the command refuses and points to
+        // --force, the way on in a real disaster.
+        let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+        wait_for("the plan to lose Ready", Duration::from_secs(180), || async {
+            let conds = plans
+                .get("exchange")
+                .await?
+                .status
+                .map(|st| st.conditions)
+                .unwrap_or_default();
+            Ok((!coldsite_api::common::is_condition_true(&conds, "Ready")).then_some(()))
+        })
+        .await?;
+        let why = plugin.refused(&["failover", "exchange"]).await?;
+        ensure!(why.contains("not Ready") && why.contains("--force"), "{why}");
+        start_run(
+            &plugin,
+            "failover",
+            "exchange-disaster",
+            &["--approve", "confirm-ad-replication", "--force"],
+        )
+        .await?;
         s.run_to_end("exchange-disaster", Duration::from_secs(300)).await?;
         let mut notes = BTreeMap::new();
         for vm in VMS {

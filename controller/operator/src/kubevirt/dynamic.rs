@@ -181,6 +181,29 @@ impl SiteApi {
         }
     }
 
+    /// A merge patch that applies only while the object is at `version`; `false` when it
+    /// changed meanwhile (or is gone), to be read again.
+    pub async fn merge_at_version(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        version: &str,
+        patch: &Value,
+    ) -> Result<bool, FabricError> {
+        let mut patch = patch.clone();
+        patch["metadata"]["resourceVersion"] = Value::from(version);
+        match self
+            .api(kind, namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
+            Err(e) => Err(classify(&self.site, &format!("patching {} {name}", kind.kind), e)),
+        }
+    }
+
     pub async fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<(), FabricError> {
         match self
             .api(kind, namespace)

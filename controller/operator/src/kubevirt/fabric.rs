@@ -17,6 +17,7 @@ use super::dynamic::{
     CONFIG_MAP, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, SiteApi, VM, VMI, VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT, str_at,
 };
+use super::final_sync;
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, POINT, PROTECTED_VM, RUN_UID};
 use crate::scripts::ScriptRunner;
 
@@ -385,10 +386,13 @@ impl Fabric for KubeVirtFabric {
         Ok(Progress::Done(()))
     }
 
-    async fn final_sync(&self, run: &RunRef, vm: &VmModel, after: DateTime<Utc>) -> FabricResult<RecoveryPoint> {
+    /// `_after` (the power-off, by the controller's clock) is not compared with the sites'
+    /// times: [the protocol](final_sync) relies on causality instead.
+    async fn final_sync(&self, run: &RunRef, vm: &VmModel, _after: DateTime<Utc>) -> FabricResult<RecoveryPoint> {
         let (source, target) = self.ends(run.direction);
         let (src, dst) = (self.site(source)?, self.site(target)?);
         let ns = vm.vm_namespace.as_str();
+        let tag = run.uid.as_str();
         let mut point: Option<DateTime<Utc>> = None;
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
@@ -398,26 +402,24 @@ impl Fabric for KubeVirtFabric {
                     vm.name
                 )));
             };
-            // A manual trigger replaces the schedule: one last sync, then replication pauses.
-            // The destination is told first: a destination whose trigger arrives after the
-            // source's sync would wait for a sync that never comes.
-            if str_at(&rs, "/spec/trigger/manual") != Some(run.uid.as_str()) {
-                let manual = json!({"spec": {"trigger": {"manual": run.uid}}});
-                dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &manual).await?;
-                let trigger = json!({"spec": {"trigger": {"schedule": null, "manual": run.uid}}});
-                src.merge(REPLICATION_SOURCE, Some(ns), &name, &trigger).await?;
-                return in_progress(SOON);
-            }
             let rd = dst.get(REPLICATION_DESTINATION, Some(ns), &name).await?;
-            let dst_done = rd
-                .as_ref()
-                .is_some_and(|rd| str_at(rd, "/status/lastManualSync") == Some(run.uid.as_str()));
-            if str_at(&rs, "/status/lastManualSync") != Some(run.uid.as_str()) || !dst_done {
-                return in_progress(SOON);
-            }
-            match self.adopt_latest(dst, vm, disk, true).await? {
-                Some(t) if t >= after => point = Some(point.map_or(t, |p| p.max(t))),
-                _ => return in_progress(SOON),
+            match final_sync::next(tag, &rs, rd.as_ref()) {
+                final_sync::Next::Trigger { source_version } => {
+                    // A manual trigger replaces the schedule: one last sync, then replication
+                    // pauses. The destination is told first: a destination whose trigger
+                    // arrives after the source's sync would wait for a sync that never comes.
+                    let manual = json!({"spec": {"trigger": {"manual": tag}}});
+                    dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &manual).await?;
+                    let trigger = json!({"spec": {"trigger": {"schedule": null, "manual": tag}}});
+                    src.merge_at_version(REPLICATION_SOURCE, Some(ns), &name, &source_version, &trigger)
+                        .await?;
+                    return in_progress(SOON);
+                }
+                final_sync::Next::Wait => return in_progress(SOON),
+                final_sync::Next::Adopt => match self.adopt_latest(dst, vm, disk, true).await? {
+                    Some(t) => point = Some(point.map_or(t, |p| p.max(t))),
+                    None => return in_progress(SOON),
+                },
             }
         }
         match point {

@@ -2,4 +2,5 @@
 
 pub mod dynamic;
 pub mod fabric;
+pub mod final_sync;
 pub mod objects;
