@@ -26,7 +26,8 @@
 //! the run waits at its gate; so does the test. `<run>` is the name `test` printed.
 //!
 //! After the README: the chart's ServiceAccount is refused what the chart does not grant,
-//! and a scheduled drill runs (cron, autoApprove, status.lastDrill, keepFor cleanup).
+//! and a scheduled drill runs (cron, autoApprove, status.lastDrill, keepFor cleanup; the
+//! plan's status observes each edit's generation).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -760,7 +761,22 @@ async fn drill(world: &World, mgmt: &Client, dr: &Client) -> Result<()> {
         },
     )
     .await?;
-    let p = plans.get("exchange").await?;
+    // The status speaks of the plan as last edited (suspended): observedGeneration, on the
+    // status and on each condition, is the plan's generation.
+    let p = wait_for(
+        "the plan's status to observe its last edit",
+        Duration::from_secs(30),
+        || async {
+            let p = plans.get("exchange").await?;
+            let generation = p.metadata.generation;
+            let st = p.status.clone().unwrap_or_default();
+            let current = st.observed_generation == generation
+                && !st.conditions.is_empty()
+                && st.conditions.iter().all(|c| c.observed_generation == generation);
+            Ok(current.then_some(p))
+        },
+    )
+    .await?;
     // A drill of the next tick may have started before the suspension; either way the
     // record of the last one outlives its run.
     let last = p.status.and_then(|s| s.last_drill);

@@ -73,10 +73,10 @@ after a test failover lists by label across all namespaces, so these are cluster
 {{- define "coldsite.siteRules" -}}
 # VirtualMachines: read the source VM (inventory, manifest copy), create the recovered VM,
 # set spec.runStrategy (power off/on: merge patch), delete test copies; list by label for
-# cleanup and inventory.
+# cleanup; list and watch to keep the cache plans and runs read their VMs from.
 - apiGroups: ["kubevirt.io"]
   resources: ["virtualmachines"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # VirtualMachineInstances: is a VM still running, is its guest agent connected. Read only.
 - apiGroups: ["kubevirt.io"]
   resources: ["virtualmachineinstances"]
@@ -106,11 +106,12 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "create", "delete"]
-# ConfigMaps: the copy of each VM's manifest at the recovery site (server-side apply), the
-# context of script Jobs (create); deleted on cleanup and unprotect.
+# ConfigMaps: the copy of each VM's manifest at the recovery site (server-side apply, and
+# watched for plans and runs), the context of script Jobs (create); deleted on cleanup and
+# unprotect.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Jobs: plan scripts with `site: primary|recovery`; read for completion, deleted on cleanup.
 - apiGroups: ["batch"]
   resources: ["jobs"]

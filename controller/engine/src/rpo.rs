@@ -43,16 +43,17 @@ pub fn retention_floor(now: DateTime<Utc>, retention: Duration) -> DateTime<Utc>
     now - chrono_duration(retention)
 }
 
-/// Points past retention, to prune. The newest point is always kept, whatever its age, so a
-/// VM whose replication stalled still has something to recover from.
+/// Whether retention keeps a point: younger than `retention`, or the newest of all, whatever
+/// its age, so that a VM whose replication stopped (a lost primary) still has something to
+/// recover from. This is the retention window that runs choose from (DESIGN §4.6).
+fn kept_by(floor: DateTime<Utc>, newest: Option<DateTime<Utc>>) -> impl Fn(&RecoveryPoint) -> bool {
+    move |p| p.time >= floor || Some(p.time) == newest
+}
+
+/// Points past retention, to prune.
 pub fn expired(points: &[RecoveryPoint], now: DateTime<Utc>, retention: Duration) -> Vec<RecoveryPoint> {
-    let floor = retention_floor(now, retention);
-    let newest = points.iter().map(|p| p.time).max();
-    points
-        .iter()
-        .filter(|p| p.time < floor && Some(p.time) != newest)
-        .cloned()
-        .collect()
+    let kept = kept_by(retention_floor(now, retention), points.iter().map(|p| p.time).max());
+    points.iter().filter(|p| !kept(p)).cloned().collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +66,7 @@ pub enum PointError {
     NoneBefore(DateTime<Utc>, String),
 }
 
-/// The point a run restores: never newer than asked, never outside retention.
+/// The point a run restores: never newer than asked, never one that retention prunes.
 pub fn choose_point(
     points: &[RecoveryPoint],
     selector: &RecoveryPointSelector,
@@ -73,7 +74,8 @@ pub fn choose_point(
     retention: Duration,
 ) -> Result<RecoveryPoint, PointError> {
     let floor = retention_floor(now, retention);
-    let kept = points.iter().filter(|p| p.time >= floor && p.time <= now);
+    let retained = kept_by(floor, points.iter().map(|p| p.time).max());
+    let kept = points.iter().filter(|p| retained(p) && p.time <= now);
     let best = match selector {
         RecoveryPointSelector::Latest => kept.max_by_key(|p| p.time).ok_or(PointError::None),
         RecoveryPointSelector::LatestAppConsistent => kept
@@ -85,7 +87,7 @@ pub fn choose_point(
             kept.filter(|p| p.time <= t).max_by_key(|p| p.time).ok_or_else(|| {
                 let oldest = points
                     .iter()
-                    .filter(|p| p.time >= floor)
+                    .filter(|p| retained(p))
                     .map(|p| p.time)
                     .min()
                     .map_or_else(|| "none".to_owned(), |t| t.to_rfc3339());
@@ -165,6 +167,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.time, at(60));
+    }
+
+    #[test]
+    fn the_newest_point_stays_usable_when_replication_stopped_longer_than_retention() {
+        // The primary was lost at minute 90 and the failover starts ten hours later.
+        let late = at(600);
+        let hour = Duration::from_secs(3600);
+        let p = choose_point(&points(), &RecoveryPointSelector::Latest, late, hour).unwrap();
+        assert_eq!(p.time, at(90));
+        let asked = RecoveryPointSelector::At(crate::time::to_k8s(at(95)));
+        assert_eq!(choose_point(&points(), &asked, late, hour).unwrap().time, at(90));
+        // Only the newest: the older ones are pruned and must not be chosen.
+        let older = RecoveryPointSelector::At(crate::time::to_k8s(at(85)));
+        assert!(matches!(
+            choose_point(&points(), &older, late, hour),
+            Err(PointError::NoneBefore(..))
+        ));
+        assert_eq!(
+            choose_point(&points(), &RecoveryPointSelector::LatestAppConsistent, late, hour),
+            Ok(points()[9].clone()),
+            "the newest (minute 90) is app-consistent"
+        );
+    }
+
+    proptest::proptest! {
+        /// Runs choose from exactly what pruning keeps.
+        #[test]
+        fn a_chosen_point_is_never_one_pruning_removes(
+            minutes in proptest::collection::vec(0i64..1000, 1..20),
+            now in 0i64..2000,
+            retention_minutes in 1u64..500,
+            app in proptest::collection::vec(proptest::bool::ANY, 20),
+        ) {
+            let points: Vec<RecoveryPoint> = minutes
+                .iter()
+                .zip(&app)
+                .map(|(m, a)| RecoveryPoint { time: at(*m), app_consistent: *a })
+                .collect();
+            let retention = Duration::from_secs(retention_minutes * 60);
+            let gone = expired(&points, at(now), retention);
+            for selector in [RecoveryPointSelector::Latest, RecoveryPointSelector::LatestAppConsistent] {
+                if let Ok(p) = choose_point(&points, &selector, at(now), retention) {
+                    proptest::prop_assert!(!gone.contains(&p), "{p:?} is pruned: {gone:?}");
+                    proptest::prop_assert!(p.time <= at(now));
+                }
+            }
+        }
     }
 
     #[test]

@@ -335,7 +335,9 @@ pub fn check(
                         }
                     }
                 } else {
-                    // 6. Never newer than requested, never outside retention.
+                    // 6. Never newer than requested, never outside retention. (Retention also
+                    // keeps the newest point when it is older; the simulated fabric only ever
+                    // offers points within retention, so here the window is exact.)
                     if let RecoveryPointSelector::At(t) = &ctx.recovery_point
                         && point.time > crate::time::from_k8s(t)
                     {

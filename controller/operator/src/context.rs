@@ -102,6 +102,7 @@ impl Context {
         let mut sites = HashMap::new();
         for name in [primary, recovery] {
             let Some(site) = self.site(name).await? else {
+                self.sites.forget(name);
                 continue;
             };
             match self.sites.client(&site).await {

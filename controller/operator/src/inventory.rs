@@ -15,7 +15,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kubevirt::dynamic::{CONFIG_MAP, VM, str_at};
 use crate::kubevirt::fabric::KubeVirtFabric;
-use crate::kubevirt::objects::{MANAGED_BY, PROTECTED_VM};
+use crate::kubevirt::objects::{self, PROTECTED_VM};
 
 /// What a reconcile needs to see.
 pub enum Scope<'a> {
@@ -116,10 +116,13 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                 .values()
                 .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
                 .collect();
+            // From the sites' watches when they have listed, else asked now.
+            let (primary_watch, recovery_watch) = (ctx.sites.watch(&fabric.primary), ctx.sites.watch(&fabric.recovery));
             for ns in &vm_namespaces {
-                let live = match primary {
-                    Some(site) => site.list(VM, Some(ns), "").await.ok(),
-                    None => None,
+                let live = match (primary, primary_watch.as_ref().and_then(|w| w.vms(ns))) {
+                    (Some(_), Some(cached)) => Some(cached),
+                    (Some(site), None) => site.list(VM, Some(ns), "").await.ok(),
+                    (None, _) => None,
                 };
                 for vm in live.unwrap_or_default() {
                     if let Ok(v) = source_vm::from_manifest(&vm, ns) {
@@ -127,10 +130,13 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                     }
                 }
                 let Some(site) = recovery else { continue };
-                let copies = site
-                    .list(CONFIG_MAP, Some(ns), &format!("{MANAGED_BY}=coldsite,{PROTECTED_VM}"))
-                    .await
-                    .unwrap_or_default();
+                let copies = match recovery_watch.as_ref().and_then(|w| w.copies(ns)) {
+                    Some(cached) => cached,
+                    None => site
+                        .list(CONFIG_MAP, Some(ns), &objects::source_copy_selector())
+                        .await
+                        .unwrap_or_default(),
+                };
                 for copy in copies {
                     add_copy(&mut inv, namespace, ns, &copy);
                 }
@@ -145,7 +151,7 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
             if let Some(v) = live.and_then(|vm| source_vm::from_manifest(&vm, &ns).ok()) {
                 inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
             } else if let Some(site) = recovery {
-                let name = crate::kubevirt::objects::source_copy_name(&pvm.name_any());
+                let name = objects::source_copy_name(&pvm.name_any());
                 if let Ok(Some(copy)) = site.get(CONFIG_MAP, Some(&ns), &name).await {
                     add_copy(&mut inv, namespace, &ns, &copy);
                 }

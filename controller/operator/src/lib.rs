@@ -13,5 +13,6 @@ pub mod probes;
 pub mod reconcile;
 pub mod scripts;
 pub mod server;
+pub mod site_watch;
 pub mod sites;
 pub mod status;

@@ -1,8 +1,8 @@
 //! Clients for site clusters, built from the kubeconfig Secrets that Sites name and cached
-//! until the Secret changes.
+//! until the Secret changes, each with its [`SiteWatch`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coldsite_api::Site;
@@ -11,13 +11,24 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
 use crate::error::{Error, Result};
+use crate::site_watch::SiteWatch;
 
 /// How long a call to a site may take before the site counts as unreachable.
 const SITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Sent with every request to a site, so its audit log names coldsite.
+const USER_AGENT: &str = concat!("coldsite-controller/", env!("CARGO_PKG_VERSION"));
+
+struct Entry {
+    /// The kubeconfig Secret's resourceVersion; empty for the management cluster.
+    version: String,
+    client: Client,
+    watch: Arc<SiteWatch>,
+}
+
 pub struct SiteClients {
     management: Client,
-    cache: Mutex<HashMap<String, (String, Client)>>,
+    cache: Mutex<HashMap<String, Entry>>,
 }
 
 impl SiteClients {
@@ -36,7 +47,10 @@ impl SiteClients {
     pub async fn client(&self, site: &Site) -> Result<Client> {
         let name = site.name_any();
         let Some(cluster) = &site.spec.cluster else {
-            return Ok(self.management.clone());
+            // The management cluster is the site: its client, with a watch of its own.
+            return Ok(self
+                .lookup(&name, "")
+                .unwrap_or_else(|| self.insert(&name, "", self.management.clone())));
         };
         let r = &cluster.kubeconfig_secret_ref;
         let secret = Api::<Secret>::namespaced(self.management.clone(), &r.namespace)
@@ -49,11 +63,8 @@ impl SiteClients {
                 ))
             })?;
         let version = secret.resource_version().unwrap_or_default();
-        if let Ok(cache) = self.cache.lock()
-            && let Some((v, client)) = cache.get(&name)
-            && *v == version
-        {
-            return Ok(client.clone());
+        if let Some(client) = self.lookup(&name, &version) {
+            return Ok(client);
         }
         let bytes = secret
             .data
@@ -76,10 +87,46 @@ impl SiteClients {
         config.connect_timeout = Some(SITE_TIMEOUT);
         config.read_timeout = Some(SITE_TIMEOUT);
         config.write_timeout = Some(SITE_TIMEOUT);
+        config
+            .headers
+            .push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
         let client = Client::try_from(config).map_err(|e| Error::InvalidSpec(format!("Site {name}: {e}")))?;
+        Ok(self.insert(&name, &version, client))
+    }
+
+    fn lookup(&self, name: &str, version: &str) -> Option<Client> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(name)
+            .filter(|e| e.version == version)
+            .map(|e| e.client.clone())
+    }
+
+    /// Caches a site's client with a new watch; the one it replaces stops when dropped.
+    fn insert(&self, name: &str, version: &str, client: Client) -> Client {
+        let watch = SiteWatch::start(name, &client);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(name, (version, client.clone()));
+            cache.insert(
+                name.to_owned(),
+                Entry {
+                    version: version.to_owned(),
+                    client: client.clone(),
+                    watch,
+                },
+            );
         }
-        Ok(client)
+        client
+    }
+
+    /// Drops a deleted Site's client and stops its watch.
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(name);
+        }
+    }
+
+    /// The watch of a site whose client was made, if any.
+    pub fn watch(&self, name: &str) -> Option<Arc<SiteWatch>> {
+        self.cache.lock().ok()?.get(name).map(|e| e.watch.clone())
     }
 }

@@ -652,6 +652,36 @@ async fn exchange_lifecycle() -> Result<()> {
     result
 }
 
+/// An audit policy that records VirtualMachine reads and nothing else.
+const AUDIT_VM_READS: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+  - level: Metadata
+    verbs: ["list", "watch", "get"]
+    resources: [{group: "kubevirt.io", resources: ["virtualmachines"]}]
+  - level: None
+"#;
+
+/// coldsite-controller's VirtualMachine reads by verb (`list`, `watch`, `get`), by the
+/// audit log.
+fn vm_reads(log: &Path) -> Result<BTreeMap<String, usize>> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let mut reads = BTreeMap::new();
+    for line in text.lines() {
+        let event: Value = serde_json::from_str(line)?;
+        let by_controller = event["userAgent"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("coldsite-controller/"));
+        if by_controller && event["objectRef"]["resource"] == "virtualmachines" {
+            *reads
+                .entry(event["verb"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    Ok(reads)
+}
+
 /// With a one-minute retention, points older than that go, the newest always stays.
 async fn retention_prunes(s: &Scenario) -> Result<()> {
     let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
@@ -691,7 +721,16 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     // The management cluster lives at the recovery site, as DESIGN.md advises; the primary
     // is a server of its own, stopped to play the disaster.
     let recovery = ControlPlane::shared_recovery().await?;
-    let primary = ControlPlane::start(coldsite_e2e::ControlPlaneOptions::new("hq-outage")).await?;
+    // HQ's API server keeps an audit log of VM reads, to see how the controller reads them.
+    let audit = tempfile::tempdir()?;
+    let (policy, audit_log) = (audit.path().join("policy.yaml"), audit.path().join("audit.log"));
+    std::fs::write(&policy, AUDIT_VM_READS)?;
+    let mut options = coldsite_e2e::ControlPlaneOptions::new("hq-outage");
+    options.extra_apiserver_args = vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", audit_log.display()),
+    ];
+    let primary = ControlPlane::start(options).await?;
     let s = Scenario::set_up(
         &Topology {
             management: recovery,
@@ -706,6 +745,28 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     let result = async {
         protected(&s).await.context("protect")?;
         retention_prunes(&s).await.context("retention")?;
+        // Each plan reconcile reads its VMs from the controller's watch of HQ: touching the
+        // plan five times makes five reconciles and no list of HQ's VirtualMachines.
+        let plan_reconciles = r#"coldsite_reconciles_total{kind="RecoveryPlan""#;
+        let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+        let before = vm_reads(&audit_log)?;
+        for touch in 0..5 {
+            let reconciles = metric(&ctl, plan_reconciles).await;
+            let note = json!({"metadata": {"annotations": {"e2e.coldsite.io/touch": touch.to_string()}}});
+            plans
+                .patch("exchange", &PatchParams::default(), &Patch::Merge(&note))
+                .await?;
+            wait_for("the plan to be reconciled", Duration::from_secs(30), || async {
+                Ok((metric(&ctl, plan_reconciles).await > reconciles).then_some(()))
+            })
+            .await?;
+        }
+        let after = vm_reads(&audit_log)?;
+        let count = |m: &BTreeMap<String, usize>, verb: &str| m.get(verb).copied().unwrap_or(0);
+        ensure!(
+            count(&after, "list") == count(&before, "list") && count(&after, "watch") > 0,
+            "five plan reconciles; the controller's VM reads at HQ before: {before:?}, after: {after:?}"
+        );
         primary.stop();
         // With the primary down the plan is not Ready: the command refuses and points to
         // --force, the way on in a real disaster.

@@ -86,7 +86,7 @@ pub const NAMESPACE: Kind = Kind {
 };
 
 impl Kind {
-    fn resource(&self) -> ApiResource {
+    pub(crate) fn resource(&self) -> ApiResource {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(self.group, self.version, self.kind), self.plural)
     }
 }

@@ -49,6 +49,11 @@ pub fn rsync_secret_name(pvm: &str) -> String {
 
 /// The ConfigMap at the recovery site that keeps a copy of the source VM's manifest, so an
 /// unplanned failover can recreate it while the primary is gone.
+/// Selects coldsite's copies of VM manifests.
+pub fn source_copy_selector() -> String {
+    format!("{MANAGED_BY}=coldsite,{PROTECTED_VM}")
+}
+
 pub fn source_copy_name(pvm: &str) -> String {
     dns_name(&format!("coldsite-{pvm}-source"))
 }

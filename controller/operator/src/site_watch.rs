@@ -1,0 +1,114 @@
+//! Watches of a site's VirtualMachines and of coldsite's copies of their manifests, so that
+//! plan and run reconciles read them from a cache instead of listing a namespace's VMs at
+//! every pass (DESIGN §9: watches and reflector caches, not polling).
+//!
+//! A watch starts with the site's client and stops when it is replaced (its kubeconfig
+//! Secret changed) or dropped. Until its first full list has arrived, and while it cannot
+//! watch at all (a site that is down, or a role without `watch`), readers get `None` and
+//! ask the API as before.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::kubevirt::dynamic::{CONFIG_MAP, Kind, VM};
+use crate::kubevirt::objects;
+
+/// Server-side end of each watch request, under the site client's 10 s read timeout: a
+/// watch is renewed from where it stopped (no new list), and a dead site is noticed.
+const WATCH_SECONDS: u32 = 8;
+
+/// One cached kind at one site.
+struct Cache {
+    store: Store<DynamicObject>,
+    ready: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Cache {
+    fn start(site: &str, client: Client, kind: Kind, selector: Option<String>) -> Self {
+        let api: Api<DynamicObject> = Api::all_with(client, &kind.resource());
+        let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
+        if let Some(s) = selector {
+            config = config.labels(&s);
+        }
+        let writer: Writer<DynamicObject> = Writer::new(kind.resource());
+        let store = writer.as_reader();
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = ready.clone();
+        let site = site.to_owned();
+        let stream = reflector::reflector(
+            writer,
+            watcher::watcher(api, config)
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear()),
+        );
+        let task = tokio::spawn(async move {
+            stream
+                .for_each(|event| {
+                    match event {
+                        Ok(Event::InitDone) => flag.store(true, Ordering::Release),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch"),
+                    }
+                    async {}
+                })
+                .await;
+        });
+        Cache { store, ready, task }
+    }
+
+    /// The namespace's objects, once the first list is in.
+    fn in_namespace(&self, namespace: &str) -> Option<Vec<Value>> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.store
+                .state()
+                .iter()
+                .filter(|o| o.namespace().as_deref() == Some(namespace))
+                .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The cached objects of one site.
+pub struct SiteWatch {
+    vms: Cache,
+    copies: Cache,
+}
+
+impl SiteWatch {
+    pub fn start(site: &str, client: &Client) -> Arc<Self> {
+        Arc::new(SiteWatch {
+            vms: Cache::start(site, client.clone(), VM, None),
+            copies: Cache::start(site, client.clone(), CONFIG_MAP, Some(objects::source_copy_selector())),
+        })
+    }
+
+    /// The VirtualMachines of a namespace; `None` until the watch has listed them.
+    pub fn vms(&self, namespace: &str) -> Option<Vec<Value>> {
+        self.vms.in_namespace(namespace)
+    }
+
+    /// coldsite's copies of VM manifests in a namespace; `None` until listed.
+    pub fn copies(&self, namespace: &str) -> Option<Vec<Value>> {
+        self.copies.in_namespace(namespace)
+    }
+}
