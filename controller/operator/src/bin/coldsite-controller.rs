@@ -19,7 +19,7 @@ use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
@@ -176,12 +176,23 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             ctx.clone(),
         )
         .for_each(|r| log_result("ProtectedVM", r));
-    let plans = Controller::new(Api::<RecoveryPlan>::all(client.clone()), cfg.clone())
+    let plans = Controller::new(Api::<RecoveryPlan>::all(client.clone()), cfg.clone());
+    // A plan's Ready follows its VMs' protection: a ProtectedVM whose protection changes
+    // (not each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it.
+    let plan_store = plans.store();
+    let protection = watcher::watcher(Api::<ProtectedVM>::all(client.clone()), cfg.clone())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(reconcile::recovery_plan::protection_state, Default::default());
+    let plans = plans
         .watches(
             Api::<RecoveryRun>::all(client.clone()),
             cfg.clone(),
             |run: RecoveryRun| run.namespace().map(|ns| ObjectRef::new(&run.spec.plan).within(&ns)),
         )
+        .watches_stream(protection, move |pvm: ProtectedVM| {
+            reconcile::recovery_plan::plans_naming(&plan_store, &pvm)
+        })
         .graceful_shutdown_on(stop.clone())
         .run(
             instrument("RecoveryPlan", reconcile::recovery_plan::reconcile),

@@ -14,6 +14,7 @@ use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
 use coldsite_engine::validate::{self, Severity};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::conditions::{self, Desired};
@@ -338,9 +339,89 @@ async fn create_drill(
     }
 }
 
+/// What a plan's Ready reads from a ProtectedVM: its Ready and RpoMet conditions. Changes
+/// of this hash, not every status write, requeue the plans that name it.
+pub fn protection_state(pvm: &ProtectedVM) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    for type_ in [condition::READY, condition::RPO_MET] {
+        let c = pvm
+            .status
+            .as_ref()
+            .and_then(|s| coldsite_api::common::find_condition(&s.conditions, type_));
+        c.map(|c| (&c.status, &c.reason)).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+/// The plans of the ProtectedVM's namespace whose groups name it.
+pub fn plans_naming(plans: &Store<RecoveryPlan>, pvm: &ProtectedVM) -> Vec<ObjectRef<RecoveryPlan>> {
+    let (ns, name) = (pvm.namespace(), pvm.name_any());
+    plans
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.spec.groups.iter().any(|g| g.vms.contains(&name)))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pvm(name: &str, ready: &str, rpo_met: &str, last_sync: &str) -> ProtectedVM {
+        let cond = |t: &str, s: &str| serde_json::json!({"type": t, "status": s, "reason": format!("R{s}"), "message": "", "lastTransitionTime": "2026-11-26T00:00:00Z"});
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"vm": {"name": name}, "primarySite": "hq", "recoverySite": "dr", "networkMapping": "m",
+                     "replication": {"rpo": "15m", "retention": "24h"}},
+            "status": {"conditions": [cond("Ready", ready), cond("RpoMet", rpo_met)],
+                       "replication": {"health": "Healthy", "lastSyncTime": last_sync}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plans_follow_changes_of_protection_not_each_sync() {
+        let base = protection_state(&pvm("a", "True", "True", "2026-11-26T10:00:00Z"));
+        assert_eq!(
+            base,
+            protection_state(&pvm("a", "True", "True", "2026-11-26T10:05:00Z")),
+            "a sync alone"
+        );
+        assert_ne!(
+            base,
+            protection_state(&pvm("a", "False", "True", "2026-11-26T10:00:00Z"))
+        );
+        assert_ne!(
+            base,
+            protection_state(&pvm("a", "True", "False", "2026-11-26T10:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_protected_vm_requeues_the_plans_of_its_namespace_that_name_it() {
+        let plan = |name: &str, ns: &str, vms: &[&str]| -> RecoveryPlan {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryPlan",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"primarySite": "hq", "recoverySite": "dr", "groups": [{"name": "g", "vms": vms}]},
+            }))
+            .unwrap()
+        };
+        let mut writer = kube::runtime::reflector::store::Writer::<RecoveryPlan>::default();
+        for p in [
+            plan("names-it", "ns", &["a", "b"]),
+            plan("other", "ns", &["c"]),
+            plan("elsewhere", "ns2", &["a"]),
+        ] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(p));
+        }
+        let refs = plans_naming(&writer.as_reader(), &pvm("a", "True", "True", "2026-11-26T10:00:00Z"));
+        let names: Vec<&str> = refs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["names-it"]);
+    }
 
     #[test]
     fn drills_follow_the_cron() {
