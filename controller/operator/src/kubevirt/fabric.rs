@@ -392,7 +392,6 @@ impl Fabric for KubeVirtFabric {
         let (source, target) = self.ends(run.direction);
         let (src, dst) = (self.site(source)?, self.site(target)?);
         let ns = vm.vm_namespace.as_str();
-        let tag = run.uid.as_str();
         let mut point: Option<DateTime<Utc>> = None;
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
@@ -403,8 +402,8 @@ impl Fabric for KubeVirtFabric {
                 )));
             };
             let rd = dst.get(REPLICATION_DESTINATION, Some(ns), &name).await?;
-            match final_sync::next(tag, &rs, rd.as_ref()) {
-                final_sync::Next::Trigger { source_version } => {
+            match final_sync::next(&run.uid, &rs, rd.as_ref()) {
+                final_sync::Next::Trigger { tag, source_version } => {
                     // A manual trigger replaces the schedule: one last sync, then replication
                     // pauses. The destination is told first: a destination whose trigger
                     // arrives after the source's sync would wait for a sync that never comes.

@@ -9,6 +9,10 @@
 //! power-off. Times are not compared: VolSync's are whole seconds from the site's clock,
 //! and a comparison with the controller's clock hung when a sync finished within the
 //! second of the power-off (or would hang under clock skew).
+//!
+//! Each attempt has a tag of its own, `<run uid>-<source resourceVersion>`: when the
+//! source changed between the destination's patch and its own, a sync may have consumed the
+//! destination's tag, and a destination only receives again for a tag it has not seen.
 
 use serde_json::Value;
 
@@ -17,26 +21,28 @@ use super::dynamic::str_at;
 /// What the final sync of one disk needs next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    /// Set the tag on the destination, then on the source if it is still at this
-    /// resourceVersion.
-    Trigger { source_version: String },
+    /// Set `tag` on the destination, then on the source if it is still at
+    /// `source_version`.
+    Trigger { tag: String, source_version: String },
     /// A sync that may predate the power-off is running, or ours has not completed.
     Wait,
     /// Both ends completed the sync the tag asked for: adopt the destination's image.
     Adopt,
 }
 
-/// `tag` is the run's uid; `rd` is `None` when the destination does not exist (yet).
-pub fn next(tag: &str, rs: &Value, rd: Option<&Value>) -> Next {
-    if str_at(rs, "/spec/trigger/manual") != Some(tag) {
+/// `run` is the run's uid; `rd` is `None` when the destination does not exist (yet).
+pub fn next(run: &str, rs: &Value, rd: Option<&Value>) -> Next {
+    let ours = |t: &&str| t.strip_prefix(run).is_some_and(|rest| rest.starts_with('-'));
+    let Some(tag) = str_at(rs, "/spec/trigger/manual").filter(ours) else {
         let running = str_at(rs, "/status/lastSyncStartTime").is_some_and(|t| !t.is_empty());
         return match str_at(rs, "/metadata/resourceVersion") {
             Some(version) if !running => Next::Trigger {
+                tag: format!("{run}-{version}"),
                 source_version: version.to_owned(),
             },
             _ => Next::Wait,
         };
-    }
+    };
     let consumed = |o: &Value| str_at(o, "/status/lastManualSync") == Some(tag);
     if consumed(rs) && rd.is_some_and(consumed) {
         Next::Adopt
@@ -51,7 +57,8 @@ mod tests {
 
     use super::*;
 
-    const TAG: &str = "run-uid-1";
+    const RUN: &str = "run-uid";
+    const TAG: &str = "run-uid-42";
 
     fn source(manual: Option<&str>, started: Option<&str>, last_manual: Option<&str>) -> Value {
         json!({
@@ -70,8 +77,9 @@ mod tests {
     fn an_idle_source_is_triggered_at_the_version_read() {
         let rs = source(None, None, None);
         assert_eq!(
-            next(TAG, &rs, None),
+            next(RUN, &rs, None),
             Next::Trigger {
+                tag: TAG.into(),
                 source_version: "42".into()
             }
         );
@@ -82,22 +90,22 @@ mod tests {
         // Tagging now would let this sync, which may have started before the power-off,
         // stand for the final one.
         let rs = source(None, Some("2026-11-26T10:00:39Z"), None);
-        assert_eq!(next(TAG, &rs, None), Next::Wait);
+        assert_eq!(next(RUN, &rs, None), Next::Wait);
     }
 
     #[test]
     fn waits_until_both_ends_completed_the_tagged_sync() {
         let rs = source(Some(TAG), Some("2026-11-26T10:00:41Z"), None);
         let rd = destination(None, "2026-11-26T10:00:30Z");
-        assert_eq!(next(TAG, &rs, Some(&rd)), Next::Wait);
+        assert_eq!(next(RUN, &rs, Some(&rd)), Next::Wait);
 
         let rs = source(Some(TAG), None, Some(TAG));
-        assert_eq!(next(TAG, &rs, Some(&rd)), Next::Wait, "destination not done");
-        assert_eq!(next(TAG, &rs, None), Next::Wait, "destination missing");
+        assert_eq!(next(RUN, &rs, Some(&rd)), Next::Wait, "destination not done");
+        assert_eq!(next(RUN, &rs, None), Next::Wait, "destination missing");
 
         let rs = source(Some(TAG), None, Some("an-earlier-run"));
         let rd = destination(Some(TAG), "2026-11-26T10:00:41Z");
-        assert_eq!(next(TAG, &rs, Some(&rd)), Next::Wait, "source not done");
+        assert_eq!(next(RUN, &rs, Some(&rd)), Next::Wait, "source not done");
     }
 
     #[test]
@@ -107,12 +115,29 @@ mod tests {
         // version compared it with the controller's power-off time and waited forever.
         let rs = source(Some(TAG), None, Some(TAG));
         let rd = destination(Some(TAG), "2026-11-26T10:00:40Z");
-        assert_eq!(next(TAG, &rs, Some(&rd)), Next::Adopt);
+        assert_eq!(next(RUN, &rs, Some(&rd)), Next::Adopt);
     }
 
     #[test]
     fn another_runs_tag_is_replaced() {
-        let rs = source(Some("an-earlier-run"), None, Some("an-earlier-run"));
-        assert!(matches!(next(TAG, &rs, None), Next::Trigger { .. }));
+        let rs = source(Some("an-earlier-run-7"), None, Some("an-earlier-run-7"));
+        assert!(matches!(next(RUN, &rs, None), Next::Trigger { .. }));
+        // A uid that merely starts like this run's is another run's.
+        let rs = source(Some("run-uidX-7"), None, None);
+        assert!(matches!(next(RUN, &rs, None), Next::Trigger { .. }));
+    }
+
+    #[test]
+    fn each_attempt_has_a_tag_the_destination_has_not_seen() {
+        // The first attempt told the destination, then lost the race for the source; a
+        // scheduled sync ran and the destination consumed that tag.
+        let mut rs = source(None, None, None);
+        rs["metadata"]["resourceVersion"] = json!("57");
+        let rd = destination(Some(TAG), "2026-11-26T10:00:41Z");
+        let Next::Trigger { tag, .. } = next(RUN, &rs, Some(&rd)) else {
+            panic!("an idle source is triggered");
+        };
+        assert_ne!(tag, TAG);
+        assert!(tag.starts_with("run-uid-"), "{tag}");
     }
 }
