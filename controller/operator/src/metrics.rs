@@ -115,11 +115,44 @@ impl Metrics {
         }
     }
 
+    /// Drops an unprotected VM's series, so that no alert fires for a VM that is gone.
+    pub fn forget_vm(&self, namespace: &str, protected_vm: &str) {
+        let labels = [namespace, protected_vm];
+        for gauge in [
+            &self.vm_rpo_seconds,
+            &self.vm_rpo_target_seconds,
+            &self.vm_replication_healthy,
+        ] {
+            // Absent when it never synced: nothing to drop.
+            let _ = gauge.remove_label_values(&labels);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unprotected_vm_leaves_no_series() {
+        let m = Metrics::new().expect("metrics");
+        for vm in ["dc01", "mbx01"] {
+            let labels = ["exchange", vm];
+            m.vm_rpo_seconds.with_label_values(&labels).set(2000.0);
+            m.vm_rpo_target_seconds.with_label_values(&labels).set(900.0);
+            m.vm_replication_healthy.with_label_values(&labels).set(0.0);
+        }
+        m.forget_vm("exchange", "dc01");
+        let text = m.render();
+        assert!(!text.contains(r#"protected_vm="dc01""#), "{text}");
+        assert_eq!(text.matches(r#"protected_vm="mbx01""#).count(), 3, "{text}");
     }
 }

@@ -17,7 +17,7 @@ use crate::site_watch::SiteWatch;
 const SITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sent with every request to a site, so its audit log names coldsite.
-const USER_AGENT: &str = concat!("coldsite-controller/", env!("CARGO_PKG_VERSION"));
+pub const USER_AGENT: &str = concat!("coldsite-controller/", env!("CARGO_PKG_VERSION"));
 
 struct Entry {
     /// The kubeconfig Secret's resourceVersion; empty for the management cluster.

@@ -42,14 +42,24 @@ fn controller(cp: &ControlPlane, name: &str, extra: &[&str]) -> Result<Controlle
     )
 }
 
-async fn metric(c: &ControllerProcess, name: &str) -> f64 {
+/// The controller's /metrics text; empty when it does not answer.
+async fn metrics_text(c: &ControllerProcess) -> String {
     let Ok(mut stream) = tokio::net::TcpStream::connect(c.metrics).await else {
-        return -1.0;
+        return String::new();
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text).await;
+    text
+}
+
+/// The sum of a metric's series whose line starts with `name`; -1 when it does not answer.
+async fn metric(c: &ControllerProcess, name: &str) -> f64 {
+    let text = metrics_text(c).await;
+    if text.is_empty() {
+        return -1.0;
+    }
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -828,6 +838,12 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             Ok((pvms.get_opt("dc01").await?.is_none() && points == 0).then_some(()))
         })
         .await?;
+        // Its RPO and health series go with it, so no alert fires for a VM that is gone.
+        let text = metrics_text(&ctl).await;
+        ensure!(
+            text.contains(r#"protected_vm="exch-mbx01""#) && !text.contains(r#"protected_vm="dc01""#),
+            "dc01's series after unprotecting it:\n{text}"
+        );
         Ok::<_, anyhow::Error>(())
     }
     .await;

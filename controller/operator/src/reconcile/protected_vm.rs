@@ -443,6 +443,8 @@ async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     };
     ctx.event(pvm, !gone.is_empty(), "ProtectionRemoved", "Unprotect", note)
         .await;
+    ctx.metrics
+        .forget_vm(&pvm.namespace().unwrap_or_default(), &pvm.name_any());
     Ok(Action::await_change())
 }
 
