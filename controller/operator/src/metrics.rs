@@ -128,6 +128,11 @@ impl Metrics {
         }
     }
 
+    /// Drops a deleted Site's series.
+    pub fn forget_site(&self, site: &str) {
+        let _ = self.site_reachable.remove_label_values(&[site]);
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
@@ -154,5 +159,18 @@ mod tests {
         let text = m.render();
         assert!(!text.contains(r#"protected_vm="dc01""#), "{text}");
         assert_eq!(text.matches(r#"protected_vm="mbx01""#).count(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_deleted_site_leaves_no_series() {
+        let m = Metrics::new().expect("metrics");
+        m.site_reachable.with_label_values(&["hq"]).set(0.0);
+        m.site_reachable.with_label_values(&["dr"]).set(1.0);
+        m.forget_site("hq");
+        let text = m.render();
+        assert!(
+            !text.contains(r#"site="hq""#) && text.contains(r#"site="dr""#),
+            "{text}"
+        );
     }
 }

@@ -822,6 +822,11 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
 
         // HQ is lost for good: once its Site is deleted, unprotecting a VM no longer waits
         // for it, and still cleans up at DR.
+        let hq_series = format!(r#"coldsite_site_reachable{{site="{}"}}"#, s.hq);
+        ensure!(
+            metrics_text(&ctl).await.contains(&hq_series),
+            "{hq_series} before HQ's Site is deleted"
+        );
         Api::<Site>::all(s.management.clone())
             .delete(&s.hq, &Default::default())
             .await?;
@@ -838,8 +843,13 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             Ok((pvms.get_opt("dc01").await?.is_none() && points == 0).then_some(()))
         })
         .await?;
-        // Its RPO and health series go with it, so no alert fires for a VM that is gone.
-        let text = metrics_text(&ctl).await;
+        // Its RPO and health series go with it, and HQ's reachability with HQ's Site, so no
+        // alert fires for what is gone.
+        let text = wait_for("HQ's reachability series to go", Duration::from_secs(30), || async {
+            let text = metrics_text(&ctl).await;
+            Ok((!text.contains(&hq_series)).then_some(text))
+        })
+        .await?;
         ensure!(
             text.contains(r#"protected_vm="exch-mbx01""#) && !text.contains(r#"protected_vm="dc01""#),
             "dc01's series after unprotecting it:\n{text}"

@@ -16,7 +16,7 @@ use coldsite_operator::reconcile;
 use coldsite_operator::server::{self, Readiness};
 use coldsite_operator::sites::SiteClients;
 use futures::StreamExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -159,7 +159,18 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             error_policy,
             ctx.clone(),
         )
-        .for_each(|r| log_result("Site", r));
+        .for_each({
+            let ctx = ctx.clone();
+            move |r| {
+                // A deleted Site (one lost for good) leaves no reachability series behind,
+                // or its alert would fire for ever; its client and watches stop.
+                if let Err(controller::Error::ObjectNotFound(site)) = &r {
+                    ctx.metrics.forget_site(&site.name);
+                    ctx.sites.forget(&site.name);
+                }
+                log_result("Site", r)
+            }
+        });
     let mappings = mappings
         .graceful_shutdown_on(stop.clone())
         .run(
