@@ -79,14 +79,19 @@ async fn start_run(plugin: &Plugin, command: &str, name: &str, extra: &[&str]) -
     Ok(())
 }
 
-/// Waits until the plan is Ready, as `kubectl coldsite` requires before it recovers VMs.
-async fn plan_ready(s: &Scenario) -> Result<()> {
+/// Waits until the plan's Ready is `ready`: `kubectl coldsite` requires it before it
+/// recovers VMs, unless forced.
+async fn plan_ready_is(s: &Scenario, ready: bool) -> Result<()> {
     let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
-    wait_for("the plan to be Ready", Duration::from_secs(120), || async {
-        let plan = plans.get("exchange").await?;
-        let conds = plan.status.map(|st| st.conditions).unwrap_or_default();
-        Ok(coldsite_api::common::is_condition_true(&conds, "Ready").then_some(()))
-    })
+    wait_for(
+        &format!("the plan's Ready to be {ready}"),
+        Duration::from_secs(180),
+        || async {
+            let plan = plans.get("exchange").await?;
+            let conds = plan.status.map(|st| st.conditions).unwrap_or_default();
+            Ok((coldsite_api::common::is_condition_true(&conds, "Ready") == ready).then_some(()))
+        },
+    )
     .await
 }
 
@@ -411,7 +416,7 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_split_brain(s, stop.clone());
 
-    plan_ready(s).await?;
+    plan_ready_is(s, true).await?;
     start_run(
         plugin,
         "planned",
@@ -529,7 +534,7 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     })
     .await?;
 
-    plan_ready(s).await?;
+    plan_ready_is(s, true).await?;
     start_run(
         plugin,
         "failback",
@@ -780,17 +785,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         primary.stop();
         // With the primary down the plan is not Ready: the command refuses and points to
         // --force, the way on in a real disaster.
-        let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
-        wait_for("the plan to lose Ready", Duration::from_secs(180), || async {
-            let conds = plans
-                .get("exchange")
-                .await?
-                .status
-                .map(|st| st.conditions)
-                .unwrap_or_default();
-            Ok((!coldsite_api::common::is_condition_true(&conds, "Ready")).then_some(()))
-        })
-        .await?;
+        plan_ready_is(&s, false).await?;
         let why = plugin.refused(&["failover", "exchange"]).await?;
         ensure!(why.contains("not Ready") && why.contains("--force"), "{why}");
         start_run(
