@@ -427,6 +427,18 @@ impl ControllerProcess {
     pub fn log_tail(&self, lines: usize) -> String {
         crate::log_tail(&self.log, lines)
     }
+
+    /// Its /metrics text; empty when it does not answer.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut stream) = tokio::net::TcpStream::connect(self.metrics).await else {
+            return String::new();
+        };
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text).await;
+        text
+    }
 }
 
 /// Polls `check` until it yields; on timeout the error carries `what`.

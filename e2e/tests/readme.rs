@@ -626,6 +626,7 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
             } else if line.contains(" cleanup ") {
                 ensure!(out.contains("nothing the test created remains"), "{out}");
                 ensure!(test_copies_left(&dr).await? == 0, "the test left copies at DR");
+                proven_by(&mgmt, controller.as_ref().map(|c| &c.0), run.as_deref()).await?;
             }
         }
         let calls = webhook.calls();
@@ -682,6 +683,34 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
     }
     eprintln!("readme: {:.0}s", started.elapsed().as_secs_f64());
     result
+}
+
+/// The plan records the test as its last success after the run is gone, and the
+/// controller exports when that was for the plan-not-tested alert.
+async fn proven_by(mgmt: &Client, controller: Option<&ControllerProcess>, run: Option<&str>) -> Result<()> {
+    let (controller, run) = (controller.context("no controller")?, run.context("no test run")?);
+    let plans: Api<RecoveryPlan> = Api::namespaced(mgmt.clone(), NS);
+    let last = wait_for(
+        "the plan to record its last successful test",
+        Duration::from_secs(30),
+        || async {
+            let st = plans.get("exchange").await?.status.unwrap_or_default();
+            Ok(st.last_successful_test.filter(|t| t.name == run))
+        },
+    )
+    .await?;
+    let finished = last.completion_time.context("lastSuccessfulTest.completionTime")?;
+    let series = format!(r#"coldsite_plan_proven_timestamp_seconds{{namespace="{NS}",plan="exchange"}} "#);
+    let text = controller.metrics_text().await;
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .context(series.clone())?;
+    ensure!(
+        value.parse::<f64>()? == finished.0.as_second() as f64,
+        "{series}{value}, the test finished at {finished:?}"
+    );
+    Ok(())
 }
 
 /// A drill every minute, kept 20 s, with a script on the management cluster (granted by a

@@ -28,6 +28,7 @@ use crate::rules;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"RPO(s)","type":"integer","jsonPath":".status.estimatedRpoSeconds"}"#,
     printcolumn = r#"{"name":"Last Run","type":"string","jsonPath":".status.lastRun.name"}"#,
+    printcolumn = r#"{"name":"Tested","type":"date","jsonPath":".status.lastSuccessfulTest.completionTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = rules::distinct_sites("primarySite", "recoverySite"))]
@@ -350,6 +351,10 @@ pub struct RecoveryPlanStatus {
     pub last_run: Option<RunSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill: Option<DrillSummary>,
+    /// The newest test failover of the plan that succeeded, a drill or one started by
+    /// hand: when the plan was last proven to work. Kept after the run is cleaned up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_test: Option<RunSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub run_rto_seconds: GaugeVec,
     pub runs: CounterVec,
     pub run_waiting_for_approval_seconds: GaugeVec,
+    pub plan_proven_timestamp_seconds: GaugeVec,
 }
 
 impl Metrics {
@@ -98,6 +99,11 @@ impl Metrics {
                 "How long a run has waited for a manual approval; 0 when it is not waiting.",
                 &["namespace", "run"],
             )?,
+            plan_proven_timestamp_seconds: gauge(
+                "coldsite_plan_proven_timestamp_seconds",
+                "When a test failover of the plan last succeeded (Unix time); the plan's creation while none has.",
+                &["namespace", "plan"],
+            )?,
             registry,
         })
     }
@@ -126,6 +132,13 @@ impl Metrics {
             // Absent when it never synced: nothing to drop.
             let _ = gauge.remove_label_values(&labels);
         }
+    }
+
+    /// Drops a deleted plan's series.
+    pub fn forget_plan(&self, namespace: &str, plan: &str) {
+        let _ = self
+            .plan_proven_timestamp_seconds
+            .remove_label_values(&[namespace, plan]);
     }
 
     /// Drops a deleted Site's series.

@@ -94,6 +94,7 @@ fn exported_metrics() -> Result<BTreeSet<String>> {
     descs.extend(m.run_rto_seconds.desc());
     descs.extend(m.runs.desc());
     descs.extend(m.run_waiting_for_approval_seconds.desc());
+    descs.extend(m.plan_proven_timestamp_seconds.desc());
     let mut names = BTreeSet::new();
     for d in descs {
         for suffix in ["", "_bucket", "_sum", "_count"] {
@@ -233,6 +234,7 @@ fn check_render(name: &str, docs: &[Value], known: &BTreeSet<String>) -> Result<
                         "ColdsiteRunFailed",
                         "ColdsiteRunWaitingForApproval",
                         "ColdsiteSiteUnreachable",
+                        "ColdsitePlanNotTested",
                     ] {
                         ensure!(alerts.contains(a), "alert {a} missing: {alerts:?}");
                     }

@@ -42,21 +42,9 @@ fn controller(cp: &ControlPlane, name: &str, extra: &[&str]) -> Result<Controlle
     )
 }
 
-/// The controller's /metrics text; empty when it does not answer.
-async fn metrics_text(c: &ControllerProcess) -> String {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(c.metrics).await else {
-        return String::new();
-    };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text).await;
-    text
-}
-
 /// The sum of a metric's series whose line starts with `name`; -1 when it does not answer.
 async fn metric(c: &ControllerProcess, name: &str) -> f64 {
-    let text = metrics_text(c).await;
+    let text = c.metrics_text().await;
     if text.is_empty() {
         return -1.0;
     }
@@ -819,7 +807,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         // for it, and still cleans up at DR.
         let hq_series = format!(r#"coldsite_site_reachable{{site="{}"}}"#, s.hq);
         ensure!(
-            metrics_text(&ctl).await.contains(&hq_series),
+            ctl.metrics_text().await.contains(&hq_series),
             "{hq_series} before HQ's Site is deleted"
         );
         Api::<Site>::all(s.management.clone())
@@ -841,7 +829,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         // Its RPO and health series go with it, and HQ's reachability with HQ's Site, so no
         // alert fires for what is gone.
         let text = wait_for("HQ's reachability series to go", Duration::from_secs(30), || async {
-            let text = metrics_text(&ctl).await;
+            let text = ctl.metrics_text().await;
             Ok((!text.contains(&hq_series)).then_some(text))
         })
         .await?;

@@ -210,7 +210,16 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             error_policy,
             ctx.clone(),
         )
-        .for_each(|r| log_result("RecoveryPlan", r));
+        .for_each({
+            let ctx = ctx.clone();
+            move |r| {
+                if let Err(controller::Error::ObjectNotFound(plan)) = &r {
+                    ctx.metrics
+                        .forget_plan(plan.namespace.as_deref().unwrap_or_default(), &plan.name);
+                }
+                log_result("RecoveryPlan", r)
+            }
+        });
     let runs = Controller::new(Api::<RecoveryRun>::all(client.clone()), cfg)
         .graceful_shutdown_on(stop)
         .run(

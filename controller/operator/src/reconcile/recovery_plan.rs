@@ -117,6 +117,18 @@ fn summary(run: &RecoveryRun) -> RunSummary {
     }
 }
 
+/// The newest successful test failover among the plan's runs and the one recorded before
+/// (whose run may have been cleaned up since), by completion time.
+fn last_successful_test(recorded: Option<&RunSummary>, runs: &[RecoveryRun]) -> Option<RunSummary> {
+    let finished = |r: &RunSummary| r.completion_time.as_ref().map(|t| t.0);
+    runs.iter()
+        .filter(|r| r.spec.action == RunAction::TestFailover)
+        .map(summary)
+        .filter(|r| r.phase == Some(RunPhase::Succeeded) && r.completion_time.is_some())
+        .chain(recorded.cloned())
+        .max_by_key(|r| finished(r))
+}
+
 pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action> {
     let ns = plan.namespace().unwrap_or_default();
     let name = plan.name_any();
@@ -230,6 +242,19 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
         .collect();
     runs.sort_by_key(|r| r.metadata.creation_timestamp.clone().map(|t| t.0));
     status.last_run = runs.last().map(summary);
+    status.last_successful_test = last_successful_test(status.last_successful_test.as_ref(), &runs);
+    // Proven when a test last succeeded; until one has, since the plan exists.
+    let proven = status
+        .last_successful_test
+        .as_ref()
+        .and_then(|r| r.completion_time.as_ref())
+        .or(plan.metadata.creation_timestamp.as_ref());
+    if let Some(t) = proven {
+        ctx.metrics
+            .plan_proven_timestamp_seconds
+            .with_label_values(&[&ns, &name])
+            .set(t.0.as_second() as f64);
+    }
     let drills: Vec<&RecoveryRun> = runs
         .iter()
         .filter(|r| r.labels().get(DRILL_LABEL).is_some_and(|v| v == "true"))
@@ -380,6 +405,36 @@ mod tests {
                        "replication": {"health": "Healthy", "lastSyncTime": last_sync}},
         }))
         .unwrap()
+    }
+
+    fn test_run(name: &str, action: &str, phase: &str, completed: Option<&str>) -> RecoveryRun {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"plan": "p", "action": action},
+            "status": {"phase": phase, "completionTime": completed},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_last_successful_test_outlives_its_run_and_only_a_newer_success_replaces_it() {
+        let runs = [
+            test_run("t1", "TestFailover", "Succeeded", Some("2026-11-01T10:00:00Z")),
+            test_run("t2", "TestFailover", "Succeeded", Some("2026-11-02T10:00:00Z")),
+            test_run("t3", "TestFailover", "Failed", Some("2026-11-03T10:00:00Z")),
+            test_run("f1", "PlannedFailover", "Succeeded", Some("2026-11-04T10:00:00Z")),
+            test_run("t4", "TestFailover", "Running", None),
+        ];
+        let best = last_successful_test(None, &runs).unwrap();
+        assert_eq!(best.name, "t2", "failed, running and non-test runs do not count");
+        // t2 is cleaned up: the record stays; an older success does not replace it.
+        let kept = last_successful_test(Some(&best), &runs[..1]).unwrap();
+        assert_eq!(kept.name, "t2");
+        assert_eq!(last_successful_test(Some(&best), &[]).unwrap().name, "t2");
+        let newer = test_run("t5", "TestFailover", "Succeeded", Some("2026-11-20T10:00:00Z"));
+        assert_eq!(last_successful_test(Some(&best), &[newer]).unwrap().name, "t5");
+        assert!(last_successful_test(None, &runs[2..]).is_none());
     }
 
     #[test]
