@@ -538,6 +538,17 @@ pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>
         }
         out.push(line);
     }
+    match status
+        .last_successful_test
+        .as_ref()
+        .and_then(|t| Some((t, t.completion_time.as_ref()?)))
+    {
+        Some((t, done)) => out.push(format!("Last successful test: {} at {}", t.name, time(from_k8s(done)))),
+        None => out.push(st.yellow(&format!(
+            "Last successful test: none yet (kubectl coldsite test {} proves the plan)",
+            plan.metadata.name.as_deref().unwrap_or_default()
+        ))),
+    }
     let mut text = out.join("\n");
     text.push('\n');
     text
@@ -625,5 +636,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dc01                 no such ProtectedVM"), "{text}");
+    }
+
+    #[test]
+    fn a_plan_says_when_a_test_last_proved_it() {
+        let mut plan = fixtures::plan();
+        let text = render_plan(&plan, &[], Utc::now(), PLAIN);
+        assert!(
+            text.contains("Last successful test: none yet (kubectl coldsite test exchange proves the plan)"),
+            "{text}"
+        );
+        plan.status.get_or_insert_default().last_successful_test = Some(
+            serde_json::from_value(serde_json::json!({
+                "name": "exchange-test-1", "completionTime": "2026-11-20T10:00:00Z"
+            }))
+            .unwrap(),
+        );
+        let text = render_plan(&plan, &[], Utc::now(), PLAIN);
+        assert!(text.contains("Last successful test: exchange-test-1 at "), "{text}");
     }
 }
