@@ -828,7 +828,8 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         .await?;
         // Its RPO and health series go with it, and HQ's reachability with HQ's Site, so no
         // alert fires for what is gone.
-        let text = wait_for("HQ's reachability series to go", Duration::from_secs(30), || async {
+        // The Site's next probe, within a minute, finds it gone.
+        let text = wait_for("HQ's reachability series to go", Duration::from_secs(90), || async {
             let text = ctl.metrics_text().await;
             Ok((!text.contains(&hq_series)).then_some(text))
         })

@@ -163,7 +163,9 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             let ctx = ctx.clone();
             move |r| {
                 // A deleted Site (one lost for good) leaves no reachability series behind,
-                // or its alert would fire for ever; its client and watches stop.
+                // or its alert would fire for ever; its client and watches stop. The
+                // controller only re-triggers on changes, not deletions: this comes with the
+                // probe already scheduled (within PROBE_EVERY), which finds it gone.
                 if let Err(controller::Error::ObjectNotFound(site)) = &r {
                     ctx.metrics.forget_site(&site.name);
                     ctx.sites.forget(&site.name);
@@ -213,6 +215,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
         .for_each({
             let ctx = ctx.clone();
             move |r| {
+                // Likewise at the deleted plan's next scheduled pass (within a minute).
                 if let Err(controller::Error::ObjectNotFound(plan)) = &r {
                     ctx.metrics
                         .forget_plan(plan.namespace.as_deref().unwrap_or_default(), &plan.name);
