@@ -439,6 +439,19 @@ impl ControllerProcess {
         let _ = stream.read_to_string(&mut text).await;
         text
     }
+
+    /// The sum of the series whose line starts with `prefix` (a name, or a name with its
+    /// labels); -1 when the controller does not answer.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = self.metrics_text().await;
+        if text.is_empty() {
+            return -1.0;
+        }
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 /// Polls `check` until it yields; on timeout the error carries `what`.

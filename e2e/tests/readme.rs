@@ -701,13 +701,9 @@ async fn proven_by(mgmt: &Client, controller: Option<&ControllerProcess>, run: O
     .await?;
     let finished = last.completion_time.context("lastSuccessfulTest.completionTime")?;
     let series = format!(r#"coldsite_plan_proven_timestamp_seconds{{namespace="{NS}",plan="exchange"}} "#);
-    let text = controller.metrics_text().await;
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .context(series.clone())?;
+    let value = controller.metric(&series).await;
     ensure!(
-        value.parse::<f64>()? == finished.0.as_second() as f64,
+        value == finished.0.as_second() as f64,
         "{series}{value}, the test finished at {finished:?}"
     );
     Ok(())

@@ -209,8 +209,6 @@ fn apply_event<K: ResourceExt>(map: &mut BTreeMap<String, K>, e: watcher::Event<
     }
 }
 
-/// Follows a run until it finishes: watches the run, its plan and the ProtectedVMs, and
-/// redraws at most four times a second (on a terminal, also each second for the clocks).
 /// Every change to the namespace's ProtectedVMs, whose status holds each VM's steps.
 fn pvm_changes(c: &Cluster) -> impl futures::Stream<Item = Result<Change, watcher::Error>> + use<> {
     watcher(
@@ -221,6 +219,8 @@ fn pvm_changes(c: &Cluster) -> impl futures::Stream<Item = Result<Change, watche
     .map(|e| e.map(Change::Pvm))
 }
 
+/// Follows a run until it finishes: watches the run, its plan and the ProtectedVMs, and
+/// redraws at most four times a second (on a terminal, also each second for the clocks).
 pub async fn follow_run(c: &Cluster, name: &str) -> anyhow::Result<bool> {
     let first = get_run(c, name).await?;
     let plan_name = first.spec.plan.clone();

@@ -347,7 +347,6 @@ fn summary(v: &RunView) -> Vec<(&'static str, String)> {
     out
 }
 
-/// Per VM: group, recovery point, how old it was when the run started, and its state.
 /// The approvals table's rows, for both formats.
 fn approval_rows(v: &RunView) -> impl Iterator<Item = Vec<String>> + '_ {
     v.approvals.iter().map(|a| {
@@ -361,6 +360,7 @@ fn approval_rows(v: &RunView) -> impl Iterator<Item = Vec<String>> + '_ {
     })
 }
 
+/// Per VM: group, recovery point, how old it was when the run started, and its state.
 fn points(v: &RunView) -> Vec<[String; 5]> {
     v.groups
         .iter()

@@ -102,7 +102,6 @@ impl Context {
         let mut sites = HashMap::new();
         for name in [primary, recovery] {
             let Some(site) = self.site(name).await? else {
-                self.sites.forget(name);
                 continue;
             };
             match self.sites.client(&site).await {

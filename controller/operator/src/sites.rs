@@ -16,8 +16,16 @@ use crate::site_watch::SiteWatch;
 /// How long a call to a site may take before the site counts as unreachable.
 const SITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sent with every request to a site, so its audit log names coldsite.
-pub const USER_AGENT: &str = concat!("coldsite-controller/", env!("CARGO_PKG_VERSION"));
+/// Sent with every request, so the audit logs of the sites and of the management cluster
+/// name coldsite.
+const USER_AGENT: &str = concat!("coldsite-controller/", env!("CARGO_PKG_VERSION"));
+
+/// Makes the client built from `config` identify itself as coldsite-controller.
+pub fn identify(config: &mut Config) {
+    config
+        .headers
+        .push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+}
 
 struct Entry {
     /// The kubeconfig Secret's resourceVersion; empty for the management cluster.
@@ -87,9 +95,7 @@ impl SiteClients {
         config.connect_timeout = Some(SITE_TIMEOUT);
         config.read_timeout = Some(SITE_TIMEOUT);
         config.write_timeout = Some(SITE_TIMEOUT);
-        config
-            .headers
-            .push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+        identify(&mut config);
         let client = Client::try_from(config).map_err(|e| Error::InvalidSpec(format!("Site {name}: {e}")))?;
         Ok(self.insert(&name, &version, client))
     }

@@ -42,18 +42,6 @@ fn controller(cp: &ControlPlane, name: &str, extra: &[&str]) -> Result<Controlle
     )
 }
 
-/// The sum of a metric's series whose line starts with `name`; -1 when it does not answer.
-async fn metric(c: &ControllerProcess, name: &str) -> f64 {
-    let text = c.metrics_text().await;
-    if text.is_empty() {
-        return -1.0;
-    }
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Starts a run with a plugin command (`planned`, `failback`…) under a chosen name, and
 /// checks it says what it created.
 async fn start_run(plugin: &Plugin, command: &str, name: &str, extra: &[&str]) -> Result<()> {
@@ -611,7 +599,7 @@ async fn standby_never_acts(replicas: &Replicas<'_>) -> Result<()> {
     let leader = replicas.leader().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     for (id, p) in &replicas.procs {
-        let reconciles = metric(p, "coldsite_reconciles_total").await;
+        let reconciles = p.metric("coldsite_reconciles_total").await;
         if *id == leader {
             ensure!(reconciles > 0.0, "the leader {id} reconciles");
         } else {
@@ -754,13 +742,13 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
         let before = vm_reads(&audit_log)?;
         for touch in 0..5 {
-            let reconciles = metric(&ctl, plan_reconciles).await;
+            let reconciles = ctl.metric(plan_reconciles).await;
             let note = json!({"metadata": {"annotations": {"e2e.coldsite.io/touch": touch.to_string()}}});
             plans
                 .patch("exchange", &PatchParams::default(), &Patch::Merge(&note))
                 .await?;
             wait_for("the plan to be reconciled", Duration::from_secs(30), || async {
-                Ok((metric(&ctl, plan_reconciles).await > reconciles).then_some(()))
+                Ok((ctl.metric(plan_reconciles).await > reconciles).then_some(()))
             })
             .await?;
         }

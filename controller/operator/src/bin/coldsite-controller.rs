@@ -240,12 +240,8 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
-    // The management cluster's audit log names coldsite too, as the sites' do.
     let mut config = kube::Config::infer().await?;
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(coldsite_operator::sites::USER_AGENT),
-    ));
+    coldsite_operator::sites::identify(&mut config);
     let client = Client::try_from(config)?;
     let metrics = Metrics::new()?;
     let identity = args
