@@ -10,11 +10,20 @@ use anyhow::{Context, Result, bail};
 /// build script's cache directory.
 pub const BIN_DIR_ENV: &str = "COLDSITE_K8S_BIN";
 
-/// The binaries every control plane needs.
-pub const REQUIRED: [&str; 5] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm"];
+/// The binaries every control plane needs, and those of the upstream controllers a site
+/// runs without nodes.
+pub const REQUIRED: [&str; 7] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "helm",
+    "volsync",
+    "snapshot-controller",
+];
 
-/// The directory with `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl`
-/// and `helm`.
+/// The directory with `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl`,
+/// `helm`, `volsync` and `snapshot-controller`, and upstream's CRDs in `crds/`.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     dir: PathBuf,
@@ -60,7 +69,10 @@ impl Binaries {
     /// where `dir` came from, for the error message.
     pub fn verified(dir: PathBuf, origin: &str) -> Result<Self> {
         let script = Self::build_script();
-        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|b| !dir.join(b).is_file()).collect();
+        let mut missing: Vec<&str> = REQUIRED.iter().copied().filter(|b| !dir.join(b).is_file()).collect();
+        if !dir.join("crds").is_dir() {
+            missing.push("crds/");
+        }
         if !missing.is_empty() {
             bail!(
                 "control-plane binaries missing in {} (from {origin}): {}.\n\
@@ -82,6 +94,12 @@ impl Binaries {
     /// The directory holding the binaries.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Upstream's CRDs of VolSync, external-snapshotter and KubeVirt, as the build script
+    /// collected them at their pinned versions.
+    pub fn crds_dir(&self) -> PathBuf {
+        self.dir.join("crds")
     }
 
     /// Path of binary `name` in the directory.

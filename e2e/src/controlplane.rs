@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -30,6 +31,10 @@ use crate::process::{self, Spec};
 /// and nothing that would expect nodes.
 pub const DEFAULT_CONTROLLERS: &[&str] = &[
     "garbage-collector-controller",
+    // Binding of the PVs the simulated CSI provisioner creates, and PV and PVC protection.
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
     "namespace-controller",
     "job-controller",
     "cronjob-controller",
@@ -83,6 +88,10 @@ pub enum Component {
     Etcd,
     ApiServer,
     ControllerManager,
+    /// VolSync's controller, once the control plane serves as a site ([`crate::site`]).
+    VolSync,
+    /// external-snapshotter's snapshot-controller, likewise.
+    SnapshotController,
 }
 
 impl Component {
@@ -91,6 +100,8 @@ impl Component {
             Component::Etcd => "etcd",
             Component::ApiServer => "kube-apiserver",
             Component::ControllerManager => "kube-controller-manager",
+            Component::VolSync => "volsync",
+            Component::SnapshotController => "snapshot-controller",
         }
     }
 }
@@ -112,6 +123,8 @@ pub struct ControlPlane {
     kubeconfig_yaml: String,
     running: Mutex<Vec<Running>>,
     namespaces: AtomicU64,
+    network: SiteNetwork,
+    pub(crate) site: OnceCell<()>,
 }
 
 static SHARED_PRIMARY: OnceCell<ControlPlane> = OnceCell::const_new();
@@ -158,6 +171,8 @@ impl ControlPlane {
         let server_url = format!("https://127.0.0.1:{}", ports.apiserver);
         let kubeconfig_yaml = kubeconfig(&name, &server_url, &pki.ca, pki::ADMIN_USER, &pki.admin);
         let cp = ControlPlane {
+            network: SiteNetwork::next(),
+            site: OnceCell::new(),
             kubeconfig_path: dir.join("admin.kubeconfig"),
             etcd_url: format!("http://127.0.0.1:{}", ports.etcd_client),
             name,
@@ -233,8 +248,10 @@ impl ControlPlane {
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", files.sa_pub.display()),
             format!("--service-account-signing-key-file={}", files.sa_key.display()),
-            // Only allocated from, never routed: nothing here sends traffic to it.
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            // Only allocated from, never routed: the site simulator resolves Service addresses
+            // itself. Each control plane has a range of its own, so that sites sharing a
+            // network (`SimConfig::shared_network`) can tell their ClusterIPs apart.
+            format!("--service-cluster-ip-range={}", self.network.service_cidr),
             // There is no network behind the `kubernetes` Service; don't publish 127.0.0.1.
             "--endpoint-reconciler-type=none".into(),
             "--allow-privileged=true".into(),
@@ -302,7 +319,7 @@ impl ControlPlane {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spawn(&self, component: Component, args: Vec<String>) -> Result<()> {
+    pub(crate) fn spawn(&self, component: Component, args: Vec<String>) -> Result<()> {
         let child = process::spawn(Spec {
             program: self.binaries.path(component.name()),
             args: args.into_iter().map(OsString::from).collect(),
@@ -316,7 +333,13 @@ impl ControlPlane {
 
     /// Polls `probe` until it returns true, failing early (with the log's tail) if the
     /// component exits, and at `timeout`.
-    async fn wait_until<F, Fut>(&self, component: Component, what: &str, timeout: Duration, mut probe: F) -> Result<()>
+    pub(crate) async fn wait_until<F, Fut>(
+        &self,
+        component: Component,
+        what: &str,
+        timeout: Duration,
+        mut probe: F,
+    ) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
@@ -397,6 +420,11 @@ impl ControlPlane {
     /// The log file of `component`.
     pub fn log_path(&self, component: Component) -> PathBuf {
         self.dir.join(format!("{}.log", component.name()))
+    }
+
+    /// Its Service ClusterIP range and the address pool of its simulated load balancer.
+    pub fn network(&self) -> &SiteNetwork {
+        &self.network
     }
 
     /// The binaries this control plane was started from (also kubectl and helm).
@@ -492,6 +520,29 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
+/// The addresses of one control plane's cluster network, unique in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteNetwork {
+    /// `--service-cluster-ip-range`.
+    pub service_cidr: Ipv4Net,
+    /// The pool the site simulator's load balancer takes Service addresses from.
+    pub lb_pool: Ipv4Net,
+}
+
+impl SiteNetwork {
+    /// The N-th control plane (modulo 16) gets 10.(96+N).0.0/16 for Services and
+    /// 172.(16+N).0.0/16 for load balancers: /16, so that a site can hold tens of thousands
+    /// of Services.
+    fn next() -> Self {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let n = (COUNT.fetch_add(1, Ordering::Relaxed) % 16) as u8;
+        Self {
+            service_cidr: Ipv4Net::new(Ipv4Addr::new(10, 96 + n, 0, 0), 16).unwrap_or_default(),
+            lb_pool: Ipv4Net::new(Ipv4Addr::new(172, 16 + n, 0, 0), 16).unwrap_or_default(),
+        }
+    }
+}
+
 struct Ports {
     etcd_client: u16,
     etcd_peer: u16,
@@ -511,7 +562,7 @@ impl Ports {
 }
 
 /// A free port on 127.0.0.1, never the same twice in this process.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     for _ in 0..100 {
         let port = TcpListener::bind(("127.0.0.1", 0))

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::ControlPlane;
 use crate::manifests::{apply, install_crds, read_documents, repo_root};
-use crate::simulator::{self, SimConfig, Simulator, SimulatorHandle};
+use crate::simulator::{SimConfig, Simulator, SimulatorHandle};
 
 /// The key the example's webhook is signed with in tests and the demo.
 pub const HMAC_KEY: &str = "e2e-webhook-key-0123456789";
@@ -214,9 +214,7 @@ impl Scenario {
         install_crds(top.management).await?;
         let management = top.management.client().await?;
         let (primary, recovery) = (top.primary.client().await?, top.recovery.client().await?);
-        for c in [&primary, &recovery] {
-            simulator::install_crds(c).await?;
-        }
+        tokio::try_join!(top.primary.ensure_site(), top.recovery.ensure_site())?;
         let ns = top.management.create_namespace(prefix).await?;
         let test_ns = format!("{ns}-test");
         for client in [&management, &primary, &recovery] {
@@ -246,7 +244,7 @@ impl Scenario {
             apply(&primary, &vm, &ns).await??;
         }
         let simulator = Simulator::start(
-            vec![(hq.clone(), primary.clone()), (dr.clone(), recovery.clone())],
+            vec![top.primary.sim_site(&hq).await?, top.recovery.sim_site(&dr).await?],
             SimConfig::default().with_namespaces([ns.clone(), test_ns.clone()]),
         );
         let webhook = WebhookReceiver::start(HMAC_KEY).await?;

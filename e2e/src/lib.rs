@@ -29,9 +29,10 @@ mod pki;
 pub mod plugin;
 mod process;
 pub mod simulator;
+pub mod site;
 
 pub use binaries::{BIN_DIR_ENV, Binaries, workspace_binary};
 pub use controlplane::{
-    Component, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS, TEST_NAMESPACE_LABEL, log_tail,
+    Component, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS, SiteNetwork, TEST_NAMESPACE_LABEL, log_tail,
 };
 pub use process::KEEP_ENV;

@@ -116,6 +116,11 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "create", "delete"]
+# Services: read the Service VolSync makes for a replication destination, to explain a
+# destination that has no address yet (a LoadBalancer Service without a load balancer).
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get"]
 # Namespaces: the VM's namespace at the recovery site and the Site's testNamespace are
 # created when missing (create; get after AlreadyExists).
 - apiGroups: [""]

@@ -1,5 +1,7 @@
 //! `Site`: a Kubernetes cluster running KubeVirt where VMs run, and how to reach it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,7 @@ use crate::common::SecretKeyRef;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"KubeVirt","type":"boolean","jsonPath":".status.capabilities.kubevirt"}"#,
     printcolumn = r#"{"name":"VolSync","type":"boolean","jsonPath":".status.capabilities.volsync"}"#,
+    printcolumn = r#"{"name":"Replication Service","type":"string","jsonPath":".status.replicationServiceType"}"#,
     printcolumn = r#"{"name":"Last Probe","type":"date","jsonPath":".status.lastProbeTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -32,6 +35,9 @@ pub struct SiteSpec {
     /// Storage for restored disks and recovery points at this site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<SiteStorage>,
+    /// How the replication movers of other sites reach this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<SiteReplication>,
     /// Namespace where test-failover VMs are created at this site.
     #[serde(default = "default_test_namespace")]
     #[x_kube(validation = crate::rules::dns_label("spec.testNamespace"))]
@@ -65,6 +71,41 @@ pub struct SiteStorage {
     pub volume_snapshot_class_name: Option<String>,
 }
 
+/// How replication into this site is reached from the others.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteReplication {
+    /// How each replication destination at this site (a VolSync ReplicationDestination) is
+    /// exposed to the movers of the other site: `LoadBalancer` (the default) through the
+    /// site's load balancer, which the other site can reach; `ClusterIP` only when the sites
+    /// share a network, as with Submariner or Cilium Cluster Mesh. A ClusterIP is not
+    /// reachable from another cluster otherwise, and replication would never complete.
+    #[serde(default)]
+    pub service_type: ReplicationServiceType,
+    /// Annotations for those Services, e.g. `metallb.universe.tf/address-pool` to choose
+    /// an address pool, or a cloud's annotation for an internal load balancer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_annotations: BTreeMap<String, String>,
+}
+
+/// The Service type of replication destinations (VolSync's `rsyncTLS.serviceType`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ReplicationServiceType {
+    #[default]
+    LoadBalancer,
+    #[serde(rename = "ClusterIP")]
+    ClusterIp,
+}
+
+impl ReplicationServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoadBalancer => "LoadBalancer",
+            Self::ClusterIp => "ClusterIP",
+        }
+    }
+}
+
 /// Observed state of a site.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -78,6 +119,9 @@ pub struct SiteStatus {
     /// What the site has installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<SiteCapabilities>,
+    /// How replication destinations at this site are exposed (`spec.replication`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_service_type: Option<ReplicationServiceType>,
     /// The generation the status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coldsite_api::common::LocalSecretKeyRef;
+pub use coldsite_api::site::SiteReplication;
 use coldsite_api::recovery_plan::{OnError, ScriptSite};
 use coldsite_api::{FailoverKind, RunAction};
 use k8s_openapi::api::batch::v1::JobTemplateSpec;
@@ -21,12 +22,28 @@ pub enum Direction {
 }
 
 /// A site as the engine needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SiteModel {
     pub name: String,
     pub test_namespace: String,
     pub storage_class: Option<String>,
     pub snapshot_class: Option<String>,
+    /// How replication into the site is reached from the other site.
+    pub replication: SiteReplication,
+}
+
+impl SiteModel {
+    /// The model of a Site; a Site that does not exist (yet) gets the defaults.
+    pub fn of(name: &str, site: Option<&coldsite_api::Site>) -> Self {
+        let storage = site.and_then(|s| s.spec.storage.as_ref());
+        Self {
+            name: name.to_owned(),
+            test_namespace: site.map(|s| s.spec.test_namespace.clone()).unwrap_or_default(),
+            storage_class: storage.and_then(|s| s.storage_class_name.clone()),
+            snapshot_class: storage.and_then(|s| s.volume_snapshot_class_name.clone()),
+            replication: site.and_then(|s| s.spec.replication.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// One NIC of a protected VM and where it lands on each side.

@@ -27,8 +27,7 @@ fn site(name: &str) -> SiteModel {
     SiteModel {
         name: name.into(),
         test_namespace: "drill".into(),
-        storage_class: None,
-        snapshot_class: None,
+        ..SiteModel::default()
     }
 }
 

@@ -393,16 +393,7 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
 
 fn site_model(inv: &Inventory, name: &str, field: &str, p: &mut Problems) -> Option<SiteModel> {
     match inv.sites.get(name) {
-        Some(site) => Some(SiteModel {
-            name: name.to_owned(),
-            test_namespace: site.spec.test_namespace.clone(),
-            storage_class: site.spec.storage.as_ref().and_then(|s| s.storage_class_name.clone()),
-            snapshot_class: site
-                .spec
-                .storage
-                .as_ref()
-                .and_then(|s| s.volume_snapshot_class_name.clone()),
-        }),
+        Some(site) => Some(SiteModel::of(name, Some(site))),
         None => {
             p.error(
                 field,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
 use coldsite_api::{NetworkMapping, ProtectedVM, Site};
+use coldsite_engine::model::SiteModel;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -100,8 +101,11 @@ impl Context {
     /// A fabric over the sites that answer, for a pair of sites.
     pub async fn fabric(&self, primary: &str, recovery: &str) -> Result<KubeVirtFabric> {
         let mut sites = HashMap::new();
+        let mut models = Vec::new();
         for name in [primary, recovery] {
-            let Some(site) = self.site(name).await? else {
+            let site = self.site(name).await?;
+            models.push(SiteModel::of(name, site.as_ref()));
+            let Some(site) = site else {
                 continue;
             };
             match self.sites.client(&site).await {
@@ -126,8 +130,8 @@ impl Context {
             scripts: ScriptRunner {
                 http: self.http.clone(),
             },
-            primary: primary.to_owned(),
-            recovery: recovery.to_owned(),
+            recovery: models.pop().unwrap_or_default(),
+            primary: models.pop().unwrap_or_default(),
         })
     }
 }

@@ -107,8 +107,8 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
     for p in pvms {
         inv.protected_vms.insert((namespace.to_owned(), p.name_any()), p);
     }
-    let primary = fabric.site(&fabric.primary).ok();
-    let recovery = fabric.site(&fabric.recovery).ok();
+    let primary = fabric.site(&fabric.primary.name).ok();
+    let recovery = fabric.site(&fabric.recovery.name).ok();
     match scope {
         Scope::Namespace => {
             let vm_namespaces: BTreeSet<String> = inv
@@ -117,7 +117,7 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                 .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
                 .collect();
             // From the sites' watches when they have listed, else asked now.
-            let (primary_watch, recovery_watch) = (ctx.sites.watch(&fabric.primary), ctx.sites.watch(&fabric.recovery));
+            let (primary_watch, recovery_watch) = (ctx.sites.watch(&fabric.primary.name), ctx.sites.watch(&fabric.recovery.name));
             for ns in &vm_namespaces {
                 let live = match (primary, primary_watch.as_ref().and_then(|w| w.vms(ns))) {
                     (Some(_), Some(cached)) => Some(cached),

@@ -91,7 +91,8 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     say(
         start,
-        "coldsite demo: the Exchange example on two local API servers (KubeVirt, VolSync and kubelets simulated)",
+        "coldsite demo: the Exchange example on two local API servers, each running the real VolSync and \
+         snapshot-controller (kubelets, CSI driver and KubeVirt simulated)",
     );
     // The Kubernetes binaries: built from Go modules on the first run, reused after.
     let built = std::process::Command::new("bash")
@@ -106,7 +107,11 @@ async fn main() -> Result<()> {
     let hq = ControlPlane::start(ControlPlaneOptions::new("hq")).await?;
     let dr = ControlPlane::start(ControlPlaneOptions::new("dr")).await?;
     say(start, format!("  HQ {}   DR {}", hq.server_url(), dr.server_url()));
-    say(start, "applying the CRDs, HQ's VMs and disks, and examples/exchange …");
+    say(
+        start,
+        "installing upstream's CRDs, starting VolSync and the snapshot-controller at each site, \
+         applying HQ's VMs and disks, and examples/exchange …",
+    );
     let s = Scenario::set_up(
         &Topology {
             management: &hq,

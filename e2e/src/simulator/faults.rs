@@ -22,10 +22,16 @@ pub struct SiteFaults {
     /// `AgentConnected` condition and no guest IPs or interface names in
     /// `status.interfaces` (only what the domain knows: name and MAC).
     pub no_agent: BTreeSet<String>,
-    /// ReplicationSources (`namespace/name`) whose mover is stuck: a due sync starts
-    /// (`lastSyncStartTime`, `Synchronizing=True`) but never completes, so
-    /// `lastSyncTime`, `lastManualSync` and the destination's `latestImage` stay put.
+    /// ReplicationSources (`namespace/name` or `name`) whose mover is stuck: VolSync starts
+    /// a sync (`lastSyncStartTime`, `Synchronizing=True`), but the source's mover never
+    /// connects, so the sync never completes.
     pub stalled: BTreeSet<String>,
+    /// How long this site's snapshots take from their handle to `readyToUse`, instead of
+    /// `SimConfig::snapshot_ready_delay`.
+    pub slow_snapshots: Option<Duration>,
+    /// How long this site's destination movers take to exit after a transfer, instead of
+    /// `SimConfig::mover_exit_delay`: VolSync's destination then finishes its sync late.
+    pub slow_mover_exit: Option<Duration>,
 }
 
 /// All injected faults: those for every site, and those for one site by name.
@@ -74,6 +80,20 @@ impl Faults {
 
     pub fn stalled(&self, site: &str, namespace: &str, name: &str) -> bool {
         self.scopes(site).any(|f| matches(&f.stalled, namespace, name))
+    }
+
+    pub fn slow_snapshots(&self, site: &str) -> Option<Duration> {
+        self.sites
+            .get(site)
+            .and_then(|f| f.slow_snapshots)
+            .or(self.all_sites.slow_snapshots)
+    }
+
+    pub fn slow_mover_exit(&self, site: &str) -> Option<Duration> {
+        self.sites
+            .get(site)
+            .and_then(|f| f.slow_mover_exit)
+            .or(self.all_sites.slow_mover_exit)
     }
 }
 

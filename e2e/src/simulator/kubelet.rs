@@ -1,23 +1,28 @@
-//! A simulated node and kubelet for the pods of Jobs (coldsite's scripts).
+//! A simulated node and kubelet, which need a machine: there is no scheduler and no kubelet
+//! in the e2e control planes.
 //!
-//! There is no scheduler and no kubelet in the e2e control planes. The simulator keeps a
-//! Ready Node [`NODE_NAME`], binds each pod owned by a Job to it through the
-//! `pods/binding` subresource (as the scheduler does), reports it `Running`, and after
-//! `SimConfig::job_duration` terminates its containers: exit code 0, or N when the
-//! container's env has `COLDSITE_SIM_EXIT_CODE=N`. With `restartPolicy: Never` the pod
-//! then is `Succeeded` or `Failed`; with `OnFailure` failed containers restart (the
-//! Job controller counts the restarts). The Job controller does the rest. Deleted pods
-//! on the node are removed at once, as a kubelet confirms a termination. Pods not owned
-//! by a Job are left alone (Pending).
+//! The simulator keeps a Ready Node [`NODE_NAME`] and runs three kinds of pods on it,
+//! binding each through the `pods/binding` subresource (as the scheduler does) and
+//! reporting it `Running` once every PVC it mounts is Bound (as a kubelet mounts them):
+//! - **Job pods of scripts** (coldsite's): after `SimConfig::job_duration` the containers
+//!   exit 0, or N when the container's env has `COLDSITE_SIM_EXIT_CODE=N`.
+//! - **VolSync's rsync-TLS movers**: their containers run as [`mover`](super::mover) says.
+//! - **virt-launcher pods** of VirtualMachineInstances: they run until deleted.
+//!
+//! With `restartPolicy: Never` a pod whose containers exited is `Succeeded` or `Failed`;
+//! with `OnFailure` failed containers restart (the Job controller counts the restarts).
+//! The Job controller does the rest. Deleted pods on the node are removed at once, as a
+//! kubelet confirms a termination. Other pods are left alone (Pending).
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PostParams};
 use serde_json::{Value, json};
 
+use super::mover;
 use super::util::{self, k8s_time};
 use super::{Ctx, SiteState};
 
@@ -35,16 +40,10 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
     }
     let pods: Vec<Pod> = ctx.list_typed(site).await?;
     for pod in &pods {
-        let owned_by_job = pod
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.kind == "Job" && o.api_version.starts_with("batch/"));
-        if !owned_by_job {
+        let Some(workload) = workload(pod) else {
             continue;
-        }
-        if let Err(e) = step(ctx, site, state, pod).await {
+        };
+        if let Err(e) = step(ctx, site, state, pod, workload).await {
             state.errors.push(e.context(format!(
                 "pod {}/{}",
                 pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -114,6 +113,52 @@ async fn ensure_node(ctx: &Ctx, site: usize) -> Result<()> {
     Ok(())
 }
 
+/// What a pod runs, for the pods this kubelet runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Script,
+    Mover(mover::Role),
+    Launcher,
+}
+
+fn workload(pod: &Pod) -> Option<Workload> {
+    if let Some(role) = mover::role(pod) {
+        return Some(Workload::Mover(role));
+    }
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    if labels.get("kubevirt.io").map(String::as_str) == Some("virt-launcher") {
+        return Some(Workload::Launcher);
+    }
+    let owned_by_job = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Job" && o.api_version.starts_with("batch/"));
+    owned_by_job.then_some(Workload::Script)
+}
+
+/// Whether every PVC the pod mounts is Bound, so a kubelet could start it.
+async fn volumes_ready(ctx: &Ctx, site: usize, pod: &Pod) -> Result<bool> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client(site), namespace);
+    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(claim) = &volume.persistent_volume_claim else {
+            continue;
+        };
+        let bound = pvcs
+            .get_opt(&claim.claim_name)
+            .await?
+            .and_then(|c| c.status)
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == "Bound");
+        if !bound {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn exit_code(container: &k8s_openapi::api::core::v1::Container) -> i32 {
     container
         .env
@@ -137,7 +182,7 @@ fn pod_condition(type_: &str, status: bool, reason: Option<&str>, now: &str) -> 
     c
 }
 
-async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Result<()> {
+async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod, workload: Workload) -> Result<()> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
@@ -197,6 +242,7 @@ async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Resul
         .map(|c| c.restart_count)
         .sum();
     match phase {
+        "Pending" if !volumes_ready(ctx, site, pod).await? => {}
         "Pending" => {
             let containers: Vec<Value> = spec
                 .containers
@@ -234,23 +280,30 @@ async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Resul
             state.since(&format!("pod:{uid}:{restarts}"));
         }
         "Running" => {
-            if state.since(&format!("pod:{uid}:{restarts}")) < ctx.config.job_duration {
-                return Ok(());
+            let exit = match workload {
+                Workload::Script => (state.since(&format!("pod:{uid}:{restarts}")) >= ctx.config.job_duration)
+                    .then_some(None),
+                Workload::Mover(role) => mover::step(ctx, site, state, pod, role).await?.map(Some),
+                Workload::Launcher => None,
+            };
+            if let Some(code) = exit {
+                terminate(&pods, pod, &spec, &status, &now, code).await?;
             }
-            terminate(&pods, pod, &spec, &status, &now).await?;
         }
         _ => {}
     }
     Ok(())
 }
 
-/// Ends the run of every running container with its exit code.
+/// Ends the run of every running container with `code`, or its own exit code (see
+/// [`EXIT_CODE_ENV`]) when `None`.
 async fn terminate(
     pods: &Api<Pod>,
     pod: &Pod,
     spec: &k8s_openapi::api::core::v1::PodSpec,
     status: &k8s_openapi::api::core::v1::PodStatus,
     now: &str,
+    code: Option<i32>,
 ) -> Result<()> {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let restart_on_failure = spec.restart_policy.as_deref() == Some("OnFailure");
@@ -269,7 +322,7 @@ async fn terminate(
                 .and_then(|r| r.started_at.as_ref())
                 .map(|t| t.0.to_string())
                 .unwrap_or_else(|| now.to_owned());
-            let code = exit_code(c);
+            let code = code.unwrap_or_else(|| exit_code(c));
             let terminated = json!({
                 "exitCode": code,
                 "reason": if code == 0 { "Completed" } else { "Error" },

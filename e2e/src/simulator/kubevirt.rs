@@ -1,12 +1,18 @@
-//! Simulated KubeVirt virt-controller and virt-handler: VirtualMachines run
-//! VirtualMachineInstances according to `spec.runStrategy`, and VMIs "boot".
+//! KubeVirt's virt-controller and virt-handler, which need nodes: VirtualMachines run
+//! VirtualMachineInstances according to `spec.runStrategy` (or the deprecated
+//! `spec.running`), each VMI gets a virt-launcher pod that mounts its PVCs (the simulated
+//! kubelet runs it once they are bound), and a VMI "boots" `SimConfig::boot_delay` after its
+//! pod runs: Running, Ready, `AgentConnected`, interfaces with the IPs of its cloud-init
+//! network data. Followed: `pkg/virt-controller/watch/vm/vm.go` (`syncRunStrategy`) of
+//! `kubevirt.io/kubevirt` v1.7.0. The finalizers KubeVirt puts on VMs and VMIs are not
+//! simulated.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::{Map, Value, json};
 
@@ -112,7 +118,8 @@ async fn advance_vmi(ctx: &Ctx, site: usize, state: &mut SiteState, vmi: &Dynami
         )
     };
     let delay = slow_boot.unwrap_or(ctx.config.boot_delay);
-    let booted = state.since(&format!("vmi:{uid}")) >= delay;
+    let launched = !boot_failure && ensure_launcher(ctx, site, vmi).await?;
+    let booted = launched && state.since(&format!("vmi:{uid}")) >= delay;
     let mut desired = Map::new();
     if boot_failure {
         view.phase = "Scheduling".into();
@@ -192,6 +199,63 @@ async fn advance_vmi(ctx: &Ctx, site: usize, state: &mut SiteState, vmi: &Dynami
         tracing::debug!(site = %site_name, "{} is {}", describe(vmi), view.phase);
     }
     Ok(view)
+}
+
+/// The virt-launcher pod of a VMI (as virt-controller makes it: labels `kubevirt.io:
+/// virt-launcher` and `kubevirt.io/created-by: <vmi uid>`, owned by the VMI, mounting its
+/// PVCs); true once the simulated kubelet runs it.
+async fn ensure_launcher(ctx: &Ctx, site: usize, vmi: &DynamicObject) -> Result<bool> {
+    let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
+    let name = vmi.metadata.name.as_deref().unwrap_or_default();
+    let uid = vmi.metadata.uid.clone().context("VMI without uid")?;
+    let mut hasher = DefaultHasher::new();
+    uid.hash(&mut hasher);
+    let pod_name = format!("virt-launcher-{name}-{:05x}", hasher.finish() & 0xfffff);
+    let pods: Api<Pod> = Api::namespaced(ctx.client(site), namespace);
+    if let Some(pod) = pods.get_opt(&pod_name).await.context("reading the virt-launcher pod")? {
+        return Ok(pod.status.and_then(|s| s.phase).as_deref() == Some("Running"));
+    }
+    let volumes: Vec<Value> = volume_claims(&vmi.data)
+        .into_iter()
+        .map(|(volume, claim)| json!({"name": volume, "persistentVolumeClaim": {"claimName": claim}}))
+        .collect();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": pod_name, "namespace": namespace,
+            "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": uid, "vm.kubevirt.io/name": name},
+            "ownerReferences": [{"apiVersion": VIRTUAL_MACHINE_INSTANCE.api_version(), "kind": VIRTUAL_MACHINE_INSTANCE.kind,
+                                 "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "compute", "image": "quay.io/kubevirt/virt-launcher:v1.7.0",
+                            "command": ["/usr/bin/virt-launcher-monitor"]}],
+            "volumes": volumes,
+        },
+    }))?;
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => Ok(false),
+        Err(e) if util::is_conflict(&e) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating pod {namespace}/{pod_name}")),
+    }
+}
+
+/// `(volume, claim)` of each PVC or DataVolume volume of a VMI.
+fn volume_claims(vmi: &Value) -> Vec<(String, String)> {
+    vmi.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let claim = str_at(v, "/persistentVolumeClaim/claimName").or_else(|| str_at(v, "/dataVolume/name"))?;
+            Some((str_at(v, "/name")?.to_owned(), claim.to_owned()))
+        })
+        .collect()
+}
+
+/// The claims a VMI's disks are on.
+pub(crate) fn claims(vmi: &Value) -> Vec<String> {
+    volume_claims(vmi).into_iter().map(|(_, claim)| claim).collect()
 }
 
 /// `spec.domain.devices.interfaces[]` of a VMI (or VM template) spec.

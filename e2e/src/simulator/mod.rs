@@ -1,67 +1,43 @@
-//! **The site simulator: a test double, not a product component.**
+//! **The site simulator: a test double for what needs nodes, disks or a network.**
 //!
-//! The e2e control planes run a real kube-apiserver and kube-controller-manager, but no
-//! kubelet, KubeVirt, VolSync or CSI snapshot controller. The simulator plays those
-//! parts, at one or more sites (API servers) at once, and writes the same status fields
-//! the real controllers write, so that coldsite can be tested end to end against real
-//! API servers. It lives under `e2e/`, is never shipped in the chart, and must not be
-//! mistaken for the real thing: it moves no data and runs no guest.
+//! The e2e sites run a real kube-apiserver and kube-controller-manager, and the upstream
+//! controllers that need no node: VolSync's controller and external-snapshotter's
+//! snapshot-controller, over upstream's CRDs (see [`crate::site`]). The simulator plays the
+//! rest, and says so in its logs. It lives under `e2e/`, is never shipped in the chart, and
+//! must not be mistaken for the real thing.
 //!
 //! At every site, every [`SimConfig::tick`], it lists the objects it plays for (in all
-//! namespaces, or in [`SimConfig::namespaces`]) and fixes what differs from what the
-//! real controller would have done: a level-triggered loop that survives restarts of
-//! itself and outages of a site (it logs and retries; it never exits on an API error).
+//! namespaces, or in [`SimConfig::namespaces`]) and fixes what differs from what the real
+//! component would have done: a level-triggered loop that survives restarts of itself and
+//! outages of a site (it logs and retries; it never exits on an API error).
 //!
 //! What it plays:
-//! - **virt-controller / virt-handler** ([`kubevirt`]): VirtualMachine `spec.runStrategy`
-//!   `Always`, `RerunOnFailure` and `Once` run a VirtualMachineInstance of the same name
-//!   (controller ownerReference to the VM); `Halted` deletes it; `Manual` leaves it.
-//!   After [`SimConfig::boot_delay`] the VMI is `Running` with `Ready` and
-//!   `AgentConnected` conditions and `status.interfaces` whose IPs come from the
-//!   cloud-init network data of the VM's volumes; the VM gets `status.ready`,
-//!   `printableStatus`, `created` and a `Ready` condition.
-//! - **VolSync rsync-TLS movers** ([`volsync`]): a ReplicationDestination gets
-//!   `status.rsyncTLS.address` ([`destination_address`]) and `keySecret` (a Secret
-//!   `volsync-rsync-tls-<name>` unless `spec.rsyncTLS.keySecret` names one) and, unless
-//!   `spec.rsyncTLS.destinationPVC` names one, a PVC `volsync-<name>-dst`. A
-//!   ReplicationSource syncs when VolSync would: once when created, then on each tick
-//!   of `spec.trigger.schedule` (on the compressed clock of [`cron`]), whenever
-//!   `spec.trigger.manual` differs from `status.lastManualSync`, or continuously without
-//!   a trigger. A sync takes [`SimConfig::sync_duration`], finds the destination by
-//!   `spec.rsyncTLS.address` at any site, snapshots its PVC there into a VolumeSnapshot
-//!   named `<destination PVC>-<YYYYMMDDHHMMSS>` (UTC, as VolSync names them), labelled
-//!   `volsync.backube/owned: <destination uid>` and owned by the destination, waits
-//!   until it is bound, then sets the destination's `latestImage`, `lastSyncTime`,
-//!   `lastSyncDuration`, deletes the previous image (VolSync's way: label
-//!   `volsync.backube/cleanup`, publish, delete the labelled) unless it carries the label
-//!   [`DO_NOT_DELETE_LABEL`], and sets the source's `lastSyncTime`, `lastSyncDuration`,
-//!   `nextSyncTime`, `lastManualSync` and `Synchronizing` condition. Like VolSync, a
-//!   destination gives up (drops its ownerReference and labels from) every snapshot of
-//!   its own labelled [`DO_NOT_DELETE_LABEL`], so deleting the destination keeps them.
-//! - **CSI snapshot controller** ([`snapshot`]): a VolumeSnapshot of a Bound PVC gets a
-//!   VolumeSnapshotContent `snapcontent-<snapshot uid>` and `readyToUse: true`,
-//!   `creationTime`, `restoreSize` and `boundVolumeSnapshotContentName`.
-//! - **PV binder and PVC protection** ([`storage`]): Pending PVCs become Bound (those
-//!   restoring from a VolumeSnapshot once it is ready to use); deleted PVCs lose their
-//!   `kubernetes.io/pvc-protection` finalizer once no pod or VMI uses them.
-//! - **kubelet for Job pods** ([`kubelet`]): a Ready Node [`NODE_NAME`]; pods owned by a
-//!   Job are bound to it (`pods/binding`), run, and after [`SimConfig::job_duration`]
-//!   succeed, or fail with exit code N when a container's env has
-//!   `COLDSITE_SIM_EXIT_CODE=N` ([`EXIT_CODE_ENV`]). Other pods are left Pending.
+//! - **A kubelet** ([`kubelet`]) on a Ready Node [`NODE_NAME`]: script Jobs' pods,
+//!   VolSync's rsync-TLS mover pods ([`mover`]: the source's mover copies its volume's data
+//!   to the destination's mover at the address VolSync gave it) and virt-launcher pods.
+//! - **The CSI driver's sidecars** ([`csi`]): the provisioner (PVs for claims, restores from
+//!   snapshots) and the snapshotter (snapshot contents, bound before they are ready).
+//! - **Disks** ([`disk`]): each volume holds simulated data, the list of writes it has seen,
+//!   so that a test can prove what a restored disk holds.
+//! - **KubeVirt's virt-controller and virt-handler** ([`kubevirt`]): a VMI per running VM,
+//!   its launcher pod, boot, guest agent and interfaces from the cloud-init network data;
+//!   and virt-api's admission rules ([`admission`]), enforced by the API servers as
+//!   ValidatingAdmissionPolicies.
+//! - **A load balancer and the network between sites** ([`network`]).
 //!
 //! Faults ([`Faults`]) are changed at run time through [`SimulatorHandle::faults`].
 
-mod crds;
-pub mod cron;
+pub mod admission;
+pub mod csi;
+pub mod disk;
 mod faults;
 pub mod kubelet;
 pub mod kubevirt;
+pub mod mover;
 mod netdata;
+pub mod network;
 pub mod resources;
-pub mod snapshot;
-pub mod storage;
 mod util;
-pub mod volsync;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
@@ -70,6 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use ipnet::Ipv4Net;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, Resource};
@@ -77,11 +54,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use crds::{CRD_FILES, install_crds, stand_in_crds};
+pub use disk::DiskData;
 pub use faults::{Faults, SiteFaults};
 pub use kubelet::{EXIT_CODE_ENV, NODE_NAME};
 pub use resources::Kind;
-pub use volsync::{DO_NOT_DELETE_LABEL, destination_address};
 
 /// The field manager of everything the simulator writes.
 pub const FIELD_MANAGER: &str = "coldsite-site-simulator";
@@ -91,17 +67,25 @@ pub const FIELD_MANAGER: &str = "coldsite-site-simulator";
 pub struct SimConfig {
     /// Pause between two reconcile passes of a site. Default 200 ms.
     pub tick: Duration,
-    /// From VMI creation to Running and Ready (see also `SiteFaults::slow_boot`).
-    /// Default 1 s.
+    /// From a VMI's launcher pod running to the VMI Running and Ready (see also
+    /// `SiteFaults::slow_boot`). Default 1 s.
     pub boot_delay: Duration,
-    /// How much faster than real time VolSync schedules run (see [`cron`]). Default 60:
-    /// one cron minute per real second. At most [`cron::MAX_TIME_SCALE`].
-    pub time_scale: f64,
-    /// How long a Job pod runs before it terminates. Default 1 s.
+    /// How long a script Job's pod runs before it terminates. Default 1 s.
     pub job_duration: Duration,
-    /// How long a VolSync sync moves data before the destination snapshot is taken.
-    /// Default 500 ms.
+    /// How long a mover's transfer takes once connected. Default 500 ms.
     pub sync_duration: Duration,
+    /// How long a source mover keeps trying to reach its destination before it fails
+    /// (client.sh: five attempts over about a minute). Default 20 s.
+    pub mover_retry_window: Duration,
+    /// From a completed transfer to the destination mover's exit (server.sh: 5 s).
+    /// Default 1 s; see also `SiteFaults::slow_mover_exit`.
+    pub mover_exit_delay: Duration,
+    /// From a snapshot's handle to `readyToUse` (see also `SiteFaults::slow_snapshots`).
+    /// Default 300 ms.
+    pub snapshot_ready_delay: Duration,
+    /// Whether the sites share a network (as with Submariner): a ClusterIP is then
+    /// reachable from every site, not just its own. Default false.
+    pub shared_network: bool,
     /// A pass over one site that takes longer is abandoned (and retried). Default 20 s.
     pub pass_timeout: Duration,
     /// Only these namespaces, at every site (cluster-scoped objects the simulator
@@ -115,9 +99,12 @@ impl Default for SimConfig {
         Self {
             tick: Duration::from_millis(200),
             boot_delay: Duration::from_secs(1),
-            time_scale: 60.0,
             job_duration: Duration::from_secs(1),
             sync_duration: Duration::from_millis(500),
+            mover_retry_window: Duration::from_secs(20),
+            mover_exit_delay: Duration::from_secs(1),
+            snapshot_ready_delay: Duration::from_millis(300),
+            shared_network: false,
             pass_timeout: Duration::from_secs(20),
             namespaces: None,
         }
@@ -137,17 +124,20 @@ impl SimConfig {
 }
 
 /// One site the simulator plays at.
-pub(crate) struct Site {
+#[derive(Clone)]
+pub struct SimSite {
+    /// The site's name in logs and in [`Faults`].
     pub name: String,
     pub client: Client,
+    /// The address pool of the site's load balancer ([`network`]).
+    pub lb_pool: Ipv4Net,
 }
 
 /// What every site task shares.
 pub(crate) struct Ctx {
     pub config: SimConfig,
-    pub clock: cron::Clock,
     pub faults: Arc<Mutex<Faults>>,
-    pub sites: Vec<Site>,
+    pub sites: Vec<SimSite>,
 }
 
 impl Ctx {
@@ -251,32 +241,35 @@ impl SiteState {
     }
 }
 
+static WRITES: AtomicU64 = AtomicU64::new(1);
+
 /// Starts simulators. See the [module docs](self).
 pub struct Simulator;
 
 impl Simulator {
-    /// Starts playing the simulated controllers at `sites` (`(name, client)`; names
-    /// appear in logs, in addresses and in [`Faults`]), one tokio task per site. Must be
+    /// Starts playing the simulated parts at `sites`, one tokio task per site. Must be
     /// called inside a tokio runtime; the clients must belong to it.
-    pub fn start(sites: Vec<(String, Client)>, config: SimConfig) -> SimulatorHandle {
+    pub fn start(sites: Vec<SimSite>, config: SimConfig) -> SimulatorHandle {
         let faults = Arc::new(Mutex::new(Faults::default()));
         let (stop, stopped) = watch::channel(false);
         let passes: Vec<Arc<AtomicU64>> = sites.iter().map(|_| Arc::default()).collect();
         let ctx = Arc::new(Ctx {
-            clock: cron::Clock::new(config.time_scale),
             config,
             faults: faults.clone(),
-            sites: sites.into_iter().map(|(name, client)| Site { name, client }).collect(),
+            sites,
         });
+        let ctx_for_handle = ctx.clone();
         let tasks = (0..ctx.sites.len())
             .map(|site| tokio::spawn(run_site(ctx.clone(), site, stopped.clone(), passes[site].clone())))
             .collect();
         tracing::info!(
             sites = ?ctx.sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             namespaces = ?ctx.config.namespaces,
-            "site simulator started (a test double for KubeVirt, VolSync, the snapshot controller and a kubelet)"
+            "site simulator started: a test double for what needs nodes, disks or a network \
+             (kubelet, CSI sidecars, virt-controller/virt-handler, load balancer); VolSync and the snapshot-controller are real"
         );
         SimulatorHandle {
+            ctx: ctx_for_handle,
             faults,
             stop,
             tasks,
@@ -288,6 +281,7 @@ impl Simulator {
 /// A running simulator. Dropping it aborts its tasks; [`stop`](Self::stop) ends them
 /// cleanly.
 pub struct SimulatorHandle {
+    ctx: Arc<Ctx>,
     faults: Arc<Mutex<Faults>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -303,6 +297,38 @@ impl SimulatorHandle {
     /// Changes the faults.
     pub fn update_faults(&self, change: impl FnOnce(&mut Faults)) {
         change(&mut self.faults.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn site_client(&self, site: &str) -> Result<Client> {
+        self.ctx
+            .sites
+            .iter()
+            .find(|s| s.name == site)
+            .map(|s| s.client.clone())
+            .ok_or_else(|| anyhow!("the simulator plays no site {site}"))
+    }
+
+    /// What the disk of a claim holds at a site; `None` while it is not bound.
+    pub async fn read_disk(&self, site: &str, namespace: &str, claim: &str) -> Result<Option<DiskData>> {
+        disk::read(&self.site_client(site)?, namespace, claim).await
+    }
+
+    /// A write by the guest of a running VM to every disk of its VMI: returns the write's
+    /// id, which the disks' data then holds. Fails when the VM does not run there.
+    pub async fn guest_write(&self, site: &str, namespace: &str, vm: &str) -> Result<String> {
+        let client = self.site_client(site)?;
+        let vmi = resources::VIRTUAL_MACHINE_INSTANCE
+            .namespaced(client.clone(), namespace)
+            .get_opt(vm)
+            .await?
+            .filter(|v| v.data.pointer("/status/phase").and_then(serde_json::Value::as_str) == Some("Running"))
+            .ok_or_else(|| anyhow!("VM {namespace}/{vm} does not run at {site}"))?;
+        let id = format!("{site}/{vm}/{}", WRITES.fetch_add(1, Ordering::Relaxed));
+        for claim in kubevirt::claims(&vmi.data) {
+            disk::update(&client, namespace, &claim, |d| d.writes.push(id.clone())).await?;
+        }
+        tracing::info!(site, "guest of {namespace}/{vm} wrote {id}");
+        Ok(id)
     }
 
     /// Completed reconcile passes per site (in the order of `start`'s `sites`),
@@ -396,19 +422,16 @@ fn report(site: &str, state: &mut SiteState) {
 }
 
 async fn reconcile_site(ctx: &Ctx, site: usize, state: &mut SiteState) {
-    if let Err(e) = kubelet::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("kubelet"));
+    if let Err(e) = network::reconcile(ctx, site, state).await {
+        state.errors.push(e.context("load balancer"));
     }
-    if let Err(e) = storage::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("PVC binding"));
-    }
-    if let Err(e) = snapshot::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("snapshot controller"));
+    if let Err(e) = csi::reconcile(ctx, site, state).await {
+        state.errors.push(e.context("CSI sidecars"));
     }
     if let Err(e) = kubevirt::reconcile(ctx, site, state).await {
         state.errors.push(e.context("virt-controller"));
     }
-    if let Err(e) = volsync::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("VolSync"));
+    if let Err(e) = kubelet::reconcile(ctx, site, state).await {
+        state.errors.push(e.context("kubelet"));
     }
 }

@@ -1,8 +1,6 @@
 //! Small helpers shared by the simulated controllers: JSON access, timestamps in the
 //! Kubernetes formats, conditions, and status patches that write only what changed.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -23,48 +21,6 @@ pub(crate) fn nonempty_str_at<'a>(value: &'a Value, pointer: &str) -> Option<&'a
 /// A `metav1.Time` string: RFC 3339 in UTC with whole seconds.
 pub(crate) fn k8s_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// Parses a `metav1.Time` (or any RFC 3339) string.
-pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
-}
-
-/// Formats a duration the way Go's `time.Duration.String()` does, which is how a
-/// `metav1.Duration` such as VolSync's `lastSyncDuration` appears: `1.5s`, `2m3s`, `250ms`.
-pub(crate) fn go_duration(d: Duration) -> String {
-    fn with_fraction(n: u128, unit: u128, digits: usize, suffix: &str) -> String {
-        let (whole, rest) = (n / unit, n % unit);
-        if rest == 0 {
-            format!("{whole}{suffix}")
-        } else {
-            let fraction = format!("{rest:0digits$}");
-            format!("{whole}.{}{suffix}", fraction.trim_end_matches('0'))
-        }
-    }
-    let nanos = d.as_nanos();
-    if nanos == 0 {
-        return "0s".to_owned();
-    }
-    if nanos < 1_000 {
-        return format!("{nanos}ns");
-    }
-    if nanos < 1_000_000 {
-        return with_fraction(nanos, 1_000, 3, "µs");
-    }
-    if nanos < 1_000_000_000 {
-        return with_fraction(nanos, 1_000_000, 6, "ms");
-    }
-    let total_secs = nanos / 1_000_000_000;
-    let (hours, minutes) = (total_secs / 3600, (total_secs % 3600) / 60);
-    let secs = with_fraction(nanos % 60_000_000_000, 1_000_000_000, 9, "s");
-    if hours > 0 {
-        format!("{hours}h{minutes}m{secs}")
-    } else if minutes > 0 {
-        format!("{minutes}m{secs}")
-    } else {
-        secs
-    }
 }
 
 /// Bytes of a resource quantity such as `10Gi`, `500M` or `1073741824`; `None` for
@@ -202,17 +158,6 @@ pub(crate) fn is_conflict(err: &kube::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_go() {
-        assert_eq!(go_duration(Duration::ZERO), "0s");
-        assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(go_duration(Duration::from_micros(1500)), "1.5ms");
-        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(go_duration(Duration::from_secs(60)), "1m0s");
-        assert_eq!(go_duration(Duration::from_millis(123_450)), "2m3.45s");
-        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
-    }
 
     #[test]
     fn quantities() {

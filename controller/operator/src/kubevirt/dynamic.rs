@@ -78,6 +78,12 @@ pub const JOB: Kind = Kind {
     kind: "Job",
     plural: "jobs",
 };
+pub const SERVICE: Kind = Kind {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+};
 pub const NAMESPACE: Kind = Kind {
     group: "",
     version: "v1",

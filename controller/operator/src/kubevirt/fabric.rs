@@ -14,11 +14,12 @@ use coldsite_engine::rpo;
 use serde_json::{Value, json};
 
 use super::dynamic::{
-    CONFIG_MAP, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, SiteApi, VM, VMI, VOLUME_SNAPSHOT,
-    VOLUME_SNAPSHOT_CONTENT, str_at,
+    CONFIG_MAP, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, SERVICE, SiteApi, VM, VMI,
+    VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, str_at,
 };
 use super::final_sync;
-use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, POINT, PROTECTED_VM, RUN_UID};
+use super::points::{self, DiskPoint};
+use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
 use crate::scripts::ScriptRunner;
 
 const SOON: Duration = Duration::from_secs(2);
@@ -30,8 +31,8 @@ pub struct KubeVirtFabric {
     pub management: SiteApi,
     pub scripts: ScriptRunner,
     /// The plan's (or the ProtectedVM's) primary and recovery sites.
-    pub primary: String,
-    pub recovery: String,
+    pub primary: SiteModel,
+    pub recovery: SiteModel,
 }
 
 fn in_progress<T>(after: Duration) -> FabricResult<T> {
@@ -51,7 +52,7 @@ impl KubeVirtFabric {
     }
 
     /// The site data moves from and the site it moves to.
-    fn ends(&self, direction: Direction) -> (&str, &str) {
+    fn ends(&self, direction: Direction) -> (&SiteModel, &SiteModel) {
         match direction {
             Direction::Forward => (&self.primary, &self.recovery),
             Direction::Reverse => (&self.recovery, &self.primary),
@@ -82,8 +83,10 @@ impl KubeVirtFabric {
         Ok(points)
     }
 
-    /// Adopts the destination's newest snapshot as a recovery point: VolSync keeps it when it
-    /// carries do-not-delete, and the annotation records when its data was taken.
+    /// Adopts the destination's newest snapshot as a recovery point once it is ready to use:
+    /// VolSync keeps it when it carries do-not-delete, and its annotations record when its
+    /// data was taken and the shape of the disk. VolSync publishes `latestImage` as soon as
+    /// the snapshot is bound, which may be before the storage has cut it.
     async fn adopt_latest(
         &self,
         site: &SiteApi,
@@ -104,15 +107,29 @@ impl KubeVirtFabric {
         let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
             return Ok(None);
         };
+        let ready = snapshot.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true)
+            && snapshot.pointer("/status/error").is_none_or(Value::is_null);
+        if !ready {
+            return Ok(None);
+        }
         if str_at(
             &snapshot,
             &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1")),
         )
         .is_none()
         {
+            let shape = DiskShape::of_pvc(&json!({"spec": {
+                "resources": {"requests": {"storage": rd.pointer("/spec/rsyncTLS/capacity")}},
+                "accessModes": rd.pointer("/spec/rsyncTLS/accessModes"),
+                "volumeMode": rd.pointer("/spec/rsyncTLS/volumeMode"),
+            }}))
+            .map_err(|e| FabricError::permanent(format!("ReplicationDestination {name}: {e}")))?;
+            let mut annotations = shape.annotations();
+            annotations[POINT] = json!(synced.to_rfc3339());
+            annotations[APP_CONSISTENT] = json!(app_consistent.to_string());
             let patch = json!({"metadata": {
                 "labels": {DO_NOT_DELETE: "true", PROTECTED_VM: vm.name, DISK: disk, objects::MANAGED_BY: "coldsite"},
-                "annotations": {POINT: synced.to_rfc3339(), APP_CONSISTENT: app_consistent.to_string()},
+                "annotations": annotations,
             }});
             site.merge(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image, &patch)
                 .await?;
@@ -178,14 +195,9 @@ impl KubeVirtFabric {
                     source.name, vm.vm_name
                 )));
             };
-            let capacity = str_at(&pvc, "/spec/resources/requests/storage")
-                .unwrap_or("10Gi")
-                .to_owned();
-            let modes: Vec<String> = pvc
-                .pointer("/spec/accessModes")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
-                .unwrap_or_else(|| vec!["ReadWriteOnce".into()]);
+            let shape = DiskShape::of_pvc(&pvc).map_err(|e| {
+                FabricError::permanent(format!("site {}: disk PVC {ns}/{disk}: {e}", source.name))
+            })?;
             let rd = dst
                 .apply(
                     REPLICATION_DESTINATION,
@@ -193,10 +205,10 @@ impl KubeVirtFabric {
                         namespace: ns,
                         pvm: &vm.name,
                         disk,
-                        capacity: &capacity,
-                        access_modes: &modes,
+                        shape: &shape,
                         storage_class: target.storage_class.as_deref(),
                         snapshot_class: target.snapshot_class.as_deref(),
+                        service: &target.replication,
                         destination_pvc: reuse_disks.then_some(disk.as_str()),
                         manual: None,
                     }),
@@ -205,6 +217,7 @@ impl KubeVirtFabric {
             let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
                 established = false;
                 waiting.extend(blockers(dst, &target.name, "ReplicationDestination", &rd).await?);
+                waiting.extend(address_blocker(dst, target, &rd).await?);
                 continue;
             };
             let rs = src
@@ -260,24 +273,25 @@ impl KubeVirtFabric {
         })
     }
 
-    /// A VM's points: the times of its first disk's snapshots. Each other disk restores its
-    /// newest snapshot not after that time.
+    /// A VM's points, from all its disks' snapshots (see [`points`]).
     async fn recovery_points_at(&self, site: &SiteApi, vm: &VmModel) -> Result<Vec<RecoveryPoint>, FabricError> {
-        let Some(first) = vm.disks.first() else {
-            return Ok(Vec::new());
-        };
-        Ok(self
-            .disk_points(site, vm, first)
-            .await?
-            .into_iter()
-            .map(|(time, s)| RecoveryPoint {
-                time,
-                app_consistent: str_at(
-                    &s,
-                    &format!("/metadata/annotations/{}", APP_CONSISTENT.replace('/', "~1")),
-                ) == Some("true"),
-            })
-            .collect())
+        let mut disks = Vec::new();
+        for disk in &vm.disks {
+            let snapshots = self.disk_points(site, vm, disk).await?;
+            disks.push(
+                snapshots
+                    .into_iter()
+                    .map(|(time, s)| DiskPoint {
+                        time,
+                        app_consistent: str_at(
+                            &s,
+                            &format!("/metadata/annotations/{}", APP_CONSISTENT.replace('/', "~1")),
+                        ) == Some("true"),
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Ok(points::vm_points(&disks))
     }
 
     async fn vmi_running(&self, site: &SiteApi, ns: &str, name: &str) -> Result<bool, FabricError> {
@@ -325,6 +339,29 @@ async fn blockers(site: &SiteApi, site_name: &str, kind: &str, owner: &Value) ->
     Ok(out)
 }
 
+/// Why a destination has no address yet, when its Service is the reason: a LoadBalancer
+/// Service that no load balancer has given an address.
+async fn address_blocker(site: &SiteApi, target: &SiteModel, rd: &Value) -> Result<Option<String>, FabricError> {
+    let ns = str_at(rd, "/metadata/namespace").unwrap_or_default();
+    let name = objects::volsync_service_name(str_at(rd, "/metadata/name").unwrap_or_default());
+    let Some(service) = site.get(SERVICE, Some(ns), &name).await? else {
+        return Ok(None);
+    };
+    let has_ingress = service
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .is_some_and(|i| !i.is_empty());
+    if str_at(&service, "/spec/type") != Some("LoadBalancer") || has_ingress {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "Service {ns}/{name} at {} has no load-balancer address yet: the site needs a LoadBalancer \
+         implementation (MetalLB, a cloud's), or set spec.replication.serviceType: ClusterIP on Site {} if \
+         the sites share a network",
+        target.name, target.name
+    )))
+}
+
 fn new_psk() -> String {
     use rand::RngCore;
     let mut key = [0u8; 32];
@@ -356,14 +393,14 @@ impl Fabric for KubeVirtFabric {
 
     async fn recovery_points(&self, vm: &VmModel, direction: Direction) -> Result<Vec<RecoveryPoint>, FabricError> {
         let (_, target) = self.ends(direction);
-        self.recovery_points_at(self.site(target)?, vm).await
+        self.recovery_points_at(self.site(&target.name)?, vm).await
     }
 
     async fn power_off(&self, _run: &RunRef, site: &SiteModel, vm: &VmModel) -> FabricResult<()> {
         let api = self.site(&site.name)?;
         let ns = vm.vm_namespace.as_str();
         if api
-            .merge(VM, Some(ns), &vm.vm_name, &json!({"spec": {"runStrategy": "Halted"}}))
+            .merge(VM, Some(ns), &vm.vm_name, &objects::run_strategy_patch("Halted"))
             .await?
             .is_none()
         {
@@ -390,7 +427,8 @@ impl Fabric for KubeVirtFabric {
     /// times: [the protocol](final_sync) relies on causality instead.
     async fn final_sync(&self, run: &RunRef, vm: &VmModel, _after: DateTime<Utc>) -> FabricResult<RecoveryPoint> {
         let (source, target) = self.ends(run.direction);
-        let (src, dst) = (self.site(source)?, self.site(target)?);
+        let (src, dst) = (self.site(&source.name)?, self.site(&target.name)?);
+        let source = source.name.as_str();
         let ns = vm.vm_namespace.as_str();
         let mut point: Option<DateTime<Utc>> = None;
         for disk in &vm.disks {
@@ -448,6 +486,8 @@ impl Fabric for KubeVirtFabric {
         site.ensure_namespace(req.namespace).await?;
         let mut bound = true;
         let mut used = point.clone();
+        // The point used is the newest of the snapshots the disks restore from.
+        let mut first = true;
         for disk in &vm.disks {
             if let Some(existing) = site.get(PVC, Some(req.namespace), disk).await? {
                 if str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")))
@@ -462,7 +502,8 @@ impl Fabric for KubeVirtFabric {
                     &existing,
                     &format!("/metadata/annotations/{}", POINT.replace('/', "~1")),
                 )) {
-                    used.time = t;
+                    used.time = if first { t } else { used.time.max(t) };
+                    first = false;
                 }
                 bound &= str_at(&existing, "/status/phase") == Some("Bound");
                 continue;
@@ -474,6 +515,17 @@ impl Fabric for KubeVirtFabric {
                     vm.name, point.time
                 )));
             };
+            let mut shape = DiskShape::of_point(snapshot).ok_or_else(|| {
+                FabricError::permanent(format!(
+                    "VM {}: the recovery point of disk {disk} does not record the disk's size, access modes and \
+                     volume mode",
+                    vm.name
+                ))
+            })?;
+            // A restore asks for at least the snapshot's size, as the CSI provisioner requires.
+            if let Some(size) = str_at(snapshot, "/status/restoreSize") {
+                shape.capacity = size.to_owned();
+            }
             let mut snapshot_name = str_at(snapshot, "/metadata/name").unwrap_or_default().to_owned();
             if req.namespace != vm.vm_namespace {
                 // Snapshots are namespaced: a test restores from a copy in the test namespace.
@@ -490,36 +542,33 @@ impl Fabric for KubeVirtFabric {
                     .unwrap_or(content_name)
                     .to_owned();
                 let copy_name = objects::dns_name(&format!("coldsite-{}-{disk}", objects::run_tag(&req.run.uid)));
-                let (c, s) = objects::snapshot_copy(
-                    req.namespace,
-                    &copy_name,
-                    &vm.name,
-                    &req.run.uid,
-                    &driver,
-                    &handle,
-                    req.target.snapshot_class.as_deref(),
-                );
+                let (c, s) = objects::snapshot_copy(&objects::SnapshotCopy {
+                    namespace: req.namespace,
+                    name: &copy_name,
+                    pvm: &vm.name,
+                    run_uid: &req.run.uid,
+                    driver: &driver,
+                    handle: &handle,
+                    class: req.target.snapshot_class.as_deref(),
+                    volume_mode: &shape.volume_mode,
+                });
                 site.create_if_absent(VOLUME_SNAPSHOT_CONTENT, &c).await?;
                 site.create_if_absent(VOLUME_SNAPSHOT, &s).await?;
                 snapshot_name = copy_name;
             }
-            let capacity = str_at(snapshot, "/status/restoreSize").unwrap_or("10Gi").to_owned();
-            let modes = vec!["ReadWriteOnce".to_owned()];
             let pvc = objects::restored_pvc(&objects::RestoredPvc {
                 namespace: req.namespace,
                 name: disk,
                 pvm: &vm.name,
                 run_uid: &req.run.uid,
                 snapshot: &snapshot_name,
-                capacity: &capacity,
-                access_modes: &modes,
+                shape: &shape,
                 storage_class: req.target.storage_class.as_deref(),
                 point: &t.to_rfc3339(),
             });
             site.create_if_absent(PVC, &pvc).await?;
-            if disk == &vm.disks[0] {
-                used.time = *t;
-            }
+            used.time = if first { *t } else { used.time.max(*t) };
+            first = false;
             bound = false;
         }
         if bound {
@@ -568,7 +617,7 @@ impl Fabric for KubeVirtFabric {
                 VM,
                 Some(req.namespace),
                 &req.vm.vm_name,
-                &json!({"spec": {"runStrategy": "Always"}}),
+                &objects::run_strategy_patch("Always"),
             )
             .await?
         {
@@ -621,7 +670,7 @@ impl Fabric for KubeVirtFabric {
     async fn commit(&self, run: &RunRef, vm: &VmModel) -> FabricResult<()> {
         // Keep the points the run restored from; the others go.
         let (_, target) = self.ends(run.direction);
-        let site = self.site(target)?;
+        let site = self.site(&target.name)?;
         let keep: Vec<String> = site
             .list(PVC, Some(&vm.vm_namespace), &format!("{PROTECTED_VM}={}", vm.name))
             .await?
@@ -643,22 +692,14 @@ impl Fabric for KubeVirtFabric {
         // `run.direction` is the way the last failover went: the copy now runs at its target,
         // which becomes the source; the old source's disks become the destinations.
         let (old_source, active) = self.ends(run.direction);
-        let (old, new) = (self.site(old_source)?, self.site(active)?);
+        let (old, new) = (self.site(&old_source.name)?, self.site(&active.name)?);
         let ns = vm.vm_namespace.as_str();
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
             old.delete(REPLICATION_SOURCE, Some(ns), &name).await?;
             new.delete(REPLICATION_DESTINATION, Some(ns), &name).await?;
         }
-        let site = |name: &str| SiteModel {
-            name: name.to_owned(),
-            test_namespace: String::new(),
-            storage_class: None,
-            snapshot_class: None,
-        };
-        let state = self
-            .replicate(vm, &site(active), &site(old_source), true, Utc::now())
-            .await?;
+        let state = self.replicate(vm, active, old_source, true, Utc::now()).await?;
         if state.established {
             Ok(Progress::Done(()))
         } else {

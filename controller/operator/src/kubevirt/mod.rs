@@ -4,3 +4,4 @@ pub mod dynamic;
 pub mod fabric;
 pub mod final_sync;
 pub mod objects;
+pub mod points;

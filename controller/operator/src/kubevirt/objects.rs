@@ -7,12 +7,19 @@ use std::collections::BTreeMap;
 use coldsite_engine::fabric::Recovery;
 use serde_json::{Value, json};
 
+use super::dynamic::str_at;
+
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const PROTECTED_VM: &str = "coldsite.io/protected-vm";
 pub const DISK: &str = "coldsite.io/disk";
 pub const RUN_UID: &str = "coldsite.io/run-uid";
 pub const POINT: &str = "coldsite.io/recovery-point";
 pub const APP_CONSISTENT: &str = "coldsite.io/app-consistent";
+/// On an adopted point: the shape of the disk it copies, so a restore makes the same disk
+/// even when the source site is gone.
+pub const VOLUME_MODE: &str = "coldsite.io/volume-mode";
+pub const ACCESS_MODES: &str = "coldsite.io/access-modes";
+pub const CAPACITY: &str = "coldsite.io/capacity";
 pub const DO_NOT_DELETE: &str = "volsync.backube/do-not-delete";
 pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
 
@@ -43,6 +50,18 @@ pub fn replication_name(disk: &str) -> String {
     dns_name(&format!("coldsite-{disk}"))
 }
 
+/// The Service VolSync makes for a ReplicationDestination's rsync-TLS mover: its prefix and
+/// the destination's name, or the CRC-32 of the name when that is too long
+/// (`internal/controller/utils/utils.go` of VolSync).
+pub fn volsync_service_name(destination: &str) -> String {
+    const PREFIX: &str = "volsync-rsync-tls-dst-";
+    if PREFIX.len() + destination.len() <= 63 {
+        format!("{PREFIX}{destination}")
+    } else {
+        format!("{PREFIX}{:08x}", crc32fast::hash(destination.as_bytes()))
+    }
+}
+
 pub fn rsync_secret_name(pvm: &str) -> String {
     dns_name(&format!("coldsite-{pvm}-rsync"))
 }
@@ -68,15 +87,68 @@ fn labels(pvm: &str, extra: &[(&str, &str)]) -> Value {
     Value::Object(m)
 }
 
+/// The shape of a disk, carried from the source PVC to its copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskShape {
+    pub capacity: String,
+    pub access_modes: Vec<String>,
+    /// `Filesystem` or `Block`.
+    pub volume_mode: String,
+}
+
+impl DiskShape {
+    /// The shape of a PVC: its bound capacity (else its request), access modes and volume
+    /// mode. `Err` names what is missing.
+    pub fn of_pvc(pvc: &Value) -> Result<Self, String> {
+        let capacity = str_at(pvc, "/status/capacity/storage")
+            .or_else(|| str_at(pvc, "/spec/resources/requests/storage"))
+            .ok_or("it requests no storage size")?;
+        let access_modes: Vec<String> = pvc
+            .pointer("/spec/accessModes")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if access_modes.is_empty() {
+            return Err("it has no access modes".into());
+        }
+        Ok(Self {
+            capacity: capacity.to_owned(),
+            access_modes,
+            volume_mode: str_at(pvc, "/spec/volumeMode").unwrap_or("Filesystem").to_owned(),
+        })
+    }
+
+    /// The annotations that record the shape on a recovery point.
+    pub fn annotations(&self) -> Value {
+        json!({
+            CAPACITY: self.capacity,
+            ACCESS_MODES: self.access_modes.join(","),
+            VOLUME_MODE: self.volume_mode,
+        })
+    }
+
+    /// The shape recorded on a recovery point.
+    pub fn of_point(snapshot: &Value) -> Option<Self> {
+        let annotation = |key: &str| snapshot.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1")));
+        let text = |key: &str| annotation(key).and_then(Value::as_str).map(str::to_owned);
+        Some(Self {
+            capacity: text(CAPACITY)?,
+            access_modes: text(ACCESS_MODES)?.split(',').map(str::to_owned).collect(),
+            volume_mode: text(VOLUME_MODE)?,
+        })
+    }
+}
+
 /// Where replication of one disk lands, and how its snapshots are made.
 pub struct DestinationSpec<'a> {
     pub namespace: &'a str,
     pub pvm: &'a str,
     pub disk: &'a str,
-    pub capacity: &'a str,
-    pub access_modes: &'a [String],
+    pub shape: &'a DiskShape,
     pub storage_class: Option<&'a str>,
     pub snapshot_class: Option<&'a str>,
+    /// How the other site's movers reach this destination.
+    pub service: &'a coldsite_api::site::SiteReplication,
     /// Reuse an existing PVC as the destination (reprotect), so only changes move.
     pub destination_pvc: Option<&'a str>,
     /// Pause until this manual trigger (the final sync of a planned action).
@@ -86,10 +158,15 @@ pub struct DestinationSpec<'a> {
 pub fn replication_destination(d: &DestinationSpec<'_>) -> Value {
     let mut rsync = json!({
         "copyMethod": "Snapshot",
-        "capacity": d.capacity,
-        "accessModes": d.access_modes,
+        "capacity": d.shape.capacity,
+        "accessModes": d.shape.access_modes,
+        "volumeMode": d.shape.volume_mode,
         "keySecret": rsync_secret_name(d.pvm),
+        "serviceType": d.service.service_type.as_str(),
     });
+    if !d.service.service_annotations.is_empty() {
+        rsync["serviceAnnotations"] = json!(d.service.service_annotations);
+    }
     if let Some(sc) = d.storage_class {
         rsync["storageClassName"] = json!(sc);
     }
@@ -182,16 +259,16 @@ pub struct RestoredPvc<'a> {
     pub pvm: &'a str,
     pub run_uid: &'a str,
     pub snapshot: &'a str,
-    pub capacity: &'a str,
-    pub access_modes: &'a [String],
+    pub shape: &'a DiskShape,
     pub storage_class: Option<&'a str>,
     pub point: &'a str,
 }
 
 pub fn restored_pvc(p: &RestoredPvc<'_>) -> Value {
     let mut spec = json!({
-        "accessModes": p.access_modes,
-        "resources": { "requests": { "storage": p.capacity } },
+        "accessModes": p.shape.access_modes,
+        "volumeMode": p.shape.volume_mode,
+        "resources": { "requests": { "storage": p.shape.capacity } },
         "dataSource": { "apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": p.snapshot },
     });
     if let Some(sc) = p.storage_class {
@@ -213,15 +290,29 @@ pub fn restored_pvc(p: &RestoredPvc<'_>) -> Value {
 /// A copy of a snapshot in another namespace, for test failovers into the test namespace:
 /// a pre-provisioned VolumeSnapshotContent on the same storage snapshot, and a
 /// VolumeSnapshot bound to it.
-pub fn snapshot_copy(
-    namespace: &str,
-    name: &str,
-    pvm: &str,
-    run_uid: &str,
-    driver: &str,
-    handle: &str,
-    class: Option<&str>,
-) -> (Value, Value) {
+pub struct SnapshotCopy<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub pvm: &'a str,
+    pub run_uid: &'a str,
+    pub driver: &'a str,
+    pub handle: &'a str,
+    pub class: Option<&'a str>,
+    /// The mode of the volume the snapshot was taken of, which a restore must match.
+    pub volume_mode: &'a str,
+}
+
+pub fn snapshot_copy(c: &SnapshotCopy<'_>) -> (Value, Value) {
+    let SnapshotCopy {
+        namespace,
+        name,
+        pvm,
+        run_uid,
+        driver,
+        handle,
+        class,
+        volume_mode,
+    } = *c;
     let content_name = dns_name(&format!("coldsite-{}-{name}", run_tag(run_uid)));
     let mut content = json!({
         "apiVersion": "snapshot.storage.k8s.io/v1",
@@ -231,6 +322,7 @@ pub fn snapshot_copy(
             "deletionPolicy": "Retain",
             "driver": driver,
             "source": { "snapshotHandle": handle },
+            "sourceVolumeMode": volume_mode,
             "volumeSnapshotRef": { "namespace": namespace, "name": name },
         },
     });
@@ -244,6 +336,12 @@ pub fn snapshot_copy(
         "spec": { "source": { "volumeSnapshotContentName": content_name } },
     });
     (content, snapshot)
+}
+
+/// Sets a VM's run strategy. KubeVirt refuses `runStrategy` beside the deprecated
+/// `spec.running`, which many VMs still use, so the patch removes it.
+pub fn run_strategy_patch(strategy: &str) -> Value {
+    json!({"spec": {"running": null, "runStrategy": strategy}})
 }
 
 /// The recovered VirtualMachine, from the source's manifest: halted, disks on the restored
@@ -361,6 +459,51 @@ mod tests {
         assert!(a.len() <= 63 && b.len() <= 63);
         assert_ne!(a, b);
         assert_eq!(dns_name("coldsite-dc01"), "coldsite-dc01");
+    }
+
+    #[test]
+    fn volsync_names_its_destination_service_as_upstream_does() {
+        assert_eq!(
+            volsync_service_name("coldsite-dc01-system"),
+            "volsync-rsync-tls-dst-coldsite-dc01-system"
+        );
+        let long = volsync_service_name(&"d".repeat(50));
+        assert_eq!(long.len(), "volsync-rsync-tls-dst-".len() + 8, "{long}");
+    }
+
+    #[test]
+    fn a_disk_keeps_its_shape_from_source_to_point() {
+        let pvc = json!({
+            "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Block", "resources": {"requests": {"storage": "20Gi"}}},
+            "status": {"capacity": {"storage": "21Gi"}},
+        });
+        let shape = DiskShape::of_pvc(&pvc).unwrap();
+        assert_eq!(
+            shape,
+            DiskShape {
+                capacity: "21Gi".into(),
+                access_modes: vec!["ReadWriteMany".into()],
+                volume_mode: "Block".into()
+            }
+        );
+        let point = json!({"metadata": {"annotations": shape.annotations()}});
+        assert_eq!(DiskShape::of_point(&point), Some(shape.clone()));
+        let rd = replication_destination(&DestinationSpec {
+            namespace: "ns",
+            pvm: "dc01",
+            disk: "dc01-system",
+            shape: &shape,
+            storage_class: None,
+            snapshot_class: None,
+            service: &coldsite_api::site::SiteReplication::default(),
+            destination_pvc: None,
+            manual: None,
+        });
+        assert_eq!(rd["spec"]["rsyncTLS"]["volumeMode"], "Block");
+        assert_eq!(rd["spec"]["rsyncTLS"]["accessModes"], json!(["ReadWriteMany"]));
+        assert_eq!(rd["spec"]["rsyncTLS"]["serviceType"], "LoadBalancer");
+        let no_size = json!({"spec": {"accessModes": ["ReadWriteOnce"]}});
+        assert!(DiskShape::of_pvc(&no_size).unwrap_err().contains("storage size"));
     }
 
     #[test]

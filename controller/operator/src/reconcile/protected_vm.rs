@@ -128,19 +128,6 @@ pub async fn reconcile(pvm: Arc<ProtectedVM>, ctx: Arc<Context>) -> Result<Actio
     .await
 }
 
-fn site_model(name: &str, site: Option<&coldsite_api::Site>) -> SiteModel {
-    SiteModel {
-        name: name.to_owned(),
-        test_namespace: site.map(|s| s.spec.test_namespace.clone()).unwrap_or_default(),
-        storage_class: site
-            .and_then(|s| s.spec.storage.as_ref())
-            .and_then(|s| s.storage_class_name.clone()),
-        snapshot_class: site
-            .and_then(|s| s.spec.storage.as_ref())
-            .and_then(|s| s.volume_snapshot_class_name.clone()),
-    }
-}
-
 async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let ns = pvm.namespace().unwrap_or_default();
     let name = pvm.name_any();
@@ -197,8 +184,8 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         Ok(_) if run_in_progress || standing.direction == ReplicationDirection::Paused => (None, None),
         Ok((vm, _)) => {
             let (primary, recovery) = (
-                site_model(&spec.primary_site, inv.sites.get(&spec.primary_site)),
-                site_model(&spec.recovery_site, inv.sites.get(&spec.recovery_site)),
+                SiteModel::of(&spec.primary_site, inv.sites.get(&spec.primary_site)),
+                SiteModel::of(&spec.recovery_site, inv.sites.get(&spec.recovery_site)),
             );
             let (source, target, reuse) = match standing.direction {
                 ReplicationDirection::RecoveryToPrimary => (&recovery, &primary, true),

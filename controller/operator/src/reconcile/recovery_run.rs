@@ -756,14 +756,8 @@ async fn cleanup(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
         direction: Direction::Forward,
     };
     let mut left = false;
-    for site in [&recovery, &primary] {
-        let model = coldsite_engine::model::SiteModel {
-            name: site.clone(),
-            test_namespace: String::new(),
-            storage_class: None,
-            snapshot_class: None,
-        };
-        match fabric.delete_test_resources(&run_ref, &model).await {
+    for (site, model) in [(&recovery, &fabric.recovery), (&primary, &fabric.primary)] {
+        match fabric.delete_test_resources(&run_ref, model).await {
             Ok(Progress::Done(())) => {}
             Ok(Progress::InProgress { .. }) => left = true,
             Err(e) => {

@@ -140,6 +140,13 @@ fn build_status(
             status.capabilities = Some(c.clone());
         }
     }
+    status.replication_service_type = Some(
+        site.spec
+            .replication
+            .as_ref()
+            .map(|r| r.service_type)
+            .unwrap_or_default(),
+    );
     status.observed_generation = generation;
     status
 }

@@ -1,0 +1,82 @@
+//! A VM's recovery points from its disks' snapshots. Each disk is snapshotted on its own
+//! schedule, so a VM point at time T restores every disk from its newest snapshot not after
+//! T; T is a point only when every disk has one. The points are the distinct such
+//! combinations, each at the time of its newest snapshot: never newer than what was asked
+//! for (DESIGN §4.6), and app-consistent only when every disk's snapshot is.
+
+use chrono::{DateTime, Utc};
+use coldsite_engine::fabric::RecoveryPoint;
+
+/// One disk's snapshot, as far as points are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskPoint {
+    pub time: DateTime<Utc>,
+    pub app_consistent: bool,
+}
+
+/// The newest snapshot of a disk (oldest first) not after `t`.
+pub fn newest_at(disk: &[DiskPoint], t: DateTime<Utc>) -> Option<&DiskPoint> {
+    disk.iter().rev().find(|p| p.time <= t)
+}
+
+/// A VM's points, oldest first, from its disks' snapshots (each oldest first).
+pub fn vm_points(disks: &[Vec<DiskPoint>]) -> Vec<RecoveryPoint> {
+    let mut times: Vec<DateTime<Utc>> = disks.iter().flatten().map(|p| p.time).collect();
+    times.sort();
+    times.dedup();
+    let mut out: Vec<RecoveryPoint> = Vec::new();
+    for t in times {
+        let chosen: Option<Vec<&DiskPoint>> = disks.iter().map(|d| newest_at(d, t)).collect();
+        let Some(chosen) = chosen.filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        let time = chosen.iter().map(|p| p.time).max().unwrap_or(t);
+        if out.last().is_some_and(|p| p.time == time) {
+            continue;
+        }
+        out.push(RecoveryPoint {
+            time,
+            app_consistent: chosen.iter().all(|p| p.app_consistent),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64, app: bool) -> DiskPoint {
+        DiskPoint {
+            time: DateTime::from_timestamp(s, 0).unwrap(),
+            app_consistent: app,
+        }
+    }
+
+    #[test]
+    fn a_point_exists_only_once_every_disk_has_a_snapshot() {
+        // The system disk synced at 10 and 70, the data disk (slower) at 40 and 100.
+        let points = vm_points(&[vec![at(10, false), at(70, false)], vec![at(40, false), at(100, false)]]);
+        let times: Vec<i64> = points.iter().map(|p| p.time.timestamp()).collect();
+        assert_eq!(times, vec![40, 70, 100]);
+    }
+
+    #[test]
+    fn no_disk_restores_from_a_snapshot_newer_than_its_point() {
+        let disks = vec![vec![at(10, true), at(70, true)], vec![at(40, true), at(100, false)]];
+        for p in vm_points(&disks) {
+            for d in &disks {
+                let chosen = newest_at(d, p.time).expect("every disk has a snapshot at a point");
+                assert!(chosen.time <= p.time);
+            }
+        }
+        let points = vm_points(&disks);
+        assert!(points[0].app_consistent && points[1].app_consistent && !points[2].app_consistent);
+    }
+
+    #[test]
+    fn a_vm_without_disks_or_with_an_unsynced_disk_has_no_point() {
+        assert!(vm_points(&[]).is_empty());
+        assert!(vm_points(&[vec![at(10, false)], vec![]]).is_empty());
+    }
+}
