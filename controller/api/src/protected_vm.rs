@@ -154,6 +154,7 @@ pub struct RecoveryOverrides {
     pub cpu: Option<u32>,
     /// Memory of the recovered VM, such as `8Gi`. Left out, as at the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = rules::memory_quantity("spec.recovery.memory"))]
     pub memory: Option<Quantity>,
 }
 

@@ -15,6 +15,21 @@ pub const DNS_LABEL_RE: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub const RFC3339_RE: &str =
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$";
 
+/// A Kubernetes resource quantity as memory is written: a positive number with a binary or
+/// decimal suffix (`8Gi`, `8192Mi`, `8G`) or an exponent. Not `32GB`: KubeVirt would refuse
+/// the recovered VM at failover time.
+pub const MEMORY_QUANTITY_RE: &str = r"^([0-9]+([.][0-9]*)?|[.][0-9]+)([KMGTPE]i|[kMGTPE]|[eE][+-]?[0-9]+)?$";
+
+/// `self` (an int-or-string quantity) is a memory size Kubernetes understands.
+pub fn memory_quantity(field: &str) -> Rule {
+    Rule::new(format!("string(self).matches('{MEMORY_QUANTITY_RE}')"))
+        .message(Message::Message(format!(
+            "{field} must be a Kubernetes quantity such as 8Gi or 8192Mi (suffixes Ki, Mi, Gi, Ti or k, M, G, T); \
+             32GB, for example, is not one"
+        )))
+        .reason(Reason::FieldValueInvalid)
+}
+
 /// `self` is a duration such as `15m` or `1h30m`.
 pub fn duration(field: &str) -> Rule {
     Rule::new(format!("self.matches('{DURATION_RE}')"))

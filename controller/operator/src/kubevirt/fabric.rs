@@ -14,7 +14,7 @@ use coldsite_engine::rpo;
 use serde_json::{Value, json};
 
 use super::dynamic::{
-    CONFIG_MAP, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, SERVICE, SiteApi, VM, VMI,
+    CONFIG_MAP, JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, SERVICE, SiteApi, VM, VMI,
     VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, str_at,
 };
 use super::final_sync;
@@ -343,7 +343,7 @@ async fn blockers(site: &SiteApi, site_name: &str, kind: &str, owner: &Value) ->
 /// Service that no load balancer has given an address.
 async fn address_blocker(site: &SiteApi, target: &SiteModel, rd: &Value) -> Result<Option<String>, FabricError> {
     let ns = str_at(rd, "/metadata/namespace").unwrap_or_default();
-    let name = objects::volsync_service_name(str_at(rd, "/metadata/name").unwrap_or_default());
+    let name = objects::volsync_destination_mover(str_at(rd, "/metadata/name").unwrap_or_default());
     let Some(service) = site.get(SERVICE, Some(ns), &name).await? else {
         return Ok(None);
     };
@@ -440,13 +440,23 @@ impl Fabric for KubeVirtFabric {
                 )));
             };
             let rd = dst.get(REPLICATION_DESTINATION, Some(ns), &name).await?;
-            match final_sync::next(&run.uid, &rs, rd.as_ref()) {
-                final_sync::Next::Trigger { tag, source_version } => {
-                    // A manual trigger replaces the schedule: one last sync, then replication
-                    // pauses. The destination is told first: a destination whose trigger
-                    // arrives after the source's sync would wait for a sync that never comes.
+            let job = dst
+                .get(JOB, Some(ns), &objects::volsync_destination_mover(&name))
+                .await?;
+            let ends = final_sync::Ends {
+                source: &rs,
+                destination: rd.as_ref(),
+                destination_job: job.as_ref(),
+            };
+            match final_sync::next(&run.uid, &ends) {
+                final_sync::Next::TagDestination { tag } => {
                     let manual = json!({"spec": {"trigger": {"manual": tag}}});
                     dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &manual).await?;
+                    return in_progress(SOON);
+                }
+                final_sync::Next::TagSource { tag, source_version } => {
+                    // A manual trigger replaces the schedule: one last sync, then replication
+                    // pauses until reprotect.
                     let trigger = json!({"spec": {"trigger": {"schedule": null, "manual": tag}}});
                     src.merge_at_version(REPLICATION_SOURCE, Some(ns), &name, &source_version, &trigger)
                         .await?;
@@ -711,7 +721,7 @@ impl Fabric for KubeVirtFabric {
         let api = self.site(&site.name)?;
         let selector = format!("{RUN_UID}={}", run.uid);
         let mut left = 0usize;
-        for kind in [VM, PVC, VOLUME_SNAPSHOT, CONFIG_MAP, super::dynamic::JOB] {
+        for kind in [VM, PVC, VOLUME_SNAPSHOT, CONFIG_MAP, JOB] {
             for o in api.list(kind, None, &selector).await? {
                 left += 1;
                 let ns = str_at(&o, "/metadata/namespace");
@@ -742,7 +752,7 @@ impl KubeVirtFabric {
     pub async fn delete_management_scripts(&self, run: &RunRef) -> FabricResult<()> {
         let selector = format!("{RUN_UID}={}", run.uid);
         let mut left = 0usize;
-        for kind in [super::dynamic::JOB, CONFIG_MAP] {
+        for kind in [JOB, CONFIG_MAP] {
             for o in self.management.list(kind, Some(&run.namespace), &selector).await? {
                 left += 1;
                 let name = str_at(&o, "/metadata/name").unwrap_or_default();

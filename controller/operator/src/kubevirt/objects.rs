@@ -50,10 +50,10 @@ pub fn replication_name(disk: &str) -> String {
     dns_name(&format!("coldsite-{disk}"))
 }
 
-/// The Service VolSync makes for a ReplicationDestination's rsync-TLS mover: its prefix and
-/// the destination's name, or the CRC-32 of the name when that is too long
-/// (`internal/controller/utils/utils.go` of VolSync).
-pub fn volsync_service_name(destination: &str) -> String {
+/// The name of the Service and the Job VolSync makes for a ReplicationDestination's rsync-TLS
+/// mover: its prefix and the destination's name, or the CRC-32 of the name when that is too
+/// long (`internal/controller/utils/utils.go` of VolSync).
+pub fn volsync_destination_mover(destination: &str) -> String {
     const PREFIX: &str = "volsync-rsync-tls-dst-";
     if PREFIX.len() + destination.len() <= 63 {
         format!("{PREFIX}{destination}")
@@ -464,10 +464,10 @@ mod tests {
     #[test]
     fn volsync_names_its_destination_service_as_upstream_does() {
         assert_eq!(
-            volsync_service_name("coldsite-dc01-system"),
+            volsync_destination_mover("coldsite-dc01-system"),
             "volsync-rsync-tls-dst-coldsite-dc01-system"
         );
-        let long = volsync_service_name(&"d".repeat(50));
+        let long = volsync_destination_mover(&"d".repeat(50));
         assert_eq!(long.len(), "volsync-rsync-tls-dst-".len() + 8, "{long}");
     }
 
