@@ -313,6 +313,14 @@ impl SimulatorHandle {
         disk::read(&self.site_client(site)?, namespace, claim).await
     }
 
+    /// A write to the disk of a claim, straight to its volume (as a tool on the node would
+    /// make it): returns the write's id, which the disk's data then holds.
+    pub async fn write_disk(&self, site: &str, namespace: &str, claim: &str) -> Result<String> {
+        let id = format!("{site}/{claim}/{}", WRITES.fetch_add(1, Ordering::Relaxed));
+        disk::update(&self.site_client(site)?, namespace, claim, |d| d.writes.push(id.clone())).await?;
+        Ok(id)
+    }
+
     /// A write by the guest of a running VM to every disk of its VMI: returns the write's
     /// id, which the disks' data then holds. Fails when the VM does not run there.
     pub async fn guest_write(&self, site: &str, namespace: &str, vm: &str) -> Result<String> {

@@ -119,12 +119,14 @@ pub(crate) async fn patch_status(
     Ok(true)
 }
 
-/// Field-manager params for writes that are not status patches.
+/// Field-manager params for patches, with strict field validation: what the simulator
+/// writes must pass upstream's schemas, as the real components' writes do.
 pub(crate) fn params() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     }
+    .validation_strict()
 }
 
 /// `Kind namespace/name` for logs and errors.

@@ -3,7 +3,7 @@
 
 use coldsite_engine::fabric::FabricError;
 use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
@@ -135,16 +135,24 @@ impl SiteApi {
         Ok(list.items.into_iter().map(to_value).collect())
     }
 
-    /// Creates the object unless one of that name exists; returns what is there.
+    /// Creates the object unless one of that name exists; returns what is there. Like every
+    /// write of coldsite's at a site, with strict field validation: a field the site's
+    /// schema does not know is an error, not silently dropped.
     pub async fn create_if_absent(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
         let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
         let name = object
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let obj: DynamicObject = serde_json::from_value(object.clone())
+        let body = serde_json::to_vec(object)
             .map_err(|e| FabricError::permanent(format!("building {} {name}: {e}", kind.kind)))?;
-        match self.api(kind, namespace).create(&PostParams::default(), &obj).await {
+        let path = <DynamicObject as kube::Resource>::url_path(&kind.resource(), namespace);
+        // kube's PostParams cannot ask for strict validation.
+        let request = http::Request::post(format!("{path}?fieldManager={MANAGER}&fieldValidation=Strict"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| FabricError::permanent(format!("building {} {name}: {e}", kind.kind)))?;
+        match self.client.request::<DynamicObject>(request).await {
             Ok(o) => Ok(to_value(o)),
             Err(kube::Error::Api(s)) if s.code == 409 => self
                 .get(kind, namespace, name)
@@ -163,7 +171,11 @@ impl SiteApi {
             .unwrap_or_default();
         let o = self
             .api(kind, namespace)
-            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object))
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force().validation_strict(),
+                &Patch::Apply(object),
+            )
             .await
             .map_err(self.err(format!("applying {} {name}", kind.kind)))?;
         Ok(to_value(o))
@@ -176,11 +188,7 @@ impl SiteApi {
         name: &str,
         patch: &Value,
     ) -> Result<Option<Value>, FabricError> {
-        match self
-            .api(kind, namespace)
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
+        match self.api(kind, namespace).patch(name, &strict(), &Patch::Merge(patch)).await {
             Ok(o) => Ok(Some(to_value(o))),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(classify(&self.site, &format!("patching {} {name}", kind.kind), e)),
@@ -199,11 +207,7 @@ impl SiteApi {
     ) -> Result<bool, FabricError> {
         let mut patch = patch.clone();
         patch["metadata"]["resourceVersion"] = Value::from(version);
-        match self
-            .api(kind, namespace)
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        match self.api(kind, namespace).patch(name, &strict(), &Patch::Merge(&patch)).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
             Err(e) => Err(classify(&self.site, &format!("patching {} {name}", kind.kind), e)),
@@ -232,6 +236,15 @@ impl SiteApi {
         let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         self.create_if_absent(NAMESPACE, &ns).await.map(|_| ())
     }
+}
+
+/// Merge patches under coldsite's field manager, with strict field validation.
+fn strict() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+    .validation_strict()
 }
 
 fn to_value(o: DynamicObject) -> Value {
