@@ -233,8 +233,8 @@ impl Scenario {
                                 "stringData": {"kubeconfig": cp.kubeconfig_yaml()}});
             apply(&management, &secret, &ns).await??;
         }
-        for vm in ["dc01", "exch-mbx01", "exch-cas01"] {
-            for disk in ["system", "data"] {
+        for vm in VMS {
+            for disk in DISKS {
                 let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": format!("{vm}-{disk}")},
                                  "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}});
                 apply(&primary, &pvc, &ns).await??;
@@ -267,7 +267,59 @@ impl Scenario {
     }
 }
 
+/// The example's VMs and their disks.
+pub const VMS: [&str; 3] = ["dc01", "exch-mbx01", "exch-cas01"];
+const DISKS: [&str; 2] = ["system", "data"];
+
 impl Scenario {
+    /// Sets every ProtectedVM's RPO (the sync schedule follows: `2m` syncs every minute).
+    pub async fn set_rpo(&self, rpo: &str) -> Result<()> {
+        let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);
+        for vm in VMS {
+            let patch = json!({"spec": {"replication": {"rpo": rpo}}});
+            pvms.patch(vm, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("setting the RPO of {vm}"))?;
+        }
+        Ok(())
+    }
+
+    /// A guest write to every disk of each example VM running at `site`; the write ids by VM.
+    pub async fn write_vms(&self, site: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut writes = std::collections::BTreeMap::new();
+        for vm in VMS {
+            writes.insert(vm.to_owned(), self.simulator.guest_write(site, &self.ns, vm).await?);
+        }
+        Ok(writes)
+    }
+
+    /// Fails unless each VM's disks at `site` hold its write (or, with `present: false`, do
+    /// not).
+    pub async fn disks_hold(
+        &self,
+        site: &str,
+        writes: &std::collections::BTreeMap<String, String>,
+        present: bool,
+    ) -> Result<()> {
+        for (vm, write) in writes {
+            for disk in DISKS {
+                let claim = format!("{vm}-{disk}");
+                let data = self
+                    .simulator
+                    .read_disk(site, &self.ns, &claim)
+                    .await?
+                    .with_context(|| format!("{claim} is not bound at {site}"))?;
+                anyhow::ensure!(
+                    data.contains(write) == present,
+                    "{claim} at {site} {} write {write}: it holds {:?}",
+                    if present { "lacks" } else { "holds" },
+                    data.writes
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a RecoveryRun of the example's plan.
     pub async fn create_run(&self, name: &str, action: &str, approvals: &[&str]) -> Result<()> {
         let run: coldsite_api::RecoveryRun = serde_json::from_value(json!({

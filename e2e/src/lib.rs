@@ -30,6 +30,7 @@ pub mod plugin;
 mod process;
 pub mod simulator;
 pub mod site;
+pub mod skips;
 
 pub use binaries::{BIN_DIR_ENV, Binaries, workspace_binary};
 pub use controlplane::{

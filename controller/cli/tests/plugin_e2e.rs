@@ -74,9 +74,9 @@ fn render_in_chromium(report: &Path, ids: &[String]) -> Result<()> {
                 "CI=true but Chromium is not installed: .ci/run must run `controller/cli/tests/render-report.sh --install` first"
             );
         }
-        eprintln!(
-            "SKIPPED: rendering the report in headless Chromium: Chromium is not installed \
-             (controller/cli/tests/render-report.sh --install installs it)"
+        coldsite_e2e::skips::record(
+            "rendering the HTML report in headless Chromium (plugin_e2e)",
+            "Chromium is not installed; `controller/cli/tests/render-report.sh --install` installs it",
         );
         return Ok(());
     }

@@ -22,7 +22,7 @@ use coldsite_api::recovery_run::{RunPhase, StepKind, StepState};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_e2e::ControlPlane;
 use coldsite_e2e::exchange::{
-    ControllerProcess, Scenario, Topology, dynamic, virtual_machine_instances, virtual_machines, volume_snapshots,
+    ControllerProcess, Scenario, Topology, VMS, dynamic, virtual_machine_instances, virtual_machines, volume_snapshots,
     wait_for,
 };
 use coldsite_e2e::plugin::Plugin;
@@ -30,7 +30,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-const VMS: [&str; 3] = ["dc01", "exch-mbx01", "exch-cas01"];
 
 fn controller(cp: &ControlPlane, name: &str, extra: &[&str]) -> Result<ControllerProcess> {
     let log = cp.dir().join(format!("{name}.log"));
@@ -131,9 +130,16 @@ async fn protected(s: &Scenario) -> Result<()> {
     );
     let source = rs.get("coldsite-dc01-system").await?;
     ensure!(
-        source.data["spec"]["trigger"]["schedule"] == "*/6 * * * *",
-        "schedule from the 15m RPO: {}",
+        source.data["spec"]["trigger"]["schedule"] == "*/1 * * * *",
+        "schedule from the 2m RPO: {}",
         source.data["spec"]["trigger"]
+    );
+    let destination = rd.get("coldsite-dc01-system").await?;
+    ensure!(
+        destination.data["spec"]["rsyncTLS"]["serviceType"] == "LoadBalancer"
+            && destination.data["status"]["rsyncTLS"]["address"].is_string(),
+        "the destination is published through DR's load balancer: {}",
+        destination.data["status"]
     );
     let snaps = volume_snapshots(&s.recovery, &s.ns);
     let kept = |snaps: Api<kube::api::DynamicObject>| async move {
@@ -150,7 +156,8 @@ async fn protected(s: &Scenario) -> Result<()> {
         before >= 2,
         "recovery points kept with do-not-delete, one per disk at least"
     );
-    wait_for("recovery points to accumulate", Duration::from_secs(60), || async {
+    // VolSync syncs on the minute; a sync takes a few seconds more.
+    wait_for("recovery points to accumulate", Duration::from_secs(150), || async {
         Ok((kept(snaps.clone()).await? > before).then_some(()))
     })
     .await?;
@@ -393,6 +400,8 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     let watcher = watch_split_brain(s, stop.clone());
 
     plan_ready_is(s, true).await?;
+    // What the guests wrote at HQ up to the planned failover is on their disks at DR.
+    let at_hq = s.write_vms(&s.hq).await?;
     start_run(
         plugin,
         "planned",
@@ -429,6 +438,7 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
             "{vm} halted at HQ"
         );
     }
+    s.disks_hold(&s.dr, &at_hq, true).await.context("no data loss on planned failover")?;
     // Re-IPed: the recovered VMs carry DR addresses in their network data, on the DR LAN.
     let nd = network_data(&s.recovery, &s.ns, "exch-mbx01").await?;
     ensure!(
@@ -511,6 +521,8 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     .await?;
 
     plan_ready_is(s, true).await?;
+    // What the guests wrote at DR comes home with them.
+    let at_dr = s.write_vms(&s.dr).await?;
     start_run(
         plugin,
         "failback",
@@ -519,6 +531,7 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     )
     .await?;
     s.run_to_end("exchange-home", Duration::from_secs(600)).await?;
+    s.disks_hold(&s.hq, &at_dr, true).await.context("failback brings DR's writes home")?;
     for vm in VMS {
         ensure!(
             virtual_machines(&s.primary, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Always",
@@ -622,6 +635,7 @@ async fn exchange_lifecycle() -> Result<()> {
         "exchange",
     )
     .await?;
+    s.set_rpo("2m").await?;
     let mut replicas = Replicas::start(mgmt, &s.ns).await?;
     let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
@@ -707,6 +721,42 @@ async fn retention_prunes(s: &Scenario) -> Result<()> {
     Ok(())
 }
 
+/// Guest writes at HQ before a disaster: one that a sync carries to DR, then, with HQ's
+/// movers stalled, one that no sync carries. Returns both and when the second was made.
+async fn writes_before_the_disaster(
+    s: &Scenario,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>, k8s_openapi::jiff::Timestamp)> {
+    let synced = s.write_vms(&s.hq).await?;
+    let written = k8s_openapi::jiff::Timestamp::now();
+    wait_for("a sync after the first write", Duration::from_secs(180), || async {
+        for vm in VMS {
+            let last = pvm_status(s, vm)
+                .await?
+                .replication
+                .and_then(|r| r.last_sync_time)
+                .map(|t| t.0);
+            // VolSync's times have whole seconds.
+            if last.is_none_or(|t| t < written + k8s_openapi::jiff::SignedDuration::from_secs(1)) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    s.simulator.update_faults(|f| {
+        let stalled = &mut f.site(&s.hq).stalled;
+        for vm in VMS {
+            for disk in ["system", "data"] {
+                stalled.insert(format!("{}/coldsite-{vm}-{disk}", s.ns));
+            }
+        }
+    });
+    // A transfer already connected finishes within the simulator's sync time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lost = s.write_vms(&s.hq).await?;
+    Ok((synced, lost, k8s_openapi::jiff::Timestamp::now()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     // The management cluster lives at the recovery site, as DESIGN.md advises; the primary
@@ -731,6 +781,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         "outage",
     )
     .await?;
+    s.set_rpo("2m").await?;
     let mut ctl = controller(recovery, &format!("controller-{}", s.ns), &["--no-leader-election"])?;
     let plugin = Plugin::build(recovery.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
@@ -758,6 +809,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             count(&after, "list") == count(&before, "list") && count(&after, "watch") > 0,
             "five plan reconciles; the controller's VM reads at HQ before: {before:?}, after: {after:?}"
         );
+        let (synced, lost, lost_at) = writes_before_the_disaster(&s).await?;
         primary.stop();
         // With the primary down the plan is not Ready: the command refuses and points to
         // --force, the way on in a real disaster.
@@ -790,6 +842,17 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             notes.values().all(|m| m.contains("unreachable")),
             "the source's outage is recorded: {notes:?}"
         );
+        // DR has what the last sync carried, not what HQ wrote after it, and the run says
+        // which point it recovered.
+        s.disks_hold(&s.dr, &synced, true).await.context("data of the last sync")?;
+        s.disks_hold(&s.dr, &lost, false).await.context("data written after the last sync")?;
+        for vm in VMS {
+            let point = pvm_status(&s, vm).await?.last_run.and_then(|l| l.recovery_point);
+            ensure!(
+                point.as_ref().is_some_and(|p| p.0 < lost_at),
+                "{vm} recovered from {point:?}, before HQ's last write at {lost_at}"
+            );
+        }
 
         // HQ is lost for good: once its Site is deleted, unprotecting a VM no longer waits
         // for it, and still cleans up at DR.
