@@ -279,17 +279,18 @@ fn install_plugin(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The sites as the README finds them: KubeVirt and friends (the simulator's stand-in
-/// CRDs), storage and snapshot classes, and HQ running the Exchange VMs on their disks in namespace `exchange`.
-async fn prepare_sites(hq: &Client, dr: &Client) -> Result<()> {
+/// The sites as the README finds them: KubeVirt's, VolSync's and the snapshot CRDs with
+/// VolSync and the snapshot-controller running, the storage and snapshot classes, and HQ
+/// running the Exchange VMs on their disks in namespace `exchange`.
+async fn prepare_sites(world: &World, hq: &Client, dr: &Client) -> Result<()> {
+    tokio::try_join!(world.hq.ensure_site(), world.dr.ensure_site())?;
     // The storage and snapshot classes the example's Sites name, but DR's snapshot class:
     // see `forgotten_snapshot_class`.
     for (c, class) in [(hq, "ceph-rbd"), (dr, "dr-ssd")] {
-        simulator::install_crds(c).await?;
         apply(
             c,
             &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": class},
-                    "provisioner": "sim.csi.coldsite.io"}),
+                    "provisioner": simulator::csi::DRIVER}),
             "",
         )
         .await??;
@@ -319,7 +320,7 @@ async fn snapshot_class(site: &Client, name: &str) -> Result<()> {
     apply(
         site,
         &json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-                "metadata": {"name": name}, "driver": "sim.csi.coldsite.io", "deletionPolicy": "Delete"}),
+                "metadata": {"name": name}, "driver": simulator::csi::DRIVER, "deletionPolicy": "Delete"}),
         "",
     )
     .await??;
@@ -548,13 +549,13 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
         world.hq.client().await?,
         world.dr.client().await?,
     );
-    prepare_sites(&hq, &dr).await?;
+    prepare_sites(&world, &hq, &dr).await?;
     // The management cluster gets the simulator's kubelet for the drill's script Job.
     let _simulator = Simulator::start(
         vec![
-            ("contoso-hq".into(), hq.clone()),
-            ("contoso-dr".into(), dr.clone()),
-            ("management".into(), mgmt.clone()),
+            world.hq.sim_site("contoso-hq").await?,
+            world.dr.sim_site("contoso-dr").await?,
+            world.mgmt.sim_site("management").await?,
         ],
         SimConfig::default().with_namespaces([NS, TEST_NS]),
     );

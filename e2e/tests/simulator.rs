@@ -210,9 +210,18 @@ async fn a_running_vm_gets_a_launcher_pod_and_a_vmi_with_ips_and_halted_removes_
     // The simulated CSI provisioner made the PV; the real PV binder bound it.
     let pv: Api<PersistentVolume> = Api::all(s.primary.clone());
     let volume = pv
-        .get(disk.spec.as_ref().and_then(|s| s.volume_name.as_deref()).context("no volume")?)
+        .get(
+            disk.spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .context("no volume")?,
+        )
         .await?;
-    let csi = volume.spec.as_ref().and_then(|s| s.csi.as_ref()).context("not a CSI PV")?;
+    let csi = volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .context("not a CSI PV")?;
     assert_eq!(csi.driver, coldsite_e2e::simulator::csi::DRIVER);
 
     let vms = VIRTUAL_MACHINE.namespaced(s.primary.clone(), &ns);
@@ -244,10 +253,18 @@ async fn a_running_vm_gets_a_launcher_pod_and_a_vmi_with_ips_and_halted_removes_
 
     // The guest runs in a virt-launcher pod on the node, which mounts its disk.
     let pods: Api<Pod> = Api::namespaced(s.primary.clone(), &ns);
-    let launchers = pods.list(&ListParams::default().labels("kubevirt.io=virt-launcher")).await?;
+    let launchers = pods
+        .list(&ListParams::default().labels("kubevirt.io=virt-launcher"))
+        .await?;
     let launcher = launchers.items.first().context("no virt-launcher pod")?;
-    assert_eq!(launcher.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(NODE_NAME));
-    assert_eq!(launcher.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+    assert_eq!(
+        launcher.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(NODE_NAME)
+    );
+    assert_eq!(
+        launcher.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running")
+    );
     let claims: Vec<&str> = launcher
         .spec
         .iter()
@@ -258,7 +275,11 @@ async fn a_running_vm_gets_a_launcher_pod_and_a_vmi_with_ips_and_halted_removes_
 
     // A guest write lands on the disk.
     let write = s.sim.guest_write("primary", &ns, "dc01").await?;
-    let data = s.sim.read_disk("primary", &ns, "dc01-system").await?.context("unbound")?;
+    let data = s
+        .sim
+        .read_disk("primary", &ns, "dc01-system")
+        .await?
+        .context("unbound")?;
     assert!(data.contains(&write), "{data:?}");
 
     let vm = eventually("the VM reported ready", || async {
@@ -295,7 +316,12 @@ async fn boot_failure_keeps_a_vm_not_ready_and_no_agent_hides_guest_ips() -> Res
     let s = sites("sim-faults").await?;
     let ns = s.primary_ns.clone();
     for name in ["broken", "quiet"] {
-        bound_claim(&s.primary, &ns, pvc(&format!("{name}-system"), "1Gi", "Filesystem", None)?).await?;
+        bound_claim(
+            &s.primary,
+            &ns,
+            pvc(&format!("{name}-system"), "1Gi", "Filesystem", None)?,
+        )
+        .await?;
     }
     s.sim.update_faults(|f| {
         f.site("primary").boot_failure.insert("broken".into());
@@ -370,7 +396,12 @@ async fn virt_api_rules_refuse_what_kubevirt_refuses() -> Result<()> {
     create(&vms, VIRTUAL_MACHINE, legacy).await?;
     let why = refused(merge(&vms, "legacy", json!({"spec": {"runStrategy": "Always"}})).await);
     ensure!(why.contains("mutually exclusive"), "{why}");
-    merge(&vms, "legacy", json!({"spec": {"running": null, "runStrategy": "Always"}})).await?;
+    merge(
+        &vms,
+        "legacy",
+        json!({"spec": {"running": null, "runStrategy": "Always"}}),
+    )
+    .await?;
     Ok(())
 }
 
@@ -402,7 +433,9 @@ async fn destination(s: &Sites, name: &str, rsync: Value) -> Result<(String, Str
 
 /// Copies the destination's key to the primary site, as coldsite gives both ends one key.
 async fn share_key(s: &Sites, key: &str, tamper: bool) -> Result<()> {
-    let secret = Api::<Secret>::namespaced(s.recovery.clone(), &s.recovery_ns).get(key).await?;
+    let secret = Api::<Secret>::namespaced(s.recovery.clone(), &s.recovery_ns)
+        .get(key)
+        .await?;
     let mut data = secret.data.unwrap_or_default();
     if tamper {
         data.insert("psk.txt".into(), k8s_openapi::ByteString(b"volsync:0000".to_vec()));
@@ -440,12 +473,7 @@ async fn volsync_replicates_a_block_disk_through_the_load_balancer_and_a_restore
     let first = s.sim.write_disk("primary", &s.primary_ns, "db").await?;
     let second = s.sim.write_disk("primary", &s.primary_ns, "db").await?;
 
-    let (address, key) = destination(
-        &s,
-        "db",
-        json!({"serviceType": "LoadBalancer", "volumeMode": "Block"}),
-    )
-    .await?;
+    let (address, key) = destination(&s, "db", json!({"serviceType": "LoadBalancer", "volumeMode": "Block"})).await?;
     let service = Api::<Service>::namespaced(s.recovery.clone(), &s.recovery_ns)
         .get("volsync-rsync-tls-dst-db")
         .await?;
@@ -475,7 +503,10 @@ async fn volsync_replicates_a_block_disk_through_the_load_balancer_and_a_restore
         Ok(Some((image, at(&snapshot, "/status/readyToUse") != Some(&json!(true)))))
     })
     .await?;
-    ensure!(seen_unready, "VolSync published image {image} only once ready: the delay was not simulated");
+    ensure!(
+        seen_unready,
+        "VolSync published image {image} only once ready: the delay was not simulated"
+    );
     within(SYNC_WAIT, "the image ready to use", || async {
         let snapshot = snapshots.get(&image).await?;
         Ok((at(&snapshot, "/status/readyToUse") == Some(&json!(true))).then_some(()))
@@ -494,12 +525,19 @@ async fn volsync_replicates_a_block_disk_through_the_load_balancer_and_a_restore
         pvc("restored", "2Gi", "Block", Some(from_image.clone()))?,
     )
     .await?;
-    let data = s.sim.read_disk("recovery", &s.recovery_ns, "restored").await?.context("unbound")?;
+    let data = s
+        .sim
+        .read_disk("recovery", &s.recovery_ns, "restored")
+        .await?
+        .context("unbound")?;
     ensure!(data.writes == vec![first, second], "restored data: {data:?}");
     // The provisioner refuses to turn a block snapshot into a filesystem.
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(s.recovery.clone(), &s.recovery_ns);
-    pvcs.create(&PostParams::default(), &pvc("as-fs", "2Gi", "Filesystem", Some(from_image))?)
-        .await?;
+    pvcs.create(
+        &PostParams::default(),
+        &pvc("as-fs", "2Gi", "Filesystem", Some(from_image))?,
+    )
+    .await?;
     s.sim.wait_passes(5, WAIT).await?;
     let as_fs = pvcs.get("as-fs").await?;
     ensure!(as_fs.status.and_then(|s| s.phase).as_deref() == Some("Pending"));

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coldsite_api::common::LocalSecretKeyRef;
-pub use coldsite_api::site::SiteReplication;
 use coldsite_api::recovery_plan::{OnError, ScriptSite};
+pub use coldsite_api::site::SiteReplication;
 use coldsite_api::{FailoverKind, RunAction};
 use k8s_openapi::api::batch::v1::JobTemplateSpec;
 

@@ -117,7 +117,10 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                 .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
                 .collect();
             // From the sites' watches when they have listed, else asked now.
-            let (primary_watch, recovery_watch) = (ctx.sites.watch(&fabric.primary.name), ctx.sites.watch(&fabric.recovery.name));
+            let (primary_watch, recovery_watch) = (
+                ctx.sites.watch(&fabric.primary.name),
+                ctx.sites.watch(&fabric.recovery.name),
+            );
             for ns in &vm_namespaces {
                 let live = match (primary, primary_watch.as_ref().and_then(|w| w.vms(ns))) {
                     (Some(_), Some(cached)) => Some(cached),

@@ -30,7 +30,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-
 fn controller(cp: &ControlPlane, name: &str, extra: &[&str]) -> Result<ControllerProcess> {
     let log = cp.dir().join(format!("{name}.log"));
     ControllerProcess::start(
@@ -438,7 +437,9 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
             "{vm} halted at HQ"
         );
     }
-    s.disks_hold(&s.dr, &at_hq, true).await.context("no data loss on planned failover")?;
+    s.disks_hold(&s.dr, &at_hq, true)
+        .await
+        .context("no data loss on planned failover")?;
     // Re-IPed: the recovered VMs carry DR addresses in their network data, on the DR LAN.
     let nd = network_data(&s.recovery, &s.ns, "exch-mbx01").await?;
     ensure!(
@@ -531,7 +532,9 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     )
     .await?;
     s.run_to_end("exchange-home", Duration::from_secs(600)).await?;
-    s.disks_hold(&s.hq, &at_dr, true).await.context("failback brings DR's writes home")?;
+    s.disks_hold(&s.hq, &at_dr, true)
+        .await
+        .context("failback brings DR's writes home")?;
     for vm in VMS {
         ensure!(
             virtual_machines(&s.primary, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Always",
@@ -725,7 +728,11 @@ async fn retention_prunes(s: &Scenario) -> Result<()> {
 /// movers stalled, one that no sync carries. Returns both and when the second was made.
 async fn writes_before_the_disaster(
     s: &Scenario,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>, k8s_openapi::jiff::Timestamp)> {
+) -> Result<(
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    k8s_openapi::jiff::Timestamp,
+)> {
     let synced = s.write_vms(&s.hq).await?;
     let written = k8s_openapi::jiff::Timestamp::now();
     wait_for("a sync after the first write", Duration::from_secs(180), || async {
@@ -844,8 +851,12 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         );
         // DR has what the last sync carried, not what HQ wrote after it, and the run says
         // which point it recovered.
-        s.disks_hold(&s.dr, &synced, true).await.context("data of the last sync")?;
-        s.disks_hold(&s.dr, &lost, false).await.context("data written after the last sync")?;
+        s.disks_hold(&s.dr, &synced, true)
+            .await
+            .context("data of the last sync")?;
+        s.disks_hold(&s.dr, &lost, false)
+            .await
+            .context("data written after the last sync")?;
         for vm in VMS {
             let point = pvm_status(&s, vm).await?.last_run.and_then(|l| l.recovery_point);
             ensure!(

@@ -123,7 +123,10 @@ async fn install(name: &str, kubeconfig: &Path, client: &Client, log_dir: &Path)
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while !site::http_ok(port, path).await.unwrap_or(false) {
             if tokio::time::Instant::now() > deadline {
-                bail!("a controller of site {name} did not answer {path} (see its log in {})", log_dir.display());
+                bail!(
+                    "a controller of site {name} did not answer {path} (see its log in {})",
+                    log_dir.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

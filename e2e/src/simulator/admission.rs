@@ -133,10 +133,22 @@ fn cloud_init() -> [Value; 2] {
     let bounded = |ci: &str| format!("!has(v.{ci}) || !has(v.{ci}.networkData) || size(v.{ci}.networkData) <= 2048");
     let all = |check: String| format!("variables.volumes.all(v, {check})");
     let rules = [
-        (all(one_source("cloudInitNoCloud")), "spec.template.spec.volumes[].cloudInitNoCloud must have only one networkdata source set."),
-        (all(one_source("cloudInitConfigDrive")), "spec.template.spec.volumes[].cloudInitConfigDrive must have only one networkdata source set."),
-        (all(bounded("cloudInitNoCloud")), "spec.template.spec.volumes[].cloudInitNoCloud networkdata exceeds 2048 byte limit. Should use NetworkDataSecretRef for larger data."),
-        (all(bounded("cloudInitConfigDrive")), "spec.template.spec.volumes[].cloudInitConfigDrive networkdata exceeds 2048 byte limit. Should use NetworkDataSecretRef for larger data."),
+        (
+            all(one_source("cloudInitNoCloud")),
+            "spec.template.spec.volumes[].cloudInitNoCloud must have only one networkdata source set.",
+        ),
+        (
+            all(one_source("cloudInitConfigDrive")),
+            "spec.template.spec.volumes[].cloudInitConfigDrive must have only one networkdata source set.",
+        ),
+        (
+            all(bounded("cloudInitNoCloud")),
+            "spec.template.spec.volumes[].cloudInitNoCloud networkdata exceeds 2048 byte limit. Should use NetworkDataSecretRef for larger data.",
+        ),
+        (
+            all(bounded("cloudInitConfigDrive")),
+            "spec.template.spec.volumes[].cloudInitConfigDrive networkdata exceeds 2048 byte limit. Should use NetworkDataSecretRef for larger data.",
+        ),
     ];
     let rules: Vec<Rule> = rules
         .into_iter()
@@ -151,5 +163,8 @@ fn cloud_init() -> [Value; 2] {
 
 /// The policies and their bindings, to apply at every site.
 pub fn policies() -> Vec<Value> {
-    [run_strategy(), networks(), cloud_init()].into_iter().flatten().collect()
+    [run_strategy(), networks(), cloud_init()]
+        .into_iter()
+        .flatten()
+        .collect()
 }

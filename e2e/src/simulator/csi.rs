@@ -60,8 +60,15 @@ async fn provision(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> 
     let claims: Vec<PersistentVolumeClaim> = ctx.list_typed(site).await?;
     let ours = claims.iter().filter(|c| {
         c.metadata.deletion_timestamp.is_none()
-            && c.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_none_or(str::is_empty)
-            && c.metadata.annotations.as_ref().and_then(|a| a.get(PROVISIONER_ANNOTATION)).map(String::as_str)
+            && c.spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_none_or(str::is_empty)
+            && c.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PROVISIONER_ANNOTATION))
+                .map(String::as_str)
                 == Some(DRIVER)
     });
     let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
@@ -215,10 +222,24 @@ async fn delete_released(ctx: &Ctx, site: usize, state: &mut SiteState) -> Resul
     let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
     let list = pvs.list(&Default::default()).await.context("listing PVs")?;
     for pv in list.items {
-        let ours = pv.metadata.annotations.as_ref().and_then(|a| a.get(PROVISIONED_BY)).map(String::as_str) == Some(DRIVER);
-        let claim_ns = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.namespace.clone());
+        let ours = pv
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PROVISIONED_BY))
+            .map(String::as_str)
+            == Some(DRIVER);
+        let claim_ns = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.namespace.clone());
         let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
-        let delete = pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete");
+        let delete = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+            == Some("Delete");
         if !(ours && released && delete && claim_ns.is_some_and(|ns| ctx.in_scope(&ns))) {
             continue;
         }
@@ -287,7 +308,15 @@ async fn snapshot(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
             if volumes.is_none() {
                 volumes = Some(volumes_by_handle(ctx, site).await?);
             }
-            cut(ctx, site, state, &api, content, volumes.as_ref().unwrap_or(&HashMap::new())).await
+            cut(
+                ctx,
+                site,
+                state,
+                &api,
+                content,
+                volumes.as_ref().unwrap_or(&HashMap::new()),
+            )
+            .await
         };
         if let Err(e) = result {
             state.errors.push(e.context(describe(content)));
@@ -332,7 +361,9 @@ async fn cut(
         status.insert("snapshotHandle".into(), json!(handle));
         status.insert("readyToUse".into(), json!(true));
         status.insert("creationTime".into(), json!(now_nanos()));
-        return util::patch_status(api, content, status, StatusAt::Subresource).await.map(|_| ());
+        return util::patch_status(api, content, status, StatusAt::Subresource)
+            .await
+            .map(|_| ());
     }
     let Some(volume_handle) = nonempty_str_at(&content.data, "/spec/source/volumeHandle") else {
         return Ok(());

@@ -85,7 +85,9 @@ pub async fn bound_pv(client: &Client, namespace: &str, claim: &str) -> Result<O
         return Ok(None);
     };
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    pvs.get_opt(&volume).await.with_context(|| format!("reading PV {volume}"))
+    pvs.get_opt(&volume)
+        .await
+        .with_context(|| format!("reading PV {volume}"))
 }
 
 /// What the volume bound to a claim holds; `None` while the claim is not bound.
@@ -98,12 +100,7 @@ pub async fn read(client: &Client, namespace: &str, claim: &str) -> Result<Optio
 
 /// Changes the data of the volume bound to a claim, guarded by the PV's resourceVersion
 /// (retried on a conflict), and returns the new data.
-pub async fn update(
-    client: &Client,
-    namespace: &str,
-    claim: &str,
-    change: impl Fn(&mut DiskData),
-) -> Result<DiskData> {
+pub async fn update(client: &Client, namespace: &str, claim: &str, change: impl Fn(&mut DiskData)) -> Result<DiskData> {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for _ in 0..10 {
         let Some(pv) = bound_pv(client, namespace, claim).await? else {

@@ -281,8 +281,9 @@ async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod, workload
         }
         "Running" => {
             let exit = match workload {
-                Workload::Script => (state.since(&format!("pod:{uid}:{restarts}")) >= ctx.config.job_duration)
-                    .then_some(None),
+                Workload::Script => {
+                    (state.since(&format!("pod:{uid}:{restarts}")) >= ctx.config.job_duration).then_some(None)
+                }
                 Workload::Mover(role) => mover::step(ctx, site, state, pod, role).await?.map(Some),
                 Workload::Launcher => None,
             };

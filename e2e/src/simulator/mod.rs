@@ -317,7 +317,10 @@ impl SimulatorHandle {
     /// make it): returns the write's id, which the disk's data then holds.
     pub async fn write_disk(&self, site: &str, namespace: &str, claim: &str) -> Result<String> {
         let id = format!("{site}/{claim}/{}", WRITES.fetch_add(1, Ordering::Relaxed));
-        disk::update(&self.site_client(site)?, namespace, claim, |d| d.writes.push(id.clone())).await?;
+        disk::update(&self.site_client(site)?, namespace, claim, |d| {
+            d.writes.push(id.clone())
+        })
+        .await?;
         Ok(id)
     }
 

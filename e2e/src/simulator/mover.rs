@@ -108,7 +108,11 @@ pub(crate) async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Po
 }
 
 fn serve(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Option<i32> {
-    let completed = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(COMPLETE));
+    let completed = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(COMPLETE));
     if !completed {
         return None;
     }
@@ -134,7 +138,11 @@ async fn server_behind(ctx: &Ctx, endpoint: &network::Endpoint) -> Result<Option
             && p.metadata.deletion_timestamp.is_none()
             && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
             && role(p) == Some(Role::Server)
-            && !p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(COMPLETE))
+            && !p
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(COMPLETE))
     }))
 }
 
@@ -189,7 +197,10 @@ async fn send(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Resul
         .await?
         .with_context(|| format!("the source volume {source_claim} is not bound"))?;
     let server_ns = server_pod.metadata.namespace.clone().unwrap_or_default();
-    disk::update(&ctx.client(server_site), &server_ns, &target_claim, |d| *d = data.clone()).await?;
+    disk::update(&ctx.client(server_site), &server_ns, &target_claim, |d| {
+        *d = data.clone()
+    })
+    .await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client(server_site), &server_ns);
     let patch = json!({"metadata": {"annotations": {COMPLETE: uid}}});
     pods.patch(

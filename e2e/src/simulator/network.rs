@@ -32,7 +32,10 @@ pub(crate) struct Endpoint {
 /// The ClusterIP range of a site, as its API server allocates.
 async fn service_cidr(ctx: &Ctx, site: usize) -> Result<Option<Ipv4Net>> {
     let api: Api<ServiceCIDR> = Api::all(ctx.client(site));
-    let cidr = api.get_opt("kubernetes").await.context("reading ServiceCIDR kubernetes")?;
+    let cidr = api
+        .get_opt("kubernetes")
+        .await
+        .context("reading ServiceCIDR kubernetes")?;
     Ok(cidr
         .and_then(|c| c.spec)
         .and_then(|s| s.cidrs)
@@ -84,8 +87,12 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
         let api: Api<Service> = Api::namespaced(ctx.client(site), namespace);
         let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": address.to_string(), "ipMode": "VIP"}]}}});
         match api.patch_status(name, &util::params(), &Patch::Merge(&patch)).await {
-            Ok(_) => tracing::info!(site = %ctx.site_name(site), "load balancer: Service {namespace}/{name} at {address}"),
-            Err(e) => state.errors.push(anyhow::Error::new(e).context(format!("Service {namespace}/{name}"))),
+            Ok(_) => {
+                tracing::info!(site = %ctx.site_name(site), "load balancer: Service {namespace}/{name} at {address}")
+            }
+            Err(e) => state
+                .errors
+                .push(anyhow::Error::new(e).context(format!("Service {namespace}/{name}"))),
         }
     }
     Ok(())

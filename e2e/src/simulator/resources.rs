@@ -103,14 +103,3 @@ pub const VOLUME_SNAPSHOT_CONTENT: Kind = Kind {
     plural: "volumesnapshotcontents",
     namespaced: false,
 };
-
-/// Every kind the stand-in CRDs define.
-pub const ALL: [Kind; 7] = [
-    VIRTUAL_MACHINE,
-    VIRTUAL_MACHINE_INSTANCE,
-    REPLICATION_SOURCE,
-    REPLICATION_DESTINATION,
-    VOLUME_SNAPSHOT,
-    VOLUME_SNAPSHOT_CLASS,
-    VOLUME_SNAPSHOT_CONTENT,
-];

@@ -188,7 +188,11 @@ impl SiteApi {
         name: &str,
         patch: &Value,
     ) -> Result<Option<Value>, FabricError> {
-        match self.api(kind, namespace).patch(name, &strict(), &Patch::Merge(patch)).await {
+        match self
+            .api(kind, namespace)
+            .patch(name, &strict(), &Patch::Merge(patch))
+            .await
+        {
             Ok(o) => Ok(Some(to_value(o))),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(classify(&self.site, &format!("patching {} {name}", kind.kind), e)),
@@ -207,7 +211,11 @@ impl SiteApi {
     ) -> Result<bool, FabricError> {
         let mut patch = patch.clone();
         patch["metadata"]["resourceVersion"] = Value::from(version);
-        match self.api(kind, namespace).patch(name, &strict(), &Patch::Merge(&patch)).await {
+        match self
+            .api(kind, namespace)
+            .patch(name, &strict(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
             Err(e) => Err(classify(&self.site, &format!("patching {} {name}", kind.kind), e)),

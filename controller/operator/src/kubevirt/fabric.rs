@@ -18,8 +18,8 @@ use super::dynamic::{
     VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, str_at,
 };
 use super::final_sync;
-use super::points::{self, DiskPoint};
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
+use super::points::{self, DiskPoint};
 use crate::scripts::ScriptRunner;
 
 const SOON: Duration = Duration::from_secs(2);
@@ -140,7 +140,8 @@ impl KubeVirtFabric {
     /// Replication of one VM from `source` to `target`, with the schedule from its RPO, and
     /// recovery points adopted and pruned. The Secret's key is made once and copied.
     /// `reuse_disks`: the target keeps the VM's own PVCs as destinations (after a failover,
-    /// replicating back onto the old disks), so only changes move.
+    /// replicating back onto the old disks), so only changes move. The last sync reported is
+    /// the newest point the target holds for every disk: what a failover could recover.
     pub async fn replicate(
         &self,
         vm: &VmModel,
@@ -151,126 +152,123 @@ impl KubeVirtFabric {
     ) -> Result<ReplicationState, FabricError> {
         let src = self.site(&source.name)?;
         let dst = self.site(&target.name)?;
-        let ns = vm.vm_namespace.as_str();
-        dst.ensure_namespace(ns).await?;
-
-        // The rsync-TLS key, the same on both sides.
-        let secret_name = objects::rsync_secret_name(&vm.name);
-        let existing = match dst.get(SECRET, Some(ns), &secret_name).await? {
-            Some(s) => Some(s),
-            None => src.get(SECRET, Some(ns), &secret_name).await?,
+        dst.ensure_namespace(&vm.vm_namespace).await?;
+        ensure_key(src, dst, vm).await?;
+        copy_manifest(src, dst, vm).await?;
+        let ends = Ends {
+            source,
+            target,
+            src,
+            dst,
+            reuse_disks,
         };
-        let psk = existing
-            .as_ref()
-            .and_then(|s| str_at(s, "/data/psk.txt"))
-            .and_then(decode_b64)
-            .and_then(|t| t.strip_prefix("volsync:").map(str::to_owned))
-            .unwrap_or_else(new_psk);
-        let secret = objects::rsync_secret(ns, &vm.name, &psk);
-        dst.create_if_absent(SECRET, &secret).await?;
-        src.create_if_absent(SECRET, &secret).await?;
-
-        // A copy of the VM's manifest at the target, for recovering it when the source is gone.
-        if let Some(source_vm) = src.get(VM, Some(ns), &vm.vm_name).await? {
-            let copy = json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": objects::source_copy_name(&vm.name), "namespace": ns,
-                             "labels": {PROTECTED_VM: vm.name, objects::MANAGED_BY: "coldsite"}},
-                "data": {"vm.json": serde_json::to_string(&json!({
-                    "metadata": {"labels": source_vm.pointer("/metadata/labels").cloned().unwrap_or(Value::Null)},
-                    "spec": source_vm.get("spec").cloned().unwrap_or(Value::Null),
-                })).unwrap_or_default()},
-            });
-            dst.apply(CONFIG_MAP, &copy).await?;
-        }
-
-        let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
         let mut established = true;
-        let mut last_sync: Option<DateTime<Utc>> = None;
         let mut waiting = Vec::new();
         for disk in &vm.disks {
-            let Some(pvc) = src.get(PVC, Some(ns), disk).await? else {
-                return Err(FabricError::permanent(format!(
-                    "site {}: disk PVC {ns}/{disk} of VM {} not found",
-                    source.name, vm.vm_name
-                )));
-            };
-            let shape = DiskShape::of_pvc(&pvc).map_err(|e| {
-                FabricError::permanent(format!("site {}: disk PVC {ns}/{disk}: {e}", source.name))
-            })?;
-            let rd = dst
-                .apply(
-                    REPLICATION_DESTINATION,
-                    &objects::replication_destination(&objects::DestinationSpec {
-                        namespace: ns,
-                        pvm: &vm.name,
-                        disk,
-                        shape: &shape,
-                        storage_class: target.storage_class.as_deref(),
-                        snapshot_class: target.snapshot_class.as_deref(),
-                        service: &target.replication,
-                        destination_pvc: reuse_disks.then_some(disk.as_str()),
-                        manual: None,
-                    }),
-                )
-                .await?;
-            let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
-                established = false;
-                waiting.extend(blockers(dst, &target.name, "ReplicationDestination", &rd).await?);
-                waiting.extend(address_blocker(dst, target, &rd).await?);
-                continue;
-            };
-            let rs = src
-                .apply(
-                    REPLICATION_SOURCE,
-                    &objects::replication_source(&objects::SourceSpec {
-                        namespace: ns,
-                        pvm: &vm.name,
-                        disk,
-                        address,
-                        schedule: Some(&schedule),
-                        manual: None,
-                        storage_class: source.storage_class.as_deref(),
-                        snapshot_class: source.snapshot_class.as_deref(),
-                    }),
-                )
-                .await?;
-            let synced = parse_time(str_at(&rs, "/status/lastSyncTime"));
-            last_sync = match (last_sync, synced) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (None, b) if disk == &vm.disks[0] => b,
-                (a, _) => a,
-            };
-            if synced.is_none() {
-                last_sync = None;
-                waiting.extend(blockers(src, &source.name, "ReplicationSource", &rs).await?);
-                waiting.extend(blockers(dst, &target.name, "ReplicationDestination", &rd).await?);
-            }
-            self.adopt_latest(dst, vm, disk, false).await?;
-            // Retention: points past it go, but never the newest.
-            let points = self.disk_points(dst, vm, disk).await?;
-            let times: Vec<RecoveryPoint> = points
-                .iter()
-                .map(|(t, _)| RecoveryPoint {
-                    time: *t,
-                    app_consistent: false,
-                })
-                .collect();
-            for gone in rpo::expired(&times, now, vm.retention) {
-                if let Some((_, s)) = points.iter().find(|(t, _)| *t == gone.time) {
-                    let name = str_at(s, "/metadata/name").unwrap_or_default();
-                    dst.delete(VOLUME_SNAPSHOT, Some(ns), name).await?;
-                }
-            }
+            let d = self.replicate_disk(&ends, vm, disk, now).await?;
+            established &= d.established;
+            waiting.extend(d.waiting);
         }
         let points = self.recovery_points_at(dst, vm).await?;
         Ok(ReplicationState {
             established,
-            last_sync,
+            last_sync: points.last().map(|p| p.time),
             points,
             bytes_transferred: None,
             waiting,
         })
+    }
+
+    /// One disk: its destination and source, its newest point adopted, old points pruned,
+    /// and what is in the way while it has no point.
+    async fn replicate_disk(
+        &self,
+        ends: &Ends<'_>,
+        vm: &VmModel,
+        disk: &str,
+        now: DateTime<Utc>,
+    ) -> Result<DiskReplication, FabricError> {
+        let (src, dst) = (ends.src, ends.dst);
+        let ns = vm.vm_namespace.as_str();
+        let Some(pvc) = src.get(PVC, Some(ns), disk).await? else {
+            return Err(FabricError::permanent(format!(
+                "site {}: disk PVC {ns}/{disk} of VM {} not found",
+                ends.source.name, vm.vm_name
+            )));
+        };
+        let shape = DiskShape::of_pvc(&pvc)
+            .map_err(|e| FabricError::permanent(format!("site {}: disk PVC {ns}/{disk}: {e}", ends.source.name)))?;
+        let rd = dst
+            .apply(
+                REPLICATION_DESTINATION,
+                &objects::replication_destination(&objects::DestinationSpec {
+                    namespace: ns,
+                    pvm: &vm.name,
+                    disk,
+                    shape: &shape,
+                    storage_class: ends.target.storage_class.as_deref(),
+                    snapshot_class: ends.target.snapshot_class.as_deref(),
+                    service: &ends.target.replication,
+                    destination_pvc: ends.reuse_disks.then_some(disk),
+                    manual: None,
+                }),
+            )
+            .await?;
+        let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
+            let mut waiting = blockers(dst, &ends.target.name, "ReplicationDestination", &rd).await?;
+            waiting.extend(address_blocker(dst, ends.target, &rd).await?);
+            return Ok(DiskReplication {
+                established: false,
+                waiting,
+            });
+        };
+        let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
+        let rs = src
+            .apply(
+                REPLICATION_SOURCE,
+                &objects::replication_source(&objects::SourceSpec {
+                    namespace: ns,
+                    pvm: &vm.name,
+                    disk,
+                    address,
+                    schedule: Some(&schedule),
+                    manual: None,
+                    storage_class: ends.source.storage_class.as_deref(),
+                    snapshot_class: ends.source.snapshot_class.as_deref(),
+                }),
+            )
+            .await?;
+        self.adopt_latest(dst, vm, disk, false).await?;
+        let kept = self.prune(dst, vm, disk, now).await?;
+        let mut waiting = Vec::new();
+        if kept == 0 {
+            waiting.extend(blockers(src, &ends.source.name, "ReplicationSource", &rs).await?);
+            waiting.extend(blockers(dst, &ends.target.name, "ReplicationDestination", &rd).await?);
+        }
+        Ok(DiskReplication {
+            established: true,
+            waiting,
+        })
+    }
+
+    /// Deletes a disk's points past retention, never the newest; returns how many are kept.
+    async fn prune(&self, site: &SiteApi, vm: &VmModel, disk: &str, now: DateTime<Utc>) -> Result<usize, FabricError> {
+        let points = self.disk_points(site, vm, disk).await?;
+        let times: Vec<RecoveryPoint> = points
+            .iter()
+            .map(|(t, _)| RecoveryPoint {
+                time: *t,
+                app_consistent: false,
+            })
+            .collect();
+        let expired = rpo::expired(&times, now, vm.retention);
+        for gone in &expired {
+            if let Some((_, s)) = points.iter().find(|(t, _)| *t == gone.time) {
+                let name = str_at(s, "/metadata/name").unwrap_or_default();
+                site.delete(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
+            }
+        }
+        Ok(points.len() - expired.len())
     }
 
     /// A VM's points, from all its disks' snapshots (see [`points`]).
@@ -299,6 +297,60 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// Both ends of one VM's replication.
+struct Ends<'a> {
+    source: &'a SiteModel,
+    target: &'a SiteModel,
+    src: &'a SiteApi,
+    dst: &'a SiteApi,
+    reuse_disks: bool,
+}
+
+/// How one disk's replication stands.
+struct DiskReplication {
+    established: bool,
+    waiting: Vec<String>,
+}
+
+/// The rsync-TLS key of a VM's replication: made once, the same at both ends.
+async fn ensure_key(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    let name = objects::rsync_secret_name(&vm.name);
+    let existing = match dst.get(SECRET, Some(ns), &name).await? {
+        Some(s) => Some(s),
+        None => src.get(SECRET, Some(ns), &name).await?,
+    };
+    let psk = existing
+        .as_ref()
+        .and_then(|s| str_at(s, "/data/psk.txt"))
+        .and_then(decode_b64)
+        .and_then(|t| t.strip_prefix("volsync:").map(str::to_owned))
+        .unwrap_or_else(new_psk);
+    let secret = objects::rsync_secret(ns, &vm.name, &psk);
+    dst.create_if_absent(SECRET, &secret).await?;
+    src.create_if_absent(SECRET, &secret).await?;
+    Ok(())
+}
+
+/// A copy of the VM's manifest at the target, for recovering it when the source is gone.
+async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    let Some(source_vm) = src.get(VM, Some(ns), &vm.vm_name).await? else {
+        return Ok(());
+    };
+    let copy = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": objects::source_copy_name(&vm.name), "namespace": ns,
+                     "labels": {PROTECTED_VM: vm.name, objects::MANAGED_BY: "coldsite"}},
+        "data": {"vm.json": serde_json::to_string(&json!({
+            "metadata": {"labels": source_vm.pointer("/metadata/labels").cloned().unwrap_or(Value::Null)},
+            "spec": source_vm.get("spec").cloned().unwrap_or(Value::Null),
+        })).unwrap_or_default()},
+    });
+    dst.apply(CONFIG_MAP, &copy).await?;
+    Ok(())
 }
 
 /// Why a VolSync object has not synced yet, in what VolSync and the snapshot controller

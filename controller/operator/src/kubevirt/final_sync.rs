@@ -151,7 +151,9 @@ mod tests {
         let rd = destination("7", None, None);
         assert_eq!(
             next_of(&rs, Some(&rd), Some(&job(1, 0))),
-            Next::TagDestination { tag: "run-uid-7".into() }
+            Next::TagDestination {
+                tag: "run-uid-7".into()
+            }
         );
         assert_eq!(next_of(&rs, None, None), Next::Wait, "no destination yet");
     }
@@ -192,7 +194,9 @@ mod tests {
         let rd = destination("9", Some("run-uid-7"), Some("run-uid-7"));
         assert_eq!(
             next_of(&rs, Some(&rd), None),
-            Next::TagDestination { tag: "run-uid-9".into() }
+            Next::TagDestination {
+                tag: "run-uid-9".into()
+            }
         );
     }
 
@@ -220,7 +224,9 @@ mod tests {
         let rd = destination("11", Some("run-uid-7"), Some("run-uid-7"));
         assert_eq!(
             next_of(&failed, Some(&rd), None),
-            Next::TagDestination { tag: "run-uid-11".into() }
+            Next::TagDestination {
+                tag: "run-uid-11".into()
+            }
         );
         // While the mover still tries, the destination that recorded its tag may simply be
         // ahead of the source: wait.
@@ -234,7 +240,9 @@ mod tests {
         let rd = destination("12", Some("an-earlier-run-3"), Some("an-earlier-run-3"));
         assert_eq!(
             next_of(&rs, Some(&rd), None),
-            Next::TagDestination { tag: "run-uid-12".into() }
+            Next::TagDestination {
+                tag: "run-uid-12".into()
+            }
         );
         // A uid that merely starts like this run's is another run's.
         let rd = destination("13", Some("run-uidX-7"), None);
