@@ -138,6 +138,8 @@ pub mod condition {
     pub const REPLICATING: &str = "Replicating";
     pub const RPO_MET: &str = "RpoMet";
     pub const SUCCEEDED: &str = "Succeeded";
+    /// On a VM that failed over: its original at the site it left is confirmed halted.
+    pub const FENCED: &str = "Fenced";
 }
 
 /// Find a condition by type.

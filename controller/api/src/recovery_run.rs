@@ -44,9 +44,17 @@ pub struct RecoveryRunSpec {
     /// Planned actions always sync a last time and ignore older points.
     #[serde(default)]
     pub recovery_point: RecoveryPointSelector,
-    /// For an unplanned Failover, try to stop the source VMs first; failure is tolerated.
+    /// For an unplanned Failover, try to stop the source VMs first; failure is tolerated once
+    /// the source site counts as down.
     #[serde(default = "yes")]
     pub shutdown_source: bool,
+    /// Declares the run's source site down: steps there do not wait for it to answer. Without
+    /// it, a source that does not answer is waited for (a slow site is not a dead one) until
+    /// it has been unreachable for its Site's `spec.downAfter`. Set it only when the site is
+    /// known to be lost: its VMs may still run if it is merely cut off, and coldsite halts
+    /// them when it answers again. `kubectl coldsite failover --force` sets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_down: bool,
     /// Names of manual actions a person has approved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
@@ -64,10 +72,11 @@ fn yes() -> bool {
 fn immutable_spec() -> Rule {
     Rule::new(
         "self.plan == oldSelf.plan && self.action == oldSelf.action && \
-         self.recoveryPoint == oldSelf.recoveryPoint && self.shutdownSource == oldSelf.shutdownSource",
+         self.recoveryPoint == oldSelf.recoveryPoint && self.shutdownSource == oldSelf.shutdownSource && \
+         (has(self.sourceDown) ? self.sourceDown : false) == (has(oldSelf.sourceDown) ? oldSelf.sourceDown : false)",
     )
     .message(Message::Message(
-        "spec is immutable after creation except spec.approvals and spec.cancel; create a new RecoveryRun to change plan, action, recoveryPoint or shutdownSource".into(),
+        "spec is immutable after creation except spec.approvals and spec.cancel; create a new RecoveryRun to change plan, action, recoveryPoint, shutdownSource or sourceDown".into(),
     ))
     .reason(Reason::FieldValueForbidden)
 }

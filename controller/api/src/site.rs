@@ -38,11 +38,23 @@ pub struct SiteSpec {
     /// How the replication movers of other sites reach this site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<SiteReplication>,
+    /// How long the site must have been unreachable (its `Reachable` condition False) before
+    /// a run counts it as down and goes on without it, such as `5m`. Until then a run keeps
+    /// retrying it: a slow site is not a dead one. A run can also declare its source down
+    /// (`spec.sourceDown`).
+    #[serde(default = "default_down_after")]
+    #[x_kube(validation = crate::rules::duration("spec.downAfter"))]
+    #[schemars(length(max = 32))]
+    pub down_after: String,
     /// Namespace where test-failover VMs are created at this site.
     #[serde(default = "default_test_namespace")]
     #[x_kube(validation = crate::rules::dns_label("spec.testNamespace"))]
     #[schemars(length(max = 63))]
     pub test_namespace: String,
+}
+
+fn default_down_after() -> String {
+    "5m".into()
 }
 
 fn default_test_namespace() -> String {

@@ -52,7 +52,8 @@ struct RunArgs {
     #[arg(long)]
     dry_run: bool,
     /// Start the run even though the plan is not Valid or not Ready, or another run of the
-    /// plan is in progress.
+    /// plan is in progress. A VM whose state does not fit the action is refused all the
+    /// same. For `failover`, see its own help: --force also declares the primary down.
     #[arg(long)]
     force: bool,
     /// Follow the run as `status --watch` does until it finishes; exit 1 unless it succeeds.
@@ -75,6 +76,7 @@ impl RunArgs {
             name: self.name,
             dry_run: self.dry_run,
             force: self.force,
+            source_down: false,
             wait: self.wait,
             field_manager: self.field_manager,
         }
@@ -211,7 +213,15 @@ enum Command {
     ///
     /// Creates a RecoveryRun with action Failover. The source VMs are shut down first when
     /// the primary answers, unless --no-shutdown-source. Refuses unless the plan is Valid and
-    /// Ready; in a real disaster it will not be Ready, and --force is the way on.
+    /// Ready, and every VM is protected at the primary; in a real disaster the plan will not
+    /// be Ready, and --force is the way on.
+    ///
+    /// --force also sets the run's spec.sourceDown: the primary is declared down, and the run
+    /// does not wait for it to answer. Without it, a primary that does not answer is waited
+    /// for until it has been unreachable for its Site's spec.downAfter (5m by default): a
+    /// slow or cut-off site is not a dead one, and its VMs may still run. Whichever way the
+    /// primary was taken as down, coldsite halts its VMs as soon as it answers again, before
+    /// anything else happens there, and never starts them except through a failback.
     Failover {
         #[command(flatten)]
         run: RunArgs,
@@ -405,6 +415,8 @@ fn main() -> ExitCode {
             let mut req = run.request("failover", RunAction::Failover);
             req.recovery_point = recovery_point;
             req.shutdown_source = !no_shutdown_source;
+            // In a disaster, --force also declares the primary down.
+            req.source_down = req.force;
             on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
         }
         Command::Planned { run } => {

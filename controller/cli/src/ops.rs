@@ -472,6 +472,8 @@ pub struct NewRun {
     pub name: Option<String>,
     pub dry_run: bool,
     pub force: bool,
+    /// Declare the source site down (`spec.sourceDown`).
+    pub source_down: bool,
     pub wait: bool,
     pub field_manager: Option<String>,
 }
@@ -538,6 +540,7 @@ pub fn new_run(namespace: &str, name: &str, req: &NewRun) -> anyhow::Result<Reco
             shutdown_source: req.shutdown_source,
             approvals: req.approvals.clone(),
             cancel: false,
+            source_down: req.source_down,
         },
     );
     run.metadata.namespace = Some(namespace.to_owned());

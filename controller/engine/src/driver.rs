@@ -28,6 +28,9 @@ pub struct RunContext {
     pub plan: PlanModel,
     pub run: RunRef,
     pub recovery_point: RecoveryPointSelector,
+    /// The source site counts as down: steps there that tolerate an unreachable site go on
+    /// without it. Otherwise they wait for it to answer.
+    pub source_down: bool,
     recovered: Vec<Result<RecoveredVm, String>>,
     /// The VMs as scripts see them in their context.
     vms_context: serde_json::Value,
@@ -103,9 +106,16 @@ impl RunContext {
             plan,
             run,
             recovery_point,
+            source_down: false,
             recovered,
             vms_context,
         }
+    }
+
+    /// Declares the source site down (see [`RunContext::source_down`]).
+    pub fn with_source_down(mut self, down: bool) -> Self {
+        self.source_down = down;
+        self
     }
 
     pub fn is_test(&self) -> bool {
@@ -151,6 +161,9 @@ impl RunContext {
         })
     }
 }
+
+/// How soon a step retries a site that does not answer.
+const UNREACHABLE_RETRY: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// What one poll of a step saw: done (with the point a restore or sync used), or not yet.
 type PollResult = Result<Progress<Option<RecoveryPoint>>, FabricError>;
@@ -290,13 +303,27 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                             },
                         });
                     }
-                    Err(e) if tolerate && e.kind == FailureKind::Unreachable => {
-                        let note = Some(format!("source site unreachable, taken as down: {}", e.message));
+                    Err(e) if tolerate && e.kind == FailureKind::Unreachable && self.ctx.source_down => {
+                        let note = Some(format!("source site down, not waited for: {}", e.message));
                         observations.push(Observation {
                             step,
                             attempt,
                             outcome: Outcome::Done { point: None, note },
                         });
+                    }
+                    Err(e) if e.kind == FailureKind::Unreachable => {
+                        // A slow site is not a dead one: wait until it answers, or counts as down.
+                        let message = format!(
+                            "waiting for the site to answer ({}); it counts as down once unreachable for its \
+                             Site's spec.downAfter, or when the run sets spec.sourceDown",
+                            e.message
+                        );
+                        observations.push(Observation {
+                            step,
+                            attempt,
+                            outcome: Outcome::Waiting { message },
+                        });
+                        self.polls.push(Reverse((now + UNREACHABLE_RETRY, step, attempt)));
                     }
                     Ok(Progress::InProgress { retry_after }) => {
                         let at = now + chrono_duration(retry_after.max(std::time::Duration::from_millis(1)));

@@ -44,6 +44,9 @@ pub enum Outcome {
         message: String,
         retryable: bool,
     },
+    /// Still going, held up by something the step waits out (a source site that does not
+    /// answer but does not count as down yet): the message says so.
+    Waiting { message: String },
 }
 
 /// The result of one attempt, as the driver saw it.
@@ -285,6 +288,13 @@ impl<'g> Executor<'g> {
         if r.state != StepState::Running || r.attempts != o.attempt {
             return;
         }
+        if let Outcome::Waiting { message } = o.outcome {
+            if r.message.as_deref() != Some(message.as_str()) {
+                self.records[i].message = Some(message);
+                self.mark(i);
+            }
+            return;
+        }
         self.running.remove(&i);
         match o.outcome {
             Outcome::Done { point, note } => {
@@ -293,6 +303,7 @@ impl<'g> Executor<'g> {
                 }
                 self.succeed(i, point, now)
             }
+            Outcome::Waiting { .. } => {}
             Outcome::Failed { message, retryable } => {
                 let def = &self.graph.steps[i];
                 let deadline = self.deadline(i);

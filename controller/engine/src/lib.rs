@@ -7,6 +7,7 @@ pub mod cloudinit;
 pub mod driver;
 pub mod executor;
 pub mod fabric;
+pub mod lifecycle;
 pub mod model;
 pub mod planner;
 pub mod reip;

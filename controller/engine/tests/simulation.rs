@@ -123,7 +123,9 @@ fn scenario(seed: u64) -> Scenario {
                 direction,
             },
             recovery_point,
-        ),
+        )
+        // A site down for the whole simulation counts as down (its grace has passed).
+        .with_source_down(source_down),
         options: PlanOptions {
             action,
             direction,
@@ -366,4 +368,73 @@ fn crashes_everywhere_in_one_run() {
         .filter(|a| !matches!(a.kind, ActionKind::Manual { .. }) && a.runs_in(action))
         .count();
     assert_eq!(scripts, expected, "each script ran exactly once");
+}
+
+/// A source that does not answer is waited for, not taken as down, unless the run declares
+/// it down: a slow or cut-off site may still run the VMs.
+#[test]
+fn an_unanswering_source_is_waited_for_unless_declared_down() {
+    let plan = synthetic::plan(
+        9,
+        &Shape {
+            groups: 2,
+            vms_per_group: 2,
+            action_chance: 0.0,
+            random_dependencies: false,
+        },
+    );
+    let primary = plan.primary.name.clone();
+    let ctx = RunContext::new(
+        plan,
+        RunRef {
+            namespace: "apps".into(),
+            name: "r".into(),
+            uid: "u".into(),
+            action: RunAction::Failover,
+            direction: Direction::Forward,
+        },
+        RecoveryPointSelector::Latest,
+    );
+    let options = PlanOptions {
+        action: RunAction::Failover,
+        direction: Direction::Forward,
+        shutdown_source: true,
+    };
+    let graph = planner::plan(&ctx.plan, options);
+    let config = SimConfig {
+        faults: Faults {
+            sites_down: [primary].into(),
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let run = RunOptions {
+        check_every_pass: true,
+        ..RunOptions::default()
+    };
+    let started = |fabric: &SimFabric| {
+        fabric
+            .world()
+            .events
+            .iter()
+            .any(|e| matches!(e, coldsite_engine::sim::SimEvent::VmStarted { .. }))
+    };
+
+    let fabric = SimFabric::new(config.clone(), &ctx.plan, Direction::Forward);
+    let report = simulation::run(&ctx, &graph, &fabric, &run).unwrap();
+    assert_ne!(report.phase, RunPhase::Succeeded);
+    assert!(!started(&fabric), "a copy started while its source might still run");
+    assert!(
+        report
+            .records
+            .iter()
+            .all(|r| !r.message.as_deref().unwrap_or_default().contains("not waited for")),
+        "a source was taken as down without being declared down"
+    );
+
+    let declared = ctx.clone().with_source_down(true);
+    let fabric = SimFabric::new(config, &declared.plan, Direction::Forward);
+    let report = simulation::run(&declared, &graph, &fabric, &run).unwrap();
+    assert_eq!(report.phase, RunPhase::Succeeded);
+    assert!(started(&fabric));
 }

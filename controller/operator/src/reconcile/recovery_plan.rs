@@ -343,6 +343,7 @@ async fn create_drill(
             shutdown_source: true,
             approvals: approvals.to_vec(),
             cancel: false,
+            source_down: false,
         },
     );
     run.metadata.namespace = plan.namespace();
