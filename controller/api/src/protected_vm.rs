@@ -272,7 +272,11 @@ pub struct ProtectedVMStatus {
     /// The UID of the last finished run whose outcome `phase` and `activeSite` reflect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_run: Option<String>,
-    /// `Ready`, `Replicating` and `RpoMet`.
+    /// While a run holds the VM, the phase it had when claimed: where it stays if the run does
+    /// not complete for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_before_run: Option<ProtectionPhase>,
+    /// `Ready`, `Replicating`, `RpoMet`, and `Fenced` (the copy at the other site is halted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

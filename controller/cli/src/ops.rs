@@ -901,6 +901,7 @@ mod tests {
             name: None,
             dry_run: true,
             force: false,
+            source_down: false,
             wait: false,
             field_manager: None,
         };

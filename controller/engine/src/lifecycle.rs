@@ -10,10 +10,10 @@
 //!      └────────── Committed ◀── FailedOver@primary ◀────────────────────────┘
 //! ```
 //!
-//! A test failover leaves the VM where it is. A run that fails half-way leaves each VM where
-//! its own steps left it: a VM started at the target has moved; one stopped at its source
-//! but not started at the target is `FailingOver` (or `FailingBack`, `Reprotecting`) until
-//! the same action is retried.
+//! A test failover leaves the VM where it is. A run that fails or is cancelled half-way
+//! leaves each VM where its own steps left it: a VM started at the target has moved; one that
+//! was not started there stays where it was (stopped, if a planned action stopped it), and
+//! the same action fits again: a retry adopts what the failed run left at the target.
 
 use coldsite_api::RunAction;
 use coldsite_api::protected_vm::{ProtectionPhase, ReplicationDirection};
@@ -135,9 +135,6 @@ pub fn fitting(s: &Standing) -> Vec<RunAction> {
         (P::Protected, Side::Recovery) if s.has_points => vec![A::TestFailover, A::Failback],
         (P::FailedOver, _) => vec![A::Commit, A::Reprotect],
         (P::Committed, _) => vec![A::Reprotect],
-        (P::FailingOver, _) => vec![A::PlannedFailover, A::Failover],
-        (P::FailingBack, _) => vec![A::Failback],
-        (P::Reprotecting, _) => vec![A::Reprotect],
         _ => Vec::new(),
     }
 }
@@ -150,7 +147,7 @@ fn describe(s: &Standing, names: &Names<'_>) -> String {
             "with no recovery point yet".to_owned()
         }
         (ProtectionPhase::FailingOver | ProtectionPhase::FailingBack | ProtectionPhase::Reprotecting, _) => {
-            "after a run that did not complete".to_owned()
+            "while a run moves it".to_owned()
         }
         (_, ReplicationDirection::Paused) => "with replication paused".to_owned(),
         (_, _) => format!("replicating to {}", names.site(s.active.other())),
@@ -234,7 +231,7 @@ pub fn admit_plan<'a>(
 
 /// Which way an action goes for a VM active at `active`: failover-type actions leave it,
 /// commit and reprotect stay with it.
-fn direction_of(action: RunAction, active: Side) -> Direction {
+pub fn direction_of(action: RunAction, active: Side) -> Direction {
     let away = |side: Side| match side {
         Side::Primary => Direction::Forward,
         Side::Recovery => Direction::Reverse,
@@ -267,14 +264,8 @@ pub fn during(action: RunAction) -> Option<ProtectionPhase> {
 
 /// Where a finished run of `action` in `direction` leaves a VM.
 pub fn after_run(s: Standing, action: RunAction, direction: Direction, outcome: VmOutcome) -> Standing {
-    if action == RunAction::TestFailover || !outcome.started {
+    if action == RunAction::TestFailover || !outcome.completed {
         return s;
-    }
-    if !outcome.completed {
-        return match during(action) {
-            Some(phase) => Standing { phase, ..s },
-            None => s,
-        };
     }
     let target = Side::source_of(direction).other();
     match action {
@@ -378,26 +369,20 @@ mod tests {
     }
 
     #[test]
-    fn nothing_but_a_retry_fits_an_interrupted_failover() {
-        let s = protected(Side::Primary);
+    fn a_failover_that_did_not_start_the_copy_leaves_the_vm_and_can_be_retried() {
         let stopped_not_started = VmOutcome {
             started: true,
             completed: false,
         };
-        let s = after_run(s, RunAction::PlannedFailover, Direction::Forward, stopped_not_started);
-        assert_eq!(s.phase, ProtectionPhase::FailingOver);
-        assert_eq!(s.active, Side::Primary);
-        assert_eq!(admit("vm", &s, RunAction::Failover, &NAMES), Ok(Direction::Forward));
-        let why = admit("vm", &s, RunAction::Reprotect, &NAMES).unwrap_err();
-        assert!(why.contains("did not complete"), "{why}");
-        // A run that never touched the VM leaves it as it was.
-        let untouched = after_run(
+        let s = after_run(
             protected(Side::Primary),
-            RunAction::Failover,
+            RunAction::PlannedFailover,
             Direction::Forward,
-            VmOutcome::default(),
+            stopped_not_started,
         );
-        assert_eq!(untouched, protected(Side::Primary));
+        assert_eq!(s, protected(Side::Primary));
+        assert_eq!(admit("vm", &s, RunAction::PlannedFailover, &NAMES), Ok(Direction::Forward));
+        assert_eq!(admit("vm", &s, RunAction::Failover, &NAMES), Ok(Direction::Forward));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub runs: CounterVec,
     pub run_waiting_for_approval_seconds: GaugeVec,
     pub plan_proven_timestamp_seconds: GaugeVec,
+    pub fenced: CounterVec,
 }
 
 impl Metrics {
@@ -42,6 +43,12 @@ impl Metrics {
                 Ok(h)
             };
         Ok(Self {
+            fenced: counter(
+                "coldsite_fenced_vms_total",
+                "Copies of VMs that coldsite found running or starting at a site they had failed over \
+                 from, and halted, by site.",
+                &["site"],
+            )?,
             reconciles: counter(
                 "coldsite_reconciles_total",
                 "Reconciles by kind and result.",

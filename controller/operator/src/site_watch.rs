@@ -107,6 +107,16 @@ impl SiteWatch {
         self.vms.in_namespace(namespace)
     }
 
+    /// One VirtualMachine: `None` until the watch has listed them, `Some(None)` when there
+    /// is none of that name.
+    pub fn vm(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
+        if !self.vms.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let key = reflector::ObjectRef::new_with(name, VM.resource()).within(namespace);
+        Some(self.vms.store.get(&key).and_then(|o| serde_json::to_value(o.as_ref()).ok()))
+    }
+
     /// coldsite's copies of VM manifests in a namespace; `None` until listed.
     pub fn copies(&self, namespace: &str) -> Option<Vec<Value>> {
         self.copies.in_namespace(namespace)

@@ -198,6 +198,13 @@ impl KubeVirtFabric {
         };
         let shape = DiskShape::of_pvc(&pvc)
             .map_err(|e| FabricError::permanent(format!("site {}: disk PVC {ns}/{disk}: {e}", ends.source.name)))?;
+        let in_place = ends.reuse_disks || self.holds_copy(dst, vm, disk).await?;
+        if in_place && self.vmi_running(dst, ns, &vm.vm_name).await? {
+            return Err(FabricError::permanent(format!(
+                "VirtualMachine {ns}/{} runs at {}: replication never writes into the disks of a running VM",
+                vm.vm_name, ends.target.name
+            )));
+        }
         let rd = dst
             .apply(
                 REPLICATION_DESTINATION,
@@ -209,7 +216,7 @@ impl KubeVirtFabric {
                     storage_class: ends.target.storage_class.as_deref(),
                     snapshot_class: ends.target.snapshot_class.as_deref(),
                     service: &ends.target.replication,
-                    destination_pvc: ends.reuse_disks.then_some(disk),
+                    destination_pvc: in_place.then_some(disk),
                     manual: None,
                 }),
             )
@@ -238,6 +245,16 @@ impl KubeVirtFabric {
                 }),
             )
             .await?;
+        // A final sync's manual trigger outlives a run that ended before moving the VM, and
+        // VolSync prefers it over the schedule: replication would stop for good.
+        let name = objects::replication_name(disk);
+        let untrigger = json!({"spec": {"trigger": {"manual": null}}});
+        if str_at(&rs, "/spec/trigger/manual").is_some() {
+            src.merge(REPLICATION_SOURCE, Some(ns), &name, &untrigger).await?;
+        }
+        if str_at(&rd, "/spec/trigger/manual").is_some() {
+            dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &untrigger).await?;
+        }
         self.adopt_latest(dst, vm, disk, false).await?;
         let kept = self.prune(dst, vm, disk, now).await?;
         let mut waiting = Vec::new();
@@ -249,6 +266,134 @@ impl KubeVirtFabric {
             established: true,
             waiting,
         })
+    }
+
+    /// Whether a site holds a copy of the VM's disk that coldsite made (a restore of an
+    /// earlier failover): replication then lands in it, so only changes move.
+    async fn holds_copy(&self, site: &SiteApi, vm: &VmModel, disk: &str) -> Result<bool, FabricError> {
+        Ok(site.get(PVC, Some(&vm.vm_namespace), disk).await?.is_some_and(|p| {
+            str_at(&p, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) == Some(vm.name.as_str())
+        }))
+    }
+
+    /// Whether every disk of the VM at `site` is the in-place destination of its replication.
+    async fn written_in_place(&self, site: &SiteApi, vm: &VmModel) -> Result<bool, FabricError> {
+        for disk in &vm.disks {
+            let rd = site
+                .get(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &objects::replication_name(disk))
+                .await?;
+            if rd.as_ref().and_then(|rd| str_at(rd, "/spec/rsyncTLS/destinationPVC")) != Some(disk.as_str()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A VirtualMachine coldsite made as a copy of this protected VM.
+    fn is_our_copy(&self, found: &Value, vm: &VmModel) -> bool {
+        let label = |k: &str| str_at(found, &format!("/metadata/labels/{}", k.replace('/', "~1")));
+        label(objects::MANAGED_BY) == Some("coldsite") && label(PROTECTED_VM) == Some(vm.name.as_str())
+    }
+
+    /// A permanent failure when the VM runs at `site`: its disks are not to be touched.
+    async fn ensure_not_running(&self, site: &SiteApi, ns: &str, vm: &VmModel, site_name: &str) -> Result<(), FabricError> {
+        if self.vmi_running(site, ns, &vm.vm_name).await? {
+            return Err(FabricError::permanent(format!(
+                "VirtualMachine {ns}/{} runs at {site_name}: its disks are not overwritten while it runs; \
+                 coldsite halts it there once it is fenced (see the ProtectedVM's Fenced condition)",
+                vm.vm_name
+            )));
+        }
+        Ok(())
+    }
+
+    /// A disk an earlier run left at the target (a past cycle's copy, an in-place replication
+    /// destination, a failed attempt's restore) goes, so the chosen point is restored anew.
+    /// Anything not coldsite's is refused.
+    async fn replace_leftover_disk(&self, site: &SiteApi, req: &Recovery<'_>, disk: &str, found: &Value) -> Result<(), FabricError> {
+        let vm = req.vm;
+        let ours = str_at(found, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) == Some(vm.name.as_str());
+        let name = objects::replication_name(disk);
+        let rd = site.get(REPLICATION_DESTINATION, Some(req.namespace), &name).await?;
+        let in_place = rd.as_ref().and_then(|rd| str_at(rd, "/spec/rsyncTLS/destinationPVC")) == Some(disk);
+        if req.test || !(ours || in_place) {
+            return Err(FabricError::permanent(format!(
+                "PVC {}/{disk} already exists at {} and is not a copy coldsite made of {}",
+                req.namespace, req.target.name, vm.name
+            )));
+        }
+        self.ensure_not_running(site, req.namespace, vm, &req.target.name).await?;
+        if in_place {
+            site.delete(REPLICATION_DESTINATION, Some(req.namespace), &name).await?;
+        }
+        site.delete(PVC, Some(req.namespace), disk).await
+    }
+
+    /// Snapshots of the VM's disks at `site` taken before reprotect overwrites them, kept as
+    /// recovery points there; true once all are ready to use.
+    async fn safety_points(&self, site: &SiteApi, model: &SiteModel, run: &RunRef, vm: &VmModel) -> Result<bool, FabricError> {
+        let ns = vm.vm_namespace.as_str();
+        let mut ready = true;
+        for disk in &vm.disks {
+            let Some(pvc) = site.get(PVC, Some(ns), disk).await? else {
+                continue;
+            };
+            let shape = DiskShape::of_pvc(&pvc).map_err(|e| FabricError::permanent(format!("PVC {ns}/{disk}: {e}")))?;
+            let snapshot = objects::safety_snapshot(&objects::SafetySnapshot {
+                namespace: ns,
+                pvm: &vm.name,
+                disk,
+                run_uid: &run.uid,
+                class: model.snapshot_class.as_deref(),
+                shape: &shape,
+                taken: &Utc::now().to_rfc3339(),
+            });
+            let found = site.create_if_absent(VOLUME_SNAPSHOT, &snapshot).await?;
+            ready &= found.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true);
+        }
+        Ok(ready)
+    }
+
+    /// Fencing: halts the VM's copy at `site` if it runs or would start there. `cached` is the
+    /// VirtualMachine as a watch of the site has it, if there is one.
+    pub async fn fence(&self, site: &SiteModel, vm: &VmModel, cached: Option<Option<Value>>) -> Result<Fence, FabricError> {
+        let api = self.site(&site.name)?;
+        let ns = vm.vm_namespace.as_str();
+        let found = match cached {
+            Some(found) => found,
+            None => api.get(VM, Some(ns), &vm.vm_name).await?,
+        };
+        let Some(found) = found else {
+            return Ok(Fence::NoCopy);
+        };
+        let halted = str_at(&found, "/spec/runStrategy").is_none_or(|s| s == "Halted")
+            && found.pointer("/spec/running").and_then(Value::as_bool) != Some(true);
+        if halted {
+            return Ok(Fence::Halted);
+        }
+        api.merge(VM, Some(ns), &vm.vm_name, &objects::run_strategy_patch("Halted"))
+            .await?;
+        Ok(Fence::JustHalted)
+    }
+
+    /// Removes the replication that ran into `active` from `other`, where the VM no longer
+    /// runs: after a failover nothing may write into the disks it now runs on. The source at
+    /// `other` is removed when that site answers.
+    pub async fn stop_replication_into(&self, active: &SiteModel, other: &SiteModel, vm: &VmModel) -> Result<(), FabricError> {
+        let ns = vm.vm_namespace.as_str();
+        let here = self.site(&active.name)?;
+        for disk in &vm.disks {
+            here.delete(REPLICATION_DESTINATION, Some(ns), &objects::replication_name(disk))
+                .await?;
+        }
+        if let Ok(there) = self.site(&other.name) {
+            for disk in &vm.disks {
+                there
+                    .delete(REPLICATION_SOURCE, Some(ns), &objects::replication_name(disk))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a disk's points past retention, never the newest; returns how many are kept.
@@ -297,6 +442,17 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// What fencing found at a site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// No copy of the VM there.
+    NoCopy,
+    /// The copy there is halted.
+    Halted,
+    /// The copy there was running or starting, and has just been halted.
+    JustHalted,
 }
 
 /// Both ends of one VM's replication.
@@ -530,20 +686,20 @@ impl Fabric for KubeVirtFabric {
         }
     }
 
+    /// Planned actions keep the disks replication wrote in place (after a first cycle, and
+    /// always for failback): their final sync is there, and nothing needs restoring. Others
+    /// restore each disk from the chosen point, replacing what an earlier run left.
     async fn restore_disks(&self, req: &Recovery<'_>, point: &RecoveryPoint) -> FabricResult<RecoveryPoint> {
         let site = self.site(&req.target.name)?;
         let vm = req.vm;
-        if req.run.direction == Direction::Reverse {
-            // Failback: reverse replication wrote into the original disks, in place.
-            for disk in &vm.disks {
-                if site.get(PVC, Some(&vm.vm_namespace), disk).await?.is_none() {
-                    return Err(FabricError::permanent(format!(
-                        "failback: disk {disk} is missing at {}",
-                        req.target.name
-                    )));
-                }
-            }
+        if !req.test && req.run.action.is_planned() && self.written_in_place(site, vm).await? {
             return Ok(Progress::Done(point.clone()));
+        }
+        if req.run.direction == Direction::Reverse {
+            return Err(FabricError::permanent(format!(
+                "failback: the disks of {} at {} are not the destinations of its replication; reprotect first",
+                vm.name, req.target.name
+            )));
         }
         site.ensure_namespace(req.namespace).await?;
         let mut bound = true;
@@ -555,10 +711,9 @@ impl Fabric for KubeVirtFabric {
                 if str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")))
                     != Some(req.run.uid.as_str())
                 {
-                    return Err(FabricError::permanent(format!(
-                        "PVC {}/{disk} already exists at {} and was not restored by this run",
-                        req.namespace, req.target.name
-                    )));
+                    self.replace_leftover_disk(site, req, disk, &existing).await?;
+                    bound = false;
+                    continue;
                 }
                 if let Some(t) = parse_time(str_at(
                     &existing,
@@ -649,9 +804,15 @@ impl Fabric for KubeVirtFabric {
                 Some(uid) if uid == req.run.uid => Ok(Progress::Done(())),
                 // Failback finds the original, halted since the failover: it comes back as it was.
                 None if req.run.direction == Direction::Reverse => Ok(Progress::Done(())),
+                // A copy an earlier failover made (a past cycle, a failed attempt) is made anew.
+                _ if !req.test && self.is_our_copy(&existing, vm) => {
+                    self.ensure_not_running(site, req.namespace, vm, &req.target.name).await?;
+                    site.delete(VM, Some(req.namespace), &vm.vm_name).await?;
+                    in_progress(SOON)
+                }
                 _ => Err(FabricError::permanent(format!(
-                    "VirtualMachine {}/{} already exists at {} and was not created by this run",
-                    req.namespace, vm.vm_name, req.target.name
+                    "VirtualMachine {}/{} already exists at {} and is not a copy coldsite made of {}",
+                    req.namespace, vm.vm_name, req.target.name, vm.name
                 ))),
             };
         }
@@ -756,6 +917,12 @@ impl Fabric for KubeVirtFabric {
         let (old_source, active) = self.ends(run.direction);
         let (old, new) = (self.site(&old_source.name)?, self.site(&active.name)?);
         let ns = vm.vm_namespace.as_str();
+        self.ensure_not_running(old, ns, vm, &old_source.name).await?;
+        // What the old disks hold that never replicated (writes after the last sync of an
+        // unplanned failover) is kept as a point before replication overwrites them.
+        if !self.safety_points(old, old_source, run, vm).await? {
+            return in_progress(SOON);
+        }
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
             old.delete(REPLICATION_SOURCE, Some(ns), &name).await?;

@@ -20,6 +20,8 @@ pub const APP_CONSISTENT: &str = "coldsite.io/app-consistent";
 pub const VOLUME_MODE: &str = "coldsite.io/volume-mode";
 pub const ACCESS_MODES: &str = "coldsite.io/access-modes";
 pub const CAPACITY: &str = "coldsite.io/capacity";
+/// On a point kept before reprotect overwrote the disk: which run, and why.
+pub const SAFETY: &str = "coldsite.io/safety";
 pub const DO_NOT_DELETE: &str = "volsync.backube/do-not-delete";
 pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
 
@@ -336,6 +338,42 @@ pub fn snapshot_copy(c: &SnapshotCopy<'_>) -> (Value, Value) {
         "spec": { "source": { "volumeSnapshotContentName": content_name } },
     });
     (content, snapshot)
+}
+
+/// A snapshot of a disk kept before reprotect writes over it.
+pub struct SafetySnapshot<'a> {
+    pub namespace: &'a str,
+    pub pvm: &'a str,
+    pub disk: &'a str,
+    pub run_uid: &'a str,
+    pub class: Option<&'a str>,
+    pub shape: &'a DiskShape,
+    /// When it is taken, as the point's time.
+    pub taken: &'a str,
+}
+
+/// A recovery point of the disk as it is, labelled and annotated like the points replication
+/// makes, so it lists and restores like them.
+pub fn safety_snapshot(s: &SafetySnapshot<'_>) -> Value {
+    let mut annotations = s.shape.annotations();
+    annotations[POINT] = json!(s.taken);
+    annotations[APP_CONSISTENT] = json!("false");
+    annotations[SAFETY] = json!(format!("kept before reprotect {} replicated over the disk", s.run_uid));
+    let mut spec = json!({"source": {"persistentVolumeClaimName": s.disk}});
+    if let Some(class) = s.class {
+        spec["volumeSnapshotClassName"] = json!(class);
+    }
+    json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": {
+            "name": dns_name(&format!("coldsite-safety-{}-{}", run_tag(s.run_uid), s.disk)),
+            "namespace": s.namespace,
+            "labels": labels(s.pvm, &[(DISK, s.disk)]),
+            "annotations": annotations,
+        },
+        "spec": spec,
+    })
 }
 
 /// Sets a VM's run strategy. KubeVirt refuses `runStrategy` beside the deprecated

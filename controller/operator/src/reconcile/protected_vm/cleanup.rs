@@ -1,0 +1,69 @@
+//! Unprotecting a VM: its replication and recovery points go at both sites.
+
+use coldsite_api::ProtectedVM;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::kubevirt::dynamic::{CONFIG_MAP, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, VOLUME_SNAPSHOT, str_at};
+use crate::kubevirt::fabric::KubeVirtFabric;
+use crate::kubevirt::objects::PROTECTED_VM;
+
+/// Removes replication objects and recovery points at both sites.
+pub async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
+    let spec = &pvm.spec;
+    let ns = spec
+        .vm
+        .namespace
+        .clone()
+        .or_else(|| pvm.namespace())
+        .unwrap_or_default();
+    let fabric: KubeVirtFabric = ctx.fabric(&spec.primary_site, &spec.recovery_site).await?;
+    let selector = format!("{PROTECTED_VM}={}", pvm.name_any());
+    let mut gone = Vec::new();
+    for site_name in [&spec.primary_site, &spec.recovery_site] {
+        // A Site deleted from coldsite (a site lost for good) is not waited for: what
+        // replication left there stays there.
+        if ctx.site(site_name).await?.is_none() {
+            gone.push(site_name.as_str());
+            continue;
+        }
+        let site = fabric.site(site_name).map_err(|e| Error::Site {
+            site: site_name.clone(),
+            message: format!("cannot remove replication: {}", e.message),
+        })?;
+        for kind in [
+            REPLICATION_SOURCE,
+            REPLICATION_DESTINATION,
+            VOLUME_SNAPSHOT,
+            SECRET,
+            CONFIG_MAP,
+        ] {
+            for o in site
+                .list(kind, Some(&ns), &selector)
+                .await
+                .map_err(|e| Error::Fabric(e.message))?
+            {
+                let name = str_at(&o, "/metadata/name").unwrap_or_default();
+                site.delete(kind, Some(&ns), name)
+                    .await
+                    .map_err(|e| Error::Fabric(e.message))?;
+            }
+        }
+    }
+    let note = if gone.is_empty() {
+        "replication and recovery points removed at both sites".to_owned()
+    } else {
+        format!(
+            "replication and recovery points removed; Site {} no longer exists, so nothing was removed there",
+            gone.join(" and ")
+        )
+    };
+    ctx.event(pvm, !gone.is_empty(), "ProtectionRemoved", "Unprotect", note)
+        .await;
+    ctx.metrics
+        .forget_vm(&pvm.namespace().unwrap_or_default(), &pvm.name_any());
+    Ok(Action::await_change())
+}
+

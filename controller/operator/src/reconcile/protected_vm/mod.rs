@@ -1,0 +1,255 @@
+//! ProtectedVM: where the VM stands in the disaster-recovery cycle, replication from where it
+//! runs to the other site with recovery points kept and pruned, and fencing: its copy at the
+//! other site is kept halted, and halted first when that site answers again. A finalizer
+//! removes replication when protection ends.
+//!
+//! Stages: [`standing`] (pure: settle the last run's outcome, see who holds the VM), fence,
+//! replicate or pause, [`status`] (pure), write.
+
+pub mod cleanup;
+pub mod standing;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use coldsite_api::ProtectedVM;
+use coldsite_api::protected_vm::{ProtectedVMStatus, ReplicationDirection};
+use coldsite_api::recovery_run::RunPhase;
+use coldsite_engine::fabric::{FabricError, ReplicationState};
+use coldsite_engine::lifecycle::Side;
+use coldsite_engine::model::{SiteModel, VmModel};
+use coldsite_engine::validate::{self, Severity};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use self::standing::{Claim, Settled};
+use self::status::Observed;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::kubevirt::fabric::{Fence, KubeVirtFabric};
+
+pub use self::status::health;
+
+pub const FINALIZER: &str = "coldsite.io/protection";
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// How often a VM whose copy could not be fenced looks again: the other site may be back.
+const FENCE_RETRY: Duration = Duration::from_secs(5);
+
+pub async fn reconcile(pvm: Arc<ProtectedVM>, ctx: Arc<Context>) -> Result<Action> {
+    super::finalized(
+        pvm,
+        ctx,
+        FINALIZER,
+        |o, c| async move { apply(&o, &c).await },
+        |o, c| async move { cleanup::cleanup(&o, &c).await },
+    )
+    .await
+}
+
+/// The side whose copy must be halted: while a run moves the VM, the side it moves it away
+/// from, once the run has stopped it there (or found the site down); otherwise the side the
+/// VM does not run at (a test's copies live elsewhere, in the test namespace).
+pub fn fence_side(s: &Settled) -> Option<Side> {
+    match &s.claim {
+        Some(Claim {
+            source: Some(side),
+            source_stopped,
+            ..
+        }) => source_stopped.then_some(*side),
+        _ => Some(s.resting.active.other()),
+    }
+}
+
+/// The two sites by side.
+struct Sides {
+    primary: SiteModel,
+    recovery: SiteModel,
+}
+
+impl Sides {
+    fn of(&self, side: Side) -> &SiteModel {
+        match side {
+            Side::Primary => &self.primary,
+            Side::Recovery => &self.recovery,
+        }
+    }
+}
+
+async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
+    let ns = pvm.namespace().unwrap_or_default();
+    let spec = &pvm.spec;
+    let now = Utc::now();
+    let fabric = ctx.fabric(&spec.primary_site, &spec.recovery_site).await?;
+    let inv = crate::inventory::load(ctx, &ns, &fabric, crate::inventory::Scope::Vm(pvm)).await?;
+    let old = pvm.status.clone().unwrap_or_default();
+    let has_points = old.recovery_points.as_ref().is_some_and(|p| p.count > 0);
+    let settled = standing::settle(&old, &spec.recovery_site, has_points);
+    if let Some(claim) = &settled.claim
+        && release_if_gone(ctx, pvm, claim).await?
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let sides = Sides {
+        primary: SiteModel::of(&spec.primary_site, inv.sites.get(&spec.primary_site)),
+        recovery: SiteModel::of(&spec.recovery_site, inv.sites.get(&spec.recovery_site)),
+    };
+    let model = validate::vm_model(pvm, &inv).map(|(vm, _)| vm).map_err(|problems| {
+        problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    // Fencing comes before any other write at the other site.
+    let fence = match (&model, fence_side(&settled)) {
+        (Ok(vm), Some(side)) => Some(fence(ctx, &fabric, pvm, vm, sides.of(side)).await),
+        _ => None,
+    };
+    let fenced = !matches!(fence, Some(Err(_)));
+    let (replication, problem) = match &model {
+        Err(text) => (None, Some(("InvalidSpec", text.clone()))),
+        Ok(_) if settled.claim.is_some() || !fenced => (None, None),
+        Ok(vm) => protect(&fabric, &settled, vm, &sides).await,
+    };
+    let rpo = coldsite_engine::model::parse_duration(&spec.replication.rpo).unwrap_or(Duration::from_secs(900));
+    let observed = Observed {
+        settled: &settled,
+        replication: replication.as_ref(),
+        problem,
+        fence,
+        sites: (&spec.primary_site, &spec.recovery_site),
+        rpo,
+        rpo_text: &spec.replication.rpo,
+        now,
+        generation: pvm.metadata.generation,
+    };
+    let (status, ready) = status::build(&old, &observed);
+    report(ctx, pvm, &old, &status, &ready, &observed).await;
+    let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
+    crate::status::apply(&api, &pvm.name_any(), old_for_compare(&old, &status).as_ref(), &status).await?;
+    Ok(Action::requeue(if fenced { CHECK_EVERY } else { FENCE_RETRY }))
+}
+
+/// Halts the VM's copy at `site`, reading it from the site's watch when there is one.
+async fn fence(
+    ctx: &Context,
+    fabric: &KubeVirtFabric,
+    pvm: &ProtectedVM,
+    vm: &VmModel,
+    site: &SiteModel,
+) -> std::result::Result<Fence, String> {
+    let cached = ctx.sites.watch(&site.name).and_then(|w| w.vm(&vm.vm_namespace, &vm.vm_name));
+    let found = fabric.fence(site, vm, cached).await.map_err(|e| e.message)?;
+    if found == Fence::JustHalted {
+        let note = format!(
+            "the copy of {}/{} at {} was running or starting; halted it: the VM runs at the other site",
+            vm.vm_namespace, vm.vm_name, site.name
+        );
+        tracing::warn!(protected_vm = %pvm.name_any(), site = %site.name, "fenced");
+        ctx.metrics.fenced.with_label_values(&[site.name.as_str()]).inc();
+        ctx.event(pvm, true, "Fenced", "Fence", note).await;
+    }
+    Ok(found)
+}
+
+/// Replication from where the VM runs to the other site, or, while it is paused after a
+/// failover, nothing flowing into the disks it runs on.
+async fn protect(
+    fabric: &KubeVirtFabric,
+    settled: &Settled,
+    vm: &VmModel,
+    sides: &Sides,
+) -> (Option<ReplicationState>, Option<(&'static str, String)>) {
+    let active = settled.resting.active;
+    let result = if settled.resting.direction == ReplicationDirection::Paused {
+        fabric
+            .stop_replication_into(sides.of(active), sides.of(active.other()), vm)
+            .await
+            .map(|()| None)
+    } else {
+        let reverse = active == Side::Recovery;
+        fabric
+            .replicate(vm, sides.of(active), sides.of(active.other()), reverse, Utc::now())
+            .await
+            .map(Some)
+    };
+    match result {
+        Ok(state) => (state, None),
+        Err(e) => (None, Some((reason_of(&e), e.message))),
+    }
+}
+
+/// Ends a claim whose run is gone (deleted while it ran): nothing else would.
+async fn release_if_gone(ctx: &Context, pvm: &ProtectedVM, claim: &Claim) -> Result<bool> {
+    let ns = pvm.namespace().unwrap_or_default();
+    let run = Api::<coldsite_api::RecoveryRun>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&claim.run)
+        .await
+        .map_err(Error::kube("reading the run that holds the VM"))?;
+    if run.is_some_and(|r| r.uid().as_deref() == Some(claim.uid.as_str())) {
+        return Ok(false);
+    }
+    tracing::info!(protected_vm = %pvm.name_any(), run = %claim.run, "the run holding this VM is gone; releasing it");
+    crate::reconcile::recovery_run::claims::release(ctx, &[pvm], &claim.run, &claim.uid, RunPhase::Cancelled).await?;
+    Ok(true)
+}
+
+/// Metrics, and an Event when the phase or readiness changed.
+async fn report(
+    ctx: &Context,
+    pvm: &ProtectedVM,
+    old: &ProtectedVMStatus,
+    status: &ProtectedVMStatus,
+    ready: &(bool, &'static str, String),
+    o: &Observed<'_>,
+) {
+    let (ns, name) = (pvm.namespace().unwrap_or_default(), pvm.name_any());
+    let labels = [ns.as_str(), name.as_str()];
+    let rep = status.replication.clone().unwrap_or_default();
+    ctx.metrics
+        .vm_rpo_target_seconds
+        .with_label_values(&labels)
+        .set(o.rpo.as_secs_f64());
+    if let Some(a) = rep.current_rpo_seconds {
+        ctx.metrics.vm_rpo_seconds.with_label_values(&labels).set(a as f64);
+    }
+    let healthy = rep.health == coldsite_api::protected_vm::ReplicationHealth::Healthy;
+    ctx.metrics
+        .vm_replication_healthy
+        .with_label_values(&labels)
+        .set(if healthy { 1.0 } else { 0.0 });
+    let was_ready = coldsite_api::common::is_condition_true(&old.conditions, coldsite_api::common::condition::READY);
+    if old.phase != status.phase || was_ready != ready.0 {
+        let phase = status.phase.unwrap_or_default();
+        tracing::info!(protected_vm = %name, namespace = %ns, ?phase, ready = ready.0, reason = ready.1, "protection");
+        let warning = !ready.0 && o.problem.is_some();
+        ctx.event(pvm, warning, ready.1, "Protect", format!("{phase:?}: {}", ready.2)).await;
+    }
+}
+
+/// Status writes skip changes of the RPO age alone within a minute, so an idle, healthy VM
+/// costs one write a minute at most.
+fn old_for_compare(old: &ProtectedVMStatus, new: &ProtectedVMStatus) -> Option<ProtectedVMStatus> {
+    let (a, b) = (old.replication.as_ref()?, new.replication.as_ref()?);
+    let close = match (a.current_rpo_seconds, b.current_rpo_seconds) {
+        (Some(x), Some(y)) => (x - y).abs() < 60,
+        (x, y) => x == y,
+    };
+    if close && a.health == b.health && a.last_sync_time == b.last_sync_time {
+        let mut same = old.clone();
+        same.replication = new.replication.clone();
+        return Some(same);
+    }
+    Some(old.clone())
+}
+
+fn reason_of(e: &FabricError) -> &'static str {
+    match e.kind {
+        coldsite_engine::fabric::FailureKind::Unreachable => "SiteUnreachable",
+        coldsite_engine::fabric::FailureKind::Transient => "ReplicationRetrying",
+        coldsite_engine::fabric::FailureKind::Permanent => "ReplicationFailed",
+    }
+}

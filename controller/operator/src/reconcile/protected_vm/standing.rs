@@ -1,0 +1,206 @@
+//! Where a ProtectedVM stands, from its status: the outcome of its last run settled into its
+//! standing (once), and whether a run holds it now. Pure.
+
+use coldsite_api::RunAction;
+use coldsite_api::protected_vm::{ProtectedVMStatus, ProtectionPhase, VmRunStatus};
+use coldsite_api::recovery_run::{StepKind, StepState};
+use coldsite_engine::lifecycle::{self, Side, Standing, VmOutcome};
+use coldsite_engine::model::Direction;
+
+/// A run that holds the VM now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub run: String,
+    pub uid: String,
+    pub action: RunAction,
+    /// The site side the run moves the VM away from, for actions that move it.
+    pub source: Option<Side>,
+    /// The run has stopped the VM at its source, or found it down there.
+    pub source_stopped: bool,
+}
+
+/// The VM's standing and what to record about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// Where it stands when no run holds it.
+    pub resting: Standing,
+    /// The phase to show: the run's phase while one holds it.
+    pub shown: ProtectionPhase,
+    pub applied_run: Option<String>,
+    pub phase_before_run: Option<ProtectionPhase>,
+    pub claim: Option<Claim>,
+}
+
+/// Which way a run of `action` moves VMs; None for actions that keep them where they are.
+fn moving(action: RunAction) -> Option<Direction> {
+    match action {
+        RunAction::PlannedFailover | RunAction::Failover => Some(Direction::Forward),
+        RunAction::Failback => Some(Direction::Reverse),
+        _ => None,
+    }
+}
+
+/// What a finished run did to the VM, from its steps.
+pub fn outcome(last: &VmRunStatus) -> VmOutcome {
+    let key = match last.action {
+        Some(RunAction::Reprotect) => StepKind::ReverseReplication,
+        Some(RunAction::Commit) => StepKind::Commit,
+        _ => StepKind::PowerOn,
+    };
+    VmOutcome {
+        started: last.steps.iter().any(|s| s.started_at.is_some()),
+        completed: last
+            .steps
+            .iter()
+            .any(|s| s.kind == Some(key) && s.state == StepState::Succeeded),
+    }
+}
+
+fn claim_of(last: &VmRunStatus) -> Option<Claim> {
+    if last.phase.is_some() {
+        return None;
+    }
+    let action = last.action?;
+    Some(Claim {
+        run: last.run.clone(),
+        uid: last.run_uid.clone().unwrap_or_default(),
+        action,
+        source: moving(action).map(Side::source_of),
+        source_stopped: last.steps.iter().any(|s| {
+            matches!(s.kind, Some(StepKind::PowerOff | StepKind::CheckSource)) && s.state == StepState::Succeeded
+        }),
+    })
+}
+
+/// Settles the VM's status: a finished run's outcome moves its standing once; a run that
+/// holds it shows its phase.
+pub fn settle(status: &ProtectedVMStatus, recovery_site: &str, has_points: bool) -> Settled {
+    let mut resting = Standing::of(status, recovery_site);
+    resting.phase = status.phase_before_run.or(status.phase).unwrap_or_default();
+    resting.has_points = has_points;
+    let mut applied_run = status.applied_run.clone();
+    let mut claim = None;
+    if let Some(last) = &status.last_run {
+        claim = claim_of(last);
+        let finished = last.phase.is_some();
+        if finished
+            && applied_run != last.run_uid
+            && let Some(action) = last.action
+        {
+            let direction = moving(action).unwrap_or(Direction::Forward);
+            resting = lifecycle::after_run(resting, action, direction, outcome(last));
+            applied_run = last.run_uid.clone();
+        }
+    }
+    let during = claim.as_ref().and_then(|c| lifecycle::during(c.action));
+    Settled {
+        shown: during.unwrap_or(resting.phase),
+        phase_before_run: during.map(|_| resting.phase),
+        resting,
+        applied_run,
+        claim,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use coldsite_api::protected_vm::ReplicationDirection;
+    use coldsite_api::recovery_run::{RunPhase, StepStatus};
+
+    use super::*;
+
+    fn step(kind: StepKind, state: StepState) -> StepStatus {
+        StepStatus {
+            id: format!("{kind:?}"),
+            kind: Some(kind),
+            state,
+            started_at: Some(coldsite_engine::time::to_k8s(chrono::Utc::now())),
+            ..StepStatus::default()
+        }
+    }
+
+    fn protected_at_hq() -> ProtectedVMStatus {
+        ProtectedVMStatus {
+            phase: Some(ProtectionPhase::Protected),
+            active_site: Some("hq".into()),
+            replication_direction: Some(ReplicationDirection::PrimaryToRecovery),
+            ..ProtectedVMStatus::default()
+        }
+    }
+
+    fn last(action: RunAction, phase: Option<RunPhase>, steps: Vec<StepStatus>) -> Option<VmRunStatus> {
+        Some(VmRunStatus {
+            run: "r1".into(),
+            run_uid: Some("u1".into()),
+            action: Some(action),
+            phase,
+            steps,
+            ..VmRunStatus::default()
+        })
+    }
+
+    #[test]
+    fn a_failover_shows_while_it_runs_and_moves_the_vm_once_done() {
+        let mut st = protected_at_hq();
+        st.last_run = last(
+            RunAction::Failover,
+            None,
+            vec![step(StepKind::PowerOff, StepState::Succeeded)],
+        );
+        let s = settle(&st, "dr", true);
+        assert_eq!(s.shown, ProtectionPhase::FailingOver);
+        assert_eq!(s.phase_before_run, Some(ProtectionPhase::Protected));
+        let claim = s.claim.expect("held");
+        assert!(claim.source_stopped && claim.source == Some(Side::Primary));
+
+        // Recorded: the status now shows FailingOver, and the run ends with the VM started.
+        st.phase = Some(ProtectionPhase::FailingOver);
+        st.phase_before_run = Some(ProtectionPhase::Protected);
+        st.last_run = last(
+            RunAction::Failover,
+            Some(RunPhase::Succeeded),
+            vec![
+                step(StepKind::PowerOff, StepState::Succeeded),
+                step(StepKind::PowerOn, StepState::Succeeded),
+            ],
+        );
+        let s = settle(&st, "dr", false);
+        assert_eq!(s.resting.phase, ProtectionPhase::FailedOver);
+        assert_eq!(s.resting.active, Side::Recovery);
+        assert_eq!(s.applied_run.as_deref(), Some("u1"));
+        assert!(s.claim.is_none() && s.phase_before_run.is_none());
+    }
+
+    #[test]
+    fn a_failover_that_never_started_the_copy_leaves_the_vm_where_it_was() {
+        let mut st = protected_at_hq();
+        st.phase = Some(ProtectionPhase::FailingOver);
+        st.phase_before_run = Some(ProtectionPhase::Protected);
+        st.last_run = last(
+            RunAction::PlannedFailover,
+            Some(RunPhase::Cancelled),
+            vec![step(StepKind::PowerOff, StepState::Succeeded), step(StepKind::FinalSync, StepState::Running)],
+        );
+        let s = settle(&st, "dr", true);
+        assert_eq!(s.resting.phase, ProtectionPhase::Protected);
+        assert_eq!(s.resting.active, Side::Primary);
+        assert_eq!(s.shown, ProtectionPhase::Protected);
+    }
+
+    #[test]
+    fn an_outcome_is_applied_once() {
+        let mut st = protected_at_hq();
+        st.phase = Some(ProtectionPhase::FailedOver);
+        st.active_site = Some("dr".into());
+        st.replication_direction = Some(ReplicationDirection::Paused);
+        st.applied_run = Some("u1".into());
+        st.last_run = last(
+            RunAction::Failover,
+            Some(RunPhase::Succeeded),
+            vec![step(StepKind::PowerOn, StepState::Succeeded)],
+        );
+        let s = settle(&st, "dr", false);
+        assert_eq!(s.resting.phase, ProtectionPhase::FailedOver);
+        assert_eq!(s.resting.active, Side::Recovery);
+    }
+}

@@ -1,0 +1,245 @@
+//! The ProtectedVM's status from what the reconcile observed: its standing, replication,
+//! recovery points and the fencing of its copy at the other site. Pure.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use coldsite_api::common::condition;
+use coldsite_api::protected_vm::{
+    ProtectedVMStatus, ProtectionPhase, RecoveryPointsStatus, ReplicationDirection, ReplicationHealth,
+    ReplicationStatus,
+};
+use coldsite_engine::fabric::ReplicationState;
+use coldsite_engine::lifecycle::Side;
+
+use super::standing::Settled;
+use crate::conditions::{self, Desired};
+use crate::kubevirt::fabric::Fence;
+
+/// Pure: replication health from the last sync and the RPO.
+pub fn health(
+    now: DateTime<Utc>,
+    last_sync: Option<DateTime<Utc>>,
+    rpo: Duration,
+    paused: bool,
+) -> (ReplicationHealth, Option<i64>) {
+    if paused {
+        return (ReplicationHealth::Paused, None);
+    }
+    let Some(age) = coldsite_engine::rpo::current_rpo(now, last_sync) else {
+        return (ReplicationHealth::Unknown, None);
+    };
+    let rpo = rpo.as_secs() as i64;
+    let h = if age <= rpo {
+        ReplicationHealth::Healthy
+    } else if age <= 2 * rpo {
+        ReplicationHealth::Degraded
+    } else {
+        ReplicationHealth::Stalled
+    };
+    (h, Some(age))
+}
+
+/// What one reconcile saw.
+pub struct Observed<'a> {
+    pub settled: &'a Settled,
+    /// Replication as it stands, when the VM replicates.
+    pub replication: Option<&'a ReplicationState>,
+    /// Why protection cannot proceed: a bounded reason and a message.
+    pub problem: Option<(&'static str, String)>,
+    /// The copy at the other site: how fencing found it, or why it could not look.
+    pub fence: Option<Result<Fence, String>>,
+    /// The site of each side, for messages.
+    pub sites: (&'a str, &'a str),
+    pub rpo: Duration,
+    pub rpo_text: &'a str,
+    pub now: DateTime<Utc>,
+    pub generation: Option<i64>,
+}
+
+impl Observed<'_> {
+    fn site(&self, side: Side) -> &str {
+        match side {
+            Side::Primary => self.sites.0,
+            Side::Recovery => self.sites.1,
+        }
+    }
+}
+
+/// The status, and whether the VM is Ready with the reason and message.
+pub fn build(old: &ProtectedVMStatus, o: &Observed<'_>) -> (ProtectedVMStatus, (bool, &'static str, String)) {
+    let mut status = old.clone();
+    let s = o.settled;
+    let mut resting = s.resting;
+    let paused = resting.direction == ReplicationDirection::Paused;
+    if let Some(state) = o.replication {
+        let (h, age) = health(o.now, state.last_sync, o.rpo, paused);
+        status.replication = Some(ReplicationStatus {
+            health: if state.established { h } else { ReplicationHealth::Unknown },
+            last_sync_time: state.last_sync.map(coldsite_engine::time::to_k8s),
+            current_rpo_seconds: age,
+            bytes_transferred: state.bytes_transferred,
+        });
+        status.recovery_points = Some(points(state));
+        if resting.phase == ProtectionPhase::Enabling && state.established && state.last_sync.is_some() {
+            resting.phase = ProtectionPhase::Protected;
+        }
+    } else if paused {
+        status.replication = Some(ReplicationStatus {
+            health: ReplicationHealth::Paused,
+            ..status.replication.clone().unwrap_or_default()
+        });
+    }
+    if o.problem.as_ref().is_some_and(|(r, _)| *r == "InvalidSpec") {
+        resting.phase = ProtectionPhase::Error;
+    }
+    status.phase = Some(if s.claim.is_some() { s.shown } else { resting.phase });
+    status.phase_before_run = s.phase_before_run;
+    status.applied_run = s.applied_run.clone();
+    status.active_site = Some(o.site(resting.active).to_owned());
+    status.replication_direction = Some(resting.direction);
+    let ready = ready(&status, o, resting.phase);
+    set_conditions(&mut status, o, paused, &ready);
+    status.observed_generation = o.generation;
+    (status, ready)
+}
+
+fn points(state: &ReplicationState) -> RecoveryPointsStatus {
+    let points = &state.points;
+    RecoveryPointsStatus {
+        count: points.len() as i32,
+        oldest: points.first().map(|p| coldsite_engine::time::to_k8s(p.time)),
+        latest: points.last().map(|p| coldsite_engine::time::to_k8s(p.time)),
+        latest_app_consistent: points
+            .iter()
+            .rev()
+            .find(|p| p.app_consistent)
+            .map(|p| coldsite_engine::time::to_k8s(p.time)),
+    }
+}
+
+fn rpo_met(status: &ProtectedVMStatus, rpo: Duration) -> bool {
+    status
+        .replication
+        .as_ref()
+        .and_then(|r| r.current_rpo_seconds)
+        .is_some_and(|a| a <= rpo.as_secs() as i64)
+}
+
+fn ready(status: &ProtectedVMStatus, o: &Observed<'_>, phase: ProtectionPhase) -> (bool, &'static str, String) {
+    let replicating = o.replication.is_some_and(|s| s.established);
+    let waiting = o
+        .replication
+        .map(|s| s.waiting.join("; "))
+        .filter(|w| !w.is_empty())
+        .map(|w| format!(": {w}"))
+        .unwrap_or_default();
+    let active = o.site(o.settled.resting.active);
+    let other = o.site(o.settled.resting.active.other());
+    match (&o.problem, phase) {
+        (Some((reason, message)), _) => (false, reason, message.clone()),
+        (None, _) if o.settled.claim.is_some() => (
+            false,
+            "RunInProgress",
+            format!("run {} holds this VM", o.settled.claim.as_ref().map(|c| c.run.as_str()).unwrap_or_default()),
+        ),
+        (None, ProtectionPhase::FailedOver | ProtectionPhase::Committed) => (
+            false,
+            "FailedOver",
+            format!("runs at {active}; replication is paused until a reprotect replicates it to {other}"),
+        ),
+        (None, _) if !replicating => (false, "Enabling", format!("replication is being set up{waiting}")),
+        (None, _) if !rpo_met(status, o.rpo) => (
+            false,
+            "RpoNotMet",
+            match status.replication.as_ref().and_then(|r| r.current_rpo_seconds) {
+                Some(age) => format!("newest recovery point {age}s old, RPO {}", o.rpo_text),
+                None => format!("no recovery point yet{waiting}"),
+            },
+        ),
+        (None, _) => (true, "Protected", format!("replicating from {active} to {other}; RPO met")),
+    }
+}
+
+fn set_conditions(status: &mut ProtectedVMStatus, o: &Observed<'_>, paused: bool, ready: &(bool, &'static str, String)) {
+    let t = coldsite_engine::time::to_k8s(o.now);
+    let replicating = o.replication.is_some_and(|s| s.established) && !paused;
+    let rpo_met = rpo_met(status, o.rpo);
+    let age = status.replication.as_ref().and_then(|r| r.current_rpo_seconds);
+    let mut desired = vec![
+        Desired {
+            type_: condition::READY,
+            ok: ready.0,
+            reason: ready.1,
+            message: ready.2.clone(),
+        },
+        Desired {
+            type_: condition::REPLICATING,
+            ok: replicating,
+            reason: match (replicating, paused) {
+                (true, _) => "Replicating",
+                (false, true) => "Paused",
+                (false, false) => "NotEstablished",
+            },
+            message: format!("{:?}", o.settled.resting.direction),
+        },
+        Desired {
+            type_: condition::RPO_MET,
+            ok: rpo_met,
+            reason: if rpo_met { "WithinRpo" } else { "RpoExceeded" },
+            message: match age {
+                Some(a) => format!("{a}s of data at risk, RPO {}", o.rpo_text),
+                None => "no recovery point yet".into(),
+            },
+        },
+    ];
+    if let Some(fence) = &o.fence {
+        desired.push(fenced(o, fence));
+    }
+    for d in desired {
+        conditions::set(&mut status.conditions, d, o.generation, t.clone());
+    }
+}
+
+/// The `Fenced` condition: is the copy at the site the VM does not run from halted?
+fn fenced(o: &Observed<'_>, fence: &Result<Fence, String>) -> Desired<'static> {
+    let side = crate::reconcile::protected_vm::fence_side(o.settled).unwrap_or(o.settled.resting.active.other());
+    let site = o.site(side);
+    let (ok, reason, message) = match fence {
+        Ok(Fence::NoCopy) => (true, "NoCopy", format!("no copy of the VM at {site}")),
+        Ok(Fence::Halted) => (true, "Halted", format!("the copy at {site} is halted")),
+        Ok(Fence::JustHalted) => (
+            true,
+            "Halted",
+            format!("the copy at {site} was running or starting, and coldsite halted it"),
+        ),
+        Err(why) => (
+            false,
+            "SiteUnreachable",
+            format!("cannot confirm the copy at {site} is halted ({why}); coldsite halts it as soon as {site} answers"),
+        ),
+    };
+    Desired {
+        type_: condition::FENCED,
+        ok,
+        reason,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_follows_the_rpo() {
+        let now = Utc::now();
+        let rpo = Duration::from_secs(900);
+        let ago = |s: i64| Some(now - chrono::TimeDelta::seconds(s));
+        assert_eq!(health(now, ago(60), rpo, false), (ReplicationHealth::Healthy, Some(60)));
+        assert_eq!(health(now, ago(1000), rpo, false).0, ReplicationHealth::Degraded);
+        assert_eq!(health(now, ago(5000), rpo, false).0, ReplicationHealth::Stalled);
+        assert_eq!(health(now, None, rpo, false).0, ReplicationHealth::Unknown);
+        assert_eq!(health(now, ago(60), rpo, true).0, ReplicationHealth::Paused);
+    }
+}

@@ -1,0 +1,83 @@
+//! Claims: a run owns a VM by writing itself into the ProtectedVM's `status.lastRun`, with
+//! the ProtectedVM's resourceVersion as a precondition, so that of two runs racing for one
+//! VM exactly one wins (the other's write conflicts and it waits). The claim ends when the
+//! run records its phase there.
+
+use coldsite_api::protected_vm::VmRunStatus;
+use coldsite_api::recovery_run::RunPhase;
+use coldsite_api::{ProtectedVM, RecoveryRun};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use super::RUN_MANAGER;
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Claims `pvm` for `run` unless it changed since it was read: `false` when another writer
+/// came first (read again and decide again).
+pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun) -> Result<bool> {
+    let part = VmRunStatus {
+        run: run.name_any(),
+        run_uid: run.uid(),
+        action: Some(run.spec.action),
+        phase: None,
+        recovery_point: None,
+        steps: Vec::new(),
+    };
+    let patch = serde_json::json!({
+        "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
+        "metadata": {"resourceVersion": pvm.resource_version()},
+        "status": {"lastRun": part},
+    });
+    let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &pvm.namespace().unwrap_or_default());
+    match api
+        .patch_status(
+            &pvm.name_any(),
+            &PatchParams::apply(RUN_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube(format!("claiming ProtectedVM {} for the run", pvm.name_any()))(e)),
+    }
+}
+
+/// Claims each VM in order, stopping at the first that another writer changed meanwhile:
+/// true once all are claimed.
+pub async fn claim_all(ctx: &Context, pvms: &[&ProtectedVM], run: &RecoveryRun) -> Result<bool> {
+    for pvm in pvms {
+        if !claim(ctx, pvm, run).await? {
+            tracing::debug!(run = %run.name_any(), protected_vm = %pvm.name_any(), "claim lost a race; reading again");
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Ends `run`'s claims on the VMs it holds and has not released, recording `phase` as how it
+/// ended for them (a run refused or cancelled after it claimed them; or a run that is gone).
+pub async fn release(ctx: &Context, pvms: &[&ProtectedVM], run_name: &str, run_uid: &str, phase: RunPhase) -> Result<()> {
+    for pvm in pvms {
+        let Some(last) = pvm.status.as_ref().and_then(|s| s.last_run.clone()) else {
+            continue;
+        };
+        if last.run_uid.as_deref() != Some(run_uid) || last.phase.is_some() {
+            continue;
+        }
+        let part = VmRunStatus {
+            phase: Some(phase),
+            ..last
+        };
+        let patch = serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
+            "status": {"lastRun": part},
+        });
+        let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &pvm.namespace().unwrap_or_default());
+        api.patch_status(&pvm.name_any(), &PatchParams::apply(RUN_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::kube(format!("releasing ProtectedVM {} from run {run_name}", pvm.name_any())))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! The run's records where they are kept: group- and action-level steps in the run's
+//! status, each VM's steps in its ProtectedVM's `status.lastRun` (written only by the run
+//! that claimed the VM, and only when they changed).
+
+use std::collections::{BTreeMap, HashMap};
+
+use coldsite_api::protected_vm::VmRunStatus;
+use coldsite_api::recovery_run::{RunPhase, StepStatus};
+use coldsite_api::{ProtectedVM, RecoveryRun};
+use coldsite_engine::driver::{DriverError, RunContext, RunStore};
+use coldsite_engine::executor::StepRecord;
+use coldsite_engine::model::PlanModel;
+use coldsite_engine::planner::{StepGraph, StepIdx, vm_of_step_id};
+use coldsite_engine::time::{from_k8s, to_k8s};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use super::RUN_MANAGER;
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Collects nothing: the reconciler persists the whole picture after the pass.
+pub struct Unsaved;
+
+impl RunStore for Unsaved {
+    async fn save(&mut self, _: &StepGraph, _: StepIdx, _: &StepRecord) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+pub fn record_of(s: &StepStatus) -> StepRecord {
+    StepRecord {
+        state: s.state,
+        attempts: s.attempts.max(0) as u32,
+        started_at: s.started_at.as_ref().map(from_k8s),
+        finished_at: s.finished_at.as_ref().map(from_k8s),
+        next_attempt_at: s.next_attempt_at.as_ref().map(from_k8s),
+        message: s.message.clone(),
+        point: s.recovery_point.as_ref().map(from_k8s),
+    }
+}
+
+pub fn status_of(graph: &StepGraph, plan: &PlanModel, i: StepIdx, r: &StepRecord) -> StepStatus {
+    let def = &graph.steps[i];
+    StepStatus {
+        id: def.id.clone(),
+        group: def.group.map(|g| plan.groups[g].name.clone()),
+        kind: Some(def.kind),
+        target: match (def.vm, def.action) {
+            (Some(v), _) => Some(plan.vms[v].name.clone()),
+            (None, Some(a)) => Some(a.resolve(plan).name.clone()),
+            (None, None) => None,
+        },
+        state: r.state,
+        attempts: r.attempts as i32,
+        started_at: r.started_at.map(to_k8s),
+        finished_at: r.finished_at.map(to_k8s),
+        recovery_point: r.point.map(to_k8s),
+        next_attempt_at: r.next_attempt_at.map(to_k8s),
+        message: r.message.clone(),
+    }
+}
+
+/// The records as persisted: run-level steps from the run, VM steps from the VMs.
+pub fn persisted(graph: &StepGraph, run: &RecoveryRun, pvms: &BTreeMap<(String, String), ProtectedVM>) -> Vec<StepRecord> {
+    let uid = run.uid().unwrap_or_default();
+    let mut by_id: HashMap<&str, &StepStatus> = HashMap::new();
+    if let Some(s) = &run.status {
+        for step in &s.steps {
+            by_id.insert(&step.id, step);
+        }
+    }
+    for p in pvms.values() {
+        if let Some(last) = p.status.as_ref().and_then(|s| s.last_run.as_ref())
+            && last.run_uid.as_deref() == Some(uid.as_str())
+        {
+            for step in &last.steps {
+                by_id.insert(&step.id, step);
+            }
+        }
+    }
+    graph
+        .steps
+        .iter()
+        .map(|d| by_id.get(d.id.as_str()).map(|s| record_of(s)).unwrap_or_default())
+        .collect()
+}
+
+/// Each VM's steps go to its ProtectedVM's `status.lastRun`, which this run claimed, written
+/// only when they changed; the run's phase there, once it has finished, ends the claim.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_vm_parts(
+    ctx: &Context,
+    ns: &str,
+    graph: &StepGraph,
+    rctx: &RunContext,
+    pvms: &BTreeMap<(String, String), ProtectedVM>,
+    records: &[StepRecord],
+    run: &RecoveryRun,
+    phase: RunPhase,
+) -> Result<()> {
+    let uid = run.uid().unwrap_or_default();
+    let mut per_vm: BTreeMap<&str, Vec<StepStatus>> = BTreeMap::new();
+    for (i, def) in graph.steps.iter().enumerate() {
+        if let Some(vm) = vm_of_step_id(&def.id) {
+            per_vm
+                .entry(vm)
+                .or_default()
+                .push(status_of(graph, &rctx.plan, i, &records[i]));
+        }
+    }
+    let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), ns);
+    for (vm, steps) in per_vm {
+        let current = pvms
+            .get(&(ns.to_owned(), vm.to_owned()))
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.last_run.clone());
+        // Only the run that claimed a VM writes its part.
+        if current.as_ref().is_none_or(|c| c.run_uid.as_deref() != Some(uid.as_str())) {
+            continue;
+        }
+        let point = steps
+            .iter()
+            .find(|s| s.kind == Some(coldsite_api::recovery_run::StepKind::RestoreDisks))
+            .and_then(|s| s.recovery_point.clone());
+        let part = VmRunStatus {
+            run: run.name_any(),
+            run_uid: Some(uid.clone()),
+            action: Some(run.spec.action),
+            phase: phase.is_finished().then_some(phase),
+            recovery_point: point,
+            steps,
+        };
+        if current.as_ref() == Some(&part) {
+            continue;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
+            "status": {"lastRun": part},
+        });
+        api.patch_status(vm, &PatchParams::apply(RUN_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::kube(format!("writing ProtectedVM {vm} status.lastRun")))?;
+    }
+    Ok(())
+}
+
