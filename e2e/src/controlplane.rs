@@ -125,6 +125,16 @@ pub struct ControlPlane {
     namespaces: AtomicU64,
     network: SiteNetwork,
     pub(crate) site: OnceCell<()>,
+    /// What a restart needs to come back as the same cluster.
+    boot: Boot,
+}
+
+/// How a control plane was started: kept to start it again on the same data, ports and
+/// certificates.
+struct Boot {
+    options: ControlPlaneOptions,
+    pki: Pki,
+    ports: Ports,
 }
 
 static SHARED_PRIMARY: OnceCell<ControlPlane> = OnceCell::const_new();
@@ -166,6 +176,7 @@ impl ControlPlane {
         }
         let started = Instant::now();
         let ports = Ports::pick()?;
+        let etcd_port = ports.etcd_client;
         let pki = Pki::generate(&name).context("generating certificates")?;
         let dir = process::make_temp_dir(&name)?;
         let server_url = format!("https://127.0.0.1:{}", ports.apiserver);
@@ -173,8 +184,13 @@ impl ControlPlane {
         let cp = ControlPlane {
             network: SiteNetwork::next(),
             site: OnceCell::new(),
+            boot: Boot {
+                options: options.clone(),
+                pki,
+                ports,
+            },
             kubeconfig_path: dir.join("admin.kubeconfig"),
-            etcd_url: format!("http://127.0.0.1:{}", ports.etcd_client),
+            etcd_url: format!("http://127.0.0.1:{etcd_port}"),
             name,
             dir,
             binaries,
@@ -184,7 +200,7 @@ impl ControlPlane {
             namespaces: AtomicU64::new(0),
         };
         // On error `cp` is dropped here, which stops whatever was started.
-        cp.boot(&options, &pki, &ports).await?;
+        cp.boot(&cp.boot.options, &cp.boot.pki, &cp.boot.ports).await?;
         tracing::info!(
             name = %cp.name,
             server = %cp.server_url,
@@ -491,6 +507,19 @@ impl ControlPlane {
     /// Process ids of the running components.
     pub fn pids(&self) -> Vec<(Component, u32)> {
         self.running().iter().map(|r| (r.component, r.child.id())).collect()
+    }
+
+    /// Starts a stopped control plane again, on its data, ports and certificates: a site
+    /// that comes back after an outage. VolSync and the snapshot-controller come back with it
+    /// when it is a site.
+    pub async fn restart(&self) -> Result<()> {
+        self.stop();
+        self.boot(&self.boot.options, &self.boot.pki, &self.boot.ports).await?;
+        if self.site.initialized() {
+            self.start_site_controllers().await?;
+        }
+        tracing::info!(name = %self.name, "control plane restarted");
+        Ok(())
     }
 
     /// Kills all processes now (also done on drop). Later API calls fail: useful to

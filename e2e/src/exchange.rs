@@ -320,6 +320,64 @@ impl Scenario {
         Ok(())
     }
 
+    /// The site client and name for a site name in status.
+    fn site_of(&self, name: &str) -> Result<(&Client, &str)> {
+        if name == self.hq {
+            Ok((&self.primary, &self.hq))
+        } else if name == self.dr {
+            Ok((&self.recovery, &self.dr))
+        } else {
+            anyhow::bail!("unknown site {name}")
+        }
+    }
+
+    /// Status is the truth: checks each ProtectedVM's active site and replication direction
+    /// against what the sites show. Its VM never runs at the other site, and runs at the
+    /// active one when `running`; replication sources sit at the active site and
+    /// destinations at the other while it replicates, and no destination is at the active
+    /// site while it is paused.
+    pub async fn check_truth(&self, running: bool) -> Result<()> {
+        use coldsite_api::protected_vm::ReplicationDirection as D;
+        let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);
+        for vm in VMS {
+            let st = pvms.get(vm).await?.status.unwrap_or_default();
+            let active = st.active_site.clone().context("no activeSite")?;
+            let other = if active == self.hq { self.dr.clone() } else { self.hq.clone() };
+            let (here, _) = self.site_of(&active)?;
+            let (there, _) = self.site_of(&other)?;
+            anyhow::ensure!(!vm_runs(there, &self.ns, vm).await?, "{vm} runs at {other}, but status says {active}");
+            anyhow::ensure!(
+                vm_runs(here, &self.ns, vm).await? == running,
+                "{vm} at {active}: running is not {running} ({:?})",
+                st.phase
+            );
+            let (sources_here, dests_here, dests_there) = (
+                replication_objects(here, &self.ns, vm, SOURCES).await?,
+                replication_objects(here, &self.ns, vm, DESTINATIONS).await?,
+                replication_objects(there, &self.ns, vm, DESTINATIONS).await?,
+            );
+            let direction = st.replication_direction.unwrap_or_default();
+            let want_source_here = matches!(
+                (direction, active == self.hq),
+                (D::PrimaryToRecovery, true) | (D::RecoveryToPrimary, false)
+            );
+            match direction {
+                D::Paused => anyhow::ensure!(
+                    dests_here == 0,
+                    "{vm} is paused at {active}, yet a destination writes into it there"
+                ),
+                _ => {
+                    anyhow::ensure!(want_source_here, "{vm}: direction {direction:?} does not start at {active}");
+                    anyhow::ensure!(
+                        sources_here == 2 && dests_there == 2 && dests_here == 0,
+                        "{vm} replicates {direction:?}: expected sources at {active} and destinations at {other}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a RecoveryRun of the example's plan.
     pub async fn create_run(&self, name: &str, action: &str, approvals: &[&str]) -> Result<()> {
         let run: coldsite_api::RecoveryRun = serde_json::from_value(json!({
@@ -502,6 +560,26 @@ impl ControllerProcess {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// Whether a VM's instance runs at a site.
+pub async fn vm_runs(c: &Client, ns: &str, vm: &str) -> Result<bool> {
+    Ok(virtual_machine_instances(c, ns)
+        .get_opt(vm)
+        .await?
+        .is_some_and(|v| v.data["status"]["phase"] == "Running"))
+}
+
+const SOURCES: (&str, &str) = ("ReplicationSource", "replicationsources");
+const DESTINATIONS: (&str, &str) = ("ReplicationDestination", "replicationdestinations");
+
+/// How many of a VM's VolSync objects of a kind a site has.
+async fn replication_objects(c: &Client, ns: &str, vm: &str, (kind, plural): (&str, &str)) -> Result<usize> {
+    Ok(dynamic(c, ns, "volsync.backube", "v1alpha1", kind, plural)
+        .list(&kube::api::ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
+        .await?
+        .items
+        .len())
 }
 
 /// Polls `check` until it yields; on timeout the error carries `what`.

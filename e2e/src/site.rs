@@ -133,7 +133,7 @@ impl ControlPlane {
         })
     }
 
-    async fn start_site_controllers(&self) -> Result<()> {
+    pub(crate) async fn start_site_controllers(&self) -> Result<()> {
         let timeout = Duration::from_secs(120);
         let (volsync, snapshots) = (free_port()?, free_port()?);
         self.spawn(Component::VolSync, volsync_args(self.kubeconfig_path(), volsync))?;

@@ -524,6 +524,37 @@ pub fn refusal(plan: &RecoveryPlan, action: RunAction) -> Option<String> {
     None
 }
 
+/// Why the action does not fit the plan's VMs where they stand, if it does not: each VM that
+/// does not fit, with its state and the command that fits (the controller refuses the same).
+/// VMs a run holds are left to the in-progress check.
+pub fn misfits(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction) -> Option<String> {
+    let names = coldsite_engine::lifecycle::Names {
+        plan: &plan.name_any(),
+        primary: &plan.spec.primary_site,
+        recovery: &plan.spec.recovery_site,
+    };
+    let standings: Vec<(String, coldsite_engine::lifecycle::Standing)> = pvms
+        .iter()
+        .filter(|p| {
+            plan.spec.groups.iter().any(|g| g.vms.contains(&p.name_any()))
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.last_run.as_ref())
+                    .is_none_or(|l| l.phase.is_some())
+        })
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            (p.name_any(), coldsite_engine::lifecycle::Standing::of(&status, &plan.spec.recovery_site))
+        })
+        .collect();
+    if standings.is_empty() {
+        return None;
+    }
+    coldsite_engine::lifecycle::admit_plan(action, standings.iter().map(|(n, s)| (n.as_str(), s)), &names)
+        .err()
+        .map(|refusals| refusals.join("\n"))
+}
+
 /// The RecoveryRun a command creates.
 pub fn new_run(namespace: &str, name: &str, req: &NewRun) -> anyhow::Result<RecoveryRun> {
     let recovery_point: RecoveryPointSelector = match &req.recovery_point {
@@ -577,6 +608,10 @@ pub async fn create_run(c: &Cluster, req: NewRun) -> anyhow::Result<bool> {
             }
             _ => {}
         }
+    }
+    let pvms = plan_pvms(c, Some(&plan), None).await?;
+    if let Some(why) = misfits(&plan, &pvms, req.action) {
+        bail!("refusing to start a {}:\n{why}", req.action);
     }
     if let Some(why) = refusal(&plan, req.action) {
         if req.force {
@@ -860,6 +895,32 @@ mod tests {
         assert!(matches!(Target::parse("recoveryplans.coldsite.io/p").unwrap(), Target::Plan(n) if n == "p"));
         assert!(matches!(Target::parse("x").unwrap(), Target::Either(_)));
         assert!(Target::parse("pod/x").is_err());
+    }
+
+    #[test]
+    fn an_action_that_does_not_fit_the_vms_is_refused_up_front() {
+        let plan = crate::view::fixtures::plan();
+        let vm = |name: &str, active: &str| -> ProtectedVM {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
+                "metadata": {"name": name, "namespace": "contoso"},
+                "spec": {"vm": {"name": name}, "primarySite": "contoso-hq", "recoverySite": "contoso-dr",
+                         "networkMapping": "hq-to-dr"},
+                "status": {"phase": "Protected", "activeSite": active,
+                           "replicationDirection": if active == "contoso-hq" { "PrimaryToRecovery" } else { "RecoveryToPrimary" },
+                           "recoveryPoints": {"count": 2}},
+            }))
+            .unwrap()
+        };
+        let reprotected: Vec<ProtectedVM> = ["dc01", "exch-mbx01", "exch-cas01"]
+            .into_iter()
+            .map(|n| vm(n, "contoso-dr"))
+            .collect();
+        let why = misfits(&plan, &reprotected, RunAction::PlannedFailover).expect("refused");
+        assert!(why.contains("VM dc01 is Protected at contoso-dr"), "{why}");
+        assert!(why.contains("kubectl coldsite failback exchange"), "{why}");
+        assert!(misfits(&plan, &reprotected, RunAction::Failback).is_none());
+        assert!(misfits(&plan, &reprotected, RunAction::Reprotect).is_some());
     }
 
     #[test]

@@ -291,7 +291,9 @@ fn recovery(model: &PlanModel, b: &mut Builder, options: PlanOptions) {
     let mut shutdown: Vec<Option<StepIdx>> = vec![None; n];
     let mut source_step: HashMap<usize, StepIdx> = HashMap::new();
     if let Some(kind) = source_kind {
-        let (attempts, timeout) = if planned { (5, 10 * MINUTE) } else { (3, 5 * MINUTE) };
+        // An unplanned failover waits for a source that does not answer until the site counts
+        // as down (its Site's downAfter) or the run declares it down: give it room for that.
+        let (attempts, timeout) = if planned { (5, 10 * MINUTE) } else { (3, 60 * MINUTE) };
         for &gi in order.iter().rev() {
             let deps: Vec<StepIdx> = dependents[gi].iter().filter_map(|&h| shutdown[h]).collect();
             let stops: Vec<StepIdx> = model.groups[gi]

@@ -359,8 +359,11 @@ fn watch_split_brain(s: &Scenario, stop: Arc<AtomicBool>) -> tokio::task::JoinHa
     tokio::spawn(async move {
         let mut samples = 0;
         while !stop.load(Ordering::Relaxed) {
-            let at_primary = running(&p, &ns).await?;
-            let at_recovery = running(&r, &ns).await?;
+            // A site that is down (a power loss) runs nothing and cannot be asked.
+            let (Ok(at_primary), Ok(at_recovery)) = (running(&p, &ns).await, running(&r, &ns).await) else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
             if let Some(both) = at_primary.intersection(&at_recovery).next() {
                 bail!("split brain: {both} runs at both sites");
             }
@@ -551,6 +554,81 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     Ok(())
 }
 
+/// A planned failover cancelled while its final sync cannot complete (HQ's movers stall)
+/// leaves the VMs at HQ, stopped, and replication resumes on its schedule: the final sync's
+/// manual triggers go. The operator starts the VMs again.
+async fn cancelled_planned_failover(s: &Scenario, plugin: &Plugin) -> Result<()> {
+    plan_ready_is(s, true).await?;
+    s.simulator.update_faults(|f| {
+        let stalled = &mut f.site(&s.hq).stalled;
+        for vm in VMS {
+            for disk in ["system", "data"] {
+                stalled.insert(format!("{}/coldsite-{vm}-{disk}", s.ns));
+            }
+        }
+    });
+    start_run(plugin, "planned", "exchange-halted", &["--approve", "confirm-ad-replication"]).await?;
+    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+    wait_for("the final syncs to be under way", Duration::from_secs(180), || async {
+        let st = pvm_status(s, "dc01").await?;
+        let syncing = st
+            .last_run
+            .iter()
+            .flat_map(|l| &l.steps)
+            .any(|x| x.kind == Some(StepKind::FinalSync) && x.state == StepState::Running);
+        Ok(syncing.then_some(()))
+    })
+    .await?;
+    runs.patch(
+        "exchange-halted",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"cancel": true}})),
+    )
+    .await?;
+    wait_for("the run to end cancelled", Duration::from_secs(120), || async {
+        Ok((run_phase(&runs, "exchange-halted").await? == Some(RunPhase::Cancelled)).then_some(()))
+    })
+    .await?;
+    let cancelled_at = k8s_openapi::jiff::Timestamp::now();
+    s.simulator.update_faults(|f| f.site(&s.hq).stalled.clear());
+    let rs = dynamic(&s.primary, &s.ns, "volsync.backube", "v1alpha1", "ReplicationSource", "replicationsources");
+    wait_for(
+        "replication to resume on its schedule with a new point",
+        Duration::from_secs(240),
+        || async {
+            let sources = rs.list(&ListParams::default()).await?.items;
+            let scheduled = sources.len() == 6
+                && sources.iter().all(|x| {
+                    x.data["spec"]["trigger"]["manual"].is_null() && x.data["spec"]["trigger"]["schedule"].is_string()
+                });
+            for vm in VMS {
+                let latest = pvm_status(s, vm).await?.recovery_points.and_then(|p| p.latest).map(|t| t.0);
+                if !scheduled || latest.is_none_or(|t| t <= cancelled_at) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    s.check_truth(false).await.context("VMs stopped at HQ, replicating to DR")?;
+    let vms = virtual_machines(&s.primary, &s.ns);
+    for vm in VMS {
+        vms.patch(vm, &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})))
+            .await?;
+    }
+    wait_for("the VMs running at HQ again", Duration::from_secs(120), || async {
+        for vm in VMS {
+            if !coldsite_e2e::exchange::vm_runs(&s.primary, &s.ns, vm).await? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    s.check_truth(true).await
+}
+
 /// Two replicas under leader election; the killed one comes back as standby.
 struct Replicas<'a> {
     cp: &'a ControlPlane,
@@ -645,6 +723,7 @@ async fn exchange_lifecycle() -> Result<()> {
         protected(&s).await.context("protect")?;
         standby_never_acts(&replicas).await.context("leader election")?;
         test_failover(&s, &mut replicas).await.context("test failover")?;
+        cancelled_planned_failover(&s, &plugin).await.context("a cancelled planned failover")?;
         planned_failover_and_back(&s, &plugin, &mut replicas)
             .await
             .context("planned failover, commit, reprotect, failback")?;
@@ -722,6 +801,83 @@ async fn retention_prunes(s: &Scenario) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The failover waits at its gate with dc01 up at DR when HQ comes back, its VMs starting by
+/// their run strategy (slowly, as a site that lost power): coldsite halts every one of them
+/// before it runs (the split-brain watch is on throughout), and says so. Then the gate is
+/// approved.
+async fn disaster_with_a_returning_primary(s: &Scenario, primary: &ControlPlane, ctl: &ControllerProcess) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_split_brain(s, stop.clone());
+    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+    wait_for("the failover to wait at its gate", Duration::from_secs(240), || async {
+        let r = runs.get("exchange-disaster").await?;
+        Ok((r.status.and_then(|st| st.phase) == Some(RunPhase::WaitingForApproval)).then_some(()))
+    })
+    .await?;
+    ensure!(coldsite_e2e::exchange::vm_runs(&s.recovery, &s.ns, "dc01").await?, "dc01 runs at DR");
+    s.simulator.update_faults(|f| {
+        let slow = &mut f.site(&s.hq).slow_boot;
+        for vm in VMS {
+            slow.insert(vm.to_owned(), Duration::from_secs(20));
+        }
+    });
+    primary.restart().await?;
+    let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
+    let vms = virtual_machines(&s.primary, &s.ns);
+    wait_for("HQ's copies fenced", Duration::from_secs(90), || async {
+        for vm in VMS {
+            let st = pvms.get(vm).await?.status.unwrap_or_default();
+            let fenced = coldsite_api::common::is_condition_true(&st.conditions, "Fenced");
+            if !fenced || vms.get(vm).await?.data["spec"]["runStrategy"] != "Halted" {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    let fenced = ctl.metric(&format!(r#"coldsite_fenced_vms_total{{site="{}"}}"#, s.hq)).await;
+    ensure!(fenced >= 3.0, "the controller counts the copies it halted at HQ: {fenced}");
+    runs.patch(
+        "exchange-disaster",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"approvals": ["confirm-ad-replication"]}})),
+    )
+    .await?;
+    s.run_to_end("exchange-disaster", Duration::from_secs(300)).await?;
+    // A while longer: HQ's VMs would have booted by now, had they not been halted.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    stop.store(true, Ordering::Relaxed);
+    let samples = watcher.await??;
+    ensure!(samples > 100, "the split-brain watch sampled {samples} times");
+    Ok(())
+}
+
+/// Reprotect keeps HQ's disks as they were, writes after the last sync included, as a
+/// recovery point before replicating DR's data over them.
+async fn reprotect_keeps_what_hq_never_replicated(
+    s: &Scenario,
+    plugin: &Plugin,
+    lost: &BTreeMap<String, String>,
+) -> Result<()> {
+    start_run(plugin, "commit", "exchange-keep", &[]).await?;
+    s.run_to_end("exchange-keep", Duration::from_secs(180)).await?;
+    start_run(plugin, "reprotect", "exchange-return", &[]).await?;
+    s.run_to_end("exchange-return", Duration::from_secs(300)).await?;
+    let snaps = volume_snapshots(&s.primary, &s.ns);
+    for (vm, write) in lost {
+        let kept = snaps
+            .list(&ListParams::default().labels(&format!("coldsite.io/protected-vm={vm},coldsite.io/disk={vm}-system")))
+            .await?
+            .items
+            .into_iter()
+            .find(|x| x.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("coldsite.io/safety")))
+            .with_context(|| format!("no safety point of {vm} at HQ"))?;
+        let data = s.simulator.read_snapshot(&s.hq, &s.ns, &kept.name_any()).await?;
+        ensure!(data.contains(write), "{vm}'s safety point lacks HQ's last write {write}: {data:?}");
+    }
+    s.check_truth(true).await.context("after reprotect")
 }
 
 /// Guest writes at HQ before a disaster: one that a sync carries to DR, then, with HQ's
@@ -817,19 +973,16 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             "five plan reconciles; the controller's VM reads at HQ before: {before:?}, after: {after:?}"
         );
         let (synced, lost, lost_at) = writes_before_the_disaster(&s).await?;
+        // HQ goes dark: its guests stop with it, then its API server.
+        s.simulator.power_off_site(&s.hq).await?;
         primary.stop();
         // With the primary down the plan is not Ready: the command refuses and points to
         // --force, the way on in a real disaster.
         plan_ready_is(&s, false).await?;
         let why = plugin.refused(&["failover", "exchange"]).await?;
         ensure!(why.contains("not Ready") && why.contains("--force"), "{why}");
-        start_run(
-            &plugin,
-            "failover",
-            "exchange-disaster",
-            &["--approve", "confirm-ad-replication", "--force"],
-        )
-        .await?;
+        start_run(&plugin, "failover", "exchange-disaster", &["--force"]).await?;
+        disaster_with_a_returning_primary(&s, &primary, &ctl).await?;
         s.run_to_end("exchange-disaster", Duration::from_secs(300)).await?;
         let mut notes = BTreeMap::new();
         for vm in VMS {
@@ -840,23 +993,16 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
                 .find(|x| x.kind == Some(StepKind::PowerOff))
                 .context("stop step")?;
             notes.insert(vm, stop.message.clone().unwrap_or_default());
-            ensure!(
-                virtual_machines(&s.recovery, &s.ns).get(vm).await?.data["spec"]["runStrategy"] == "Always",
-                "{vm} runs at DR"
-            );
         }
         ensure!(
-            notes.values().all(|m| m.contains("unreachable")),
+            notes.values().all(|m| m.contains("source site down")),
             "the source's outage is recorded: {notes:?}"
         );
+        s.check_truth(true).await.context("after the failover, HQ back")?;
         // DR has what the last sync carried, not what HQ wrote after it, and the run says
         // which point it recovered.
-        s.disks_hold(&s.dr, &synced, true)
-            .await
-            .context("data of the last sync")?;
-        s.disks_hold(&s.dr, &lost, false)
-            .await
-            .context("data written after the last sync")?;
+        s.disks_hold(&s.dr, &synced, true).await.context("data of the last sync")?;
+        s.disks_hold(&s.dr, &lost, false).await.context("data written after the last sync")?;
         for vm in VMS {
             let point = pvm_status(&s, vm).await?.last_run.and_then(|l| l.recovery_point);
             ensure!(
@@ -864,6 +1010,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
                 "{vm} recovered from {point:?}, before HQ's last write at {lost_at}"
             );
         }
+        reprotect_keeps_what_hq_never_replicated(&s, &plugin, &lost).await?;
 
         // HQ is lost for good: once its Site is deleted, unprotecting a VM no longer waits
         // for it, and still cleans up at DR.
@@ -908,4 +1055,143 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     }
     let _ = ctl.kill().await;
     result
+}
+
+/// Runs a plugin command that must succeed, to the end, and checks the sites against status.
+async fn step(s: &Scenario, plugin: &Plugin, command: &str, name: &str, running: bool) -> Result<()> {
+    let extra: &[&str] = if matches!(command, "planned" | "failover" | "failback") {
+        &["--approve", "confirm-ad-replication"]
+    } else {
+        &[]
+    };
+    if matches!(command, "planned" | "failover" | "failback") {
+        plan_ready_is(s, true).await?;
+    }
+    start_run(plugin, command, name, extra).await?;
+    s.run_to_end(name, Duration::from_secs(420)).await?;
+    if command == "reprotect" {
+        wait_for("the VMs protected again", Duration::from_secs(240), || async {
+            for vm in VMS {
+                let st = pvm_status(s, vm).await?;
+                if !coldsite_api::common::is_condition_true(&st.conditions, "Ready") {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })
+        .await?;
+    }
+    s.check_truth(running).await.with_context(|| format!("after {command} ({name})"))
+}
+
+/// A command that does not fit where the VMs stand is refused by the plugin up front, and by
+/// the controller for a run made without it, naming the VM, its state and what fits; and
+/// nothing changes at the sites.
+async fn refused_everywhere(s: &Scenario, plugin: &Plugin, command: &str, action: &str, fits: &str) -> Result<()> {
+    let why = plugin.refused(&[command, "exchange"]).await?;
+    ensure!(
+        why.contains("VM dc01 is") && why.contains(&format!("kubectl coldsite {fits} exchange")),
+        "kubectl coldsite {command}: {why}"
+    );
+    let name = format!("wrong-{command}");
+    s.create_run(&name, action, &["confirm-ad-replication"]).await?;
+    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+    let run = wait_for(&format!("run {name} refused"), Duration::from_secs(60), || async {
+        let r = runs.get(&name).await?;
+        Ok((r.status.as_ref().and_then(|st| st.phase) == Some(RunPhase::Failed)).then_some(r))
+    })
+    .await?;
+    let st = run.status.unwrap_or_default();
+    let why = st.conditions.iter().map(|c| c.message.clone()).collect::<Vec<_>>().join("; ");
+    ensure!(
+        st.start_time.is_none() && why.contains("VM dc01 is") && why.contains(fits),
+        "run {name}: refused before anything started, naming what fits: {why}"
+    );
+    s.check_truth(true).await
+}
+
+/// The disaster-recovery cycle twice, with the commands an operator gets wrong on the way, on
+/// a management cluster of its own: planned failover, commit, reprotect, failback, reprotect;
+/// then an unplanned failover (the primary up), commit, reprotect, failback, reprotect. Status
+/// matches the sites after every step, no VM ever runs at both sites, and nothing piles up:
+/// after the second cycle replication writes in place into the VMs' disks at DR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
+    let mgmt = ControlPlane::start(coldsite_e2e::ControlPlaneOptions::new("cycles-mgmt")).await?;
+    let (primary, recovery) = (ControlPlane::shared().await?, ControlPlane::shared_recovery().await?);
+    let s = Scenario::set_up(
+        &Topology {
+            management: &mgmt,
+            primary,
+            recovery,
+        },
+        "cycles",
+    )
+    .await?;
+    s.set_rpo("2m").await?;
+    let mut ctl = controller(&mgmt, &format!("controller-{}", s.ns), &["--no-leader-election"])?;
+    let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_split_brain(&s, stop.clone());
+    let result = async {
+        s.wait_protected(Duration::from_secs(180)).await?;
+        s.check_truth(true).await?;
+        step(&s, &plugin, "planned", "c1-planned", true).await?;
+        step(&s, &plugin, "commit", "c1-commit", true).await?;
+        step(&s, &plugin, "reprotect", "c1-reprotect", true).await?;
+        // The issue's sequence: a second reprotect, and a planned failover of VMs that already
+        // run at DR, were accepted and tangled replication. Both are refused now.
+        refused_everywhere(&s, &plugin, "reprotect", "Reprotect", "failback").await?;
+        refused_everywhere(&s, &plugin, "planned", "PlannedFailover", "failback").await?;
+        step(&s, &plugin, "failback", "c1-failback", true).await?;
+        step(&s, &plugin, "reprotect", "c1-home", true).await?;
+        step(&s, &plugin, "failover", "c2-failover", true).await?;
+        step(&s, &plugin, "commit", "c2-commit", true).await?;
+        step(&s, &plugin, "reprotect", "c2-reprotect", true).await?;
+        step(&s, &plugin, "failback", "c2-failback", true).await?;
+        step(&s, &plugin, "reprotect", "c2-home", true).await?;
+        nothing_piles_up(&s).await
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let watched = watcher.await;
+    if let Err(e) = &result {
+        eprintln!("--- controller log tail ---\n{}\n{e:#}", ctl.log_tail(40));
+    }
+    let _ = ctl.kill().await;
+    result?;
+    let samples = watched??;
+    ensure!(samples > 100, "the split-brain watch sampled {samples} times");
+    Ok(())
+}
+
+/// After cycles, DR holds the VMs' copies (halted) on their own disks, which replication
+/// writes in place: no VolSync destination volumes of a full resync, no leftover test copies.
+async fn nothing_piles_up(s: &Scenario) -> Result<()> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let claims: Vec<String> = Api::<PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let disks: BTreeSet<String> = VMS
+        .iter()
+        .flat_map(|vm| ["system", "data"].map(|d| format!("{vm}-{d}")))
+        .collect();
+    ensure!(
+        claims.iter().all(|c| disks.contains(c) || c.starts_with("volsync-") && c.ends_with("-src")),
+        "DR holds only the VMs' disks: {claims:?}"
+    );
+    ensure!(
+        virtual_machines(&s.recovery, &s.ns).list(&ListParams::default()).await?.items.len() == VMS.len(),
+        "one copy of each VM at DR"
+    );
+    let rd = dynamic(&s.recovery, &s.ns, "volsync.backube", "v1alpha1", "ReplicationDestination", "replicationdestinations");
+    for d in rd.list(&ListParams::default()).await?.items {
+        let pvc = d.data["spec"]["rsyncTLS"]["destinationPVC"].as_str().unwrap_or_default().to_owned();
+        ensure!(disks.contains(&pvc), "{} writes into {pvc:?}, not a VM's disk: a full resync", d.name_any());
+    }
+    Ok(())
 }

@@ -342,6 +342,39 @@ impl SimulatorHandle {
         Ok(id)
     }
 
+    /// A power loss at `site`: its guests stop at once (see [`kubevirt`]). Call it before
+    /// stopping the site's control plane to play a site that goes dark; when the site comes
+    /// back, KubeVirt restarts its VMs by their run strategy, with their boot delay.
+    pub async fn power_off_site(&self, site: &str) -> Result<usize> {
+        let index = self
+            .ctx
+            .sites
+            .iter()
+            .position(|s| s.name == site)
+            .ok_or_else(|| anyhow!("the simulator plays no site {site}"))?;
+        let stopped = kubevirt::power_loss(&self.ctx, index).await?;
+        tracing::warn!(site, stopped, "site simulator: the site lost power; its guests stopped");
+        Ok(stopped)
+    }
+
+    /// The data a VolumeSnapshot's backend snapshot holds.
+    pub async fn read_snapshot(&self, site: &str, namespace: &str, snapshot: &str) -> Result<DiskData> {
+        let client = self.site_client(site)?;
+        let found = resources::VOLUME_SNAPSHOT.namespaced(client.clone(), namespace).get(snapshot).await?;
+        let content = found
+            .data
+            .pointer("/status/boundVolumeSnapshotContentName")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| anyhow!("snapshot {namespace}/{snapshot} is not bound"))?;
+        let content = resources::VOLUME_SNAPSHOT_CONTENT.all(client).get(content).await?;
+        let handle = content
+            .data
+            .pointer("/status/snapshotHandle")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| anyhow!("snapshot {namespace}/{snapshot} has no handle yet"))?;
+        DiskData::from_snapshot_handle(handle)
+    }
+
     /// Completed reconcile passes per site (in the order of `start`'s `sites`),
     /// successful or not.
     pub fn passes(&self) -> Vec<u64> {

@@ -128,8 +128,13 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     };
     let (status, ready) = status::build(&old, &observed);
     report(ctx, pvm, &old, &status, &ready, &observed).await;
+    // `lastRun` belongs to the runs (their field manager): this reconciler never writes it, or
+    // a run's claim could not clear what an earlier run left there.
+    let (mut mine, mut was) = (status, old);
+    mine.last_run = None;
+    was.last_run = None;
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
-    crate::status::apply(&api, &pvm.name_any(), old_for_compare(&old, &status).as_ref(), &status).await?;
+    crate::status::apply(&api, &pvm.name_any(), old_for_compare(&was, &mine).as_ref(), &mine).await?;
     Ok(Action::requeue(if fenced { CHECK_EVERY } else { FENCE_RETRY }))
 }
 
@@ -182,18 +187,24 @@ async fn protect(
     }
 }
 
-/// Ends a claim whose run is gone (deleted while it ran): nothing else would.
+/// Ends a claim whose run is gone (deleted while it ran), or ended without recording it
+/// here (it stopped between its own status and its VMs'): nothing else would.
 async fn release_if_gone(ctx: &Context, pvm: &ProtectedVM, claim: &Claim) -> Result<bool> {
     let ns = pvm.namespace().unwrap_or_default();
     let run = Api::<coldsite_api::RecoveryRun>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&claim.run)
         .await
-        .map_err(Error::kube("reading the run that holds the VM"))?;
-    if run.is_some_and(|r| r.uid().as_deref() == Some(claim.uid.as_str())) {
-        return Ok(false);
-    }
-    tracing::info!(protected_vm = %pvm.name_any(), run = %claim.run, "the run holding this VM is gone; releasing it");
-    crate::reconcile::recovery_run::claims::release(ctx, &[pvm], &claim.run, &claim.uid, RunPhase::Cancelled).await?;
+        .map_err(Error::kube("reading the run that holds the VM"))?
+        .filter(|r| r.uid().as_deref() == Some(claim.uid.as_str()));
+    let phase = match &run {
+        None => RunPhase::Cancelled,
+        Some(r) => match r.status.as_ref().and_then(|s| s.phase) {
+            Some(p) if p.is_finished() => p,
+            _ => return Ok(false),
+        },
+    };
+    tracing::info!(protected_vm = %pvm.name_any(), run = %claim.run, ?phase, "the run holding this VM has ended; releasing it");
+    crate::reconcile::recovery_run::claims::release(ctx, &[pvm], &claim.run, &claim.uid, phase).await?;
     Ok(true)
 }
 

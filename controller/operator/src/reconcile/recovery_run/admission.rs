@@ -30,6 +30,8 @@ pub enum Admission {
 pub enum Hold<'a> {
     /// By this run.
     Ours,
+    /// By nobody: this run held it and has ended.
+    Ended,
     /// By another run still going: its name.
     Other(&'a str),
     /// By nobody, but the outcome of its last run is not recorded in its standing yet.
@@ -45,6 +47,7 @@ pub fn hold<'a>(status: &'a ProtectedVMStatus, uid: &str) -> Hold<'a> {
     let this = last.run_uid.as_deref() == Some(uid);
     match last.phase {
         None if this => Hold::Ours,
+        Some(_) if this => Hold::Ended,
         None => Hold::Other(&last.run),
         Some(_) if !this && status.applied_run != last.run_uid && last.action.is_some_and(moves) => {
             Hold::Settling(&last.run)
@@ -84,7 +87,9 @@ pub fn decide(run: &RecoveryRun, vms: &[(&str, Option<&ProtectedVM>)], names: &N
                     message: format!("waiting for VM {name} to record where run {by} left it"),
                 };
             }
-            Hold::Ours => {}
+            // A run that ended for its VMs, read again before its own status says so (a stale
+            // copy, or it stopped in between), resumes from its records to finish.
+            Hold::Ours | Hold::Ended => {}
             Hold::Free => claim.push((*name).to_owned()),
         }
         standings.push((*name, Standing::of(&status, names.recovery)));
@@ -231,6 +236,25 @@ mod tests {
         };
         assert!(message.contains("VM a is Protected at dr"), "{message}");
         assert!(message.contains("kubectl coldsite failback exchange"), "{message}");
+    }
+
+    #[test]
+    fn a_run_that_ended_for_its_vms_is_not_admitted_again() {
+        // A stale copy of the run, read before its own status said it ended, must not be
+        // refused against where it has just moved the VMs: it resumes and finishes.
+        let a = vm("dr", ProtectionPhase::FailedOver, held_by("u1", Some(RunPhase::Succeeded)), Some("u1"));
+        let mut r = run("u1", RunAction::PlannedFailover);
+        r.status = Some(coldsite_api::recovery_run::RecoveryRunStatus {
+            source_site: Some("hq".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide(&r, &[("a", Some(&a))], &NAMES),
+            Admission::Go {
+                direction: Direction::Forward,
+                claim: vec![]
+            }
+        );
     }
 
     #[test]

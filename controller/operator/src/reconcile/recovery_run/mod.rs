@@ -430,9 +430,10 @@ impl Execution<'_> {
         st.plan_digest = old.plan_digest.clone().or(Some(self.digest.clone()));
         status::report(ctx, run, graph, before, &outcome.after, &st, &old).await;
         let ns = run.namespace().unwrap_or_default();
+        // VMs first: a run whose status says it ended has recorded every VM's part.
+        persist::write_vm_parts(ctx, &ns, graph, rctx, self.pvms, &outcome.after, run, phase).await?;
         let api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
         crate::status::apply(&api, &run.name_any(), run.status.as_ref(), &st).await?;
-        persist::write_vm_parts(ctx, &ns, graph, rctx, self.pvms, &outcome.after, run, phase).await?;
         if phase.is_finished() {
             return Ok(Action::await_change());
         }
