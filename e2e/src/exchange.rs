@@ -133,6 +133,30 @@ pub fn volume_snapshots(client: &Client, ns: &str) -> Api<DynamicObject> {
     )
 }
 
+/// A site's VolSync ReplicationSources in `ns`.
+pub fn replication_sources(c: &Client, ns: &str) -> Api<DynamicObject> {
+    dynamic(
+        c,
+        ns,
+        "volsync.backube",
+        "v1alpha1",
+        "ReplicationSource",
+        "replicationsources",
+    )
+}
+
+/// A site's VolSync ReplicationDestinations in `ns`.
+pub fn replication_destinations(c: &Client, ns: &str) -> Api<DynamicObject> {
+    dynamic(
+        c,
+        ns,
+        "volsync.backube",
+        "v1alpha1",
+        "ReplicationDestination",
+        "replicationdestinations",
+    )
+}
+
 pub fn virtual_machine_instances(client: &Client, ns: &str) -> Api<DynamicObject> {
     dynamic(
         client,
@@ -342,19 +366,26 @@ impl Scenario {
         for vm in VMS {
             let st = pvms.get(vm).await?.status.unwrap_or_default();
             let active = st.active_site.clone().context("no activeSite")?;
-            let other = if active == self.hq { self.dr.clone() } else { self.hq.clone() };
+            let other = if active == self.hq {
+                self.dr.clone()
+            } else {
+                self.hq.clone()
+            };
             let (here, _) = self.site_of(&active)?;
             let (there, _) = self.site_of(&other)?;
-            anyhow::ensure!(!vm_runs(there, &self.ns, vm).await?, "{vm} runs at {other}, but status says {active}");
+            anyhow::ensure!(
+                !vm_runs(there, &self.ns, vm).await?,
+                "{vm} runs at {other}, but status says {active}"
+            );
             anyhow::ensure!(
                 vm_runs(here, &self.ns, vm).await? == running,
                 "{vm} at {active}: running is not {running} ({:?})",
                 st.phase
             );
             let (sources_here, dests_here, dests_there) = (
-                replication_objects(here, &self.ns, vm, SOURCES).await?,
-                replication_objects(here, &self.ns, vm, DESTINATIONS).await?,
-                replication_objects(there, &self.ns, vm, DESTINATIONS).await?,
+                replication_objects(replication_sources(here, &self.ns), vm).await?,
+                replication_objects(replication_destinations(here, &self.ns), vm).await?,
+                replication_objects(replication_destinations(there, &self.ns), vm).await?,
             );
             let direction = st.replication_direction.unwrap_or_default();
             let want_source_here = matches!(
@@ -367,7 +398,10 @@ impl Scenario {
                     "{vm} is paused at {active}, yet a destination writes into it there"
                 ),
                 _ => {
-                    anyhow::ensure!(want_source_here, "{vm}: direction {direction:?} does not start at {active}");
+                    anyhow::ensure!(
+                        want_source_here,
+                        "{vm}: direction {direction:?} does not start at {active}"
+                    );
                     anyhow::ensure!(
                         sources_here == 2 && dests_there == 2 && dests_here == 0,
                         "{vm} replicates {direction:?}: expected sources at {active} and destinations at {other}"
@@ -570,12 +604,9 @@ pub async fn vm_runs(c: &Client, ns: &str, vm: &str) -> Result<bool> {
         .is_some_and(|v| v.data["status"]["phase"] == "Running"))
 }
 
-const SOURCES: (&str, &str) = ("ReplicationSource", "replicationsources");
-const DESTINATIONS: (&str, &str) = ("ReplicationDestination", "replicationdestinations");
-
-/// How many of a VM's VolSync objects of a kind a site has.
-async fn replication_objects(c: &Client, ns: &str, vm: &str, (kind, plural): (&str, &str)) -> Result<usize> {
-    Ok(dynamic(c, ns, "volsync.backube", "v1alpha1", kind, plural)
+/// How many of a VM's VolSync objects a site has, of the kind `api` lists.
+async fn replication_objects(api: Api<DynamicObject>, vm: &str) -> Result<usize> {
+    Ok(api
         .list(&kube::api::ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
         .await?
         .items

@@ -544,7 +544,10 @@ pub fn misfits(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction) -> 
         })
         .map(|p| {
             let status = p.status.clone().unwrap_or_default();
-            (p.name_any(), coldsite_engine::lifecycle::Standing::of(&status, &plan.spec.recovery_site))
+            (
+                p.name_any(),
+                coldsite_engine::lifecycle::Standing::of(&status, &plan.spec.recovery_site),
+            )
         })
         .collect();
     if standings.is_empty() {

@@ -46,7 +46,9 @@ pub enum Outcome {
     },
     /// Still going, held up by something the step waits out (a source site that does not
     /// answer but does not count as down yet): the message says so.
-    Waiting { message: String },
+    Waiting {
+        message: String,
+    },
 }
 
 /// The result of one attempt, as the driver saw it.

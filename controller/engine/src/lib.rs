@@ -4,6 +4,7 @@
 //! observations, and the `Fabric` trait is the one seam to the platform.
 
 pub mod cloudinit;
+pub mod cycles;
 pub mod driver;
 pub mod executor;
 pub mod fabric;
@@ -15,6 +16,7 @@ pub mod rpo;
 pub mod sim;
 pub mod simulation;
 pub mod source_vm;
+pub mod standing;
 pub mod synthetic;
 pub mod time;
 pub mod validate;

@@ -188,10 +188,7 @@ pub fn admit(vm: &str, s: &Standing, action: RunAction, names: &Names<'_>) -> Re
         _ if next.is_empty() => "nothing fits now".to_owned(),
         _ => format!("what fits now: {}", next.join(", or ")),
     };
-    Err(format!(
-        "VM {vm} is {}: {what}; {hint}",
-        describe(s, names)
-    ))
+    Err(format!("VM {vm} is {}: {what}; {hint}", describe(s, names)))
 }
 
 /// The direction a run of `action` takes for a whole plan: every VM must fit it, and all
@@ -361,7 +358,10 @@ mod tests {
             s = run(s, action);
         }
         let again = admit("dc01", &s, RunAction::Reprotect, &NAMES).unwrap_err();
-        assert!(again.contains("VM dc01 is Protected at dr (replicating to hq)"), "{again}");
+        assert!(
+            again.contains("VM dc01 is Protected at dr (replicating to hq)"),
+            "{again}"
+        );
         assert!(again.contains("kubectl coldsite failback exchange"), "{again}");
         let planned = admit("dc01", &s, RunAction::PlannedFailover, &NAMES).unwrap_err();
         assert!(planned.contains("moves VMs protected at hq to dr"), "{planned}");
@@ -381,7 +381,10 @@ mod tests {
             stopped_not_started,
         );
         assert_eq!(s, protected(Side::Primary));
-        assert_eq!(admit("vm", &s, RunAction::PlannedFailover, &NAMES), Ok(Direction::Forward));
+        assert_eq!(
+            admit("vm", &s, RunAction::PlannedFailover, &NAMES),
+            Ok(Direction::Forward)
+        );
         assert_eq!(admit("vm", &s, RunAction::Failover, &NAMES), Ok(Direction::Forward));
     }
 
@@ -402,7 +405,10 @@ mod tests {
     #[test]
     fn a_vm_without_a_point_waits_for_one() {
         let why = admit("vm", &Standing::new(), RunAction::Failover, &NAMES).unwrap_err();
-        assert!(why.contains("no recovery point yet") && why.contains("wait until"), "{why}");
+        assert!(
+            why.contains("no recovery point yet") && why.contains("wait until"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -416,7 +422,14 @@ mod tests {
             RunAction::Reprotect,
             RunAction::Failback,
         ];
-        for phase in [P::Enabling, P::Protected, P::FailedOver, P::Committed, P::FailingOver, P::Error] {
+        for phase in [
+            P::Enabling,
+            P::Protected,
+            P::FailedOver,
+            P::Committed,
+            P::FailingOver,
+            P::Error,
+        ] {
             for active in [Side::Primary, Side::Recovery] {
                 let s = Standing {
                     phase,

@@ -114,7 +114,12 @@ impl SiteWatch {
             return None;
         }
         let key = reflector::ObjectRef::new_with(name, VM.resource()).within(namespace);
-        Some(self.vms.store.get(&key).and_then(|o| serde_json::to_value(o.as_ref()).ok()))
+        Some(
+            self.vms
+                .store
+                .get(&key)
+                .and_then(|o| serde_json::to_value(o.as_ref()).ok()),
+        )
     }
 
     /// coldsite's copies of VM manifests in a namespace; `None` until listed.

@@ -22,8 +22,8 @@ use coldsite_api::recovery_run::{RunPhase, StepKind, StepState};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_e2e::ControlPlane;
 use coldsite_e2e::exchange::{
-    ControllerProcess, Scenario, Topology, VMS, dynamic, virtual_machine_instances, virtual_machines, volume_snapshots,
-    wait_for,
+    ControllerProcess, Scenario, Topology, VMS, dynamic, replication_destinations, replication_sources,
+    virtual_machine_instances, virtual_machines, volume_snapshots, wait_for,
 };
 use coldsite_e2e::plugin::Plugin;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -103,22 +103,8 @@ async fn vm_step(
 
 async fn protected(s: &Scenario) -> Result<()> {
     s.wait_protected(Duration::from_secs(150)).await?;
-    let rs = dynamic(
-        &s.primary,
-        &s.ns,
-        "volsync.backube",
-        "v1alpha1",
-        "ReplicationSource",
-        "replicationsources",
-    );
-    let rd = dynamic(
-        &s.recovery,
-        &s.ns,
-        "volsync.backube",
-        "v1alpha1",
-        "ReplicationDestination",
-        "replicationdestinations",
-    );
+    let rs = replication_sources(&s.primary, &s.ns);
+    let rd = replication_destinations(&s.recovery, &s.ns);
     ensure!(
         rs.list(&ListParams::default()).await?.items.len() == 6,
         "one ReplicationSource per disk at the primary"
@@ -477,22 +463,8 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     start_run(plugin, "reprotect", "exchange-reprotect", &[]).await?;
     s.run_to_end("exchange-reprotect", Duration::from_secs(180)).await?;
     // Replication now runs back: sources at DR, destinations at HQ on the old disks.
-    let rs = dynamic(
-        &s.recovery,
-        &s.ns,
-        "volsync.backube",
-        "v1alpha1",
-        "ReplicationSource",
-        "replicationsources",
-    );
-    let rd = dynamic(
-        &s.primary,
-        &s.ns,
-        "volsync.backube",
-        "v1alpha1",
-        "ReplicationDestination",
-        "replicationdestinations",
-    );
+    let rs = replication_sources(&s.recovery, &s.ns);
+    let rd = replication_destinations(&s.primary, &s.ns);
     wait_for("reversed replication", Duration::from_secs(120), || async {
         let sources = rs.list(&ListParams::default()).await?.items;
         let dests = rd.list(&ListParams::default()).await?.items;
@@ -567,7 +539,13 @@ async fn cancelled_planned_failover(s: &Scenario, plugin: &Plugin) -> Result<()>
             }
         }
     });
-    start_run(plugin, "planned", "exchange-halted", &["--approve", "confirm-ad-replication"]).await?;
+    start_run(
+        plugin,
+        "planned",
+        "exchange-halted",
+        &["--approve", "confirm-ad-replication"],
+    )
+    .await?;
     let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
     wait_for("the final syncs to be under way", Duration::from_secs(180), || async {
         let st = pvm_status(s, "dc01").await?;
@@ -591,7 +569,7 @@ async fn cancelled_planned_failover(s: &Scenario, plugin: &Plugin) -> Result<()>
     .await?;
     let cancelled_at = k8s_openapi::jiff::Timestamp::now();
     s.simulator.update_faults(|f| f.site(&s.hq).stalled.clear());
-    let rs = dynamic(&s.primary, &s.ns, "volsync.backube", "v1alpha1", "ReplicationSource", "replicationsources");
+    let rs = replication_sources(&s.primary, &s.ns);
     wait_for(
         "replication to resume on its schedule with a new point",
         Duration::from_secs(240),
@@ -602,7 +580,11 @@ async fn cancelled_planned_failover(s: &Scenario, plugin: &Plugin) -> Result<()>
                     x.data["spec"]["trigger"]["manual"].is_null() && x.data["spec"]["trigger"]["schedule"].is_string()
                 });
             for vm in VMS {
-                let latest = pvm_status(s, vm).await?.recovery_points.and_then(|p| p.latest).map(|t| t.0);
+                let latest = pvm_status(s, vm)
+                    .await?
+                    .recovery_points
+                    .and_then(|p| p.latest)
+                    .map(|t| t.0);
                 if !scheduled || latest.is_none_or(|t| t <= cancelled_at) {
                     return Ok(None);
                 }
@@ -611,11 +593,17 @@ async fn cancelled_planned_failover(s: &Scenario, plugin: &Plugin) -> Result<()>
         },
     )
     .await?;
-    s.check_truth(false).await.context("VMs stopped at HQ, replicating to DR")?;
+    s.check_truth(false)
+        .await
+        .context("VMs stopped at HQ, replicating to DR")?;
     let vms = virtual_machines(&s.primary, &s.ns);
     for vm in VMS {
-        vms.patch(vm, &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})))
-            .await?;
+        vms.patch(
+            vm,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})),
+        )
+        .await?;
     }
     wait_for("the VMs running at HQ again", Duration::from_secs(120), || async {
         for vm in VMS {
@@ -723,7 +711,9 @@ async fn exchange_lifecycle() -> Result<()> {
         protected(&s).await.context("protect")?;
         standby_never_acts(&replicas).await.context("leader election")?;
         test_failover(&s, &mut replicas).await.context("test failover")?;
-        cancelled_planned_failover(&s, &plugin).await.context("a cancelled planned failover")?;
+        cancelled_planned_failover(&s, &plugin)
+            .await
+            .context("a cancelled planned failover")?;
         planned_failover_and_back(&s, &plugin, &mut replicas)
             .await
             .context("planned failover, commit, reprotect, failback")?;
@@ -807,7 +797,11 @@ async fn retention_prunes(s: &Scenario) -> Result<()> {
 /// their run strategy (slowly, as a site that lost power): coldsite halts every one of them
 /// before it runs (the split-brain watch is on throughout), and says so. Then the gate is
 /// approved.
-async fn disaster_with_a_returning_primary(s: &Scenario, primary: &ControlPlane, ctl: &ControllerProcess) -> Result<()> {
+async fn disaster_with_a_returning_primary(
+    s: &Scenario,
+    primary: &ControlPlane,
+    ctl: &ControllerProcess,
+) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_split_brain(s, stop.clone());
     let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
@@ -816,7 +810,10 @@ async fn disaster_with_a_returning_primary(s: &Scenario, primary: &ControlPlane,
         Ok((r.status.and_then(|st| st.phase) == Some(RunPhase::WaitingForApproval)).then_some(()))
     })
     .await?;
-    ensure!(coldsite_e2e::exchange::vm_runs(&s.recovery, &s.ns, "dc01").await?, "dc01 runs at DR");
+    ensure!(
+        coldsite_e2e::exchange::vm_runs(&s.recovery, &s.ns, "dc01").await?,
+        "dc01 runs at DR"
+    );
     s.simulator.update_faults(|f| {
         let slow = &mut f.site(&s.hq).slow_boot;
         for vm in VMS {
@@ -837,8 +834,13 @@ async fn disaster_with_a_returning_primary(s: &Scenario, primary: &ControlPlane,
         Ok(Some(()))
     })
     .await?;
-    let fenced = ctl.metric(&format!(r#"coldsite_fenced_vms_total{{site="{}"}}"#, s.hq)).await;
-    ensure!(fenced >= 3.0, "the controller counts the copies it halted at HQ: {fenced}");
+    let fenced = ctl
+        .metric(&format!(r#"coldsite_fenced_vms_total{{site="{}"}}"#, s.hq))
+        .await;
+    ensure!(
+        fenced >= 3.0,
+        "the controller counts the copies it halted at HQ: {fenced}"
+    );
     runs.patch(
         "exchange-disaster",
         &PatchParams::default(),
@@ -872,10 +874,18 @@ async fn reprotect_keeps_what_hq_never_replicated(
             .await?
             .items
             .into_iter()
-            .find(|x| x.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("coldsite.io/safety")))
+            .find(|x| {
+                x.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key("coldsite.io/safety"))
+            })
             .with_context(|| format!("no safety point of {vm} at HQ"))?;
         let data = s.simulator.read_snapshot(&s.hq, &s.ns, &kept.name_any()).await?;
-        ensure!(data.contains(write), "{vm}'s safety point lacks HQ's last write {write}: {data:?}");
+        ensure!(
+            data.contains(write),
+            "{vm}'s safety point lacks HQ's last write {write}: {data:?}"
+        );
     }
     s.check_truth(true).await.context("after reprotect")
 }
@@ -1001,8 +1011,12 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         s.check_truth(true).await.context("after the failover, HQ back")?;
         // DR has what the last sync carried, not what HQ wrote after it, and the run says
         // which point it recovered.
-        s.disks_hold(&s.dr, &synced, true).await.context("data of the last sync")?;
-        s.disks_hold(&s.dr, &lost, false).await.context("data written after the last sync")?;
+        s.disks_hold(&s.dr, &synced, true)
+            .await
+            .context("data of the last sync")?;
+        s.disks_hold(&s.dr, &lost, false)
+            .await
+            .context("data written after the last sync")?;
         for vm in VMS {
             let point = pvm_status(&s, vm).await?.last_run.and_then(|l| l.recovery_point);
             ensure!(
@@ -1081,7 +1095,9 @@ async fn step(s: &Scenario, plugin: &Plugin, command: &str, name: &str, running:
         })
         .await?;
     }
-    s.check_truth(running).await.with_context(|| format!("after {command} ({name})"))
+    s.check_truth(running)
+        .await
+        .with_context(|| format!("after {command} ({name})"))
 }
 
 /// A command that does not fit where the VMs stand is refused by the plugin up front, and by
@@ -1102,7 +1118,12 @@ async fn refused_everywhere(s: &Scenario, plugin: &Plugin, command: &str, action
     })
     .await?;
     let st = run.status.unwrap_or_default();
-    let why = st.conditions.iter().map(|c| c.message.clone()).collect::<Vec<_>>().join("; ");
+    let why = st
+        .conditions
+        .iter()
+        .map(|c| c.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
     ensure!(
         st.start_time.is_none() && why.contains("VM dc01 is") && why.contains(fits),
         "run {name}: refused before anything started, naming what fits: {why}"
@@ -1181,17 +1202,31 @@ async fn nothing_piles_up(s: &Scenario) -> Result<()> {
         .flat_map(|vm| ["system", "data"].map(|d| format!("{vm}-{d}")))
         .collect();
     ensure!(
-        claims.iter().all(|c| disks.contains(c) || c.starts_with("volsync-") && c.ends_with("-src")),
+        claims
+            .iter()
+            .all(|c| disks.contains(c) || c.starts_with("volsync-") && c.ends_with("-src")),
         "DR holds only the VMs' disks: {claims:?}"
     );
     ensure!(
-        virtual_machines(&s.recovery, &s.ns).list(&ListParams::default()).await?.items.len() == VMS.len(),
+        virtual_machines(&s.recovery, &s.ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len()
+            == VMS.len(),
         "one copy of each VM at DR"
     );
-    let rd = dynamic(&s.recovery, &s.ns, "volsync.backube", "v1alpha1", "ReplicationDestination", "replicationdestinations");
+    let rd = replication_destinations(&s.recovery, &s.ns);
     for d in rd.list(&ListParams::default()).await?.items {
-        let pvc = d.data["spec"]["rsyncTLS"]["destinationPVC"].as_str().unwrap_or_default().to_owned();
-        ensure!(disks.contains(&pvc), "{} writes into {pvc:?}, not a VM's disk: a full resync", d.name_any());
+        let pvc = d.data["spec"]["rsyncTLS"]["destinationPVC"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(
+            disks.contains(&pvc),
+            "{} writes into {pvc:?}, not a VM's disk: a full resync",
+            d.name_any()
+        );
     }
     Ok(())
 }

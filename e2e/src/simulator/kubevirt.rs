@@ -458,7 +458,8 @@ pub(crate) async fn power_loss(ctx: &Ctx, site: usize) -> Result<usize> {
     let vmis = ctx.list(VIRTUAL_MACHINE_INSTANCE, site).await?.unwrap_or_default();
     let mut stopped = 0;
     for vmi in vmis.iter().filter(|v| {
-        !matches!(str_at(&v.data, "/status/phase"), Some("Succeeded" | "Failed")) && v.metadata.deletion_timestamp.is_none()
+        !matches!(str_at(&v.data, "/status/phase"), Some("Succeeded" | "Failed"))
+            && v.metadata.deletion_timestamp.is_none()
     }) {
         let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
         let api = VIRTUAL_MACHINE_INSTANCE.namespaced(ctx.client(site), namespace);
@@ -466,7 +467,13 @@ pub(crate) async fn power_loss(ctx: &Ctx, site: usize) -> Result<usize> {
         desired.insert("phase".into(), json!("Failed"));
         desired.insert(
             "conditions".into(),
-            json!([condition(None, "Ready", false, "PowerLoss", "the site lost power (coldsite site simulator)")]),
+            json!([condition(
+                None,
+                "Ready",
+                false,
+                "PowerLoss",
+                "the site lost power (coldsite site simulator)"
+            )]),
         );
         desired.insert("interfaces".into(), Value::Null);
         util::patch_status(&api, vmi, desired, StatusAt::Object).await?;
@@ -474,7 +481,12 @@ pub(crate) async fn power_loss(ctx: &Ctx, site: usize) -> Result<usize> {
     }
     let pods: Vec<Pod> = ctx.list_typed(site).await?;
     for pod in pods.iter().filter(|p| {
-        p.metadata.labels.as_ref().and_then(|l| l.get("kubevirt.io")).map(String::as_str) == Some("virt-launcher")
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubevirt.io"))
+            .map(String::as_str)
+            == Some("virt-launcher")
     }) {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(ctx.client(site), namespace);
@@ -482,7 +494,10 @@ pub(crate) async fn power_loss(ctx: &Ctx, site: usize) -> Result<usize> {
             grace_period_seconds: Some(0),
             ..DeleteParams::default()
         };
-        match api.delete(pod.metadata.name.as_deref().unwrap_or_default(), &gone).await {
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &gone)
+            .await
+        {
             Ok(_) => {}
             Err(e) if util::is_not_found(&e) => {}
             Err(e) => return Err(e).context("deleting a launcher pod"),

@@ -360,7 +360,10 @@ impl SimulatorHandle {
     /// The data a VolumeSnapshot's backend snapshot holds.
     pub async fn read_snapshot(&self, site: &str, namespace: &str, snapshot: &str) -> Result<DiskData> {
         let client = self.site_client(site)?;
-        let found = resources::VOLUME_SNAPSHOT.namespaced(client.clone(), namespace).get(snapshot).await?;
+        let found = resources::VOLUME_SNAPSHOT
+            .namespaced(client.clone(), namespace)
+            .get(snapshot)
+            .await?;
         let content = found
             .data
             .pointer("/status/boundVolumeSnapshotContentName")

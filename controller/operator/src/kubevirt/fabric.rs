@@ -280,7 +280,11 @@ impl KubeVirtFabric {
     async fn written_in_place(&self, site: &SiteApi, vm: &VmModel) -> Result<bool, FabricError> {
         for disk in &vm.disks {
             let rd = site
-                .get(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &objects::replication_name(disk))
+                .get(
+                    REPLICATION_DESTINATION,
+                    Some(&vm.vm_namespace),
+                    &objects::replication_name(disk),
+                )
                 .await?;
             if rd.as_ref().and_then(|rd| str_at(rd, "/spec/rsyncTLS/destinationPVC")) != Some(disk.as_str()) {
                 return Ok(false);
@@ -296,7 +300,13 @@ impl KubeVirtFabric {
     }
 
     /// A permanent failure when the VM runs at `site`: its disks are not to be touched.
-    async fn ensure_not_running(&self, site: &SiteApi, ns: &str, vm: &VmModel, site_name: &str) -> Result<(), FabricError> {
+    async fn ensure_not_running(
+        &self,
+        site: &SiteApi,
+        ns: &str,
+        vm: &VmModel,
+        site_name: &str,
+    ) -> Result<(), FabricError> {
         if self.vmi_running(site, ns, &vm.vm_name).await? {
             return Err(FabricError::permanent(format!(
                 "VirtualMachine {ns}/{} runs at {site_name}: its disks are not overwritten while it runs; \
@@ -310,9 +320,16 @@ impl KubeVirtFabric {
     /// A disk an earlier run left at the target (a past cycle's copy, an in-place replication
     /// destination, a failed attempt's restore) goes, so the chosen point is restored anew.
     /// Anything not coldsite's is refused.
-    async fn replace_leftover_disk(&self, site: &SiteApi, req: &Recovery<'_>, disk: &str, found: &Value) -> Result<(), FabricError> {
+    async fn replace_leftover_disk(
+        &self,
+        site: &SiteApi,
+        req: &Recovery<'_>,
+        disk: &str,
+        found: &Value,
+    ) -> Result<(), FabricError> {
         let vm = req.vm;
-        let ours = str_at(found, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) == Some(vm.name.as_str());
+        let ours =
+            str_at(found, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) == Some(vm.name.as_str());
         let name = objects::replication_name(disk);
         let rd = site.get(REPLICATION_DESTINATION, Some(req.namespace), &name).await?;
         let in_place = rd.as_ref().and_then(|rd| str_at(rd, "/spec/rsyncTLS/destinationPVC")) == Some(disk);
@@ -322,7 +339,8 @@ impl KubeVirtFabric {
                 req.namespace, req.target.name, vm.name
             )));
         }
-        self.ensure_not_running(site, req.namespace, vm, &req.target.name).await?;
+        self.ensure_not_running(site, req.namespace, vm, &req.target.name)
+            .await?;
         if in_place {
             site.delete(REPLICATION_DESTINATION, Some(req.namespace), &name).await?;
         }
@@ -331,7 +349,13 @@ impl KubeVirtFabric {
 
     /// Snapshots of the VM's disks at `site` taken before reprotect overwrites them, kept as
     /// recovery points there; true once all are ready to use.
-    async fn safety_points(&self, site: &SiteApi, model: &SiteModel, run: &RunRef, vm: &VmModel) -> Result<bool, FabricError> {
+    async fn safety_points(
+        &self,
+        site: &SiteApi,
+        model: &SiteModel,
+        run: &RunRef,
+        vm: &VmModel,
+    ) -> Result<bool, FabricError> {
         let ns = vm.vm_namespace.as_str();
         let mut ready = true;
         for disk in &vm.disks {
@@ -354,9 +378,17 @@ impl KubeVirtFabric {
         Ok(ready)
     }
 
-    /// Fencing: halts the VM's copy at `site` if it runs or would start there. `cached` is the
-    /// VirtualMachine as a watch of the site has it, if there is one.
-    pub async fn fence(&self, site: &SiteModel, vm: &VmModel, cached: Option<Option<Value>>) -> Result<Fence, FabricError> {
+    /// Fencing: halts the VM's copy at `site` if it runs or would start there, unless the
+    /// run `spare` started it. `cached` is the VirtualMachine as a watch of the site has it, if
+    /// there is one; the halt applies only to the version judged, so a copy a run starts
+    /// meanwhile is judged again.
+    pub async fn fence(
+        &self,
+        site: &SiteModel,
+        vm: &VmModel,
+        spare: Option<&str>,
+        cached: Option<Option<Value>>,
+    ) -> Result<Fence, FabricError> {
         let api = self.site(&site.name)?;
         let ns = vm.vm_namespace.as_str();
         let found = match cached {
@@ -371,15 +403,29 @@ impl KubeVirtFabric {
         if halted {
             return Ok(Fence::Halted);
         }
-        api.merge(VM, Some(ns), &vm.vm_name, &objects::run_strategy_patch("Halted"))
-            .await?;
+        if spare.is_some() && objects::started_by(&found) == spare {
+            return Ok(Fence::Spared);
+        }
+        let version = str_at(&found, "/metadata/resourceVersion").unwrap_or_default();
+        let patch = objects::run_strategy_patch("Halted");
+        if !api.merge_at_version(VM, Some(ns), &vm.vm_name, version, &patch).await? {
+            return Err(FabricError::transient(format!(
+                "VirtualMachine {ns}/{} at {} changed while coldsite halted it; looking again",
+                vm.vm_name, site.name
+            )));
+        }
         Ok(Fence::JustHalted)
     }
 
     /// Removes the replication that ran into `active` from `other`, where the VM no longer
     /// runs: after a failover nothing may write into the disks it now runs on. The source at
     /// `other` is removed when that site answers.
-    pub async fn stop_replication_into(&self, active: &SiteModel, other: &SiteModel, vm: &VmModel) -> Result<(), FabricError> {
+    pub async fn stop_replication_into(
+        &self,
+        active: &SiteModel,
+        other: &SiteModel,
+        vm: &VmModel,
+    ) -> Result<(), FabricError> {
         let ns = vm.vm_namespace.as_str();
         let here = self.site(&active.name)?;
         for disk in &vm.disks {
@@ -453,6 +499,8 @@ pub enum Fence {
     Halted,
     /// The copy there was running or starting, and has just been halted.
     JustHalted,
+    /// The copy there is the one the run that holds the VM started.
+    Spared,
 }
 
 /// Both ends of one VM's replication.
@@ -806,7 +854,8 @@ impl Fabric for KubeVirtFabric {
                 None if req.run.direction == Direction::Reverse => Ok(Progress::Done(())),
                 // A copy an earlier failover made (a past cycle, a failed attempt) is made anew.
                 _ if !req.test && self.is_our_copy(&existing, vm) => {
-                    self.ensure_not_running(site, req.namespace, vm, &req.target.name).await?;
+                    self.ensure_not_running(site, req.namespace, vm, &req.target.name)
+                        .await?;
                     site.delete(VM, Some(req.namespace), &vm.vm_name).await?;
                     in_progress(SOON)
                 }
@@ -840,7 +889,7 @@ impl Fabric for KubeVirtFabric {
                 VM,
                 Some(req.namespace),
                 &req.vm.vm_name,
-                &objects::run_strategy_patch("Always"),
+                &objects::started_patch(&req.run.uid),
             )
             .await?
         {

@@ -13,6 +13,8 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const PROTECTED_VM: &str = "coldsite.io/protected-vm";
 pub const DISK: &str = "coldsite.io/disk";
 pub const RUN_UID: &str = "coldsite.io/run-uid";
+/// On a VirtualMachine: the uid of the run that last started it.
+pub const STARTED_BY: &str = "coldsite.io/started-by-run";
 pub const POINT: &str = "coldsite.io/recovery-point";
 pub const APP_CONSISTENT: &str = "coldsite.io/app-consistent";
 /// On an adopted point: the shape of the disk it copies, so a restore makes the same disk
@@ -380,6 +382,19 @@ pub fn safety_snapshot(s: &SafetySnapshot<'_>) -> Value {
 /// `spec.running`, which many VMs still use, so the patch removes it.
 pub fn run_strategy_patch(strategy: &str) -> Value {
     json!({"spec": {"running": null, "runStrategy": strategy}})
+}
+
+/// Starts a VM for the run `run_uid`, marked as that run's: fencing spares it while the run
+/// holds the VM, and halts any other copy there.
+pub fn started_patch(run_uid: &str) -> Value {
+    let mut patch = run_strategy_patch("Always");
+    patch["metadata"] = json!({"annotations": {STARTED_BY: run_uid}});
+    patch
+}
+
+/// The run that started this VM, as [`started_patch`] marked it.
+pub fn started_by(vm: &Value) -> Option<&str> {
+    vm.pointer("/metadata/annotations")?.get(STARTED_BY)?.as_str()
 }
 
 /// The recovered VirtualMachine, from the source's manifest: halted, disks on the restored

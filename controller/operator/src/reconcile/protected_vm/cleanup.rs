@@ -6,7 +6,9 @@ use kube::runtime::controller::Action;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kubevirt::dynamic::{CONFIG_MAP, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, VOLUME_SNAPSHOT, str_at};
+use crate::kubevirt::dynamic::{
+    CONFIG_MAP, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, VOLUME_SNAPSHOT, str_at,
+};
 use crate::kubevirt::fabric::KubeVirtFabric;
 use crate::kubevirt::objects::PROTECTED_VM;
 
@@ -66,4 +68,3 @@ pub async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         .forget_vm(&pvm.namespace().unwrap_or_default(), &pvm.name_any());
     Ok(Action::await_change())
 }
-

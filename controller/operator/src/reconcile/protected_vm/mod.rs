@@ -7,7 +7,6 @@
 //! replicate or pause, [`status`] (pure), write.
 
 pub mod cleanup;
-pub mod standing;
 pub mod status;
 
 use std::sync::Arc;
@@ -24,11 +23,11 @@ use coldsite_engine::validate::{self, Severity};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use self::standing::{Claim, Settled};
 use self::status::Observed;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kubevirt::fabric::{Fence, KubeVirtFabric};
+use coldsite_engine::standing::{self, Claim, Halt, Settled};
 
 pub use self::status::health;
 
@@ -46,20 +45,6 @@ pub async fn reconcile(pvm: Arc<ProtectedVM>, ctx: Arc<Context>) -> Result<Actio
         |o, c| async move { cleanup::cleanup(&o, &c).await },
     )
     .await
-}
-
-/// The side whose copy must be halted: while a run moves the VM, the side it moves it away
-/// from, once the run has stopped it there (or found the site down); otherwise the side the
-/// VM does not run at (a test's copies live elsewhere, in the test namespace).
-pub fn fence_side(s: &Settled) -> Option<Side> {
-    match &s.claim {
-        Some(Claim {
-            source: Some(side),
-            source_stopped,
-            ..
-        }) => source_stopped.then_some(*side),
-        _ => Some(s.resting.active.other()),
-    }
 }
 
 /// The two sites by side.
@@ -104,11 +89,14 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
             .join("; ")
     });
     // Fencing comes before any other write at the other site.
-    let fence = match (&model, fence_side(&settled)) {
-        (Ok(vm), Some(side)) => Some(fence(ctx, &fabric, pvm, vm, sides.of(side)).await),
-        _ => None,
-    };
-    let fenced = !matches!(fence, Some(Err(_)));
+    let mut fences = Vec::new();
+    if let Ok(vm) = &model {
+        for halt in standing::halts(&settled) {
+            let found = fence(ctx, &fabric, pvm, vm, sides.of(halt.side), &halt).await;
+            fences.push((halt.side, found));
+        }
+    }
+    let fenced = fences.iter().all(|(_, f)| f.is_ok());
     let (replication, problem) = match &model {
         Err(text) => (None, Some(("InvalidSpec", text.clone()))),
         Ok(_) if settled.claim.is_some() || !fenced => (None, None),
@@ -119,7 +107,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         settled: &settled,
         replication: replication.as_ref(),
         problem,
-        fence,
+        fences,
         sites: (&spec.primary_site, &spec.recovery_site),
         rpo,
         rpo_text: &spec.replication.rpo,
@@ -138,19 +126,31 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(if fenced { CHECK_EVERY } else { FENCE_RETRY }))
 }
 
-/// Halts the VM's copy at `site`, reading it from the site's watch when there is one.
+/// Halts the VM's copy at `site` as `halt` says, reading it from the site's watch when there
+/// is one.
 async fn fence(
     ctx: &Context,
     fabric: &KubeVirtFabric,
     pvm: &ProtectedVM,
     vm: &VmModel,
     site: &SiteModel,
+    halt: &Halt,
 ) -> std::result::Result<Fence, String> {
-    let cached = ctx.sites.watch(&site.name).and_then(|w| w.vm(&vm.vm_namespace, &vm.vm_name));
-    let found = fabric.fence(site, vm, cached).await.map_err(|e| e.message)?;
+    let cached = ctx
+        .sites
+        .watch(&site.name)
+        .and_then(|w| w.vm(&vm.vm_namespace, &vm.vm_name));
+    let found = fabric
+        .fence(site, vm, halt.spare.as_deref(), cached)
+        .await
+        .map_err(|e| e.message)?;
     if found == Fence::JustHalted {
+        let why = match &halt.spare {
+            Some(_) => "a run holds the VM and did not start that copy",
+            None => "the VM does not run there",
+        };
         let note = format!(
-            "the copy of {}/{} at {} was running or starting; halted it: the VM runs at the other site",
+            "the copy of {}/{} at {} was running or starting; halted it: {why}",
             vm.vm_namespace, vm.vm_name, site.name
         );
         tracing::warn!(protected_vm = %pvm.name_any(), site = %site.name, "fenced");
@@ -237,7 +237,8 @@ async fn report(
         let phase = status.phase.unwrap_or_default();
         tracing::info!(protected_vm = %name, namespace = %ns, ?phase, ready = ready.0, reason = ready.1, "protection");
         let warning = !ready.0 && o.problem.is_some();
-        ctx.event(pvm, warning, ready.1, "Protect", format!("{phase:?}: {}", ready.2)).await;
+        ctx.event(pvm, warning, ready.1, "Protect", format!("{phase:?}: {}", ready.2))
+            .await;
     }
 }
 

@@ -12,9 +12,9 @@ use coldsite_api::protected_vm::{
 use coldsite_engine::fabric::ReplicationState;
 use coldsite_engine::lifecycle::Side;
 
-use super::standing::Settled;
 use crate::conditions::{self, Desired};
 use crate::kubevirt::fabric::Fence;
+use coldsite_engine::standing::Settled;
 
 /// Pure: replication health from the last sync and the RPO.
 pub fn health(
@@ -47,8 +47,9 @@ pub struct Observed<'a> {
     pub replication: Option<&'a ReplicationState>,
     /// Why protection cannot proceed: a bounded reason and a message.
     pub problem: Option<(&'static str, String)>,
-    /// The copy at the other site: how fencing found it, or why it could not look.
-    pub fence: Option<Result<Fence, String>>,
+    /// The copies that must not run, by side: how fencing found each, or why it could not
+    /// look. Empty when the spec is invalid.
+    pub fences: Vec<(Side, Result<Fence, String>)>,
     /// The site of each side, for messages.
     pub sites: (&'a str, &'a str),
     pub rpo: Duration,
@@ -75,7 +76,11 @@ pub fn build(old: &ProtectedVMStatus, o: &Observed<'_>) -> (ProtectedVMStatus, (
     if let Some(state) = o.replication {
         let (h, age) = health(o.now, state.last_sync, o.rpo, paused);
         status.replication = Some(ReplicationStatus {
-            health: if state.established { h } else { ReplicationHealth::Unknown },
+            health: if state.established {
+                h
+            } else {
+                ReplicationHealth::Unknown
+            },
             last_sync_time: state.last_sync.map(coldsite_engine::time::to_k8s),
             current_rpo_seconds: age,
             bytes_transferred: state.bytes_transferred,
@@ -141,7 +146,10 @@ fn ready(status: &ProtectedVMStatus, o: &Observed<'_>, phase: ProtectionPhase) -
         (None, _) if o.settled.claim.is_some() => (
             false,
             "RunInProgress",
-            format!("run {} holds this VM", o.settled.claim.as_ref().map(|c| c.run.as_str()).unwrap_or_default()),
+            format!(
+                "run {} holds this VM",
+                o.settled.claim.as_ref().map(|c| c.run.as_str()).unwrap_or_default()
+            ),
         ),
         (None, ProtectionPhase::FailedOver | ProtectionPhase::Committed) => (
             false,
@@ -157,11 +165,20 @@ fn ready(status: &ProtectedVMStatus, o: &Observed<'_>, phase: ProtectionPhase) -
                 None => format!("no recovery point yet{waiting}"),
             },
         ),
-        (None, _) => (true, "Protected", format!("replicating from {active} to {other}; RPO met")),
+        (None, _) => (
+            true,
+            "Protected",
+            format!("replicating from {active} to {other}; RPO met"),
+        ),
     }
 }
 
-fn set_conditions(status: &mut ProtectedVMStatus, o: &Observed<'_>, paused: bool, ready: &(bool, &'static str, String)) {
+fn set_conditions(
+    status: &mut ProtectedVMStatus,
+    o: &Observed<'_>,
+    paused: bool,
+    ready: &(bool, &'static str, String),
+) {
     let t = coldsite_engine::time::to_k8s(o.now);
     let replicating = o.replication.is_some_and(|s| s.established) && !paused;
     let rpo_met = rpo_met(status, o.rpo);
@@ -193,37 +210,45 @@ fn set_conditions(status: &mut ProtectedVMStatus, o: &Observed<'_>, paused: bool
             },
         },
     ];
-    if let Some(fence) = &o.fence {
-        desired.push(fenced(o, fence));
+    if !o.fences.is_empty() {
+        desired.push(fenced(o));
     }
     for d in desired {
         conditions::set(&mut status.conditions, d, o.generation, t.clone());
     }
 }
 
-/// The `Fenced` condition: is the copy at the site the VM does not run from halted?
-fn fenced(o: &Observed<'_>, fence: &Result<Fence, String>) -> Desired<'static> {
-    let side = crate::reconcile::protected_vm::fence_side(o.settled).unwrap_or(o.settled.resting.active.other());
-    let site = o.site(side);
-    let (ok, reason, message) = match fence {
-        Ok(Fence::NoCopy) => (true, "NoCopy", format!("no copy of the VM at {site}")),
-        Ok(Fence::Halted) => (true, "Halted", format!("the copy at {site} is halted")),
-        Ok(Fence::JustHalted) => (
-            true,
-            "Halted",
-            format!("the copy at {site} was running or starting, and coldsite halted it"),
-        ),
-        Err(why) => (
-            false,
-            "SiteUnreachable",
-            format!("cannot confirm the copy at {site} is halted ({why}); coldsite halts it as soon as {site} answers"),
-        ),
-    };
+/// The `Fenced` condition: are the copies that must not run halted?
+fn fenced(o: &Observed<'_>) -> Desired<'static> {
+    let mut ok = true;
+    let mut reason = "NoCopy";
+    let mut notes = Vec::new();
+    for (side, found) in &o.fences {
+        let site = o.site(*side);
+        notes.push(match found {
+            Ok(Fence::NoCopy) => format!("no copy of the VM at {site}"),
+            Ok(Fence::Halted) => format!("the copy at {site} is halted"),
+            Ok(Fence::JustHalted) => format!("the copy at {site} was running or starting, and coldsite halted it"),
+            Ok(Fence::Spared) => format!("the copy at {site} is the one the run in progress started"),
+            Err(why) => format!(
+                "cannot confirm the copy at {site} is halted ({why}); coldsite halts it as soon as {site} answers"
+            ),
+        });
+        match found {
+            Err(_) => {
+                ok = false;
+                reason = "SiteUnreachable";
+            }
+            Ok(Fence::NoCopy) => {}
+            Ok(_) if ok => reason = "Halted",
+            Ok(_) => {}
+        }
+    }
     Desired {
         type_: condition::FENCED,
         ok,
         reason,
-        message,
+        message: notes.join("; "),
     }
 }
 

@@ -97,8 +97,10 @@ pub fn decide(run: &RecoveryRun, vms: &[(&str, Option<&ProtectedVM>)], names: &N
     // VMs this run already holds were admitted when it claimed them; the others must fit,
     // and go the same way.
     let (unclaimed, held): (Vec<_>, Vec<_>) = standings.iter().partition(|(n, _)| claim.iter().any(|c| c == n));
-    let recorded = recorded_direction(run, names)
-        .or_else(|| held.first().map(|(_, s)| lifecycle::direction_of(run.spec.action, s.active)));
+    let recorded = recorded_direction(run, names).or_else(|| {
+        held.first()
+            .map(|(_, s)| lifecycle::direction_of(run.spec.action, s.active))
+    });
     let fitted = (!unclaimed.is_empty())
         .then(|| lifecycle::admit_plan(run.spec.action, unclaimed.iter().map(|(n, s)| (*n, s)), names));
     let refuse = |message: String| Admission::Refuse {
@@ -196,8 +198,17 @@ mod tests {
     #[test]
     fn a_free_plan_is_claimed_in_order_and_goes_its_way() {
         let a = vm("hq", ProtectionPhase::Protected, None, None);
-        let b = vm("hq", ProtectionPhase::Protected, held_by("old", Some(RunPhase::Succeeded)), Some("old"));
-        let got = decide(&run("u1", RunAction::PlannedFailover), &[("a", Some(&a)), ("b", Some(&b))], &NAMES);
+        let b = vm(
+            "hq",
+            ProtectionPhase::Protected,
+            held_by("old", Some(RunPhase::Succeeded)),
+            Some("old"),
+        );
+        let got = decide(
+            &run("u1", RunAction::PlannedFailover),
+            &[("a", Some(&a)), ("b", Some(&b))],
+            &NAMES,
+        );
         assert_eq!(
             got,
             Admission::Go {
@@ -219,7 +230,12 @@ mod tests {
 
     #[test]
     fn the_outcome_of_the_last_run_is_recorded_before_the_next_starts() {
-        let a = vm("hq", ProtectionPhase::Protected, held_by("old", Some(RunPhase::Succeeded)), None);
+        let a = vm(
+            "hq",
+            ProtectionPhase::Protected,
+            held_by("old", Some(RunPhase::Succeeded)),
+            None,
+        );
         assert!(matches!(
             decide(&run("u1", RunAction::Reprotect), &[("a", Some(&a))], &NAMES),
             Admission::Wait { .. }
@@ -242,7 +258,12 @@ mod tests {
     fn a_run_that_ended_for_its_vms_is_not_admitted_again() {
         // A stale copy of the run, read before its own status said it ended, must not be
         // refused against where it has just moved the VMs: it resumes and finishes.
-        let a = vm("dr", ProtectionPhase::FailedOver, held_by("u1", Some(RunPhase::Succeeded)), Some("u1"));
+        let a = vm(
+            "dr",
+            ProtectionPhase::FailedOver,
+            held_by("u1", Some(RunPhase::Succeeded)),
+            Some("u1"),
+        );
         let mut r = run("u1", RunAction::PlannedFailover);
         r.status = Some(coldsite_api::recovery_run::RecoveryRunStatus {
             source_site: Some("hq".into()),
@@ -262,7 +283,11 @@ mod tests {
         // Claimed while Protected; its status now shows the run's phase.
         let a = vm("hq", ProtectionPhase::FailingOver, held_by("u1", None), None);
         let b = vm("hq", ProtectionPhase::Protected, None, None);
-        let got = decide(&run("u1", RunAction::PlannedFailover), &[("a", Some(&a)), ("b", Some(&b))], &NAMES);
+        let got = decide(
+            &run("u1", RunAction::PlannedFailover),
+            &[("a", Some(&a)), ("b", Some(&b))],
+            &NAMES,
+        );
         assert_eq!(
             got,
             Admission::Go {

@@ -40,7 +40,10 @@ pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun) -> Resul
     {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(Error::kube(format!("claiming ProtectedVM {} for the run", pvm.name_any()))(e)),
+        Err(e) => Err(Error::kube(format!(
+            "claiming ProtectedVM {} for the run",
+            pvm.name_any()
+        ))(e)),
     }
 }
 
@@ -58,7 +61,13 @@ pub async fn claim_all(ctx: &Context, pvms: &[&ProtectedVM], run: &RecoveryRun) 
 
 /// Ends `run`'s claims on the VMs it holds and has not released, recording `phase` as how it
 /// ended for them (a run refused or cancelled after it claimed them; or a run that is gone).
-pub async fn release(ctx: &Context, pvms: &[&ProtectedVM], run_name: &str, run_uid: &str, phase: RunPhase) -> Result<()> {
+pub async fn release(
+    ctx: &Context,
+    pvms: &[&ProtectedVM],
+    run_name: &str,
+    run_uid: &str,
+    phase: RunPhase,
+) -> Result<()> {
     for pvm in pvms {
         let Some(last) = pvm.status.as_ref().and_then(|s| s.last_run.clone()) else {
             continue;
@@ -75,9 +84,16 @@ pub async fn release(ctx: &Context, pvms: &[&ProtectedVM], run_name: &str, run_u
             "status": {"lastRun": part},
         });
         let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &pvm.namespace().unwrap_or_default());
-        api.patch_status(&pvm.name_any(), &PatchParams::apply(RUN_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::kube(format!("releasing ProtectedVM {} from run {run_name}", pvm.name_any())))?;
+        api.patch_status(
+            &pvm.name_any(),
+            &PatchParams::apply(RUN_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "releasing ProtectedVM {} from run {run_name}",
+            pvm.name_any()
+        )))?;
     }
     Ok(())
 }

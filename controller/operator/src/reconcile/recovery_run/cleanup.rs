@@ -116,4 +116,3 @@ pub async fn cleanup(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
     .await;
     Ok(Action::await_change())
 }
-

@@ -167,8 +167,14 @@ async fn apply(run: &RecoveryRun, ctx: &Context) -> Result<Action> {
     };
     if !started {
         for p in validate::validate_run(run, &plan) {
-            ctx.event(run, true, "ApprovalHasNoEffect", "Start", format!("{}: {}", p.field, p.message))
-                .await;
+            ctx.event(
+                run,
+                true,
+                "ApprovalHasNoEffect",
+                "Start",
+                format!("{}: {}", p.field, p.message),
+            )
+            .await;
         }
     }
 
@@ -218,7 +224,14 @@ async fn admit(
     let started = run.status.as_ref().and_then(|s| s.start_time.as_ref()).is_some();
     if run.spec.cancel && !started {
         claims::release(ctx, &held, &run_name, &run_uid, RunPhase::Cancelled).await?;
-        write_condition(run, ctx, RunPhase::Cancelled, "Cancelled", "cancelled before it started".into()).await?;
+        write_condition(
+            run,
+            ctx,
+            RunPhase::Cancelled,
+            "Cancelled",
+            "cancelled before it started".into(),
+        )
+        .await?;
         return Ok(Err(Action::await_change()));
     }
     match admission::decide(run, &vms, &names) {
@@ -255,9 +268,16 @@ pub fn site_down(inv: &Inventory, site: &str, now: DateTime<Utc>) -> bool {
 /// See [`site_down`].
 pub fn counts_as_down(site: &Site, now: DateTime<Utc>) -> bool {
     let grace = coldsite_engine::model::parse_duration(&site.spec.down_after).unwrap_or(Duration::from_secs(300));
-    let conditions = site.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let conditions = site
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     coldsite_api::common::find_condition(conditions, condition::REACHABLE).is_some_and(|c| {
-        c.status == "False" && coldsite_engine::time::from_k8s(&c.last_transition_time) + coldsite_engine::executor::chrono_duration(grace) <= now
+        c.status == "False"
+            && coldsite_engine::time::from_k8s(&c.last_transition_time)
+                + coldsite_engine::executor::chrono_duration(grace)
+                <= now
     })
 }
 
@@ -443,7 +463,9 @@ impl Execution<'_> {
         let wait = wakeup
             .map(|t| (t - now).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(30));
-        Ok(Action::requeue(wait.clamp(Duration::from_millis(500), Duration::from_secs(30))))
+        Ok(Action::requeue(
+            wait.clamp(Duration::from_millis(500), Duration::from_secs(30)),
+        ))
     }
 }
 

@@ -62,7 +62,11 @@ pub fn status_of(graph: &StepGraph, plan: &PlanModel, i: StepIdx, r: &StepRecord
 }
 
 /// The records as persisted: run-level steps from the run, VM steps from the VMs.
-pub fn persisted(graph: &StepGraph, run: &RecoveryRun, pvms: &BTreeMap<(String, String), ProtectedVM>) -> Vec<StepRecord> {
+pub fn persisted(
+    graph: &StepGraph,
+    run: &RecoveryRun,
+    pvms: &BTreeMap<(String, String), ProtectedVM>,
+) -> Vec<StepRecord> {
     let uid = run.uid().unwrap_or_default();
     let mut by_id: HashMap<&str, &StepStatus> = HashMap::new();
     if let Some(s) = &run.status {
@@ -116,7 +120,10 @@ pub async fn write_vm_parts(
             .and_then(|p| p.status.as_ref())
             .and_then(|s| s.last_run.clone());
         // Only the run that claimed a VM writes its part.
-        if current.as_ref().is_none_or(|c| c.run_uid.as_deref() != Some(uid.as_str())) {
+        if current
+            .as_ref()
+            .is_none_or(|c| c.run_uid.as_deref() != Some(uid.as_str()))
+        {
             continue;
         }
         let point = steps
@@ -144,4 +151,3 @@ pub async fn write_vm_parts(
     }
     Ok(())
 }
-

@@ -224,4 +224,3 @@ pub async fn report(
         .await;
     }
 }
-

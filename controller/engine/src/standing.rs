@@ -1,11 +1,12 @@
 //! Where a ProtectedVM stands, from its status: the outcome of its last run settled into its
-//! standing (once), and whether a run holds it now. Pure.
+//! standing (once), whether a run holds it now, and which of its copies must be halted. Pure;
+//! the controller records what this decides, and the cycle simulation checks it.
 
+use crate::lifecycle::{self, Side, Standing, VmOutcome};
+use crate::model::Direction;
 use coldsite_api::RunAction;
 use coldsite_api::protected_vm::{ProtectedVMStatus, ProtectionPhase, VmRunStatus};
 use coldsite_api::recovery_run::{StepKind, StepState};
-use coldsite_engine::lifecycle::{self, Side, Standing, VmOutcome};
-use coldsite_engine::model::Direction;
 
 /// A run that holds the VM now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +103,46 @@ pub fn settle(status: &ProtectedVMStatus, recovery_site: &str, has_points: bool)
     }
 }
 
+/// A copy to halt: the VM's copy at `side`, unless the run `spare` started it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Halt {
+    pub side: Side,
+    /// The uid of the run whose copy this is, if it started one there.
+    pub spare: Option<String>,
+}
+
+/// The copies that must be halted. While a run moves the VM: at the target, everything but
+/// what that run started (a copy an earlier, failed run left must not boot when its site
+/// returns), and at the source, once the run has stopped the VM there (or found the site
+/// down). Otherwise the copy at the side the VM does not run at; a test's copies live
+/// elsewhere, in the test namespace.
+pub fn halts(s: &Settled) -> Vec<Halt> {
+    match &s.claim {
+        Some(Claim {
+            source: Some(source),
+            source_stopped,
+            uid,
+            ..
+        }) => {
+            let mut halts = vec![Halt {
+                side: source.other(),
+                spare: Some(uid.clone()),
+            }];
+            if *source_stopped {
+                halts.push(Halt {
+                    side: *source,
+                    spare: None,
+                });
+            }
+            halts
+        }
+        _ => vec![Halt {
+            side: s.resting.active.other(),
+            spare: None,
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use coldsite_api::protected_vm::ReplicationDirection;
@@ -114,7 +155,7 @@ mod tests {
             id: format!("{kind:?}"),
             kind: Some(kind),
             state,
-            started_at: Some(coldsite_engine::time::to_k8s(chrono::Utc::now())),
+            started_at: Some(crate::time::to_k8s(chrono::Utc::now())),
             ..StepStatus::default()
         }
     }
@@ -179,7 +220,10 @@ mod tests {
         st.last_run = last(
             RunAction::PlannedFailover,
             Some(RunPhase::Cancelled),
-            vec![step(StepKind::PowerOff, StepState::Succeeded), step(StepKind::FinalSync, StepState::Running)],
+            vec![
+                step(StepKind::PowerOff, StepState::Succeeded),
+                step(StepKind::FinalSync, StepState::Running),
+            ],
         );
         let s = settle(&st, "dr", true);
         assert_eq!(s.resting.phase, ProtectionPhase::Protected);
@@ -202,5 +246,37 @@ mod tests {
         let s = settle(&st, "dr", false);
         assert_eq!(s.resting.phase, ProtectionPhase::FailedOver);
         assert_eq!(s.resting.active, Side::Recovery);
+    }
+
+    #[test]
+    fn a_moving_run_halts_all_but_its_own_copy_at_the_target_and_the_source_once_stopped() {
+        let mut status = protected_at_hq();
+        status.last_run = last(RunAction::Failover, None, vec![]);
+        let spare = |side| Halt {
+            side,
+            spare: Some("u1".into()),
+        };
+        assert_eq!(halts(&settle(&status, "dr", true)), vec![spare(Side::Recovery)]);
+        status.last_run = last(
+            RunAction::Failover,
+            None,
+            vec![step(StepKind::PowerOff, StepState::Succeeded)],
+        );
+        let plain = |side| Halt { side, spare: None };
+        assert_eq!(
+            halts(&settle(&status, "dr", true)),
+            vec![spare(Side::Recovery), plain(Side::Primary)]
+        );
+        // Once the run ends, only the side the VM left.
+        status.last_run = last(
+            RunAction::Failover,
+            Some(RunPhase::Succeeded),
+            vec![step(StepKind::PowerOn, StepState::Succeeded)],
+        );
+        assert_eq!(halts(&settle(&status, "dr", true)), vec![plain(Side::Primary)]);
+        // A test failover's copies are elsewhere: the copy at the recovery site stays halted.
+        status = protected_at_hq();
+        status.last_run = last(RunAction::TestFailover, None, vec![]);
+        assert_eq!(halts(&settle(&status, "dr", true)), vec![plain(Side::Recovery)]);
     }
 }
