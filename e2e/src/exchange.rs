@@ -267,8 +267,13 @@ impl Scenario {
         for vm in read_documents(&repo_root().join("examples/exchange/primary-site/virtual-machines.yaml"))? {
             apply(&primary, &vm, &ns).await??;
         }
+        let mut sites = vec![top.primary.sim_site(&hq).await?, top.recovery.sim_site(&dr).await?];
+        let own_server = |cp: &ControlPlane| cp.kubeconfig_path() != top.management.kubeconfig_path();
+        if own_server(top.primary) && own_server(top.recovery) {
+            sites.push(top.management.sim_management(&format!("management-{ns}")).await?);
+        }
         let simulator = Simulator::start(
-            vec![top.primary.sim_site(&hq).await?, top.recovery.sim_site(&dr).await?],
+            sites,
             SimConfig::default().with_namespaces([ns.clone(), test_ns.clone()]),
         );
         let webhook = WebhookReceiver::start(HMAC_KEY).await?;
@@ -361,52 +366,61 @@ impl Scenario {
     /// destinations at the other while it replicates, and no destination is at the active
     /// site while it is paused.
     pub async fn check_truth(&self, running: bool) -> Result<()> {
+        for vm in VMS {
+            self.check_vm_truth(vm, Some(running)).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_truth`] for one VM; `running: None` leaves open whether it runs at its
+    /// active site.
+    pub async fn check_vm_truth(&self, vm: &str, running: Option<bool>) -> Result<()> {
         use coldsite_api::protected_vm::ReplicationDirection as D;
         let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);
-        for vm in VMS {
-            let st = pvms.get(vm).await?.status.unwrap_or_default();
-            let active = st.active_site.clone().context("no activeSite")?;
-            let other = if active == self.hq {
-                self.dr.clone()
-            } else {
-                self.hq.clone()
-            };
-            let (here, _) = self.site_of(&active)?;
-            let (there, _) = self.site_of(&other)?;
-            anyhow::ensure!(
-                !vm_runs(there, &self.ns, vm).await?,
-                "{vm} runs at {other}, but status says {active}"
-            );
+        let st = pvms.get(vm).await?.status.unwrap_or_default();
+        let active = st.active_site.clone().context("no activeSite")?;
+        let other = if active == self.hq {
+            self.dr.clone()
+        } else {
+            self.hq.clone()
+        };
+        let (here, _) = self.site_of(&active)?;
+        let (there, _) = self.site_of(&other)?;
+        anyhow::ensure!(
+            !vm_runs(there, &self.ns, vm).await?,
+            "{vm} runs at {other}, but status says {active}"
+        );
+        if let Some(running) = running {
             anyhow::ensure!(
                 vm_runs(here, &self.ns, vm).await? == running,
                 "{vm} at {active}: running is not {running} ({:?})",
                 st.phase
             );
-            let (sources_here, dests_here, dests_there) = (
-                replication_objects(replication_sources(here, &self.ns), vm).await?,
-                replication_objects(replication_destinations(here, &self.ns), vm).await?,
-                replication_objects(replication_destinations(there, &self.ns), vm).await?,
-            );
-            let direction = st.replication_direction.unwrap_or_default();
-            let want_source_here = matches!(
-                (direction, active == self.hq),
-                (D::PrimaryToRecovery, true) | (D::RecoveryToPrimary, false)
-            );
-            match direction {
-                D::Paused => anyhow::ensure!(
-                    dests_here == 0,
-                    "{vm} is paused at {active}, yet a destination writes into it there"
-                ),
-                _ => {
-                    anyhow::ensure!(
-                        want_source_here,
-                        "{vm}: direction {direction:?} does not start at {active}"
-                    );
-                    anyhow::ensure!(
-                        sources_here == 2 && dests_there == 2 && dests_here == 0,
-                        "{vm} replicates {direction:?}: expected sources at {active} and destinations at {other}"
-                    );
-                }
+        }
+        let (sources_here, dests_here, dests_there) = (
+            replication_objects(replication_sources(here, &self.ns), vm).await?,
+            replication_objects(replication_destinations(here, &self.ns), vm).await?,
+            replication_objects(replication_destinations(there, &self.ns), vm).await?,
+        );
+        let direction = st.replication_direction.unwrap_or_default();
+        let want_source_here = matches!(
+            (direction, active == self.hq),
+            (D::PrimaryToRecovery, true) | (D::RecoveryToPrimary, false)
+        );
+        match direction {
+            D::Paused => anyhow::ensure!(
+                dests_here == 0,
+                "{vm} is paused at {active}, yet a destination writes into it there"
+            ),
+            _ => {
+                anyhow::ensure!(
+                    want_source_here,
+                    "{vm}: direction {direction:?} does not start at {active}"
+                );
+                anyhow::ensure!(
+                    sources_here == 2 && dests_there == 2 && dests_here == 0,
+                    "{vm} replicates {direction:?}: expected sources at {active} and destinations at {other}"
+                );
             }
         }
         Ok(())

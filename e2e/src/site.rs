@@ -130,6 +130,16 @@ impl ControlPlane {
             name: name.to_owned(),
             client: self.client().await?,
             lb_pool: self.network().lb_pool,
+            management_only: false,
+        })
+    }
+
+    /// This control plane as a management cluster of its own, for the simulator to run the
+    /// Jobs of scripts there.
+    pub async fn sim_management(&self, name: &str) -> Result<SimSite> {
+        Ok(SimSite {
+            management_only: true,
+            ..self.sim_site(name).await?
         })
     }
 

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::common::RunAction;
 use crate::rules;
 
+/// Annotation on a run: its deletion also removes what it left at its target for the VMs it
+/// did not move (a failover or failback that failed or was cancelled half-way).
+pub const DISCARD_PARTIAL: &str = "coldsite.io/discard-partial";
+
 /// One execution of a RecoveryPlan. Its spec is fixed at creation, except `approvals` and
 /// `cancel`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

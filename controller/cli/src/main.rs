@@ -222,6 +222,11 @@ enum Command {
     /// slow or cut-off site is not a dead one, and its VMs may still run. Whichever way the
     /// primary was taken as down, coldsite halts its VMs as soon as it answers again, before
     /// anything else happens there, and never starts them except through a failback.
+    ///
+    /// To retry one that failed or was cancelled half-way, start the same action again: VMs
+    /// the earlier run already moved are taken over as done, the rest move, and what the
+    /// earlier run left at the target for them (restored disks, a halted copy) is reused or
+    /// replaced; a copy that runs is never overwritten.
     Failover {
         #[command(flatten)]
         run: RunArgs,
@@ -236,6 +241,11 @@ enum Command {
     ///
     /// Creates a RecoveryRun with action PlannedFailover. Refuses unless the plan is Valid
     /// and Ready (--force overrides).
+    ///
+    /// To retry one that failed or was cancelled half-way, start the same action again: VMs
+    /// the earlier run already moved are taken over as done, the rest move, and what the
+    /// earlier run left at the target for them (restored disks, a halted copy) is reused or
+    /// replaced; a copy that runs is never overwritten.
     Planned {
         #[command(flatten)]
         run: RunArgs,
@@ -260,6 +270,11 @@ enum Command {
     ///
     /// Creates a RecoveryRun with action Failback. Refuses unless the plan is Valid and Ready,
     /// that is reprotected in the reverse direction (--force overrides).
+    ///
+    /// To retry one that failed or was cancelled half-way, start the same action again: VMs
+    /// the earlier run already moved are taken over as done, the rest move, and what the
+    /// earlier run left at the target for them (restored disks, a halted copy) is reused or
+    /// replaced; a copy that runs is never overwritten.
     Failback {
         #[command(flatten)]
         run: RunArgs,
@@ -271,12 +286,21 @@ enum Command {
     /// reports and waits for it. For any other run, deleting removes only the record: the
     /// failover it did stays done. A run other than a test that has not finished is refused
     /// (cancel it first), unless --force.
+    ///
+    /// A failover or failback that failed or was cancelled half-way left, at its target, the
+    /// disks it restored and the copies it created for the VMs it did not move; a retry reuses
+    /// them. --discard-partial removes them instead (never a copy that runs, never the disks
+    /// replication writes in place, never anything of the VMs it did move, nor of VMs a later
+    /// run holds).
     Cleanup {
         /// The RecoveryRun.
         run: String,
         /// Delete a run that is not a test even while it is in progress.
         #[arg(long)]
         force: bool,
+        /// Also remove what a failed or cancelled failover left for the VMs it did not move.
+        #[arg(long)]
+        discard_partial: bool,
         /// Return once the deletion is requested.
         #[arg(long)]
         no_wait: bool,
@@ -438,12 +462,18 @@ fn main() -> ExitCode {
         Command::Cleanup {
             run,
             force,
+            discard_partial,
             no_wait,
             timeout,
-        } => on_cluster(
-            cl,
-            |c| async move { ops::cleanup(&c, &run, force, !no_wait, timeout).await },
-        ),
+        } => {
+            let how = ops::CleanupOptions {
+                force,
+                discard_partial,
+                wait: !no_wait,
+                timeout,
+            };
+            on_cluster(cl, |c| async move { ops::cleanup(&c, &run, how).await })
+        }
         Command::Report { run, format, output } => {
             on_cluster(cl, |c| async move { ops::report(&c, &run, format, output).await })
         }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::Utc;
 use coldsite_api::common::find_condition;
-use coldsite_api::recovery_run::{RecoveryPointSelector, RunPhase};
+use coldsite_api::protected_vm::ProtectedVMStatus;
+use coldsite_api::recovery_run::{DISCARD_PARTIAL, RecoveryPointSelector, RunPhase};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RecoveryRunSpec, RunAction};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -489,8 +490,10 @@ pub fn generated_name(plan: &str, verb: &str, now: chrono::DateTime<Utc>) -> Str
     format!("{head}{suffix}")
 }
 
-/// Why a plan is not fit for an action, if it is not.
-pub fn refusal(plan: &RecoveryPlan, action: RunAction) -> Option<String> {
+/// Why a plan is not fit for an action, if it is not. `taken_over`: VMs an earlier run
+/// already moved, which a retry takes as done; the plan cannot be Ready then, and each VM
+/// still to move must be instead.
+pub fn refusal(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction, taken_over: &[String]) -> Option<String> {
     let name = plan.name_any();
     let conds = plan
         .status
@@ -510,6 +513,26 @@ pub fn refusal(plan: &RecoveryPlan, action: RunAction) -> Option<String> {
     // Commit and Reprotect follow a failover, when the plan cannot be Ready: its VMs no
     // longer replicate. The rest recover VMs and need every VM protected within its RPO.
     let needs_ready = !matches!(action, RunAction::Commit | RunAction::Reprotect);
+    if needs_ready && !taken_over.is_empty() {
+        let unready: Vec<String> = pvms
+            .iter()
+            .filter(|p| !taken_over.contains(&p.name_any()))
+            .filter_map(|p| {
+                let conds = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                match find_condition(conds, "Ready") {
+                    Some(c) if c.status == "True" => None,
+                    Some(c) => Some(format!("{} ({}: {})", p.name_any(), c.reason, c.message)),
+                    None => Some(format!("{} (not reported yet)", p.name_any())),
+                }
+            })
+            .collect();
+        return (!unready.is_empty()).then(|| {
+            format!(
+                "the VMs of RecoveryPlan {name} still to move are not all Ready: {}",
+                unready.join("; ")
+            )
+        });
+    }
     if needs_ready && let Some(why) = describe("Ready") {
         let hint = if action == RunAction::Failover {
             " In a real disaster the primary may be gone and this is expected: pass --force to fail over from the recovery points that exist."
@@ -524,16 +547,18 @@ pub fn refusal(plan: &RecoveryPlan, action: RunAction) -> Option<String> {
     None
 }
 
-/// Why the action does not fit the plan's VMs where they stand, if it does not: each VM that
-/// does not fit, with its state and the command that fits (the controller refuses the same).
-/// VMs a run holds are left to the in-progress check.
-pub fn misfits(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction) -> Option<String> {
+/// Whether the action fits the plan's VMs where they stand, as the controller decides: `Ok`
+/// with the VMs an earlier run already moved that way (a retry takes them over), or each VM
+/// that does not fit, with its state and the command that fits. VMs a run holds are left to
+/// the in-progress check.
+pub fn fit(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction) -> Result<Vec<String>, String> {
     let names = coldsite_engine::lifecycle::Names {
         plan: &plan.name_any(),
         primary: &plan.spec.primary_site,
         recovery: &plan.spec.recovery_site,
     };
-    let standings: Vec<(String, coldsite_engine::lifecycle::Standing)> = pvms
+    let empty = ProtectedVMStatus::default();
+    let free: Vec<(String, &ProtectedVMStatus)> = pvms
         .iter()
         .filter(|p| {
             plan.spec.groups.iter().any(|g| g.vms.contains(&p.name_any()))
@@ -542,20 +567,14 @@ pub fn misfits(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction) -> 
                     .and_then(|s| s.last_run.as_ref())
                     .is_none_or(|l| l.phase.is_some())
         })
-        .map(|p| {
-            let status = p.status.clone().unwrap_or_default();
-            (
-                p.name_any(),
-                coldsite_engine::lifecycle::Standing::of(&status, &plan.spec.recovery_site),
-            )
-        })
+        .map(|p| (p.name_any(), p.status.as_ref().unwrap_or(&empty)))
         .collect();
-    if standings.is_empty() {
-        return None;
+    if free.is_empty() {
+        return Ok(Vec::new());
     }
-    coldsite_engine::lifecycle::admit_plan(action, standings.iter().map(|(n, s)| (n.as_str(), s)), &names)
-        .err()
-        .map(|refusals| refusals.join("\n"))
+    coldsite_engine::standing::admit(action, free.iter().map(|(n, s)| (n.as_str(), *s)), &names)
+        .map(|a| a.done)
+        .map_err(|refusals| refusals.join("\n"))
 }
 
 /// The RecoveryRun a command creates.
@@ -613,10 +632,18 @@ pub async fn create_run(c: &Cluster, req: NewRun) -> anyhow::Result<bool> {
         }
     }
     let pvms = plan_pvms(c, Some(&plan), None).await?;
-    if let Some(why) = misfits(&plan, &pvms, req.action) {
-        bail!("refusing to start a {}:\n{why}", req.action);
+    let taken_over = match fit(&plan, &pvms, req.action) {
+        Ok(done) => done,
+        Err(why) => bail!("refusing to start a {}:\n{why}", req.action),
+    };
+    if !taken_over.is_empty() {
+        eprintln!(
+            "note: an earlier run already moved {}; this {} takes them over as done and moves the rest",
+            taken_over.join(", "),
+            req.action
+        );
     }
-    if let Some(why) = refusal(&plan, req.action) {
+    if let Some(why) = refusal(&plan, &pvms, req.action, &taken_over) {
         if req.force {
             eprintln!("warning: {why}\nwarning: going ahead because of --force");
         } else {
@@ -727,8 +754,55 @@ pub async fn create_run(c: &Cluster, req: NewRun) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Asks the controller to discard what a failover that ended half-way left behind, when
+/// the run is one.
+async fn mark_discard_partial(runs: &Api<RecoveryRun>, run: &RecoveryRun, phase: RunPhase) -> anyhow::Result<()> {
+    let name = run.name_any();
+    let moving = matches!(
+        run.spec.action,
+        RunAction::PlannedFailover | RunAction::Failover | RunAction::Failback
+    );
+    if !moving {
+        bail!(
+            "--discard-partial applies to a failover or failback; RecoveryRun {name} is a {}",
+            run.spec.action
+        );
+    }
+    if !matches!(phase, RunPhase::Failed | RunPhase::Cancelled) {
+        bail!(
+            "--discard-partial applies to a run that failed or was cancelled; RecoveryRun {name} is {phase:?}{}",
+            if phase.is_finished() {
+                ""
+            } else {
+                " (cancel it first, and wait until it is Cancelled)"
+            }
+        );
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": {DISCARD_PARTIAL: "true"}}});
+    runs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("marking RecoveryRun {name} for --discard-partial"))?;
+    Ok(())
+}
+
+/// How `cleanup` goes about it.
+pub struct CleanupOptions {
+    /// Delete a run other than a test while it is in progress.
+    pub force: bool,
+    /// Remove what a failover that ended half-way left for the VMs it did not move.
+    pub discard_partial: bool,
+    pub wait: bool,
+    pub timeout: Duration,
+}
+
 /// `cleanup`: deletes a run and waits until it is gone, saying what happens meanwhile.
-pub async fn cleanup(c: &Cluster, name: &str, force: bool, wait: bool, timeout: Duration) -> anyhow::Result<bool> {
+pub async fn cleanup(c: &Cluster, name: &str, how: CleanupOptions) -> anyhow::Result<bool> {
+    let CleanupOptions {
+        force,
+        discard_partial,
+        wait,
+        timeout,
+    } = how;
     let runs = Api::<RecoveryRun>::namespaced(c.client.clone(), &c.namespace);
     let run = get_run(c, name).await?;
     let phase = run.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
@@ -738,7 +812,13 @@ pub async fn cleanup(c: &Cluster, name: &str, force: bool, wait: bool, timeout: 
         .as_ref()
         .and_then(|s| s.target_site.clone())
         .unwrap_or_else(|| "the recovery site".into());
-    if !test {
+    if discard_partial {
+        mark_discard_partial(&runs, &run, phase).await?;
+        println!(
+            "RecoveryRun {name} ({phase:?}): deleting it removes what it left at {target} for the VMs it did not \
+             move (their restored disks and halted copies); the VMs it moved stay where they run."
+        );
+    } else if !test {
         if !phase.is_finished() && !force {
             bail!(
                 "RecoveryRun {name} is a {} and still {phase:?}. Deleting it would abandon the recovery half-way.\n\
@@ -919,17 +999,17 @@ mod tests {
             .into_iter()
             .map(|n| vm(n, "contoso-dr"))
             .collect();
-        let why = misfits(&plan, &reprotected, RunAction::PlannedFailover).expect("refused");
+        let why = fit(&plan, &reprotected, RunAction::PlannedFailover).expect_err("refused");
         assert!(why.contains("VM dc01 is Protected at contoso-dr"), "{why}");
         assert!(why.contains("kubectl coldsite failback exchange"), "{why}");
-        assert!(misfits(&plan, &reprotected, RunAction::Failback).is_none());
-        assert!(misfits(&plan, &reprotected, RunAction::Reprotect).is_some());
+        assert_eq!(fit(&plan, &reprotected, RunAction::Failback), Ok(vec![]));
+        assert!(fit(&plan, &reprotected, RunAction::Reprotect).is_err());
     }
 
     #[test]
     fn a_plan_must_be_valid_and_ready() {
         let mut plan = crate::view::fixtures::plan();
-        let why = refusal(&plan, RunAction::TestFailover).unwrap();
+        let why = refusal(&plan, &[], RunAction::TestFailover, &[]).unwrap();
         assert!(why.contains("not Valid: not reported yet"), "{why}");
         let cond = |t: &str, s: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
             type_: t.into(),
@@ -945,12 +1025,19 @@ mod tests {
             conditions: vec![cond("Valid", "True"), cond("Ready", "False")],
             ..Default::default()
         });
-        let why = refusal(&plan, RunAction::TestFailover).unwrap();
+        let why = refusal(&plan, &[], RunAction::TestFailover, &[]).unwrap();
         assert!(why.contains("not Ready: False (R: m)"), "{why}");
-        assert!(refusal(&plan, RunAction::Failover).unwrap().contains("--force"));
-        assert!(refusal(&plan, RunAction::Commit).is_none(), "Commit follows a failover");
+        assert!(
+            refusal(&plan, &[], RunAction::Failover, &[])
+                .unwrap()
+                .contains("--force")
+        );
+        assert!(
+            refusal(&plan, &[], RunAction::Commit, &[]).is_none(),
+            "Commit follows a failover"
+        );
         plan.status.as_mut().unwrap().conditions[1].status = "True".into();
-        assert!(refusal(&plan, RunAction::TestFailover).is_none());
+        assert!(refusal(&plan, &[], RunAction::TestFailover, &[]).is_none());
     }
 
     #[test]

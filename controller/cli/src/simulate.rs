@@ -109,6 +109,7 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
             replication_lag: parse_duration(&args.replication_lag)
                 .map_err(anyhow::Error::msg)
                 .context("--replication-lag")?,
+            stalled_syncs: BTreeSet::new(),
         },
         ..SimConfig::default()
     };

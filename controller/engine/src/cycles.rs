@@ -1,18 +1,20 @@
 //! Many disaster-recovery cycles in a model of two sites: random operator commands (wrong
 //! ones too), a primary that loses power and comes back, runs that fail half-way and are
 //! retried. The controller's decisions are the real ones: admission
-//! ([`lifecycle::admit_plan`]), where a finished run leaves each VM ([`standing::settle`]),
+//! ([`standing::admit`]), where a finished run leaves each VM ([`standing::settle`]),
 //! and which copies to halt ([`standing::halts`]); the sites, the runs' steps and
 //! replication are modelled. Invariants are checked after every event, and a violation
 //! names the seed and the history that led to it.
 
 use coldsite_api::RunAction;
-use coldsite_api::protected_vm::{ProtectedVMStatus, ProtectionPhase, ReplicationDirection, VmRunStatus};
+use coldsite_api::protected_vm::{
+    ProtectedVMStatus, ProtectionPhase, RecoveryPointsStatus, ReplicationDirection, VmRunStatus,
+};
 use coldsite_api::recovery_run::{RunPhase, StepKind, StepState, StepStatus};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::lifecycle::{self, Names, Side};
+use crate::lifecycle::{Names, Side};
 use crate::model::Direction;
 use crate::standing::{self, Settled};
 
@@ -91,6 +93,8 @@ pub struct Report {
     pub runs: usize,
     pub refused: usize,
     pub moves: usize,
+    /// Runs that took over VMs an earlier run of the same movement had moved.
+    pub retries: usize,
     /// Planned runs that started a copy without every write made before the source stopped.
     pub lost: Vec<String>,
 }
@@ -205,10 +209,9 @@ impl World {
         if self.run.is_some() {
             return format!("{action:?} waits for the run in progress");
         }
-        let settled: Vec<(String, Settled)> = self.vms.iter().map(|v| (v.name.clone(), self.settled(v))).collect();
-        let fits = lifecycle::admit_plan(action, settled.iter().map(|(n, s)| (n.as_str(), &s.resting)), &NAMES);
-        let direction = match fits {
-            Ok(d) => d,
+        let fits = standing::admit(action, self.vms.iter().map(|v| (v.name.as_str(), &v.status)), &NAMES);
+        let admitted = match fits {
+            Ok(a) => a,
             Err(_) => {
                 self.report.refused += 1;
                 return format!("{action:?} refused");
@@ -217,28 +220,39 @@ impl World {
         self.next_uid += 1;
         let uid = format!("run{}", self.next_uid);
         let source_down = action == RunAction::Failover && !self.up[0];
-        for vm in &mut self.vms {
-            vm.status.last_run = Some(VmRunStatus {
-                run: uid.clone(),
-                run_uid: Some(uid.clone()),
-                action: Some(action),
-                ..VmRunStatus::default()
-            });
-        }
         let first = match action {
             RunAction::PlannedFailover | RunAction::Failover | RunAction::Failback => Stage::Stop,
             _ => Stage::Act,
         };
+        let mut stages = Vec::new();
+        for vm in &mut self.vms {
+            let done = admitted.done.contains(&vm.name);
+            // The claim takes over the steps an earlier run completed for a VM it moved.
+            let steps = match &vm.status.last_run {
+                Some(last) if done => last.steps.clone(),
+                _ => Vec::new(),
+            };
+            vm.status.last_run = Some(VmRunStatus {
+                run: uid.clone(),
+                run_uid: Some(uid.clone()),
+                action: Some(action),
+                steps,
+                ..VmRunStatus::default()
+            });
+            stages.push(if done { Stage::Done } else { first });
+        }
+        let direction = admitted.direction;
         self.run = Some(Run {
             uid,
             action,
             direction,
             source_down,
-            stages: vec![first; self.vms.len()],
+            stages,
             waited: 0,
         });
         self.report.runs += 1;
-        format!("{action:?} starts ({direction:?})")
+        self.report.retries += usize::from(!admitted.done.is_empty());
+        format!("{action:?} starts ({direction:?}), taking over {:?}", admitted.done)
     }
 
     fn settled(&self, vm: &Vm) -> Settled {
@@ -417,12 +431,14 @@ impl World {
                 started_at: Some(crate::time::to_k8s(chrono::DateTime::UNIX_EPOCH)),
                 ..StepStatus::default()
             };
+            let mut steps = vm.status.last_run.take().map(|l| l.steps).unwrap_or_default();
+            steps.push(step);
             vm.status.last_run = Some(VmRunStatus {
                 run: run.uid.clone(),
                 run_uid: Some(run.uid.clone()),
                 action: Some(run.action),
                 phase: Some(if failed { RunPhase::Failed } else { RunPhase::Succeeded }),
-                steps: vec![step],
+                steps,
                 ..VmRunStatus::default()
             });
         }
@@ -476,6 +492,10 @@ impl World {
         st.applied_run = settled.applied_run.clone();
         st.active_site = Some(if active == Side::Primary { PRIMARY } else { RECOVERY }.to_owned());
         st.replication_direction = Some(resting.direction);
+        st.recovery_points = Some(RecoveryPointsStatus {
+            count: i32::from(vm.points[idx(other)] > 0),
+            ..RecoveryPointsStatus::default()
+        });
     }
 }
 

@@ -421,16 +421,27 @@ impl<'g> Executor<'g> {
         for i in std::mem::take(&mut self.waiting) {
             self.skip(i, "cancelled while waiting for approval", now);
         }
-        let readiness: Vec<StepIdx> = self
+        // So are final syncs: one may never finish (a mover that cannot reach the other
+        // site). The VM stays stopped at its source, and replication goes back to its schedule
+        // once the run has ended.
+        let abandoned: Vec<(StepIdx, &str)> = self
             .running
             .iter()
             .copied()
-            .filter(|&i| self.graph.steps[i].kind == StepKind::VmReady)
+            .filter_map(|i| match self.graph.steps[i].kind {
+                StepKind::VmReady => Some((i, "cancelled while waiting for readiness")),
+                StepKind::FinalSync => Some((
+                    i,
+                    "cancelled during the final sync: the VM stays stopped at its source, and replication \
+                     goes back to its schedule",
+                )),
+                _ => None,
+            })
             .collect();
-        for i in readiness {
+        for (i, why) in abandoned {
             self.running.remove(&i);
             commands.push(Command::Abandon { step: i });
-            self.skip(i, "cancelled while waiting for readiness", now);
+            self.skip(i, why, now);
         }
     }
 

@@ -109,6 +109,9 @@ pub struct Faults {
     pub script_failures: BTreeSet<String>,
     /// How far replication lags: the newest recovery point is at least this old.
     pub replication_lag: Duration,
+    /// VMs (ProtectedVM names) whose final sync never finishes: its movers cannot reach the
+    /// other site.
+    pub stalled_syncs: BTreeSet<String>,
 }
 
 /// The simulator's setup.
@@ -461,10 +464,15 @@ impl Fabric for SimFabric {
 
     async fn final_sync(&self, run: &RunRef, vm: &VmModel, after: DateTime<Utc>) -> FabricResult<RecoveryPoint> {
         let (source, target) = self.sites_for(run);
+        let stalled = self.config.faults.stalled_syncs.contains(&vm.name);
         let r = self.ensure(
             format!("final-sync/{}/{}", run.uid, vm.name),
             &[&source, &target],
-            self.config.latencies.final_sync,
+            if stalled {
+                Latency::fixed(100 * 24 * 3600)
+            } else {
+                self.config.latencies.final_sync
+            },
             |_, now| {
                 Ok(Some(RecoveryPoint {
                     time: now.max(after),

@@ -2,7 +2,7 @@
 //! standing (once), whether a run holds it now, and which of its copies must be halted. Pure;
 //! the controller records what this decides, and the cycle simulation checks it.
 
-use crate::lifecycle::{self, Side, Standing, VmOutcome};
+use crate::lifecycle::{self, Names, Side, Standing, VmOutcome};
 use crate::model::Direction;
 use coldsite_api::RunAction;
 use coldsite_api::protected_vm::{ProtectedVMStatus, ProtectionPhase, VmRunStatus};
@@ -18,6 +18,8 @@ pub struct Claim {
     pub source: Option<Side>,
     /// The run has stopped the VM at its source, or found it down there.
     pub source_stopped: bool,
+    /// The run has started the VM at its target (or took over an earlier run's start).
+    pub target_started: bool,
 }
 
 /// The VM's standing and what to record about it.
@@ -70,6 +72,7 @@ fn claim_of(last: &VmRunStatus) -> Option<Claim> {
         source_stopped: last.steps.iter().any(|s| {
             matches!(s.kind, Some(StepKind::PowerOff | StepKind::CheckSource)) && s.state == StepState::Succeeded
         }),
+        target_started: outcome(last).completed,
     })
 }
 
@@ -103,6 +106,62 @@ pub fn settle(status: &ProtectedVMStatus, recovery_site: &str, has_points: bool)
     }
 }
 
+/// Whether an earlier run already moved this VM the way `action` moves it, for a new run of
+/// `action` to take it as done: a retry of a run that moved some VMs and not
+/// others. The earlier run's outcome must be settled, and nothing may have happened since.
+pub fn moved_by_earlier(status: &ProtectedVMStatus, action: RunAction, recovery_site: &str) -> bool {
+    let (Some(direction), Some(last)) = (moving(action), status.last_run.as_ref()) else {
+        return false;
+    };
+    let settled = last.phase.is_some() && status.applied_run == last.run_uid;
+    if !settled || last.action.and_then(moving) != Some(direction) || !outcome(last).completed {
+        return false;
+    }
+    let s = Standing::of(status, recovery_site);
+    s.phase == ProtectionPhase::FailedOver && s.active == Side::source_of(direction).other()
+}
+
+/// A run admitted for a plan's VMs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub direction: Direction,
+    /// VMs an earlier run of the same movement already moved: the run takes over their steps.
+    pub done: Vec<String>,
+}
+
+/// Admits a run of `action` for VMs by their statuses: each must fit it or have been moved
+/// that way already by an earlier run, some must still need it, and all go one way. `Err`
+/// lists why not, VM by VM.
+pub fn admit<'a>(
+    action: RunAction,
+    vms: impl IntoIterator<Item = (&'a str, &'a ProtectedVMStatus)>,
+    names: &Names<'_>,
+) -> Result<Admitted, Vec<String>> {
+    let mut done = Vec::new();
+    let mut todo = Vec::new();
+    for (vm, status) in vms {
+        let standing = Standing::of(status, names.recovery);
+        if moved_by_earlier(status, action, names.recovery) {
+            done.push((vm, standing));
+        } else {
+            todo.push((vm, standing));
+        }
+    }
+    if todo.is_empty() {
+        // Nothing left to move: the refusals say where the VMs are and what fits.
+        return lifecycle::admit_plan(action, done.iter().map(|(vm, s)| (*vm, s)), names).map(|direction| Admitted {
+            direction,
+            done: Vec::new(),
+        });
+    }
+    // What fits goes the way the action moves VMs, the way the done ones went.
+    let direction = lifecycle::admit_plan(action, todo.iter().map(|(vm, s)| (*vm, s)), names)?;
+    Ok(Admitted {
+        direction,
+        done: done.into_iter().map(|(vm, _)| vm.to_owned()).collect(),
+    })
+}
+
 /// A copy to halt: the VM's copy at `side`, unless the run `spare` started it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Halt {
@@ -111,24 +170,28 @@ pub struct Halt {
     pub spare: Option<String>,
 }
 
-/// The copies that must be halted. While a run moves the VM: at the target, everything but
-/// what that run started (a copy an earlier, failed run left must not boot when its site
-/// returns), and at the source, once the run has stopped the VM there (or found the site
-/// down). Otherwise the copy at the side the VM does not run at; a test's copies live
+/// The copies that must be halted. While a run moves the VM: at the target, until the run has
+/// started the VM there, everything but what that run started (a copy an earlier, failed run
+/// left must not boot when its site returns), and at the source, once the run has stopped
+/// the VM there (or found the site down) or started it at the target. Otherwise the copy at the side the VM does not run at; a test's copies live
 /// elsewhere, in the test namespace.
 pub fn halts(s: &Settled) -> Vec<Halt> {
     match &s.claim {
         Some(Claim {
             source: Some(source),
             source_stopped,
+            target_started,
             uid,
             ..
         }) => {
-            let mut halts = vec![Halt {
-                side: source.other(),
-                spare: Some(uid.clone()),
-            }];
-            if *source_stopped {
+            let mut halts = Vec::new();
+            if !*target_started {
+                halts.push(Halt {
+                    side: source.other(),
+                    spare: Some(uid.clone()),
+                });
+            }
+            if *source_stopped || *target_started {
                 halts.push(Halt {
                     side: *source,
                     spare: None,
@@ -278,5 +341,54 @@ mod tests {
         status = protected_at_hq();
         status.last_run = last(RunAction::TestFailover, None, vec![]);
         assert_eq!(halts(&settle(&status, "dr", true)), vec![plain(Side::Recovery)]);
+    }
+
+    #[test]
+    fn a_retry_takes_over_what_an_earlier_run_moved_and_moves_the_rest() {
+        let names = Names {
+            plan: "exchange",
+            primary: "hq",
+            recovery: "dr",
+        };
+        // The failed failover started dc01 at DR, not mbx01.
+        let mut moved = protected_at_hq();
+        moved.phase = Some(ProtectionPhase::FailedOver);
+        moved.active_site = Some("dr".into());
+        moved.replication_direction = Some(ReplicationDirection::Paused);
+        moved.last_run = last(
+            RunAction::Failover,
+            Some(RunPhase::Failed),
+            vec![step(StepKind::PowerOn, StepState::Succeeded)],
+        );
+        moved.applied_run = Some("u1".into());
+        let mut stayed = protected_at_hq();
+        stayed.recovery_points = Some(coldsite_api::protected_vm::RecoveryPointsStatus {
+            count: 2,
+            ..Default::default()
+        });
+        stayed.last_run = last(
+            RunAction::Failover,
+            Some(RunPhase::Failed),
+            vec![step(StepKind::PowerOn, StepState::Failed)],
+        );
+        stayed.applied_run = Some("u1".into());
+        let vms = [("dc01", &moved), ("mbx01", &stayed)];
+        for action in [RunAction::Failover, RunAction::PlannedFailover] {
+            assert_eq!(
+                admit(action, vms, &names),
+                Ok(Admitted {
+                    direction: Direction::Forward,
+                    done: vec!["dc01".into()]
+                })
+            );
+        }
+        // Not before the earlier outcome is settled, and not for another movement.
+        moved.applied_run = None;
+        assert!(admit(RunAction::Failover, [("dc01", &moved), ("mbx01", &stayed)], &names).is_err());
+        moved.applied_run = Some("u1".into());
+        assert!(admit(RunAction::Failback, [("dc01", &moved), ("mbx01", &stayed)], &names).is_err());
+        // When every VM has moved there is nothing to retry: the refusal says what fits.
+        let refusals = admit(RunAction::Failover, [("dc01", &moved)], &names).expect_err("all moved");
+        assert!(refusals[0].contains("kubectl coldsite commit exchange"), "{refusals:?}");
     }
 }

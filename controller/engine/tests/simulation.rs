@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use coldsite_api::RunAction;
-use coldsite_api::recovery_run::{RecoveryPointSelector, RunPhase, StepState};
+use coldsite_api::recovery_run::{RecoveryPointSelector, RunPhase, StepKind, StepState};
 use coldsite_engine::driver::{Limits, RunContext};
 use coldsite_engine::fabric::RunRef;
 use coldsite_engine::model::{ActionKind, Direction};
@@ -437,4 +437,67 @@ fn an_unanswering_source_is_waited_for_unless_declared_down() {
     let report = simulation::run(&declared, &graph, &fabric, &run).unwrap();
     assert_eq!(report.phase, RunPhase::Succeeded);
     assert!(started(&fabric));
+}
+
+/// A planned failover whose final sync can never finish ends when cancelled: the sync is
+/// abandoned, and that VM stays stopped at its source, not started at the target.
+#[test]
+fn a_final_sync_that_cannot_finish_does_not_hold_up_a_cancel() {
+    let plan = synthetic::plan(
+        3,
+        &Shape {
+            groups: 1,
+            vms_per_group: 2,
+            action_chance: 0.0,
+            random_dependencies: false,
+        },
+    );
+    let stalled = plan.vms[0].name.clone();
+    let ctx = RunContext::new(
+        plan,
+        RunRef {
+            namespace: "apps".into(),
+            name: "r".into(),
+            uid: "u".into(),
+            action: RunAction::PlannedFailover,
+            direction: Direction::Forward,
+        },
+        RecoveryPointSelector::Latest,
+    );
+    let graph = planner::plan(
+        &ctx.plan,
+        PlanOptions {
+            action: RunAction::PlannedFailover,
+            direction: Direction::Forward,
+            shutdown_source: true,
+        },
+    );
+    let config = SimConfig {
+        faults: Faults {
+            stalled_syncs: [stalled.clone()].into(),
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let fabric = SimFabric::new(config, &ctx.plan, Direction::Forward);
+    let run = RunOptions {
+        cancel_after: Some(Duration::from_secs(600)),
+        ..RunOptions::default()
+    };
+    let report = simulation::run(&ctx, &graph, &fabric, &run).unwrap();
+    assert_eq!(report.phase, RunPhase::Cancelled);
+    let sync = graph
+        .steps
+        .iter()
+        .position(|s| s.kind == StepKind::FinalSync && s.id.contains(&format!("/{stalled}/")))
+        .expect("the stalled VM's final sync");
+    assert_eq!(report.records[sync].state, StepState::Skipped);
+    assert!(
+        !fabric
+            .world()
+            .events
+            .iter()
+            .any(|e| matches!(e, coldsite_engine::sim::SimEvent::VmStarted { pvm, .. } if *pvm == stalled)),
+        "a VM whose final sync did not finish does not start at the target"
+    );
 }

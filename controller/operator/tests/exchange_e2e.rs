@@ -23,7 +23,7 @@ use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_e2e::ControlPlane;
 use coldsite_e2e::exchange::{
     ControllerProcess, Scenario, Topology, VMS, dynamic, replication_destinations, replication_sources,
-    virtual_machine_instances, virtual_machines, volume_snapshots, wait_for,
+    virtual_machine_instances, virtual_machines, vm_runs, volume_snapshots, wait_for,
 };
 use coldsite_e2e::plugin::Plugin;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -1166,7 +1166,7 @@ async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
         refused_everywhere(&s, &plugin, "planned", "PlannedFailover", "failback").await?;
         step(&s, &plugin, "failback", "c1-failback", true).await?;
         step(&s, &plugin, "reprotect", "c1-home", true).await?;
-        step(&s, &plugin, "failover", "c2-failover", true).await?;
+        failover_half_way_then_retried(&s, &plugin).await?;
         step(&s, &plugin, "commit", "c2-commit", true).await?;
         step(&s, &plugin, "reprotect", "c2-reprotect", true).await?;
         step(&s, &plugin, "failback", "c2-failback", true).await?;
@@ -1183,6 +1183,112 @@ async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
     result?;
     let samples = watched??;
     ensure!(samples > 100, "the split-brain watch sampled {samples} times");
+    Ok(())
+}
+
+/// An unplanned failover cancelled at the mailbox gate has moved dc01 and not the others; its
+/// partial results for them are discarded on request, and a new failover takes dc01 over as
+/// done (its copy at DR runs on, untouched) and moves the rest.
+async fn failover_half_way_then_retried(s: &Scenario, plugin: &Plugin) -> Result<()> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    plan_ready_is(s, true).await?;
+    start_run(plugin, "failover", "c2-failover", &[]).await?;
+    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+    wait_for(
+        "dc01 up at DR, the mailbox at its gate",
+        Duration::from_secs(300),
+        || async {
+            let r = runs.get("c2-failover").await?;
+            let gate = r.status.and_then(|st| st.waiting_for).as_deref() == Some("confirm-ad-replication");
+            Ok((gate && vm_runs(&s.recovery, &s.ns, "dc01").await?).then_some(()))
+        },
+    )
+    .await?;
+    let dc01 = virtual_machine_instances(&s.recovery, &s.ns).get("dc01").await?.uid();
+    runs.patch(
+        "c2-failover",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"cancel": true}})),
+    )
+    .await?;
+    wait_for("the failover to end cancelled", Duration::from_secs(120), || async {
+        Ok((run_phase(&runs, "c2-failover").await? == Some(RunPhase::Cancelled)).then_some(()))
+    })
+    .await?;
+    let uid = runs.get("c2-failover").await?.uid().context("run uid")?;
+    let left_by_run = || async {
+        let selector = format!("coldsite.io/run-uid={uid}");
+        let disks = Api::<PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.ns)
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        let copies = virtual_machines(&s.recovery, &s.ns)
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        Ok::<_, anyhow::Error>(
+            disks
+                .items
+                .iter()
+                .map(|d| d.name_any())
+                .chain(copies.items.iter().map(|c| format!("vm/{}", c.name_any())))
+                .collect::<BTreeSet<_>>(),
+        )
+    };
+    let partial = left_by_run().await?;
+    ensure!(
+        partial.iter().any(|n| n.starts_with("exch-")),
+        "the cancelled failover left restored disks or copies for the mailbox and CAS at DR: {partial:?}"
+    );
+    for vm in ["exch-mbx01", "exch-cas01"] {
+        ensure!(
+            pvm_status(s, vm).await?.phase == Some(ProtectionPhase::Protected),
+            "{vm} did not move"
+        );
+        s.check_vm_truth(vm, None).await?;
+    }
+    s.check_vm_truth("dc01", Some(true)).await?;
+    plugin
+        .ok_within(
+            &["cleanup", "c2-failover", "--discard-partial"],
+            Duration::from_secs(180),
+        )
+        .await?;
+    let kept = left_by_run().await?;
+    ensure!(
+        kept.iter().all(|n| n == "vm/dc01" || n.starts_with("dc01-")),
+        "only dc01's copy and disks, which the run moved, stay: {kept:?}"
+    );
+    wait_for(
+        "the mailbox and CAS protected again",
+        Duration::from_secs(300),
+        || async {
+            for vm in ["exch-mbx01", "exch-cas01"] {
+                if !coldsite_api::common::is_condition_true(&pvm_status(s, vm).await?.conditions, "Ready") {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    start_run(plugin, "failover", "c2-retry", &["--approve", "confirm-ad-replication"]).await?;
+    s.run_to_end("c2-retry", Duration::from_secs(420)).await?;
+    s.check_truth(true).await.context("after the retried failover")?;
+    let taken_over = pvm_status(s, "dc01")
+        .await?
+        .last_run
+        .context("dc01's part of the retry")?;
+    ensure!(
+        taken_over.run == "c2-retry"
+            && taken_over.steps.iter().any(|x| x.kind == Some(StepKind::PowerOn)
+                && x.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("done by run c2-failover"))),
+        "the retry took dc01's power-on over from the cancelled run: {taken_over:?}"
+    );
+    ensure!(
+        virtual_machine_instances(&s.recovery, &s.ns).get("dc01").await?.uid() == dc01,
+        "dc01's instance at DR ran on through the retry"
+    );
     Ok(())
 }
 

@@ -163,6 +163,7 @@ async fn main() -> Result<()> {
             name: name.clone(),
             client,
             lb_pool,
+            management_only: false,
         });
     }
     let mut config = SimConfig {

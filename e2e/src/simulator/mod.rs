@@ -131,6 +131,9 @@ pub struct SimSite {
     pub client: Client,
     /// The address pool of the site's load balancer ([`network`]).
     pub lb_pool: Ipv4Net,
+    /// A management cluster of its own: only its kubelet is played, for the Jobs of scripts
+    /// that run there; it has no KubeVirt, storage or load balancer.
+    pub management_only: bool,
 }
 
 /// What every site task shares.
@@ -469,6 +472,16 @@ fn report(site: &str, state: &mut SiteState) {
 }
 
 async fn reconcile_site(ctx: &Ctx, site: usize, state: &mut SiteState) {
+    if !ctx.sites[site].management_only {
+        reconcile_platform(ctx, site, state).await;
+    }
+    if let Err(e) = kubelet::reconcile(ctx, site, state).await {
+        state.errors.push(e.context("kubelet"));
+    }
+}
+
+/// The parts of a site that need nodes, disks and a network.
+async fn reconcile_platform(ctx: &Ctx, site: usize, state: &mut SiteState) {
     if let Err(e) = network::reconcile(ctx, site, state).await {
         state.errors.push(e.context("load balancer"));
     }
@@ -477,8 +490,5 @@ async fn reconcile_site(ctx: &Ctx, site: usize, state: &mut SiteState) {
     }
     if let Err(e) = kubevirt::reconcile(ctx, site, state).await {
         state.errors.push(e.context("virt-controller"));
-    }
-    if let Err(e) = kubelet::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("kubelet"));
     }
 }

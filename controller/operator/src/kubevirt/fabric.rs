@@ -380,8 +380,9 @@ impl KubeVirtFabric {
 
     /// Fencing: halts the VM's copy at `site` if it runs or would start there, unless the
     /// run `spare` started it. `cached` is the VirtualMachine as a watch of the site has it, if
-    /// there is one; the halt applies only to the version judged, so a copy a run starts
-    /// meanwhile is judged again.
+    /// there is one; the halt applies only to the version judged, and a copy that changed
+    /// meanwhile (a stale cache after the site's return, a run starting it) is read and judged
+    /// again.
     pub async fn fence(
         &self,
         site: &SiteModel,
@@ -391,30 +392,33 @@ impl KubeVirtFabric {
     ) -> Result<Fence, FabricError> {
         let api = self.site(&site.name)?;
         let ns = vm.vm_namespace.as_str();
-        let found = match cached {
+        let mut found = match cached {
             Some(found) => found,
             None => api.get(VM, Some(ns), &vm.vm_name).await?,
         };
-        let Some(found) = found else {
-            return Ok(Fence::NoCopy);
-        };
-        let halted = str_at(&found, "/spec/runStrategy").is_none_or(|s| s == "Halted")
-            && found.pointer("/spec/running").and_then(Value::as_bool) != Some(true);
-        if halted {
-            return Ok(Fence::Halted);
+        for _ in 0..3 {
+            let Some(copy) = &found else {
+                return Ok(Fence::NoCopy);
+            };
+            let halted = str_at(copy, "/spec/runStrategy").is_none_or(|s| s == "Halted")
+                && copy.pointer("/spec/running").and_then(Value::as_bool) != Some(true);
+            if halted {
+                return Ok(Fence::Halted);
+            }
+            if spare.is_some() && objects::started_by(copy) == spare {
+                return Ok(Fence::Spared);
+            }
+            let version = str_at(copy, "/metadata/resourceVersion").unwrap_or_default();
+            let patch = objects::run_strategy_patch("Halted");
+            if api.merge_at_version(VM, Some(ns), &vm.vm_name, version, &patch).await? {
+                return Ok(Fence::JustHalted);
+            }
+            found = api.get(VM, Some(ns), &vm.vm_name).await?;
         }
-        if spare.is_some() && objects::started_by(&found) == spare {
-            return Ok(Fence::Spared);
-        }
-        let version = str_at(&found, "/metadata/resourceVersion").unwrap_or_default();
-        let patch = objects::run_strategy_patch("Halted");
-        if !api.merge_at_version(VM, Some(ns), &vm.vm_name, version, &patch).await? {
-            return Err(FabricError::transient(format!(
-                "VirtualMachine {ns}/{} at {} changed while coldsite halted it; looking again",
-                vm.vm_name, site.name
-            )));
-        }
-        Ok(Fence::JustHalted)
+        Err(FabricError::transient(format!(
+            "VirtualMachine {ns}/{} at {} keeps changing while coldsite halts it; trying again",
+            vm.vm_name, site.name
+        )))
     }
 
     /// Removes the replication that ran into `active` from `other`, where the VM no longer
@@ -488,6 +492,14 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// A VM whose copy a run left behind, by the names its objects carry.
+pub struct PartialVm<'a> {
+    /// The ProtectedVM.
+    pub pvm: &'a str,
+    /// Where the VM's copy and disks live.
+    pub namespace: &'a str,
 }
 
 /// What fencing found at a site.
@@ -1015,6 +1027,35 @@ impl Fabric for KubeVirtFabric {
 }
 
 impl KubeVirtFabric {
+    /// Removes what the run `run_uid` left at `site` for a VM it did not move: the copy it
+    /// created there (never one that runs) and the disks it restored for it. Disks that
+    /// replication wrote in place are not the run's and stay. Done once nothing is left.
+    pub async fn discard_partial(&self, run_uid: &str, site: &str, vm: &PartialVm<'_>) -> FabricResult<()> {
+        let api = self.site(site)?;
+        let selector = format!("{RUN_UID}={run_uid},{PROTECTED_VM}={}", vm.pvm);
+        let copies = api.list(VM, Some(vm.namespace), &selector).await?;
+        for o in &copies {
+            let name = str_at(o, "/metadata/name").unwrap_or_default();
+            if self.vmi_running(api, vm.namespace, name).await? {
+                return Err(FabricError::permanent(format!(
+                    "VirtualMachine {}/{name} runs at {site}: coldsite does not discard a copy that runs; halt it first",
+                    vm.namespace
+                )));
+            }
+            api.delete(VM, Some(vm.namespace), name).await?;
+        }
+        let disks = api.list(PVC, Some(vm.namespace), &selector).await?;
+        for o in &disks {
+            api.delete(PVC, Some(vm.namespace), str_at(o, "/metadata/name").unwrap_or_default())
+                .await?;
+        }
+        if copies.is_empty() && disks.is_empty() {
+            Ok(Progress::Done(()))
+        } else {
+            in_progress(SOON)
+        }
+    }
+
     /// Deletes the Jobs and context ConfigMaps a test's `site: management` scripts left in
     /// the run's namespace on the management cluster; done once none is left.
     pub async fn delete_management_scripts(&self, run: &RunRef) -> FabricResult<()> {

@@ -89,13 +89,10 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
             .join("; ")
     });
     // Fencing comes before any other write at the other site.
-    let mut fences = Vec::new();
-    if let Ok(vm) = &model {
-        for halt in standing::halts(&settled) {
-            let found = fence(ctx, &fabric, pvm, vm, sides.of(halt.side), &halt).await;
-            fences.push((halt.side, found));
-        }
-    }
+    let fences = match &model {
+        Ok(vm) => fence_all(ctx, &fabric, pvm, vm, &settled, &sides).await,
+        Err(_) => Vec::new(),
+    };
     let fenced = fences.iter().all(|(_, f)| f.is_ok());
     let (replication, problem) = match &model {
         Err(text) => (None, Some(("InvalidSpec", text.clone()))),
@@ -124,6 +121,23 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
     crate::status::apply(&api, &pvm.name_any(), old_for_compare(&was, &mine).as_ref(), &mine).await?;
     Ok(Action::requeue(if fenced { CHECK_EVERY } else { FENCE_RETRY }))
+}
+
+/// Halts the copies that must not run, as [`standing::halts`] says; how each was found.
+async fn fence_all(
+    ctx: &Context,
+    fabric: &KubeVirtFabric,
+    pvm: &ProtectedVM,
+    vm: &VmModel,
+    settled: &Settled,
+    sides: &Sides,
+) -> Vec<(Side, std::result::Result<Fence, String>)> {
+    let mut fences = Vec::new();
+    for halt in standing::halts(settled) {
+        let found = fence(ctx, fabric, pvm, vm, sides.of(halt.side), &halt).await;
+        fences.push((halt.side, found));
+    }
+    fences
 }
 
 /// Halts the VM's copy at `site` as `halt` says, reading it from the site's watch when there

@@ -12,6 +12,7 @@ use coldsite_api::recovery_run::RunPhase;
 use coldsite_api::{ProtectedVM, RecoveryRun, RunAction};
 use coldsite_engine::lifecycle::{self, Names, Standing};
 use coldsite_engine::model::Direction;
+use coldsite_engine::standing;
 use kube::ResourceExt;
 
 /// What the run may do now.
@@ -21,8 +22,13 @@ pub enum Admission {
     Wait { reason: &'static str, message: String },
     /// Never: the action does not fit where the VMs stand.
     Refuse { reason: &'static str, message: String },
-    /// Go this way, once these VMs (in this order) are claimed.
-    Go { direction: Direction, claim: Vec<String> },
+    /// Go this way, once these VMs (in this order) are claimed; an earlier run already moved
+    /// those in `done`, and this run takes over their steps.
+    Go {
+        direction: Direction,
+        claim: Vec<String>,
+        done: Vec<String>,
+    },
 }
 
 /// How a VM is held, as its status tells.
@@ -64,7 +70,7 @@ fn moves(action: RunAction) -> bool {
 /// Decides, from the plan's VMs in name order (a missing ProtectedVM is `None`).
 pub fn decide(run: &RecoveryRun, vms: &[(&str, Option<&ProtectedVM>)], names: &Names<'_>) -> Admission {
     let uid = run.uid().unwrap_or_default();
-    let mut standings = Vec::new();
+    let mut statuses = Vec::new();
     let mut claim = Vec::new();
     for (name, pvm) in vms {
         let Some(pvm) = pvm else {
@@ -92,28 +98,37 @@ pub fn decide(run: &RecoveryRun, vms: &[(&str, Option<&ProtectedVM>)], names: &N
             Hold::Ours | Hold::Ended => {}
             Hold::Free => claim.push((*name).to_owned()),
         }
-        standings.push((*name, Standing::of(&status, names.recovery)));
+        statuses.push((*name, status));
     }
-    // VMs this run already holds were admitted when it claimed them; the others must fit,
-    // and go the same way.
-    let (unclaimed, held): (Vec<_>, Vec<_>) = standings.iter().partition(|(n, _)| claim.iter().any(|c| c == n));
+    // VMs this run already holds were admitted when it claimed them; the others must fit (or
+    // have been moved that way by an earlier run), and go the same way.
+    let (unclaimed, held): (Vec<_>, Vec<_>) = statuses.iter().partition(|(n, _)| claim.iter().any(|c| c == n));
     let recorded = recorded_direction(run, names).or_else(|| {
         held.first()
-            .map(|(_, s)| lifecycle::direction_of(run.spec.action, s.active))
+            .map(|(_, s)| lifecycle::direction_of(run.spec.action, Standing::of(s, names.recovery).active))
     });
     let fitted = (!unclaimed.is_empty())
-        .then(|| lifecycle::admit_plan(run.spec.action, unclaimed.iter().map(|(n, s)| (*n, s)), names));
+        .then(|| standing::admit(run.spec.action, unclaimed.iter().map(|(n, s)| (*n, s)), names));
     let refuse = |message: String| Admission::Refuse {
         reason: "ActionDoesNotFit",
         message,
     };
     match (recorded, fitted) {
         (_, Some(Err(refusals))) => refuse(refusals.join("; ")),
-        (Some(d), Some(Ok(e))) if d != e => refuse(format!(
+        (Some(d), Some(Ok(a))) if d != a.direction => refuse(format!(
             "the plan's VMs no longer all go the same way for this {}: bring them to one side first",
             run.spec.action
         )),
-        (_, Some(Ok(direction))) | (Some(direction), None) => Admission::Go { direction, claim },
+        (_, Some(Ok(a))) => Admission::Go {
+            direction: a.direction,
+            claim,
+            done: a.done,
+        },
+        (Some(direction), None) => Admission::Go {
+            direction,
+            claim,
+            done: Vec::new(),
+        },
         (None, None) => refuse(format!("RecoveryPlan {} has no VMs", names.plan)),
     }
 }
@@ -213,7 +228,8 @@ mod tests {
             got,
             Admission::Go {
                 direction: Direction::Forward,
-                claim: vec!["a".into(), "b".into()]
+                claim: vec!["a".into(), "b".into()],
+                done: vec![],
             }
         );
     }
@@ -273,7 +289,8 @@ mod tests {
             decide(&r, &[("a", Some(&a))], &NAMES),
             Admission::Go {
                 direction: Direction::Forward,
-                claim: vec![]
+                claim: vec![],
+                done: vec![],
             }
         );
     }
@@ -292,7 +309,8 @@ mod tests {
             got,
             Admission::Go {
                 direction: Direction::Forward,
-                claim: vec!["b".into()]
+                claim: vec!["b".into()],
+                done: vec![],
             }
         );
     }

@@ -2,9 +2,13 @@
 //! the ProtectedVM's resourceVersion as a precondition, so that of two runs racing for one
 //! VM exactly one wins (the other's write conflicts and it waits). The claim ends when the
 //! run records its phase there.
+//!
+//! A VM that an earlier run of the same movement already moved (a retry after a run that
+//! moved some VMs and not others) is claimed with the steps that run completed for it, so the
+//! new run takes them as done and goes on from there.
 
 use coldsite_api::protected_vm::VmRunStatus;
-use coldsite_api::recovery_run::RunPhase;
+use coldsite_api::recovery_run::{RunPhase, StepState, StepStatus};
 use coldsite_api::{ProtectedVM, RecoveryRun};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -14,15 +18,16 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 
 /// Claims `pvm` for `run` unless it changed since it was read: `false` when another writer
-/// came first (read again and decide again).
-pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun) -> Result<bool> {
+/// came first (read again and decide again). `done`: an earlier run already moved it.
+pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun, done: bool) -> Result<bool> {
+    let earlier = pvm.status.as_ref().and_then(|s| s.last_run.as_ref()).filter(|_| done);
     let part = VmRunStatus {
         run: run.name_any(),
         run_uid: run.uid(),
         action: Some(run.spec.action),
         phase: None,
-        recovery_point: None,
-        steps: Vec::new(),
+        recovery_point: earlier.and_then(|e| e.recovery_point.clone()),
+        steps: earlier.map(taken_over).unwrap_or_default(),
     };
     let patch = serde_json::json!({
         "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
@@ -47,11 +52,27 @@ pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun) -> Resul
     }
 }
 
-/// Claims each VM in order, stopping at the first that another writer changed meanwhile:
-/// true once all are claimed.
-pub async fn claim_all(ctx: &Context, pvms: &[&ProtectedVM], run: &RecoveryRun) -> Result<bool> {
-    for pvm in pvms {
-        if !claim(ctx, pvm, run).await? {
+/// The steps an earlier run completed for a VM it moved, as a new run takes them over.
+fn taken_over(earlier: &VmRunStatus) -> Vec<StepStatus> {
+    earlier
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Succeeded)
+        .map(|s| StepStatus {
+            message: Some(match &s.message {
+                Some(m) => format!("done by run {}: {m}", earlier.run),
+                None => format!("done by run {}", earlier.run),
+            }),
+            ..s.clone()
+        })
+        .collect()
+}
+
+/// Claims each VM in order (with whether an earlier run already moved it), stopping at the
+/// first that another writer changed meanwhile: true once all are claimed.
+pub async fn claim_all(ctx: &Context, pvms: &[(&ProtectedVM, bool)], run: &RecoveryRun) -> Result<bool> {
+    for &(pvm, done) in pvms {
+        if !claim(ctx, pvm, run, done).await? {
             tracing::debug!(run = %run.name_any(), protected_vm = %pvm.name_any(), "claim lost a race; reading again");
             return Ok(false);
         }

@@ -242,10 +242,14 @@ async fn admit(
             }
             Ok(Err(fail_before_start(run, ctx, reason, message).await?))
         }
-        Admission::Go { direction, claim } => {
-            let to_claim: Vec<&ProtectedVM> = claim
+        Admission::Go { direction, claim, done } => {
+            let to_claim: Vec<(&ProtectedVM, bool)> = claim
                 .iter()
-                .filter_map(|n| inv.protected_vms.get(&(ns.clone(), n.clone())))
+                .filter_map(|n| {
+                    inv.protected_vms
+                        .get(&(ns.clone(), n.clone()))
+                        .map(|p| (p, done.contains(n)))
+                })
                 .collect();
             if claims::claim_all(ctx, &to_claim, run).await? {
                 Ok(Ok(direction))
