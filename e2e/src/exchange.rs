@@ -349,6 +349,44 @@ impl Scenario {
         Ok(())
     }
 
+    /// Whether each VM's newest recovery point at `site` holds its write in `writes`, on every
+    /// disk: a point's time says when its sync ended, not when its data was taken.
+    pub async fn newest_points_hold(
+        &self,
+        site: &str,
+        writes: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let (client, _) = self.site_of(site)?;
+        for (vm, write) in writes {
+            for disk in DISKS {
+                let selector = format!("coldsite.io/protected-vm={vm},coldsite.io/disk={vm}-{disk}");
+                let points = volume_snapshots(client, &self.ns)
+                    .list(&kube::api::ListParams::default().labels(&selector))
+                    .await?;
+                let newest = points
+                    .items
+                    .iter()
+                    .filter_map(|p| {
+                        let t = p.metadata.annotations.as_ref()?.get("coldsite.io/recovery-point")?;
+                        Some((t.clone(), p.metadata.name.clone()?))
+                    })
+                    .max();
+                let Some((_, name)) = newest else {
+                    return Ok(false);
+                };
+                if !self
+                    .simulator
+                    .read_snapshot(site, &self.ns, &name)
+                    .await?
+                    .contains(write)
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// The site client and name for a site name in status.
     fn site_of(&self, name: &str) -> Result<(&Client, &str)> {
         if name == self.hq {
@@ -454,10 +492,34 @@ impl Scenario {
             }
         })
         .await;
-        match outcome {
-            Ok(r) => Ok(r),
-            Err(e) => Err(e.context(self.where_run_stands(name).await)),
-        }
+        let run = match outcome {
+            Ok(r) => r,
+            Err(e) => return Err(e.context(self.where_run_stands(name).await)),
+        };
+        self.settled(&run).await?;
+        Ok(run)
+    }
+
+    /// Waits until every VM's status records where `run` left it: the ProtectedVM reconciler
+    /// settles a run's outcome just after the run ends.
+    pub async fn settled(&self, run: &coldsite_api::RecoveryRun) -> Result<()> {
+        use kube::ResourceExt;
+        let uid = run.uid();
+        let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);
+        wait_for(
+            &format!("the VMs to record where run {} left them", run.name_any()),
+            Duration::from_secs(60),
+            || async {
+                for vm in VMS {
+                    let st = pvms.get(vm).await?.status.unwrap_or_default();
+                    if st.applied_run != uid {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .await
     }
 
     /// The steps of a run that have not succeeded, its own and its VMs', for failures.

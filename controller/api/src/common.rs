@@ -138,7 +138,8 @@ pub mod condition {
     pub const REPLICATING: &str = "Replicating";
     pub const RPO_MET: &str = "RpoMet";
     pub const SUCCEEDED: &str = "Succeeded";
-    /// On a VM that failed over: its original at the site it left is confirmed halted.
+    /// The copies that must not run (at the site the VM does not run at; while a run moves
+    /// it, what that run did not start) are confirmed halted.
     pub const FENCED: &str = "Fenced";
 }
 

@@ -272,10 +272,11 @@ pub struct ProtectedVMStatus {
     /// The UID of the last finished run whose outcome `phase` and `activeSite` reflect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_run: Option<String>,
-    /// While a run holds the VM, the phase it had when claimed: where it stays if the run does
-    /// not complete for it.
+    /// Where the VM stands in the disaster-recovery cycle while `phase` shows something else:
+    /// a run that holds it (where it stays if the run does not complete for it), or `Error`
+    /// while its spec is invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase_before_run: Option<ProtectionPhase>,
+    pub resting_phase: Option<ProtectionPhase>,
     /// `Ready`, `Replicating`, `RpoMet`, and `Fenced` (the copy at the other site is halted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -572,7 +572,7 @@ pub fn fit(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction) -> Resu
     if free.is_empty() {
         return Ok(Vec::new());
     }
-    coldsite_engine::standing::admit(action, free.iter().map(|(n, s)| (n.as_str(), *s)), &names)
+    coldsite_engine::standing::admit(action, free.iter().map(|(n, s)| (n.as_str(), *s)), &names, false)
         .map(|a| a.done)
         .map_err(|refusals| refusals.join("\n"))
 }

@@ -1,10 +1,11 @@
 //! Many disaster-recovery cycles in a model of two sites: random operator commands (wrong
 //! ones too), a primary that loses power and comes back, runs that fail half-way and are
-//! retried. The controller's decisions are the real ones: admission
+//! retried. The decisions are the controller's own functions: admission
 //! ([`standing::admit`]), where a finished run leaves each VM ([`standing::settle`]),
 //! and which copies to halt ([`standing::halts`]); the sites, the runs' steps and
-//! replication are modelled. Invariants are checked after every event, and a violation
-//! names the seed and the history that led to it.
+//! replication are modelled, with one run at a time, atomic claims and no stale reads (the
+//! races of claims and caches are the end-to-end tests' part). Invariants are checked after
+//! every event, and a violation names the seed and the history that led to it.
 
 use coldsite_api::RunAction;
 use coldsite_api::protected_vm::{
@@ -209,7 +210,12 @@ impl World {
         if self.run.is_some() {
             return format!("{action:?} waits for the run in progress");
         }
-        let fits = standing::admit(action, self.vms.iter().map(|v| (v.name.as_str(), &v.status)), &NAMES);
+        let fits = standing::admit(
+            action,
+            self.vms.iter().map(|v| (v.name.as_str(), &v.status)),
+            &NAMES,
+            false,
+        );
         let admitted = match fits {
             Ok(a) => a,
             Err(_) => {
@@ -488,7 +494,7 @@ impl World {
         }
         let st = &mut vm.status;
         st.phase = Some(if settled.claim.is_some() { settled.shown } else { phase });
-        st.phase_before_run = settled.phase_before_run;
+        st.resting_phase = settled.resting_phase;
         st.applied_run = settled.applied_run.clone();
         st.active_site = Some(if active == Side::Primary { PRIMARY } else { RECOVERY }.to_owned());
         st.replication_direction = Some(resting.direction);

@@ -242,8 +242,6 @@ pub fn direction_of(action: RunAction, active: Side) -> Direction {
 /// What a run's steps did to one VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmOutcome {
-    /// Any of its steps started.
-    pub started: bool,
     /// The step that moves it succeeded: power-on at the target (failovers), reverse
     /// replication (reprotect), commit.
     pub completed: bool,
@@ -307,15 +305,7 @@ mod tests {
 
     fn run(s: Standing, action: RunAction) -> Standing {
         let direction = admit("vm", &s, action, &NAMES).unwrap_or_else(|e| panic!("{action:?}: {e}"));
-        let mut after = after_run(
-            s,
-            action,
-            direction,
-            VmOutcome {
-                started: true,
-                completed: true,
-            },
-        );
+        let mut after = after_run(s, action, direction, VmOutcome { completed: true });
         // Replication delivers a point before the next action.
         after.has_points = after.phase == ProtectionPhase::Protected;
         after
@@ -370,10 +360,7 @@ mod tests {
 
     #[test]
     fn a_failover_that_did_not_start_the_copy_leaves_the_vm_and_can_be_retried() {
-        let stopped_not_started = VmOutcome {
-            started: true,
-            completed: false,
-        };
+        let stopped_not_started = VmOutcome { completed: false };
         let s = after_run(
             protected(Side::Primary),
             RunAction::PlannedFailover,

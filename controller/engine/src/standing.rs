@@ -30,7 +30,7 @@ pub struct Settled {
     /// The phase to show: the run's phase while one holds it.
     pub shown: ProtectionPhase,
     pub applied_run: Option<String>,
-    pub phase_before_run: Option<ProtectionPhase>,
+    pub resting_phase: Option<ProtectionPhase>,
     pub claim: Option<Claim>,
 }
 
@@ -51,7 +51,6 @@ pub fn outcome(last: &VmRunStatus) -> VmOutcome {
         _ => StepKind::PowerOn,
     };
     VmOutcome {
-        started: last.steps.iter().any(|s| s.started_at.is_some()),
         completed: last
             .steps
             .iter()
@@ -80,7 +79,7 @@ fn claim_of(last: &VmRunStatus) -> Option<Claim> {
 /// holds it shows its phase.
 pub fn settle(status: &ProtectedVMStatus, recovery_site: &str, has_points: bool) -> Settled {
     let mut resting = Standing::of(status, recovery_site);
-    resting.phase = status.phase_before_run.or(status.phase).unwrap_or_default();
+    resting.phase = status.resting_phase.or(status.phase).unwrap_or_default();
     resting.has_points = has_points;
     let mut applied_run = status.applied_run.clone();
     let mut claim = None;
@@ -99,14 +98,14 @@ pub fn settle(status: &ProtectedVMStatus, recovery_site: &str, has_points: bool)
     let during = claim.as_ref().and_then(|c| lifecycle::during(c.action));
     Settled {
         shown: during.unwrap_or(resting.phase),
-        phase_before_run: during.map(|_| resting.phase),
+        resting_phase: during.map(|_| resting.phase),
         resting,
         applied_run,
         claim,
     }
 }
 
-/// Whether an earlier run already moved this VM the way `action` moves it, for a new run of
+/// Whether an earlier run of the same action already moved this VM, for a new run of
 /// `action` to take it as done: a retry of a run that moved some VMs and not
 /// others. The earlier run's outcome must be settled, and nothing may have happened since.
 pub fn moved_by_earlier(status: &ProtectedVMStatus, action: RunAction, recovery_site: &str) -> bool {
@@ -114,7 +113,7 @@ pub fn moved_by_earlier(status: &ProtectedVMStatus, action: RunAction, recovery_
         return false;
     };
     let settled = last.phase.is_some() && status.applied_run == last.run_uid;
-    if !settled || last.action.and_then(moving) != Some(direction) || !outcome(last).completed {
+    if !settled || last.action != Some(action) || !outcome(last).completed {
         return false;
     }
     let s = Standing::of(status, recovery_site);
@@ -130,12 +129,13 @@ pub struct Admitted {
 }
 
 /// Admits a run of `action` for VMs by their statuses: each must fit it or have been moved
-/// that way already by an earlier run, some must still need it, and all go one way. `Err`
-/// lists why not, VM by VM.
+/// that way already by an earlier run, some must still need it (among these, or the VMs the
+/// run `holds_others` already), and all go one way. `Err` lists why not, VM by VM.
 pub fn admit<'a>(
     action: RunAction,
     vms: impl IntoIterator<Item = (&'a str, &'a ProtectedVMStatus)>,
     names: &Names<'_>,
+    holds_others: bool,
 ) -> Result<Admitted, Vec<String>> {
     let mut done = Vec::new();
     let mut todo = Vec::new();
@@ -146,6 +146,16 @@ pub fn admit<'a>(
         } else {
             todo.push((vm, standing));
         }
+    }
+    if todo.is_empty()
+        && holds_others
+        && let Some(direction) = moving(action)
+        && !done.is_empty()
+    {
+        return Ok(Admitted {
+            direction,
+            done: done.into_iter().map(|(vm, _)| vm.to_owned()).collect(),
+        });
     }
     if todo.is_empty() {
         // Nothing left to move: the refusals say where the VMs are and what fits.
@@ -253,13 +263,13 @@ mod tests {
         );
         let s = settle(&st, "dr", true);
         assert_eq!(s.shown, ProtectionPhase::FailingOver);
-        assert_eq!(s.phase_before_run, Some(ProtectionPhase::Protected));
+        assert_eq!(s.resting_phase, Some(ProtectionPhase::Protected));
         let claim = s.claim.expect("held");
         assert!(claim.source_stopped && claim.source == Some(Side::Primary));
 
         // Recorded: the status now shows FailingOver, and the run ends with the VM started.
         st.phase = Some(ProtectionPhase::FailingOver);
-        st.phase_before_run = Some(ProtectionPhase::Protected);
+        st.resting_phase = Some(ProtectionPhase::Protected);
         st.last_run = last(
             RunAction::Failover,
             Some(RunPhase::Succeeded),
@@ -272,14 +282,14 @@ mod tests {
         assert_eq!(s.resting.phase, ProtectionPhase::FailedOver);
         assert_eq!(s.resting.active, Side::Recovery);
         assert_eq!(s.applied_run.as_deref(), Some("u1"));
-        assert!(s.claim.is_none() && s.phase_before_run.is_none());
+        assert!(s.claim.is_none() && s.resting_phase.is_none());
     }
 
     #[test]
     fn a_failover_that_never_started_the_copy_leaves_the_vm_where_it_was() {
         let mut st = protected_at_hq();
         st.phase = Some(ProtectionPhase::FailingOver);
-        st.phase_before_run = Some(ProtectionPhase::Protected);
+        st.resting_phase = Some(ProtectionPhase::Protected);
         st.last_run = last(
             RunAction::PlannedFailover,
             Some(RunPhase::Cancelled),
@@ -373,22 +383,28 @@ mod tests {
         );
         stayed.applied_run = Some("u1".into());
         let vms = [("dc01", &moved), ("mbx01", &stayed)];
-        for action in [RunAction::Failover, RunAction::PlannedFailover] {
-            assert_eq!(
-                admit(action, vms, &names),
-                Ok(Admitted {
-                    direction: Direction::Forward,
-                    done: vec!["dc01".into()]
-                })
-            );
-        }
-        // Not before the earlier outcome is settled, and not for another movement.
+        let retried = Ok(Admitted {
+            direction: Direction::Forward,
+            done: vec!["dc01".into()],
+        });
+        assert_eq!(admit(RunAction::Failover, vms, &names, false), retried);
+        // Not by another action (its steps differ), nor before the earlier outcome is settled.
+        assert!(admit(RunAction::PlannedFailover, vms, &names, false).is_err());
         moved.applied_run = None;
-        assert!(admit(RunAction::Failover, [("dc01", &moved), ("mbx01", &stayed)], &names).is_err());
+        assert!(
+            admit(
+                RunAction::Failover,
+                [("dc01", &moved), ("mbx01", &stayed)],
+                &names,
+                false
+            )
+            .is_err()
+        );
         moved.applied_run = Some("u1".into());
-        assert!(admit(RunAction::Failback, [("dc01", &moved), ("mbx01", &stayed)], &names).is_err());
-        // When every VM has moved there is nothing to retry: the refusal says what fits.
-        let refusals = admit(RunAction::Failover, [("dc01", &moved)], &names).expect_err("all moved");
+        // When every VM has moved there is nothing to retry: the refusals say what fits...
+        let refusals = admit(RunAction::Failover, [("dc01", &moved)], &names, false).expect_err("all moved");
         assert!(refusals[0].contains("kubectl coldsite commit exchange"), "{refusals:?}");
+        // ...unless the run already holds the VMs still to move.
+        assert_eq!(admit(RunAction::Failover, [("dc01", &moved)], &names, true), retried);
     }
 }

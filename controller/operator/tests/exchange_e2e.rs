@@ -900,21 +900,11 @@ async fn writes_before_the_disaster(
     k8s_openapi::jiff::Timestamp,
 )> {
     let synced = s.write_vms(&s.hq).await?;
-    let written = k8s_openapi::jiff::Timestamp::now();
-    wait_for("a sync after the first write", Duration::from_secs(180), || async {
-        for vm in VMS {
-            let last = pvm_status(s, vm)
-                .await?
-                .replication
-                .and_then(|r| r.last_sync_time)
-                .map(|t| t.0);
-            // VolSync's times have whole seconds.
-            if last.is_none_or(|t| t < written + k8s_openapi::jiff::SignedDuration::from_secs(1)) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    })
+    wait_for(
+        "a recovery point with the first write",
+        Duration::from_secs(180),
+        || async { Ok(s.newest_points_hold(&s.dr, &synced).await?.then_some(())) },
+    )
     .await?;
     s.simulator.update_faults(|f| {
         let stalled = &mut f.site(&s.hq).stalled;

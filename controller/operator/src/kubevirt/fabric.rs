@@ -380,9 +380,8 @@ impl KubeVirtFabric {
 
     /// Fencing: halts the VM's copy at `site` if it runs or would start there, unless the
     /// run `spare` started it. `cached` is the VirtualMachine as a watch of the site has it, if
-    /// there is one; the halt applies only to the version judged, and a copy that changed
-    /// meanwhile (a stale cache after the site's return, a run starting it) is read and judged
-    /// again.
+    /// there is one. The halt applies only to the version judged: if the copy changed since
+    /// (a stale cache after the site's return, a run starting it), it is read and judged again.
     pub async fn fence(
         &self,
         site: &SiteModel,
@@ -1028,8 +1027,9 @@ impl Fabric for KubeVirtFabric {
 
 impl KubeVirtFabric {
     /// Removes what the run `run_uid` left at `site` for a VM it did not move: the copy it
-    /// created there (never one that runs) and the disks it restored for it. Disks that
-    /// replication wrote in place are not the run's and stay. Done once nothing is left.
+    /// created there (never one that runs) and the disks it restored for it, even if
+    /// replication has written into them in place since (its next sync then starts over).
+    /// Disks the run did not restore stay. Done once nothing is left.
     pub async fn discard_partial(&self, run_uid: &str, site: &str, vm: &PartialVm<'_>) -> FabricResult<()> {
         let api = self.site(site)?;
         let selector = format!("{RUN_UID}={run_uid},{PROTECTED_VM}={}", vm.pvm);

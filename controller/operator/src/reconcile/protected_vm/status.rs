@@ -95,11 +95,14 @@ pub fn build(old: &ProtectedVMStatus, o: &Observed<'_>) -> (ProtectedVMStatus, (
             ..status.replication.clone().unwrap_or_default()
         });
     }
-    if o.problem.as_ref().is_some_and(|(r, _)| *r == "InvalidSpec") {
-        resting.phase = ProtectionPhase::Error;
-    }
-    status.phase = Some(if s.claim.is_some() { s.shown } else { resting.phase });
-    status.phase_before_run = s.phase_before_run;
+    // An invalid spec shows as Error without losing the VM's place in the cycle.
+    let shown = match &o.problem {
+        _ if s.claim.is_some() => s.shown,
+        Some(("InvalidSpec", _)) => ProtectionPhase::Error,
+        _ => resting.phase,
+    };
+    status.phase = Some(shown);
+    status.resting_phase = (shown != resting.phase).then_some(resting.phase);
     status.applied_run = s.applied_run.clone();
     status.active_site = Some(o.site(resting.active).to_owned());
     status.replication_direction = Some(resting.direction);

@@ -4,7 +4,7 @@
 //! A run owns its VMs through claims: its name and UID in each ProtectedVM's
 //! `status.lastRun`, written with the VM's resourceVersion as a precondition (see
 //! [`claims`](super::claims)), so that of two runs racing for a VM exactly one wins, whatever
-//! their plans. VMs are claimed in name order, so two runs never hold each other up. A run
+//! their plans. VMs are claimed in name order, so two runs waiting for each other never deadlock. A run
 //! that waits says which run it waits for.
 
 use coldsite_api::protected_vm::ProtectedVMStatus;
@@ -107,8 +107,14 @@ pub fn decide(run: &RecoveryRun, vms: &[(&str, Option<&ProtectedVM>)], names: &N
         held.first()
             .map(|(_, s)| lifecycle::direction_of(run.spec.action, Standing::of(s, names.recovery).active))
     });
-    let fitted = (!unclaimed.is_empty())
-        .then(|| standing::admit(run.spec.action, unclaimed.iter().map(|(n, s)| (*n, s)), names));
+    let fitted = (!unclaimed.is_empty()).then(|| {
+        standing::admit(
+            run.spec.action,
+            unclaimed.iter().map(|(n, s)| (*n, s)),
+            names,
+            !held.is_empty(),
+        )
+    });
     let refuse = |message: String| Admission::Refuse {
         reason: "ActionDoesNotFit",
         message,

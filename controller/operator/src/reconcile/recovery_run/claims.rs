@@ -29,11 +29,20 @@ pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun, done: bo
         recovery_point: earlier.and_then(|e| e.recovery_point.clone()),
         steps: earlier.map(taken_over).unwrap_or_default(),
     };
-    let patch = serde_json::json!({
+    write_part(ctx, pvm, &part, pvm.resource_version().as_deref()).await
+}
+
+/// Writes a VM's part of a run into its ProtectedVM's `status.lastRun`, as the runs' field
+/// manager. With `version`, only while the ProtectedVM is still at that resourceVersion:
+/// `false` when it changed meanwhile (read again and decide again).
+pub async fn write_part(ctx: &Context, pvm: &ProtectedVM, part: &VmRunStatus, version: Option<&str>) -> Result<bool> {
+    let mut patch = serde_json::json!({
         "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
-        "metadata": {"resourceVersion": pvm.resource_version()},
         "status": {"lastRun": part},
     });
+    if let Some(v) = version {
+        patch["metadata"] = serde_json::json!({"resourceVersion": v});
+    }
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &pvm.namespace().unwrap_or_default());
     match api
         .patch_status(
@@ -44,9 +53,9 @@ pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun, done: bo
         .await
     {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(kube::Error::Api(s)) if s.code == 409 && version.is_some() => Ok(false),
         Err(e) => Err(Error::kube(format!(
-            "claiming ProtectedVM {} for the run",
+            "writing ProtectedVM {} status.lastRun",
             pvm.name_any()
         ))(e)),
     }
@@ -69,15 +78,15 @@ fn taken_over(earlier: &VmRunStatus) -> Vec<StepStatus> {
 }
 
 /// Claims each VM in order (with whether an earlier run already moved it), stopping at the
-/// first that another writer changed meanwhile: true once all are claimed.
-pub async fn claim_all(ctx: &Context, pvms: &[(&ProtectedVM, bool)], run: &RecoveryRun) -> Result<bool> {
+/// first that another writer changed meanwhile; the next admission reads them again.
+pub async fn claim_all(ctx: &Context, pvms: &[(&ProtectedVM, bool)], run: &RecoveryRun) -> Result<()> {
     for &(pvm, done) in pvms {
         if !claim(ctx, pvm, run, done).await? {
             tracing::debug!(run = %run.name_any(), protected_vm = %pvm.name_any(), "claim lost a race; reading again");
-            return Ok(false);
+            break;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Ends `run`'s claims on the VMs it holds and has not released, recording `phase` as how it
@@ -100,21 +109,10 @@ pub async fn release(
             phase: Some(phase),
             ..last
         };
-        let patch = serde_json::json!({
-            "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
-            "status": {"lastRun": part},
-        });
-        let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &pvm.namespace().unwrap_or_default());
-        api.patch_status(
-            &pvm.name_any(),
-            &PatchParams::apply(RUN_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "releasing ProtectedVM {} from run {run_name}",
-            pvm.name_any()
-        )))?;
+        // Only over the copy read: the run may have recorded more of this VM meanwhile.
+        if !write_part(ctx, pvm, &part, pvm.resource_version().as_deref()).await? {
+            tracing::debug!(run = run_name, protected_vm = %pvm.name_any(), "changed since read; released later");
+        }
     }
     Ok(())
 }

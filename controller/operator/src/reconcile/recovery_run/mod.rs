@@ -215,15 +215,12 @@ async fn admit(
         primary: &plan.spec.primary_site,
         recovery: &plan.spec.recovery_site,
     };
-    let holds_any = vms.iter().any(|(_, p)| {
-        p.and_then(|p| p.status.as_ref())
-            .is_some_and(|s| admission::hold(s, &run.uid().unwrap_or_default()) == admission::Hold::Ours)
-    });
-    let held: Vec<&ProtectedVM> = vms.iter().filter_map(|(_, p)| *p).collect();
+    // Releasing touches only the VMs this run holds.
+    let plan_vms: Vec<&ProtectedVM> = vms.iter().filter_map(|(_, p)| *p).collect();
     let (run_name, run_uid) = (run.name_any(), run.uid().unwrap_or_default());
     let started = run.status.as_ref().and_then(|s| s.start_time.as_ref()).is_some();
     if run.spec.cancel && !started {
-        claims::release(ctx, &held, &run_name, &run_uid, RunPhase::Cancelled).await?;
+        claims::release(ctx, &plan_vms, &run_name, &run_uid, RunPhase::Cancelled).await?;
         write_condition(
             run,
             ctx,
@@ -237,9 +234,7 @@ async fn admit(
     match admission::decide(run, &vms, &names) {
         Admission::Wait { reason, message } => Ok(Err(wait(run, ctx, reason, message).await?)),
         Admission::Refuse { reason, message } => {
-            if holds_any {
-                claims::release(ctx, &held, &run_name, &run_uid, RunPhase::Failed).await?;
-            }
+            claims::release(ctx, &plan_vms, &run_name, &run_uid, RunPhase::Failed).await?;
             Ok(Err(fail_before_start(run, ctx, reason, message).await?))
         }
         Admission::Go { direction, claim, done } => {
@@ -251,11 +246,13 @@ async fn admit(
                         .map(|p| (p, done.contains(n)))
                 })
                 .collect();
-            if claims::claim_all(ctx, &to_claim, run).await? {
-                Ok(Ok(direction))
-            } else {
-                Ok(Err(Action::requeue(Duration::from_secs(1))))
+            if to_claim.is_empty() {
+                return Ok(Ok(direction));
             }
+            // The pass works from the VMs as claimed (with the steps a claim takes over): it
+            // reads them again first.
+            claims::claim_all(ctx, &to_claim, run).await?;
+            Ok(Err(Action::requeue(Duration::from_secs(1))))
         }
     }
 }

@@ -12,12 +12,10 @@ use coldsite_engine::executor::StepRecord;
 use coldsite_engine::model::PlanModel;
 use coldsite_engine::planner::{StepGraph, StepIdx, vm_of_step_id};
 use coldsite_engine::time::{from_k8s, to_k8s};
-use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
-use super::RUN_MANAGER;
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Collects nothing: the reconciler persists the whole picture after the pass.
 pub struct Unsaved;
@@ -113,17 +111,13 @@ pub async fn write_vm_parts(
                 .push(status_of(graph, &rctx.plan, i, &records[i]));
         }
     }
-    let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), ns);
     for (vm, steps) in per_vm {
-        let current = pvms
-            .get(&(ns.to_owned(), vm.to_owned()))
-            .and_then(|p| p.status.as_ref())
-            .and_then(|s| s.last_run.clone());
+        let Some(pvm) = pvms.get(&(ns.to_owned(), vm.to_owned())) else {
+            continue;
+        };
+        let current = pvm.status.as_ref().and_then(|s| s.last_run.as_ref());
         // Only the run that claimed a VM writes its part.
-        if current
-            .as_ref()
-            .is_none_or(|c| c.run_uid.as_deref() != Some(uid.as_str()))
-        {
+        if current.is_none_or(|c| c.run_uid.as_deref() != Some(uid.as_str())) {
             continue;
         }
         let point = steps
@@ -138,16 +132,9 @@ pub async fn write_vm_parts(
             recovery_point: point,
             steps,
         };
-        if current.as_ref() == Some(&part) {
-            continue;
+        if current != Some(&part) {
+            super::claims::write_part(ctx, pvm, &part, None).await?;
         }
-        let patch = serde_json::json!({
-            "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM",
-            "status": {"lastRun": part},
-        });
-        api.patch_status(vm, &PatchParams::apply(RUN_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::kube(format!("writing ProtectedVM {vm} status.lastRun")))?;
     }
     Ok(())
 }
