@@ -35,7 +35,7 @@ pub struct Settled {
 }
 
 /// Which way a run of `action` moves VMs; None for actions that keep them where they are.
-fn moving(action: RunAction) -> Option<Direction> {
+pub fn moving(action: RunAction) -> Option<Direction> {
     match action {
         RunAction::PlannedFailover | RunAction::Failover => Some(Direction::Forward),
         RunAction::Failback => Some(Direction::Reverse),

@@ -73,6 +73,10 @@ pub fn build(old: &ProtectedVMStatus, o: &Observed<'_>) -> (ProtectedVMStatus, (
     let s = o.settled;
     let mut resting = s.resting;
     let paused = resting.direction == ReplicationDirection::Paused;
+    // Points counted for the other direction are not points at the new target.
+    if old.replication_direction.is_some_and(|d| d != resting.direction) {
+        status.recovery_points = None;
+    }
     if let Some(state) = o.replication {
         let (h, age) = health(o.now, state.last_sync, o.rpo, paused);
         status.replication = Some(ReplicationStatus {

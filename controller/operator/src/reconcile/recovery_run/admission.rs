@@ -103,10 +103,14 @@ pub fn decide(run: &RecoveryRun, vms: &[(&str, Option<&ProtectedVM>)], names: &N
     // VMs this run already holds were admitted when it claimed them; the others must fit (or
     // have been moved that way by an earlier run), and go the same way.
     let (unclaimed, held): (Vec<_>, Vec<_>) = statuses.iter().partition(|(n, _)| claim.iter().any(|c| c == n));
-    let recorded = recorded_direction(run, names).or_else(|| {
-        held.first()
-            .map(|(_, s)| lifecycle::direction_of(run.spec.action, Standing::of(s, names.recovery).active))
-    });
+    // Failovers and failbacks go one way whatever the VMs they hold (some may have moved
+    // already); the others go by where their VMs stand.
+    let recorded = recorded_direction(run, names)
+        .or_else(|| standing::moving(run.spec.action))
+        .or_else(|| {
+            held.first()
+                .map(|(_, s)| lifecycle::direction_of(run.spec.action, Standing::of(s, names.recovery).active))
+        });
     let fitted = (!unclaimed.is_empty()).then(|| {
         standing::admit(
             run.spec.action,
@@ -316,6 +320,29 @@ mod tests {
             Admission::Go {
                 direction: Direction::Forward,
                 claim: vec!["b".into()],
+                done: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_holding_a_vm_an_earlier_run_moved_still_goes_forward() {
+        // dc01 (first by name) already runs at DR; the retry holds it and the others.
+        let mut a = vm("dr", ProtectionPhase::FailingOver, held_by("u1", None), Some("old"));
+        if let Some(last) = a.status.as_mut().and_then(|s| s.last_run.as_mut()) {
+            last.action = Some(RunAction::Failover);
+        }
+        let b = vm("hq", ProtectionPhase::FailingOver, held_by("u1", None), None);
+        let got = decide(
+            &run("u1", RunAction::Failover),
+            &[("a", Some(&a)), ("b", Some(&b))],
+            &NAMES,
+        );
+        assert_eq!(
+            got,
+            Admission::Go {
+                direction: Direction::Forward,
+                claim: vec![],
                 done: vec![],
             }
         );
