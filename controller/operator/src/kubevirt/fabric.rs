@@ -273,6 +273,7 @@ impl KubeVirtFabric {
     async fn holds_copy(&self, site: &SiteApi, vm: &VmModel, disk: &str) -> Result<bool, FabricError> {
         Ok(site.get(PVC, Some(&vm.vm_namespace), disk).await?.is_some_and(|p| {
             str_at(&p, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) == Some(vm.name.as_str())
+                && !deleting(&p)
         }))
     }
 
@@ -491,6 +492,11 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// Whether the object is being deleted.
+fn deleting(o: &Value) -> bool {
+    o.pointer("/metadata/deletionTimestamp").is_some()
 }
 
 /// A VM whose copy a run left behind, by the names its objects carry.
@@ -1033,7 +1039,13 @@ impl KubeVirtFabric {
     pub async fn discard_partial(&self, run_uid: &str, site: &str, vm: &PartialVm<'_>) -> FabricResult<()> {
         let api = self.site(site)?;
         let selector = format!("{RUN_UID}={run_uid},{PROTECTED_VM}={}", vm.pvm);
-        let copies = api.list(VM, Some(vm.namespace), &selector).await?;
+        // What is already being deleted goes on its own: a disk as soon as no mover uses it.
+        let copies: Vec<Value> = api
+            .list(VM, Some(vm.namespace), &selector)
+            .await?
+            .into_iter()
+            .filter(|o| !deleting(o))
+            .collect();
         for o in &copies {
             let name = str_at(o, "/metadata/name").unwrap_or_default();
             if self.vmi_running(api, vm.namespace, name).await? {
@@ -1044,7 +1056,12 @@ impl KubeVirtFabric {
             }
             api.delete(VM, Some(vm.namespace), name).await?;
         }
-        let disks = api.list(PVC, Some(vm.namespace), &selector).await?;
+        let disks: Vec<Value> = api
+            .list(PVC, Some(vm.namespace), &selector)
+            .await?
+            .into_iter()
+            .filter(|o| !deleting(o))
+            .collect();
         for o in &disks {
             api.delete(PVC, Some(vm.namespace), str_at(o, "/metadata/name").unwrap_or_default())
                 .await?;
