@@ -1205,7 +1205,9 @@ async fn failover_half_way_then_retried(s: &Scenario, plugin: &Plugin) -> Result
         Ok((run_phase(&runs, "c2-failover").await? == Some(RunPhase::Cancelled)).then_some(()))
     })
     .await?;
-    let uid = runs.get("c2-failover").await?.uid().context("run uid")?;
+    let cancelled = runs.get("c2-failover").await?;
+    s.settled(&cancelled).await?;
+    let uid = cancelled.uid().context("run uid")?;
     let left_by_run = || async {
         let selector = format!("coldsite.io/run-uid={uid}");
         let disks = Api::<PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.ns)
