@@ -632,17 +632,10 @@ pub async fn create_run(c: &Cluster, req: NewRun) -> anyhow::Result<bool> {
         }
     }
     let pvms = plan_pvms(c, Some(&plan), None).await?;
-    let taken_over = match fit(&plan, &pvms, req.action) {
-        Ok(done) => done,
-        Err(why) => bail!("refusing to start a {}:\n{why}", req.action),
-    };
-    if !taken_over.is_empty() {
-        eprintln!(
-            "note: an earlier run already moved {}; this {} takes them over as done and moves the rest",
-            taken_over.join(", "),
-            req.action
-        );
-    }
+    // The plan's validity and readiness first (--force overrides them), then each VM's state
+    // (nothing overrides that: the controller would refuse the run).
+    let fitted = fit(&plan, &pvms, req.action);
+    let taken_over = fitted.clone().unwrap_or_default();
     if let Some(why) = refusal(&plan, &pvms, req.action, &taken_over) {
         if req.force {
             eprintln!("warning: {why}\nwarning: going ahead because of --force");
@@ -652,6 +645,16 @@ pub async fn create_run(c: &Cluster, req: NewRun) -> anyhow::Result<bool> {
                 req.action
             );
         }
+    }
+    if let Err(why) = fitted {
+        bail!("refusing to start a {}:\n{why}", req.action);
+    }
+    if !taken_over.is_empty() {
+        eprintln!(
+            "note: an earlier run already moved {}; this {} takes them over as done and moves the rest",
+            taken_over.join(", "),
+            req.action
+        );
     }
     let runs = Api::<RecoveryRun>::namespaced(c.client.clone(), &c.namespace);
     let all_runs = runs.list(&ListParams::default()).await?.items;

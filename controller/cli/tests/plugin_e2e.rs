@@ -100,6 +100,17 @@ fn render_in_chromium(report: &Path, ids: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Whether any of the scenario's VMs is still without a recovery point.
+async fn plugin_vms_enabling(s: &Scenario) -> Result<bool> {
+    let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
+    for p in pvms.list(&ListParams::default()).await?.items {
+        if p.status.and_then(|st| st.recovery_points).is_none_or(|r| r.count == 0) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `kubectl __complete <words>` with the plugin and its completion helper on PATH.
 fn complete_via_kubectl(cp: &ControlPlane, words: &[&str]) -> Result<String> {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl_complete-coldsite"))
@@ -157,18 +168,16 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
             Ok(p) => p,
             Err(e) => bail!("{e:#}; the plan's status: {:?}", plans.get("exchange").await?.status),
         };
-        if condition(&plan, "Ready").as_deref() != Some("True") {
+        let enabling = plugin_vms_enabling(&s).await?;
+        if condition(&plan, "Ready").as_deref() != Some("True") && enabling {
             let why = plugin.refused(&["test", "exchange"]).await?;
             ensure!(why.contains("not Ready"), "refused for not being Ready: {why}");
-            // --force overrides; --dry-run shows what would be created without creating it.
-            let yaml = plugin.ok(&["test", "exchange", "--force", "--dry-run"]).await?;
+            // --force overrides the plan's readiness, not a VM's state: a VM without a
+            // recovery point has nothing to test, and the controller would refuse the run.
+            let why = plugin.refused(&["test", "exchange", "--force", "--dry-run"]).await?;
             ensure!(
-                yaml.contains("kind: RecoveryRun") && yaml.contains("action: TestFailover"),
-                "{yaml}"
-            );
-            ensure!(
-                runs.list(&ListParams::default()).await?.items.is_empty(),
-                "dry run created nothing"
+                why.contains("with no recovery point yet") && why.contains("wait until it has a recovery point"),
+                "refused for the VMs' state: {why}"
             );
         } else {
             eprintln!("note: the plan was Ready before the not-Ready refusal could be checked");
@@ -191,6 +200,16 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
             Ok((condition(&p, "Ready").as_deref() == Some("True")).then_some(()))
         })
         .await?;
+        // --dry-run shows what would be created without creating it.
+        let yaml = plugin.ok(&["test", "exchange", "--dry-run"]).await?;
+        ensure!(
+            yaml.contains("kind: RecoveryRun") && yaml.contains("action: TestFailover"),
+            "{yaml}"
+        );
+        ensure!(
+            runs.list(&ListParams::default()).await?.items.is_empty(),
+            "dry run created nothing"
+        );
         let t0 = Instant::now();
         let created = plugin.ok(&["test", "exchange"]).await?;
         let name = created
