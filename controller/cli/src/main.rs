@@ -139,9 +139,14 @@ enum Command {
         /// Probability that any platform call fails transiently.
         #[arg(long, default_value_t = 0.0)]
         failure_rate: f64,
-        /// Make a site's API unreachable and its VMs down (repeatable).
+        /// Make a site's API unreachable and its VMs down (repeatable). A run waits for an
+        /// unreachable source unless --force declares it down.
         #[arg(long = "site-down")]
         sites_down: Vec<String>,
+        /// Declare the source site down, as `failover --force` does (spec.sourceDown): steps
+        /// at an unreachable source are taken as done instead of waited for.
+        #[arg(long)]
+        force: bool,
         /// A ProtectedVM that never becomes ready (repeatable).
         #[arg(long = "boot-failure")]
         boot_failures: Vec<String>,
@@ -397,6 +402,7 @@ fn main() -> ExitCode {
             output,
             failure_rate,
             sites_down,
+            force,
             boot_failures,
             replication_lag,
             no_shutdown_source,
@@ -412,6 +418,7 @@ fn main() -> ExitCode {
             json: output == "json",
             failure_rate,
             sites_down,
+            source_down: force,
             boot_failures,
             replication_lag,
             no_shutdown_source,

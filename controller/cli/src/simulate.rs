@@ -31,6 +31,8 @@ pub struct Args {
     pub json: bool,
     pub failure_rate: f64,
     pub sites_down: Vec<String>,
+    /// The run declares its source site down (`--force`).
+    pub source_down: bool,
     pub boot_failures: Vec<String>,
     pub replication_lag: String,
     pub no_shutdown_source: bool,
@@ -98,7 +100,7 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
         action: args.action,
         direction,
     };
-    let ctx = RunContext::new(model, run, recovery_point);
+    let ctx = RunContext::new(model, run, recovery_point).with_source_down(args.source_down);
     let config = SimConfig {
         seed: args.seed,
         faults: Faults {

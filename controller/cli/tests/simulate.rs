@@ -18,12 +18,19 @@ fn simulate(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn json(args: &[&str]) -> serde_json::Value {
+/// The run as JSON, and whether the command exited 0 (it does not when the run fails).
+fn run_json(args: &[&str]) -> (bool, serde_json::Value) {
     let mut all = vec!["examples/exchange", "--output", "json"];
     all.extend_from_slice(args);
     let (ok, out) = simulate(&all);
-    assert!(ok, "{out}");
-    serde_json::from_str(&out).unwrap()
+    let json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    (ok, json)
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let (ok, run) = run_json(args);
+    assert!(ok, "{run}");
+    run
 }
 
 fn step<'a>(run: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
@@ -106,11 +113,30 @@ fn a_boot_failure_is_reported_against_its_vm() {
 
 #[test]
 fn unplanned_failover_with_hq_down() {
-    let run = json(&["--action", "Failover", "--site-down", "contoso-hq"]);
+    // Unreachable is not down: without --force the run waits for HQ to answer.
+    let (ok, waited) = run_json(&["--action", "Failover", "--site-down", "contoso-hq"]);
+    assert!(!ok && waited["phase"] == "Failed", "{waited}");
+    // Shutdown goes in reverse order: client access first.
+    let stop = step(&waited, "client-access/vm/exch-cas01/stop-source");
+    assert_eq!(stop["state"], "Failed", "{stop}");
+    assert!(stop["message"].as_str().unwrap().contains("timed out"), "{stop}");
+    assert!(
+        waited["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !(s["kind"] == "PowerOn" && s["state"] == "Succeeded")),
+        "nothing may start at DR while HQ may still run its copies: {waited}"
+    );
+
+    let run = json(&["--action", "Failover", "--site-down", "contoso-hq", "--force"]);
     assert_eq!(run["phase"], "Succeeded");
     let stop = step(&run, "identity/vm/dc01/stop-source");
     assert!(
-        stop["message"].as_str().unwrap().contains("unreachable, taken as down"),
+        stop["message"]
+            .as_str()
+            .unwrap()
+            .contains("source site down, not waited for"),
         "{stop}"
     );
 }
