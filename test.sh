@@ -2,12 +2,15 @@
 # Runs every test of coldsite: unit, property and example tests, and the end-to-end suite
 # against real kube-apiservers with the real VolSync controller and snapshot-controller at
 # each site. The first run builds them from Go modules into ~/.cache/coldsite (many
-# minutes); later runs reuse them. Checks that could not run here are listed at the end.
+# minutes), and builds what ships (dist/build.sh); later runs reuse them. Checks that could
+# not run here are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -x e2e/controlplane/build.sh ]; then
   e2e/controlplane/build.sh
 fi
+# The tests run the controller from the image it builds, and install the plugin from its tarball.
+dist/build.sh
 COLDSITE_SKIPS_FILE="$(mktemp)"
 export COLDSITE_SKIPS_FILE
 report_skips() {

@@ -6,6 +6,8 @@
 # and the parts of a site that run without nodes, with upstream's own CRDs:
 #   volsync (VolSync's controller)                  (module ./volsync, github.com/backube/volsync)
 #   snapshot-controller                             (module ./snapshotter, external-snapshotter/v8)
+# and, for the README's publishing step, a container registry on loopback:
+#   registry (CNCF Distribution)                    (module ./registry, distribution/distribution/v3)
 #   crds/*.yaml: VolSync's and external-snapshotter's CRDs copied from their modules, and
 #   KubeVirt's VirtualMachine and VirtualMachineInstance CRDs assembled by ./kubevirt-crds
 #   from the schemas generated into kubevirt.io/kubevirt
@@ -27,11 +29,12 @@ HELM_VERSION=v3.22.0
 VOLSYNC_VERSION=v0.14.0
 SNAPSHOTTER_VERSION=v8.4.0
 KUBEVIRT_VERSION=v1.7.0
+REGISTRY_VERSION=v3.0.0
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE_ROOT=${COLDSITE_CACHE:-$HOME/.cache/coldsite}
 BIN_DIR=$CACHE_ROOT/k8s-$K8S_VERSION/bin
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm volsync snapshot-controller)
+BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm volsync snapshot-controller registry)
 # What crds/ must hold once built.
 CRD_FILES=(
     volsync.backube_replicationsources.yaml
@@ -189,6 +192,10 @@ make_gomod() {
         coldsite.invalid/e2e/controlplane/volsync github.com/backube/volsync "$VOLSYNC_VERSION" \
         github.com/backube/volsync/cmd
     write_snapshotter_gomod
+    log "resolving github.com/distribution/distribution/v3@$REGISTRY_VERSION"
+    write_simple_gomod "$HERE/registry" "Builds the CNCF Distribution registry." \
+        coldsite.invalid/e2e/controlplane/registry github.com/distribution/distribution/v3 \
+        "$REGISTRY_VERSION" github.com/distribution/distribution/v3/cmd/registry
     log "resolving the kubevirt-crds generator's dependencies"
     (cd "$HERE/kubevirt-crds" && go mod tidy)
     log "go.mod/go.sum regenerated; commit e2e/controlplane/*/go.{mod,sum}"
@@ -204,10 +211,10 @@ stamp() {
         echo "$CGO_ENABLED"
         cat "${BASH_SOURCE[0]}"
         local f
-        echo "$VOLSYNC_VERSION $SNAPSHOTTER_VERSION $KUBEVIRT_VERSION"
+        echo "$VOLSYNC_VERSION $SNAPSHOTTER_VERSION $KUBEVIRT_VERSION $REGISTRY_VERSION"
         for f in kube/go.mod kube/go.sum etcd/go.mod etcd/go.sum etcd/main.go helm/go.mod helm/go.sum \
             volsync/go.mod volsync/go.sum snapshotter/go.mod snapshotter/go.sum \
-            kubevirt-crds/go.mod kubevirt-crds/go.sum kubevirt-crds/main.go; do
+            registry/go.mod registry/go.sum kubevirt-crds/go.mod kubevirt-crds/go.sum kubevirt-crds/main.go; do
             echo "== $f"
             cat "$HERE/$f"
         done
@@ -277,8 +284,11 @@ check_gomod() {
     grep -qE "^[[:space:]]*github.com/kubernetes-csi/external-snapshotter/client/v8 => .* $SNAPSHOTTER_VERSION\$" \
         "$HERE/snapshotter/go.mod" ||
         problems+=("snapshotter/go.mod does not replace external-snapshotter's client with $SNAPSHOTTER_VERSION")
+    grep -qE "^(require )?[[:space:]]*github.com/distribution/distribution/v3 $REGISTRY_VERSION( |\$)" \
+        "$HERE/registry/go.mod" ||
+        problems+=("registry/go.mod does not require github.com/distribution/distribution/v3 $REGISTRY_VERSION")
     local f
-    for f in kube etcd helm volsync snapshotter kubevirt-crds; do
+    for f in kube etcd helm volsync snapshotter registry kubevirt-crds; do
         [[ -f $HERE/$f/go.sum ]] || problems+=("$f/go.sum is missing")
     done
     if ((${#problems[@]})); then
@@ -351,6 +361,8 @@ build() {
     build_one snapshot-controller "$HERE/snapshotter" \
         github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller \
         "-X main.version=$SNAPSHOTTER_VERSION" "$tmp"
+    build_one registry "$HERE/registry" github.com/distribution/distribution/v3/cmd/registry \
+        "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" "$tmp"
     site_crds "$tmp/crds"
 
     echo "$want" >"$tmp/.stamp"

@@ -10,9 +10,9 @@ use anyhow::{Context, Result, bail};
 /// build script's cache directory.
 pub const BIN_DIR_ENV: &str = "COLDSITE_K8S_BIN";
 
-/// The binaries every control plane needs, and those of the upstream controllers a site
-/// runs without nodes.
-pub const REQUIRED: [&str; 7] = [
+/// The binaries every control plane needs, those of the upstream controllers a site runs
+/// without nodes, and the registry the README publishes the image to.
+pub const REQUIRED: [&str; 8] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
@@ -20,6 +20,7 @@ pub const REQUIRED: [&str; 7] = [
     "helm",
     "volsync",
     "snapshot-controller",
+    "registry",
 ];
 
 /// The directory with `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl`,

@@ -43,25 +43,35 @@ pub struct PkiFiles {
 pub const ADMIN_USER: &str = "coldsite-e2e-admin";
 pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
+/// A new CA named `common_name`: its certificate and key, and the issuer of its leaves.
+fn new_ca(common_name: &str) -> Result<(CertKey, Issuer<'static, KeyPair>)> {
+    let ca_key = KeyPair::generate().context("generating CA key")?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, common_name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).context("self-signing CA")?;
+    let ca = CertKey {
+        cert_pem: ca_cert.pem(),
+        key_pem: ca_key.serialize_pem(),
+    };
+    Ok((ca, Issuer::new(ca_params, ca_key)))
+}
+
+/// A CA of its own and a serving certificate it signed for `names`: (CA, leaf).
+pub(crate) fn serving(ca_name: &str, names: &[&str]) -> Result<(CertKey, CertKey)> {
+    let (ca, issuer) = new_ca(ca_name)?;
+    let leaf = leaf(&issuer, names[0], None, names, ExtendedKeyUsagePurpose::ServerAuth)?;
+    Ok((ca, leaf))
+}
+
 impl Pki {
     pub fn generate(cluster_name: &str) -> Result<Self> {
-        let ca_key = KeyPair::generate().context("generating CA key")?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("coldsite-e2e-ca-{cluster_name}"));
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).context("self-signing CA")?;
-        let ca = CertKey {
-            cert_pem: ca_cert.pem(),
-            key_pem: ca_key.serialize_pem(),
-        };
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (ca, issuer) = new_ca(&format!("coldsite-e2e-ca-{cluster_name}"))?;
 
         let apiserver = leaf(
             &issuer,

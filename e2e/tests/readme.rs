@@ -8,12 +8,16 @@
 //!   HQ's disks and the example's VMs (`examples/exchange/primary-site`) already running
 //!   in namespace `exchange`, as the README assumes;
 //! - the controller's Pod: nothing runs the chart's Deployment, so right after its
-//!   `helm install` the test runs `coldsite-controller` as a process with a token of the
+//!   `helm install` the test runs the image's entrypoint as a process with a token of the
 //!   Deployment's ServiceAccount and the Deployment's arguments. The README's commands
 //!   succeed only if the chart's RBAC is enough;
-//! - a kubeconfig with contexts `mgmt`, `hq` and `dr`, `kubectl` and `helm` on PATH, and
-//!   the plugin installed with `cargo install --path controller/cli` (as a debug build, to
-//!   reuse the compiled workspace);
+//! - a kubeconfig with contexts `mgmt`, `hq` and `dr`, and `kubectl` and `helm` on PATH;
+//! - `target/dist` as `dist/build.sh` wrote it, and `registry.example.com`: a real registry
+//!   (CNCF Distribution) on loopback that skopeo reaches under that name over verified TLS,
+//!   through an HTTPS proxy (`coldsite_e2e::registry`). The README's
+//!   `skopeo copy` pushes the image there, and the plugin is installed from the tarball;
+//! - the controller's Pod (next item) runs the binary of the image the Deployment names,
+//!   pulled back from that registry, as a kubelet would;
 //! - the example's two endpoints outside these clusters, in a copy of `examples/exchange`:
 //!   the readiness probes are dropped (simulated VMs have no reachable addresses) and the
 //!   webhook URL points at a loopback receiver that checks the signature with the
@@ -39,9 +43,12 @@ use coldsite_e2e::chart::{client_from, start_chart_controller};
 use coldsite_e2e::exchange::{
     ControllerProcess, WebhookReceiver, dynamic, virtual_machines, volume_snapshots, wait_for,
 };
+use coldsite_e2e::image::{ImageArchive, VERSION, dist_dir};
 use coldsite_e2e::manifests::{apply, read_documents, repo_root};
+use coldsite_e2e::registry::Registry;
 use coldsite_e2e::simulator::{self, SimConfig, Simulator};
-use coldsite_e2e::{ControlPlane, ControlPlaneOptions, workspace_binary};
+use coldsite_e2e::{ControlPlane, ControlPlaneOptions};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::Client;
@@ -119,6 +126,8 @@ fn readme_commands_are_parsed() {
 const DAY_ONE: &str = "Day one on real clusters";
 const NS: &str = "exchange";
 const TEST_NS: &str = "exchange-test";
+/// The registry the README pushes the image to.
+const REGISTRY: &str = "registry.example.com";
 
 /// Three clusters, a working directory like the repository's, and a shell for the README.
 struct World {
@@ -127,6 +136,7 @@ struct World {
     dr: ControlPlane,
     dir: tempfile::TempDir,
     path: String,
+    registry: Registry,
 }
 
 impl World {
@@ -145,21 +155,25 @@ impl World {
         ] {
             std::os::unix::fs::symlink(target, bin.join(name))?;
         }
-        let installed = install_plugin(&dir.path().join("cargo"))?;
         std::os::unix::fs::symlink(repo_root().join("charts"), dir.path().join("charts"))?;
+        std::fs::create_dir_all(dir.path().join("target"))?;
+        std::os::unix::fs::symlink(dist_dir()?, dir.path().join("target/dist"))?;
         std::fs::create_dir_all(dir.path().join("home"))?;
+        // Where the README puts the plugin; only what the README installs is there.
         let path = format!(
             "{}:{}:{}",
             bin.display(),
-            installed.display(),
+            dir.path().join("home/.local/bin").display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
         );
+        let registry = Registry::start(mgmt.binaries(), REGISTRY).await?;
         let world = Self {
             mgmt,
             hq,
             dr,
             dir,
             path,
+            registry,
         };
         world.write_kubeconfig()?;
         Ok(world)
@@ -210,6 +224,7 @@ impl World {
             .env("XDG_CONFIG_HOME", home.join(".config"))
             .env("XDG_CACHE_HOME", home.join(".cache"))
             .env("XDG_DATA_HOME", home.join(".local/share"))
+            .envs(self.registry.envs())
             .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -249,34 +264,43 @@ impl World {
     }
 }
 
-/// The plugin as the README installs it, `cargo install --path controller/cli`: here a
-/// debug build into `root`, reusing this workspace's target directory. Returns the folder
-/// of the installed binaries, both of which must be there.
-fn install_plugin(root: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // This test binary is <target>/debug/deps/readme-…
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .context("the target directory of this test binary")?;
-    let out = std::process::Command::new(cargo)
-        .args(["install", "--path", "controller/cli", "--debug", "--locked", "--root"])
-        .arg(root)
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(repo_root())
-        .output()
-        .context("running cargo install")?;
+/// The controller as a kubelet would run it: the image the chart's Deployment names, pulled
+/// from the registry the README pushed it to, checked against the Pod's security context,
+/// and its entrypoint taken out.
+async fn pulled_controller(world: &World, mgmt: &Client) -> Result<PathBuf> {
+    let pod = Api::<Deployment>::namespaced(mgmt.clone(), "coldsite-system")
+        .get("coldsite")
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("the Deployment's pod template")?;
+    let container = pod.containers.first().context("the Deployment's container")?;
+    let reference = container.image.clone().unwrap_or_default();
     ensure!(
-        out.status.success(),
-        "cargo install --path controller/cli failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        reference == format!("{REGISTRY}/coldsite/coldsite-controller:{VERSION}"),
+        "the Deployment runs {reference}, not the image the README pushed"
     );
-    let bin = root.join("bin");
-    for b in ["kubectl-coldsite", "kubectl_complete-coldsite"] {
-        ensure!(bin.join(b).is_file(), "cargo install did not install {b}");
-    }
-    Ok(bin)
+    let archive = world.dir.path().join("pulled.oci.tar");
+    tokio::task::block_in_place(|| world.registry.pull(&reference, &archive, VERSION))?;
+    let image = ImageArchive::open(&archive, VERSION)?;
+    let config = image.config()?;
+    let entrypoint = config.entrypoint().clone().unwrap_or_default();
+    ensure!(
+        entrypoint.len() == 1 && container.command.is_none(),
+        "the image's entrypoint {entrypoint:?} runs with the Deployment's args alone"
+    );
+    let run_as = container
+        .security_context
+        .as_ref()
+        .and_then(|c| c.run_as_user)
+        .or_else(|| pod.security_context.as_ref().and_then(|c| c.run_as_user))
+        .context("the Pod sets no runAsUser")?;
+    ensure!(
+        config.user().as_deref() == Some(format!("{run_as}:{run_as}").as_str()),
+        "the image's user {:?} is not the Pod's runAsUser {run_as}",
+        config.user()
+    );
+    image.extract(&entrypoint[0], &world.dir.path().join("coldsite-controller"))
 }
 
 /// The sites as the README finds them: KubeVirt's, VolSync's and the snapshot CRDs with
@@ -501,6 +525,9 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
     let commands = readme_commands(&readme);
     let (day_one, others): (Vec<Command>, Vec<Command>) = commands.into_iter().partition(|c| c.section == DAY_ONE);
     for want in [
+        "skopeo copy oci-archive:target/dist/",
+        "sha256sum -c",
+        "tar -xzf target/dist/kubectl-coldsite-",
         "helm --kube-context mgmt install",
         "kubectl coldsite link",
         "kubectl apply",
@@ -569,8 +596,6 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
     let webhook = WebhookReceiver::start(receiver_key).await?;
     let copied_key = copy_example(world.dir.path(), webhook.addr)?;
     ensure!(copied_key == receiver_key, "one key");
-    let controller_bin =
-        tokio::task::spawn_blocking(|| workspace_binary("coldsite-operator", "coldsite-controller")).await??;
 
     let mut controller: Option<(ControllerProcess, String)> = None;
     let result = async {
@@ -596,12 +621,15 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
 
             if line.starts_with("helm --kube-context mgmt install") {
                 ensure!(out.contains("STATUS: deployed"), "{out}");
-                // No kubelet: the test plays the Deployment's Pod.
-                controller = Some(
-                    start_chart_controller(&world.mgmt, "coldsite-system", "coldsite", &controller_bin, "readme")
-                        .await?,
-                );
+                // No kubelet: the test plays the Deployment's Pod, from the image it names.
+                let binary = pulled_controller(&world, &mgmt).await?;
+                controller =
+                    Some(start_chart_controller(&world.mgmt, "coldsite-system", "coldsite", &binary, "readme").await?);
             } else if line.contains("coldsite link") {
+                ensure!(
+                    world.registry.loopback_tunnels() > 0,
+                    "the plugin ignored HTTPS_PROXY: no tunnel to the API server went through it"
+                );
                 ensure!(
                     out.contains("authenticates there as system:serviceaccount:coldsite-system:coldsite-site"),
                     "{out}"

@@ -53,6 +53,20 @@ fn ci_values() -> Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
+/// The chart installs the image `dist/build.sh` tags with the crates' version.
+#[test]
+fn chart_app_version_is_the_crates_version() -> Result<()> {
+    let chart: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
+    ensure!(
+        chart["appVersion"] == env!("CARGO_PKG_VERSION"),
+        "charts/coldsite/Chart.yaml appVersion is {} but the crates are {}: set appVersion: \"{}\"",
+        chart["appVersion"],
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(())
+}
+
 #[test]
 fn chart_crds_are_the_repository_crds() -> Result<()> {
     let listing = |dir: &Path| -> Result<BTreeSet<String>> {
