@@ -46,8 +46,9 @@ pub struct WebhookCall {
     pub signature_valid: bool,
 }
 
-/// A webhook receiver on loopback that checks coldsite's HMAC-SHA256 signature and
-/// records each call; it answers 401 to a bad signature.
+/// A webhook receiver on loopback that verifies a call as the README tells receivers to:
+/// the HMAC-SHA256 of `v1:<timestamp>:<idempotency key>:<body>` and a timestamp at most 5
+/// minutes old. It records each call and answers 401 to a bad or stale signature.
 pub struct WebhookReceiver {
     pub addr: SocketAddr,
     pub calls: Arc<Mutex<Vec<WebhookCall>>>,
@@ -83,22 +84,31 @@ impl WebhookReceiver {
 
 async fn receive(req: Request<Incoming>, key: &str, seen: &Mutex<Vec<WebhookCall>>) -> Response<Full<Bytes>> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (signature, idempotency_key) = (header("x-coldsite-signature"), header("x-coldsite-idempotency-key"));
+    let (signature, idempotency_key, timestamp) = (
+        header("x-coldsite-signature"),
+        header("x-coldsite-idempotency-key").unwrap_or_default(),
+        header("x-coldsite-timestamp").unwrap_or_default(),
+    );
     let body = req
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let valid = Hmac::<Sha256>::new_from_slice(key.as_bytes())
-        .map(|mut mac| {
-            mac.update(&body);
-            signature.as_deref() == Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes())).as_str())
-        })
-        .unwrap_or(false);
+    let fresh = timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() <= 300);
+    let valid = fresh
+        && Hmac::<Sha256>::new_from_slice(key.as_bytes())
+            .map(|mut mac| {
+                mac.update(format!("v1:{timestamp}:{idempotency_key}:").as_bytes());
+                mac.update(&body);
+                signature.as_deref() == Some(format!("v1={}", hex::encode(mac.finalize().into_bytes())).as_str())
+            })
+            .unwrap_or(false);
     if let Ok(mut calls) = seen.lock() {
         calls.push(WebhookCall {
-            idempotency_key: idempotency_key.unwrap_or_default(),
+            idempotency_key,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             signature_valid: valid,
         });

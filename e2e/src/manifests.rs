@@ -215,9 +215,10 @@ pub async fn apply_crds(client: &Client, crds: &[CustomResourceDefinition]) -> R
     for crd in crds {
         let name = crd.metadata.name.clone().context("a CRD has no name")?;
         // k8s-openapi serializes apiVersion and kind, which server-side apply needs.
+        // The status's message names the rule the server refused.
         api.patch(&name, &apply_params(FIELD_MANAGER), &Patch::Apply(crd))
             .await
-            .with_context(|| format!("the API server refused CRD {name}"))?;
+            .map_err(|e| anyhow::anyhow!("the API server refused CRD {name}: {e:?}"))?;
         names.push(name);
     }
     let started = Instant::now();

@@ -52,14 +52,21 @@ fn unique_source_networks() -> Rule {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = disjoint_subnets())]
+#[x_kube(validation = test_network_isolated())]
+#[x_kube(validation = test_on_pod_network_consented())]
 pub struct NetworkRule {
     /// The network at the source site.
     pub source: NetworkRef,
     /// The network at the target site that recovered VMs join.
     pub target: NetworkRef,
-    /// The isolated network that test failovers use at the target site.
+    /// The isolated network that test failovers use at the target site. It must differ
+    /// from `target`: test copies run beside production with production's addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<NetworkRef>,
+    /// Allows `test.network: pod`, the cluster's shared pod network, where test copies can
+    /// reach production services.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_on_pod_network: bool,
     /// Subnet translations, applied to addresses on this network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -77,6 +84,24 @@ fn disjoint_subnets() -> Rule {
     ))
     .field_path(".subnets")
     .reason(Reason::FieldValueInvalid)
+}
+
+fn test_network_isolated() -> Rule {
+    Rule::new("!has(self.test) || self.test.network != self.target.network")
+        .message(Message::Message(
+            "test.network must differ from target.network: a test failover on the production network collides with production; name an isolated network".into(),
+        ))
+        .field_path(".test.network")
+        .reason(Reason::FieldValueInvalid)
+}
+
+fn test_on_pod_network_consented() -> Rule {
+    Rule::new("!has(self.test) || self.test.network != 'pod' || (has(self.testOnPodNetwork) && self.testOnPodNetwork)")
+        .message(Message::Message(
+            "test.network: pod is the cluster's shared pod network, where test copies can reach production; name an isolated Multus network, or set testOnPodNetwork: true".into(),
+        ))
+        .field_path(".test.network")
+        .reason(Reason::FieldValueInvalid)
 }
 
 /// A KubeVirt network.
@@ -114,9 +139,11 @@ pub struct SubnetRule {
     #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message(Message::Message("dns: each entry must be an IP address such as 10.50.1.10".into())))]
     #[schemars(length(max = 8), inner(length(max = 64)))]
     pub dns: Vec<String>,
-    /// DNS search domains for recovered VMs on this subnet.
+    /// DNS search domains for recovered VMs on this subnet (at most 6, the resolv.conf limit
+    /// that older guests still have).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(d, d.matches('^[a-zA-Z0-9]([-.a-zA-Z0-9]*[a-zA-Z0-9])?$') && !d.contains('..') && !d.contains('.-') && !d.contains('-.'))").message(Message::Message("dnsSearch: each entry must be a DNS domain such as contoso.com: labels of letters, digits and inner hyphens joined by single dots".into())))]
+    #[schemars(length(max = 6), inner(length(max = 253)))]
     pub dns_search: Vec<String>,
 }
 

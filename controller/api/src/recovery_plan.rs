@@ -266,12 +266,19 @@ pub enum ScriptSite {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!isURL(self.url) || url(self.url).getScheme() == 'https' || (has(self.insecureHttp) && self.insecureHttp) || url(self.url).getHostname() in ['localhost', '127.0.0.1', '::1']").message(Message::Message(WEBHOOK_HTTPS_MESSAGE.into())).reason(Reason::FieldValueInvalid))]
 pub struct Webhook {
-    /// An http or https URL.
+    /// An https URL; plain http only to loopback or with `insecureHttp`. Redirects are not
+    /// followed.
     #[x_kube(validation = Rule::new("isURL(self) && (url(self).getScheme() == 'https' || url(self).getScheme() == 'http')").message(Message::Message("webhook.url must be an absolute http or https URL".into())))]
     #[schemars(length(max = 2048))]
     pub url: String,
-    /// The key that signs each request (header `X-Coldsite-Signature`).
+    /// Allows a plain http URL to a host other than loopback. The run's context and its
+    /// signature then travel in clear; the plan's Valid condition says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
+    /// The key that signs each request: header `X-Coldsite-Signature` is
+    /// `v1=<hex HMAC-SHA256 of "v1:<X-Coldsite-Timestamp>:<X-Coldsite-Idempotency-Key>:<body>">`.
     pub secret_ref: LocalSecretKeyRef,
     /// Timeout of one request.
     #[serde(default = "default_webhook_timeout")]
@@ -282,6 +289,44 @@ pub struct Webhook {
 
 fn default_webhook_timeout() -> String {
     "30s".into()
+}
+
+/// Why a webhook URL is refused: the schema's rule and the controller say the same.
+pub const WEBHOOK_HTTPS_MESSAGE: &str = "webhook.url must use https; plain http is allowed to loopback only, or with webhook.insecureHttp: true (the run's context and signature then travel in clear)";
+
+/// How a webhook's URL carries the run's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookTransport {
+    Https,
+    /// Plain http to this host: nothing leaves the machine.
+    LoopbackHttp,
+    /// Plain http elsewhere, allowed by `insecureHttp`.
+    InsecureHttp,
+    /// Not an http(s) URL, or plain http elsewhere without `insecureHttp`.
+    Refused,
+}
+
+impl Webhook {
+    pub fn transport(&self) -> WebhookTransport {
+        let Ok(uri) = self.url.parse::<http::Uri>() else {
+            return WebhookTransport::Refused;
+        };
+        match uri.scheme_str() {
+            Some("https") if uri.host().is_some() => WebhookTransport::Https,
+            Some("http") if uri.host().is_some_and(is_loopback) => WebhookTransport::LoopbackHttp,
+            Some("http") if self.insecure_http && uri.host().is_some() => WebhookTransport::InsecureHttp,
+            _ => WebhookTransport::Refused,
+        }
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A person confirms before the plan goes on.
@@ -393,4 +438,39 @@ pub struct DrillSummary {
     pub rpo_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(url: &str, insecure_http: bool) -> Webhook {
+        Webhook {
+            url: url.into(),
+            insecure_http,
+            secret_ref: LocalSecretKeyRef {
+                name: "k".into(),
+                key: "k".into(),
+            },
+            timeout: "30s".into(),
+        }
+    }
+
+    #[test]
+    fn plain_http_leaves_the_machine_only_with_consent() {
+        use WebhookTransport::*;
+        for (url, insecure, want) in [
+            ("https://hooks.contoso.com/x", false, Https),
+            ("http://127.0.0.1:8080/x", false, LoopbackHttp),
+            ("http://localhost/x", false, LoopbackHttp),
+            ("http://[::1]:9/x", false, LoopbackHttp),
+            ("http://hooks.contoso.com/x", false, Refused),
+            ("http://hooks.contoso.com/x", true, InsecureHttp),
+            ("http://127.0.0.1.nip.io/x", false, Refused),
+            ("ftp://hooks.contoso.com/x", true, Refused),
+            ("hooks.contoso.com/x", true, Refused),
+        ] {
+            assert_eq!(hook(url, insecure).transport(), want, "{url} insecureHttp={insecure}");
+        }
+    }
 }

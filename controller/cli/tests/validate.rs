@@ -112,3 +112,34 @@ fn an_approval_must_name_a_manual_action_of_the_plan() {
     let (ok, out) = validate(&["--quiet", dir.path().to_str().unwrap()]);
     assert!(ok, "the right name passes: {out}");
 }
+
+#[test]
+fn a_drill_schedule_that_never_fires_is_refused_and_a_plain_http_webhook_warned_about() {
+    let dir = example_copy();
+    let path = dir.path().join("30-recovery-plan.yaml");
+    let plan = std::fs::read_to_string(&path).unwrap();
+    let schedule = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("schedule:"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(&path, plan.replace(&schedule, "    schedule: \"0 3 31 2 *\"")).unwrap();
+    let (ok, out) = validate(&["--quiet", dir.path().to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.drill.schedule: \"0 3 31 2 *\" never fires"), "{out}");
+
+    // Plain http with the plan's consent passes, with a warning the plan's status repeats.
+    let url = "https://automation.contoso.com/hooks/exchange/mount-databases";
+    assert!(plan.contains(url));
+    let consented = plan.replace(
+        url,
+        "http://automation.contoso.com/hooks/exchange/mount-databases\n              insecureHttp: true",
+    );
+    std::fs::write(&path, consented).unwrap();
+    let (ok, out) = validate(&[dir.path().to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("is plain http (insecureHttp): the run's context and signature travel in clear"),
+        "{out}"
+    );
+}

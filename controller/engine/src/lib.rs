@@ -13,6 +13,7 @@ pub mod model;
 pub mod planner;
 pub mod reip;
 pub mod rpo;
+pub mod schedule;
 pub mod sim;
 pub mod simulation;
 pub mod source_vm;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use coldsite_api::network_mapping::{NetworkMapping, NetworkRule};
 use coldsite_api::protected_vm::ProtectedVM;
-use coldsite_api::recovery_plan::{Action, RecoveryPlan};
+use coldsite_api::recovery_plan::{Action, RecoveryPlan, WEBHOOK_HTTPS_MESSAGE, Webhook, WebhookTransport};
 use coldsite_api::recovery_run::RecoveryRun;
 use coldsite_api::site::Site;
 use ipnet::IpNet;
@@ -355,6 +355,16 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
         });
     }
 
+    if let Some(why) = spec
+        .drill
+        .as_ref()
+        .and_then(|d| crate::schedule::never_fires(&d.schedule))
+    {
+        p.error(
+            "spec.drill.schedule",
+            format!("{why}; pick dates that exist, such as '0 3 * * 6'"),
+        );
+    }
     let auto_approve = spec.drill.as_ref().map(|d| d.auto_approve.clone()).unwrap_or_default();
     let manual: BTreeSet<&str> = groups
         .iter()
@@ -626,6 +636,28 @@ fn readiness_model(r: &coldsite_api::recovery_plan::Readiness, gi: usize, p: &mu
     }
 }
 
+/// Refuses a webhook URL that would send the run's context in clear without the plan's
+/// consent, and warns where the plan consented.
+fn webhook_transport(w: &Webhook, field: &str, p: &mut Problems) -> Option<()> {
+    match w.transport() {
+        WebhookTransport::Refused => {
+            p.error(field, WEBHOOK_HTTPS_MESSAGE);
+            None
+        }
+        WebhookTransport::InsecureHttp => {
+            p.warning(
+                field,
+                format!(
+                    "{} is plain http (insecureHttp): the run's context and signature travel in clear",
+                    w.url
+                ),
+            );
+            Some(())
+        }
+        WebhookTransport::Https | WebhookTransport::LoopbackHttp => Some(()),
+    }
+}
+
 fn actions(list: &[Action], field: &str, p: &mut Problems) -> Vec<ActionModel> {
     list.iter()
         .enumerate()
@@ -655,13 +687,16 @@ fn actions(list: &[Action], field: &str, p: &mut Problems) -> Vec<ActionModel> {
                                 template: job.clone(),
                             }
                         }
-                        (None, Some(w)) => ActionKind::Webhook {
-                            url: w.url.clone(),
-                            secret: w.secret_ref.clone(),
-                            request_timeout: parse_duration(&w.timeout)
-                                .map_err(|e| p.error(format!("{field}.script.webhook.timeout"), e))
-                                .ok()?,
-                        },
+                        (None, Some(w)) => {
+                            webhook_transport(w, &format!("{field}.script.webhook.url"), p)?;
+                            ActionKind::Webhook {
+                                url: w.url.clone(),
+                                secret: w.secret_ref.clone(),
+                                request_timeout: parse_duration(&w.timeout)
+                                    .map_err(|e| p.error(format!("{field}.script.webhook.timeout"), e))
+                                    .ok()?,
+                            }
+                        }
                         _ => {
                             p.error(format!("{field}.script"), "set exactly one of job or webhook");
                             return None;

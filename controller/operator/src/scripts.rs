@@ -1,6 +1,9 @@
 //! Plan actions that run code: Jobs on a site or the management cluster, and webhooks
 //! signed with HMAC-SHA256. Both receive the run's context and an idempotency key, so a
-//! repeat after a crash has no second effect.
+//! repeat after a crash has no second effect. A webhook's signature covers its timestamp,
+//! idempotency key and body (receivers reject old timestamps, so a captured request cannot
+//! be replayed later); redirects are not followed, and only the answer's status line reaches
+//! the run's status.
 
 use std::time::Duration;
 
@@ -20,6 +23,7 @@ use crate::kubevirt::objects::{self, RUN_UID};
 /// Header names of a webhook call.
 pub const SIGNATURE_HEADER: &str = "x-coldsite-signature";
 pub const IDEMPOTENCY_HEADER: &str = "x-coldsite-idempotency-key";
+pub const TIMESTAMP_HEADER: &str = "x-coldsite-timestamp";
 
 /// Where scripts find their context inside a Job's containers.
 pub const CONTEXT_DIR: &str = "/coldsite";
@@ -29,11 +33,72 @@ pub struct ScriptRunner {
     pub http: HttpClient,
 }
 
-/// `sha256=<hex>` of the body under the key: what the receiver recomputes.
-pub fn signature(key: &[u8], body: &[u8]) -> String {
+/// `v1=<hex>`: HMAC-SHA256 under the key of `v1:<timestamp>:<idempotency key>:<body>`,
+/// what the receiver recomputes from the request's headers and body.
+pub fn signature(key: &[u8], timestamp: i64, idempotency_key: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
+    mac.update(format!("v1:{timestamp}:{idempotency_key}:").as_bytes());
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// One signed webhook call, as sent.
+pub struct WebhookCall<'a> {
+    /// The action's name, for messages.
+    pub name: &'a str,
+    pub url: &'a str,
+    pub key: &'a [u8],
+    pub idempotency_key: &'a str,
+    pub body: Vec<u8>,
+    pub timeout: Duration,
+}
+
+impl WebhookCall<'_> {
+    /// POSTs the body, signed at the current time. Success is a 2xx; 408, 429 and 5xx are
+    /// worth a retry; anything else (a redirect included) is not. Messages carry the status
+    /// line only: the answer's body may hold what the plan author must not read through
+    /// coldsite.
+    pub async fn send(self, http: &HttpClient) -> FabricResult<()> {
+        let timestamp = chrono::Utc::now().timestamp();
+        let request = http::Request::post(self.url)
+            .header("content-type", "application/json")
+            .header("user-agent", "coldsite-controller")
+            .header(IDEMPOTENCY_HEADER, self.idempotency_key)
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(
+                SIGNATURE_HEADER,
+                signature(self.key, timestamp, self.idempotency_key, &self.body),
+            )
+            .body(Full::new(Bytes::from(self.body)))
+            .map_err(|e| FabricError::permanent(format!("webhook {}: {e}", self.name)))?;
+        let code = match http.send(request, self.timeout).await {
+            Ok((code, _)) => code,
+            Err(e) => return Err(FabricError::transient(format!("webhook {}: {e}", self.name))),
+        };
+        let status = http::StatusCode::from_u16(code).map_or_else(
+            |_| code.to_string(),
+            |s| {
+                format!("{code} {}", s.canonical_reason().unwrap_or(""))
+                    .trim_end()
+                    .to_owned()
+            },
+        );
+        match code {
+            200..=299 => Ok(Progress::Done(())),
+            408 | 429 | 500.. => Err(FabricError::transient(format!(
+                "webhook {} answered {status}",
+                self.name
+            ))),
+            300..=399 => Err(FabricError::permanent(format!(
+                "webhook {} answered {status}; redirects are not followed: set webhook.url to the final address",
+                self.name
+            ))),
+            _ => Err(FabricError::permanent(format!(
+                "webhook {} answered {status}",
+                self.name
+            ))),
+        }
+    }
 }
 
 // HMAC accepts keys of any length; this cannot happen.
@@ -86,27 +151,16 @@ impl ScriptRunner {
 
     async fn webhook(&self, url: &str, key: &[u8], req: &ScriptRequest<'_>, timeout: Duration) -> FabricResult<()> {
         let body = serde_json::to_vec(&req.context_json()).map_err(|e| FabricError::permanent(e.to_string()))?;
-        let request = http::Request::post(url)
-            .header("content-type", "application/json")
-            .header("user-agent", "coldsite-controller")
-            .header(IDEMPOTENCY_HEADER, &req.idempotency_key)
-            .header(SIGNATURE_HEADER, signature(key, &body))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| FabricError::permanent(format!("webhook {}: {e}", req.action.name)))?;
-        match self.http.send(request, timeout).await {
-            Ok((code, _)) if (200..300).contains(&code) => Ok(Progress::Done(())),
-            Ok((code, body)) if code == 408 || code == 429 || code >= 500 => Err(FabricError::transient(format!(
-                "webhook {} answered {code}: {}",
-                req.action.name,
-                String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
-            ))),
-            Ok((code, body)) => Err(FabricError::permanent(format!(
-                "webhook {} answered {code}: {}",
-                req.action.name,
-                String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
-            ))),
-            Err(e) => Err(FabricError::transient(format!("webhook {}: {e}", req.action.name))),
+        WebhookCall {
+            name: &req.action.name,
+            url,
+            key,
+            idempotency_key: &req.idempotency_key,
+            body,
+            timeout,
         }
+        .send(&self.http)
+        .await
     }
 
     async fn job(
@@ -252,14 +306,166 @@ fn job_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coldsite_engine::fabric::FailureKind;
 
     #[test]
-    fn signature_is_hmac_sha256_hex() {
-        // RFC 4231 test case 2.
-        let s = signature(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(
-            s,
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    fn the_signature_covers_timestamp_idempotency_key_and_body() {
+        // Computed with Python's hmac module, as the README's receiver snippet does.
+        let s = signature(
+            b"Jefe",
+            1_700_000_000,
+            "uid-1/mount-databases",
+            b"what do ya want for nothing?",
         );
+        assert_eq!(s, "v1=2af4f798f9e7e702f089463cff52ae8e1edb35e8188fccf72fa3a23b7119ea6f");
+        // A replay with another timestamp or key does not carry a valid signature.
+        assert_ne!(
+            s,
+            signature(
+                b"Jefe",
+                1_700_000_001,
+                "uid-1/mount-databases",
+                b"what do ya want for nothing?"
+            )
+        );
+        assert_ne!(
+            s,
+            signature(
+                b"Jefe",
+                1_700_000_000,
+                "uid-2/mount-databases",
+                b"what do ya want for nothing?"
+            )
+        );
+    }
+
+    /// The README's receiver snippet, run by Python, accepts what coldsite signs and refuses
+    /// a replay of it six minutes later or under another idempotency key.
+    #[test]
+    fn the_readme_verification_snippet_accepts_a_signed_call_and_refuses_replays() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README");
+        let start = readme.find("  ```python\n").expect("a python block in the README") + "  ```python\n".len();
+        let end = start + readme[start..].find("  ```\n").expect("its end");
+        let snippet: String = readme[start..end]
+            .lines()
+            .map(|l| l.strip_prefix("  ").unwrap_or(l).to_owned() + "\n")
+            .collect();
+        let now = chrono::Utc::now().timestamp();
+        let body = r#"{"run":"exchange-test"}"#;
+        // Signed at `signed`; the headers say `sent` and `idem`.
+        let check = |signed: i64, sent: i64, idem: &str| {
+            let sig = signature(b"key", signed, "uid-1/mount", body.as_bytes());
+            let script = format!(
+                "{snippet}\nimport sys\nheaders = {{'X-Coldsite-Timestamp': '{sent}', \
+                 'X-Coldsite-Idempotency-Key': '{idem}', 'X-Coldsite-Signature': '{sig}'}}\n\
+                 sys.exit(0 if verify(b'key', headers, b'{body}') else 1)\n"
+            );
+            std::process::Command::new("python3")
+                .args(["-c", &script])
+                .status()
+                .expect("python3")
+                .success()
+        };
+        assert!(check(now, now, "uid-1/mount"), "the snippet refuses a valid call");
+        assert!(
+            !check(now - 360, now - 360, "uid-1/mount"),
+            "the snippet accepts a stale timestamp"
+        );
+        assert!(
+            !check(now - 360, now, "uid-1/mount"),
+            "the snippet accepts a changed timestamp"
+        );
+        assert!(
+            !check(now, now, "uid-2/mount"),
+            "the snippet accepts another idempotency key"
+        );
+    }
+
+    /// A receiver on loopback answering every request with `status`, `location` and a body
+    /// holding a secret; returns its URL and the requests' headers it saw.
+    async fn receiver(
+        status: u16,
+        location: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>) {
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        record.lock().expect("lock").push(req.headers().clone());
+                        async move {
+                            http::Response::builder()
+                                .status(status)
+                                .header("location", location)
+                                .body(Full::new(Bytes::from_static(b"internal: db-password=hunter2")))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    async fn call(url: &str) -> FabricResult<()> {
+        WebhookCall {
+            name: "mount",
+            url,
+            key: b"k",
+            idempotency_key: "uid-1/mount",
+            body: b"{}".to_vec(),
+            timeout: Duration::from_secs(5),
+        }
+        .send(&HttpClient::new().expect("client"))
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_no_answer_body_reaches_status() {
+        let (target, followed) = receiver(200, "").await;
+        let location: &'static str = Box::leak(target.into_boxed_str());
+        let (url, seen) = receiver(302, location).await;
+        let err = call(&url).await.expect_err("a redirect is refused");
+        assert_eq!(err.kind, FailureKind::Permanent, "{err:?}");
+        assert!(err.message.contains("answered 302 Found"), "{err:?}");
+        assert!(err.message.contains("redirects are not followed"), "{err:?}");
+        assert!(!err.message.contains("hunter2"), "{err:?}");
+        assert_eq!(seen.lock().expect("lock").len(), 1);
+        assert!(followed.lock().expect("lock").is_empty(), "the redirect was followed");
+
+        let (url, _) = receiver(503, "").await;
+        let err = call(&url).await.expect_err("503");
+        assert_eq!(err.kind, FailureKind::Transient, "{err:?}");
+        assert!(err.message.ends_with("answered 503 Service Unavailable"), "{err:?}");
+        let (url, _) = receiver(403, "").await;
+        let err = call(&url).await.expect_err("403");
+        assert_eq!(err.kind, FailureKind::Permanent, "{err:?}");
+        assert!(!err.message.contains("hunter2"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_call_carries_its_timestamp_key_and_a_signature_over_them() {
+        let (url, seen) = receiver(204, "").await;
+        call(&url).await.expect("a 2xx succeeds");
+        let headers = seen.lock().expect("lock")[0].clone();
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let timestamp: i64 = get(TIMESTAMP_HEADER).parse().expect("a unix timestamp");
+        assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 60);
+        assert_eq!(get(IDEMPOTENCY_HEADER), "uid-1/mount");
+        assert_eq!(get(SIGNATURE_HEADER), signature(b"k", timestamp, "uid-1/mount", b"{}"));
     }
 }

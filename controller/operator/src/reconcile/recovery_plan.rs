@@ -2,7 +2,6 @@
 //! latest run, and scheduled drills: test failovers created on the plan's cron, cleaned up
 //! after `keepFor`.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +27,7 @@ pub const PLAN_LABEL: &str = "coldsite.io/plan";
 
 /// Pure: the next drill time after `since`, from a five-field cron or an @-macro, in UTC.
 pub fn next_drill(schedule: &str, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    croner::Cron::from_str(schedule)
-        .ok()?
-        .find_next_occurrence(&since, false)
-        .ok()
+    coldsite_engine::schedule::next_fire(schedule, since)
 }
 
 /// What a drill schedule asks for at `now`.
