@@ -48,6 +48,15 @@ pub fn dns_label(field: &str) -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
+/// Each item of `self` is a DNS-1123 label, such as a namespace name.
+pub fn dns_labels(field: &str) -> Rule {
+    Rule::new(format!("self.all(n, n.matches('{DNS_LABEL_RE}'))"))
+        .message(Message::Message(format!(
+            "{field}: each entry must be a DNS-1123 label such as a namespace name: lower-case letters, digits and '-', starting and ending with a letter or digit"
+        )))
+        .reason(Reason::FieldValueInvalid)
+}
+
 /// `self` is a network address such as `10.0.1.0/24` or `fd00:1::/64`.
 pub fn network_cidr(field: &str) -> Rule {
     Rule::new("isCIDR(self) && cidr(self) == cidr(self).masked()")

@@ -51,6 +51,38 @@ pub struct SiteSpec {
     #[x_kube(validation = crate::rules::dns_label("spec.testNamespace"))]
     #[schemars(length(max = 63))]
     pub test_namespace: String,
+    /// Management namespaces allowed to protect, recover and halt VMs of other namespaces
+    /// at this site. Without a grant, a ProtectedVM reaches only the VM in the namespace of
+    /// its own name, at both of its sites.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub namespace_grants: Vec<NamespaceGrant>,
+}
+
+/// Lets ProtectedVMs of one management namespace use some namespaces of a site.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceGrant {
+    /// The namespace on the management cluster whose ProtectedVMs get the grant.
+    #[x_kube(validation = crate::rules::dns_label("namespaceGrants[].from"))]
+    #[schemars(length(max = 63))]
+    pub from: String,
+    /// Namespaces of this site they may use.
+    #[x_kube(validation = crate::rules::dns_labels("namespaceGrants[].to"))]
+    #[schemars(length(min = 1, max = 32), inner(length(max = 63)))]
+    pub to: Vec<String>,
+}
+
+impl Site {
+    /// Whether ProtectedVMs of management namespace `from` may use namespace `to` here.
+    pub fn grants(&self, from: &str, to: &str) -> bool {
+        from == to
+            || self
+                .spec
+                .namespace_grants
+                .iter()
+                .any(|g| g.from == from && g.to.iter().any(|t| t == to))
+    }
 }
 
 fn default_down_after() -> String {

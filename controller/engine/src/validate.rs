@@ -198,6 +198,7 @@ fn check_pvm_refs<'a>(pvm: &ProtectedVM, ns: &str, inv: &'a Inventory, p: &mut P
         Some(_) => {}
     }
     let vm_ns = spec.vm.namespace.clone().unwrap_or_else(|| ns.to_owned());
+    granted(ns, &vm_ns, [&spec.primary_site, &spec.recovery_site], inv, p);
     if !inv.source_vms.contains_key(&(vm_ns.clone(), spec.vm.name.clone())) {
         p.warning(
             "spec.vm",
@@ -208,6 +209,25 @@ fn check_pvm_refs<'a>(pvm: &ProtectedVM, ns: &str, inv: &'a Inventory, p: &mut P
         );
     }
     mapping
+}
+
+/// Tenancy: a ProtectedVM reaches the VM of its own namespace at both sites, and another
+/// namespace only where the Site grants it to the ProtectedVM's namespace.
+fn granted<'a>(ns: &str, vm_ns: &str, sites: impl IntoIterator<Item = &'a String>, inv: &Inventory, p: &mut Problems) {
+    for name in sites {
+        if let Some(site) = inv.sites.get(name)
+            && !site.grants(ns, vm_ns)
+        {
+            p.error(
+                "spec.vm.namespace",
+                format!(
+                    "namespace {vm_ns} at Site {name} is not granted to namespace {ns}: a ProtectedVM protects the VM \
+                     of its own namespace; a cluster administrator can grant more on the Site: \
+                     spec.namespaceGrants: [{{from: {ns}, to: [{vm_ns}]}}]"
+                ),
+            );
+        }
+    }
 }
 
 /// Checks a run against its plan: every approval names a manual action of the plan (a

@@ -351,3 +351,67 @@ fn commit_and_reprotect_have_their_own_graphs() {
         assert!(g.steps.iter().all(|s| s.kind == kind && s.deps.is_empty()));
     }
 }
+
+#[test]
+fn a_protected_vm_reaches_another_namespace_only_where_both_sites_grant_it() {
+    use coldsite_api::site::NamespaceGrant;
+    use coldsite_engine::validate::validate_protected_vm;
+    let (mut inv, _) = exchange();
+    let key = ("exchange".to_owned(), "dc01".to_owned());
+    let mut pvm = inv.protected_vms[&key].clone();
+    pvm.spec.vm.namespace = Some("payroll".into());
+    let refusals = |inv: &Inventory, pvm: &coldsite_api::ProtectedVM| -> Vec<String> {
+        validate_protected_vm(pvm, inv)
+            .into_iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| p.to_string())
+            .collect()
+    };
+    let errors = refusals(&inv, &pvm);
+    has(
+        &errors,
+        "spec.vm.namespace: namespace payroll at Site contoso-hq is not granted to namespace exchange",
+    );
+    has(&errors, "namespace payroll at Site contoso-dr is not granted");
+    has(&errors, "spec.namespaceGrants: [{from: exchange, to: [payroll]}]");
+
+    // A grant at the primary alone is not enough: failover would act in payroll at DR.
+    let grant = NamespaceGrant {
+        from: "exchange".into(),
+        to: vec!["payroll".into()],
+    };
+    inv.sites
+        .get_mut("contoso-hq")
+        .unwrap()
+        .spec
+        .namespace_grants
+        .push(grant.clone());
+    let errors = refusals(&inv, &pvm);
+    assert!(
+        !errors.iter().any(|e| e.contains("contoso-hq is not granted")),
+        "{errors:#?}"
+    );
+    has(&errors, "namespace payroll at Site contoso-dr is not granted");
+    // A grant to another management namespace does not count.
+    inv.sites
+        .get_mut("contoso-dr")
+        .unwrap()
+        .spec
+        .namespace_grants
+        .push(NamespaceGrant {
+            from: "finance".into(),
+            to: vec!["payroll".into()],
+        });
+    has(
+        &refusals(&inv, &pvm),
+        "namespace payroll at Site contoso-dr is not granted",
+    );
+    inv.sites
+        .get_mut("contoso-dr")
+        .unwrap()
+        .spec
+        .namespace_grants
+        .push(grant);
+    let errors = refusals(&inv, &pvm);
+    assert!(!errors.iter().any(|e| e.contains("not granted")), "{errors:#?}");
+}
