@@ -63,7 +63,13 @@ RELEASE_URL=${COLDSITE_RELEASE_URL:-${SOURCE%/}/releases/download/v$VERSION}
 install_tools() {
     if ! rustup target list --installed | grep -qx "$TARGET"; then
         log "adding the Rust target $TARGET"
-        rustup target add "$TARGET" >&2
+        if ! rustup target add "$TARGET" >&2; then
+            # Without rustup's server, link glibc statically: as static, with no loader, but
+            # name lookups in the image rely on glibc's built-in files and dns services.
+            TARGET=x86_64-unknown-linux-gnu
+            STATIC_GLIBC=1
+            log "WARNING: the musl target is not available here; building static glibc binaries"
+        fi
     fi
     local missing=()
     command -v musl-gcc >/dev/null || missing+=(musl-tools)
@@ -95,7 +101,9 @@ check_licences() {
 
 build_binaries() {
     log "building static release binaries for $TARGET"
-    CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$TARGET" \
+    local rustflags=${RUSTFLAGS:-}
+    if [[ -n ${STATIC_GLIBC:-} ]]; then rustflags+=" -C target-feature=+crt-static"; fi
+    RUSTFLAGS=$rustflags CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$TARGET" \
         -p coldsite-operator --bin coldsite-controller \
         -p coldsite-cli --bin kubectl-coldsite --bin kubectl_complete-coldsite >&2
     local bin
