@@ -435,6 +435,37 @@ fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, kube::Error>) -> Resul
     }
 }
 
+/// What coldsite's identity at a site (the kubeconfig `link` stored for the Site) must not
+/// do there: list Secrets, cluster-wide or in a VM's namespace. It reads its own replication
+/// key by name.
+async fn check_site_identity(mgmt: &Client, site: &str) -> Result<()> {
+    let spec = Api::<Site>::all(mgmt.clone()).get(site).await?.spec;
+    let r = spec.cluster.context("the Site has a kubeconfig")?.kubeconfig_secret_ref;
+    let secret = Api::<Secret>::namespaced(mgmt.clone(), &r.namespace)
+        .get(&r.name)
+        .await?;
+    let kubeconfig = secret
+        .data
+        .and_then(|d| d.get(&r.key).cloned())
+        .context("the kubeconfig Secret's key")?;
+    let identity = client_from(std::str::from_utf8(&kubeconfig.0)?).await?;
+    forbidden(
+        "list Secrets at the site",
+        Api::<Secret>::all(identity.clone()).list(&ListParams::default()).await,
+    )?;
+    forbidden(
+        "list Secrets of the VMs' namespace at the site",
+        Api::<Secret>::namespaced(identity.clone(), NS)
+            .list(&ListParams::default())
+            .await,
+    )?;
+    Api::<Secret>::namespaced(identity, NS)
+        .get("coldsite-dc01-rsync")
+        .await
+        .context("coldsite reads its replication key by name")?;
+    Ok(())
+}
+
 /// What the chart's ServiceAccount must not do on the management cluster.
 async fn check_token_scope(token: &Client, elsewhere: &str) -> Result<()> {
     let secrets = |ns: &str| Api::<Secret>::namespaced(token.clone(), ns);
@@ -682,6 +713,7 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
         )
         .await??;
         check_token_scope(&client_from(token_kubeconfig).await?, elsewhere).await?;
+        check_site_identity(&mgmt, "contoso-dr").await?;
         apply(
             &mgmt,
             &json!({"apiVersion": "coldsite.io/v1alpha1", "kind": "Site", "metadata": {"name": "outside"},

@@ -102,10 +102,10 @@ after a test failover lists by label across all namespaces, so these are cluster
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "create", "delete"]
 # Secrets: the rsync-TLS key coldsite creates for each VM's replication (same key at both
-# ends); deleted when the VM is unprotected. coldsite never updates a Secret.
+# ends); deleted by name when the VM is unprotected. coldsite never lists or updates a Secret.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "create", "delete"]
+  verbs: ["get", "create", "delete"]
 # ConfigMaps: the copy of each VM's manifest at the recovery site (server-side apply, and
 # watched for plans and runs), the context of script Jobs (create); deleted on cleanup and
 # unprotect.

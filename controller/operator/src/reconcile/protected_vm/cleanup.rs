@@ -10,7 +10,7 @@ use crate::kubevirt::dynamic::{
     CONFIG_MAP, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, VOLUME_SNAPSHOT, str_at,
 };
 use crate::kubevirt::fabric::KubeVirtFabric;
-use crate::kubevirt::objects::PROTECTED_VM;
+use crate::kubevirt::objects::{PROTECTED_VM, rsync_secret_name};
 
 /// Removes replication objects and recovery points at both sites.
 pub async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
@@ -35,13 +35,11 @@ pub async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
             site: site_name.clone(),
             message: format!("cannot remove replication: {}", e.message),
         })?;
-        for kind in [
-            REPLICATION_SOURCE,
-            REPLICATION_DESTINATION,
-            VOLUME_SNAPSHOT,
-            SECRET,
-            CONFIG_MAP,
-        ] {
+        // The key is deleted by name: coldsite's identity may not list Secrets at a site.
+        site.delete(SECRET, Some(&ns), &rsync_secret_name(&pvm.name_any()))
+            .await
+            .map_err(|e| Error::Fabric(e.message))?;
+        for kind in [REPLICATION_SOURCE, REPLICATION_DESTINATION, VOLUME_SNAPSHOT, CONFIG_MAP] {
             for o in site
                 .list(kind, Some(&ns), &selector)
                 .await
