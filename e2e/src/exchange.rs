@@ -181,7 +181,7 @@ pub fn virtual_machine_instances(client: &Client, ns: &str) -> Api<DynamicObject
 /// The example's objects, renamed into `ns` and the sites `hq` and `dr`: Site kubeconfig
 /// Secrets in `ns`, the webhook pointed at `hook`, and readiness without network probes,
 /// since simulated VMs have no reachable addresses.
-pub fn example_docs(ns: &str, hq: &str, dr: &str, test_ns: &str, hook: SocketAddr) -> Result<Vec<Value>> {
+pub fn example_docs(ns: &str, hq: &str, dr: &str, hook: SocketAddr) -> Result<Vec<Value>> {
     let dir = repo_root().join("examples/exchange");
     let mut out = Vec::new();
     for file in [
@@ -198,7 +198,6 @@ pub fn example_docs(ns: &str, hq: &str, dr: &str, test_ns: &str, hook: SocketAdd
             let mut d: Value = serde_json::from_str(&text)?;
             match d["kind"].as_str() {
                 Some("Site") => {
-                    d["spec"]["testNamespace"] = json!(test_ns);
                     let name = d["metadata"]["name"].as_str().unwrap_or_default().to_owned();
                     d["spec"]["cluster"]["kubeconfigSecretRef"] =
                         json!({"namespace": ns, "name": format!("{name}-kubeconfig"), "key": "kubeconfig"});
@@ -244,13 +243,18 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The namespace coldsite makes at each site for the scripts of the plan's namespace.
+    pub fn scripts_ns(&self) -> String {
+        coldsite_engine::names::scripts_namespace(&self.ns)
+    }
+
     pub async fn set_up(top: &Topology<'_>, prefix: &str) -> Result<Self> {
         install_crds(top.management).await?;
         let management = top.management.client().await?;
         let (primary, recovery) = (top.primary.client().await?, top.recovery.client().await?);
         tokio::try_join!(top.primary.ensure_site(), top.recovery.ensure_site())?;
         let ns = top.management.create_namespace(prefix).await?;
-        let test_ns = format!("{ns}-test");
+        let test_ns = coldsite_engine::names::test_namespace(&ns);
         for client in [&management, &primary, &recovery] {
             for name in [&ns, &test_ns] {
                 apply(
@@ -284,10 +288,14 @@ impl Scenario {
         }
         let simulator = Simulator::start(
             sites,
-            SimConfig::default().with_namespaces([ns.clone(), test_ns.clone()]),
+            SimConfig::default().with_namespaces([
+                ns.clone(),
+                test_ns.clone(),
+                coldsite_engine::names::scripts_namespace(&ns),
+            ]),
         );
         let webhook = WebhookReceiver::start(HMAC_KEY).await?;
-        for d in example_docs(&ns, &hq, &dr, &test_ns, webhook.addr)? {
+        for d in example_docs(&ns, &hq, &dr, webhook.addr)? {
             apply(&management, &d, &ns)
                 .await?
                 .with_context(|| format!("applying {}", d["metadata"]["name"]))?;
@@ -578,7 +586,7 @@ impl Scenario {
         runs.delete(name, &DeleteParams::default()).await?;
         let (r, test_ns) = (&self.recovery, self.test_ns.as_str());
         let snapshots = volume_snapshots(r, test_ns);
-        let jobs = dynamic(r, &self.ns, "batch", "v1", "Job", "jobs");
+        let jobs = dynamic(r, &self.scripts_ns(), "batch", "v1", "Job", "jobs");
         let all = ListParams::default();
         wait_for("the test run and everything it created to be gone", timeout, || async {
             if runs.get_opt(name).await?.is_some() {
@@ -640,6 +648,11 @@ impl ControllerProcess {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         Ok(Self { child, log, metrics })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// SIGKILL, as a node failure would: no chance to clean up.

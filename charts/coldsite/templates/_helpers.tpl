@@ -101,11 +101,13 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "create", "delete"]
-# Secrets: the rsync-TLS key coldsite creates for each VM's replication (same key at both
-# ends); deleted by name when the VM is unprotected. coldsite never lists or updates a Secret.
+# Secrets: the rsync-TLS key coldsite creates for each VM's replication, derived from a
+# master key on the management cluster, so the same at both ends without reading either;
+# deleted by name when the VM is unprotected. coldsite never reads, lists or updates a
+# Secret at a site.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["create", "delete"]
 # ConfigMaps: the copy of each VM's manifest at the recovery site (server-side apply, and
 # watched for plans and runs), the context of script Jobs (create); deleted on cleanup and
 # unprotect.
@@ -121,8 +123,22 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get"]
-# Namespaces: the VM's namespace at the recovery site and the Site's testNamespace are
-# created when missing (create; get after AlreadyExists).
+# Pods: never created. A script Job's pod is put through the site's admission as a dry run
+# (dryRun=All) first, so that Pod Security's refusal reaches the run. Jobs already let
+# coldsite start pods, so this grants no more than they do.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["create"]
+# ServiceAccounts: coldsite-script, which script Jobs run as, made in coldsite's scripts
+# namespaces (create; get after AlreadyExists). coldsite binds it to nothing.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create"]
+# Namespaces: the VM's namespace at the recovery site, the test namespaces
+# (coldsite-test-<management namespace>, or the Site's shared testNamespace) and the
+# scripts namespaces (coldsite-scripts-<management namespace>, labelled to enforce the
+# Site's Pod Security profile) are created when missing (create; get after AlreadyExists),
+# and read to check what an existing scripts namespace enforces.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "create"]

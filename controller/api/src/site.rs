@@ -46,18 +46,63 @@ pub struct SiteSpec {
     #[x_kube(validation = crate::rules::duration("spec.downAfter"))]
     #[schemars(length(max = 32))]
     pub down_after: String,
-    /// Namespace where test-failover VMs are created at this site.
-    #[serde(default = "default_test_namespace")]
+    /// A namespace that test failovers at this site share. Left out (best when several
+    /// teams share the site), the test copies of management namespace N's runs go to a
+    /// namespace of their own, `coldsite-test-<N>`. Set, every namespace whose plans test
+    /// here must be granted it (`namespaceGrants`), or the plans are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = crate::rules::dns_label("spec.testNamespace"))]
     #[schemars(length(max = 63))]
-    pub test_namespace: String,
+    pub test_namespace: Option<String>,
     /// Management namespaces allowed to protect, recover and halt VMs of other namespaces
     /// at this site. Without a grant, a ProtectedVM reaches only the VM in the namespace of
     /// its own name, at both of its sites.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub namespace_grants: Vec<NamespaceGrant>,
+    /// The Pod Security profile that plan scripts run under at this site: `restricted` (the
+    /// default), or a weaker `baseline` or `privileged` that the site's administrator allows.
+    /// Job scripts of management namespace N run in the site namespace
+    /// `coldsite-scripts-<N>`, which coldsite creates enforcing this profile, as the
+    /// ServiceAccount `coldsite-script`, which has no API access unless the administrator
+    /// binds some.
+    #[serde(default)]
+    pub script_pod_security: PodSecurityLevel,
 }
+
+/// A Pod Security Standard (`pod-security.kubernetes.io/enforce`), from the weakest.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurityLevel {
+    Privileged,
+    Baseline,
+    #[default]
+    Restricted,
+}
+
+impl PodSecurityLevel {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Privileged => "privileged",
+            Self::Baseline => "baseline",
+            Self::Restricted => "restricted",
+        }
+    }
+
+    /// A namespace's enforced level from its label value; no label enforces nothing.
+    pub fn from_label(value: Option<&str>) -> Option<Self> {
+        match value {
+            None | Some("privileged") => Some(Self::Privileged),
+            Some("baseline") => Some(Self::Baseline),
+            Some("restricted") => Some(Self::Restricted),
+            Some(_) => None,
+        }
+    }
+}
+
+/// The ServiceAccount that script Jobs run as, at the sites and on the management cluster.
+pub const SCRIPT_SERVICE_ACCOUNT: &str = "coldsite-script";
 
 /// Lets ProtectedVMs of one management namespace use some namespaces of a site.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
@@ -87,10 +132,6 @@ impl Site {
 
 fn default_down_after() -> String {
     "5m".into()
-}
-
-fn default_test_namespace() -> String {
-    "coldsite-test".into()
 }
 
 /// Connection to a site cluster.

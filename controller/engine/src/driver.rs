@@ -69,7 +69,7 @@ impl RunContext {
                     .map_err(|e| format!("VM {}: network data: {e}", model.name))?;
                 Ok(RecoveredVm {
                     namespace: if test {
-                        target.test_namespace.clone()
+                        target.test_namespace_for(&run.namespace)
                     } else {
                         model.vm_namespace.clone()
                     },

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod fabric;
 pub mod lifecycle;
 pub mod model;
+pub mod names;
 pub mod planner;
 pub mod reip;
 pub mod rpo;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use coldsite_api::common::LocalSecretKeyRef;
 use coldsite_api::recovery_plan::{OnError, ScriptSite};
+use coldsite_api::site::PodSecurityLevel;
 pub use coldsite_api::site::SiteReplication;
 use coldsite_api::{FailoverKind, RunAction};
 use k8s_openapi::api::batch::v1::JobTemplateSpec;
@@ -25,23 +26,34 @@ pub enum Direction {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SiteModel {
     pub name: String,
-    pub test_namespace: String,
+    /// The Site's shared test namespace, if it sets one.
+    pub test_namespace: Option<String>,
     pub storage_class: Option<String>,
     pub snapshot_class: Option<String>,
     /// How replication into the site is reached from the other site.
     pub replication: SiteReplication,
+    /// The profile script Jobs run under there.
+    pub script_pod_security: PodSecurityLevel,
 }
 
 impl SiteModel {
+    /// Where the test copies of management namespace `namespace`'s runs go here.
+    pub fn test_namespace_for(&self, namespace: &str) -> String {
+        self.test_namespace
+            .clone()
+            .unwrap_or_else(|| crate::names::test_namespace(namespace))
+    }
+
     /// The model of a Site; a Site that does not exist (yet) gets the defaults.
     pub fn of(name: &str, site: Option<&coldsite_api::Site>) -> Self {
         let storage = site.and_then(|s| s.spec.storage.as_ref());
         Self {
             name: name.to_owned(),
-            test_namespace: site.map(|s| s.spec.test_namespace.clone()).unwrap_or_default(),
+            test_namespace: site.and_then(|s| s.spec.test_namespace.clone()),
             storage_class: storage.and_then(|s| s.storage_class_name.clone()),
             snapshot_class: storage.and_then(|s| s.volume_snapshot_class_name.clone()),
             replication: site.and_then(|s| s.spec.replication.clone()).unwrap_or_default(),
+            script_pod_security: site.map(|s| s.spec.script_pod_security).unwrap_or_default(),
         }
     }
 }

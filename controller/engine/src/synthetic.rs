@@ -26,7 +26,7 @@ pub struct Shape {
 fn site(name: &str) -> SiteModel {
     SiteModel {
         name: name.into(),
-        test_namespace: "drill".into(),
+        test_namespace: Some("drill".into()),
         ..SiteModel::default()
     }
 }

@@ -9,8 +9,9 @@ use coldsite_api::network_mapping::{NetworkMapping, NetworkRule};
 use coldsite_api::protected_vm::ProtectedVM;
 use coldsite_api::recovery_plan::{Action, RecoveryPlan, WEBHOOK_HTTPS_MESSAGE, Webhook, WebhookTransport};
 use coldsite_api::recovery_run::RecoveryRun;
-use coldsite_api::site::Site;
+use coldsite_api::site::{SCRIPT_SERVICE_ACCOUNT, Site};
 use ipnet::IpNet;
+use k8s_openapi::api::batch::v1::JobTemplateSpec;
 use kube::ResourceExt;
 
 use crate::model::{
@@ -280,8 +281,8 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
     let mut p = Problems::new(format!("RecoveryPlan {ns}/{}", plan.name_any()));
     let spec = &plan.spec;
 
-    let primary = site_model(inv, &spec.primary_site, "spec.primarySite", &mut p);
-    let recovery = site_model(inv, &spec.recovery_site, "spec.recoverySite", &mut p);
+    let primary = site_model(inv, &spec.primary_site, "spec.primarySite", &ns, &mut p);
+    let recovery = site_model(inv, &spec.recovery_site, "spec.recoverySite", &ns, &mut p);
 
     // Groups and their order.
     let group_index: BTreeMap<&str, usize> = spec
@@ -421,9 +422,25 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
     ))
 }
 
-fn site_model(inv: &Inventory, name: &str, field: &str, p: &mut Problems) -> Option<SiteModel> {
+/// A plan's site; its shared test namespace, if it has one, must be granted to the plan's
+/// namespace, since tests at either site put copies there.
+fn site_model(inv: &Inventory, name: &str, field: &str, ns: &str, p: &mut Problems) -> Option<SiteModel> {
     match inv.sites.get(name) {
-        Some(site) => Some(SiteModel::of(name, Some(site))),
+        Some(site) => {
+            if let Some(shared) = site.spec.test_namespace.as_deref()
+                && !site.grants(ns, shared)
+            {
+                p.error(
+                    field,
+                    format!(
+                        "Site {name} keeps test copies in its shared testNamespace {shared}, which is not granted to \
+                         namespace {ns}: a cluster administrator can grant it (spec.namespaceGrants: [{{from: {ns}, \
+                         to: [{shared}]}}]) or remove testNamespace, so that each namespace's tests get their own"
+                    ),
+                );
+            }
+            Some(SiteModel::of(name, Some(site)))
+        }
         None => {
             p.error(
                 field,
@@ -689,24 +706,10 @@ fn actions(list: &[Action], field: &str, p: &mut Problems) -> Vec<ActionModel> {
                         .map_err(|e| p.error(format!("{field}.script.timeout"), e))
                         .ok()?;
                     let kind = match (&s.job, &s.webhook) {
-                        (Some(job), None) => {
-                            let containers = job
-                                .spec
-                                .as_ref()
-                                .and_then(|s| s.template.spec.as_ref())
-                                .map(|s| s.containers.len());
-                            if containers.unwrap_or(0) == 0 {
-                                p.error(
-                                    format!("{field}.script.job"),
-                                    "the Job template needs spec.template.spec.containers",
-                                );
-                                return None;
-                            }
-                            ActionKind::Job {
-                                site: s.site.unwrap_or_default(),
-                                template: job.clone(),
-                            }
-                        }
+                        (Some(job), None) => ActionKind::Job {
+                            site: s.site.unwrap_or_default(),
+                            template: job_template(job, &format!("{field}.script.job"), p)?,
+                        },
                         (None, Some(w)) => {
                             webhook_transport(w, &format!("{field}.script.webhook.url"), p)?;
                             ActionKind::Webhook {
@@ -754,6 +757,35 @@ fn actions(list: &[Action], field: &str, p: &mut Problems) -> Vec<ActionModel> {
             })
         })
         .collect()
+}
+
+/// A script's Job template: it has containers, and runs as the scripts' ServiceAccount,
+/// the one identity a site's administrator grants scripts API access through.
+fn job_template(job: &JobTemplateSpec, field: &str, p: &mut Problems) -> Option<Box<JobTemplateSpec>> {
+    let Some(pod) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        p.error(field, "the Job template needs spec.template.spec.containers");
+        return None;
+    };
+    if pod.containers.is_empty() {
+        p.error(field, "the Job template needs spec.template.spec.containers");
+        return None;
+    }
+    for (key, value) in [
+        ("serviceAccountName", &pod.service_account_name),
+        ("serviceAccount", &pod.service_account),
+    ] {
+        if value.as_deref().is_some_and(|v| v != SCRIPT_SERVICE_ACCOUNT) {
+            p.error(
+                format!("{field}.spec.template.spec.{key}"),
+                format!(
+                    "scripts run as the ServiceAccount {SCRIPT_SERVICE_ACCOUNT}; remove {key}, and have the \
+                     site's administrator bind the roles the script needs to {SCRIPT_SERVICE_ACCOUNT}"
+                ),
+            );
+            return None;
+        }
+    }
+    Some(Box::new(job.clone()))
 }
 
 /// A cycle in a dependency list, as the indices along it (first repeated at the end).

@@ -415,3 +415,51 @@ fn a_protected_vm_reaches_another_namespace_only_where_both_sites_grant_it() {
     let errors = refusals(&inv, &pvm);
     assert!(!errors.iter().any(|e| e.contains("not granted")), "{errors:#?}");
 }
+
+/// The pod template of the plan's first Job script (the identity group's verify-ad).
+fn first_job_pod(plan: &mut RecoveryPlan) -> &mut k8s_openapi::api::core::v1::PodSpec {
+    let script = plan.spec.groups[0].post[0].script.as_mut().unwrap();
+    let job = script.job.as_mut().unwrap();
+    job.spec.as_mut().unwrap().template.spec.as_mut().unwrap()
+}
+
+#[test]
+fn a_script_runs_only_as_the_scripts_service_account() {
+    let (inv, mut plan) = exchange();
+    first_job_pod(&mut plan).service_account_name = Some("coldsite-script".into());
+    assert!(
+        validate_plan(&plan, &inv).is_ok(),
+        "naming the scripts' own account is fine"
+    );
+    first_job_pod(&mut plan).service_account_name = Some("kubevirt-operator".into());
+    has(
+        &errors(validate_plan(&plan, &inv)),
+        "spec.groups[0].post[0].script.job.spec.template.spec.serviceAccountName: scripts run as the ServiceAccount \
+         coldsite-script",
+    );
+}
+
+#[test]
+fn each_namespace_tests_in_its_own_namespace_unless_a_shared_one_is_granted() {
+    let (mut inv, plan) = exchange();
+    let model = validate_plan(&plan, &inv).unwrap().0;
+    assert_eq!(model.recovery.test_namespace_for("exchange"), "coldsite-test-exchange");
+    assert_eq!(
+        model.recovery.test_namespace_for("sharepoint"),
+        "coldsite-test-sharepoint"
+    );
+    let dr = inv.sites.get_mut("contoso-dr").unwrap();
+    dr.spec.test_namespace = Some("shared-tests".into());
+    has(
+        &errors(validate_plan(&plan, &inv)),
+        "spec.recoverySite: Site contoso-dr keeps test copies in its shared testNamespace shared-tests, which is \
+         not granted to namespace exchange",
+    );
+    let dr = inv.sites.get_mut("contoso-dr").unwrap();
+    dr.spec.namespace_grants = vec![coldsite_api::site::NamespaceGrant {
+        from: "exchange".into(),
+        to: vec!["shared-tests".into()],
+    }];
+    let model = validate_plan(&plan, &inv).unwrap().0;
+    assert_eq!(model.recovery.test_namespace_for("exchange"), "shared-tests");
+}

@@ -2,7 +2,7 @@
 //! caches of the management cluster, and the in-memory records of runs in progress.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use coldsite_api::{NetworkMapping, ProtectedVM, Site};
 use coldsite_engine::model::SiteModel;
@@ -15,6 +15,7 @@ use crate::http_client::HttpClient;
 use crate::kubevirt::dynamic::SiteApi;
 use crate::kubevirt::fabric::KubeVirtFabric;
 use crate::metrics::Metrics;
+use crate::replication_keys::ReplicationKeys;
 use crate::scripts::ScriptRunner;
 use crate::sites::SiteClients;
 
@@ -46,6 +47,7 @@ pub struct Context {
     /// Set while controllers run (one leadership term) and their caches are filled; None
     /// makes readers ask the API.
     pub stores: RwLock<Option<Stores>>,
+    pub keys: Arc<ReplicationKeys>,
 }
 
 impl Context {
@@ -130,6 +132,7 @@ impl Context {
             scripts: ScriptRunner {
                 http: self.http.clone(),
             },
+            keys: self.keys.clone(),
             recovery: models.pop().unwrap_or_default(),
             primary: models.pop().unwrap_or_default(),
         })

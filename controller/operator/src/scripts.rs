@@ -1,4 +1,5 @@
-//! Plan actions that run code: Jobs on a site or the management cluster, and webhooks
+//! Plan actions that run code: Jobs on a site or the management cluster (confined as
+//! `script_confinement` says), and webhooks
 //! signed with HMAC-SHA256. Both receive the run's context and an idempotency key, so a
 //! repeat after a crash has no second effect. A webhook's signature covers its timestamp,
 //! idempotency key and body (receivers reject old timestamps, so a captured request cannot
@@ -7,18 +8,19 @@
 
 use std::time::Duration;
 
+use coldsite_api::site::SCRIPT_SERVICE_ACCOUNT;
 use coldsite_engine::fabric::{FabricError, FabricResult, Progress, ScriptLocation, ScriptRequest};
 use coldsite_engine::model::ActionKind;
-use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use crate::http_client::HttpClient;
 use crate::kubevirt::dynamic::{CONFIG_MAP, JOB, SECRET, SiteApi, str_at};
 use crate::kubevirt::fabric::KubeVirtFabric;
 use crate::kubevirt::objects::{self, RUN_UID};
+use crate::mac::hmac_sha256_hex;
+use crate::script_confinement::Confinement;
 
 /// Header names of a webhook call.
 pub const SIGNATURE_HEADER: &str = "x-coldsite-signature";
@@ -36,10 +38,8 @@ pub struct ScriptRunner {
 /// `v1=<hex>`: HMAC-SHA256 under the key of `v1:<timestamp>:<idempotency key>:<body>`,
 /// what the receiver recomputes from the request's headers and body.
 pub fn signature(key: &[u8], timestamp: i64, idempotency_key: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
-    mac.update(format!("v1:{timestamp}:{idempotency_key}:").as_bytes());
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+    let prefix = format!("v1:{timestamp}:{idempotency_key}:");
+    format!("v1={}", hmac_sha256_hex(key, &[prefix.as_bytes(), body]))
 }
 
 /// One signed webhook call, as sent.
@@ -101,23 +101,16 @@ impl WebhookCall<'_> {
     }
 }
 
-// HMAC accepts keys of any length; this cannot happen.
-fn unreachable_hmac() -> Hmac<Sha256> {
-    match Hmac::<Sha256>::new_from_slice(b"coldsite") {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
-    }
-}
-
 impl ScriptRunner {
     pub async fn run(&self, fabric: &KubeVirtFabric, req: &ScriptRequest<'_>) -> FabricResult<()> {
         match &req.action.kind {
             ActionKind::Job { template, .. } => {
-                let site = match &req.location {
-                    ScriptLocation::Site(s) => fabric.site(&s.name)?,
-                    ScriptLocation::Management => &fabric.management,
+                let ns = req.run.namespace.as_str();
+                let (site, confinement) = match &req.location {
+                    ScriptLocation::Site(s) => (fabric.site(&s.name)?, Confinement::at_site(ns, s.script_pod_security)),
+                    ScriptLocation::Management => (&fabric.management, Confinement::on_management(ns)),
                 };
-                self.job(site, req, template).await
+                self.job(site, &confinement, req, template).await
             }
             ActionKind::Webhook {
                 url,
@@ -166,21 +159,24 @@ impl ScriptRunner {
     async fn job(
         &self,
         site: &SiteApi,
+        confinement: &Confinement,
         req: &ScriptRequest<'_>,
         template: &k8s_openapi::api::batch::v1::JobTemplateSpec,
     ) -> FabricResult<()> {
-        let ns = req.run.namespace.as_str();
+        let ns = confinement.namespace.as_str();
         let tag = objects::run_tag(&req.run.uid);
         let name = objects::dns_name(&format!("coldsite-{tag}-{}", req.action.name));
         if let Some(job) = site.get(JOB, Some(ns), &name).await? {
             return job_progress(&job, req, &name);
         }
-        site.ensure_namespace(ns).await?;
+        confinement.prepare(site).await?;
         let context_name = objects::dns_name(&format!("{name}-context"));
-        let context =
-            serde_json::to_string_pretty(&req.context_json()).map_err(|e| FabricError::permanent(e.to_string()))?;
         let labels =
             json!({RUN_UID: req.run.uid, objects::MANAGED_BY: "coldsite", "coldsite.io/action": req.action.name});
+        let job = job_manifest(template, req, ns, &name, &context_name, labels.clone())?;
+        confinement.admit(site, &req.action.name, &job).await?;
+        let context =
+            serde_json::to_string_pretty(&req.context_json()).map_err(|e| FabricError::permanent(e.to_string()))?;
         site.create_if_absent(
             CONFIG_MAP,
             &json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -188,7 +184,6 @@ impl ScriptRunner {
                     "data": {"context.json": context}}),
         )
         .await?;
-        let job = job_manifest(template, req, ns, &name, &context_name, labels)?;
         let created = site.create_if_absent(JOB, &job).await?;
         job_progress(&created, req, &name)
     }
@@ -276,6 +271,7 @@ fn job_manifest(
         }
     }
     if let Some(pod) = spec.pointer_mut("/template/spec").and_then(Value::as_object_mut) {
+        pod.insert("serviceAccountName".into(), json!(SCRIPT_SERVICE_ACCOUNT));
         let v = pod.entry("volumes").or_insert_with(|| json!([]));
         if let Some(list) = v.as_array_mut() {
             list.push(json!({"name": "coldsite-context", "configMap": {"name": context_name}}));

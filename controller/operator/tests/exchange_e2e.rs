@@ -4,7 +4,8 @@
 //!
 //! `exchange_lifecycle` drives one plan through its whole life with two controller
 //! replicas under leader election, killing the leader during runs: protect, test failover
-//! (gate, Job, webhook, cleanup), planned failover, commit, reprotect and failback.
+//! (gate, Job, webhook, cleanup), two tenants (a borrowed VM, a privileged script), planned
+//! failover, commit, reprotect and failback.
 //! `unplanned_failover_with_the_primary_down` stops the primary's API server first. The two
 //! use different management servers, so their controllers never meet. Apart from the first
 //! test failover, every run is started with its `kubectl-coldsite` command (`planned`,
@@ -177,11 +178,31 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
         "mailbox must not run before approval"
     );
     ensure!(s.webhook.calls().is_empty(), "the webhook waits for mailbox");
-    let jobs = dynamic(&s.recovery, &s.ns, "batch", "v1", "Job", "jobs");
+    let jobs = dynamic(&s.recovery, &s.scripts_ns(), "batch", "v1", "Job", "jobs");
     let job = jobs
         .list(&ListParams::default().labels("coldsite.io/action=verify-ad"))
         .await?;
-    ensure!(job.items.len() == 1, "one verify-ad Job");
+    ensure!(
+        job.items.len() == 1,
+        "one verify-ad Job, in coldsite's scripts namespace"
+    );
+    let pod = &job.items[0].data["spec"]["template"]["spec"];
+    ensure!(
+        pod["serviceAccountName"] == "coldsite-script",
+        "scripts run as coldsite-script: {pod}"
+    );
+    let scripts_ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(s.recovery.clone())
+        .get(&s.scripts_ns())
+        .await?;
+    ensure!(
+        scripts_ns
+            .labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str)
+            == Some("restricted"),
+        "the scripts namespace enforces restricted: {:?}",
+        scripts_ns.labels()
+    );
     let env_names: Vec<&str> = job.items[0].data["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
         .into_iter()
@@ -439,7 +460,7 @@ async fn planned_failover_and_back(s: &Scenario, plugin: &Plugin, replicas: &mut
     let dc_nd = network_data(&s.recovery, &s.ns, "dc01").await?;
     ensure!(dc_nd.contains("10.50.1.10/24"), "the DC's static address: {dc_nd}");
     // DNS moved only in a real failover.
-    let dns = dynamic(&s.management, &s.ns, "batch", "v1", "Job", "jobs")
+    let dns = dynamic(&s.management, &s.scripts_ns(), "batch", "v1", "Job", "jobs")
         .list(&ListParams::default().labels("coldsite.io/action=update-dns"))
         .await?;
     ensure!(dns.items.len() == 1, "update-dns ran on the management cluster");
@@ -711,6 +732,7 @@ async fn exchange_lifecycle() -> Result<()> {
         protected(&s).await.context("protect")?;
         standby_never_acts(&replicas).await.context("leader election")?;
         test_failover(&s, &mut replicas).await.context("test failover")?;
+        two_tenants(&s).await.context("two tenants")?;
         cancelled_planned_failover(&s, &plugin)
             .await
             .context("a cancelled planned failover")?;
@@ -727,6 +749,134 @@ async fn exchange_lifecycle() -> Result<()> {
         eprintln!("{e:#}");
     }
     result
+}
+
+/// Two tenants on one management cluster, on the real API servers. Tenant B's ProtectedVM
+/// naming tenant A's VM is refused with the rule and the grant that would allow it, and
+/// makes nothing at either site. Tenant A's plan editor asking for a privileged, hostPath
+/// script pod gets a failed run that says why (the site's Pod Security admission), and no
+/// Job or pod at the site.
+async fn two_tenants(s: &Scenario) -> Result<()> {
+    use coldsite_api::NetworkMapping;
+    let b = format!("{}-b", s.ns);
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(s.management.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": b,
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))?,
+        )
+        .await?;
+    let mapping = Api::<NetworkMapping>::namespaced(s.management.clone(), &s.ns)
+        .get("hq-to-dr")
+        .await?;
+    Api::<NetworkMapping>::namespaced(s.management.clone(), &b)
+        .create(&PostParams::default(), &NetworkMapping::new("hq-to-dr", mapping.spec))
+        .await?;
+    let mut spec = Api::<ProtectedVM>::namespaced(s.management.clone(), &s.ns)
+        .get("dc01")
+        .await?
+        .spec;
+    spec.vm.namespace = Some(s.ns.clone());
+    let borrowed: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &b);
+    borrowed
+        .create(&PostParams::default(), &ProtectedVM::new("borrowed-dc01", spec))
+        .await?;
+    let message = wait_for(
+        "tenant B's ProtectedVM to be refused",
+        Duration::from_secs(60),
+        || async {
+            let pvm = borrowed.get("borrowed-dc01").await?;
+            let ready = pvm
+                .status
+                .iter()
+                .flat_map(|st| &st.conditions)
+                .find(|c| c.type_ == "Ready");
+            Ok(ready.filter(|c| c.status == "False").map(|c| c.message.clone()))
+        },
+    )
+    .await?;
+    let grant = format!("spec.namespaceGrants: [{{from: {b}, to: [{}]}}]", s.ns);
+    ensure!(
+        message.contains("is not granted to namespace") && message.contains(&grant),
+        "the refusal names the rule and the grant: {message}"
+    );
+    // Long enough for a replication to have been set up, had it been allowed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let label = ListParams::default().labels("coldsite.io/protected-vm=borrowed-dc01");
+    for (site, client) in [("HQ", &s.primary), ("DR", &s.recovery)] {
+        for api in [
+            replication_sources(client, &s.ns),
+            replication_destinations(client, &s.ns),
+            dynamic(client, &s.ns, "", "v1", "ConfigMap", "configmaps"),
+        ] {
+            let made = api.list(&label).await?.items.len();
+            ensure!(
+                made == 0,
+                "tenant B's refused ProtectedVM made {made} objects at {site}"
+            );
+        }
+    }
+    ensure!(
+        pvm_status(s, "dc01").await?.phase == Some(ProtectionPhase::Protected),
+        "tenant A's dc01 stays protected"
+    );
+    borrowed.delete("borrowed-dc01", &Default::default()).await?;
+    privileged_script_refused(s).await
+}
+
+/// A plan editor's privileged, hostPath script: the run fails at that step with the site's
+/// Pod Security reasons; nothing is created for it at the site.
+async fn privileged_script_refused(s: &Scenario) -> Result<()> {
+    let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+    let original = plans.get("exchange").await?.spec.groups;
+    let mut groups = original.clone();
+    groups[0].pre.push(serde_json::from_value(json!({
+        "name": "escalate", "when": ["TestFailover"],
+        "script": {"site": "recovery", "job": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "root", "image": "busybox", "securityContext": {"privileged": true},
+                            "volumeMounts": [{"name": "host", "mountPath": "/host"}]}],
+            "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}}}}}
+    }))?);
+    let set_groups = |groups: &Vec<coldsite_api::recovery_plan::RecoveryGroup>| json!({"spec": {"groups": groups}});
+    plans
+        .patch("exchange", &PatchParams::default(), &Patch::Merge(set_groups(&groups)))
+        .await?;
+    plan_ready_is(s, true).await?;
+    let name = "escalation";
+    s.create_run(name, "TestFailover", &[]).await?;
+    let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
+    let step = wait_for("the escalating run to fail", Duration::from_secs(120), || async {
+        let r = runs.get(name).await?;
+        let st = r.status.unwrap_or_default();
+        if st.phase != Some(RunPhase::Failed) {
+            return Ok(None);
+        }
+        Ok(st.steps.into_iter().find(|x| x.id == "identity/pre/escalate"))
+    })
+    .await?;
+    let why = step.message.unwrap_or_default();
+    ensure!(step.state == StepState::Failed, "the escalating step failed: {why}");
+    for reason in [
+        "violates PodSecurity \"restricted:latest\"",
+        "securityContext.privileged=true",
+        "restricted volume type \"hostPath\"",
+    ] {
+        ensure!(why.contains(reason), "the step says why ({reason}): {why}");
+    }
+    let action = ListParams::default().labels("coldsite.io/action=escalate");
+    let jobs = dynamic(&s.recovery, &s.scripts_ns(), "batch", "v1", "Job", "jobs");
+    ensure!(jobs.list(&action).await?.items.is_empty(), "no Job for the refused pod");
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(s.recovery.clone(), &s.scripts_ns());
+    ensure!(pods.list(&action).await?.items.is_empty(), "no pod for it either");
+    s.delete_test_run(name, Duration::from_secs(120)).await?;
+    plans
+        .patch(
+            "exchange",
+            &PatchParams::default(),
+            &Patch::Merge(set_groups(&original)),
+        )
+        .await?;
+    plan_ready_is(s, true).await
 }
 
 /// An audit policy that records VirtualMachine reads and nothing else.
@@ -945,7 +1095,11 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     )
     .await?;
     s.set_rpo("2m").await?;
-    let mut ctl = controller(recovery, &format!("controller-{}", s.ns), &["--no-leader-election"])?;
+    let mut ctl = controller(
+        recovery,
+        &format!("controller-{}", s.ns),
+        &["--no-leader-election", "--lease-namespace", &s.ns],
+    )?;
     let plugin = Plugin::build(recovery.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
         protected(&s).await.context("protect")?;
@@ -1140,7 +1294,11 @@ async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
     )
     .await?;
     s.set_rpo("2m").await?;
-    let mut ctl = controller(&mgmt, &format!("controller-{}", s.ns), &["--no-leader-election"])?;
+    let mut ctl = controller(
+        &mgmt,
+        &format!("controller-{}", s.ns),
+        &["--no-leader-election", "--lease-namespace", &s.ns],
+    )?;
     let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_split_brain(&s, stop.clone());

@@ -125,7 +125,7 @@ async fn main() -> Result<()> {
         &controller,
         hq.kubeconfig_path(),
         hq.dir().join("coldsite-controller.log"),
-        &["--no-leader-election"],
+        &["--no-leader-election", "--lease-namespace", &s.ns],
     )?;
     say(
         start,

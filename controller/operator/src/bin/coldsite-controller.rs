@@ -13,6 +13,7 @@ use coldsite_operator::error::Error;
 use coldsite_operator::http_client::HttpClient;
 use coldsite_operator::metrics::Metrics;
 use coldsite_operator::reconcile;
+use coldsite_operator::replication_keys::ReplicationKeys;
 use coldsite_operator::server::{self, Readiness};
 use coldsite_operator::sites::SiteClients;
 use futures::StreamExt;
@@ -35,12 +36,18 @@ struct Args {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "COLDSITE_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
-    /// Namespace of the leader-election Lease.
+    /// The controller's namespace: where its leader-election Lease and its replication
+    /// master key Secret are.
     #[arg(long, env = "POD_NAMESPACE", default_value = "coldsite-system")]
     lease_namespace: String,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "coldsite-controller")]
     lease_name: String,
+    /// The Secret, in the controller's namespace, holding the master key that every VM's
+    /// rsync-TLS replication key derives from; made with a random key if missing. Keep it:
+    /// a VM's key written at one site before it changed would not match one written after.
+    #[arg(long, default_value = "coldsite-replication-key")]
+    replication_key_secret: String,
     /// This replica's identity in the Lease; the Pod's name in a cluster.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -262,6 +269,11 @@ async fn main() -> anyhow::Result<()> {
         },
         runs: Default::default(),
         stores: Default::default(),
+        keys: Arc::new(ReplicationKeys::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.replication_key_secret,
+        )),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

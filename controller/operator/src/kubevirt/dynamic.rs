@@ -84,6 +84,18 @@ pub const SERVICE: Kind = Kind {
     kind: "Service",
     plural: "services",
 };
+pub const SERVICE_ACCOUNT: Kind = Kind {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+};
+pub const POD: Kind = Kind {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+};
 pub const NAMESPACE: Kind = Kind {
     group: "",
     version: "v1",
@@ -139,20 +151,8 @@ impl SiteApi {
     /// write of coldsite's at a site, with strict field validation: a field the site's
     /// schema does not know is an error, not silently dropped.
     pub async fn create_if_absent(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
-        let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let body = serde_json::to_vec(object)
-            .map_err(|e| FabricError::permanent(format!("building {} {name}: {e}", kind.kind)))?;
-        let path = <DynamicObject as kube::Resource>::url_path(&kind.resource(), namespace);
-        // kube's PostParams cannot ask for strict validation.
-        let request = http::Request::post(format!("{path}?fieldManager={MANAGER}&fieldValidation=Strict"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .map_err(|e| FabricError::permanent(format!("building {} {name}: {e}", kind.kind)))?;
-        match self.client.request::<DynamicObject>(request).await {
+        let (namespace, name) = namespace_and_name(object);
+        match self.post(kind, object, "").await {
             Ok(o) => Ok(to_value(o)),
             Err(kube::Error::Api(s)) if s.code == 409 => self
                 .get(kind, namespace, name)
@@ -160,6 +160,36 @@ impl SiteApi {
                 .ok_or_else(|| FabricError::transient(format!("{} {name} vanished after a conflict", kind.kind))),
             Err(e) => Err(classify(&self.site, &format!("creating {} {name}", kind.kind), e)),
         }
+    }
+
+    /// Creates the object unless one of that name exists, without reading it: for what
+    /// coldsite may write but not read (the replication keys).
+    pub async fn create_unless_exists(&self, kind: Kind, object: &Value) -> Result<(), FabricError> {
+        match self.post(kind, object, "").await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => {
+                let (_, name) = namespace_and_name(object);
+                Err(classify(&self.site, &format!("creating {} {name}", kind.kind), e))
+            }
+        }
+    }
+
+    /// Puts the object through the site's admission without creating it (`dryRun=All`).
+    pub async fn dry_run_create(&self, kind: Kind, object: &Value) -> Result<(), kube::Error> {
+        self.post(kind, object, "&dryRun=All").await.map(|_| ())
+    }
+
+    async fn post(&self, kind: Kind, object: &Value, query: &str) -> Result<DynamicObject, kube::Error> {
+        let (namespace, _) = namespace_and_name(object);
+        let body = serde_json::to_vec(object).map_err(kube::Error::SerdeError)?;
+        let path = <DynamicObject as kube::Resource>::url_path(&kind.resource(), namespace);
+        // kube's PostParams cannot ask for strict validation.
+        let request = http::Request::post(format!("{path}?fieldManager={MANAGER}&fieldValidation=Strict{query}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(kube::Error::HttpError)?;
+        self.client.request::<DynamicObject>(request).await
     }
 
     /// Server-side apply of the fields coldsite owns.
@@ -234,15 +264,20 @@ impl SiteApi {
         }
     }
 
-    /// Makes sure a namespace exists, for test namespaces and scripts. Reads first, so an
-    /// identity that may only read a namespace that exists (a plan's namespace on the
-    /// management cluster) needs no right to create namespaces.
+    /// Makes sure a namespace exists, for restored and test VMs.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), FabricError> {
-        if self.get(NAMESPACE, None, name).await?.is_some() {
-            return Ok(());
-        }
         let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        self.create_if_absent(NAMESPACE, &ns).await.map(|_| ())
+        self.read_or_create(NAMESPACE, &ns).await.map(|_| ())
+    }
+
+    /// What exists under the object's name, else the object, created. Reads first, so an
+    /// identity that may only read what an administrator made needs no right to create it.
+    pub async fn read_or_create(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
+        let (namespace, name) = namespace_and_name(object);
+        match self.get(kind, namespace, name).await? {
+            Some(found) => Ok(found),
+            None => self.create_if_absent(kind, object).await,
+        }
     }
 }
 
@@ -253,6 +288,16 @@ fn strict() -> PatchParams {
         ..PatchParams::default()
     }
     .validation_strict()
+}
+
+fn namespace_and_name(object: &Value) -> (Option<&str>, &str) {
+    (
+        object.pointer("/metadata/namespace").and_then(Value::as_str),
+        object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )
 }
 
 fn to_value(o: DynamicObject) -> Value {

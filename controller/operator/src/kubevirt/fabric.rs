@@ -3,6 +3,7 @@
 //! destination's VolumeSnapshots kept with VolSync's do-not-delete label.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,16 +11,17 @@ use coldsite_engine::fabric::{
     Fabric, FabricError, FabricResult, Progress, Recovery, RecoveryPoint, ReplicationState, RunRef, ScriptRequest,
 };
 use coldsite_engine::model::{Direction, ProbeModel, ReadinessModel, SiteModel, VmModel};
-use coldsite_engine::rpo;
+use coldsite_engine::{names, rpo};
 use serde_json::{Value, json};
 
 use super::dynamic::{
-    CONFIG_MAP, JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, SERVICE, SiteApi, VM, VMI,
-    VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, str_at,
+    CONFIG_MAP, JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SERVICE, SiteApi, VM, VMI, VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT, str_at,
 };
 use super::final_sync;
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
 use super::points::{self, DiskPoint};
+use crate::replication_keys::ReplicationKeys;
 use crate::scripts::ScriptRunner;
 
 const SOON: Duration = Duration::from_secs(2);
@@ -30,6 +32,7 @@ pub struct KubeVirtFabric {
     pub sites: HashMap<String, SiteApi>,
     pub management: SiteApi,
     pub scripts: ScriptRunner,
+    pub keys: Arc<ReplicationKeys>,
     /// The plan's (or the ProtectedVM's) primary and recovery sites.
     pub primary: SiteModel,
     pub recovery: SiteModel,
@@ -153,7 +156,7 @@ impl KubeVirtFabric {
         let src = self.site(&source.name)?;
         let dst = self.site(&target.name)?;
         dst.ensure_namespace(&vm.vm_namespace).await?;
-        ensure_key(src, dst, vm).await?;
+        self.keys.ensure([dst, src], &vm.vm_namespace, &vm.name).await?;
         copy_manifest(src, dst, vm).await?;
         let ends = Ends {
             source,
@@ -535,26 +538,6 @@ struct DiskReplication {
     waiting: Vec<String>,
 }
 
-/// The rsync-TLS key of a VM's replication: made once, the same at both ends.
-async fn ensure_key(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
-    let ns = vm.vm_namespace.as_str();
-    let name = objects::rsync_secret_name(&vm.name);
-    let existing = match dst.get(SECRET, Some(ns), &name).await? {
-        Some(s) => Some(s),
-        None => src.get(SECRET, Some(ns), &name).await?,
-    };
-    let psk = existing
-        .as_ref()
-        .and_then(|s| str_at(s, "/data/psk.txt"))
-        .and_then(decode_b64)
-        .and_then(|t| t.strip_prefix("volsync:").map(str::to_owned))
-        .unwrap_or_else(new_psk);
-    let secret = objects::rsync_secret(ns, &vm.name, &psk);
-    dst.create_if_absent(SECRET, &secret).await?;
-    src.create_if_absent(SECRET, &secret).await?;
-    Ok(())
-}
-
 /// A copy of the VM's manifest at the target, for recovering it when the source is gone.
 async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
     let ns = vm.vm_namespace.as_str();
@@ -633,19 +616,6 @@ async fn address_blocker(site: &SiteApi, target: &SiteModel, rd: &Value) -> Resu
          the sites share a network",
         target.name, target.name
     )))
-}
-
-fn new_psk() -> String {
-    use rand::RngCore;
-    let mut key = [0u8; 32];
-    rand::rng().fill_bytes(&mut key);
-    hex::encode(key)
-}
-
-fn decode_b64(s: &str) -> Option<String> {
-    use k8s_openapi::ByteString;
-    let bytes: ByteString = serde_json::from_value(json!(s)).ok()?;
-    String::from_utf8(bytes.0).ok()
 }
 
 impl Fabric for KubeVirtFabric {
@@ -1074,15 +1044,17 @@ impl KubeVirtFabric {
     }
 
     /// Deletes the Jobs and context ConfigMaps a test's `site: management` scripts left in
-    /// the run's namespace on the management cluster; done once none is left.
+    /// the scripts namespace of the run's namespace on the management cluster; done once
+    /// none is left.
     pub async fn delete_management_scripts(&self, run: &RunRef) -> FabricResult<()> {
         let selector = format!("{RUN_UID}={}", run.uid);
+        let ns = names::scripts_namespace(&run.namespace);
         let mut left = 0usize;
         for kind in [JOB, CONFIG_MAP] {
-            for o in self.management.list(kind, Some(&run.namespace), &selector).await? {
+            for o in self.management.list(kind, Some(&ns), &selector).await? {
                 left += 1;
                 let name = str_at(&o, "/metadata/name").unwrap_or_default();
-                self.management.delete(kind, Some(&run.namespace), name).await?;
+                self.management.delete(kind, Some(&ns), name).await?;
             }
         }
         if left == 0 {

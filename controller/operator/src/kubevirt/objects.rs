@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use coldsite_engine::fabric::Recovery;
+pub use coldsite_engine::names::dns_name;
 use serde_json::{Value, json};
 
 use super::dynamic::str_at;
@@ -26,20 +27,6 @@ pub const CAPACITY: &str = "coldsite.io/capacity";
 pub const SAFETY: &str = "coldsite.io/safety";
 pub const DO_NOT_DELETE: &str = "volsync.backube/do-not-delete";
 pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
-
-/// A Kubernetes name of at most 63 characters: long names keep a hash of the whole.
-pub fn dns_name(base: &str) -> String {
-    if base.len() <= 63 {
-        return base.to_owned();
-    }
-    let hash = fnv(base);
-    format!("{}-{hash:08x}", base[..54].trim_end_matches('-'))
-}
-
-fn fnv(s: &str) -> u32 {
-    s.bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
-}
 
 /// The short form of a run UID that names the run's objects.
 pub fn run_tag(uid: &str) -> String {
@@ -504,15 +491,6 @@ pub fn recovered_vm(source: &Value, req: &Recovery<'_>) -> Result<Value, String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_names_stay_valid_and_distinct() {
-        let a = dns_name(&"x".repeat(80));
-        let b = dns_name(&format!("{}y", "x".repeat(79)));
-        assert!(a.len() <= 63 && b.len() <= 63);
-        assert_ne!(a, b);
-        assert_eq!(dns_name("coldsite-dc01"), "coldsite-dc01");
-    }
 
     #[test]
     fn volsync_names_its_destination_service_as_upstream_does() {

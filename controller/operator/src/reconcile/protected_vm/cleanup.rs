@@ -39,6 +39,7 @@ pub async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         site.delete(SECRET, Some(&ns), &rsync_secret_name(&pvm.name_any()))
             .await
             .map_err(|e| Error::Fabric(e.message))?;
+        fabric.keys.forget(site_name, &ns, &pvm.name_any());
         for kind in [REPLICATION_SOURCE, REPLICATION_DESTINATION, VOLUME_SNAPSHOT, CONFIG_MAP] {
             for o in site
                 .list(kind, Some(&ns), &selector)
