@@ -30,6 +30,7 @@ mod pki;
 pub mod plugin;
 mod process;
 pub mod registry;
+pub mod scale;
 pub mod simulator;
 pub mod site;
 pub mod skips;

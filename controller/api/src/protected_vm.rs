@@ -292,7 +292,9 @@ pub struct ReplicationStatus {
     /// The oldest of the disks' last completed syncs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
-    /// Seconds of data that would be lost if the primary failed now.
+    /// Seconds of data that would be lost if the primary failed now, as of the last status
+    /// write: written when it moved by a tenth of the RPO (a minute at least), and at once
+    /// when health changes. The metric `coldsite_vm_rpo_seconds` has it live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_rpo_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -155,7 +155,12 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
     );
 
     let log = mgmt.dir().join(format!("controller-{}.log", s.ns));
-    let mut ctl = ControllerProcess::start(&controller_bin, mgmt.kubeconfig_path(), log, &["--no-leader-election"])?;
+    let mut ctl = ControllerProcess::start(
+        &controller_bin,
+        mgmt.kubeconfig_path(),
+        log,
+        &["--no-leader-election", "--lease-namespace", &s.ns],
+    )?;
     let result = async {
         let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
         let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);

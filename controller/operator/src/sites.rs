@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coldsite_api::Site;
 use k8s_openapi::api::core::v1::Secret;
@@ -27,9 +27,15 @@ pub fn identify(config: &mut Config) {
         .push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
 }
 
+/// How long a site's client is used before its kubeconfig Secret is read again: a rotated
+/// kubeconfig takes effect within this, and reconciles do not read the Secret each time.
+const RECHECK: Duration = Duration::from_secs(60);
+
 struct Entry {
     /// The kubeconfig Secret's resourceVersion; empty for the management cluster.
     version: String,
+    /// When the Secret was last read and found at `version`.
+    checked: Instant,
     client: Client,
     watch: Arc<SiteWatch>,
 }
@@ -60,6 +66,9 @@ impl SiteClients {
                 .lookup(&name, "")
                 .unwrap_or_else(|| self.insert(&name, "", self.management.clone())));
         };
+        if let Some(client) = self.recent(&name) {
+            return Ok(client);
+        }
         let r = &cluster.kubeconfig_secret_ref;
         let secret = Api::<Secret>::namespaced(self.management.clone(), &r.namespace)
             .get(&r.name)
@@ -100,12 +109,21 @@ impl SiteClients {
         Ok(self.insert(&name, &version, client))
     }
 
-    fn lookup(&self, name: &str, version: &str) -> Option<Client> {
+    /// The cached client of a site whose Secret was read within [`RECHECK`].
+    fn recent(&self, name: &str) -> Option<Client> {
         let cache = self.cache.lock().ok()?;
         cache
             .get(name)
-            .filter(|e| e.version == version)
+            .filter(|e| e.checked.elapsed() < RECHECK)
             .map(|e| e.client.clone())
+    }
+
+    /// The cached client of a site if its Secret is still at `version`.
+    fn lookup(&self, name: &str, version: &str) -> Option<Client> {
+        let mut cache = self.cache.lock().ok()?;
+        let entry = cache.get_mut(name).filter(|e| e.version == version)?;
+        entry.checked = Instant::now();
+        Some(entry.client.clone())
     }
 
     /// Caches a site's client with a new watch; the one it replaces stops when dropped.
@@ -116,6 +134,7 @@ impl SiteClients {
                 name.to_owned(),
                 Entry {
                     version: version.to_owned(),
+                    checked: Instant::now(),
                     client: client.clone(),
                     watch,
                 },

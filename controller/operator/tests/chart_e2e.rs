@@ -371,11 +371,14 @@ async fn chart_lints_renders_and_passes_server_dry_run() -> Result<()> {
         None,
     )?;
     let admin = cp.client().await?;
+    // The chart makes coldsite-scripts-<namespace> itself; a server dry run cannot put the
+    // Role and the ServiceAccount into a namespace it only pretended to create.
     for ns in [
         "coldsite-ci",
         "coldsite-ci-exchange",
         "coldsite-ci-sharepoint",
         "coldsite-ci-kubeconfigs",
+        "coldsite-scripts-coldsite-ci-exchange",
     ] {
         apply(
             &admin,

@@ -192,19 +192,24 @@ impl SiteApi {
         self.client.request::<DynamicObject>(request).await
     }
 
-    /// Server-side apply of the fields coldsite owns.
+    /// Server-side apply of the fields coldsite owns, unless the live object already holds
+    /// every one of them as given: a steady reconcile reads, and writes nothing. The object
+    /// carries a digest of what was applied ([`APPLIED`]), so a field coldsite stops setting
+    /// is noticed too, and removed by the next apply.
     pub async fn apply(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
-        let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let (namespace, name) = namespace_and_name(object);
+        let desired = with_digest(object);
+        if let Some(live) = self.get(kind, namespace, name).await?
+            && holds(&live, &desired)
+        {
+            return Ok(live);
+        }
         let o = self
             .api(kind, namespace)
             .patch(
                 name,
                 &PatchParams::apply(MANAGER).force().validation_strict(),
-                &Patch::Apply(object),
+                &Patch::Apply(&desired),
             )
             .await
             .map_err(self.err(format!("applying {} {name}", kind.kind)))?;
@@ -290,6 +295,33 @@ fn strict() -> PatchParams {
     .validation_strict()
 }
 
+/// Annotation with the digest of what coldsite last applied to an object.
+pub const APPLIED: &str = "coldsite.io/applied";
+
+/// The object with the digest of its JSON in the [`APPLIED`] annotation.
+fn with_digest(object: &Value) -> Value {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(object).unwrap_or_default();
+    let mut desired = object.clone();
+    if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        annotations[APPLIED] = Value::String(hex::encode(&Sha256::digest(&bytes)[..12]));
+    }
+    desired
+}
+
+/// Whether `live` holds every field of `desired` with the same value: objects by key,
+/// lists item by item and of the same length.
+pub fn holds(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(l), Value::Object(d)) => d.iter().all(|(k, v)| l.get(k).is_some_and(|lv| holds(lv, v))),
+        (Value::Array(l), Value::Array(d)) => l.len() == d.len() && l.iter().zip(d).all(|(a, b)| holds(a, b)),
+        (l, d) => l == d,
+    }
+}
+
 fn namespace_and_name(object: &Value) -> (Option<&str>, &str) {
     (
         object.pointer("/metadata/namespace").and_then(Value::as_str),
@@ -319,4 +351,43 @@ pub fn classify(site: &str, what: &str, e: kube::Error) -> FabricError {
 /// A string at a JSON pointer.
 pub fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_live_object_holds_what_was_applied_whatever_else_it_carries() {
+        let desired = json!({"metadata": {"name": "d", "labels": {"a": "1"}},
+                             "spec": {"ports": [{"port": 80}], "mode": "x"}});
+        let live = json!({"metadata": {"name": "d", "uid": "u", "labels": {"a": "1", "b": "2"}},
+                          "spec": {"ports": [{"port": 80, "protocol": "TCP"}], "mode": "x"},
+                          "status": {"address": "10.0.0.1"}});
+        assert!(holds(&live, &desired));
+        let changed = |pointer: &str, v: Value| {
+            let mut l = live.clone();
+            *l.pointer_mut(pointer).unwrap() = v;
+            holds(&l, &desired)
+        };
+        assert!(!changed("/spec/mode", json!("y")), "a changed value is re-applied");
+        assert!(!changed("/metadata/labels/a", json!("2")));
+        assert!(
+            !changed("/spec/ports", json!([{"port": 80}, {"port": 81}])),
+            "lists compare whole"
+        );
+        assert!(
+            !holds(&json!({"metadata": {"name": "d"}}), &desired),
+            "a missing field is re-applied"
+        );
+    }
+
+    #[test]
+    fn a_field_no_longer_wanted_changes_the_digest_so_it_is_applied_away() {
+        let before = with_digest(&json!({"metadata": {"name": "d"}, "spec": {"pvc": "disk", "mode": "x"}}));
+        let now = with_digest(&json!({"metadata": {"name": "d"}, "spec": {"mode": "x"}}));
+        assert!(!holds(&before, &now), "the live object still has spec.pvc: apply again");
+        assert!(holds(&now, &now));
+    }
 }

@@ -119,7 +119,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     mine.last_run = None;
     was.last_run = None;
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
-    crate::status::apply(&api, &pvm.name_any(), old_for_compare(&was, &mine).as_ref(), &mine).await?;
+    crate::status::apply(&api, &pvm.name_any(), old_for_compare(&was, &mine, rpo).as_ref(), &mine).await?;
     Ok(Action::requeue(if fenced { CHECK_EVERY } else { FENCE_RETRY }))
 }
 
@@ -258,10 +258,13 @@ async fn report(
 
 /// Status writes skip changes of the RPO age alone within a minute, so an idle, healthy VM
 /// costs one write a minute at most.
-fn old_for_compare(old: &ProtectedVMStatus, new: &ProtectedVMStatus) -> Option<ProtectedVMStatus> {
+fn old_for_compare(old: &ProtectedVMStatus, new: &ProtectedVMStatus, rpo: Duration) -> Option<ProtectedVMStatus> {
     let (a, b) = (old.replication.as_ref()?, new.replication.as_ref()?);
+    // The age moves by the second; written when it moved by a tenth of the RPO (a minute at
+    // least), so status stays within 10% of the truth without a write per reconcile.
+    let slack = (rpo.as_secs() as i64 / 10).max(60);
     let close = match (a.current_rpo_seconds, b.current_rpo_seconds) {
-        (Some(x), Some(y)) => (x - y).abs() < 60,
+        (Some(x), Some(y)) => (x - y).abs() < slack,
         (x, y) => x == y,
     };
     if close && a.health == b.health && a.last_sync_time == b.last_sync_time {

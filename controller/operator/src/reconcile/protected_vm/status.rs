@@ -167,8 +167,8 @@ fn ready(status: &ProtectedVMStatus, o: &Observed<'_>, phase: ProtectionPhase) -
         (None, _) if !rpo_met(status, o.rpo) => (
             false,
             "RpoNotMet",
-            match status.replication.as_ref().and_then(|r| r.current_rpo_seconds) {
-                Some(age) => format!("newest recovery point {age}s old, RPO {}", o.rpo_text),
+            match status.replication.as_ref().and_then(|r| r.last_sync_time.as_ref()) {
+                Some(t) => format!("newest recovery point from {}, older than the RPO {}", t.0, o.rpo_text),
                 None => format!("no recovery point yet{waiting}"),
             },
         ),
@@ -189,7 +189,8 @@ fn set_conditions(
     let t = coldsite_engine::time::to_k8s(o.now);
     let replicating = o.replication.is_some_and(|s| s.established) && !paused;
     let rpo_met = rpo_met(status, o.rpo);
-    let age = status.replication.as_ref().and_then(|r| r.current_rpo_seconds);
+    // Messages name the newest point's time, not its age, so they do not change by the second.
+    let newest = status.replication.as_ref().and_then(|r| r.last_sync_time.as_ref());
     let mut desired = vec![
         Desired {
             type_: condition::READY,
@@ -211,8 +212,8 @@ fn set_conditions(
             type_: condition::RPO_MET,
             ok: rpo_met,
             reason: if rpo_met { "WithinRpo" } else { "RpoExceeded" },
-            message: match age {
-                Some(a) => format!("{a}s of data at risk, RPO {}", o.rpo_text),
+            message: match newest {
+                Some(t) => format!("writes since {} at risk, RPO {}", t.0, o.rpo_text),
                 None => "no recovery point yet".into(),
             },
         },
