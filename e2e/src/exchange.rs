@@ -321,14 +321,51 @@ const DISKS: [&str; 2] = ["system", "data"];
 impl Scenario {
     /// Sets every ProtectedVM's RPO (the sync schedule follows: `2m` syncs every minute).
     pub async fn set_rpo(&self, rpo: &str) -> Result<()> {
+        self.set_replication(json!({ "rpo": rpo })).await
+    }
+
+    /// Merges `replication` into every example VM's `spec.replication`.
+    pub async fn set_replication(&self, replication: Value) -> Result<()> {
         let pvms: Api<coldsite_api::ProtectedVM> = Api::namespaced(self.management.clone(), &self.ns);
         for vm in VMS {
-            let patch = json!({"spec": {"replication": {"rpo": rpo}}});
+            let patch = json!({"spec": {"replication": replication}});
             pvms.patch(vm, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
                 .await
-                .with_context(|| format!("setting the RPO of {vm}"))?;
+                .with_context(|| format!("setting the replication of {vm}"))?;
         }
         Ok(())
+    }
+
+    /// A VM's recovery points at `site`, read from the storage: how many are marked
+    /// app-consistent and how many crash-consistent. Fails if a mark disagrees with the data:
+    /// an app-consistent point must hold an image cut while the guest was frozen, and a
+    /// crash-consistent one an image cut while it ran.
+    pub async fn points_by_consistency(&self, site: &str, vm: &str) -> Result<(usize, usize)> {
+        let client = if site == self.dr { &self.recovery } else { &self.primary };
+        let snapshots = crate::simulator::resources::VOLUME_SNAPSHOT.namespaced(client.clone(), &self.ns);
+        let list = snapshots
+            .list(&kube::api::ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
+            .await?;
+        let (mut app, mut crash) = (0, 0);
+        for snap in &list.items {
+            let name = snap.metadata.name.clone().unwrap_or_default();
+            let marked = kube::ResourceExt::annotations(snap)
+                .get("coldsite.io/app-consistent")
+                .map(String::as_str)
+                == Some("true");
+            let data = self.simulator.read_snapshot(site, &self.ns, &name).await?;
+            anyhow::ensure!(
+                data.quiesced == marked,
+                "point {name} of {vm} at {site} is marked app-consistent={marked}, but its image was cut {}",
+                if data.quiesced {
+                    "with the guest frozen"
+                } else {
+                    "while the guest ran"
+                }
+            );
+            if marked { app += 1 } else { crash += 1 }
+        }
+        Ok((app, crash))
     }
 
     /// A guest write to every disk of each example VM running at `site`; the write ids by VM.
@@ -484,10 +521,21 @@ impl Scenario {
 
     /// Creates a RecoveryRun of the example's plan.
     pub async fn create_run(&self, name: &str, action: &str, approvals: &[&str]) -> Result<()> {
+        self.create_run_to(name, action, approvals, json!("Latest")).await
+    }
+
+    /// A run that restores `recovery_point` (`Latest`, `LatestAppConsistent`, `{time}`).
+    pub async fn create_run_to(
+        &self,
+        name: &str,
+        action: &str,
+        approvals: &[&str],
+        recovery_point: Value,
+    ) -> Result<()> {
         let run: coldsite_api::RecoveryRun = serde_json::from_value(json!({
             "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
             "metadata": {"name": name, "namespace": self.ns},
-            "spec": {"plan": "exchange", "action": action, "approvals": approvals},
+            "spec": {"plan": "exchange", "action": action, "approvals": approvals, "recoveryPoint": recovery_point},
         }))?;
         Api::<coldsite_api::RecoveryRun>::namespaced(self.management.clone(), &self.ns)
             .create(&kube::api::PostParams::default(), &run)

@@ -26,6 +26,10 @@ pub struct Pki {
     pub admin: CertKey,
     /// Client certificate of kube-controller-manager (`system:kube-controller-manager`).
     pub controller_manager: CertKey,
+    /// The aggregation layer's front proxy: the CA aggregated API servers trust for the
+    /// requests kube-apiserver proxies to them, and its client certificate.
+    pub front_proxy_ca: CertKey,
+    pub front_proxy_client: CertKey,
     /// Service-account token signing key (private) and its public key.
     pub service_account_key_pem: String,
     pub service_account_pub_pem: String,
@@ -38,10 +42,15 @@ pub struct PkiFiles {
     pub apiserver_key: PathBuf,
     pub sa_key: PathBuf,
     pub sa_pub: PathBuf,
+    pub front_proxy_ca: PathBuf,
+    pub front_proxy_client_cert: PathBuf,
+    pub front_proxy_client_key: PathBuf,
 }
 
 pub const ADMIN_USER: &str = "coldsite-e2e-admin";
 pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+/// The name aggregated API servers accept on the front proxy's certificate.
+pub const FRONT_PROXY_USER: &str = "front-proxy-client";
 
 /// A new CA named `common_name`: its certificate and key, and the issuer of its leaves.
 fn new_ca(common_name: &str) -> Result<(CertKey, Issuer<'static, KeyPair>)> {
@@ -105,12 +114,23 @@ impl Pki {
         )
         .context("issuing kube-controller-manager client certificate")?;
 
+        let (front_proxy_ca, front_proxy_issuer) = new_ca(&format!("coldsite-e2e-front-proxy-ca-{cluster_name}"))?;
+        let front_proxy_client = leaf(
+            &front_proxy_issuer,
+            FRONT_PROXY_USER,
+            None,
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+        .context("issuing the front proxy's client certificate")?;
         let sa = KeyPair::generate().context("generating service-account signing key")?;
         Ok(Self {
             ca,
             apiserver,
             admin,
             controller_manager,
+            front_proxy_ca,
+            front_proxy_client,
             service_account_key_pem: sa.serialize_pem(),
             service_account_pub_pem: sa.public_key_pem(),
         })
@@ -125,6 +145,9 @@ impl Pki {
             apiserver_key: dir.join("apiserver.key"),
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
+            front_proxy_ca: dir.join("front-proxy-ca.crt"),
+            front_proxy_client_cert: dir.join("front-proxy-client.crt"),
+            front_proxy_client_key: dir.join("front-proxy-client.key"),
         };
         write_file(&files.ca_cert, &self.ca.cert_pem, 0o644)?;
         write_file(&dir.join("ca.key"), &self.ca.key_pem, 0o600)?;
@@ -132,6 +155,9 @@ impl Pki {
         write_file(&files.apiserver_key, &self.apiserver.key_pem, 0o600)?;
         write_file(&files.sa_key, &self.service_account_key_pem, 0o600)?;
         write_file(&files.sa_pub, &self.service_account_pub_pem, 0o644)?;
+        write_file(&files.front_proxy_ca, &self.front_proxy_ca.cert_pem, 0o644)?;
+        write_file(&files.front_proxy_client_cert, &self.front_proxy_client.cert_pem, 0o644)?;
+        write_file(&files.front_proxy_client_key, &self.front_proxy_client.key_pem, 0o600)?;
         Ok(files)
     }
 }

@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Client;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::binaries::Binaries;
 use crate::controlplane::{Component, ControlPlane, free_port};
 use crate::manifests::{FIELD_MANAGER, apply_crds, apply_params, dynamic_api, name_of, yaml_files};
+use crate::simulator::virt_api::{self, VirtApi};
 use crate::simulator::{SimSite, admission, csi};
 
 /// The default StorageClass and VolumeSnapshotClass of every site, both of the simulated
@@ -60,10 +62,15 @@ fn site_objects() -> Vec<Value> {
 /// Installs upstream's CRDs and the site's cluster-wide objects. Idempotent.
 pub async fn install(client: &Client, binaries: &Binaries) -> Result<()> {
     apply_crds(client, &upstream_crds(binaries)?).await?;
-    for object in site_objects() {
-        let (api, _) = dynamic_api(client, &object, "").await?;
-        let name = name_of(&object)?;
-        api.patch(name, &apply_params(FIELD_MANAGER), &kube::api::Patch::Apply(&object))
+    apply_objects(client, &site_objects()).await
+}
+
+async fn apply_objects(client: &Client, objects: &[Value]) -> Result<()> {
+    for object in objects {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let (api, _) = dynamic_api(client, object, namespace).await?;
+        let name = name_of(object)?;
+        api.patch(name, &apply_params(FIELD_MANAGER), &kube::api::Patch::Apply(object))
             .await
             .with_context(|| format!("applying {} {name}", object["kind"]))?;
     }
@@ -117,7 +124,8 @@ impl ControlPlane {
                 install(&self.client().await?, self.binaries())
                     .await
                     .with_context(|| format!("installing the site parts of control plane '{}'", self.name()))?;
-                self.start_site_controllers().await
+                self.start_site_controllers().await?;
+                self.start_virt_api().await
             })
             .await?;
         Ok(())
@@ -141,6 +149,35 @@ impl ControlPlane {
             management_only: true,
             ..self.sim_site(name).await?
         })
+    }
+
+    /// The simulated virt-api's subresources, registered as KubeVirt registers them; ready
+    /// once the aggregation layer reports the APIService Available.
+    async fn start_virt_api(&self) -> Result<()> {
+        let server = VirtApi::start(self.kubeconfig_yaml().to_owned())?;
+        let client = self.client().await?;
+        apply_objects(&client, &server.registration()).await?;
+        let services: Api<APIService> = Api::all(client);
+        let name = format!("{}.{}", virt_api::VERSION, virt_api::GROUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let service = services.get(&name).await?;
+            let available = service
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Available");
+            match available {
+                Some(c) if c.status == "True" => break,
+                _ if std::time::Instant::now() > deadline => {
+                    anyhow::bail!("APIService {name} of the simulated virt-api is not Available: {available:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        tracing::info!(name = %self.name(), port = server.port, "the simulated virt-api serves {name}");
+        Ok(())
     }
 
     pub(crate) async fn start_site_controllers(&self) -> Result<()> {

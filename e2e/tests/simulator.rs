@@ -737,3 +737,103 @@ async fn the_binary_installs_and_plays_a_site_from_its_kubeconfig() -> Result<()
     ensure!(log.contains("Registered Movers"), "VolSync did not start: {log}");
     Ok(())
 }
+
+/// A PUT to a subresource of `subresources.kubevirt.io/v1`, through the site's API server:
+/// the status code and body.
+async fn virt_api_put(client: &Client, ns: &str, vmi: &str, sub: &str, body: Value) -> Result<(u16, String)> {
+    let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{vmi}/{sub}");
+    let request = http::Request::put(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body)?)?;
+    match client.request_text(request).await {
+        Ok(text) => Ok((200, text)),
+        Err(kube::Error::Api(status)) => Ok((status.code, status.message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A snapshot of a claim, once ready: the data it holds.
+async fn snapshot_data(s: &Sites, name: &str, claim: &str) -> Result<coldsite_e2e::simulator::DiskData> {
+    let snapshots = VOLUME_SNAPSHOT.namespaced(s.primary.clone(), &s.primary_ns);
+    create(
+        &snapshots,
+        VOLUME_SNAPSHOT,
+        json!({"metadata": {"name": name}, "spec": {"source": {"persistentVolumeClaimName": claim}}}),
+    )
+    .await?;
+    within(SYNC_WAIT, &format!("snapshot {name} ready"), || async {
+        let snap = snapshots.get(name).await?;
+        Ok((at(&snap, "/status/readyToUse") == Some(&json!(true))).then_some(()))
+    })
+    .await?;
+    s.sim.read_snapshot("primary", &s.primary_ns, name).await
+}
+
+#[tokio::test]
+async fn freeze_goes_through_the_aggregation_layer_and_a_frozen_guests_snapshot_is_quiesced() -> Result<()> {
+    let s = sites("sim-freeze").await?;
+    let ns = s.primary_ns.clone();
+    for name in ["db", "quiet"] {
+        bound_claim(
+            &s.primary,
+            &ns,
+            pvc(&format!("{name}-system"), "1Gi", "Filesystem", None)?,
+        )
+        .await?;
+    }
+    s.sim.update_faults(|f| {
+        f.all_sites.no_agent.insert(format!("{ns}/quiet"));
+    });
+    let vms = VIRTUAL_MACHINE.namespaced(s.primary.clone(), &ns);
+    let vmis = VIRTUAL_MACHINE_INSTANCE.namespaced(s.primary.clone(), &ns);
+    for name in ["db", "quiet"] {
+        create(&vms, VIRTUAL_MACHINE, vm(name, "Always", NETWORK_DATA)).await?;
+        eventually(&format!("VMI {name} Running"), || async {
+            let vmi = vmis.get_opt(name).await?;
+            Ok(vmi.filter(|v| text(v, "/status/phase") == Some("Running")))
+        })
+        .await?;
+    }
+    s.sim.guest_write("primary", &ns, "db").await?;
+
+    // Only a caller RBAC allows reaches virt-api: kube-apiserver authorizes before proxying.
+    let cp = ControlPlane::shared().await?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(cp.kubeconfig_yaml())?,
+        &Default::default(),
+    )
+    .await?;
+    config.auth_info.impersonate = Some("someone-without-rights".into());
+    let stranger = Client::try_from(config)?;
+    let (code, _) = virt_api_put(&stranger, &ns, "db", "freeze", json!({"unfreezeTimeout": "1m"})).await?;
+    assert_eq!(code, 403, "an unauthorized freeze must be refused");
+    assert!(text(&vmis.get("db").await?, "/status/fsFreezeStatus").is_none());
+
+    let (code, body) = virt_api_put(&s.primary, &ns, "db", "freeze", json!({"unfreezeTimeout": "1m"})).await?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(text(&vmis.get("db").await?, "/status/fsFreezeStatus"), Some("frozen"));
+    assert!(snapshot_data(&s, "db-frozen", "db-system").await?.quiesced);
+    let (code, body) = virt_api_put(&s.primary, &ns, "db", "unfreeze", json!({})).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(text(&vmis.get("db").await?, "/status/fsFreezeStatus").is_none());
+    s.sim.guest_write("primary", &ns, "db").await?;
+    assert!(!snapshot_data(&s, "db-thawed", "db-system").await?.quiesced);
+
+    // No guest agent: virt-api passes on virt-handler's failure, and nothing is frozen.
+    let (code, body) = virt_api_put(&s.primary, &ns, "quiet", "freeze", json!({"unfreezeTimeout": "1m"})).await?;
+    assert_eq!(code, 500);
+    assert!(body.contains("guest agent is not connected"), "{body}");
+    assert!(text(&vmis.get("quiet").await?, "/status/fsFreezeStatus").is_none());
+    // A freeze without a timeout is refused; one nobody thaws ends with its timeout.
+    let (code, _) = virt_api_put(&s.primary, &ns, "db", "freeze", json!({})).await?;
+    assert_eq!(code, 500);
+    let (code, _) = virt_api_put(&s.primary, &ns, "db", "freeze", json!({"unfreezeTimeout": "1s"})).await?;
+    assert_eq!(code, 200);
+    eventually("the guest thawed by its unfreezeTimeout", || async {
+        let vmi = vmis.get("db").await?;
+        Ok(text(&vmi, "/status/fsFreezeStatus").is_none().then_some(()))
+    })
+    .await?;
+    s.sim.stop().await;
+    Ok(())
+}

@@ -81,6 +81,11 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: ["kubevirt.io"]
   resources: ["virtualmachineinstances"]
   verbs: ["get"]
+# virt-api's freeze and unfreeze: the guest's filesystems are frozen while the source
+# snapshots of an application-consistent point are cut (appConsistentInterval).
+- apiGroups: ["subresources.kubevirt.io"]
+  resources: ["virtualmachineinstances/freeze", "virtualmachineinstances/unfreeze"]
+  verbs: ["update"]
 # VolSync: replication is server-side applied (patch, and create when absent), final syncs
 # set a manual trigger (patch), reverse replication and unprotect delete them.
 - apiGroups: ["volsync.backube"]

@@ -141,6 +141,9 @@ pub mod condition {
     /// The copies that must not run (at the site the VM does not run at; while a run moves
     /// it, what that run did not start) are confirmed halted.
     pub const FENCED: &str = "Fenced";
+    /// With `appConsistentInterval`: the latest app-consistent sync froze the guest for
+    /// every disk's snapshot.
+    pub const APP_CONSISTENT: &str = "AppConsistent";
 }
 
 /// Find a condition by type.

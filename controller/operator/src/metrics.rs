@@ -21,6 +21,7 @@ pub struct Metrics {
     pub run_waiting_for_approval_seconds: GaugeVec,
     pub plan_proven_timestamp_seconds: GaugeVec,
     pub fenced: CounterVec,
+    pub app_consistent_syncs: CounterVec,
 }
 
 impl Metrics {
@@ -48,6 +49,12 @@ impl Metrics {
                 "Copies of VMs that coldsite found running or starting at a site they had failed over \
                  from, and halted, by site.",
                 &["site"],
+            )?,
+            app_consistent_syncs: counter(
+                "coldsite_app_consistent_syncs_total",
+                "App-consistent syncs by the site the guest runs at and result: app_consistent, \
+                 crash_consistent (not every disk cut in one freeze), freeze_failed (no guest agent, a timeout).",
+                &["site", "result"],
             )?,
             reconciles: counter(
                 "coldsite_reconciles_total",

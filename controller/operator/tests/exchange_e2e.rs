@@ -150,10 +150,49 @@ async fn protected(s: &Scenario) -> Result<()> {
     Ok(())
 }
 
+/// `appConsistentInterval`: each VM gets a point whose two disks were both cut while the
+/// guest was frozen, proven by what the storage at DR holds; the scheduled syncs' points
+/// stay crash-consistent; status says so.
+async fn app_consistent_points(s: &Scenario) -> Result<()> {
+    for vm in VMS {
+        let status = wait_for(
+            &format!("an app-consistent point of {vm}"),
+            Duration::from_secs(150),
+            || async {
+                let status = pvm_status(s, vm).await?;
+                let has = status
+                    .recovery_points
+                    .as_ref()
+                    .is_some_and(|p| p.latest_app_consistent.is_some());
+                Ok(has.then_some(status))
+            },
+        )
+        .await?;
+        let condition = status.conditions.iter().find(|c| c.type_ == "AppConsistent");
+        ensure!(
+            condition.is_some_and(|c| c.status == "True"),
+            "{vm}: AppConsistent condition {condition:?}"
+        );
+        let (app, crash) = s.points_by_consistency(&s.dr, vm).await?;
+        ensure!(
+            app >= 2 && crash >= 2,
+            "{vm}: {app} app-consistent and {crash} crash-consistent disk snapshots at DR; \
+             expected both disks of one point of each"
+        );
+        let at_hq = virtual_machine_instances(&s.primary, &s.ns).get(vm).await?;
+        ensure!(
+            at_hq.data["status"]["fsFreezeStatus"].is_null(),
+            "{vm}'s guest is thawed once its snapshots are cut"
+        );
+    }
+    Ok(())
+}
+
 /// Test failover with its gate; the leader is killed once while the gate holds.
 async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> {
     let runs: Api<RecoveryRun> = Api::namespaced(s.management.clone(), &s.ns);
-    s.create_run("exchange-test-1", "TestFailover", &[]).await?;
+    s.create_run_to("exchange-test-1", "TestFailover", &[], json!("LatestAppConsistent"))
+        .await?;
     let name = "exchange-test-1";
     let run = wait_for("the run to wait for approval", Duration::from_secs(120), || async {
         let r = runs.get(name).await?;
@@ -332,6 +371,29 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
         pvcs.list(&ListParams::default()).await?.items.len() == 6,
         "one restored PVC per disk, no duplicate"
     );
+    // LatestAppConsistent: every disk holds an image cut with its guest frozen, and the run
+    // names the VM's newest app-consistent point.
+    for vm in VMS {
+        for pvc in pvcs.list(&ListParams::default()).await?.items {
+            let claim = pvc.name_any();
+            if !claim.starts_with(&format!("{vm}-")) {
+                continue;
+            }
+            let data = s
+                .simulator
+                .read_disk(&s.dr, &s.test_ns, &claim)
+                .await?
+                .with_context(|| format!("{claim} is not bound"))?;
+            ensure!(data.quiesced, "{claim} was restored from an image cut while {vm} ran");
+        }
+        let status = pvm_status(s, vm).await?;
+        let used = status.last_run.and_then(|l| l.recovery_point);
+        let newest = status.recovery_points.and_then(|p| p.latest_app_consistent);
+        ensure!(
+            used.is_some() && used <= newest,
+            "{vm} recovered {used:?}, its newest app-consistent point is {newest:?}"
+        );
+    }
     // The plan learns of the run from its watch, a moment later.
     let plans = Api::<RecoveryPlan>::namespaced(s.management.clone(), &s.ns);
     wait_for(
@@ -726,10 +788,14 @@ async fn exchange_lifecycle() -> Result<()> {
     )
     .await?;
     s.set_rpo("2m").await?;
+    // The example asks it of the mailbox server; here every VM, so a test failover can
+    // restore LatestAppConsistent for the whole plan.
+    s.set_replication(json!({"appConsistentInterval": "1h"})).await?;
     let mut replicas = Replicas::start(mgmt, &s.ns).await?;
     let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
         protected(&s).await.context("protect")?;
+        app_consistent_points(&s).await.context("app-consistent points")?;
         standby_never_acts(&replicas).await.context("leader election")?;
         test_failover(&s, &mut replicas).await.context("test failover")?;
         two_tenants(&s).await.context("two tenants")?;

@@ -34,9 +34,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PostParams};
 use serde_json::{Map, Value, json};
 
 use super::disk::{DATA_ANNOTATION, DiskData};
-use super::resources::{VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT};
+use super::resources::{VIRTUAL_MACHINE_INSTANCE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT};
 use super::util::{self, StatusAt, describe, nonempty_str_at, str_at};
-use super::{Ctx, SiteState};
+use super::{Ctx, SiteState, kubevirt, virt_api};
 
 /// The simulated CSI driver's name: the provisioner of the sites' StorageClasses and the
 /// driver of their VolumeSnapshotClasses.
@@ -372,7 +372,10 @@ async fn cut(
         let Some(pv) = volumes.get(volume_handle) else {
             bail!("volume {volume_handle} not found");
         };
-        let data = DiskData::of_pv(pv)?;
+        let mut data = DiskData::of_pv(pv)?;
+        if let Some(frozen) = guest_frozen(ctx, site, pv).await? {
+            data.quiesced = frozen;
+        }
         status.insert("snapshotHandle".into(), json!(data.snapshot_handle(&uid)));
         status.insert("readyToUse".into(), json!(false));
         status.insert("creationTime".into(), json!(now_nanos()));
@@ -400,6 +403,28 @@ async fn cut(
         util::patch_status(api, content, status, StatusAt::Subresource).await?;
     }
     Ok(())
+}
+
+/// Whether the guest that has a volume attached has its filesystems frozen; `None` when no
+/// running guest has it (the data is at rest, as consistent as what wrote it).
+async fn guest_frozen(ctx: &Ctx, site: usize, pv: &PersistentVolume) -> Result<Option<bool>> {
+    let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return Ok(None);
+    };
+    let (Some(ns), Some(name)) = (claim.namespace.as_deref(), claim.name.as_deref()) else {
+        return Ok(None);
+    };
+    let vmis = VIRTUAL_MACHINE_INSTANCE
+        .namespaced(ctx.client(site), ns)
+        .list(&Default::default())
+        .await
+        .context("listing VMIs")?;
+    Ok(vmis
+        .items
+        .iter()
+        .filter(|v| str_at(&v.data, "/status/phase") == Some("Running"))
+        .find(|v| kubevirt::claims(&v.data).iter().any(|c| c == name))
+        .map(|v| virt_api::frozen(&v.data)))
 }
 
 fn now_nanos() -> i64 {

@@ -26,6 +26,10 @@ const HANDLE_PREFIX: &str = "sim-snapshot.";
 pub struct DiskData {
     /// Ids of the writes the disk has seen, oldest first.
     pub writes: Vec<String>,
+    /// Whether the data was cut while its guest's filesystems were frozen (or copied from
+    /// data that was): an application-consistent image. A running guest's writes clear it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiesced: bool,
 }
 
 impl DiskData {
@@ -130,6 +134,7 @@ mod tests {
     fn snapshot_handles_carry_the_data_they_were_cut_with() {
         let data = DiskData {
             writes: vec!["hq-1".into(), "hq-2".into()],
+            quiesced: true,
         };
         let handle = data.snapshot_handle("abc-123");
         assert!(handle.starts_with("sim-snapshot.abc-123."), "{handle}");

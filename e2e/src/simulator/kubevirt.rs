@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use super::netdata::{self, SpecInterface};
 use super::resources::{VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE};
 use super::util::{self, StatusAt, condition, describe, key_of, str_at};
+use super::virt_api;
 use super::{Ctx, NODE_NAME, SiteState};
 
 /// What `spec.runStrategy` (or the older `spec.running`) asks for.
@@ -109,6 +110,14 @@ async fn advance_vmi(ctx: &Ctx, site: usize, state: &mut SiteState, vmi: &Dynami
         return Ok(view);
     }
     let site_name = ctx.site_name(site).to_owned();
+    if virt_api::thaw_due(vmi, chrono::Utc::now()) {
+        // virt-handler's unfreeze timer: a guest nobody thawed thaws by itself.
+        let api = VIRTUAL_MACHINE_INSTANCE.namespaced(ctx.client(site), namespace);
+        api.patch(name, &util::params(), &kube::api::Patch::Merge(&virt_api::thaw_patch()))
+            .await
+            .with_context(|| format!("thawing {}", describe(vmi)))?;
+        tracing::info!(site = %site_name, "{}: unfreezeTimeout passed; the guest thawed", describe(vmi));
+    }
     let (boot_failure, no_agent, slow_boot) = {
         let faults = ctx.faults();
         (

@@ -24,6 +24,8 @@
 //!   and virt-api's admission rules ([`admission`]), enforced by the API servers as
 //!   ValidatingAdmissionPolicies.
 //! - **A load balancer and the network between sites** ([`network`]).
+//! - **virt-api's `freeze` and `unfreeze` subresources** ([`virt_api`]), served through a
+//!   real APIService, and the guest's frozen filesystems they act on.
 //!
 //! Faults ([`Faults`]) are changed at run time through [`SimulatorHandle::faults`].
 
@@ -38,6 +40,7 @@ mod netdata;
 pub mod network;
 pub mod resources;
 mod util;
+pub mod virt_api;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
@@ -321,7 +324,8 @@ impl SimulatorHandle {
     pub async fn write_disk(&self, site: &str, namespace: &str, claim: &str) -> Result<String> {
         let id = format!("{site}/{claim}/{}", WRITES.fetch_add(1, Ordering::Relaxed));
         disk::update(&self.site_client(site)?, namespace, claim, |d| {
-            d.writes.push(id.clone())
+            d.writes.push(id.clone());
+            d.quiesced = false;
         })
         .await?;
         Ok(id)
@@ -329,17 +333,29 @@ impl SimulatorHandle {
 
     /// A write by the guest of a running VM to every disk of its VMI: returns the write's
     /// id, which the disks' data then holds. Fails when the VM does not run there.
+    /// A frozen guest's write waits until it thaws, as it would on frozen filesystems.
     pub async fn guest_write(&self, site: &str, namespace: &str, vm: &str) -> Result<String> {
         let client = self.site_client(site)?;
-        let vmi = resources::VIRTUAL_MACHINE_INSTANCE
-            .namespaced(client.clone(), namespace)
-            .get_opt(vm)
-            .await?
-            .filter(|v| v.data.pointer("/status/phase").and_then(serde_json::Value::as_str) == Some("Running"))
-            .ok_or_else(|| anyhow!("VM {namespace}/{vm} does not run at {site}"))?;
+        let vmis = resources::VIRTUAL_MACHINE_INSTANCE.namespaced(client.clone(), namespace);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let vmi = loop {
+            let vmi = vmis
+                .get_opt(vm)
+                .await?
+                .filter(|v| v.data.pointer("/status/phase").and_then(serde_json::Value::as_str) == Some("Running"))
+                .ok_or_else(|| anyhow!("VM {namespace}/{vm} does not run at {site}"))?;
+            if !virt_api::frozen(&vmi.data) || Instant::now() > deadline {
+                break vmi;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let id = format!("{site}/{vm}/{}", WRITES.fetch_add(1, Ordering::Relaxed));
         for claim in kubevirt::claims(&vmi.data) {
-            disk::update(&client, namespace, &claim, |d| d.writes.push(id.clone())).await?;
+            disk::update(&client, namespace, &claim, |d| {
+                d.writes.push(id.clone());
+                d.quiesced = false;
+            })
+            .await?;
         }
         tracing::info!(site, "guest of {namespace}/{vm} wrote {id}");
         Ok(id)

@@ -72,6 +72,14 @@ pub(crate) fn condition(previous: Option<&Value>, type_: &str, status: bool, rea
     })
 }
 
+/// Whether a condition list holds `type_` with status True.
+pub(crate) fn condition_true(conditions: Option<&Value>, type_: &str) -> bool {
+    conditions.and_then(Value::as_array).is_some_and(|list| {
+        list.iter()
+            .any(|c| str_at(c, "/type") == Some(type_) && str_at(c, "/status") == Some("True"))
+    })
+}
+
 /// The part of `desired` that differs from `current`: a JSON merge patch for a status.
 /// A `null` in `desired` removes the field (and is left out when it is already absent).
 pub(crate) fn delta(current: Option<&Value>, desired: &Map<String, Value>) -> Map<String, Value> {

@@ -192,6 +192,24 @@ impl SiteApi {
         self.client.request::<DynamicObject>(request).await
     }
 
+    /// A PUT to a subresource of a VirtualMachineInstance in KubeVirt's aggregated API
+    /// (`subresources.kubevirt.io/v1`: `freeze`, `unfreeze`), which virt-api answers.
+    pub async fn vmi_subresource(
+        &self,
+        namespace: &str,
+        vmi: &str,
+        sub: &str,
+        body: &Value,
+    ) -> Result<(), kube::Error> {
+        let path =
+            format!("/apis/subresources.kubevirt.io/v1/namespaces/{namespace}/virtualmachineinstances/{vmi}/{sub}");
+        let request = http::Request::put(path)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).map_err(kube::Error::SerdeError)?)
+            .map_err(kube::Error::HttpError)?;
+        self.client.request_text(request).await.map(|_| ())
+    }
+
     /// Server-side apply of the fields coldsite owns, unless the live object already holds
     /// every one of them as given: a steady reconcile reads, and writes nothing. The object
     /// carries a digest of what was applied ([`APPLIED`]), so a field coldsite stops setting

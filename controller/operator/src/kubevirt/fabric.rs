@@ -18,9 +18,9 @@ use super::dynamic::{
     CONFIG_MAP, JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SERVICE, SiteApi, VM, VMI, VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT, str_at,
 };
-use super::final_sync;
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
 use super::points::{self, DiskPoint};
+use super::{app_consistent, final_sync};
 use crate::replication_keys::ReplicationKeys;
 use crate::scripts::ScriptRunner;
 
@@ -90,7 +90,7 @@ impl KubeVirtFabric {
     /// VolSync keeps it when it carries do-not-delete, and its annotations record when its
     /// data was taken and the shape of the disk. VolSync publishes `latestImage` as soon as
     /// the snapshot is bound, which may be before the storage has cut it.
-    async fn adopt_latest(
+    pub(super) async fn adopt_latest(
         &self,
         site: &SiteApi,
         vm: &VmModel,
@@ -248,17 +248,24 @@ impl KubeVirtFabric {
                 }),
             )
             .await?;
+        // An app-consistent sync's triggers and points are its own (see `app_consistent`).
+        let foreign = |o: &Value| str_at(o, "/spec/trigger/manual").is_some_and(|t| !app_consistent::is_tag(t));
+        let app_sync = [&rs, &rd]
+            .iter()
+            .any(|o| str_at(o, "/spec/trigger/manual").is_some_and(app_consistent::is_tag));
         // A final sync's manual trigger outlives a run that ended before moving the VM, and
         // VolSync prefers it over the schedule: replication would stop for good.
         let name = objects::replication_name(disk);
         let untrigger = json!({"spec": {"trigger": {"manual": null}}});
-        if str_at(&rs, "/spec/trigger/manual").is_some() {
+        if foreign(&rs) {
             src.merge(REPLICATION_SOURCE, Some(ns), &name, &untrigger).await?;
         }
-        if str_at(&rd, "/spec/trigger/manual").is_some() {
+        if foreign(&rd) {
             dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &untrigger).await?;
         }
-        self.adopt_latest(dst, vm, disk, false).await?;
+        if !app_sync {
+            self.adopt_latest(dst, vm, disk, false).await?;
+        }
         let kept = self.prune(dst, vm, disk, now).await?;
         let mut waiting = Vec::new();
         if kept == 0 {
@@ -490,7 +497,7 @@ impl KubeVirtFabric {
         Ok(points::vm_points(&disks))
     }
 
-    async fn vmi_running(&self, site: &SiteApi, ns: &str, name: &str) -> Result<bool, FabricError> {
+    pub(super) async fn vmi_running(&self, site: &SiteApi, ns: &str, name: &str) -> Result<bool, FabricError> {
         Ok(site.get(VMI, Some(ns), name).await?.is_some_and(|v| {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))

@@ -1,5 +1,6 @@
 //! The KubeVirt/VolSync fabric: the engine's seam to real site clusters.
 
+pub mod app_consistent;
 pub mod dynamic;
 pub mod fabric;
 pub mod final_sync;

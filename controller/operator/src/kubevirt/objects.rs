@@ -53,6 +53,12 @@ pub fn volsync_destination_mover(destination: &str) -> String {
     }
 }
 
+/// The temporary VolumeSnapshot VolSync cuts of a ReplicationSource's PVC for one sync
+/// (`internal/controller/mover/rsynctls/mover.go` of VolSync: prefix, owner, direction).
+pub fn volsync_source_snapshot(source: &str) -> String {
+    format!("volsync-{source}-src")
+}
+
 pub fn rsync_secret_name(pvm: &str) -> String {
     dns_name(&format!("coldsite-{pvm}-rsync"))
 }

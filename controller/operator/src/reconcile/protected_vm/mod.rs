@@ -4,7 +4,7 @@
 //! removes replication when protection ends.
 //!
 //! Stages: [`standing`] (pure: settle the last run's outcome, see who holds the VM), fence,
-//! replicate or pause, [`status`] (pure), write.
+//! replicate (with app-consistent syncs on their interval) or pause, [`status`] (pure), write.
 
 pub mod cleanup;
 pub mod status;
@@ -26,6 +26,7 @@ use kube::{Api, ResourceExt};
 use self::status::Observed;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::kubevirt::app_consistent::AppSync;
 use crate::kubevirt::fabric::{Fence, KubeVirtFabric};
 use coldsite_engine::standing::{self, Claim, Halt, Settled};
 
@@ -35,6 +36,8 @@ pub const FINALIZER: &str = "coldsite.io/protection";
 const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often a VM whose copy could not be fenced looks again: the other site may be back.
 const FENCE_RETRY: Duration = Duration::from_secs(5);
+/// How often a VM looks again while an app-consistent sync is under way.
+const APP_SYNC_RETRY: Duration = Duration::from_secs(1);
 
 pub async fn reconcile(pvm: Arc<ProtectedVM>, ctx: Arc<Context>) -> Result<Action> {
     super::finalized(
@@ -94,9 +97,9 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         Err(_) => Vec::new(),
     };
     let fenced = fences.iter().all(|(_, f)| f.is_ok());
-    let (replication, problem) = match &model {
-        Err(text) => (None, Some(("InvalidSpec", text.clone()))),
-        Ok(_) if settled.claim.is_some() || !fenced => (None, None),
+    let (replication, problem, app) = match &model {
+        Err(text) => (None, Some(("InvalidSpec", text.clone())), None),
+        Ok(_) if settled.claim.is_some() || !fenced => (None, None, None),
         Ok(vm) => protect(&fabric, &settled, vm, &sides).await,
     };
     let rpo = coldsite_engine::model::parse_duration(&spec.replication.rpo).unwrap_or(Duration::from_secs(900));
@@ -110,9 +113,12 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         rpo_text: &spec.replication.rpo,
         now,
         generation: pvm.metadata.generation,
+        app: app.as_ref(),
+        app_interval: spec.replication.app_consistent_interval.as_deref(),
     };
     let (status, ready) = status::build(&old, &observed);
     report(ctx, pvm, &old, &status, &ready, &observed).await;
+    report_app_sync(ctx, pvm, app.as_ref(), sides.of(settled.resting.active)).await;
     // `lastRun` belongs to the runs (their field manager): this reconciler never writes it, or
     // a run's claim could not clear what an earlier run left there.
     let (mut mine, mut was) = (status, old);
@@ -120,7 +126,13 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     was.last_run = None;
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
     crate::status::apply(&api, &pvm.name_any(), old_for_compare(&was, &mine, rpo).as_ref(), &mine).await?;
-    Ok(Action::requeue(if fenced { CHECK_EVERY } else { FENCE_RETRY }))
+    let busy = matches!(app, Some(AppSync::Busy | AppSync::Done { .. }));
+    Ok(Action::requeue(match (fenced, busy) {
+        // A frozen guest waits for the next look: it is thawed as soon as its snapshots are cut.
+        (_, true) => APP_SYNC_RETRY,
+        (true, false) => CHECK_EVERY,
+        (false, false) => FENCE_RETRY,
+    }))
 }
 
 /// Halts the copies that must not run, as [`standing::halts`] says; how each was found.
@@ -174,31 +186,71 @@ async fn fence(
     Ok(found)
 }
 
-/// Replication from where the VM runs to the other site, or, while it is paused after a
-/// failover, nothing flowing into the disks it runs on.
+/// Replication from where the VM runs to the other site, with its app-consistent syncs, or,
+/// while it is paused after a failover, nothing flowing into the disks it runs on.
 async fn protect(
     fabric: &KubeVirtFabric,
     settled: &Settled,
     vm: &VmModel,
     sides: &Sides,
-) -> (Option<ReplicationState>, Option<(&'static str, String)>) {
+) -> (
+    Option<ReplicationState>,
+    Option<(&'static str, String)>,
+    Option<AppSync>,
+) {
     let active = settled.resting.active;
-    let result = if settled.resting.direction == ReplicationDirection::Paused {
-        fabric
-            .stop_replication_into(sides.of(active), sides.of(active.other()), vm)
-            .await
-            .map(|()| None)
-    } else {
-        let reverse = active == Side::Recovery;
-        fabric
-            .replicate(vm, sides.of(active), sides.of(active.other()), reverse, Utc::now())
-            .await
-            .map(Some)
-    };
-    match result {
-        Ok(state) => (state, None),
-        Err(e) => (None, Some((reason_of(&e), e.message))),
+    let (source, target) = (sides.of(active), sides.of(active.other()));
+    if settled.resting.direction == ReplicationDirection::Paused {
+        return match fabric.stop_replication_into(source, target, vm).await {
+            Ok(()) => (None, None, None),
+            Err(e) => (None, Some((reason_of(&e), e.message)), None),
+        };
     }
+    let reverse = active == Side::Recovery;
+    let state = match fabric.replicate(vm, source, target, reverse, Utc::now()).await {
+        Ok(state) => state,
+        Err(e) => return (None, Some((reason_of(&e), e.message)), None),
+    };
+    if !state.established {
+        return (Some(state), None, None);
+    }
+    let app = fabric
+        .app_consistent_sync(vm, source, target, &state.points, Utc::now())
+        .await
+        .unwrap_or_else(|e| AppSync::Error(e.message));
+    (Some(state), None, Some(app))
+}
+
+/// An Event and the metric for what an app-consistent sync came to.
+async fn report_app_sync(ctx: &Context, pvm: &ProtectedVM, app: Option<&AppSync>, source: &SiteModel) {
+    let (result, warning, reason, note) = match app {
+        Some(AppSync::FreezeFailed(why)) => (
+            "freeze_failed",
+            true,
+            "FreezeFailed",
+            format!("{why}; this sync's point is crash-consistent"),
+        ),
+        Some(AppSync::Done { app_consistent: true }) => (
+            "app_consistent",
+            false,
+            "AppConsistentPoint",
+            "a recovery point was cut with the guest's filesystems frozen".to_owned(),
+        ),
+        Some(AppSync::Done { app_consistent: false }) => (
+            "crash_consistent",
+            true,
+            "CrashConsistentPoint",
+            "the app-consistent sync's point is crash-consistent: its disks were not all cut inside one freeze"
+                .to_owned(),
+        ),
+        _ => return,
+    };
+    ctx.metrics
+        .app_consistent_syncs
+        .with_label_values(&[source.name.as_str(), result])
+        .inc();
+    tracing::info!(protected_vm = %pvm.name_any(), site = %source.name, result, "app-consistent sync");
+    ctx.event(pvm, warning, reason, "Protect", note).await;
 }
 
 /// Ends a claim whose run is gone (deleted while it ran), or ended without recording it

@@ -13,6 +13,7 @@ use coldsite_engine::fabric::ReplicationState;
 use coldsite_engine::lifecycle::Side;
 
 use crate::conditions::{self, Desired};
+use crate::kubevirt::app_consistent::AppSync;
 use crate::kubevirt::fabric::Fence;
 use coldsite_engine::standing::Settled;
 
@@ -56,6 +57,10 @@ pub struct Observed<'a> {
     pub rpo_text: &'a str,
     pub now: DateTime<Utc>,
     pub generation: Option<i64>,
+    /// What this reconcile's app-consistent sync came to, when it ran.
+    pub app: Option<&'a AppSync>,
+    /// `spec.replication.appConsistentInterval`.
+    pub app_interval: Option<&'a str>,
 }
 
 impl Observed<'_> {
@@ -221,9 +226,64 @@ fn set_conditions(
     if !o.fences.is_empty() {
         desired.push(fenced(o));
     }
+    if let Some(d) = app_consistent(status, o) {
+        desired.push(d);
+    }
+    if o.app_interval.is_none() {
+        status.conditions.retain(|c| c.type_ != condition::APP_CONSISTENT);
+    }
     for d in desired {
         conditions::set(&mut status.conditions, d, o.generation, t.clone());
     }
+}
+
+/// The `AppConsistent` condition of a VM with `appConsistentInterval`: how its latest
+/// app-consistent sync went. Between syncs the last outcome stands.
+fn app_consistent(status: &ProtectedVMStatus, o: &Observed<'_>) -> Option<Desired<'static>> {
+    let interval = o.app_interval?;
+    let shown = coldsite_api::common::find_condition(&status.conditions, condition::APP_CONSISTENT).is_some();
+    let has_point = status
+        .recovery_points
+        .as_ref()
+        .is_some_and(|p| p.latest_app_consistent.is_some());
+    let frozen = || {
+        (
+            true,
+            "Frozen",
+            format!(
+                "the newest app-consistent point was cut with the guest's filesystems frozen; one every {interval}"
+            ),
+        )
+    };
+    let (ok, reason, message) = match o.app {
+        Some(AppSync::FreezeFailed(why)) => (
+            false,
+            "FreezeFailed",
+            format!("{why}; that point is crash-consistent, and the guest is tried again in {interval}"),
+        ),
+        Some(AppSync::Error(why)) => (false, "SyncError", why.clone()),
+        Some(AppSync::Done { app_consistent: false }) => (
+            false,
+            "NotAllDisksFrozen",
+            "the disks were not all cut inside one freeze; that point is crash-consistent".to_owned(),
+        ),
+        Some(AppSync::Done { app_consistent: true }) => frozen(),
+        _ if shown => return None,
+        _ if has_point => frozen(),
+        _ => (
+            false,
+            "Pending",
+            format!(
+                "no app-consistent point yet: the guest is frozen for one once replication has a point, then every {interval}"
+            ),
+        ),
+    };
+    Some(Desired {
+        type_: condition::APP_CONSISTENT,
+        ok,
+        reason,
+        message,
+    })
 }
 
 /// The `Fenced` condition: are the copies that must not run halted?

@@ -1,0 +1,372 @@
+//! Application-consistent recovery points (`spec.replication.appConsistentInterval`): on the
+//! interval, one sync of every disk of the VM through VolSync's manual triggers, with the
+//! guest's filesystems frozen through KubeVirt's `freeze` subresource while VolSync cuts the
+//! source snapshots, and thawed as soon as they are cut.
+//!
+//! The sync follows the [final sync's protocol](super::final_sync) with the tag prefix
+//! [`TAG`]: destinations first, sources once every destination listens. The guest is frozen
+//! just before the sources are tagged, only when all of them are tagged together, and the
+//! tag of each source frozen for is recorded on it ([`FROZEN_FOR`]); so a point is marked
+//! app-consistent only when every disk's snapshot was cut inside one freeze. The freeze is
+//! bounded even if coldsite stops mid-way: KubeVirt thaws the guest after [`UNFREEZE_TIMEOUT`].
+//!
+//! A freeze that fails (no guest agent, a timeout) does not stop the sync: it yields a
+//! crash-consistent point, and the failure is reported. Everything this needs to resume
+//! lives at the sites (triggers, annotations, the VMI's `fsFreezeStatus`), so a restart
+//! picks up where it stopped.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use coldsite_engine::fabric::{FabricError, RecoveryPoint};
+use coldsite_engine::model::{SiteModel, VmModel};
+use serde_json::{Value, json};
+
+use super::dynamic::{JOB, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VMI, VOLUME_SNAPSHOT, str_at};
+use super::fabric::KubeVirtFabric;
+use super::final_sync::{self, Next};
+use super::objects;
+
+/// The prefix of the manual triggers of app-consistent syncs (`app-<resourceVersion>`).
+pub const TAG: &str = "app";
+/// On a ReplicationSource: the tag of the sync whose snapshot was cut with the guest frozen.
+pub const FROZEN_FOR: &str = "coldsite.io/frozen-for";
+/// On the first disk's ReplicationDestination: when the latest app-consistent sync began,
+/// so a guest that cannot be frozen is tried once an interval, not at every reconcile.
+pub const ATTEMPTED: &str = "coldsite.io/app-consistent-attempt";
+/// KubeVirt's backstop: a guest nobody thaws thaws by itself after this long.
+pub const UNFREEZE_TIMEOUT: &str = "60s";
+
+/// Whether a manual trigger belongs to an app-consistent sync.
+pub fn is_tag(trigger: &str) -> bool {
+    trigger.strip_prefix(TAG).is_some_and(|rest| rest.starts_with('-'))
+}
+
+fn tag_on(object: &Value) -> Option<&str> {
+    str_at(object, "/spec/trigger/manual").filter(|t| is_tag(t))
+}
+
+fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    str_at(object, &format!("/metadata/annotations/{}", key.replace('/', "~1")))
+}
+
+/// Pure: whether a new app-consistent sync is due, given the newest app-consistent point and
+/// the start of the latest attempt.
+pub fn due(
+    interval: Duration,
+    newest: Option<DateTime<Utc>>,
+    attempted: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    let last = newest.max(attempted);
+    last.is_none_or(|t| now.signed_duration_since(t).to_std().unwrap_or_default() >= interval)
+}
+
+/// Pure: whether the source snapshot of a source's tagged sync is cut. VolSync makes it
+/// (`volsync-<source>-src`) after the sync starts and deletes it only after recording the
+/// sync done, so a snapshot with a creation time, or a finished sync, means it is.
+pub fn source_cut(rs: &Value, snapshot: Option<&Value>) -> bool {
+    let done = tag_on(rs).is_some_and(|t| str_at(rs, "/status/lastManualSync") == Some(t));
+    let running = str_at(rs, "/status/lastSyncStartTime").is_some_and(|t| !t.is_empty());
+    done || (running && snapshot.is_some_and(|s| s.pointer("/status/creationTime").is_some_and(|t| !t.is_null())))
+}
+
+/// What one step of a VM's app-consistent sync found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSync {
+    /// None is due, or the VM has no interval.
+    Idle,
+    /// One is under way: look again soon.
+    Busy,
+    /// The guest could not be frozen; the sync goes on and yields a crash-consistent point.
+    FreezeFailed(String),
+    /// Its points are adopted: app-consistent if every disk was cut inside the freeze.
+    Done { app_consistent: bool },
+    /// The sites could not be read or written; tried again at the next reconcile.
+    Error(String),
+}
+
+/// One disk's replication objects as read.
+struct DiskEnds {
+    disk: String,
+    rs: Value,
+    rd: Option<Value>,
+    job: Option<Value>,
+}
+
+impl DiskEnds {
+    fn tagged(&self) -> bool {
+        tag_on(&self.rs).is_some() || self.rd.as_ref().and_then(tag_on).is_some()
+    }
+
+    fn next(&self) -> Next {
+        final_sync::next(
+            TAG,
+            &final_sync::Ends {
+                source: &self.rs,
+                destination: self.rd.as_ref(),
+                destination_job: self.job.as_ref(),
+            },
+        )
+    }
+}
+
+impl KubeVirtFabric {
+    /// One step of the VM's app-consistent sync from `source` to `target`, where `points`
+    /// are the VM's points at the target.
+    pub async fn app_consistent_sync(
+        &self,
+        vm: &VmModel,
+        source: &SiteModel,
+        target: &SiteModel,
+        points: &[RecoveryPoint],
+        now: DateTime<Utc>,
+    ) -> Result<AppSync, FabricError> {
+        let (src, dst) = (self.site(&source.name)?, self.site(&target.name)?);
+        let disks = read_disks(src, dst, vm).await?;
+        let under_way = disks.iter().any(DiskEnds::tagged);
+        let Some(interval) = vm.app_consistent_interval else {
+            if under_way {
+                finish(src, dst, vm, &disks).await?;
+            }
+            return Ok(AppSync::Idle);
+        };
+        if !under_way {
+            let newest = points.iter().rev().find(|p| p.app_consistent).map(|p| p.time);
+            let attempted = disks
+                .first()
+                .and_then(|d| d.rd.as_ref())
+                .and_then(|rd| annotation(rd, ATTEMPTED))
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            let running = self.vmi_running(src, &vm.vm_namespace, &vm.vm_name).await?;
+            if points.is_empty() || !running || !due(interval, newest, attempted, now) {
+                return Ok(AppSync::Idle);
+            }
+        }
+        let steps: Vec<Next> = disks.iter().map(DiskEnds::next).collect();
+        if steps.iter().all(|n| *n == Next::Adopt) {
+            return self.adopt(src, dst, vm, &disks).await;
+        }
+        for (d, step) in disks.iter().zip(&steps) {
+            if let Next::TagDestination { tag } = step {
+                let mut patch = json!({"spec": {"trigger": {"manual": tag}}});
+                if d.disk == disks[0].disk {
+                    patch["metadata"] = json!({"annotations": {ATTEMPTED: now.to_rfc3339()}});
+                }
+                dst.merge(
+                    REPLICATION_DESTINATION,
+                    Some(&vm.vm_namespace),
+                    &objects::replication_name(&d.disk),
+                    &patch,
+                )
+                .await?;
+            }
+        }
+        let to_tag: Vec<(&DiskEnds, &Next)> = disks
+            .iter()
+            .zip(&steps)
+            .filter(|(_, n)| matches!(n, Next::TagSource { .. }))
+            .collect();
+        let mut outcome = AppSync::Busy;
+        if !to_tag.is_empty() {
+            // Frozen only when every source is tagged together: one instant for all disks.
+            let frozen = if to_tag.len() == disks.len() {
+                match freeze(src, vm).await {
+                    Ok(()) => true,
+                    Err(why) => {
+                        outcome = AppSync::FreezeFailed(why);
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            tag_sources(src, vm, &to_tag, frozen).await?;
+        }
+        self.thaw_when_cut(src, vm).await?;
+        Ok(outcome)
+    }
+
+    /// Thaws the guest once every source frozen for has its snapshot cut.
+    async fn thaw_when_cut(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
+        let ns = vm.vm_namespace.as_str();
+        let frozen = src
+            .get(VMI, Some(ns), &vm.vm_name)
+            .await?
+            .is_some_and(|v| str_at(&v, "/status/fsFreezeStatus") == Some("frozen"));
+        if !frozen {
+            return Ok(());
+        }
+        for disk in &vm.disks {
+            let name = objects::replication_name(disk);
+            let Some(rs) = src.get(REPLICATION_SOURCE, Some(ns), &name).await? else {
+                continue;
+            };
+            if tag_on(&rs).is_none() || annotation(&rs, FROZEN_FOR) != tag_on(&rs) {
+                continue;
+            }
+            let snapshot = src
+                .get(VOLUME_SNAPSHOT, Some(ns), &objects::volsync_source_snapshot(&name))
+                .await?;
+            if !source_cut(&rs, snapshot.as_ref()) {
+                return Ok(());
+            }
+        }
+        unfreeze(src, vm).await
+    }
+
+    /// Adopts every disk's point of the sync, then hands the disks back to the schedule.
+    async fn adopt(
+        &self,
+        src: &SiteApi,
+        dst: &SiteApi,
+        vm: &VmModel,
+        disks: &[DiskEnds],
+    ) -> Result<AppSync, FabricError> {
+        self.thaw_when_cut(src, vm).await?;
+        let mut app_consistent = true;
+        for d in disks {
+            let frozen = tag_on(&d.rs).is_some() && annotation(&d.rs, FROZEN_FOR) == tag_on(&d.rs);
+            if self.adopt_latest(dst, vm, &d.disk, frozen).await?.is_none() {
+                return Ok(AppSync::Busy);
+            }
+            app_consistent &= frozen;
+        }
+        finish(src, dst, vm, disks).await?;
+        Ok(AppSync::Done { app_consistent })
+    }
+}
+
+async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Vec<DiskEnds>, FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    let mut disks = Vec::new();
+    for disk in &vm.disks {
+        let name = objects::replication_name(disk);
+        let Some(rs) = src.get(REPLICATION_SOURCE, Some(ns), &name).await? else {
+            return Err(FabricError::transient(format!(
+                "VM {}: no ReplicationSource for disk {disk} yet",
+                vm.name
+            )));
+        };
+        disks.push(DiskEnds {
+            disk: disk.clone(),
+            rs,
+            rd: dst.get(REPLICATION_DESTINATION, Some(ns), &name).await?,
+            job: dst
+                .get(JOB, Some(ns), &objects::volsync_destination_mover(&name))
+                .await?,
+        });
+    }
+    Ok(disks)
+}
+
+async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
+    let body = json!({ "unfreezeTimeout": UNFREEZE_TIMEOUT });
+    src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "freeze", &body)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) => format!(
+                "virt-api at {} refused to freeze the guest: {} ({})",
+                src.site, s.message, s.code
+            ),
+            other => format!("virt-api at {} did not freeze the guest: {other}", src.site),
+        })?;
+    tracing::info!(vm = %vm.name, site = %src.site, "guest frozen for an app-consistent point");
+    Ok(())
+}
+
+async fn unfreeze(src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
+    src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "unfreeze", &json!({}))
+        .await
+        .map_err(|e| super::dynamic::classify(&src.site, "thawing the guest", e))?;
+    tracing::info!(vm = %vm.name, site = %src.site, "guest thawed");
+    Ok(())
+}
+
+/// Tags each source at the version judged, recording whether the guest was frozen for it.
+async fn tag_sources(
+    src: &SiteApi,
+    vm: &VmModel,
+    to_tag: &[(&DiskEnds, &Next)],
+    frozen: bool,
+) -> Result<(), FabricError> {
+    for (d, step) in to_tag {
+        let Next::TagSource { tag, source_version } = step else {
+            continue;
+        };
+        let frozen_for = frozen.then_some(tag.as_str());
+        let patch = json!({"metadata": {"annotations": {FROZEN_FOR: frozen_for}},
+                           "spec": {"trigger": {"manual": tag}}});
+        let name = objects::replication_name(&d.disk);
+        src.merge_at_version(
+            REPLICATION_SOURCE,
+            Some(&vm.vm_namespace),
+            &name,
+            source_version,
+            &patch,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Ends the sync: manual triggers off, so the schedule drives the disks again.
+async fn finish(src: &SiteApi, dst: &SiteApi, vm: &VmModel, disks: &[DiskEnds]) -> Result<(), FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    for d in disks {
+        let name = objects::replication_name(&d.disk);
+        if tag_on(&d.rs).is_some() {
+            let patch = json!({"metadata": {"annotations": {FROZEN_FOR: null}}, "spec": {"trigger": {"manual": null}}});
+            src.merge(REPLICATION_SOURCE, Some(ns), &name, &patch).await?;
+        }
+        if d.rd.as_ref().and_then(tag_on).is_some() {
+            let patch = json!({"spec": {"trigger": {"manual": null}}});
+            dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &patch).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + minutes * 60, 0).unwrap()
+    }
+
+    #[test]
+    fn due_once_an_interval_after_the_newest_point_or_attempt() {
+        let hour = Duration::from_secs(3600);
+        assert!(due(hour, None, None, at(0)));
+        assert!(!due(hour, Some(at(0)), None, at(59)));
+        assert!(due(hour, Some(at(0)), None, at(60)));
+        // A failed attempt waits an interval too, so a guest without an agent is not frozen
+        // at every reconcile.
+        assert!(!due(hour, Some(at(0)), Some(at(30)), at(60)));
+        assert!(due(hour, Some(at(0)), Some(at(30)), at(90)));
+    }
+
+    #[test]
+    fn tags_of_app_consistent_syncs_are_told_from_runs() {
+        assert!(is_tag("app-123"));
+        assert!(!is_tag("apple-1") && !is_tag("app") && !is_tag("5f1c-app-1"));
+    }
+
+    #[test]
+    fn a_source_is_cut_once_its_snapshot_has_a_time_or_its_sync_is_done() {
+        let rs = |start: Option<&str>, last: Option<&str>| {
+            json!({"spec": {"trigger": {"manual": "app-7"}},
+                   "status": {"lastSyncStartTime": start, "lastManualSync": last}})
+        };
+        let cut = json!({"status": {"creationTime": "2026-12-01T00:00:00Z"}});
+        let uncut = json!({"status": {}});
+        assert!(!source_cut(&rs(None, None), None));
+        assert!(!source_cut(&rs(Some("t"), None), Some(&uncut)));
+        // A snapshot left from an earlier sync does not count before this one starts.
+        assert!(!source_cut(&rs(None, None), Some(&cut)));
+        assert!(source_cut(&rs(Some("t"), None), Some(&cut)));
+        assert!(source_cut(&rs(None, Some("app-7")), None));
+    }
+}
