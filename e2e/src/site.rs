@@ -77,6 +77,36 @@ async fn apply_objects(client: &Client, objects: &[Value]) -> Result<()> {
     Ok(())
 }
 
+/// Starts the simulated virt-api for the cluster `kubeconfig_yaml` reaches (admin), and
+/// registers it as KubeVirt registers virt-api; returns once the aggregation layer reports
+/// the APIService Available. The server lives as long as the process.
+pub async fn serve_virt_api(client: &Client, kubeconfig_yaml: &str) -> Result<()> {
+    let server = VirtApi::start(kubeconfig_yaml.to_owned())?;
+    apply_objects(client, &server.registration()).await?;
+    let services: Api<APIService> = Api::all(client.clone());
+    let name = format!("{}.{}", virt_api::VERSION, virt_api::GROUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let available = services
+            .get(&name)
+            .await?
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Available");
+        match available {
+            Some(c) if c.status == "True" => break,
+            _ if std::time::Instant::now() > deadline => {
+                anyhow::bail!("APIService {name} of the simulated virt-api is not Available: {available:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    tracing::info!(port = server.port, "the simulated virt-api serves {name}");
+    Ok(())
+}
+
 /// Arguments of VolSync's controller against `kubeconfig`, its health endpoint on `port`.
 pub fn volsync_args(kubeconfig: &Path, port: u16) -> Vec<String> {
     vec![
@@ -125,7 +155,9 @@ impl ControlPlane {
                     .await
                     .with_context(|| format!("installing the site parts of control plane '{}'", self.name()))?;
                 self.start_site_controllers().await?;
-                self.start_virt_api().await
+                serve_virt_api(&self.client().await?, self.kubeconfig_yaml())
+                    .await
+                    .with_context(|| format!("serving the simulated virt-api of control plane '{}'", self.name()))
             })
             .await?;
         Ok(())
@@ -149,35 +181,6 @@ impl ControlPlane {
             management_only: true,
             ..self.sim_site(name).await?
         })
-    }
-
-    /// The simulated virt-api's subresources, registered as KubeVirt registers them; ready
-    /// once the aggregation layer reports the APIService Available.
-    async fn start_virt_api(&self) -> Result<()> {
-        let server = VirtApi::start(self.kubeconfig_yaml().to_owned())?;
-        let client = self.client().await?;
-        apply_objects(&client, &server.registration()).await?;
-        let services: Api<APIService> = Api::all(client);
-        let name = format!("{}.{}", virt_api::VERSION, virt_api::GROUP);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let service = services.get(&name).await?;
-            let available = service
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|c| c.type_ == "Available");
-            match available {
-                Some(c) if c.status == "True" => break,
-                _ if std::time::Instant::now() > deadline => {
-                    anyhow::bail!("APIService {name} of the simulated virt-api is not Available: {available:?}")
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        tracing::info!(name = %self.name(), port = server.port, "the simulated virt-api serves {name}");
-        Ok(())
     }
 
     pub(crate) async fn start_site_controllers(&self) -> Result<()> {

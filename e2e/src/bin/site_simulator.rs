@@ -17,7 +17,7 @@ use kube::{Client, Config};
 /// sites (API servers), what needs nodes, disks or a network: a kubelet (script Jobs,
 /// VolSync's rsync-TLS movers, virt-launcher pods), the CSI driver's provisioner and
 /// snapshotter with simulated disk contents, KubeVirt's virt-controller and virt-handler,
-/// and a load balancer. VolSync's controller and the snapshot-controller must run at each
+/// virt-api's freeze and unfreeze (with `--install`), and a load balancer. VolSync's controller and the snapshot-controller must run at each
 /// site (`--install` starts them from the e2e build cache). Never run it against a cluster
 /// that has the real components.
 #[derive(Debug, Parser)]
@@ -33,7 +33,8 @@ struct Args {
     #[arg(long = "lb-pool", value_name = "NAME=CIDR", value_parser = parse_pool)]
     lb_pools: Vec<(String, Ipv4Net)>,
     /// First install upstream's CRDs of KubeVirt, VolSync and external-snapshotter, the
-    /// simulated CSI driver's default classes and virt-api's admission rules, and run
+    /// simulated CSI driver's default classes and virt-api's admission rules, serve
+    /// virt-api's freeze and unfreeze through an APIService, and run
     /// VolSync's controller and the snapshot-controller against each site, all from the
     /// build cache of `e2e/controlplane/build.sh`. Only for clusters without those
     /// projects.
@@ -103,6 +104,10 @@ async fn install(name: &str, kubeconfig: &Path, client: &Client, log_dir: &Path)
     site::install(client, &binaries)
         .await
         .with_context(|| format!("installing the site parts at {name}"))?;
+    let kubeconfig_yaml = std::fs::read_to_string(kubeconfig)?;
+    site::serve_virt_api(client, &kubeconfig_yaml)
+        .await
+        .with_context(|| format!("serving the simulated virt-api at {name}"))?;
     let kubeconfig = std::fs::canonicalize(kubeconfig)?;
     let (volsync, snapshots) = (free_port()?, free_port()?);
     let children = vec![
