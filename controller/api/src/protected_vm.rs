@@ -312,6 +312,32 @@ pub struct RecoveryPointsStatus {
     pub latest: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_app_consistent: Option<Time>,
+    /// The newest points, newest first, at most [`LISTED_POINTS`]: what `kubectl coldsite
+    /// points` lists and what a run's `recoveryPoint` chooses from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<PointStatus>,
+}
+
+/// How many points `status.recoveryPoints.points` lists: a day of 15-minute points, and
+/// then some, while the status stays a few KiB.
+pub const LISTED_POINTS: usize = 120;
+
+/// One recovery point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PointStatus {
+    /// When its data was taken (the end of its sync).
+    pub time: Time,
+    pub consistency: Consistency,
+}
+
+/// What a recovery point is consistent with.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Consistency {
+    /// As if the power had failed: what each disk held at its snapshot.
+    Crash,
+    /// Cut with the guest's filesystems frozen through its agent, every disk within one freeze.
+    App,
 }
 
 /// A VM's progress in one run. It lives here, not in the run, so the run stays small.

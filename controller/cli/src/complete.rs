@@ -8,7 +8,7 @@
 
 use clap::Command;
 use coldsite_api::recovery_run::RunPhase;
-use coldsite_api::{RecoveryPlan, RecoveryRun, Site};
+use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -127,6 +127,11 @@ async fn candidates(root: &Command, words: &[String]) -> (Vec<String>, u8) {
             n.extend(plans(&t).await);
             n
         }
+        ("points", 0) => {
+            let mut n = plans(&t).await;
+            n.extend(protected_vms(&t).await);
+            n
+        }
         ("approve", 0) => runs(&t, true).await,
         ("approve", 1) => actions_of_run(&t, &t.positionals[0]).await,
         ("cleanup" | "report", 0) => runs(&t, false).await,
@@ -205,6 +210,27 @@ async fn plans(t: &Typed) -> Vec<String> {
                 .map(|p| {
                     format!(
                         "{}\tRecoveryPlan {} → {}",
+                        p.name_any(),
+                        p.spec.primary_site,
+                        p.spec.recovery_site
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn protected_vms(t: &Typed) -> Vec<String> {
+    let Some(c) = client(t).await else { return Vec::new() };
+    Api::<ProtectedVM>::namespaced(c.client, &c.namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .map(|p| {
+                    format!(
+                        "{}\tProtectedVM {} → {}",
                         p.name_any(),
                         p.spec.primary_site,
                         p.spec.recovery_site

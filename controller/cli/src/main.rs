@@ -5,6 +5,7 @@ mod complete;
 mod link;
 mod load;
 mod ops;
+mod points;
 mod report;
 mod simulate;
 mod tree;
@@ -24,7 +25,7 @@ use crate::ops::{Format, NewRun};
 /// Disaster recovery for KubeVirt VMs: check, rehearse, run and report coldsite recovery plans.
 ///
 /// Installed on PATH as `kubectl-coldsite`, it also runs as `kubectl coldsite`. The commands
-/// that talk to the management cluster (status, approve, test, failover, planned, commit,
+/// that talk to the management cluster (status, points, approve, test, failover, planned, commit,
 /// reprotect, failback, cleanup, report) find it as kubectl does: --kubeconfig or
 /// $KUBECONFIG or ~/.kube/config, --context, and -n/--namespace (else the context's
 /// namespace); inside a pod, its service account.
@@ -183,6 +184,22 @@ enum Command {
         /// (for a plan, until interrupted). Exits 1 if the run ends other than Succeeded.
         #[arg(short, long)]
         watch: bool,
+    },
+    /// List the recovery points of a plan's VMs, or of one ProtectedVM.
+    ///
+    /// For each VM, in the plan's startup order: the points it holds at the site it would
+    /// recover to, newest first (the newest 120; older ones are counted), each with its
+    /// consistency and age. `crash`: each disk as its snapshot found it, as after a power
+    /// loss. `app`: cut with the guest's filesystems frozen through its agent, all disks
+    /// within one freeze (spec.replication.appConsistentInterval). A run's --recovery-point
+    /// (Latest, LatestAppConsistent, or a time: the newest point not after it) chooses among
+    /// them.
+    ///
+    /// TARGET is rplan/NAME, pvm/NAME, or a bare NAME: a plan if one has that name, else a
+    /// ProtectedVM.
+    Points {
+        /// rplan/NAME, pvm/NAME, or NAME.
+        target: String,
     },
     /// Approve a manual action of a run, so its gate passes.
     ///
@@ -425,6 +442,7 @@ fn main() -> ExitCode {
             concurrency,
         }),
         Command::Status { target, watch } => on_cluster(cl, |c| async move { ops::status(&c, &target, watch).await }),
+        Command::Points { target } => on_cluster(cl, |c| async move { points::points(&c, &target).await }),
         Command::Approve {
             run,
             action,

@@ -153,7 +153,7 @@ async fn protected(s: &Scenario) -> Result<()> {
 /// `appConsistentInterval`: each VM gets a point whose two disks were both cut while the
 /// guest was frozen, proven by what the storage at DR holds; the scheduled syncs' points
 /// stay crash-consistent; status says so.
-async fn app_consistent_points(s: &Scenario) -> Result<()> {
+async fn app_consistent_points(s: &Scenario, plugin: &Plugin) -> Result<()> {
     for vm in VMS {
         let status = wait_for(
             &format!("an app-consistent point of {vm}"),
@@ -183,6 +183,19 @@ async fn app_consistent_points(s: &Scenario) -> Result<()> {
         ensure!(
             at_hq.data["status"]["fsFreezeStatus"].is_null(),
             "{vm}'s guest is thawed once its snapshots are cut"
+        );
+    }
+    // `kubectl coldsite points` lists each VM's points with their consistency, at DR.
+    let listed = plugin.ok(&["points", "exchange"]).await?;
+    for vm in VMS {
+        let rows: Vec<&str> = listed.lines().filter(|l| l.starts_with(&format!("{vm} "))).collect();
+        ensure!(
+            rows.iter().any(|r| r.contains(" app ")) && rows.iter().any(|r| r.contains(" crash ")),
+            "{vm}'s points:\n{listed}"
+        );
+        ensure!(
+            rows.iter().all(|r| r.trim_end().ends_with(&s.dr)),
+            "{vm}'s points are at DR:\n{listed}"
         );
     }
     Ok(())
@@ -795,7 +808,9 @@ async fn exchange_lifecycle() -> Result<()> {
     let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
         protected(&s).await.context("protect")?;
-        app_consistent_points(&s).await.context("app-consistent points")?;
+        app_consistent_points(&s, &plugin)
+            .await
+            .context("app-consistent points")?;
         standby_never_acts(&replicas).await.context("leader election")?;
         test_failover(&s, &mut replicas).await.context("test failover")?;
         two_tenants(&s).await.context("two tenants")?;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use coldsite_api::common::condition;
 use coldsite_api::protected_vm::{
-    ProtectedVMStatus, ProtectionPhase, RecoveryPointsStatus, ReplicationDirection, ReplicationHealth,
-    ReplicationStatus,
+    Consistency, LISTED_POINTS, PointStatus, ProtectedVMStatus, ProtectionPhase, RecoveryPointsStatus,
+    ReplicationDirection, ReplicationHealth, ReplicationStatus,
 };
 use coldsite_engine::fabric::ReplicationState;
 use coldsite_engine::lifecycle::Side;
@@ -132,6 +132,19 @@ fn points(state: &ReplicationState) -> RecoveryPointsStatus {
             .rev()
             .find(|p| p.app_consistent)
             .map(|p| coldsite_engine::time::to_k8s(p.time)),
+        points: points
+            .iter()
+            .rev()
+            .take(LISTED_POINTS)
+            .map(|p| PointStatus {
+                time: coldsite_engine::time::to_k8s(p.time),
+                consistency: if p.app_consistent {
+                    Consistency::App
+                } else {
+                    Consistency::Crash
+                },
+            })
+            .collect(),
     }
 }
 
