@@ -26,8 +26,9 @@
 //! DR starts without the VolumeSnapshotClass its Site names; before the README's first
 //! `status`, the test checks that the ProtectedVMs say so and creates it.
 //!
-//! A person re-runs `status rplan/exchange` until the plan is Ready and `status <run>` until
-//! the run waits at its gate; so does the test. `<run>` is the name `test` printed.
+//! A person re-runs `status rplan/exchange` until the plan is Ready, `points` until the
+//! mailbox server has an app-consistent point, and `status <run>` until the run waits at its
+//! gate; so does the test. `<run>` is the name `test` printed.
 //!
 //! After the README: the chart's ServiceAccount is refused what the chart does not grant,
 //! and a scheduled drill runs (cron, autoApprove, status.lastDrill, keepFor cleanup; the
@@ -644,6 +645,10 @@ async fn the_readme_day_one_commands_work_as_written() -> Result<()> {
             let out = if line.contains(" status ") && line.contains("rplan/") {
                 forgotten_snapshot_class(&mgmt, &dr).await?;
                 world.sh_until(&line, "Ready  True", Duration::from_secs(300)).await?
+            } else if line.contains(" points ") {
+                // exch-mbx01 asks for app-consistent points: the chart's site identity freezes
+                // its guest through HQ's aggregation layer.
+                world.sh_until(&line, " app ", Duration::from_secs(240)).await?
             } else if line.contains(" status ") && run.is_some() && !line.contains("--watch") {
                 world
                     .sh_until(&line, "Waiting for approval of confirm-ad-replication", Duration::from_secs(240))
