@@ -200,42 +200,31 @@ async fn runs(t: &Typed, unfinished_only: bool) -> Vec<String> {
 }
 
 async fn plans(t: &Typed) -> Vec<String> {
-    let Some(c) = client(t).await else { return Vec::new() };
-    Api::<RecoveryPlan>::namespaced(c.client, &c.namespace)
-        .list(&ListParams::default())
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .map(|p| {
-                    format!(
-                        "{}\tRecoveryPlan {} → {}",
-                        p.name_any(),
-                        p.spec.primary_site,
-                        p.spec.recovery_site
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let sites = |p: &RecoveryPlan| format!("{} → {}", p.spec.primary_site, p.spec.recovery_site);
+    named(t, "RecoveryPlan", sites).await
 }
 
 async fn protected_vms(t: &Typed) -> Vec<String> {
+    let sites = |p: &ProtectedVM| format!("{} → {}", p.spec.primary_site, p.spec.recovery_site);
+    named(t, "ProtectedVM", sites).await
+}
+
+/// The namespace's objects of a kind, each with its kind and `describe` as the hint.
+async fn named<K>(t: &Typed, kind: &str, describe: impl Fn(&K) -> String) -> Vec<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let Some(c) = client(t).await else { return Vec::new() };
-    Api::<ProtectedVM>::namespaced(c.client, &c.namespace)
+    Api::<K>::namespaced(c.client, &c.namespace)
         .list(&ListParams::default())
         .await
         .map(|l| {
             l.items
-                .into_iter()
-                .map(|p| {
-                    format!(
-                        "{}\tProtectedVM {} → {}",
-                        p.name_any(),
-                        p.spec.primary_site,
-                        p.spec.recovery_site
-                    )
-                })
+                .iter()
+                .map(|o| format!("{}\t{kind} {}", o.name_any(), describe(o)))
                 .collect()
         })
         .unwrap_or_default()

@@ -64,6 +64,15 @@ pub fn table(pvms: &[ProtectedVM], now: DateTime<Utc>) -> String {
     render(&rows)
 }
 
+/// Pure: the plan's VMs, group by group in startup order.
+pub fn vms_in_startup_order(plan: &RecoveryPlan) -> Vec<String> {
+    view::startup_order(plan)
+        .iter()
+        .filter_map(|name| plan.spec.groups.iter().find(|g| g.name == *name))
+        .flat_map(|g| g.vms.iter().cloned())
+        .collect()
+}
+
 /// Where a VM's points are: the site it would recover to.
 fn other_site<'a>(pvm: &'a ProtectedVM, active: &str) -> &'a str {
     if active == pvm.spec.primary_site {
@@ -110,7 +119,7 @@ pub async fn points(c: &Cluster, target: &str) -> anyhow::Result<bool> {
     };
     let listed = match plan {
         Some(plan) => {
-            let order = view::startup_order(&plan);
+            let order = vms_in_startup_order(&plan);
             let mut all = pvms
                 .list(&ListParams::default())
                 .await
@@ -148,6 +157,19 @@ mod tests {
             "status": {"activeSite": "hq", "recoveryPoints": {"count": count, "points": points}},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_plans_vms_come_group_by_group_in_startup_order() {
+        let plan = view::fixtures::plan();
+        let vms = vms_in_startup_order(&plan);
+        assert_eq!(vms.first().map(String::as_str), Some("dc01"), "{vms:?}");
+        assert!(
+            vms.contains(&"exch-mbx01".to_owned()) && vms.contains(&"exch-cas01".to_owned()),
+            "{vms:?}"
+        );
+        let position = |vm: &str| vms.iter().position(|v| v == vm);
+        assert!(position("dc01") < position("exch-mbx01") && position("exch-mbx01") < position("exch-cas01"));
     }
 
     #[test]

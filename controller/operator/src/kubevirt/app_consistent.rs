@@ -80,8 +80,9 @@ pub enum AppSync {
     Busy,
     /// The guest could not be frozen; the sync goes on and yields a crash-consistent point.
     FreezeFailed(String),
-    /// Its points are adopted: app-consistent if every disk was cut inside the freeze.
-    Done { app_consistent: bool },
+    /// Its points are adopted: app-consistent if every disk was cut inside the freeze;
+    /// `froze` whether any was (none after a failed freeze, already reported).
+    Done { app_consistent: bool, froze: bool },
     /// The sites could not be read or written; tried again at the next reconcile.
     Error(String),
 }
@@ -225,16 +226,22 @@ impl KubeVirtFabric {
         disks: &[DiskEnds],
     ) -> Result<AppSync, FabricError> {
         self.thaw_when_cut(src, vm).await?;
-        let mut app_consistent = true;
+        let frozen: Vec<bool> = disks
+            .iter()
+            .map(|d| tag_on(&d.rs).is_some() && annotation(&d.rs, FROZEN_FOR) == tag_on(&d.rs))
+            .collect();
+        let app_consistent = frozen.iter().all(|f| *f);
         for d in disks {
-            let frozen = tag_on(&d.rs).is_some() && annotation(&d.rs, FROZEN_FOR) == tag_on(&d.rs);
-            if self.adopt_latest(dst, vm, &d.disk, frozen).await?.is_none() {
+            // A VM's point is app-consistent only if all its disks are.
+            if self.adopt_latest(dst, vm, &d.disk, app_consistent).await?.is_none() {
                 return Ok(AppSync::Busy);
             }
-            app_consistent &= frozen;
         }
         finish(src, dst, vm, disks).await?;
-        Ok(AppSync::Done { app_consistent })
+        Ok(AppSync::Done {
+            app_consistent,
+            froze: frozen.contains(&true),
+        })
     }
 }
 

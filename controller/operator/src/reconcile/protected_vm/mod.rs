@@ -126,12 +126,12 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     was.last_run = None;
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
     crate::status::apply(&api, &pvm.name_any(), old_for_compare(&was, &mine, rpo).as_ref(), &mine).await?;
-    let busy = matches!(app, Some(AppSync::Busy | AppSync::Done { .. }));
-    Ok(Action::requeue(match (fenced, busy) {
+    Ok(Action::requeue(match app {
         // A frozen guest waits for the next look: it is thawed as soon as its snapshots are cut.
-        (_, true) => APP_SYNC_RETRY,
-        (true, false) => CHECK_EVERY,
-        (false, false) => FENCE_RETRY,
+        Some(AppSync::Busy | AppSync::Done { .. }) => APP_SYNC_RETRY,
+        _ if !fenced => FENCE_RETRY,
+        Some(AppSync::Error(_)) => FENCE_RETRY,
+        _ => CHECK_EVERY,
     }))
 }
 
@@ -230,13 +230,18 @@ async fn report_app_sync(ctx: &Context, pvm: &ProtectedVM, app: Option<&AppSync>
             "FreezeFailed",
             format!("{why}; this sync's point is crash-consistent"),
         ),
-        Some(AppSync::Done { app_consistent: true }) => (
+        Some(AppSync::Done {
+            app_consistent: true, ..
+        }) => (
             "app_consistent",
             false,
             "AppConsistentPoint",
             "a recovery point was cut with the guest's filesystems frozen".to_owned(),
         ),
-        Some(AppSync::Done { app_consistent: false }) => (
+        Some(AppSync::Done {
+            app_consistent: false,
+            froze: true,
+        }) => (
             "crash_consistent",
             true,
             "CrashConsistentPoint",

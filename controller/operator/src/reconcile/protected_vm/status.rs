@@ -275,12 +275,17 @@ fn app_consistent(status: &ProtectedVMStatus, o: &Observed<'_>) -> Option<Desire
             format!("{why}; that point is crash-consistent, and the guest is tried again in {interval}"),
         ),
         Some(AppSync::Error(why)) => (false, "SyncError", why.clone()),
-        Some(AppSync::Done { app_consistent: false }) => (
+        Some(AppSync::Done {
+            app_consistent: false,
+            froze: true,
+        }) => (
             false,
             "NotAllDisksFrozen",
             "the disks were not all cut inside one freeze; that point is crash-consistent".to_owned(),
         ),
-        Some(AppSync::Done { app_consistent: true }) => frozen(),
+        Some(AppSync::Done {
+            app_consistent: true, ..
+        }) => frozen(),
         _ if shown => return None,
         _ if has_point => frozen(),
         _ => (
