@@ -140,3 +140,20 @@ fn unplanned_failover_with_hq_down() {
         "{stop}"
     );
 }
+
+#[test]
+fn latest_app_consistent_restores_the_mailbox_from_a_frozen_point_and_names_the_fix_for_the_others() {
+    let (ok, out) = simulate(&["examples/exchange", "--recovery-point", "LatestAppConsistent"]);
+    assert!(!ok, "{out}");
+    // exch-mbx01 has appConsistentInterval: its restore succeeds from such a point.
+    assert!(!out.contains("exch-mbx01/restore-disks:"), "{out}");
+    for vm in ["dc01", "exch-cas01"] {
+        assert!(
+            out.contains(&format!(
+                "VM {vm}: no application-consistent recovery point within retention; it has no \
+                 spec.replication.appConsistentInterval: set one, or run with recoveryPoint Latest"
+            )),
+            "{out}"
+        );
+    }
+}

@@ -473,7 +473,14 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 .ok_or_else(|| FabricError::permanent("the final sync recorded no recovery point"));
         }
         let points = self.fabric.recovery_points(model, self.ctx.run.direction).await?;
-        rpo::choose_point(&points, &self.ctx.recovery_point, now, model.retention)
-            .map_err(|e| FabricError::permanent(format!("VM {}: {e}", model.name)))
+        rpo::choose_point(&points, &self.ctx.recovery_point, now, model.retention).map_err(|e| {
+            let fix = match (&e, model.app_consistent_interval) {
+                (rpo::PointError::NoAppConsistent, None) => {
+                    "; it has no spec.replication.appConsistentInterval: set one, or run with recoveryPoint Latest"
+                }
+                _ => "",
+            };
+            FabricError::permanent(format!("VM {}: {e}{fix}", model.name))
+        })
     }
 }
