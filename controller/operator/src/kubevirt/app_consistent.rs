@@ -149,21 +149,7 @@ impl KubeVirtFabric {
         if steps.iter().all(|n| *n == Next::Adopt) {
             return self.adopt(src, dst, vm, &disks).await;
         }
-        for (d, step) in disks.iter().zip(&steps) {
-            if let Next::TagDestination { tag } = step {
-                let mut patch = json!({"spec": {"trigger": {"manual": tag}}});
-                if d.disk == disks[0].disk {
-                    patch["metadata"] = json!({"annotations": {ATTEMPTED: now.to_rfc3339()}});
-                }
-                dst.merge(
-                    REPLICATION_DESTINATION,
-                    Some(&vm.vm_namespace),
-                    &objects::replication_name(&d.disk),
-                    &patch,
-                )
-                .await?;
-            }
-        }
+        tag_destinations(dst, vm, &disks, &steps, now).await?;
         let to_tag: Vec<(&DiskEnds, &Next)> = disks
             .iter()
             .zip(&steps)
@@ -288,6 +274,29 @@ async fn unfreeze(src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
         .await
         .map_err(|e| super::dynamic::classify(&src.site, "thawing the guest", e))?;
     tracing::info!(vm = %vm.name, site = %src.site, "guest thawed");
+    Ok(())
+}
+
+/// Tags the destinations the protocol says to; the first disk's records when the sync began.
+async fn tag_destinations(
+    dst: &SiteApi,
+    vm: &VmModel,
+    disks: &[DiskEnds],
+    steps: &[Next],
+    now: DateTime<Utc>,
+) -> Result<(), FabricError> {
+    for (i, (d, step)) in disks.iter().zip(steps).enumerate() {
+        let Next::TagDestination { tag } = step else {
+            continue;
+        };
+        let mut patch = json!({"spec": {"trigger": {"manual": tag}}});
+        if i == 0 {
+            patch["metadata"] = json!({"annotations": {ATTEMPTED: now.to_rfc3339()}});
+        }
+        let name = objects::replication_name(&d.disk);
+        dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
+            .await?;
+    }
     Ok(())
 }
 

@@ -97,9 +97,13 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         Err(_) => Vec::new(),
     };
     let fenced = fences.iter().all(|(_, f)| f.is_ok());
-    let (replication, problem, app) = match &model {
-        Err(text) => (None, Some(("InvalidSpec", text.clone())), None),
-        Ok(_) if settled.claim.is_some() || !fenced => (None, None, None),
+    let Protection {
+        replication,
+        problem,
+        app,
+    } = match &model {
+        Err(text) => Protection::problem("InvalidSpec", text.clone()),
+        Ok(_) if settled.claim.is_some() || !fenced => Protection::default(),
         Ok(vm) => protect(&fabric, &settled, vm, &sides).await,
     };
     let rpo = coldsite_engine::model::parse_duration(&spec.replication.rpo).unwrap_or(Duration::from_secs(900));
@@ -186,39 +190,56 @@ async fn fence(
     Ok(found)
 }
 
+/// What protecting the VM came to.
+#[derive(Default)]
+struct Protection {
+    /// Replication as it stands, when the VM replicates.
+    replication: Option<ReplicationState>,
+    /// Why protection cannot proceed: a bounded reason and a message.
+    problem: Option<(&'static str, String)>,
+    /// This reconcile's step of an app-consistent sync.
+    app: Option<AppSync>,
+}
+
+impl Protection {
+    fn problem(reason: &'static str, message: String) -> Self {
+        Self {
+            problem: Some((reason, message)),
+            ..Self::default()
+        }
+    }
+}
+
 /// Replication from where the VM runs to the other site, with its app-consistent syncs, or,
 /// while it is paused after a failover, nothing flowing into the disks it runs on.
-async fn protect(
-    fabric: &KubeVirtFabric,
-    settled: &Settled,
-    vm: &VmModel,
-    sides: &Sides,
-) -> (
-    Option<ReplicationState>,
-    Option<(&'static str, String)>,
-    Option<AppSync>,
-) {
+async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides: &Sides) -> Protection {
     let active = settled.resting.active;
     let (source, target) = (sides.of(active), sides.of(active.other()));
     if settled.resting.direction == ReplicationDirection::Paused {
         return match fabric.stop_replication_into(source, target, vm).await {
-            Ok(()) => (None, None, None),
-            Err(e) => (None, Some((reason_of(&e), e.message)), None),
+            Ok(()) => Protection::default(),
+            Err(e) => Protection::problem(reason_of(&e), e.message),
         };
     }
     let reverse = active == Side::Recovery;
     let state = match fabric.replicate(vm, source, target, reverse, Utc::now()).await {
         Ok(state) => state,
-        Err(e) => return (None, Some((reason_of(&e), e.message)), None),
+        Err(e) => return Protection::problem(reason_of(&e), e.message),
     };
-    if !state.established {
-        return (Some(state), None, None);
+    let app = match state.established {
+        true => Some(
+            fabric
+                .app_consistent_sync(vm, source, target, &state.points, Utc::now())
+                .await
+                .unwrap_or_else(|e| AppSync::Error(e.message)),
+        ),
+        false => None,
+    };
+    Protection {
+        replication: Some(state),
+        problem: None,
+        app,
     }
-    let app = fabric
-        .app_consistent_sync(vm, source, target, &state.points, Utc::now())
-        .await
-        .unwrap_or_else(|e| AppSync::Error(e.message));
-    (Some(state), None, Some(app))
 }
 
 /// An Event and the metric for what an app-consistent sync came to.

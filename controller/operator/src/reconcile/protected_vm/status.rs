@@ -239,7 +239,7 @@ fn set_conditions(
     if !o.fences.is_empty() {
         desired.push(fenced(o));
     }
-    if let Some(d) = app_consistent(status, o) {
+    if let Some(d) = app_consistent(status, o.app, o.app_interval) {
         desired.push(d);
     }
     if o.app_interval.is_none() {
@@ -252,8 +252,12 @@ fn set_conditions(
 
 /// The `AppConsistent` condition of a VM with `appConsistentInterval`: how its latest
 /// app-consistent sync went. Between syncs the last outcome stands.
-fn app_consistent(status: &ProtectedVMStatus, o: &Observed<'_>) -> Option<Desired<'static>> {
-    let interval = o.app_interval?;
+fn app_consistent(
+    status: &ProtectedVMStatus,
+    app: Option<&AppSync>,
+    interval: Option<&str>,
+) -> Option<Desired<'static>> {
+    let interval = interval?;
     let shown = coldsite_api::common::find_condition(&status.conditions, condition::APP_CONSISTENT).is_some();
     let has_point = status
         .recovery_points
@@ -268,7 +272,7 @@ fn app_consistent(status: &ProtectedVMStatus, o: &Observed<'_>) -> Option<Desire
             ),
         )
     };
-    let (ok, reason, message) = match o.app {
+    let (ok, reason, message) = match app {
         Some(AppSync::FreezeFailed(why)) => (
             false,
             "FreezeFailed",
@@ -341,6 +345,43 @@ fn fenced(o: &Observed<'_>) -> Desired<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_consistent_shows_the_latest_syncs_outcome_until_the_next() {
+        let mut status = ProtectedVMStatus::default();
+        let now = coldsite_engine::time::to_k8s(Utc::now());
+        let mut show = |status: &mut ProtectedVMStatus, app: Option<&AppSync>| {
+            if let Some(d) = app_consistent(status, app, Some("1h")) {
+                conditions::set(&mut status.conditions, d, None, now.clone());
+            }
+            let c = coldsite_api::common::find_condition(&status.conditions, condition::APP_CONSISTENT).cloned();
+            c.map(|c| (c.status, c.reason, c.message))
+        };
+        let (ok, reason, _) = show(&mut status, Some(&AppSync::Idle)).unwrap();
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "Pending"));
+        let failed = AppSync::FreezeFailed("virt-api refused: guest agent is not connected (500)".into());
+        let (ok, reason, message) = show(&mut status, Some(&failed)).unwrap();
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "FreezeFailed"));
+        assert!(
+            message.contains("guest agent is not connected") && message.contains("crash-consistent"),
+            "{message}"
+        );
+        // The failed sync's crash-consistent point, and the reconciles after it, keep it.
+        let unfrozen = AppSync::Done {
+            app_consistent: false,
+            froze: false,
+        };
+        for app in [Some(&unfrozen), Some(&AppSync::Busy), Some(&AppSync::Idle), None] {
+            assert_eq!(show(&mut status, app).unwrap().1, "FreezeFailed");
+        }
+        let done = AppSync::Done {
+            app_consistent: true,
+            froze: true,
+        };
+        let (ok, reason, _) = show(&mut status, Some(&done)).unwrap();
+        assert_eq!((ok.as_str(), reason.as_str()), ("True", "Frozen"));
+        assert_eq!(app_consistent(&status, Some(&done), None).map(|d| d.reason), None);
+    }
 
     #[test]
     fn health_follows_the_rpo() {
