@@ -350,7 +350,7 @@ mod tests {
     fn app_consistent_shows_the_latest_syncs_outcome_until_the_next() {
         let mut status = ProtectedVMStatus::default();
         let now = coldsite_engine::time::to_k8s(Utc::now());
-        let mut show = |status: &mut ProtectedVMStatus, app: Option<&AppSync>| {
+        let show = |status: &mut ProtectedVMStatus, app: Option<&AppSync>| {
             if let Some(d) = app_consistent(status, app, Some("1h")) {
                 conditions::set(&mut status.conditions, d, None, now.clone());
             }
