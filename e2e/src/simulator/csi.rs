@@ -16,7 +16,9 @@
 //! - **csi-snapshotter** (followed: `pkg/sidecar-controller` of
 //!   `github.com/kubernetes-csi/external-snapshotter/v8`): a VolumeSnapshotContent of this
 //!   driver with a `volumeHandle` and no status gets `snapshotHandle` (carrying the volume's
-//!   data at that moment, see [`disk`](super::disk)), `creationTime` in nanoseconds and
+//!   data at that moment, see [`disk`](super::disk), marked quiesced when the running guest
+//!   that has the volume is frozen, see [`virt_api`](super::virt_api)), `creationTime` in
+//!   nanoseconds and
 //!   `restoreSize`, first with `readyToUse: false`, then after
 //!   [`SimConfig::snapshot_ready_delay`](super::SimConfig::snapshot_ready_delay) (or the
 //!   site's `slow_snapshots` fault) with `readyToUse: true`; a pre-provisioned content
