@@ -25,4 +25,7 @@ report_skips() {
   rm -f "$COLDSITE_SKIPS_FILE"
 }
 trap report_skips EXIT
+# A failing e2e test prints its error and the controller's log; anyhow's backtraces would
+# crowd them out of a CI log's tail. Panics still print theirs.
+export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"
 cargo test --workspace --all-targets "$@"

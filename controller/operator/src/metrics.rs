@@ -52,8 +52,9 @@ impl Metrics {
             )?,
             app_consistent_syncs: counter(
                 "coldsite_app_consistent_syncs_total",
-                "App-consistent syncs by the site the guest runs at and result: app_consistent, \
-                 crash_consistent (not every disk cut in one freeze), freeze_failed (no guest agent, a timeout).",
+                "App-consistent syncs by the site the guest runs at and the point each yielded: \
+                 app_consistent, crash_consistent (not every disk cut in one freeze), unfrozen (the \
+                 guest could not be frozen: no guest agent, a timeout; see FreezeFailed Events).",
                 &["site", "result"],
             )?,
             reconciles: counter(

@@ -4,10 +4,10 @@
 //! source snapshots, and thawed as soon as they are cut.
 //!
 //! The sync follows the [final sync's protocol](super::final_sync) with the tag prefix
-//! [`TAG`]: destinations first, sources once every destination listens. The guest is frozen
-//! just before the sources are tagged, only when all of them are tagged together, and the
-//! tag of each source frozen for is recorded on it ([`FROZEN_FOR`]); so a point is marked
-//! app-consistent only when every disk's snapshot was cut inside one freeze. The freeze is
+//! [`TAG`]: destinations first, then, once every destination listens, the guest is frozen
+//! and all sources are tagged together. The tag of each source frozen for is recorded on it
+//! ([`FROZEN_FOR`]), so a point is marked app-consistent only when every disk's snapshot was
+//! cut inside one freeze. The freeze is
 //! bounded even if coldsite stops mid-way: KubeVirt thaws the guest after [`UNFREEZE_TIMEOUT`].
 //!
 //! A freeze that fails (no guest agent, a timeout) does not stop the sync: it yields a
@@ -69,6 +69,34 @@ pub fn source_cut(rs: &Value, snapshot: Option<&Value>) -> bool {
     let done = tag_on(rs).is_some_and(|t| str_at(rs, "/status/lastManualSync") == Some(t));
     let running = str_at(rs, "/status/lastSyncStartTime").is_some_and(|t| !t.is_empty());
     done || (running && snapshot.is_some_and(|s| s.pointer("/status/creationTime").is_some_and(|t| !t.is_null())))
+}
+
+/// What to do with the sources of an app-consistent sync next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStep {
+    /// Some destination does not listen yet, or a sync is under way.
+    Wait,
+    /// Every destination listens: freeze the guest and tag every source inside the freeze.
+    FreezeAndTagAll,
+    /// A step was interrupted with some sources tagged: tag the rest, frozen for if the guest
+    /// still is.
+    TagRest,
+}
+
+/// Pure: the sources' next step, from each disk's [`Next`] and whether any source is tagged.
+/// No source is tagged before every one can be, or the disks' snapshots would be cut at
+/// different moments, outside the freeze.
+pub fn source_step(steps: &[Next], any_tagged: bool) -> SourceStep {
+    let ready = steps.iter().filter(|n| matches!(n, Next::TagSource { .. })).count();
+    if ready == 0 {
+        SourceStep::Wait
+    } else if any_tagged {
+        SourceStep::TagRest
+    } else if ready < steps.len() {
+        SourceStep::Wait
+    } else {
+        SourceStep::FreezeAndTagAll
+    }
 }
 
 /// What one step of a VM's app-consistent sync found or did.
@@ -155,22 +183,23 @@ impl KubeVirtFabric {
             .zip(&steps)
             .filter(|(_, n)| matches!(n, Next::TagSource { .. }))
             .collect();
-        let mut outcome = AppSync::Busy;
-        if !to_tag.is_empty() {
-            // Frozen only when every source is tagged together: one instant for all disks.
-            let frozen = if to_tag.len() == disks.len() {
-                match freeze(src, vm).await {
-                    Ok(()) => true,
-                    Err(why) => {
-                        outcome = AppSync::FreezeFailed(why);
-                        false
-                    }
-                }
-            } else {
-                false
-            };
-            tag_sources(src, vm, &to_tag, frozen).await?;
-        }
+        let any_tagged = disks.iter().any(|d| tag_on(&d.rs).is_some());
+        let outcome = match source_step(&steps, any_tagged) {
+            SourceStep::Wait => AppSync::Busy,
+            SourceStep::TagRest => {
+                let frozen = guest_frozen(src, vm).await?;
+                tag_sources(src, vm, &to_tag, frozen).await?;
+                AppSync::Busy
+            }
+            SourceStep::FreezeAndTagAll => {
+                let (frozen, outcome) = match freeze(src, vm).await {
+                    Ok(()) => (true, AppSync::Busy),
+                    Err(why) => (false, AppSync::FreezeFailed(why)),
+                };
+                tag_sources(src, vm, &to_tag, frozen).await?;
+                outcome
+            }
+        };
         self.thaw_when_cut(src, vm).await?;
         Ok(outcome)
     }
@@ -178,11 +207,7 @@ impl KubeVirtFabric {
     /// Thaws the guest once every source frozen for has its snapshot cut.
     async fn thaw_when_cut(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
         let ns = vm.vm_namespace.as_str();
-        let frozen = src
-            .get(VMI, Some(ns), &vm.vm_name)
-            .await?
-            .is_some_and(|v| str_at(&v, "/status/fsFreezeStatus") == Some("frozen"));
-        if !frozen {
+        if !guest_frozen(src, vm).await? {
             return Ok(());
         }
         for disk in &vm.disks {
@@ -252,6 +277,13 @@ async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Vec<Di
         });
     }
     Ok(disks)
+}
+
+async fn guest_frozen(src: &SiteApi, vm: &VmModel) -> Result<bool, FabricError> {
+    Ok(src
+        .get(VMI, Some(&vm.vm_namespace), &vm.vm_name)
+        .await?
+        .is_some_and(|v| str_at(&v, "/status/fsFreezeStatus") == Some("frozen")))
 }
 
 async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
@@ -362,6 +394,21 @@ mod tests {
         // at every reconcile.
         assert!(!due(hour, Some(at(0)), Some(at(30)), at(60)));
         assert!(due(hour, Some(at(0)), Some(at(30)), at(90)));
+    }
+
+    #[test]
+    fn no_source_is_tagged_before_every_destination_listens() {
+        let tag = || Next::TagSource {
+            tag: "app-9".into(),
+            source_version: "9".into(),
+        };
+        // One disk's destination listens, the other's mover is not up yet: tagging the first
+        // now would cut its snapshot unfrozen, and the point would be crash-consistent.
+        assert_eq!(source_step(&[tag(), Next::Wait], false), SourceStep::Wait);
+        assert_eq!(source_step(&[tag(), tag()], false), SourceStep::FreezeAndTagAll);
+        assert_eq!(source_step(&[Next::Wait, Next::Wait], false), SourceStep::Wait);
+        // A step that tagged one source and failed on the other is finished, not waited on.
+        assert_eq!(source_step(&[Next::Wait, tag()], true), SourceStep::TagRest);
     }
 
     #[test]

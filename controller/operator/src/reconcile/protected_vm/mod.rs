@@ -242,41 +242,54 @@ async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides
     }
 }
 
-/// An Event and the metric for what an app-consistent sync came to.
+/// The metric for what an app-consistent sync came to, counted once per sync, and an Event
+/// for each freeze and each point.
 async fn report_app_sync(ctx: &Context, pvm: &ProtectedVM, app: Option<&AppSync>, source: &SiteModel) {
-    let (result, warning, reason, note) = match app {
+    let (result, event) = match app {
         Some(AppSync::FreezeFailed(why)) => (
-            "freeze_failed",
-            true,
-            "FreezeFailed",
-            format!("{why}; this sync's point is crash-consistent"),
+            None,
+            Some((
+                true,
+                "FreezeFailed",
+                format!("{why}; this sync's point is crash-consistent"),
+            )),
         ),
         Some(AppSync::Done {
             app_consistent: true, ..
         }) => (
-            "app_consistent",
-            false,
-            "AppConsistentPoint",
-            "a recovery point was cut with the guest's filesystems frozen".to_owned(),
+            Some("app_consistent"),
+            Some((
+                false,
+                "AppConsistentPoint",
+                "a recovery point was cut with the guest's filesystems frozen".to_owned(),
+            )),
         ),
         Some(AppSync::Done {
             app_consistent: false,
             froze: true,
         }) => (
-            "crash_consistent",
-            true,
-            "CrashConsistentPoint",
-            "the app-consistent sync's point is crash-consistent: its disks were not all cut inside one freeze"
-                .to_owned(),
+            Some("crash_consistent"),
+            Some((
+                true,
+                "CrashConsistentPoint",
+                "the app-consistent sync's point is crash-consistent: its disks were not all cut inside one freeze"
+                    .to_owned(),
+            )),
         ),
-        _ => return,
+        // The freeze failed, and its Event said so.
+        Some(AppSync::Done { froze: false, .. }) => (Some("unfrozen"), None),
+        _ => (None, None),
     };
-    ctx.metrics
-        .app_consistent_syncs
-        .with_label_values(&[source.name.as_str(), result])
-        .inc();
-    tracing::info!(protected_vm = %pvm.name_any(), site = %source.name, result, "app-consistent sync");
-    ctx.event(pvm, warning, reason, "Protect", note).await;
+    if let Some(result) = result {
+        ctx.metrics
+            .app_consistent_syncs
+            .with_label_values(&[source.name.as_str(), result])
+            .inc();
+        tracing::info!(protected_vm = %pvm.name_any(), site = %source.name, result, "app-consistent sync");
+    }
+    if let Some((warning, reason, note)) = event {
+        ctx.event(pvm, warning, reason, "Protect", note).await;
+    }
 }
 
 /// Ends a claim whose run is gone (deleted while it ran), or ended without recording it
