@@ -340,6 +340,24 @@ pub enum Consistency {
     App,
 }
 
+impl Consistency {
+    pub fn of(app_consistent: bool) -> Self {
+        if app_consistent { Self::App } else { Self::Crash }
+    }
+
+    pub fn is_app(self) -> bool {
+        self == Self::App
+    }
+
+    /// The word `kubectl coldsite` shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Crash => "crash",
+            Self::App => "app",
+        }
+    }
+}
+
 /// A VM's progress in one run. It lives here, not in the run, so the run stays small.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -357,6 +375,9 @@ pub struct VmRunStatus {
     /// The recovery point actually used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<Time>,
+    /// What that point is consistent with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point_consistency: Option<Consistency>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<crate::recovery_run::StepStatus>,
 }

@@ -283,6 +283,9 @@ pub struct StepStatus {
     /// The recovery point the step used or produced (restore, final sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<Time>,
+    /// What that point is consistent with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point_consistency: Option<crate::protected_vm::Consistency>,
     /// When the next attempt may start, after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,

@@ -3,7 +3,6 @@
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use coldsite_api::protected_vm::Consistency;
 use coldsite_api::{ProtectedVM, RecoveryPlan};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -42,10 +41,7 @@ pub fn table(pvms: &[ProtectedVM], now: DateTime<Utc>) -> String {
             rows.push([
                 pvm.name_any(),
                 view::time(t),
-                match point.consistency {
-                    Consistency::Crash => "crash".into(),
-                    Consistency::App => "app".into(),
-                },
+                point.consistency.word().into(),
                 duration((now - t).num_seconds()),
                 at.to_owned(),
             ]);

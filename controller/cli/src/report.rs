@@ -360,15 +360,16 @@ fn approval_rows(v: &RunView) -> impl Iterator<Item = Vec<String>> + '_ {
     })
 }
 
-/// Per VM: group, recovery point, how old it was when the run started, and its state.
-fn points(v: &RunView) -> Vec<[String; 5]> {
+/// Per VM: group, recovery point, its consistency, how old it was when the run started,
+/// and its state.
+fn points(v: &RunView) -> Vec<[String; 6]> {
     v.groups
         .iter()
         .flat_map(|g| {
             g.vms.iter().map(move |vm| {
                 let age = match (vm.point, v.started) {
                     (Some(p), Some(s)) => {
-                        let d = (s - p).num_seconds();
+                        let d = (s - p.time).num_seconds();
                         if d >= 0 {
                             format!("{} before the start", duration(d))
                         } else {
@@ -380,7 +381,8 @@ fn points(v: &RunView) -> Vec<[String; 5]> {
                 [
                     vm.name.clone(),
                     g.name.clone(),
-                    opt_time(vm.point),
+                    opt_time(vm.point.map(|p| p.time)),
+                    vm.point.map_or("-", |p| p.consistency_word()).to_owned(),
                     age,
                     if vm.recorded {
                         state_word(vm.state()).to_owned()
@@ -549,7 +551,14 @@ pub fn html(v: &RunView) -> String {
     out.push_str("</div>\n<h2>Recovery points</h2>\n");
     html_table(
         &mut out,
-        &["VM", "Group", "Recovery point used", "Age at the start", "State"],
+        &[
+            "VM",
+            "Group",
+            "Recovery point used",
+            "Consistency",
+            "Age at the start",
+            "State",
+        ],
         points(v).into_iter().map(Vec::from),
         true,
     );
@@ -619,7 +628,14 @@ pub fn markdown(v: &RunView) -> String {
     out.push_str("## Recovery points\n\n");
     md_table(
         &mut out,
-        &["VM", "Group", "Recovery point used", "Age at the start", "State"],
+        &[
+            "VM",
+            "Group",
+            "Recovery point used",
+            "Consistency",
+            "Age at the start",
+            "State",
+        ],
         points(v).into_iter().map(Vec::from),
     );
     out.push_str("## Approvals\n\n");
@@ -719,6 +735,7 @@ mod tests {
         assert!(page.contains("alice (kubectl-coldsite)"), "who approved");
         assert!(page.contains("2026-03-01 10:02:30Z"), "when the approval was given");
         assert!(page.contains("2026-03-01 09:55:00Z"), "the recovery point used");
+        assert!(page.contains("<td>app</td>"), "the point's consistency");
         assert!(page.contains("5m00s before the start"));
         for s in v.all_steps() {
             assert!(page.contains(&format!(r#"<td class="id">{}</td>"#, s.id)), "{}", s.id);
@@ -736,7 +753,7 @@ mod tests {
         assert!(md.contains("| **RTO** | 3m27s |"), "{md}");
         assert!(md.contains("| confirm-ad-replication | alice (kubectl-coldsite) | 2026-03-01 10:02:30Z | 2026-03-01 10:02:40Z | 2m00s |"), "{md}");
         assert!(
-            md.contains("| exch-mbx01 | mailbox | 2026-03-01 09:55:00Z | 5m00s before the start | Succeeded |"),
+            md.contains("| exch-mbx01 | mailbox | 2026-03-01 09:55:00Z | app | 5m00s before the start | Succeeded |"),
             "{md}"
         );
     }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use coldsite_api::RunAction;
+use coldsite_api::protected_vm::Consistency;
 use coldsite_api::recovery_run::{RecoveryPointSelector, RunPhase, StepKind, StepState};
 use coldsite_engine::driver::{Limits, RunContext};
 use coldsite_engine::executor::{StepRecord, humanize};
@@ -233,8 +234,11 @@ fn print_timeline(ctx: &RunContext, graph: &StepGraph, report: &RunReport, seed:
             let power = part(StepKind::PowerOn);
             let ready = part(StepKind::VmReady);
             let point = restore
-                .and_then(|r| r.point)
-                .map(|p| format!("point {}", p.format("%H:%M:%S")))
+                .and_then(|r| r.point.as_ref())
+                .map(|p| {
+                    let consistency = Consistency::of(p.app_consistent).word();
+                    format!("point {} ({consistency})", p.time.format("%H:%M:%S"))
+                })
                 .unwrap_or_default();
             println!(
                 "  ├─ vm {:<23} restore {} · power-on {} · up {} {} {}",
@@ -290,7 +294,8 @@ fn json(ctx: &RunContext, graph: &StepGraph, report: &RunReport) -> serde_json::
                 "attempts": r.attempts,
                 "startedAt": r.started_at,
                 "finishedAt": r.finished_at,
-                "recoveryPoint": r.point,
+                "recoveryPoint": r.point.as_ref().map(|p| p.time),
+                "recoveryPointConsistency": r.point.as_ref().map(|p| Consistency::of(p.app_consistent)),
                 "message": r.message,
             })
         })

@@ -128,7 +128,7 @@ fn vm_lines(out: &mut Vec<String>, lead: &str, last: bool, vm: &VmView, v: &RunV
     let (now, v_finished) = (v.now, v.is_finished());
     let (branch, cont) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
     let point = match vm.point {
-        Some(p) => format!("  recovery point {}", time(p)),
+        Some(p) => format!("  recovery point {} ({})", time(p.time), p.consistency_word()),
         None => String::new(),
     };
     if !vm.recorded {
@@ -570,7 +570,7 @@ mod tests {
         assert!(at("vm dc01") < at("post verify-ad (Job)"));
         assert!(at("pre confirm-ad-replication (manual)") < at("vm exch-mbx01"));
         assert!(text.contains("RTO 3m27s"), "{text}");
-        assert!(text.contains("recovery point 2026-03-01 09:55:00Z"), "{text}");
+        assert!(text.contains("recovery point 2026-03-01 09:55:00Z (app)"), "{text}");
         assert!(text.contains("power-on"), "{text}");
         assert!(
             text.contains("confirm-ad-replication by kubectl-coldsite:alice at 2026-03-01 10:02:30Z"),

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use coldsite_api::protected_vm::VmRunStatus;
+use coldsite_api::protected_vm::{Consistency, VmRunStatus};
 use coldsite_api::recovery_plan::Action;
 use coldsite_api::recovery_run::{GroupProgress, RunPhase, StepKind, StepState, StepStatus};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
 use coldsite_engine::time::from_k8s;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
 use kube::ResourceExt;
 
 /// What a run view is computed from.
@@ -24,6 +24,27 @@ pub struct RunData {
     pub now: DateTime<Utc>,
 }
 
+/// A recovery point as shown: its time and, when the run recorded it, its consistency.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub time: DateTime<Utc>,
+    pub consistency: Option<Consistency>,
+}
+
+impl Point {
+    fn of(time: Option<&Time>, consistency: Option<Consistency>) -> Option<Self> {
+        time.map(|t| Point {
+            time: from_k8s(t),
+            consistency,
+        })
+    }
+
+    /// `app`, `crash`, or `-` for a run recorded before consistency was.
+    pub fn consistency_word(&self) -> &'static str {
+        self.consistency.map_or("-", Consistency::word)
+    }
+}
+
 /// One step, as shown.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
@@ -33,7 +54,7 @@ pub struct Step {
     pub attempts: i32,
     pub started: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
-    pub point: Option<DateTime<Utc>>,
+    pub point: Option<Point>,
     pub message: Option<String>,
 }
 
@@ -46,7 +67,7 @@ impl Step {
             attempts: s.attempts,
             started: s.started_at.as_ref().map(from_k8s),
             finished: s.finished_at.as_ref().map(from_k8s),
-            point: s.recovery_point.as_ref().map(from_k8s),
+            point: Point::of(s.recovery_point.as_ref(), s.recovery_point_consistency),
             message: s.message.clone().filter(|m| !m.is_empty()),
         }
     }
@@ -73,7 +94,7 @@ pub struct VmView {
     /// reverse replication.
     pub steps: Vec<Step>,
     /// The recovery point actually used.
-    pub point: Option<DateTime<Utc>>,
+    pub point: Option<Point>,
     /// Whether the ProtectedVM still holds this run's record (a later run replaces it).
     pub recorded: bool,
 }
@@ -541,7 +562,7 @@ pub fn run_view(data: &RunData) -> RunView {
                 name: vm.clone(),
                 source_steps: vec![],
                 steps: vec![],
-                point: part.and_then(|p| p.recovery_point.as_ref()).map(from_k8s),
+                point: part.and_then(|p| Point::of(p.recovery_point.as_ref(), p.recovery_point_consistency)),
                 recorded: part.is_some(),
             };
             for s in part.map(|p| p.steps.as_slice()).unwrap_or_default() {
@@ -738,6 +759,7 @@ pub mod fixtures {
             step(&id("create-vm"), "CreateVm", "Succeeded", 4, Some(5)),
         ];
         out[0]["recoveryPoint"] = json!(at(-300));
+        out[0]["recoveryPointConsistency"] = json!("App");
         if waiting {
             out.push(
                 json!({"id": id("power-on"), "group": group, "kind": "PowerOn", "state": "Pending", "attempts": 0}),
@@ -757,7 +779,7 @@ pub mod fixtures {
             "spec": {"vm": {"name": name}, "primarySite": "contoso-hq", "recoverySite": "contoso-dr", "networkMapping": "hq-to-dr"},
             "status": {"phase": "Protected", "lastRun": {
                 "run": "exchange-test-1", "runUid": "uid-1", "action": "TestFailover",
-                "recoveryPoint": at(-300), "steps": vm_steps(group, name, t, waiting)}}
+                "recoveryPoint": at(-300), "recoveryPointConsistency": "App", "steps": vm_steps(group, name, t, waiting)}}
         }))
         .unwrap()
     }

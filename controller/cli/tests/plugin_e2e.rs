@@ -342,6 +342,10 @@ async fn plugin_drives_a_test_failover_end_to_end() -> Result<()> {
         )?;
         ensure!(done.contains("power-on") && done.contains("restore-disks"), "{done}");
         ensure!(
+            done.matches(" (crash)").count() + done.matches(" (app)").count() == 3,
+            "each VM's recovery point with its consistency: {done}"
+        );
+        ensure!(
             !done.contains("update-dns"),
             "update-dns does not run in a test: {done}"
         );

@@ -89,6 +89,8 @@ fn planned_failover_shuts_down_in_reverse_and_runs_dns() {
     let sync = step(&run, "identity/vm/dc01/final-sync");
     let restore = step(&run, "identity/vm/dc01/restore-disks");
     assert_eq!(sync["recoveryPoint"], restore["recoveryPoint"]);
+    // The final sync of a stopped VM: its disks were still.
+    assert_eq!(restore["recoveryPointConsistency"], "App");
     assert!(time(&sync["recoveryPoint"]) >= time(&step(&run, "identity/vm/dc01/stop-source")["finishedAt"]));
     assert_eq!(step(&run, "client-access/post/update-dns")["state"], "Succeeded");
 }
@@ -147,6 +149,10 @@ fn latest_app_consistent_restores_the_mailbox_from_a_frozen_point_and_names_the_
     assert!(!ok, "{out}");
     // exch-mbx01 has appConsistentInterval: its restore succeeds from such a point.
     assert!(!out.contains("exch-mbx01/restore-disks:"), "{out}");
+    let (_, run) = run_json(&["--recovery-point", "LatestAppConsistent"]);
+    assert_eq!(step(&run, "mailbox/vm/exch-mbx01/restore-disks")["recoveryPointConsistency"], "App");
+    let latest = json(&[]);
+    assert_eq!(step(&latest, "identity/vm/dc01/restore-disks")["recoveryPointConsistency"], "Crash");
     for vm in ["dc01", "exch-cas01"] {
         assert!(
             out.contains(&format!(

@@ -297,10 +297,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                         observations.push(Observation {
                             step,
                             attempt,
-                            outcome: Outcome::Done {
-                                point: point.map(|p| p.time),
-                                note: None,
-                            },
+                            outcome: Outcome::Done { point, note: None },
                         });
                     }
                     Err(e) if tolerate && e.kind == FailureKind::Unreachable && self.ctx.source_down => {
@@ -466,10 +463,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             let r = self.executor.record(sync);
             return r
                 .point
-                .map(|time| RecoveryPoint {
-                    time,
-                    app_consistent: true,
-                })
+                .clone()
                 .ok_or_else(|| FabricError::permanent("the final sync recorded no recovery point"));
         }
         let points = self.fabric.recovery_points(model, self.ctx.run.direction).await?;

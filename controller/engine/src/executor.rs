@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use coldsite_api::recovery_run::{RunPhase, StepKind, StepState};
 
+use crate::fabric::RecoveryPoint;
 use crate::planner::{OnFailure, StepGraph, StepIdx};
 
 /// What is persisted of one step.
@@ -22,7 +23,7 @@ pub struct StepRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub message: Option<String>,
     /// The recovery point a restore used or a final sync produced.
-    pub point: Option<DateTime<Utc>>,
+    pub point: Option<RecoveryPoint>,
 }
 
 /// What a person has said about the run.
@@ -37,7 +38,7 @@ pub struct RunInputs {
 pub enum Outcome {
     /// `note` explains a success that needs one, such as an unreachable site taken as down.
     Done {
-        point: Option<DateTime<Utc>>,
+        point: Option<RecoveryPoint>,
         note: Option<String>,
     },
     Failed {
@@ -454,7 +455,7 @@ impl<'g> Executor<'g> {
         self.mark(i);
     }
 
-    fn succeed(&mut self, i: StepIdx, point: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+    fn succeed(&mut self, i: StepIdx, point: Option<RecoveryPoint>, now: DateTime<Utc>) {
         let r = &mut self.records[i];
         r.state = StepState::Succeeded;
         r.finished_at = Some(now);

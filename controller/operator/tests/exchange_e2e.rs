@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use coldsite_api::protected_vm::{ProtectionPhase, ReplicationDirection};
+use coldsite_api::protected_vm::{Consistency, ProtectionPhase, ReplicationDirection};
 use coldsite_api::recovery_run::{RunPhase, StepKind, StepState};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_e2e::ControlPlane;
@@ -400,11 +400,12 @@ async fn test_failover(s: &Scenario, replicas: &mut Replicas<'_>) -> Result<()> 
             ensure!(data.quiesced, "{claim} was restored from an image cut while {vm} ran");
         }
         let status = pvm_status(s, vm).await?;
-        let used = status.last_run.and_then(|l| l.recovery_point);
+        let used = status.last_run.as_ref().and_then(|l| l.recovery_point.clone());
+        let consistency = status.last_run.as_ref().and_then(|l| l.recovery_point_consistency);
         let newest = status.recovery_points.and_then(|p| p.latest_app_consistent);
         ensure!(
-            used.is_some() && used <= newest,
-            "{vm} recovered {used:?}, its newest app-consistent point is {newest:?}"
+            used.is_some() && used <= newest && consistency == Some(Consistency::App),
+            "{vm} recovered {used:?} ({consistency:?}), its newest app-consistent point is {newest:?}"
         );
     }
     // The plan learns of the run from its watch, a moment later.

@@ -138,11 +138,7 @@ fn points(state: &ReplicationState) -> RecoveryPointsStatus {
             .take(LISTED_POINTS)
             .map(|p| PointStatus {
                 time: coldsite_engine::time::to_k8s(p.time),
-                consistency: if p.app_consistent {
-                    Consistency::App
-                } else {
-                    Consistency::Crash
-                },
+                consistency: Consistency::of(p.app_consistent),
             })
             .collect(),
     }

@@ -27,6 +27,7 @@ pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun, done: bo
         action: Some(run.spec.action),
         phase: None,
         recovery_point: earlier.and_then(|e| e.recovery_point.clone()),
+        recovery_point_consistency: earlier.and_then(|e| e.recovery_point_consistency),
         steps: earlier.map(taken_over).unwrap_or_default(),
     };
     write_part(ctx, pvm, &part, pvm.resource_version().as_deref()).await

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use coldsite_api::protected_vm::VmRunStatus;
+use coldsite_api::protected_vm::{Consistency, VmRunStatus};
 use coldsite_api::recovery_run::{RunPhase, StepStatus};
 use coldsite_api::{ProtectedVM, RecoveryRun};
 use coldsite_engine::driver::{DriverError, RunContext, RunStore};
 use coldsite_engine::executor::StepRecord;
+use coldsite_engine::fabric::RecoveryPoint;
 use coldsite_engine::model::PlanModel;
 use coldsite_engine::planner::{StepGraph, StepIdx, vm_of_step_id};
 use coldsite_engine::time::{from_k8s, to_k8s};
@@ -34,7 +35,10 @@ pub fn record_of(s: &StepStatus) -> StepRecord {
         finished_at: s.finished_at.as_ref().map(from_k8s),
         next_attempt_at: s.next_attempt_at.as_ref().map(from_k8s),
         message: s.message.clone(),
-        point: s.recovery_point.as_ref().map(from_k8s),
+        point: s.recovery_point.as_ref().map(|t| RecoveryPoint {
+            time: from_k8s(t),
+            app_consistent: s.recovery_point_consistency.is_some_and(Consistency::is_app),
+        }),
     }
 }
 
@@ -53,7 +57,8 @@ pub fn status_of(graph: &StepGraph, plan: &PlanModel, i: StepIdx, r: &StepRecord
         attempts: r.attempts as i32,
         started_at: r.started_at.map(to_k8s),
         finished_at: r.finished_at.map(to_k8s),
-        recovery_point: r.point.map(to_k8s),
+        recovery_point: r.point.as_ref().map(|p| to_k8s(p.time)),
+        recovery_point_consistency: r.point.as_ref().map(|p| Consistency::of(p.app_consistent)),
         next_attempt_at: r.next_attempt_at.map(to_k8s),
         message: r.message.clone(),
     }
@@ -120,16 +125,18 @@ pub async fn write_vm_parts(
         if current.is_none_or(|c| c.run_uid.as_deref() != Some(uid.as_str())) {
             continue;
         }
-        let point = steps
+        let restore = steps
             .iter()
-            .find(|s| s.kind == Some(coldsite_api::recovery_run::StepKind::RestoreDisks))
-            .and_then(|s| s.recovery_point.clone());
+            .find(|s| s.kind == Some(coldsite_api::recovery_run::StepKind::RestoreDisks));
+        let recovery_point = restore.and_then(|s| s.recovery_point.clone());
+        let recovery_point_consistency = restore.and_then(|s| s.recovery_point_consistency);
         let part = VmRunStatus {
             run: run.name_any(),
             run_uid: Some(uid.clone()),
             action: Some(run.spec.action),
             phase: phase.is_finished().then_some(phase),
-            recovery_point: point,
+            recovery_point,
+            recovery_point_consistency,
             steps,
         };
         if current != Some(&part) {
