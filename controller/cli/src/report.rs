@@ -360,6 +360,15 @@ fn approval_rows(v: &RunView) -> impl Iterator<Item = Vec<String>> + '_ {
     })
 }
 
+const POINT_COLUMNS: [&str; 6] = [
+    "VM",
+    "Group",
+    "Recovery point used",
+    "Consistency",
+    "Age at the start",
+    "State",
+];
+
 /// Per VM: group, recovery point, its consistency, how old it was when the run started,
 /// and its state.
 fn points(v: &RunView) -> Vec<[String; 6]> {
@@ -549,19 +558,7 @@ pub fn html(v: &RunView) -> String {
     out.push_str("</p>\n<div class=\"chart\">");
     out.push_str(&gantt_svg(v));
     out.push_str("</div>\n<h2>Recovery points</h2>\n");
-    html_table(
-        &mut out,
-        &[
-            "VM",
-            "Group",
-            "Recovery point used",
-            "Consistency",
-            "Age at the start",
-            "State",
-        ],
-        points(v).into_iter().map(Vec::from),
-        true,
-    );
+    html_table(&mut out, &POINT_COLUMNS, points(v).into_iter().map(Vec::from), true);
     out.push_str("<h2>Approvals</h2>\n");
     if v.approvals.is_empty() {
         out.push_str("<p>No manual action was approved in this run.</p>\n");
@@ -626,18 +623,7 @@ pub fn markdown(v: &RunView) -> String {
         summary(v).into_iter().map(|(k, val)| vec![format!("**{k}**"), val]),
     );
     out.push_str("## Recovery points\n\n");
-    md_table(
-        &mut out,
-        &[
-            "VM",
-            "Group",
-            "Recovery point used",
-            "Consistency",
-            "Age at the start",
-            "State",
-        ],
-        points(v).into_iter().map(Vec::from),
-    );
+    md_table(&mut out, &POINT_COLUMNS, points(v).into_iter().map(Vec::from));
     out.push_str("## Approvals\n\n");
     if v.approvals.is_empty() {
         out.push_str("No manual action was approved in this run.\n\n");

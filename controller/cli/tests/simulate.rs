@@ -150,9 +150,15 @@ fn latest_app_consistent_restores_the_mailbox_from_a_frozen_point_and_names_the_
     // exch-mbx01 has appConsistentInterval: its restore succeeds from such a point.
     assert!(!out.contains("exch-mbx01/restore-disks:"), "{out}");
     let (_, run) = run_json(&["--recovery-point", "LatestAppConsistent"]);
-    assert_eq!(step(&run, "mailbox/vm/exch-mbx01/restore-disks")["recoveryPointConsistency"], "App");
+    assert_eq!(
+        step(&run, "mailbox/vm/exch-mbx01/restore-disks")["recoveryPointConsistency"],
+        "App"
+    );
     let latest = json(&[]);
-    assert_eq!(step(&latest, "identity/vm/dc01/restore-disks")["recoveryPointConsistency"], "Crash");
+    assert_eq!(
+        step(&latest, "identity/vm/dc01/restore-disks")["recoveryPointConsistency"],
+        "Crash"
+    );
     for vm in ["dc01", "exch-cas01"] {
         assert!(
             out.contains(&format!(
