@@ -46,6 +46,11 @@ fn tag_on(object: &Value) -> Option<&str> {
     str_at(object, "/spec/trigger/manual").filter(|t| is_tag(t))
 }
 
+/// Whether a source's tagged sync was frozen for: its snapshot is cut with the guest frozen.
+fn frozen_for_its_tag(rs: &Value) -> bool {
+    tag_on(rs).is_some() && annotation(rs, FROZEN_FOR) == tag_on(rs)
+}
+
 fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     str_at(object, &format!("/metadata/annotations/{}", key.replace('/', "~1")))
 }
@@ -204,20 +209,23 @@ impl KubeVirtFabric {
         Ok(outcome)
     }
 
-    /// Thaws the guest once every source frozen for has its snapshot cut.
+    /// Thaws the guest once every source frozen for has its snapshot cut. A guest frozen by
+    /// someone else (no source frozen for) is theirs to thaw.
     async fn thaw_when_cut(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
         let ns = vm.vm_namespace.as_str();
         if !guest_frozen(src, vm).await? {
             return Ok(());
         }
+        let mut ours = false;
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
             let Some(rs) = src.get(REPLICATION_SOURCE, Some(ns), &name).await? else {
                 continue;
             };
-            if tag_on(&rs).is_none() || annotation(&rs, FROZEN_FOR) != tag_on(&rs) {
+            if !frozen_for_its_tag(&rs) {
                 continue;
             }
+            ours = true;
             let snapshot = src
                 .get(VOLUME_SNAPSHOT, Some(ns), &objects::volsync_source_snapshot(&name))
                 .await?;
@@ -225,7 +233,24 @@ impl KubeVirtFabric {
                 return Ok(());
             }
         }
-        unfreeze(src, vm).await
+        if ours { unfreeze(src, vm).await } else { Ok(()) }
+    }
+
+    /// A run took the VM over in the middle of an app-consistent sync: the guest coldsite
+    /// froze is thawed now, not at KubeVirt's backstop, for the run may hold the VM for hours.
+    pub async fn thaw_for_run(&self, vm: &VmModel, source: &SiteModel) -> Result<(), FabricError> {
+        let src = self.site(&source.name)?;
+        if !guest_frozen(src, vm).await? {
+            return Ok(());
+        }
+        for disk in &vm.disks {
+            let name = objects::replication_name(disk);
+            let rs = src.get(REPLICATION_SOURCE, Some(&vm.vm_namespace), &name).await?;
+            if rs.as_ref().is_some_and(frozen_for_its_tag) {
+                return unfreeze(src, vm).await;
+            }
+        }
+        Ok(())
     }
 
     /// Adopts every disk's point of the sync, then hands the disks back to the schedule.
@@ -237,10 +262,7 @@ impl KubeVirtFabric {
         disks: &[DiskEnds],
     ) -> Result<AppSync, FabricError> {
         self.thaw_when_cut(src, vm).await?;
-        let frozen: Vec<bool> = disks
-            .iter()
-            .map(|d| tag_on(&d.rs).is_some() && annotation(&d.rs, FROZEN_FOR) == tag_on(&d.rs))
-            .collect();
+        let frozen: Vec<bool> = disks.iter().map(|d| frozen_for_its_tag(&d.rs)).collect();
         let app_consistent = frozen.iter().all(|f| *f);
         for d in disks {
             // A VM's point is app-consistent only if all its disks are.

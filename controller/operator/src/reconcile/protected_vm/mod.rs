@@ -103,7 +103,14 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         app,
     } = match &model {
         Err(text) => Protection::problem("InvalidSpec", text.clone()),
-        Ok(_) if settled.claim.is_some() || !fenced => Protection::default(),
+        Ok(vm) if settled.claim.is_some() => {
+            let source = sides.of(settled.resting.active);
+            if let Err(e) = fabric.thaw_for_run(vm, source).await {
+                tracing::warn!(protected_vm = %pvm.name_any(), error = %e.message, "could not thaw the guest for the run");
+            }
+            Protection::default()
+        }
+        Ok(_) if !fenced => Protection::default(),
         Ok(vm) => protect(&fabric, &settled, vm, &sides).await,
     };
     let rpo = coldsite_engine::model::parse_duration(&spec.replication.rpo).unwrap_or(Duration::from_secs(900));
