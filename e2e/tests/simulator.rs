@@ -191,6 +191,15 @@ fn pvc(name: &str, size: &str, mode: &str, source: Option<Value>) -> Result<Pers
 }
 
 /// Creates a claim of the sites' default class and waits until it is Bound.
+/// A bound 1 GiB `<name>-system` claim at the primary site for each VM named.
+async fn system_disks(s: &Sites, names: &[&str]) -> Result<()> {
+    for name in names {
+        let claim = pvc(&format!("{name}-system"), "1Gi", "Filesystem", None)?;
+        bound_claim(&s.primary, &s.primary_ns, claim).await?;
+    }
+    Ok(())
+}
+
 async fn bound_claim(client: &Client, ns: &str, claim: PersistentVolumeClaim) -> Result<PersistentVolumeClaim> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let name = claim.metadata.name.clone().unwrap_or_default();
@@ -315,14 +324,7 @@ async fn a_running_vm_gets_a_launcher_pod_and_a_vmi_with_ips_and_halted_removes_
 async fn boot_failure_keeps_a_vm_not_ready_and_no_agent_hides_guest_ips() -> Result<()> {
     let s = sites("sim-faults").await?;
     let ns = s.primary_ns.clone();
-    for name in ["broken", "quiet"] {
-        bound_claim(
-            &s.primary,
-            &ns,
-            pvc(&format!("{name}-system"), "1Gi", "Filesystem", None)?,
-        )
-        .await?;
-    }
+    system_disks(&s, &["broken", "quiet"]).await?;
     s.sim.update_faults(|f| {
         f.site("primary").boot_failure.insert("broken".into());
         f.all_sites.no_agent.insert(format!("{ns}/quiet"));
@@ -773,14 +775,7 @@ async fn snapshot_data(s: &Sites, name: &str, claim: &str) -> Result<coldsite_e2
 async fn freeze_goes_through_the_aggregation_layer_and_a_frozen_guests_snapshot_is_quiesced() -> Result<()> {
     let s = sites("sim-freeze").await?;
     let ns = s.primary_ns.clone();
-    for name in ["db", "quiet"] {
-        bound_claim(
-            &s.primary,
-            &ns,
-            pvc(&format!("{name}-system"), "1Gi", "Filesystem", None)?,
-        )
-        .await?;
-    }
+    system_disks(&s, &["db", "quiet"]).await?;
     s.sim.update_faults(|f| {
         f.all_sites.no_agent.insert(format!("{ns}/quiet"));
     });

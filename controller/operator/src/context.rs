@@ -133,6 +133,7 @@ impl Context {
                 http: self.http.clone(),
             },
             keys: self.keys.clone(),
+            freeze_seconds: self.metrics.guest_freeze_seconds.clone(),
             recovery: models.pop().unwrap_or_default(),
             primary: models.pop().unwrap_or_default(),
         })

@@ -153,7 +153,7 @@ async fn protected(s: &Scenario) -> Result<()> {
 /// `appConsistentInterval`: each VM gets a point whose two disks were both cut while the
 /// guest was frozen, proven by what the storage at DR holds; the scheduled syncs' points
 /// stay crash-consistent; status says so.
-async fn app_consistent_points(s: &Scenario, plugin: &Plugin) -> Result<()> {
+async fn app_consistent_points(s: &Scenario, plugin: &Plugin, replicas: &Replicas<'_>) -> Result<()> {
     for vm in VMS {
         let status = wait_for(
             &format!("an app-consistent point of {vm}"),
@@ -185,6 +185,27 @@ async fn app_consistent_points(s: &Scenario, plugin: &Plugin) -> Result<()> {
             "{vm}'s guest is thawed once its snapshots are cut"
         );
     }
+    // The leader thawed each guest itself, well before KubeVirt's 60 s backstop, and counted
+    // each sync's point.
+    let leader = replicas.leader().await?;
+    let (_, p) = replicas
+        .procs
+        .iter()
+        .find(|(id, _)| *id == leader)
+        .context("the leader")?;
+    let thaws = p.metric("coldsite_guest_freeze_seconds_count").await;
+    let frozen = p.metric("coldsite_guest_freeze_seconds_sum").await;
+    let app: f64 = p
+        .metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("coldsite_app_consistent_syncs_total") && l.contains(r#"result="app_consistent""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(
+        thaws >= VMS.len() as f64 && frozen / thaws < 60.0 && app >= VMS.len() as f64,
+        "the leader thawed {thaws} guests after {frozen} s in all, and counted {app} app-consistent syncs"
+    );
     // `kubectl coldsite points` lists each VM's points with their consistency, at DR.
     let listed = plugin.ok(&["points", "exchange"]).await?;
     for vm in VMS {
@@ -809,7 +830,7 @@ async fn exchange_lifecycle() -> Result<()> {
     let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
         protected(&s).await.context("protect")?;
-        app_consistent_points(&s, &plugin)
+        app_consistent_points(&s, &plugin, &replicas)
             .await
             .context("app-consistent points")?;
         standby_never_acts(&replicas).await.context("leader election")?;

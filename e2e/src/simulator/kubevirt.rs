@@ -88,6 +88,22 @@ fn controller_uid(object: &DynamicObject) -> Option<String> {
         .map(|o| o.uid.clone())
 }
 
+/// virt-handler's unfreeze timer: a guest nobody thawed thaws by itself at its
+/// `unfreezeTimeout`.
+async fn thaw_if_due(ctx: &Ctx, site: usize, vmi: &DynamicObject) -> Result<()> {
+    if !virt_api::thaw_due(vmi, chrono::Utc::now()) {
+        return Ok(());
+    }
+    let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
+    let name = vmi.metadata.name.as_deref().unwrap_or_default();
+    let api = VIRTUAL_MACHINE_INSTANCE.namespaced(ctx.client(site), namespace);
+    api.patch(name, &util::params(), &kube::api::Patch::Merge(&virt_api::thaw_patch()))
+        .await
+        .with_context(|| format!("thawing {}", describe(vmi)))?;
+    tracing::info!(site = %ctx.site_name(site), "{}: unfreezeTimeout passed; the guest thawed", describe(vmi));
+    Ok(())
+}
+
 /// Moves a VMI along `Pending → Scheduling → Running` and reports what its guest shows.
 async fn advance_vmi(ctx: &Ctx, site: usize, state: &mut SiteState, vmi: &DynamicObject) -> Result<VmiView> {
     let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
@@ -110,14 +126,7 @@ async fn advance_vmi(ctx: &Ctx, site: usize, state: &mut SiteState, vmi: &Dynami
         return Ok(view);
     }
     let site_name = ctx.site_name(site).to_owned();
-    if virt_api::thaw_due(vmi, chrono::Utc::now()) {
-        // virt-handler's unfreeze timer: a guest nobody thawed thaws by itself.
-        let api = VIRTUAL_MACHINE_INSTANCE.namespaced(ctx.client(site), namespace);
-        api.patch(name, &util::params(), &kube::api::Patch::Merge(&virt_api::thaw_patch()))
-            .await
-            .with_context(|| format!("thawing {}", describe(vmi)))?;
-        tracing::info!(site = %site_name, "{}: unfreezeTimeout passed; the guest thawed", describe(vmi));
-    }
+    thaw_if_due(ctx, site, vmi).await?;
     let (boot_failure, no_agent, slow_boot) = {
         let faults = ctx.faults();
         (

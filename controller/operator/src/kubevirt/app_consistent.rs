@@ -31,6 +31,8 @@ use super::objects;
 pub const TAG: &str = "app";
 /// On a ReplicationSource: the tag of the sync whose snapshot was cut with the guest frozen.
 pub const FROZEN_FOR: &str = "coldsite.io/frozen-for";
+/// On a ReplicationSource frozen for: when the guest was frozen, for the freeze's duration.
+pub const FROZEN_AT: &str = "coldsite.io/frozen-at";
 /// On the first disk's ReplicationDestination: when the latest app-consistent sync began,
 /// so a guest that cannot be frozen is tried once an interval, not at every reconcile.
 pub const ATTEMPTED: &str = "coldsite.io/app-consistent-attempt";
@@ -193,7 +195,7 @@ impl KubeVirtFabric {
             SourceStep::Wait => AppSync::Busy,
             SourceStep::TagRest => {
                 let frozen = guest_frozen(src, vm).await?;
-                tag_sources(src, vm, &to_tag, frozen).await?;
+                tag_sources(src, vm, &to_tag, frozen, now).await?;
                 AppSync::Busy
             }
             SourceStep::FreezeAndTagAll => {
@@ -201,7 +203,7 @@ impl KubeVirtFabric {
                     Ok(()) => (true, AppSync::Busy),
                     Err(why) => (false, AppSync::FreezeFailed(why)),
                 };
-                tag_sources(src, vm, &to_tag, frozen).await?;
+                tag_sources(src, vm, &to_tag, frozen, now).await?;
                 outcome
             }
         };
@@ -216,7 +218,7 @@ impl KubeVirtFabric {
         if !guest_frozen(src, vm).await? {
             return Ok(());
         }
-        let mut ours = false;
+        let mut ours = Vec::new();
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
             let Some(rs) = src.get(REPLICATION_SOURCE, Some(ns), &name).await? else {
@@ -225,15 +227,18 @@ impl KubeVirtFabric {
             if !frozen_for_its_tag(&rs) {
                 continue;
             }
-            ours = true;
             let snapshot = src
                 .get(VOLUME_SNAPSHOT, Some(ns), &objects::volsync_source_snapshot(&name))
                 .await?;
             if !source_cut(&rs, snapshot.as_ref()) {
                 return Ok(());
             }
+            ours.push(rs);
         }
-        if ours { unfreeze(src, vm).await } else { Ok(()) }
+        match ours.is_empty() {
+            true => Ok(()),
+            false => self.thaw(src, vm, &ours).await,
+        }
     }
 
     /// A run took the VM over in the middle of an app-consistent sync: the guest coldsite
@@ -246,10 +251,30 @@ impl KubeVirtFabric {
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
             let rs = src.get(REPLICATION_SOURCE, Some(&vm.vm_namespace), &name).await?;
-            if rs.as_ref().is_some_and(frozen_for_its_tag) {
-                return unfreeze(src, vm).await;
+            if let Some(rs) = rs.filter(frozen_for_its_tag) {
+                return self.thaw(src, vm, &[rs]).await;
             }
         }
+        Ok(())
+    }
+
+    /// Thaws the guest coldsite froze for `sources`, and records how long it was frozen.
+    async fn thaw(&self, src: &SiteApi, vm: &VmModel, sources: &[Value]) -> Result<(), FabricError> {
+        src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "unfreeze", &json!({}))
+            .await
+            .map_err(|e| super::dynamic::classify(&src.site, "thawing the guest", e))?;
+        let since = sources
+            .iter()
+            .filter_map(|rs| annotation(rs, FROZEN_AT))
+            .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+            .min();
+        let seconds = since.map(|t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0);
+        if let Some(seconds) = seconds {
+            self.freeze_seconds
+                .with_label_values(&[src.site.as_str()])
+                .observe(seconds);
+        }
+        tracing::info!(vm = %vm.name, site = %src.site, frozen_seconds = ?seconds, "guest thawed");
         Ok(())
     }
 
@@ -323,14 +348,6 @@ async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
     Ok(())
 }
 
-async fn unfreeze(src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
-    src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "unfreeze", &json!({}))
-        .await
-        .map_err(|e| super::dynamic::classify(&src.site, "thawing the guest", e))?;
-    tracing::info!(vm = %vm.name, site = %src.site, "guest thawed");
-    Ok(())
-}
-
 /// Tags the destinations the protocol says to; the first disk's records when the sync began.
 async fn tag_destinations(
     dst: &SiteApi,
@@ -360,13 +377,17 @@ async fn tag_sources(
     vm: &VmModel,
     to_tag: &[(&DiskEnds, &Next)],
     frozen: bool,
+    now: DateTime<Utc>,
 ) -> Result<(), FabricError> {
     for (d, step) in to_tag {
         let Next::TagSource { tag, source_version } = step else {
             continue;
         };
-        let frozen_for = frozen.then_some(tag.as_str());
-        let patch = json!({"metadata": {"annotations": {FROZEN_FOR: frozen_for}},
+        let (frozen_for, frozen_at) = match frozen {
+            true => (Some(tag.as_str()), Some(now.to_rfc3339())),
+            false => (None, None),
+        };
+        let patch = json!({"metadata": {"annotations": {FROZEN_FOR: frozen_for, FROZEN_AT: frozen_at}},
                            "spec": {"trigger": {"manual": tag}}});
         let name = objects::replication_name(&d.disk);
         src.merge_at_version(
@@ -387,7 +408,8 @@ async fn finish(src: &SiteApi, dst: &SiteApi, vm: &VmModel, disks: &[DiskEnds]) 
     for d in disks {
         let name = objects::replication_name(&d.disk);
         if tag_on(&d.rs).is_some() {
-            let patch = json!({"metadata": {"annotations": {FROZEN_FOR: null}}, "spec": {"trigger": {"manual": null}}});
+            let patch = json!({"metadata": {"annotations": {FROZEN_FOR: null, FROZEN_AT: null}},
+                               "spec": {"trigger": {"manual": null}}});
             src.merge(REPLICATION_SOURCE, Some(ns), &name, &patch).await?;
         }
         if d.rd.as_ref().and_then(tag_on).is_some() {

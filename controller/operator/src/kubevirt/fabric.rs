@@ -33,6 +33,8 @@ pub struct KubeVirtFabric {
     pub management: SiteApi,
     pub scripts: ScriptRunner,
     pub keys: Arc<ReplicationKeys>,
+    /// How long guests stay frozen for app-consistent points, by site.
+    pub freeze_seconds: prometheus::HistogramVec,
     /// The plan's (or the ProtectedVM's) primary and recovery sites.
     pub primary: SiteModel,
     pub recovery: SiteModel,
@@ -248,24 +250,7 @@ impl KubeVirtFabric {
                 }),
             )
             .await?;
-        // An app-consistent sync's triggers and points are its own (see `app_consistent`).
-        let foreign = |o: &Value| str_at(o, "/spec/trigger/manual").is_some_and(|t| !app_consistent::is_tag(t));
-        let app_sync = [&rs, &rd]
-            .iter()
-            .any(|o| str_at(o, "/spec/trigger/manual").is_some_and(app_consistent::is_tag));
-        // A final sync's manual trigger outlives a run that ended before moving the VM, and
-        // VolSync prefers it over the schedule: replication would stop for good.
-        let name = objects::replication_name(disk);
-        let untrigger = json!({"spec": {"trigger": {"manual": null}}});
-        if foreign(&rs) {
-            src.merge(REPLICATION_SOURCE, Some(ns), &name, &untrigger).await?;
-        }
-        if foreign(&rd) {
-            dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &untrigger).await?;
-        }
-        if !app_sync {
-            self.adopt_latest(dst, vm, disk, false).await?;
-        }
+        self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
         let kept = self.prune(dst, vm, disk, now).await?;
         let mut waiting = Vec::new();
         if kept == 0 {
@@ -276,6 +261,39 @@ impl KubeVirtFabric {
             established: true,
             waiting,
         })
+    }
+
+    /// Hands the disk back to its schedule and adopts its newest point, unless an
+    /// app-consistent sync owns its triggers and points (see `app_consistent`).
+    async fn back_to_schedule(
+        &self,
+        ends: &Ends<'_>,
+        vm: &VmModel,
+        disk: &str,
+        rs: &Value,
+        rd: &Value,
+    ) -> Result<(), FabricError> {
+        let ns = vm.vm_namespace.as_str();
+        let foreign = |o: &Value| str_at(o, "/spec/trigger/manual").is_some_and(|t| !app_consistent::is_tag(t));
+        // A final sync's manual trigger outlives a run that ended before moving the VM, and
+        // VolSync prefers it over the schedule: replication would stop for good.
+        let name = objects::replication_name(disk);
+        let untrigger = json!({"spec": {"trigger": {"manual": null}}});
+        if foreign(rs) {
+            ends.src.merge(REPLICATION_SOURCE, Some(ns), &name, &untrigger).await?;
+        }
+        if foreign(rd) {
+            ends.dst
+                .merge(REPLICATION_DESTINATION, Some(ns), &name, &untrigger)
+                .await?;
+        }
+        let app_sync = [rs, rd]
+            .iter()
+            .any(|o| str_at(o, "/spec/trigger/manual").is_some_and(app_consistent::is_tag));
+        if !app_sync {
+            self.adopt_latest(ends.dst, vm, disk, false).await?;
+        }
+        Ok(())
     }
 
     /// Whether a site holds a copy of the VM's disk that coldsite made (a restore of an
