@@ -7,8 +7,8 @@
 //! [`TAG`]: destinations first, then, once every destination listens, the guest is frozen
 //! and all sources are tagged together. The tag of each source frozen for is recorded on it
 //! ([`FROZEN_FOR`]), so a point is marked app-consistent only when every disk's snapshot was
-//! cut inside one freeze. The freeze is
-//! bounded even if coldsite stops mid-way: KubeVirt thaws the guest after [`UNFREEZE_TIMEOUT`].
+//! cut inside one freeze. The freeze is bounded even if coldsite stops mid-way: KubeVirt
+//! thaws the guest after [`UNFREEZE_TIMEOUT`].
 //!
 //! A freeze that fails (no guest agent, a timeout) does not stop the sync: it yields a
 //! crash-consistent point, and the failure is reported. Everything this needs to resume
@@ -243,8 +243,12 @@ impl KubeVirtFabric {
 
     /// A run took the VM over in the middle of an app-consistent sync: the guest coldsite
     /// froze is thawed now, not at KubeVirt's backstop, for the run may hold the VM for hours.
+    /// Only VMs with app-consistent points cost a read, and an unreachable source (the run
+    /// may be an unplanned failover from it) none.
     pub async fn thaw_for_run(&self, vm: &VmModel, source: &SiteModel) -> Result<(), FabricError> {
-        let src = self.site(&source.name)?;
+        let (Some(_), Ok(src)) = (vm.app_consistent_interval, self.site(&source.name)) else {
+            return Ok(());
+        };
         if !guest_frozen(src, vm).await? {
             return Ok(());
         }
