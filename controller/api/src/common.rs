@@ -52,16 +52,20 @@ pub enum RunAction {
     Reprotect,
     /// A planned failover in the reverse direction.
     Failback,
+    /// Before Commit: swap the failed-over VMs' disks for another recovery point. Each VM is
+    /// halted at the recovery site, restored from the point and started again, in group order.
+    ChangeRecoveryPoint,
 }
 
 impl RunAction {
-    pub const ALL: [RunAction; 6] = [
+    pub const ALL: [RunAction; 7] = [
         RunAction::TestFailover,
         RunAction::PlannedFailover,
         RunAction::Failover,
         RunAction::Commit,
         RunAction::Reprotect,
         RunAction::Failback,
+        RunAction::ChangeRecoveryPoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +76,7 @@ impl RunAction {
             RunAction::Commit => "Commit",
             RunAction::Reprotect => "Reprotect",
             RunAction::Failback => "Failback",
+            RunAction::ChangeRecoveryPoint => "ChangeRecoveryPoint",
         }
     }
 
@@ -84,7 +89,11 @@ impl RunAction {
     pub fn recovers_vms(self) -> bool {
         matches!(
             self,
-            RunAction::TestFailover | RunAction::PlannedFailover | RunAction::Failover | RunAction::Failback
+            RunAction::TestFailover
+                | RunAction::PlannedFailover
+                | RunAction::Failover
+                | RunAction::Failback
+                | RunAction::ChangeRecoveryPoint
         )
     }
 }
@@ -116,6 +125,8 @@ pub enum FailoverKind {
     Failover,
     PlannedFailover,
     Failback,
+    /// Only when listed: a repoint runs no action unless its `when` names it.
+    ChangeRecoveryPoint,
 }
 
 impl FailoverKind {
@@ -126,6 +137,7 @@ impl FailoverKind {
                 | (FailoverKind::Failover, RunAction::Failover)
                 | (FailoverKind::PlannedFailover, RunAction::PlannedFailover)
                 | (FailoverKind::Failback, RunAction::Failback)
+                | (FailoverKind::ChangeRecoveryPoint, RunAction::ChangeRecoveryPoint)
         )
     }
 }

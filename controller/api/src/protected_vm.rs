@@ -380,4 +380,33 @@ pub struct VmRunStatus {
     pub recovery_point_consistency: Option<Consistency>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<crate::recovery_run::StepStatus>,
+    /// A repoint: the point the VM ran on before it, which the run replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_point: Option<ReplacedPoint>,
+}
+
+/// The recovery point a repoint replaced, and the run that had restored it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacedPoint {
+    pub run: String,
+    pub time: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+impl VmRunStatus {
+    /// The point a VM runs on after this run, as a repoint that follows it replaces it: the
+    /// one this run restored, or else the one it found (a repoint that stopped before
+    /// restoring).
+    pub fn point_in_use(&self) -> Option<ReplacedPoint> {
+        match &self.recovery_point {
+            Some(time) => Some(ReplacedPoint {
+                run: self.run.clone(),
+                time: time.clone(),
+                consistency: self.recovery_point_consistency,
+            }),
+            None => self.replaced_point.clone(),
+        }
+    }
 }

@@ -88,7 +88,7 @@ fn immutable_spec() -> Rule {
 fn point_for_planned() -> Rule {
     Rule::new("!(self.action in ['PlannedFailover', 'Failback', 'Commit', 'Reprotect']) || self.recoveryPoint == 'Latest'")
         .message(Message::Message(
-            "spec.recoveryPoint applies to TestFailover and Failover only; PlannedFailover and Failback recover from a final sync, Commit and Reprotect use none: leave it out".into(),
+            "spec.recoveryPoint applies to TestFailover, Failover and ChangeRecoveryPoint only; PlannedFailover and Failback recover from a final sync, Commit and Reprotect use none: leave it out".into(),
         ))
         .field_path(".recoveryPoint")
         .reason(Reason::FieldValueInvalid)
@@ -216,6 +216,8 @@ pub enum StepKind {
     ReverseReplication,
     /// Remove what a test created at a site.
     Cleanup,
+    /// VM: halt the recovered copy whose disks a repoint replaces (ChangeRecoveryPoint).
+    Halt,
 }
 
 impl StepKind {

@@ -135,7 +135,7 @@ async fn candidates(root: &Command, words: &[String]) -> (Vec<String>, u8) {
         ("approve", 0) => runs(&t, true).await,
         ("approve", 1) => actions_of_run(&t, &t.positionals[0]).await,
         ("cleanup" | "report", 0) => runs(&t, false).await,
-        ("test" | "failover" | "planned" | "commit" | "reprotect" | "failback", 0) => plans(&t).await,
+        ("test" | "failover" | "repoint" | "planned" | "commit" | "reprotect" | "failback", 0) => plans(&t).await,
         ("link", 0) => sites(&t).await,
         _ => Vec::new(),
     };

@@ -259,6 +259,24 @@ enum Command {
         #[arg(long)]
         no_shutdown_source: bool,
     },
+    /// Change the recovery point of a failover before commit: swap the VMs' disks for another point.
+    ///
+    /// Creates a RecoveryRun with action ChangeRecoveryPoint. For a failover to the recovery
+    /// site that is not committed yet, for example when the point it restored turns out to be
+    /// corrupt. In reverse startup order each VM's copy is halted at the recovery site; then,
+    /// in startup order, its disks are restored anew from the point, and it is started and
+    /// checked for readiness. The points listed by `kubectl coldsite points` stay until
+    /// Commit, so a later repoint may pick any of them, the first one included. The VMs keep
+    /// their names, networks and addresses; scripts and manual gates do not run again unless
+    /// their `when` lists ChangeRecoveryPoint. The run's report shows the point each VM was
+    /// on before and the one it is on now.
+    Repoint {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Latest, LatestAppConsistent, or an RFC 3339 time: the newest point not after it.
+        #[arg(long, value_name = "POINT")]
+        recovery_point: String,
+    },
     /// Start a planned failover: stop the source, sync a last time, recover with no data loss.
     ///
     /// Creates a RecoveryRun with action PlannedFailover. Refuses unless the plan is Valid
@@ -466,6 +484,11 @@ fn main() -> ExitCode {
             req.shutdown_source = !no_shutdown_source;
             // In a disaster, --force also declares the primary down.
             req.source_down = req.force;
+            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
+        }
+        Command::Repoint { run, recovery_point } => {
+            let mut req = run.request("repoint", RunAction::ChangeRecoveryPoint);
+            req.recovery_point = Some(recovery_point);
             on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
         }
         Command::Planned { run } => {

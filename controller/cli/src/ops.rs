@@ -510,9 +510,12 @@ pub fn refusal(plan: &RecoveryPlan, pvms: &[ProtectedVM], action: RunAction, tak
             "RecoveryPlan {name} is not Valid: {why}. Fix the plan first (`kubectl coldsite status rplan/{name}` shows what is wrong)."
         ));
     }
-    // Commit and Reprotect follow a failover, when the plan cannot be Ready: its VMs no
-    // longer replicate. The rest recover VMs and need every VM protected within its RPO.
-    let needs_ready = !matches!(action, RunAction::Commit | RunAction::Reprotect);
+    // Commit, Reprotect and a repoint follow a failover, when the plan cannot be Ready: its
+    // VMs no longer replicate. The rest recover VMs and need every VM protected within its RPO.
+    let needs_ready = !matches!(
+        action,
+        RunAction::Commit | RunAction::Reprotect | RunAction::ChangeRecoveryPoint
+    );
     if needs_ready && !taken_over.is_empty() {
         let unready: Vec<String> = pvms
             .iter()

@@ -26,7 +26,7 @@ fn rows(v: &RunView) -> Vec<Row<'_>> {
             .iter()
             .flat_map(|g| g.vms.iter().flat_map(|vm| &vm.source_steps).chain(&g.shutdown))
             .collect();
-        out.push(Row::Heading("source shutdown".into(), span(&steps)));
+        out.push(Row::Heading(v.stop_phase().0.to_lowercase(), span(&steps)));
         for g in v.groups.iter().rev() {
             for vm in &g.vms {
                 for s in &vm.source_steps {
@@ -390,7 +390,14 @@ fn points(v: &RunView) -> Vec<[String; 6]> {
                 [
                     vm.name.clone(),
                     g.name.clone(),
-                    opt_time(vm.point.map(|p| p.time)),
+                    match &vm.replaced {
+                        Some(r) => format!(
+                            "{}; {}",
+                            opt_time(vm.point.map(|p| p.time)),
+                            r.describe(|t| opt_time(Some(t)))
+                        ),
+                        None => opt_time(vm.point.map(|p| p.time)),
+                    },
                     vm.point.map_or("-", |p| p.consistency_word()).to_owned(),
                     age,
                     if vm.recorded {
@@ -704,6 +711,17 @@ mod tests {
         assert_eq!(svg.matches(r#"<rect class="bar""#).count(), started);
         assert!(svg.contains("not started"));
         assert!(svg.contains(r#"data-state="WaitingForApproval""#));
+    }
+
+    #[test]
+    fn a_repoint_report_records_both_points() {
+        let v = run_view(&fixtures::repointed());
+        for page in [html(&v), markdown(&v)] {
+            assert!(
+                page.contains("2026-03-01 09:55:00Z; replaces 2026-03-01 09:59:00Z (crash) of run exchange-failover-1"),
+                "{page}"
+            );
+        }
     }
 
     #[test]

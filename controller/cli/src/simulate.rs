@@ -116,7 +116,7 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
         },
         ..SimConfig::default()
     };
-    let fabric = SimFabric::new(config, &ctx.plan, direction);
+    let fabric = SimFabric::for_run(config, &ctx.plan, args.action, direction);
     let report = simulation::run(
         &ctx,
         &graph,
@@ -181,7 +181,11 @@ fn print_timeline(ctx: &RunContext, graph: &StepGraph, report: &RunReport, seed:
         .filter_map(|g| rec(&format!("{}/shutdown", plan.groups[g].name)).map(|r| (g, r)))
         .collect();
     if !shutdown.is_empty() {
-        println!("\nSource shutdown at {}, in reverse order", source.name);
+        let (what, site) = match ctx.run.action {
+            RunAction::ChangeRecoveryPoint => ("Halted", target),
+            _ => ("Source shutdown", source),
+        };
+        println!("\n{what} at {}, in reverse order", site.name);
         for (g, (_, r)) in shutdown {
             println!("  {:<28} {:<18} {}", plan.groups[g].name, span(start, r), mark(r.state));
         }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use coldsite_api::common::find_condition;
 use coldsite_api::recovery_plan::Action;
 use coldsite_api::recovery_run::{StepKind, StepState};
-use coldsite_api::{ProtectedVM, RecoveryPlan};
+use coldsite_api::{ProtectedVM, RecoveryPlan, RunAction};
 use coldsite_engine::time::from_k8s;
 use kube::ResourceExt;
 
@@ -127,10 +127,17 @@ fn step_line(out: &mut Vec<String>, prefix: &str, label: &str, step: &Step, now:
 fn vm_lines(out: &mut Vec<String>, lead: &str, last: bool, vm: &VmView, v: &RunView, st: Style) {
     let (now, v_finished) = (v.now, v.is_finished());
     let (branch, cont) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
-    let point = match vm.point {
+    let mut point = match vm.point {
         Some(p) => format!("  recovery point {} ({})", time(p.time), p.consistency_word()),
         None => String::new(),
     };
+    if let Some(r) = &vm.replaced {
+        point.push_str(&format!(
+            "{}{}",
+            if point.is_empty() { "  " } else { ", " },
+            r.describe(time)
+        ));
+    }
     if !vm.recorded {
         out.push(format!(
             "{lead}{branch}vm {}  {}",
@@ -266,7 +273,10 @@ pub fn render_run(v: &RunView, st: Style) -> String {
         (None, Some(e)) => facts.push(format!("elapsed {}", duration(e))),
         _ => {}
     }
-    if v.action == coldsite_api::RunAction::TestFailover || v.action == coldsite_api::RunAction::Failover {
+    if matches!(
+        v.action,
+        RunAction::TestFailover | RunAction::Failover | RunAction::ChangeRecoveryPoint
+    ) {
         facts.push(format!("recovery point {}", v.requested_point));
     }
     out.push(facts.join(" · "));
@@ -306,9 +316,10 @@ pub fn render_run(v: &RunView, st: Style) -> String {
     }
     if v.has_shutdown() {
         out.push(String::new());
+        let (what, site) = v.stop_phase();
         out.push(st.bold(&format!(
-            "Source shutdown{}, in reverse order",
-            v.source_site.as_ref().map(|s| format!(" at {s}")).unwrap_or_default()
+            "{what}{}, in reverse order",
+            site.as_ref().map(|s| format!(" at {s}")).unwrap_or_default()
         )));
         for g in v.groups.iter().rev() {
             let stops: Vec<(&str, &Step)> = g
@@ -577,6 +588,17 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'), "no colour when asked for none");
+    }
+
+    #[test]
+    fn a_repoint_shows_the_point_each_vm_left_and_the_one_it_runs_on() {
+        let text = render_run(&run_view(&fixtures::repointed()), PLAIN);
+        assert!(
+            text.contains(
+                "recovery point 2026-03-01 09:55:00Z (app), replaces 2026-03-01 09:59:00Z (crash) of run exchange-failover-1"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

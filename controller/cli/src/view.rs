@@ -45,6 +45,35 @@ impl Point {
     }
 }
 
+/// The point a repoint replaced, and the run that had restored it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replaced {
+    pub run: String,
+    pub point: Point,
+}
+
+impl Replaced {
+    fn of(r: &coldsite_api::protected_vm::ReplacedPoint) -> Self {
+        Replaced {
+            run: r.run.clone(),
+            point: Point {
+                time: from_k8s(&r.time),
+                consistency: r.consistency,
+            },
+        }
+    }
+
+    /// `replaces 2026-03-01 09:40:00Z (crash) of run exchange-failover`.
+    pub fn describe(&self, time: impl Fn(DateTime<Utc>) -> String) -> String {
+        format!(
+            "replaces {} ({}) of run {}",
+            time(self.point.time),
+            self.point.consistency_word(),
+            self.run
+        )
+    }
+}
+
 /// One step, as shown.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
@@ -88,13 +117,16 @@ impl Step {
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmView {
     pub name: String,
-    /// Its steps at the source: stop or check (shown under the shutdown).
+    /// Its stop steps, shown under the shutdown: stop or check at the source, or a repoint's
+    /// halt at the target.
     pub source_steps: Vec<Step>,
     /// Its steps at the target: final sync, restore, create, power on, ready; or commit,
     /// reverse replication.
     pub steps: Vec<Step>,
     /// The recovery point actually used.
     pub point: Option<Point>,
+    /// A repoint: the point it replaced.
+    pub replaced: Option<Replaced>,
     /// Whether the ProtectedVM still holds this run's record (a later run replaces it).
     pub recorded: bool,
 }
@@ -324,7 +356,16 @@ impl RunView {
         out
     }
 
-    /// Whether any step ran at the source.
+    /// The stop phase's name and site: a repoint halts copies at the target; the other
+    /// actions shut the source down.
+    pub fn stop_phase(&self) -> (&'static str, Option<&str>) {
+        match self.action {
+            RunAction::ChangeRecoveryPoint => ("Halted", self.target_site.as_deref()),
+            _ => ("Source shutdown", self.source_site.as_deref()),
+        }
+    }
+
+    /// Whether the run has a stop phase.
     pub fn has_shutdown(&self) -> bool {
         self.groups
             .iter()
@@ -563,12 +604,13 @@ pub fn run_view(data: &RunData) -> RunView {
                 source_steps: vec![],
                 steps: vec![],
                 point: part.and_then(|p| Point::of(p.recovery_point.as_ref(), p.recovery_point_consistency)),
+                replaced: part.and_then(|p| p.replaced_point.as_ref()).map(Replaced::of),
                 recorded: part.is_some(),
             };
             for s in part.map(|p| p.steps.as_slice()).unwrap_or_default() {
                 let step = Step::from_status(s);
                 match s.kind {
-                    Some(StepKind::PowerOff | StepKind::CheckSource) => view.source_steps.push(step),
+                    Some(StepKind::PowerOff | StepKind::CheckSource | StepKind::Halt) => view.source_steps.push(step),
                     _ => view.steps.push(step),
                 }
             }
@@ -838,6 +880,22 @@ pub mod fixtures {
             ],
             now: DateTime::parse_from_rfc3339(START).unwrap().with_timezone(&Utc) + chrono::Duration::seconds(600),
         }
+    }
+
+    /// The same run as a repoint: each VM's record names the point its failover restored.
+    pub fn repointed() -> RunData {
+        let mut d = finished();
+        d.run.spec.action = coldsite_api::RunAction::ChangeRecoveryPoint;
+        for p in &mut d.pvms {
+            let last = p.status.as_mut().and_then(|s| s.last_run.as_mut()).unwrap();
+            last.action = Some(coldsite_api::RunAction::ChangeRecoveryPoint);
+            last.replaced_point = Some(coldsite_api::protected_vm::ReplacedPoint {
+                run: "exchange-failover-1".into(),
+                time: serde_json::from_value(json!(at(-60))).unwrap(),
+                consistency: Some(Consistency::Crash),
+            });
+        }
+        d
     }
 
     /// The same run, 100 seconds into its wait at the mailbox gate.

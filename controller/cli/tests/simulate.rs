@@ -169,3 +169,37 @@ fn latest_app_consistent_restores_the_mailbox_from_a_frozen_point_and_names_the_
         );
     }
 }
+
+#[test]
+fn a_repoint_halts_restores_and_starts_each_vm_at_dr_from_the_older_point() {
+    let asked = "2026-12-31T21:00:00Z";
+    let run = json(&["--action", "ChangeRecoveryPoint", "--recovery-point", asked]);
+    assert_eq!(run["phase"], "Succeeded");
+    let halted = |g: &str| time(&step(&run, &format!("{g}/shutdown"))["finishedAt"]);
+    assert!(halted("client-access") <= halted("mailbox") && halted("mailbox") <= halted("identity"));
+    for (group, vm) in [
+        ("identity", "dc01"),
+        ("mailbox", "exch-mbx01"),
+        ("client-access", "exch-cas01"),
+    ] {
+        let at = |kind: &str| step(&run, &format!("{group}/vm/{vm}/{kind}")).clone();
+        let restore = at("restore-disks");
+        assert!(
+            time(&restore["recoveryPoint"]) <= time(&serde_json::json!(asked)),
+            "{restore}"
+        );
+        assert!(time(&at("halt")["finishedAt"]) <= time(&restore["startedAt"]));
+        assert_eq!(at("ready")["state"], "Succeeded");
+    }
+    let ids: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(
+        !ids.iter()
+            .any(|id| id.ends_with("stop-source") || id.contains("/pre/") || id.contains("/post/")),
+        "a repoint leaves the primary alone and runs no script unasked: {ids:?}"
+    );
+}

@@ -67,6 +67,8 @@ struct Vm {
 /// Where one VM is in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
+    /// A repoint halts the copy it replaces.
+    Halt,
     Stop,
     Sync,
     Start,
@@ -96,6 +98,8 @@ pub struct Report {
     pub moves: usize,
     /// Runs that took over VMs an earlier run of the same movement had moved.
     pub retries: usize,
+    /// VMs a repoint restarted at the recovery site from a point restored anew.
+    pub repoints: usize,
     /// Planned runs that started a copy without every write made before the source stopped.
     pub lost: Vec<String>,
 }
@@ -228,6 +232,7 @@ impl World {
         let source_down = action == RunAction::Failover && !self.up[0];
         let first = match action {
             RunAction::PlannedFailover | RunAction::Failover | RunAction::Failback => Stage::Stop,
+            RunAction::ChangeRecoveryPoint => Stage::Halt,
             _ => Stage::Act,
         };
         let mut stages = Vec::new();
@@ -348,6 +353,14 @@ impl World {
                 stopped(vm);
                 if planned { Stage::Sync } else { Stage::Start }
             }
+            Stage::Halt if !self.up[idx(target)] || fail => Stage::Failed,
+            Stage::Halt => {
+                let c = &mut vm.copies[idx(target)];
+                c.always = false;
+                c.running = false;
+                c.boots_at = None;
+                Stage::Start
+            }
             Stage::Sync if !self.up[0] || !self.up[1] => Stage::Sync,
             // A final sync takes a while: long enough for a returning site to boot what it holds.
             Stage::Sync if self.rng.random_bool(0.5) => Stage::Sync,
@@ -364,7 +377,11 @@ impl World {
             }
             Stage::Boot if !self.up[idx(target)] => Stage::Failed,
             Stage::Boot if vm.copies[idx(target)].running => {
-                self.report.moves += 1;
+                if run.action == RunAction::ChangeRecoveryPoint {
+                    self.report.repoints += 1;
+                } else {
+                    self.report.moves += 1;
+                }
                 Stage::Done
             }
             Stage::Act => self.act(run, i, fail),

@@ -372,6 +372,10 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 let vm = &plan.vms[def.vm.unwrap_or_default()];
                 self.fabric.power_off(&ctx.run, source, vm).await.map(none)
             }
+            StepKind::Halt => {
+                let vm = &plan.vms[def.vm.unwrap_or_default()];
+                self.fabric.power_off(&ctx.run, target, vm).await.map(none)
+            }
             StepKind::CheckSource => {
                 let vm = &plan.vms[def.vm.unwrap_or_default()];
                 self.fabric.check_stopped(source, vm).await.map(none)

@@ -123,6 +123,7 @@ pub fn verb(action: RunAction) -> &'static str {
         RunAction::Commit => "commit",
         RunAction::Reprotect => "reprotect",
         RunAction::Failback => "failback",
+        RunAction::ChangeRecoveryPoint => "repoint",
     }
 }
 
@@ -133,7 +134,9 @@ pub fn fitting(s: &Standing) -> Vec<RunAction> {
     match (s.phase, s.active) {
         (P::Protected, Side::Primary) if s.has_points => vec![A::TestFailover, A::PlannedFailover, A::Failover],
         (P::Protected, Side::Recovery) if s.has_points => vec![A::TestFailover, A::Failback],
-        (P::FailedOver, _) => vec![A::Commit, A::Reprotect],
+        // Only a forward failover restored its disks from a point that another can replace.
+        (P::FailedOver, Side::Recovery) => vec![A::ChangeRecoveryPoint, A::Commit, A::Reprotect],
+        (P::FailedOver, Side::Primary) => vec![A::Commit, A::Reprotect],
         (P::Committed, _) => vec![A::Reprotect],
         _ => Vec::new(),
     }
@@ -170,6 +173,10 @@ pub fn admit(vm: &str, s: &Standing, action: RunAction, names: &Names<'_>) -> Re
             names.recovery
         ),
         RunAction::Commit => "commit follows a failover".to_owned(),
+        RunAction::ChangeRecoveryPoint => format!(
+            "a repoint changes the recovery point of VMs failed over to {}, before commit",
+            names.recovery
+        ),
         RunAction::Reprotect => "reprotect follows a failover".to_owned(),
         RunAction::Failback => format!(
             "a failback brings VMs that run at {} and replicate home back to {}",
@@ -234,7 +241,7 @@ pub fn direction_of(action: RunAction, active: Side) -> Direction {
         Side::Recovery => Direction::Reverse,
     };
     match action {
-        RunAction::Commit | RunAction::Reprotect => away(active.other()),
+        RunAction::Commit | RunAction::Reprotect | RunAction::ChangeRecoveryPoint => away(active.other()),
         _ => away(active),
     }
 }
@@ -250,7 +257,9 @@ pub struct VmOutcome {
 /// The phase a VM shows while a run of `action` holds it.
 pub fn during(action: RunAction) -> Option<ProtectionPhase> {
     match action {
-        RunAction::PlannedFailover | RunAction::Failover => Some(ProtectionPhase::FailingOver),
+        RunAction::PlannedFailover | RunAction::Failover | RunAction::ChangeRecoveryPoint => {
+            Some(ProtectionPhase::FailingOver)
+        }
         RunAction::Failback => Some(ProtectionPhase::FailingBack),
         RunAction::Reprotect => Some(ProtectionPhase::Reprotecting),
         RunAction::TestFailover | RunAction::Commit => None,
@@ -264,12 +273,14 @@ pub fn after_run(s: Standing, action: RunAction, direction: Direction, outcome: 
     }
     let target = Side::source_of(direction).other();
     match action {
-        RunAction::PlannedFailover | RunAction::Failover | RunAction::Failback => Standing {
-            phase: ProtectionPhase::FailedOver,
-            active: target,
-            direction: ReplicationDirection::Paused,
-            has_points: false,
-        },
+        RunAction::PlannedFailover | RunAction::Failover | RunAction::Failback | RunAction::ChangeRecoveryPoint => {
+            Standing {
+                phase: ProtectionPhase::FailedOver,
+                active: target,
+                direction: ReplicationDirection::Paused,
+                has_points: false,
+            }
+        }
         RunAction::Commit => Standing {
             phase: ProtectionPhase::Committed,
             ..s
@@ -376,6 +387,38 @@ mod tests {
     }
 
     #[test]
+    fn a_failover_is_repointed_only_before_commit_and_stays_where_it_went() {
+        let failed_over = run(protected(Side::Primary), RunAction::Failover);
+        assert_eq!(
+            admit("vm", &failed_over, RunAction::ChangeRecoveryPoint, &NAMES),
+            Ok(Direction::Forward)
+        );
+        let repointed = run(failed_over, RunAction::ChangeRecoveryPoint);
+        assert_eq!(repointed, failed_over);
+        let halted_half_way = after_run(
+            failed_over,
+            RunAction::ChangeRecoveryPoint,
+            Direction::Forward,
+            VmOutcome { completed: false },
+        );
+        assert_eq!(
+            halted_half_way, failed_over,
+            "a repoint that did not start the VM may be retried"
+        );
+
+        let committed = run(failed_over, RunAction::Commit);
+        let why = admit("mbx", &committed, RunAction::ChangeRecoveryPoint, &NAMES).unwrap_err();
+        assert!(
+            why.contains("VM mbx is Committed at dr") && why.contains("before commit"),
+            "{why}"
+        );
+        assert!(why.contains("kubectl coldsite reprotect exchange"), "{why}");
+        // After a failback the disks at home are the originals, not restored from a point.
+        let home = run(run(committed, RunAction::Reprotect), RunAction::Failback);
+        assert!(admit("mbx", &home, RunAction::ChangeRecoveryPoint, &NAMES).is_err());
+    }
+
+    #[test]
     fn a_plan_moves_as_one() {
         let home = protected(Side::Primary);
         let away = run(protected(Side::Primary), RunAction::PlannedFailover);
@@ -401,14 +444,7 @@ mod tests {
     #[test]
     fn every_refusal_names_the_vm_its_state_and_a_way_on() {
         use ProtectionPhase as P;
-        let all = [
-            RunAction::TestFailover,
-            RunAction::PlannedFailover,
-            RunAction::Failover,
-            RunAction::Commit,
-            RunAction::Reprotect,
-            RunAction::Failback,
-        ];
+        let all = RunAction::ALL;
         for phase in [
             P::Enabling,
             P::Protected,

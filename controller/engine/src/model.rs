@@ -126,7 +126,9 @@ pub struct ActionModel {
 
 impl ActionModel {
     pub fn runs_in(&self, action: RunAction) -> bool {
-        self.when.is_empty() || self.when.iter().any(|k| k.matches(action))
+        // A repoint keeps the VMs' identity: what ran at failover does not run again unasked.
+        let by_default = action != RunAction::ChangeRecoveryPoint;
+        (by_default && self.when.is_empty()) || self.when.iter().any(|k| k.matches(action))
     }
 
     pub fn is_manual(&self) -> bool {

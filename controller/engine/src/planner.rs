@@ -128,6 +128,7 @@ fn step_name(kind: StepKind) -> &'static str {
         StepKind::Commit => "commit",
         StepKind::ReverseReplication => "reverse-replication",
         StepKind::Cleanup => "cleanup",
+        StepKind::Halt => "halt",
     }
 }
 
@@ -268,51 +269,8 @@ fn recovery(model: &PlanModel, b: &mut Builder, options: PlanOptions) {
     let action = options.action;
     let planned = action.is_planned();
     let order = model.startup_order();
-    let n = model.groups.len();
-    let mut dependents = vec![Vec::new(); n];
-    for (i, g) in model.groups.iter().enumerate() {
-        for &d in &g.depends_on {
-            dependents[d].push(i);
-        }
-    }
-
-    // The source side, in reverse startup order: a group stops after every group that
-    // depends on it. A planned action stops and syncs. An unplanned failover stops the source
-    // if asked, or else checks it is not running; either way an unreachable source site
-    // counts as down, since that is what an unplanned failover is for.
-    let unplanned = action == RunAction::Failover;
-    let source_kind = if planned || (unplanned && options.shutdown_source) {
-        Some(StepKind::PowerOff)
-    } else if unplanned {
-        Some(StepKind::CheckSource)
-    } else {
-        None
-    };
-    let mut shutdown: Vec<Option<StepIdx>> = vec![None; n];
-    let mut source_step: HashMap<usize, StepIdx> = HashMap::new();
-    if let Some(kind) = source_kind {
-        // An unplanned failover waits for a source that does not answer until the site counts
-        // as down (its Site's downAfter) or the run declares it down: give it room for that.
-        let (attempts, timeout) = if planned { (5, 10 * MINUTE) } else { (3, 60 * MINUTE) };
-        for &gi in order.iter().rev() {
-            let deps: Vec<StepIdx> = dependents[gi].iter().filter_map(|&h| shutdown[h]).collect();
-            let stops: Vec<StepIdx> = model.groups[gi]
-                .vms
-                .iter()
-                .map(|&vm| {
-                    let s = b.vm_step(model, gi, vm, kind, deps.clone(), timeout, attempts, OnFailure::FailRun);
-                    b.steps[s].tolerate_unreachable = unplanned;
-                    source_step.insert(vm, s);
-                    s
-                })
-                .collect();
-            let name = &model.groups[gi].name;
-            shutdown[gi] = Some(b.barrier(gi, format!("{name}/shutdown"), StepKind::Shutdown, stops));
-        }
-    }
-
-    // Recovery, in startup order.
-    let mut done: Vec<Option<StepIdx>> = vec![None; n];
+    let stops = stop_steps(model, b, options, &order);
+    let mut done: Vec<Option<StepIdx>> = vec![None; model.groups.len()];
     for &gi in &order {
         let g = &model.groups[gi];
         let after_deps: Vec<StepIdx> = g.depends_on.iter().filter_map(|&d| done[d]).collect();
@@ -327,10 +285,9 @@ fn recovery(model: &PlanModel, b: &mut Builder, options: PlanOptions) {
         for &vm in &g.vms {
             // Disks restore and VMs are created, halted, as early as their data allows;
             // only power-on waits for the group's turn.
-            let mut restore_deps = Vec::new();
-            if planned {
-                let stop = source_step[&vm];
-                restore_deps.push(b.vm_step(
+            let stop = stops.get(&vm).copied();
+            let restore_deps = match (planned, stop) {
+                (true, Some(stop)) => vec![b.vm_step(
                     model,
                     gi,
                     vm,
@@ -339,8 +296,11 @@ fn recovery(model: &PlanModel, b: &mut Builder, options: PlanOptions) {
                     30 * MINUTE,
                     5,
                     OnFailure::FailRun,
-                ));
-            }
+                )],
+                // A repoint restores only over a copy it has halted.
+                _ if action == RunAction::ChangeRecoveryPoint => stop.into_iter().collect(),
+                _ => Vec::new(),
+            };
             let restore = b.vm_step(
                 model,
                 gi,
@@ -362,9 +322,7 @@ fn recovery(model: &PlanModel, b: &mut Builder, options: PlanOptions) {
                 OnFailure::FailRun,
             );
             let mut power_deps = vec![create, start];
-            if let (false, Some(&s)) = (planned, source_step.get(&vm)) {
-                power_deps.push(s);
-            }
+            power_deps.extend(stop.filter(|_| !planned));
             let power_on = b.vm_step(
                 model,
                 gi,
@@ -395,6 +353,49 @@ fn recovery(model: &PlanModel, b: &mut Builder, options: PlanOptions) {
         }
         done[gi] = Some(b.barrier(gi, format!("{}/done", g.name), StepKind::Done, finish));
     }
+}
+
+/// The steps that stop each VM before it is recovered, in reverse startup order: a group
+/// stops after every group that depends on it. A planned action stops the source and syncs.
+/// An unplanned failover stops the source if asked, or else checks it is not running;
+/// either way an unreachable source site counts as down, since that is what an unplanned
+/// failover is for. A repoint halts the copy it replaces, at the target.
+fn stop_steps(model: &PlanModel, b: &mut Builder, options: PlanOptions, order: &[usize]) -> HashMap<usize, StepIdx> {
+    let action = options.action;
+    let unplanned = action == RunAction::Failover;
+    let kind = match action {
+        RunAction::ChangeRecoveryPoint => StepKind::Halt,
+        _ if action.is_planned() || (unplanned && options.shutdown_source) => StepKind::PowerOff,
+        _ if unplanned => StepKind::CheckSource,
+        _ => return HashMap::new(),
+    };
+    // An unplanned failover waits for a source that does not answer until the site counts
+    // as down (its Site's downAfter) or the run declares it down: give it room for that.
+    let (attempts, timeout) = if unplanned { (3, 60 * MINUTE) } else { (5, 10 * MINUTE) };
+    let mut dependents = vec![Vec::new(); model.groups.len()];
+    for (i, g) in model.groups.iter().enumerate() {
+        for &d in &g.depends_on {
+            dependents[d].push(i);
+        }
+    }
+    let mut shutdown: Vec<Option<StepIdx>> = vec![None; model.groups.len()];
+    let mut steps = HashMap::new();
+    for &gi in order.iter().rev() {
+        let deps: Vec<StepIdx> = dependents[gi].iter().filter_map(|&h| shutdown[h]).collect();
+        let stops: Vec<StepIdx> = model.groups[gi]
+            .vms
+            .iter()
+            .map(|&vm| {
+                let s = b.vm_step(model, gi, vm, kind, deps.clone(), timeout, attempts, OnFailure::FailRun);
+                b.steps[s].tolerate_unreachable = unplanned;
+                steps.insert(vm, s);
+                s
+            })
+            .collect();
+        let name = &model.groups[gi].name;
+        shutdown[gi] = Some(b.barrier(gi, format!("{name}/shutdown"), StepKind::Shutdown, stops));
+    }
+    steps
 }
 
 fn action_step(

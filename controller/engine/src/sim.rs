@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use coldsite_api::RunAction;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -267,6 +268,50 @@ impl SimFabric {
         }
     }
 
+    /// The platform a run of `action` starts from: a repoint finds the plan failed over to
+    /// the recovery site by an earlier run; every other action, the VMs at their source.
+    pub fn for_run(config: SimConfig, plan: &PlanModel, action: RunAction, direction: Direction) -> Self {
+        let fabric = Self::new(config, plan, direction);
+        if action == RunAction::ChangeRecoveryPoint {
+            fabric.fail_over(plan);
+        }
+        fabric
+    }
+
+    /// Moves the plan's VMs as a finished failover leaves them: halted at the primary, running
+    /// at the recovery site on disks restored by run `earlier-failover`.
+    fn fail_over(&self, plan: &PlanModel) {
+        const EARLIER: &str = "earlier-failover";
+        let start = self.config.start;
+        let mut w = self.world.borrow_mut();
+        for vm in &plan.vms {
+            let ns = vm.vm_namespace.clone();
+            if let Some(source) = w
+                .vms
+                .get_mut(&(plan.primary.name.clone(), ns.clone(), vm.vm_name.clone()))
+            {
+                source.running = false;
+                source.stopped_at = Some(start);
+            }
+            for d in vm.disks.iter().chain(vm.disks.is_empty().then_some(&vm.vm_name)) {
+                w.pvcs
+                    .insert((plan.recovery.name.clone(), ns.clone(), d.clone(), EARLIER.into()));
+            }
+            let copy = SimVm {
+                pvm: vm.name.clone(),
+                running: true,
+                run_uid: Some(EARLIER.into()),
+                test: false,
+                networks: vm.nics.iter().map(|n| n.target_network.clone()).collect(),
+                network_data: String::new(),
+                started_at: Some(start),
+                stopped_at: None,
+                ready_at: Some(start),
+            };
+            w.vms.insert((plan.recovery.name.clone(), ns, vm.vm_name.clone()), copy);
+        }
+    }
+
     pub fn world(&self) -> std::cell::Ref<'_, SimWorld> {
         self.world.borrow()
     }
@@ -488,6 +533,15 @@ impl Fabric for SimFabric {
         let (site, ns, vm) = Self::vm_key(req);
         let pvm = req.vm.name.clone();
         let disks = req.vm.disks.clone();
+        // As at a real site: a running copy's disks are never replaced under it.
+        if let Some(copy) = self.world.borrow().vms.get(&(site.clone(), ns.clone(), vm.clone()))
+            && copy.running
+            && copy.run_uid != Some(run_uid.clone())
+        {
+            return Err(FabricError::permanent(format!(
+                "VirtualMachine {ns}/{vm} is still running at {site}: its disks are not overwritten while it runs"
+            )));
+        }
         let r = self.ensure(
             format!("restore/{run_uid}/{site}/{ns}/{vm}"),
             &[&site],
@@ -512,8 +566,10 @@ impl Fabric for SimFabric {
     async fn create_vm(&self, req: &Recovery<'_>) -> FabricResult<()> {
         let key = Self::vm_key(req);
         let run_uid = req.run.uid.clone();
+        // A copy an earlier failover made is made anew, once halted; anything else is refused.
         if let Some(existing) = self.world.borrow().vms.get(&key)
             && existing.run_uid.as_deref() != Some(run_uid.as_str())
+            && (existing.running || existing.test || existing.run_uid.is_none() || req.test)
         {
             return Err(FabricError::permanent(format!(
                 "VirtualMachine {}/{} already exists at {} and was not created by this run",

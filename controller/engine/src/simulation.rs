@@ -418,6 +418,11 @@ pub fn check(
                 .get(&(target.name.clone(), namespace(v), vm.vm_name.clone()))
                 .and_then(|x| x.ready_at)
                 .is_some_and(|r| r <= done),
+            // The copy runs again once the repoint starts it: what counts is that it stopped.
+            StepKind::Halt => world.events.iter().any(|e| {
+                matches!(e, SimEvent::VmStopped { at, site, pvm }
+                    if *pvm == vm.name && *site == target.name && *at <= done)
+            }),
             StepKind::PowerOff if !fabric.config.faults.sites_down.contains(&source.name) => world
                 .vms
                 .get(&(source.name.clone(), vm.vm_namespace.clone(), vm.vm_name.clone()))

@@ -1,6 +1,6 @@
 //! Deterministic simulation of many disaster-recovery cycles (see `coldsite_engine::cycles`):
 //! random commands, right and wrong, a primary that loses power and comes back, runs that fail
-//! half-way and are retried; no split brain, no replication (nor final sync) into a running
+//! half-way and are retried, failovers repointed; no split brain, no replication (nor final sync) into a running
 //! VM's disks, no write lost by a planned action, one run per VM, and status that matches the
 //! sites, after every event.
 //!
@@ -23,6 +23,7 @@ fn seeded_cycles_keep_the_invariants() {
                 totals.refused += r.refused;
                 totals.moves += r.moves;
                 totals.retries += r.retries;
+                totals.repoints += r.repoints;
             }
             Err(e) => failures.push(e),
         }
@@ -34,16 +35,17 @@ fn seeded_cycles_keep_the_invariants() {
         failures.iter().take(2).cloned().collect::<Vec<_>>().join("\n\n")
     );
     // The sequences are not idle: runs start, wrong commands are refused, VMs move, and runs
-    // take over VMs that a failed run had already moved.
+    // take over VMs that a failed run had already moved, and failovers are repointed.
     let Report {
         runs,
         refused,
         moves,
         retries,
+        repoints,
         ..
     } = totals;
     assert!(
-        runs > 2_000 && refused > 2_000 && moves > 1_000 && retries > 100,
-        "{runs} runs, {refused} refused, {moves} moves, {retries} retries"
+        runs > 2_000 && refused > 2_000 && moves > 1_000 && retries > 100 && repoints > 100,
+        "{runs} runs, {refused} refused, {moves} moves, {retries} retries, {repoints} repoints"
     );
 }

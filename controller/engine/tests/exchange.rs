@@ -333,6 +333,39 @@ fn planned_failover_stops_in_reverse_order_and_syncs() {
 }
 
 #[test]
+fn a_repoint_halts_each_copy_before_restoring_it_and_runs_no_script_unasked() {
+    let m = model();
+    let g = planner::plan(
+        &m,
+        PlanOptions {
+            action: RunAction::ChangeRecoveryPoint,
+            direction: Direction::Forward,
+            shutdown_source: true,
+        },
+    );
+    let deps = |id: &str| -> Vec<&str> {
+        g.steps[g.find(id).unwrap_or_else(|| panic!("no step {id}"))]
+            .deps
+            .iter()
+            .map(|&d| g.steps[d].id.as_str())
+            .collect()
+    };
+    // Halted at the recovery site in reverse startup order, restored only once halted.
+    assert!(deps("client-access/vm/exch-cas01/halt").is_empty());
+    assert_eq!(deps("identity/vm/dc01/halt"), ["mailbox/shutdown"]);
+    assert_eq!(deps("identity/vm/dc01/restore-disks"), ["identity/vm/dc01/halt"]);
+    assert_eq!(deps("mailbox/start"), ["identity/done"]);
+    assert!(
+        !g.steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::PowerOff | StepKind::CheckSource | StepKind::FinalSync)),
+        "a repoint does not touch the primary"
+    );
+    // The VMs keep their identity: no DNS update, gate or check runs again unless asked.
+    assert!(g.steps.iter().all(|s| s.action.is_none()), "{:?}", ids(&g));
+}
+
+#[test]
 fn commit_and_reprotect_have_their_own_graphs() {
     let m = model();
     for (action, kind) in [

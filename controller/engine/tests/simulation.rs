@@ -46,6 +46,7 @@ fn scenario(seed: u64) -> Scenario {
         RunAction::Failback,
         RunAction::Commit,
         RunAction::Reprotect,
+        RunAction::ChangeRecoveryPoint,
     ]
     .choose(&mut rng)
     .unwrap_or(&RunAction::TestFailover);
@@ -154,7 +155,7 @@ fn scenario(seed: u64) -> Scenario {
 fn run_seed(seed: u64) -> Result<(), String> {
     let s = scenario(seed);
     let graph = planner::plan(&s.ctx.plan, s.options);
-    let fabric = SimFabric::new(s.config.clone(), &s.ctx.plan, s.options.direction);
+    let fabric = SimFabric::for_run(s.config.clone(), &s.ctx.plan, s.options.action, s.options.direction);
     let report = simulation::run(&s.ctx, &graph, &fabric, &s.run).map_err(|e| e.to_string())?;
     if s.must_succeed && report.phase != RunPhase::Succeeded {
         let failed: Vec<String> = graph
@@ -242,7 +243,7 @@ fn a_seed_replays_identically() {
         let a = scenario(seed);
         let graph = planner::plan(&a.ctx.plan, a.options);
         let run = |s: &Scenario| {
-            let fabric = SimFabric::new(s.config.clone(), &s.ctx.plan, s.options.direction);
+            let fabric = SimFabric::for_run(s.config.clone(), &s.ctx.plan, s.options.action, s.options.direction);
             simulation::run(&s.ctx, &graph, &fabric, &s.run).map(|r| r.records)
         };
         let b = scenario(seed);

@@ -9,7 +9,7 @@
 
 use coldsite_api::protected_vm::VmRunStatus;
 use coldsite_api::recovery_run::{RunPhase, StepState, StepStatus};
-use coldsite_api::{ProtectedVM, RecoveryRun};
+use coldsite_api::{ProtectedVM, RecoveryRun, RunAction};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -29,6 +29,9 @@ pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun, done: bo
         recovery_point: earlier.and_then(|e| e.recovery_point.clone()),
         recovery_point_consistency: earlier.and_then(|e| e.recovery_point_consistency),
         steps: earlier.map(taken_over).unwrap_or_default(),
+        replaced_point: (run.spec.action == RunAction::ChangeRecoveryPoint)
+            .then(|| pvm.status.as_ref()?.last_run.as_ref()?.point_in_use())
+            .flatten(),
     };
     write_part(ctx, pvm, &part, pvm.resource_version().as_deref()).await
 }

@@ -138,6 +138,7 @@ pub async fn write_vm_parts(
             recovery_point,
             recovery_point_consistency,
             steps,
+            replaced_point: current.and_then(|c| c.replaced_point.clone()),
         };
         if current != Some(&part) {
             super::claims::write_part(ctx, pvm, &part, None).await?;
