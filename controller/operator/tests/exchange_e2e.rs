@@ -27,6 +27,7 @@ use coldsite_e2e::exchange::{
     virtual_machine_instances, virtual_machines, vm_runs, volume_snapshots, wait_for,
 };
 use coldsite_e2e::plugin::Plugin;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -685,7 +686,7 @@ async fn cancelled_planned_failover(s: &Scenario, plugin: &Plugin) -> Result<()>
         Ok((run_phase(&runs, "exchange-halted").await? == Some(RunPhase::Cancelled)).then_some(()))
     })
     .await?;
-    let cancelled_at = k8s_openapi::jiff::Timestamp::now();
+    let cancelled_at = Timestamp::now();
     s.simulator.update_faults(|f| f.site(&s.hq).stalled.clear());
     let rs = replication_sources(&s.primary, &s.ns);
     wait_for(
@@ -1013,6 +1014,7 @@ fn vm_reads(log: &Path) -> Result<BTreeMap<String, usize>> {
 }
 
 /// With a one-minute retention, points older than that go, the newest always stays.
+/// The retention is an hour again afterwards.
 async fn retention_prunes(s: &Scenario) -> Result<()> {
     let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
     pvms.patch(
@@ -1041,6 +1043,13 @@ async fn retention_prunes(s: &Scenario) -> Result<()> {
             let count = now.recovery_points.map(|r| r.count).unwrap_or(0);
             Ok((gone && !points.is_empty() && count >= 1).then_some(()))
         },
+    )
+    .await?;
+    // An hour again, so the repoint later finds points from before the disaster's writes.
+    pvms.patch(
+        "dc01",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replication": {"retention": "1h"}}})),
     )
     .await?;
     Ok(())
@@ -1118,6 +1127,10 @@ async fn reprotect_keeps_what_hq_never_replicated(
 ) -> Result<()> {
     start_run(plugin, "commit", "exchange-keep", &[]).await?;
     s.run_to_end("exchange-keep", Duration::from_secs(180)).await?;
+    let why = plugin
+        .refused(&["repoint", "exchange", "--recovery-point", "Latest"])
+        .await?;
+    ensure!(why.contains("Committed at") && why.contains("before commit"), "{why}");
     start_run(plugin, "reprotect", "exchange-return", &[]).await?;
     s.run_to_end("exchange-return", Duration::from_secs(300)).await?;
     let snaps = volume_snapshots(&s.primary, &s.ns);
@@ -1143,15 +1156,19 @@ async fn reprotect_keeps_what_hq_never_replicated(
     s.check_truth(true).await.context("after reprotect")
 }
 
-/// Guest writes at HQ before a disaster: one that a sync carries to DR, then, with HQ's
-/// movers stalled, one that no sync carries. Returns both and when the second was made.
-async fn writes_before_the_disaster(
-    s: &Scenario,
-) -> Result<(
-    BTreeMap<String, String>,
-    BTreeMap<String, String>,
-    k8s_openapi::jiff::Timestamp,
-)> {
+/// Guest writes at HQ before a disaster, and when they were made.
+struct DisasterWrites {
+    /// Before the first write: DR's points up to here lack it.
+    before_synced: Timestamp,
+    /// A write that a sync carries to DR.
+    synced: BTreeMap<String, String>,
+    /// A write made with HQ's movers stalled, which no sync carries.
+    lost: BTreeMap<String, String>,
+    lost_at: Timestamp,
+}
+
+async fn writes_before_the_disaster(s: &Scenario) -> Result<DisasterWrites> {
+    let before_synced = Timestamp::now();
     let synced = s.write_vms(&s.hq).await?;
     wait_for(
         "a recovery point with the first write",
@@ -1170,7 +1187,74 @@ async fn writes_before_the_disaster(
     // A transfer already connected finishes within the simulator's sync time.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let lost = s.write_vms(&s.hq).await?;
-    Ok((synced, lost, k8s_openapi::jiff::Timestamp::now()))
+    Ok(DisasterWrites {
+        before_synced,
+        synced,
+        lost,
+        lost_at: Timestamp::now(),
+    })
+}
+
+/// Before commit the failover is repointed to a point older than the synced write, then
+/// back to the newest: each time DR's disks hold what that point held, the VMs run there
+/// again, and each VM's record names the point it left. Nothing is asked of HQ.
+async fn repointed_before_commit(s: &Scenario, plugin: &Plugin, writes: &DisasterWrites) -> Result<()> {
+    let mut restored = BTreeMap::new();
+    for vm in VMS {
+        let last = pvm_status(s, vm).await?.last_run.context("lastRun")?;
+        restored.insert(vm, last.recovery_point.context("the failover's point")?);
+    }
+    // Whole seconds, as an operator types it.
+    let older = writes.before_synced.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    start_run(plugin, "repoint", "exchange-older", &["--recovery-point", &older]).await?;
+    s.run_to_end("exchange-older", Duration::from_secs(300)).await?;
+    s.check_truth(true)
+        .await
+        .context("after the repoint to an older point")?;
+    s.disks_hold(&s.dr, &writes.synced, false)
+        .await
+        .context("the older point lacks the synced write")?;
+    for vm in VMS {
+        let last = pvm_status(s, vm).await?.last_run.context("lastRun")?;
+        let point = last.recovery_point.context("the repoint's point")?;
+        ensure!(
+            point.0 < writes.before_synced,
+            "{vm} repointed to {point:?}, not before {older}"
+        );
+        let replaced = last.replaced_point.context("the point the repoint replaced")?;
+        ensure!(
+            replaced.run == "exchange-disaster" && replaced.time == restored[vm],
+            "{vm}'s repoint names {replaced:?}, not the failover's {:?}",
+            restored[vm]
+        );
+    }
+    let tree = plugin.ok(&["status", "rrun/exchange-older"]).await?;
+    ensure!(
+        tree.contains("replaces") && tree.contains("of run exchange-disaster"),
+        "{tree}"
+    );
+    // The points stay until commit: the newest is picked again.
+    start_run(plugin, "repoint", "exchange-newest", &["--recovery-point", "Latest"]).await?;
+    s.run_to_end("exchange-newest", Duration::from_secs(300)).await?;
+    s.check_truth(true)
+        .await
+        .context("after the repoint back to the newest point")?;
+    s.disks_hold(&s.dr, &writes.synced, true)
+        .await
+        .context("the newest point again")?;
+    s.disks_hold(&s.dr, &writes.lost, false)
+        .await
+        .context("data written after the last sync")?;
+    for vm in VMS {
+        let last = pvm_status(s, vm).await?.last_run.context("lastRun")?;
+        ensure!(
+            last.recovery_point.as_ref() == Some(&restored[vm])
+                && last.replaced_point.is_some_and(|r| r.run == "exchange-older"),
+            "{vm} back on its failover's point {:?}",
+            restored[vm]
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1229,7 +1313,10 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
             count(&after, "list") == count(&before, "list") && count(&after, "watch") > 0,
             "five plan reconciles; the controller's VM reads at HQ before: {before:?}, after: {after:?}"
         );
-        let (synced, lost, lost_at) = writes_before_the_disaster(&s).await?;
+        let writes = writes_before_the_disaster(&s).await?;
+        let DisasterWrites {
+            synced, lost, lost_at, ..
+        } = &writes;
         // HQ goes dark: its guests stop with it, then its API server.
         s.simulator.power_off_site(&s.hq).await?;
         primary.stop();
@@ -1258,20 +1345,21 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
         s.check_truth(true).await.context("after the failover, HQ back")?;
         // DR has what the last sync carried, not what HQ wrote after it, and the run says
         // which point it recovered.
-        s.disks_hold(&s.dr, &synced, true)
+        s.disks_hold(&s.dr, synced, true)
             .await
             .context("data of the last sync")?;
-        s.disks_hold(&s.dr, &lost, false)
+        s.disks_hold(&s.dr, lost, false)
             .await
             .context("data written after the last sync")?;
         for vm in VMS {
             let point = pvm_status(&s, vm).await?.last_run.and_then(|l| l.recovery_point);
             ensure!(
-                point.as_ref().is_some_and(|p| p.0 < lost_at),
+                point.as_ref().is_some_and(|p| p.0 < *lost_at),
                 "{vm} recovered from {point:?}, before HQ's last write at {lost_at}"
             );
         }
-        reprotect_keeps_what_hq_never_replicated(&s, &plugin, &lost).await?;
+        repointed_before_commit(&s, &plugin, &writes).await.context("repoint")?;
+        reprotect_keeps_what_hq_never_replicated(&s, &plugin, lost).await?;
 
         // HQ is lost for good: once its Site is deleted, unprotecting a VM no longer waits
         // for it, and still cleans up at DR.
