@@ -214,10 +214,11 @@ pub struct Action {
     /// What a failure, or a manual action's timeout, does to the run.
     #[serde(default)]
     pub on_error: OnError,
-    /// The failover kinds this action runs in. Left out, all of them.
+    /// The failover kinds this action runs in. Left out, all of them but ChangeRecoveryPoint,
+    /// which runs only the actions that list it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
-    #[schemars(length(max = 4))]
+    #[schemars(length(max = 5))]
     pub when: Vec<FailoverKind>,
 }
 

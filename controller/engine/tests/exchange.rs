@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use coldsite_api::RunAction;
 use coldsite_api::manifest::{ColdsiteObject, into_typed, parse_documents};
 use coldsite_api::recovery_run::StepKind;
+use coldsite_api::{FailoverKind, RunAction};
 use coldsite_api::{RecoveryPlan, protected_vm::NicOverride};
 use coldsite_engine::model::{Direction, PlanModel};
 use coldsite_engine::planner::{self, PlanOptions, StepGraph};
@@ -363,6 +363,35 @@ fn a_repoint_halts_each_copy_before_restoring_it_and_runs_no_script_unasked() {
     );
     // The VMs keep their identity: no DNS update, gate or check runs again unless asked.
     assert!(g.steps.iter().all(|s| s.action.is_none()), "{:?}", ids(&g));
+}
+
+#[test]
+fn a_repoint_runs_the_actions_that_ask_for_it() {
+    let (inv, mut plan) = exchange();
+    let checks = plan
+        .spec
+        .groups
+        .iter_mut()
+        .flat_map(|g| g.post.iter_mut())
+        .find(|a| a.name == "verify-ad")
+        .expect("identity's post action");
+    checks.when = vec![FailoverKind::Failover, FailoverKind::ChangeRecoveryPoint];
+    let m = validate_plan(&plan, &inv).unwrap().0;
+    let g = planner::plan(
+        &m,
+        PlanOptions {
+            action: RunAction::ChangeRecoveryPoint,
+            direction: Direction::Forward,
+            shutdown_source: true,
+        },
+    );
+    let actions: Vec<&str> = g
+        .steps
+        .iter()
+        .filter(|s| s.action.is_some())
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(actions, ["identity/post/verify-ad"]);
 }
 
 #[test]
