@@ -257,6 +257,18 @@ fn mappings_report_unknown_sites_and_overlaps_across_networks() {
     has(&problems, "10.0.0.0/16 overlaps 10.0.1.0/24 of spec.networks[0]");
 }
 
+/// The graph of `action` from the primary to the recovery site.
+fn forward(m: &PlanModel, action: RunAction) -> StepGraph {
+    planner::plan(
+        m,
+        PlanOptions {
+            action,
+            direction: Direction::Forward,
+            shutdown_source: true,
+        },
+    )
+}
+
 fn ids(g: &StepGraph) -> Vec<&str> {
     g.steps.iter().map(|s| s.id.as_str()).collect()
 }
@@ -264,14 +276,7 @@ fn ids(g: &StepGraph) -> Vec<&str> {
 #[test]
 fn test_failover_graph_orders_groups_and_filters_actions() {
     let m = model();
-    let g = planner::plan(
-        &m,
-        PlanOptions {
-            action: RunAction::TestFailover,
-            direction: Direction::Forward,
-            shutdown_source: true,
-        },
-    );
+    let g = forward(&m, RunAction::TestFailover);
     let ids = ids(&g);
     assert!(ids.contains(&"mailbox/pre/confirm-ad-replication"));
     assert!(ids.contains(&"mailbox/vm/exch-mbx01/power-on"));
@@ -299,14 +304,7 @@ fn test_failover_graph_orders_groups_and_filters_actions() {
 #[test]
 fn planned_failover_stops_in_reverse_order_and_syncs() {
     let m = model();
-    let g = planner::plan(
-        &m,
-        PlanOptions {
-            action: RunAction::PlannedFailover,
-            direction: Direction::Forward,
-            shutdown_source: true,
-        },
-    );
+    let g = forward(&m, RunAction::PlannedFailover);
     let deps = |id: &str| -> Vec<&str> {
         g.steps[g.find(id).unwrap()]
             .deps
@@ -321,28 +319,14 @@ fn planned_failover_stops_in_reverse_order_and_syncs() {
     assert_eq!(deps("identity/vm/dc01/restore-disks"), ["identity/vm/dc01/final-sync"]);
     assert!(ids(&g).contains(&"client-access/post/update-dns"));
     // Same inputs, same graph.
-    let again = planner::plan(
-        &m,
-        PlanOptions {
-            action: RunAction::PlannedFailover,
-            direction: Direction::Forward,
-            shutdown_source: true,
-        },
-    );
+    let again = forward(&m, RunAction::PlannedFailover);
     assert_eq!(ids(&g), ids(&again));
 }
 
 #[test]
 fn a_repoint_halts_each_copy_before_restoring_it_and_runs_no_script_unasked() {
     let m = model();
-    let g = planner::plan(
-        &m,
-        PlanOptions {
-            action: RunAction::ChangeRecoveryPoint,
-            direction: Direction::Forward,
-            shutdown_source: true,
-        },
-    );
+    let g = forward(&m, RunAction::ChangeRecoveryPoint);
     let deps = |id: &str| -> Vec<&str> {
         g.steps[g.find(id).unwrap_or_else(|| panic!("no step {id}"))]
             .deps
@@ -377,14 +361,7 @@ fn a_repoint_runs_the_actions_that_ask_for_it() {
         .expect("identity's post action");
     checks.when = vec![FailoverKind::Failover, FailoverKind::ChangeRecoveryPoint];
     let m = validate_plan(&plan, &inv).unwrap().0;
-    let g = planner::plan(
-        &m,
-        PlanOptions {
-            action: RunAction::ChangeRecoveryPoint,
-            direction: Direction::Forward,
-            shutdown_source: true,
-        },
-    );
+    let g = forward(&m, RunAction::ChangeRecoveryPoint);
     let actions: Vec<&str> = g
         .steps
         .iter()
@@ -401,14 +378,7 @@ fn commit_and_reprotect_have_their_own_graphs() {
         (RunAction::Commit, StepKind::Commit),
         (RunAction::Reprotect, StepKind::ReverseReplication),
     ] {
-        let g = planner::plan(
-            &m,
-            PlanOptions {
-                action,
-                direction: Direction::Forward,
-                shutdown_source: true,
-            },
-        );
+        let g = forward(&m, action);
         assert_eq!(g.len(), 3);
         assert!(g.steps.iter().all(|s| s.kind == kind && s.deps.is_empty()));
     }
