@@ -117,6 +117,7 @@ impl Context {
                         SiteApi {
                             site: site.name_any(),
                             client,
+                            watch: self.sites.watch(&site.name_any()),
                         },
                     );
                 }
@@ -128,6 +129,7 @@ impl Context {
             management: SiteApi {
                 site: "management".into(),
                 client: self.client.clone(),
+                watch: None,
             },
             scripts: ScriptRunner {
                 http: self.http.clone(),

@@ -147,15 +147,22 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
         }
         Scope::Vm(pvm) => {
             let ns = pvm.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned());
-            let live = match primary {
-                Some(site) => site.get(VM, Some(&ns), &pvm.spec.vm.name).await.ok().flatten(),
+            // From the sites' watches when they have listed, else asked now.
+            let name = &pvm.spec.vm.name;
+            let live = match primary.map(|site| (site, site.watch.as_ref().and_then(|w| w.vm(&ns, name)))) {
+                Some((_, Some(cached))) => cached,
+                Some((site, None)) => site.get(VM, Some(&ns), name).await.ok().flatten(),
                 None => None,
             };
             if let Some(v) = live.and_then(|vm| source_vm::from_manifest(&vm, &ns).ok()) {
                 inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
             } else if let Some(site) = recovery {
                 let name = objects::source_copy_name(&pvm.name_any());
-                if let Ok(Some(copy)) = site.get(CONFIG_MAP, Some(&ns), &name).await {
+                let copy = match site.watch.as_ref().and_then(|w| w.copy(&ns, &name)) {
+                    Some(cached) => cached,
+                    None => site.get(CONFIG_MAP, Some(&ns), &name).await.ok().flatten(),
+                };
+                if let Some(copy) = copy {
                     add_copy(&mut inv, namespace, &ns, &copy);
                 }
             }

@@ -66,6 +66,16 @@ impl Cache {
         Cache { store, ready, task }
     }
 
+    /// One object: `None` until the first list is in, `Some(None)` when there is none of
+    /// that name.
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let key = reflector::ObjectRef::new_with(name, kind.resource()).within(namespace);
+        Some(self.store.get(&key).and_then(|o| serde_json::to_value(o.as_ref()).ok()))
+    }
+
     /// The namespace's objects, once the first list is in.
     fn in_namespace(&self, namespace: &str) -> Option<Vec<Value>> {
         if !self.ready.load(Ordering::Acquire) {
@@ -110,16 +120,12 @@ impl SiteWatch {
     /// One VirtualMachine: `None` until the watch has listed them, `Some(None)` when there
     /// is none of that name.
     pub fn vm(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
-        if !self.vms.ready.load(Ordering::Acquire) {
-            return None;
-        }
-        let key = reflector::ObjectRef::new_with(name, VM.resource()).within(namespace);
-        Some(
-            self.vms
-                .store
-                .get(&key)
-                .and_then(|o| serde_json::to_value(o.as_ref()).ok()),
-        )
+        self.vms.get(VM, namespace, name)
+    }
+
+    /// One of coldsite's copies of a VM manifest, as [`Self::vm`].
+    pub fn copy(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
+        self.copies.get(CONFIG_MAP, namespace, name)
     }
 
     /// coldsite's copies of VM manifests in a namespace; `None` until listed.

@@ -114,6 +114,8 @@ impl Kind {
 pub struct SiteApi {
     pub site: String,
     pub client: Client,
+    /// The site's watches, for reads that tolerate a cache a moment behind.
+    pub watch: Option<std::sync::Arc<crate::site_watch::SiteWatch>>,
 }
 
 impl SiteApi {
@@ -232,6 +234,21 @@ impl SiteApi {
             .await
             .map_err(self.err(format!("applying {} {name}", kind.kind)))?;
         Ok(to_value(o))
+    }
+
+    /// [`Self::apply`], unless `cached` (the object as a watch last saw it) holds it already.
+    pub async fn apply_unless_held(
+        &self,
+        kind: Kind,
+        object: &Value,
+        cached: Option<Option<Value>>,
+    ) -> Result<(), FabricError> {
+        if let Some(Some(live)) = &cached
+            && holds(live, &with_digest(object))
+        {
+            return Ok(());
+        }
+        self.apply(kind, object).await.map(|_| ())
     }
 
     pub async fn merge(

@@ -100,12 +100,24 @@ impl KubeVirtFabric {
         app_consistent: bool,
     ) -> Result<Option<DateTime<Utc>>, FabricError> {
         let name = objects::replication_name(disk);
-        let Some(rd) = site.get(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name).await? else {
-            return Ok(None);
-        };
+        match site.get(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name).await? {
+            Some(rd) => self.adopt_from(site, vm, disk, &rd, app_consistent).await,
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::adopt_latest`] with the destination already read.
+    async fn adopt_from(
+        &self,
+        site: &SiteApi,
+        vm: &VmModel,
+        disk: &str,
+        rd: &Value,
+        app_consistent: bool,
+    ) -> Result<Option<DateTime<Utc>>, FabricError> {
         let (Some(image), Some(synced)) = (
-            str_at(&rd, "/status/latestImage/name"),
-            parse_time(str_at(&rd, "/status/lastSyncTime")),
+            str_at(rd, "/status/latestImage/name"),
+            parse_time(str_at(rd, "/status/lastSyncTime")),
         ) else {
             return Ok(None);
         };
@@ -128,7 +140,10 @@ impl KubeVirtFabric {
                 "accessModes": rd.pointer("/spec/rsyncTLS/accessModes"),
                 "volumeMode": rd.pointer("/spec/rsyncTLS/volumeMode"),
             }}))
-            .map_err(|e| FabricError::permanent(format!("ReplicationDestination {name}: {e}")))?;
+            .map_err(|e| {
+                let name = str_at(rd, "/metadata/name").unwrap_or_default();
+                FabricError::permanent(format!("ReplicationDestination {name}: {e}"))
+            })?;
             let mut annotations = shape.annotations();
             annotations[POINT] = json!(synced.to_rfc3339());
             annotations[APP_CONSISTENT] = json!(app_consistent.to_string());
@@ -169,12 +184,14 @@ impl KubeVirtFabric {
         };
         let mut established = true;
         let mut waiting = Vec::new();
+        let mut disks = Vec::new();
         for disk in &vm.disks {
             let d = self.replicate_disk(&ends, vm, disk, now).await?;
             established &= d.established;
             waiting.extend(d.waiting);
+            disks.push(d.points);
         }
-        let points = self.recovery_points_at(dst, vm).await?;
+        let points = points::vm_points(&disks);
         Ok(ReplicationState {
             established,
             last_sync: points.last().map(|p| p.time),
@@ -232,6 +249,7 @@ impl KubeVirtFabric {
             return Ok(DiskReplication {
                 established: false,
                 waiting,
+                points: Vec::new(),
             });
         };
         let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
@@ -253,13 +271,14 @@ impl KubeVirtFabric {
         self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
         let kept = self.prune(dst, vm, disk, now).await?;
         let mut waiting = Vec::new();
-        if kept == 0 {
+        if kept.is_empty() {
             waiting.extend(blockers(src, &ends.source.name, "ReplicationSource", &rs).await?);
             waiting.extend(blockers(dst, &ends.target.name, "ReplicationDestination", &rd).await?);
         }
         Ok(DiskReplication {
             established: true,
             waiting,
+            points: kept,
         })
     }
 
@@ -291,7 +310,7 @@ impl KubeVirtFabric {
             .iter()
             .any(|o| str_at(o, "/spec/trigger/manual").is_some_and(app_consistent::is_tag));
         if !app_sync {
-            self.adopt_latest(ends.dst, vm, disk, false).await?;
+            self.adopt_from(ends.dst, vm, disk, rd, false).await?;
         }
         Ok(())
     }
@@ -475,7 +494,14 @@ impl KubeVirtFabric {
     }
 
     /// Deletes a disk's points past retention, never the newest; returns how many are kept.
-    async fn prune(&self, site: &SiteApi, vm: &VmModel, disk: &str, now: DateTime<Utc>) -> Result<usize, FabricError> {
+    /// Deletes the disk's points past retention; the points kept, oldest first.
+    async fn prune(
+        &self,
+        site: &SiteApi,
+        vm: &VmModel,
+        disk: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DiskPoint>, FabricError> {
         let points = self.disk_points(site, vm, disk).await?;
         let times: Vec<RecoveryPoint> = points
             .iter()
@@ -491,7 +517,11 @@ impl KubeVirtFabric {
                 site.delete(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
             }
         }
-        Ok(points.len() - expired.len())
+        Ok(points
+            .iter()
+            .filter(|(t, _)| !expired.iter().any(|e| e.time == *t))
+            .map(|(t, s)| disk_point(*t, s))
+            .collect())
     }
 
     /// A VM's points, from all its disks' snapshots (see [`points`]).
@@ -499,18 +529,7 @@ impl KubeVirtFabric {
         let mut disks = Vec::new();
         for disk in &vm.disks {
             let snapshots = self.disk_points(site, vm, disk).await?;
-            disks.push(
-                snapshots
-                    .into_iter()
-                    .map(|(time, s)| DiskPoint {
-                        time,
-                        app_consistent: str_at(
-                            &s,
-                            &format!("/metadata/annotations/{}", APP_CONSISTENT.replace('/', "~1")),
-                        ) == Some("true"),
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            disks.push(snapshots.iter().map(|(t, s)| disk_point(*t, s)).collect::<Vec<_>>());
         }
         Ok(points::vm_points(&disks))
     }
@@ -519,6 +538,17 @@ impl KubeVirtFabric {
         Ok(site.get(VMI, Some(ns), name).await?.is_some_and(|v| {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
+    }
+}
+
+/// A disk's point as its snapshot records it.
+fn disk_point(time: DateTime<Utc>, snapshot: &Value) -> DiskPoint {
+    DiskPoint {
+        time,
+        app_consistent: str_at(
+            snapshot,
+            &format!("/metadata/annotations/{}", APP_CONSISTENT.replace('/', "~1")),
+        ) == Some("true"),
     }
 }
 
@@ -561,12 +591,21 @@ struct Ends<'a> {
 struct DiskReplication {
     established: bool,
     waiting: Vec<String>,
+    /// Its points at the target, oldest first.
+    points: Vec<DiskPoint>,
 }
 
 /// A copy of the VM's manifest at the target, for recovering it when the source is gone.
+/// Both ends are read from the sites' watches when they have listed: a copy a moment behind
+/// is brought up to date at the next pass.
 async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
     let ns = vm.vm_namespace.as_str();
-    let Some(source_vm) = src.get(VM, Some(ns), &vm.vm_name).await? else {
+    let cached = src.watch.as_ref().and_then(|w| w.vm(ns, &vm.vm_name));
+    let found = match cached {
+        Some(found) => found,
+        None => src.get(VM, Some(ns), &vm.vm_name).await?,
+    };
+    let Some(source_vm) = found else {
         return Ok(());
     };
     let copy = json!({
@@ -578,8 +617,11 @@ async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(),
             "spec": source_vm.get("spec").cloned().unwrap_or(Value::Null),
         })).unwrap_or_default()},
     });
-    dst.apply(CONFIG_MAP, &copy).await?;
-    Ok(())
+    let cached = dst
+        .watch
+        .as_ref()
+        .and_then(|w| w.copy(ns, &objects::source_copy_name(&vm.name)));
+    dst.apply_unless_held(CONFIG_MAP, &copy, cached).await
 }
 
 /// Why a VolSync object has not synced yet, in what VolSync and the snapshot controller
