@@ -159,6 +159,9 @@ pub struct ReplicationState {
     pub bytes_transferred: Option<i64>,
     /// While a disk has never synced: what the platform reports is in the way.
     pub waiting: Vec<String>,
+    /// Some disk is in the middle of an app-consistent sync (its manual triggers are set),
+    /// which must be seen through even if the VM no longer asks for such syncs.
+    pub app_sync_under_way: bool,
 }
 
 /// The platform: KubeVirt, VolSync and CSI snapshots at each site, plus script runners.

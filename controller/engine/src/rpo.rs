@@ -16,6 +16,20 @@ pub fn sync_interval(rpo: Duration) -> Duration {
     Duration::from_secs(minutes * 60)
 }
 
+/// When a VM that replicates at rest is looked at again: often enough to adopt each sync's
+/// point soon after it lands (a quarter of the sync interval, between 30 s and 5 minutes),
+/// and no later than the moment its newest point would miss the RPO, so that is reported
+/// when it happens.
+pub fn next_look(rpo: Duration, newest: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    const SOONEST: Duration = Duration::from_secs(30);
+    const LATEST: Duration = Duration::from_secs(300);
+    let regular = (sync_interval(rpo) / 4).clamp(SOONEST, LATEST);
+    match (newest + chrono_duration(rpo) - now).to_std() {
+        Ok(until_missed) if until_missed < regular => until_missed + Duration::from_secs(1),
+        _ => regular,
+    }
+}
+
 /// A cron schedule for VolSync's `trigger.schedule` that syncs at least every `interval`.
 pub fn cron_schedule(interval: Duration) -> String {
     let minutes = (interval.as_secs() / 60).max(1);
@@ -100,6 +114,21 @@ pub fn choose_point(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_vm_at_rest_is_looked_at_by_its_rpo_and_when_its_rpo_would_be_missed() {
+        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let mins = |m: i64| now - chrono::TimeDelta::minutes(m);
+        let secs = Duration::from_secs;
+        // Short RPOs keep the 30 s look; long ones wait up to 5 minutes.
+        assert_eq!(next_look(secs(120), mins(0), now), secs(30));
+        assert_eq!(next_look(secs(15 * 60), mins(0), now), secs(105));
+        assert_eq!(next_look(secs(24 * 3600), mins(0), now), secs(300));
+        // A point about to miss the RPO: looked at just after it does.
+        assert_eq!(next_look(secs(24 * 3600), mins(24 * 60 - 2), now), secs(121));
+        // Missed already: the regular look.
+        assert_eq!(next_look(secs(24 * 3600), mins(25 * 60), now), secs(300));
+    }
+
     use super::*;
 
     fn at(min: i64) -> DateTime<Utc> {

@@ -453,6 +453,7 @@ impl Fabric for SimFabric {
             points,
             bytes_transferred: None,
             waiting: Vec::new(),
+            app_sync_under_way: false,
         })
     }
 

@@ -2,6 +2,10 @@
 //! plan and run reconciles read them from a cache instead of listing a namespace's VMs at
 //! every pass (DESIGN §9: watches and reflector caches, not polling).
 //!
+//! The VM watch also announces each change (and each full list, as when a site that was down
+//! answers again), so ProtectedVMs are reconciled when their copies change instead of being
+//! polled for it: a copy that starts where it must not is fenced at once.
+//!
 //! A watch starts with the site's client and stops when it is replaced (its kubeconfig
 //! Secret changed) or dropped. Until its first full list has arrived, and while it cannot
 //! watch at all (a site that is down, or a role without `watch`), readers get `None` and
@@ -26,6 +30,23 @@ use crate::kubevirt::objects;
 /// watch is renewed from where it stopped (no new list), and a dead site is noticed.
 const WATCH_SECONDS: u32 = 8;
 
+/// A change a site's VM watch saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmChange {
+    /// One VirtualMachine changed or went.
+    One {
+        site: String,
+        namespace: String,
+        name: String,
+    },
+    /// The site's VMs were listed anew: its watch started, or resumed after an outage.
+    Listed { site: String },
+}
+
+/// Where a site's VM changes are announced; receivers that fall behind hear of it as a
+/// `Lagged` error and must assume anything changed.
+pub type VmChanges = tokio::sync::broadcast::Sender<VmChange>;
+
 /// One cached kind at one site.
 struct Cache {
     store: Store<DynamicObject>,
@@ -34,7 +55,7 @@ struct Cache {
 }
 
 impl Cache {
-    fn start(site: &str, client: Client, kind: Kind, selector: Option<String>) -> Self {
+    fn start(site: &str, client: Client, kind: Kind, selector: Option<String>, changes: Option<VmChanges>) -> Self {
         let api: Api<DynamicObject> = Api::all_with(client, &kind.resource());
         let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
         if let Some(s) = selector {
@@ -54,10 +75,25 @@ impl Cache {
         let task = tokio::spawn(async move {
             stream
                 .for_each(|event| {
-                    match event {
-                        Ok(Event::InitDone) => flag.store(true, Ordering::Release),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch"),
+                    let change = match event {
+                        Ok(Event::InitDone) => {
+                            flag.store(true, Ordering::Release);
+                            Some(VmChange::Listed { site: site.clone() })
+                        }
+                        Ok(Event::Apply(o) | Event::Delete(o)) => Some(VmChange::One {
+                            site: site.clone(),
+                            namespace: o.namespace().unwrap_or_default(),
+                            name: o.name_any(),
+                        }),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch");
+                            None
+                        }
+                    };
+                    if let (Some(tx), Some(change)) = (&changes, change) {
+                        // No receiver (between leadership terms) is not an error.
+                        let _ = tx.send(change);
                     }
                     async {}
                 })
@@ -105,10 +141,16 @@ pub struct SiteWatch {
 }
 
 impl SiteWatch {
-    pub fn start(site: &str, client: &Client) -> Arc<Self> {
+    pub fn start(site: &str, client: &Client, changes: VmChanges) -> Arc<Self> {
         Arc::new(SiteWatch {
-            vms: Cache::start(site, client.clone(), VM, None),
-            copies: Cache::start(site, client.clone(), CONFIG_MAP, Some(objects::source_copy_selector())),
+            vms: Cache::start(site, client.clone(), VM, None, Some(changes)),
+            copies: Cache::start(
+                site,
+                client.clone(),
+                CONFIG_MAP,
+                Some(objects::source_copy_selector()),
+                None,
+            ),
         })
     }
 

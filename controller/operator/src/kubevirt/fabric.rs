@@ -185,11 +185,13 @@ impl KubeVirtFabric {
         let mut established = true;
         let mut waiting = Vec::new();
         let mut disks = Vec::new();
+        let mut app_sync_under_way = false;
         for disk in &vm.disks {
             let d = self.replicate_disk(&ends, vm, disk, now).await?;
             established &= d.established;
             waiting.extend(d.waiting);
             disks.push(d.points);
+            app_sync_under_way |= d.app_sync;
         }
         let points = points::vm_points(&disks);
         Ok(ReplicationState {
@@ -198,6 +200,7 @@ impl KubeVirtFabric {
             points,
             bytes_transferred: None,
             waiting,
+            app_sync_under_way,
         })
     }
 
@@ -250,6 +253,7 @@ impl KubeVirtFabric {
                 established: false,
                 waiting,
                 points: Vec::new(),
+                app_sync: false,
             });
         };
         let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
@@ -268,7 +272,7 @@ impl KubeVirtFabric {
                 }),
             )
             .await?;
-        self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
+        let app_sync = self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
         let kept = self.prune(dst, vm, disk, now).await?;
         let mut waiting = Vec::new();
         if kept.is_empty() {
@@ -279,11 +283,13 @@ impl KubeVirtFabric {
             established: true,
             waiting,
             points: kept,
+            app_sync,
         })
     }
 
     /// Hands the disk back to its schedule and adopts its newest point, unless an
-    /// app-consistent sync owns its triggers and points (see `app_consistent`).
+    /// app-consistent sync owns its triggers and points (see `app_consistent`): whether one
+    /// does.
     async fn back_to_schedule(
         &self,
         ends: &Ends<'_>,
@@ -291,7 +297,7 @@ impl KubeVirtFabric {
         disk: &str,
         rs: &Value,
         rd: &Value,
-    ) -> Result<(), FabricError> {
+    ) -> Result<bool, FabricError> {
         let ns = vm.vm_namespace.as_str();
         let foreign = |o: &Value| str_at(o, "/spec/trigger/manual").is_some_and(|t| !app_consistent::is_tag(t));
         // A final sync's manual trigger outlives a run that ended before moving the VM, and
@@ -312,7 +318,7 @@ impl KubeVirtFabric {
         if !app_sync {
             self.adopt_from(ends.dst, vm, disk, rd, false).await?;
         }
-        Ok(())
+        Ok(app_sync)
     }
 
     /// Whether a site holds a copy of the VM's disk that coldsite made (a restore of an
@@ -593,6 +599,8 @@ struct DiskReplication {
     waiting: Vec<String>,
     /// Its points at the target, oldest first.
     points: Vec<DiskPoint>,
+    /// An app-consistent sync holds its triggers.
+    app_sync: bool,
 }
 
 /// A copy of the VM's manifest at the target, for recovering it when the source is gone.

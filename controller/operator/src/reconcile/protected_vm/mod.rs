@@ -3,11 +3,15 @@
 //! other site is kept halted, and halted first when that site answers again. A finalizer
 //! removes replication when protection ends.
 //!
+//! Besides its own changes, a ProtectedVM is reconciled when its VM changes at either site
+//! ([`triggers`]); at rest it is looked at again by its RPO, else every 30 s.
+//!
 //! Stages: [`standing`] (pure: settle the last run's outcome, see who holds the VM), fence,
 //! replicate (with app-consistent syncs on their interval) or pause, [`status`] (pure), write.
 
 pub mod cleanup;
 pub mod status;
+pub mod triggers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use coldsite_api::recovery_run::RunPhase;
 use coldsite_engine::fabric::{FabricError, ReplicationState};
 use coldsite_engine::lifecycle::Side;
 use coldsite_engine::model::{SiteModel, VmModel};
+use coldsite_engine::rpo;
 use coldsite_engine::validate::{self, Severity};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -114,6 +119,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         Ok(vm) => protect(&fabric, &settled, vm, &sides).await,
     };
     let rpo = coldsite_engine::model::parse_duration(&spec.replication.rpo).unwrap_or(Duration::from_secs(900));
+    let look_again = next_look(&model, &settled, replication.as_ref(), problem.is_some(), rpo, now);
     let observed = Observed {
         settled: &settled,
         replication: replication.as_ref(),
@@ -142,8 +148,29 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         Some(AppSync::Busy | AppSync::Done { .. }) => APP_SYNC_RETRY,
         _ if !fenced => FENCE_RETRY,
         Some(AppSync::Error(_)) => FENCE_RETRY,
-        _ => CHECK_EVERY,
+        _ => look_again,
     }))
+}
+
+/// When to look again if nothing changes. A VM that replicates at rest, with a point and no
+/// app-consistent syncs to drive, is looked at by its RPO ([`rpo::next_look`]): changes to it
+/// and to its copies at the sites trigger a reconcile on their own. Anything else, every
+/// [`CHECK_EVERY`].
+fn next_look(
+    model: &std::result::Result<VmModel, String>,
+    settled: &Settled,
+    replication: Option<&ReplicationState>,
+    problem: bool,
+    rpo: Duration,
+    now: chrono::DateTime<Utc>,
+) -> Duration {
+    let app_syncs = model.as_ref().map_or(true, |vm| vm.app_consistent_interval.is_some());
+    match replication {
+        Some(r) if r.established && !problem && !app_syncs && settled.claim.is_none() => r
+            .last_sync
+            .map_or(CHECK_EVERY, |newest| rpo::next_look(rpo, newest, now)),
+        _ => CHECK_EVERY,
+    }
 }
 
 /// Halts the copies that must not run, as [`standing::halts`] says; how each was found.
@@ -233,7 +260,9 @@ async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides
         Ok(state) => state,
         Err(e) => return Protection::problem(reason_of(&e), e.message),
     };
-    let app = match state.established {
+    // A VM without app-consistent points costs no reads for them, unless one is under way.
+    let app_syncs = vm.app_consistent_interval.is_some() || state.app_sync_under_way;
+    let app = match state.established && app_syncs {
         true => Some(
             fabric
                 .app_consistent_sync(vm, source, target, &state.points, Utc::now())
