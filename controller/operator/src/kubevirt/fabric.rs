@@ -499,8 +499,7 @@ impl KubeVirtFabric {
         Ok(())
     }
 
-    /// Deletes a disk's points past retention, never the newest; returns how many are kept.
-    /// Deletes the disk's points past retention; the points kept, oldest first.
+    /// Deletes a disk's points past retention, never the newest; the points kept, oldest first.
     async fn prune(
         &self,
         site: &SiteApi,
