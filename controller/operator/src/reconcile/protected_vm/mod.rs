@@ -119,7 +119,11 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         Ok(vm) => protect(&fabric, &settled, vm, &sides).await,
     };
     let rpo = coldsite_engine::model::parse_duration(&spec.replication.rpo).unwrap_or(Duration::from_secs(900));
-    let look_again = next_look(&model, &settled, replication.as_ref(), problem.is_some(), rpo, now);
+    // At rest: no run holds it, nothing is wrong, and no app-consistent syncs to drive.
+    let at_rest = settled.claim.is_none()
+        && problem.is_none()
+        && model.as_ref().is_ok_and(|vm| vm.app_consistent_interval.is_none());
+    let look_again = next_look(at_rest, replication.as_ref(), rpo, now);
     let observed = Observed {
         settled: &settled,
         replication: replication.as_ref(),
@@ -152,24 +156,45 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     }))
 }
 
-/// When to look again if nothing changes. A VM that replicates at rest, with a point and no
-/// app-consistent syncs to drive, is looked at by its RPO ([`rpo::next_look`]): changes to it
-/// and to its copies at the sites trigger a reconcile on their own. Anything else, every
-/// [`CHECK_EVERY`].
+/// When to look again if nothing changes. A VM at rest that replicates with a point is looked
+/// at by its RPO ([`rpo::next_look`]): changes to it and to its copies at the sites trigger a
+/// reconcile on their own. Anything else, every [`CHECK_EVERY`].
 fn next_look(
-    model: &std::result::Result<VmModel, String>,
-    settled: &Settled,
+    at_rest: bool,
     replication: Option<&ReplicationState>,
-    problem: bool,
     rpo: Duration,
     now: chrono::DateTime<Utc>,
 ) -> Duration {
-    let app_syncs = model.as_ref().map_or(true, |vm| vm.app_consistent_interval.is_some());
-    match replication {
-        Some(r) if r.established && !problem && !app_syncs && settled.claim.is_none() => r
+    match (at_rest, replication) {
+        (true, Some(r)) if r.established => r
             .last_sync
             .map_or(CHECK_EVERY, |newest| rpo::next_look(rpo, newest, now)),
         _ => CHECK_EVERY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_vm_at_rest_with_a_point_waits_longer_than_the_regular_look() {
+        let now = Utc::now();
+        let day = Duration::from_secs(24 * 3600);
+        let replicating = |last_sync| ReplicationState {
+            established: true,
+            last_sync,
+            ..ReplicationState::default()
+        };
+        let with_point = replicating(Some(now));
+        assert_eq!(next_look(true, Some(&with_point), day, now), Duration::from_secs(300));
+        // Held by a run, in trouble, or driving app-consistent syncs: the regular look.
+        assert_eq!(next_look(false, Some(&with_point), day, now), CHECK_EVERY);
+        // No point yet, replication not set up, or paused after a failover.
+        assert_eq!(next_look(true, Some(&replicating(None)), day, now), CHECK_EVERY);
+        let waiting = ReplicationState::default();
+        assert_eq!(next_look(true, Some(&waiting), day, now), CHECK_EVERY);
+        assert_eq!(next_look(true, None, day, now), CHECK_EVERY);
     }
 }
 
