@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use coldsite_api::protected_vm::{Consistency, VmRunStatus};
 use coldsite_api::recovery_plan::Action;
-use coldsite_api::recovery_run::{GroupProgress, RunPhase, StepKind, StepState, StepStatus};
+use coldsite_api::recovery_run::{GroupProgress, RecoveryRunStatus, RunPhase, StepKind, StepState, StepStatus};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
 use coldsite_engine::time::from_k8s;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
@@ -473,57 +473,111 @@ pub fn run_view(data: &RunData) -> RunView {
     let status = run.status.clone().unwrap_or_default();
     let uid = run.uid().unwrap_or_default();
     let plan = data.plan.as_ref();
+    let mut order = group_order(&status, plan);
+    let parts = vm_parts(data, &uid);
+    let vm_group = vm_groups(plan, &parts);
+    for (_, g) in &vm_group {
+        if !order.contains(g) {
+            order.push(g.clone());
+        }
+    }
+    let (mut groups, other) = place_steps(&status, &order);
+    for g in &mut groups {
+        g.barriers.sort_by_key(|b| match b.kind {
+            Some(StepKind::Start) => 0,
+            Some(StepKind::Ready) => 1,
+            _ => 2,
+        });
+        for (vm, _) in vm_group.iter().filter(|(_, group)| *group == g.name) {
+            g.vms.push(vm_view(vm, parts.get(vm).copied()));
+        }
+    }
+    // Groups with nothing to show (an action whose run has no group steps, and no VMs).
+    groups.retain(|g| {
+        g.shutdown.is_some()
+            || !g.pre.is_empty()
+            || !g.barriers.is_empty()
+            || !g.vms.is_empty()
+            || !g.post.is_empty()
+            || g.progress.is_some()
+    });
+    let waits = waits(&status, &groups, plan);
+    let approvals = approvals(run, &status, &groups, data.now);
+    RunView {
+        namespace: run.namespace().unwrap_or_default(),
+        name: run.name_any(),
+        uid,
+        plan: run.spec.plan.clone(),
+        action: run.spec.action,
+        phase: status.phase.unwrap_or_default(),
+        source_site: status.source_site.clone(),
+        target_site: status.target_site.clone(),
+        started: status.start_time.as_ref().map(from_k8s),
+        completed: status.completion_time.as_ref().map(from_k8s),
+        rto_seconds: status.rto_seconds,
+        progress: status.progress.clone(),
+        requested_point: serde_json::to_value(&run.spec.recovery_point)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "Latest".into()),
+        shutdown_source: run.spec.shutdown_source,
+        cancel: run.spec.cancel,
+        deleting: run.metadata.deletion_timestamp.is_some(),
+        groups,
+        other,
+        waits,
+        approvals,
+        message: failure_message(&status),
+        now: data.now,
+    }
+}
 
-    // Group order: the order the run starts them in, then the plan's, then the counts'.
+/// Group order: the order the run starts them in, then the plan's, then the counts'.
+fn group_order(status: &RecoveryRunStatus, plan: Option<&RecoveryPlan>) -> Vec<String> {
+    let started = status
+        .steps
+        .iter()
+        .filter(|s| s.kind == Some(StepKind::Start))
+        .filter_map(|s| s.group.clone());
+    let planned = plan.map(startup_order).unwrap_or_default();
+    let counted = status.groups.iter().map(|g| g.name.clone());
+    let stepped = status.steps.iter().filter_map(|s| s.group.clone());
     let mut order: Vec<String> = Vec::new();
-    let mut add = |name: &str| {
-        if !order.iter().any(|o| o == name) {
-            order.push(name.to_owned());
-        }
-    };
-    for s in &status.steps {
-        if s.kind == Some(StepKind::Start)
-            && let Some(g) = &s.group
-        {
-            add(g);
+    for name in started.chain(planned).chain(counted).chain(stepped) {
+        if !order.contains(&name) {
+            order.push(name);
         }
     }
-    if let Some(p) = plan {
-        for g in startup_order(p) {
-            add(&g);
-        }
-    }
-    for g in &status.groups {
-        add(&g.name);
-    }
-    for s in &status.steps {
-        if let Some(g) = &s.group {
-            add(g);
-        }
-    }
+    order
+}
 
-    // Each VM's record of this run, and the group it belongs to.
-    let mut vm_group: Vec<(String, String)> = Vec::new();
-    if let Some(p) = plan {
-        for g in &p.spec.groups {
-            for vm in &g.vms {
-                vm_group.push((vm.clone(), g.name.clone()));
-            }
-        }
-    }
-    let parts: BTreeMap<String, &VmRunStatus> = data
-        .pvms
+/// Each VM's record of this run, by ProtectedVM name.
+fn vm_parts<'a>(data: &'a RunData, uid: &str) -> BTreeMap<String, &'a VmRunStatus> {
+    data.pvms
         .iter()
         .filter_map(|p| {
             let last = p.status.as_ref()?.last_run.as_ref()?;
             let ours = match &last.run_uid {
-                Some(u) => *u == uid,
-                None => last.run == run.name_any(),
+                Some(u) => u == uid,
+                None => last.run == data.run.name_any(),
             };
             ours.then(|| (p.name_any(), last))
         })
-        .collect();
-    for (vm, last) in &parts {
+        .collect()
+}
+
+/// The group of each VM: the plan's, else the one its steps name.
+fn vm_groups(plan: Option<&RecoveryPlan>, parts: &BTreeMap<String, &VmRunStatus>) -> Vec<(String, String)> {
+    let mut vm_group: Vec<(String, String)> = plan
+        .map(|p| {
+            p.spec
+                .groups
+                .iter()
+                .flat_map(|g| g.vms.iter().map(|vm| (vm.clone(), g.name.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (vm, last) in parts {
         if !vm_group.iter().any(|(v, _)| v == vm) {
             let group = last
                 .steps
@@ -533,27 +587,12 @@ pub fn run_view(data: &RunData) -> RunView {
             vm_group.push((vm.clone(), group));
         }
     }
-    for (_, g) in &vm_group {
-        if !order.iter().any(|o| o == g) {
-            order.push(g.clone());
-        }
-    }
+    vm_group
+}
 
-    let actions: BTreeMap<(String, bool, String), &Action> = plan
-        .map(|p| {
-            p.spec
-                .groups
-                .iter()
-                .flat_map(|g| {
-                    g.pre
-                        .iter()
-                        .map(move |a| ((g.name.clone(), true, a.name.clone()), a))
-                        .chain(g.post.iter().map(move |a| ((g.name.clone(), false, a.name.clone()), a)))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-
+/// The run's own steps placed in their groups, in `order`; the rest (cleanup, steps of no
+/// known group) apart.
+fn place_steps(status: &RecoveryRunStatus, order: &[String]) -> (Vec<GroupView>, Vec<Step>) {
     let mut groups: Vec<GroupView> = order
         .iter()
         .map(|name| GroupView {
@@ -588,52 +627,53 @@ pub fn run_view(data: &RunData) -> RunView {
             _ => other.push(step),
         }
     }
-    for g in &mut groups {
-        g.barriers.sort_by_key(|b| match b.kind {
-            Some(StepKind::Start) => 0,
-            Some(StepKind::Ready) => 1,
-            _ => 2,
-        });
-        for (vm, group) in &vm_group {
-            if group != &g.name {
-                continue;
-            }
-            let part = parts.get(vm);
-            let mut view = VmView {
-                name: vm.clone(),
-                source_steps: vec![],
-                steps: vec![],
-                point: part.and_then(|p| Point::of(p.recovery_point.as_ref(), p.recovery_point_consistency)),
-                replaced: part.and_then(|p| p.replaced_point.as_ref()).map(Replaced::of),
-                recorded: part.is_some(),
-            };
-            for s in part.map(|p| p.steps.as_slice()).unwrap_or_default() {
-                let step = Step::from_status(s);
-                match s.kind {
-                    Some(StepKind::PowerOff | StepKind::CheckSource | StepKind::Halt) => view.source_steps.push(step),
-                    _ => view.steps.push(step),
-                }
-            }
-            if view.point.is_none() {
-                view.point = view
-                    .steps
-                    .iter()
-                    .find(|s| s.kind == Some(StepKind::RestoreDisks))
-                    .and_then(|s| s.point);
-            }
-            g.vms.push(view);
+    (groups, other)
+}
+
+/// A VM's part, from its record of the run if it still holds one.
+fn vm_view(vm: &str, part: Option<&VmRunStatus>) -> VmView {
+    let mut view = VmView {
+        name: vm.to_owned(),
+        source_steps: vec![],
+        steps: vec![],
+        point: part.and_then(|p| Point::of(p.recovery_point.as_ref(), p.recovery_point_consistency)),
+        replaced: part.and_then(|p| p.replaced_point.as_ref()).map(Replaced::of),
+        recorded: part.is_some(),
+    };
+    for s in part.map(|p| p.steps.as_slice()).unwrap_or_default() {
+        let step = Step::from_status(s);
+        match s.kind {
+            Some(StepKind::PowerOff | StepKind::CheckSource | StepKind::Halt) => view.source_steps.push(step),
+            _ => view.steps.push(step),
         }
     }
-    // Groups with nothing to show (an action whose run has no group steps, and no VMs).
-    groups.retain(|g| {
-        g.shutdown.is_some()
-            || !g.pre.is_empty()
-            || !g.barriers.is_empty()
-            || !g.vms.is_empty()
-            || !g.post.is_empty()
-            || g.progress.is_some()
-    });
+    if view.point.is_none() {
+        view.point = view
+            .steps
+            .iter()
+            .find(|s| s.kind == Some(StepKind::RestoreDisks))
+            .and_then(|s| s.point);
+    }
+    view
+}
 
+/// What the run waits for: manual gates awaiting approval and the scripts it names, with the
+/// plan's instructions and timeouts.
+fn waits(status: &RecoveryRunStatus, groups: &[GroupView], plan: Option<&RecoveryPlan>) -> Vec<Wait> {
+    let actions: BTreeMap<(String, bool, String), &Action> = plan
+        .map(|p| {
+            p.spec
+                .groups
+                .iter()
+                .flat_map(|g| {
+                    g.pre
+                        .iter()
+                        .map(move |a| ((g.name.clone(), true, a.name.clone()), a))
+                        .chain(g.post.iter().map(move |a| ((g.name.clone(), false, a.name.clone()), a)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let waiting: BTreeSet<&str> = status
         .waiting_for
         .as_deref()
@@ -643,7 +683,7 @@ pub fn run_view(data: &RunData) -> RunView {
         .filter(|s| !s.is_empty())
         .collect();
     let mut waits = Vec::new();
-    for g in &groups {
+    for g in groups {
         for (pre, list) in [(true, &g.pre), (false, &g.post)] {
             for s in list {
                 let name = s.short().to_owned();
@@ -674,7 +714,12 @@ pub fn run_view(data: &RunData) -> RunView {
             });
         }
     }
+    waits
+}
 
+/// Every approval given, with who gave it (from the run's managed fields), when, and how
+/// long its gate waited.
+fn approvals(run: &RecoveryRun, status: &RecoveryRunStatus, groups: &[GroupView], now: DateTime<Utc>) -> Vec<Approval> {
     let owners = approval_owners(run);
     let mut names: Vec<String> = run.spec.approvals.clone();
     for a in &status.approvals {
@@ -688,7 +733,7 @@ pub fn run_view(data: &RunData) -> RunView {
             .flat_map(|g| g.pre.iter().chain(&g.post))
             .find(|s| s.short() == action && s.kind == Some(StepKind::Manual))
     };
-    let approvals = names
+    names
         .into_iter()
         .map(|action| {
             let record = status.approvals.iter().find(|a| a.action == action);
@@ -701,54 +746,28 @@ pub fn run_view(data: &RunData) -> RunView {
             Approval {
                 given_at: owned.iter().filter_map(|(_, t)| *t).min(),
                 observed_at: record.map(|r| from_k8s(&r.observed_at)),
-                waited: step.and_then(|s| s.seconds(data.now)),
+                waited: step.and_then(|s| s.seconds(now)),
                 by,
                 action,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let message = status
+/// Why the run failed or stopped, or a hold the controller reports (such as a plan changed
+/// under the run); not the routine progress messages.
+fn failure_message(status: &RecoveryRunStatus) -> Option<String> {
+    status
         .conditions
         .iter()
         .find(|c| c.type_ == "Succeeded")
         .filter(|c| {
-            // Why it failed or stopped, or a hold the controller reports (such as a plan
-            // changed under the run); not the routine progress messages.
             matches!(
                 status.phase,
                 Some(RunPhase::Failed | RunPhase::Cancelled | RunPhase::CleaningUp)
             ) || !matches!(c.reason.as_str(), "Running" | "WaitingForApproval" | "Succeeded")
         })
-        .map(|c| format!("{}: {}", c.reason, c.message));
-
-    RunView {
-        namespace: run.namespace().unwrap_or_default(),
-        name: run.name_any(),
-        uid,
-        plan: run.spec.plan.clone(),
-        action: run.spec.action,
-        phase: status.phase.unwrap_or_default(),
-        source_site: status.source_site.clone(),
-        target_site: status.target_site.clone(),
-        started: status.start_time.as_ref().map(from_k8s),
-        completed: status.completion_time.as_ref().map(from_k8s),
-        rto_seconds: status.rto_seconds,
-        progress: status.progress.clone(),
-        requested_point: serde_json::to_value(&run.spec.recovery_point)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "Latest".into()),
-        shutdown_source: run.spec.shutdown_source,
-        cancel: run.spec.cancel,
-        deleting: run.metadata.deletion_timestamp.is_some(),
-        groups,
-        other,
-        waits,
-        approvals,
-        message,
-        now: data.now,
-    }
+        .map(|c| format!("{}: {}", c.reason, c.message))
 }
 
 /// A duration for people: `45s`, `3m12s`, `1h05m`.
