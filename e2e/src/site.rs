@@ -54,6 +54,10 @@ fn site_objects() -> Vec<Value> {
                "metadata": {"name": DEFAULT_CLASS,
                             "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
                "driver": csi::DRIVER, "deletionPolicy": "Delete"}),
+        json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2", "kind": "VolumeGroupSnapshotClass",
+               "metadata": {"name": DEFAULT_CLASS,
+                            "annotations": {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
+               "driver": csi::DRIVER, "deletionPolicy": "Delete"}),
     ];
     objects.extend(admission::policies());
     objects
@@ -129,6 +133,8 @@ pub fn snapshot_controller_args(kubeconfig: &Path, port: u16) -> Vec<String> {
         "--kube-api-burst=100".into(),
         // Upstream backs off up to 5 minutes; tests would wait that long for a PVC to bind.
         "--retry-interval-max=5s".into(),
+        // Beta and off by default in v8.4; the sites' driver cuts group snapshots.
+        "--feature-gates=CSIVolumeGroupSnapshot=true".into(),
         "--v=2".into(),
     ]
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use coldsite_e2e::simulator::resources::{
-    REPLICATION_DESTINATION, REPLICATION_SOURCE, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, VOLUME_SNAPSHOT,
+    REPLICATION_DESTINATION, REPLICATION_SOURCE, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, VOLUME_GROUP_SNAPSHOT,
+    VOLUME_GROUP_SNAPSHOT_CONTENT, VOLUME_SNAPSHOT,
 };
 use coldsite_e2e::simulator::{EXIT_CODE_ENV, Kind, NODE_NAME, SimConfig, Simulator, SimulatorHandle};
 use coldsite_e2e::{ControlPlane, ControlPlaneOptions};
@@ -827,6 +828,120 @@ async fn freeze_goes_through_the_aggregation_layer_and_a_frozen_guests_snapshot_
     eventually("the guest thawed by its unfreezeTimeout", || async {
         let vmi = vmis.get("db").await?;
         Ok(text(&vmi, "/status/fsFreezeStatus").is_none().then_some(()))
+    })
+    .await?;
+    s.sim.stop().await;
+    Ok(())
+}
+
+/// The member VolumeSnapshots the snapshot-controller made for a group snapshot.
+async fn group_members(s: &Sites, group: &DynamicObject) -> Result<Vec<DynamicObject>> {
+    let uid = group.metadata.uid.clone().unwrap_or_default();
+    let snapshots = VOLUME_SNAPSHOT.namespaced(s.primary.clone(), &s.primary_ns);
+    Ok(snapshots
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|m| m.metadata.owner_references.iter().flatten().any(|o| o.uid == uid))
+        .collect())
+}
+
+#[tokio::test]
+async fn a_group_snapshot_cuts_every_selected_disk_at_one_instant_and_restores_from_its_members() -> Result<()> {
+    let s = sites("sim-group").await?;
+    let ns = s.primary_ns.clone();
+    for (name, labelled) in [("db-data", true), ("db-log", true), ("other", false)] {
+        let mut claim = pvc(name, "1Gi", "Filesystem", None)?;
+        if labelled {
+            claim.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
+        }
+        bound_claim(&s.primary, &ns, claim).await?;
+        s.sim.write_disk("primary", &ns, name).await?;
+    }
+    let before: Vec<_> = [
+        s.sim.read_disk("primary", &ns, "db-data").await?,
+        s.sim.read_disk("primary", &ns, "db-log").await?,
+    ]
+    .into_iter()
+    .map(|d| d.context("unbound"))
+    .collect::<Result<_>>()?;
+
+    let groups = VOLUME_GROUP_SNAPSHOT.namespaced(s.primary.clone(), &ns);
+    create(
+        &groups,
+        VOLUME_GROUP_SNAPSHOT,
+        json!({"metadata": {"name": "db"}, "spec": {"source": {"selector": {"matchLabels": {"app": "db"}}}}}),
+    )
+    .await?;
+    let group = within(SYNC_WAIT, "the group snapshot ready", || async {
+        let group = groups.get("db").await?;
+        Ok((at(&group, "/status/readyToUse") == Some(&json!(true))).then_some(group))
+    })
+    .await?;
+    let late = s.sim.write_disk("primary", &ns, "db-log").await?;
+
+    let members = within(SYNC_WAIT, "both members ready", || async {
+        let members = group_members(&s, &group).await?;
+        let ready = members.len() == 2
+            && members
+                .iter()
+                .all(|m| at(m, "/status/readyToUse") == Some(&json!(true)));
+        Ok(ready.then_some(members))
+    })
+    .await?;
+    let mut by_claim = std::collections::BTreeMap::new();
+    for member in &members {
+        let claim = text(member, "/spec/source/persistentVolumeClaimName").context("member without a claim")?;
+        let name = member.metadata.name.clone().unwrap_or_default();
+        by_claim.insert(
+            claim.to_owned(),
+            (name.clone(), s.sim.read_snapshot("primary", &ns, &name).await?),
+        );
+    }
+    ensure!(
+        by_claim.keys().eq(["db-data", "db-log"]),
+        "members: {:?}",
+        by_claim.keys()
+    );
+    ensure!(by_claim["db-data"].1 == before[0] && by_claim["db-log"].1 == before[1]);
+    ensure!(
+        !by_claim["db-log"].1.contains(&late),
+        "a write after the cut is in the group"
+    );
+    // One instant: separate snapshots of the two disks would have been cut apart.
+    let cut_at: Vec<_> = members.iter().map(|m| at(m, "/status/creationTime").cloned()).collect();
+    ensure!(
+        cut_at[0].is_some() && cut_at[0] == cut_at[1],
+        "members cut at {cut_at:?}"
+    );
+
+    // A disk restores from its member, without the write made after the cut.
+    let log_member =
+        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": by_claim["db-log"].0});
+    bound_claim(
+        &s.primary,
+        &ns,
+        pvc("db-log-restored", "1Gi", "Filesystem", Some(log_member))?,
+    )
+    .await?;
+    let restored = s
+        .sim
+        .read_disk("primary", &ns, "db-log-restored")
+        .await?
+        .context("unbound")?;
+    ensure!(restored == before[1], "restored {restored:?}, cut {:?}", before[1]);
+
+    // Deleting the group deletes its members and every content, at the backend too.
+    groups.delete("db", &Default::default()).await?;
+    let content = text(&group, "/status/boundVolumeGroupSnapshotContentName")
+        .context("unbound group")?
+        .to_owned();
+    let group_contents = VOLUME_GROUP_SNAPSHOT_CONTENT.all(s.primary.clone());
+    within(SYNC_WAIT, "the group, its members and contents gone", || async {
+        let members = group_members(&s, &group).await?;
+        let gone = groups.get_opt("db").await?.is_none() && members.is_empty();
+        Ok((gone && group_contents.get_opt(&content).await?.is_none()).then_some(()))
     })
     .await?;
     s.sim.stop().await;

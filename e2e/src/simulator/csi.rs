@@ -48,6 +48,8 @@ const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 const PV_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
 const BEING_DELETED: &str = "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted";
 const CONTENT_FINALIZER: &str = "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection";
+/// On a VolumeSnapshotContent the snapshot-controller made for a group's member.
+const GROUP_MEMBER: &str = "groupsnapshot.storage.k8s.io/volumeGroupSnapshotHandle";
 const ALLOW_MODE_CHANGE: &str = "snapshot.storage.kubernetes.io/allow-volume-mode-change";
 
 pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
@@ -266,7 +268,7 @@ async fn delete_volume(pvs: &Api<PersistentVolume>, pv: &PersistentVolume) -> Re
 }
 
 /// Drops one finalizer, guarded by the resourceVersion read.
-async fn remove_finalizer<K>(api: &Api<K>, meta: &kube::api::ObjectMeta, finalizer: &str) -> Result<()>
+pub(super) async fn remove_finalizer<K>(api: &Api<K>, meta: &kube::api::ObjectMeta, finalizer: &str) -> Result<()>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -327,7 +329,7 @@ async fn snapshot(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
     Ok(())
 }
 
-async fn volumes_by_handle(ctx: &Ctx, site: usize) -> Result<HashMap<String, PersistentVolume>> {
+pub(super) async fn volumes_by_handle(ctx: &Ctx, site: usize) -> Result<HashMap<String, PersistentVolume>> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
     Ok(pvs
         .list(&Default::default())
@@ -371,6 +373,10 @@ async fn cut(
         return Ok(());
     };
     if content.data.pointer("/status/snapshotHandle").is_none() {
+        if is_group_member(content) {
+            // Cut with its group; the snapshot-controller fills in its status.
+            return Ok(());
+        }
         let Some(pv) = volumes.get(volume_handle) else {
             bail!("volume {volume_handle} not found");
         };
@@ -381,25 +387,14 @@ async fn cut(
         status.insert("snapshotHandle".into(), json!(data.snapshot_handle(&uid)));
         status.insert("readyToUse".into(), json!(false));
         status.insert("creationTime".into(), json!(now_nanos()));
-        let bytes = pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.capacity.as_ref())
-            .and_then(|c| c.get("storage"))
-            .and_then(|q| util::quantity_bytes(&q.0));
-        if let Some(bytes) = bytes.filter(|b| *b > 0) {
+        if let Some(bytes) = capacity_bytes(pv) {
             status.insert("restoreSize".into(), json!(bytes));
         }
         util::patch_status(api, content, status, StatusAt::Subresource).await?;
         state.since(&format!("snapshot:{uid}"));
         return Ok(());
     }
-    let site_name = ctx.site_name(site).to_owned();
-    let delay = ctx
-        .faults()
-        .slow_snapshots(&site_name)
-        .unwrap_or(ctx.config.snapshot_ready_delay);
-    if state.since(&format!("snapshot:{uid}")) >= delay {
+    if state.since(&format!("snapshot:{uid}")) >= snapshot_ready_delay(ctx, site) {
         status.insert("readyToUse".into(), json!(true));
         status.insert("error".into(), Value::Null);
         util::patch_status(api, content, status, StatusAt::Subresource).await?;
@@ -407,9 +402,35 @@ async fn cut(
     Ok(())
 }
 
+/// Whether the snapshot-controller made this content for a member of a VolumeGroupSnapshot.
+fn is_group_member(content: &DynamicObject) -> bool {
+    content
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(GROUP_MEMBER))
+}
+
+/// How long a cut snapshot takes to become ready at a site.
+fn snapshot_ready_delay(ctx: &Ctx, site: usize) -> std::time::Duration {
+    ctx.faults()
+        .slow_snapshots(ctx.site_name(site))
+        .unwrap_or(ctx.config.snapshot_ready_delay)
+}
+
+/// A volume's size in bytes, for a snapshot's `restoreSize`.
+pub(super) fn capacity_bytes(pv: &PersistentVolume) -> Option<i64> {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .and_then(|q| util::quantity_bytes(&q.0))
+        .filter(|b| *b > 0)
+}
+
 /// Whether the guest that has a volume attached has its filesystems frozen; `None` when no
 /// running guest has it (the data is at rest, as consistent as what wrote it).
-async fn guest_frozen(ctx: &Ctx, site: usize, pv: &PersistentVolume) -> Result<Option<bool>> {
+pub(super) async fn guest_frozen(ctx: &Ctx, site: usize, pv: &PersistentVolume) -> Result<Option<bool>> {
     let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
         return Ok(None);
     };

@@ -16,7 +16,8 @@
 //!   VolSync's rsync-TLS mover pods ([`mover`]: the source's mover copies its volume's data
 //!   to the destination's mover at the address VolSync gave it) and virt-launcher pods.
 //! - **The CSI driver's sidecars** ([`csi`]): the provisioner (PVs for claims, restores from
-//!   snapshots) and the snapshotter (snapshot contents, bound before they are ready).
+//!   snapshots) and the snapshotter (snapshot contents, bound before they are ready; and
+//!   [`group_snapshot`]s, every member cut at one instant).
 //! - **Disks** ([`disk`]): each volume holds simulated data, the list of writes it has seen,
 //!   so that a test can prove what a restored disk holds.
 //! - **KubeVirt's virt-controller and virt-handler** ([`kubevirt`]): a VMI per running VM,
@@ -33,6 +34,7 @@ pub mod admission;
 pub mod csi;
 pub mod disk;
 mod faults;
+pub mod group_snapshot;
 pub mod kubelet;
 pub mod kubevirt;
 pub mod mover;
@@ -503,6 +505,9 @@ async fn reconcile_platform(ctx: &Ctx, site: usize, state: &mut SiteState) {
     }
     if let Err(e) = csi::reconcile(ctx, site, state).await {
         state.errors.push(e.context("CSI sidecars"));
+    }
+    if let Err(e) = group_snapshot::reconcile(ctx, site, state).await {
+        state.errors.push(e.context("CSI group snapshots"));
     }
     if let Err(e) = kubevirt::reconcile(ctx, site, state).await {
         state.errors.push(e.context("virt-controller"));

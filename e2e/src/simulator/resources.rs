@@ -103,3 +103,22 @@ pub const VOLUME_SNAPSHOT_CONTENT: Kind = Kind {
     plural: "volumesnapshotcontents",
     namespaced: false,
 };
+
+/// external-snapshotter `groupsnapshot.storage.k8s.io/v1beta2` VolumeGroupSnapshot.
+pub const VOLUME_GROUP_SNAPSHOT: Kind = Kind {
+    group: "groupsnapshot.storage.k8s.io",
+    version: "v1beta2",
+    kind: "VolumeGroupSnapshot",
+    plural: "volumegroupsnapshots",
+    namespaced: true,
+};
+
+/// external-snapshotter `groupsnapshot.storage.k8s.io/v1beta2` VolumeGroupSnapshotContent
+/// (cluster-scoped).
+pub const VOLUME_GROUP_SNAPSHOT_CONTENT: Kind = Kind {
+    group: "groupsnapshot.storage.k8s.io",
+    version: "v1beta2",
+    kind: "VolumeGroupSnapshotContent",
+    plural: "volumegroupsnapshotcontents",
+    namespaced: false,
+};
