@@ -87,16 +87,17 @@ after a test failover lists by label across all namespaces, so these are cluster
   resources: ["virtualmachineinstances/freeze", "virtualmachineinstances/unfreeze"]
   verbs: ["update"]
 # VolSync: replication is server-side applied (patch, and create when absent), final syncs
-# set a manual trigger (patch), reverse replication and unprotect delete them.
+# set a manual trigger (patch), reverse replication and unprotect delete them. coldsite's
+# are watched (by its labels), so steady reconciles read them from a cache.
 - apiGroups: ["volsync.backube"]
   resources: ["replicationsources", "replicationdestinations"]
-  verbs: ["get", "list", "create", "patch", "delete"]
-# VolumeSnapshots are the recovery points: listed by label, adopted (labels and
-# annotations by merge patch), copied into test namespaces (create), pruned by retention,
-# commit and cleanup (delete).
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# VolumeSnapshots are the recovery points: watched by coldsite's labels (the cache steady
+# reconciles read), listed by label, adopted (labels and annotations by merge patch),
+# copied into test namespaces (create), pruned by retention, commit and cleanup (delete).
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # VolumeSnapshotContents (cluster-scoped): a test failover restores in the test namespace
 # from a pre-provisioned copy of the point's content; cleanup deletes it.
 - apiGroups: ["snapshot.storage.k8s.io"]

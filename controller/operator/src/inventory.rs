@@ -117,12 +117,8 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                 .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
                 .collect();
             // From the sites' watches when they have listed, else asked now.
-            let (primary_watch, recovery_watch) = (
-                ctx.sites.watch(&fabric.primary.name),
-                ctx.sites.watch(&fabric.recovery.name),
-            );
             for ns in &vm_namespaces {
-                let live = match (primary, primary_watch.as_ref().and_then(|w| w.vms(ns))) {
+                let live = match (primary, primary.and_then(|s| s.watch.as_ref()).and_then(|w| w.vms(ns))) {
                     (Some(_), Some(cached)) => Some(cached),
                     (Some(site), None) => site.list(VM, Some(ns), "").await.ok(),
                     (None, _) => None,
@@ -133,14 +129,7 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                     }
                 }
                 let Some(site) = recovery else { continue };
-                let copies = match recovery_watch.as_ref().and_then(|w| w.copies(ns)) {
-                    Some(cached) => cached,
-                    None => site
-                        .list(CONFIG_MAP, Some(ns), &objects::source_copy_selector())
-                        .await
-                        .unwrap_or_default(),
-                };
-                for copy in copies {
+                for copy in site.list_labelled(CONFIG_MAP, ns, &[]).await.unwrap_or_default() {
                     add_copy(&mut inv, namespace, ns, &copy);
                 }
             }
@@ -158,11 +147,7 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                 inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
             } else if let Some(site) = recovery {
                 let name = objects::source_copy_name(&pvm.name_any());
-                let copy = match site.watch.as_ref().and_then(|w| w.copy(&ns, &name)) {
-                    Some(cached) => cached,
-                    None => site.get(CONFIG_MAP, Some(&ns), &name).await.ok().flatten(),
-                };
-                if let Some(copy) = copy {
+                if let Ok(Some(copy)) = site.get_labelled(CONFIG_MAP, &ns, &name).await {
                     add_copy(&mut inv, namespace, &ns, &copy);
                 }
             }

@@ -1,6 +1,9 @@
-//! Watches of a site's VirtualMachines and of coldsite's copies of their manifests, so that
-//! plan and run reconciles read them from a cache instead of listing a namespace's VMs at
-//! every pass (DESIGN §9: watches and reflector caches, not polling).
+//! Watches of a site's VirtualMachines and of the objects coldsite labels there (copies of
+//! VM manifests, VolSync's ReplicationSources and ReplicationDestinations, recovery-point
+//! VolumeSnapshots), so that reconciles read them from a cache instead of listing or getting
+//! them at every pass (DESIGN §9: watches and reflector caches, not polling). A cache holds
+//! only what carries coldsite's labels: it grows with what coldsite protects, not with the
+//! site.
 //!
 //! The VM watch also announces each change (and each full list, as when a site that was down
 //! answers again), so ProtectedVMs are reconciled when their copies change instead of being
@@ -14,16 +17,19 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
-use kube::api::{Api, DynamicObject};
+use std::fmt::Debug;
+
+use futures::{Stream, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::kubevirt::dynamic::{CONFIG_MAP, Kind, VM};
+use crate::kubevirt::dynamic::{CONFIG_MAP, Kind, REPLICATION_DESTINATION, REPLICATION_SOURCE, VM, VOLUME_SNAPSHOT};
 use crate::kubevirt::objects;
 
 /// Server-side end of each watch request, under the site client's 10 s read timeout: a
@@ -47,30 +53,59 @@ pub enum VmChange {
 /// `Lagged` error and must assume anything changed.
 pub type VmChanges = tokio::sync::broadcast::Sender<VmChange>;
 
-/// One cached kind at one site.
-struct Cache {
-    store: Store<DynamicObject>,
+/// One cached kind at one site: whole objects, or only their metadata.
+struct Cache<K: Resource<DynamicType = ApiResource> + Clone + 'static> {
+    store: Store<K>,
     ready: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
-impl Cache {
-    fn start(site: &str, client: Client, kind: Kind, selector: Option<String>, changes: Option<VmChanges>) -> Self {
-        let api: Api<DynamicObject> = Api::all_with(client, &kind.resource());
+/// How a kind is watched: the watch's settings, and the announcement of its changes.
+struct Watch<'a> {
+    site: &'a str,
+    kind: Kind,
+    selector: Option<String>,
+    changes: Option<VmChanges>,
+}
+
+impl Watch<'_> {
+    fn api<K: Resource<DynamicType = ApiResource>>(&self, client: Client) -> (Api<K>, watcher::Config) {
         let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
-        if let Some(s) = selector {
-            config = config.labels(&s);
+        if let Some(s) = &self.selector {
+            config = config.labels(s);
         }
-        let writer: Writer<DynamicObject> = Writer::new(kind.resource());
+        (Api::all_with(client, &self.kind.resource()), config)
+    }
+}
+
+impl Cache<DynamicObject> {
+    fn whole(watch: Watch<'_>, client: Client) -> Self {
+        let (api, config) = watch.api::<DynamicObject>(client);
+        Self::start(watch, watcher::watcher(api, config))
+    }
+}
+
+impl Cache<PartialObjectMeta<DynamicObject>> {
+    /// Metadata only: the kind's labels and annotations say all that is read from the cache.
+    fn metadata(watch: Watch<'_>, client: Client) -> Self {
+        let (api, config) = watch.api::<PartialObjectMeta<DynamicObject>>(client);
+        Self::start(watch, watcher::watcher(api, config))
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: Resource<DynamicType = ApiResource> + Clone + Serialize + Debug + Send + Sync + 'static,
+{
+    fn start(watch: Watch<'_>, events: impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static) -> Self {
+        let writer: Writer<K> = Writer::new(watch.kind.resource());
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
-        let site = site.to_owned();
+        let (site, kind, changes) = (watch.site.to_owned(), watch.kind, watch.changes);
         let stream = reflector::reflector(
             writer,
-            watcher::watcher(api, config)
-                .default_backoff()
-                .modify(|o| o.managed_fields_mut().clear()),
+            events.default_backoff().modify(|o| o.meta_mut().managed_fields = None),
         );
         let task = tokio::spawn(async move {
             stream
@@ -112,23 +147,27 @@ impl Cache {
         Some(self.store.get(&key).and_then(|o| serde_json::to_value(o.as_ref()).ok()))
     }
 
-    /// The namespace's objects, once the first list is in.
-    fn in_namespace(&self, namespace: &str) -> Option<Vec<Value>> {
+    /// The namespace's objects carrying every label of `labels`, once the first list is in.
+    fn in_namespace(&self, namespace: &str, labels: &[(&str, &str)]) -> Option<Vec<Value>> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
+        let wanted = |o: &K| {
+            let have = o.labels();
+            labels.iter().all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+        };
         Some(
             self.store
                 .state()
                 .iter()
-                .filter(|o| o.namespace().as_deref() == Some(namespace))
+                .filter(|o| o.namespace().as_deref() == Some(namespace) && wanted(o))
                 .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
                 .collect(),
         )
     }
 }
 
-impl Drop for Cache {
+impl<K: Resource<DynamicType = ApiResource> + Clone + 'static> Drop for Cache<K> {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -136,27 +175,43 @@ impl Drop for Cache {
 
 /// The cached objects of one site.
 pub struct SiteWatch {
-    vms: Cache,
-    copies: Cache,
+    vms: Cache<DynamicObject>,
+    /// What coldsite labels ([`objects::managed_selector`]) of the kinds in [`LABELLED`].
+    labelled: Vec<(Kind, Cache<DynamicObject>)>,
+    /// coldsite's recovery points, metadata only: their labels and annotations describe them.
+    points: Cache<PartialObjectMeta<DynamicObject>>,
 }
+
+/// The kinds whose coldsite-labelled objects a site's watch caches whole.
+const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
 
 impl SiteWatch {
     pub fn start(site: &str, client: &Client, changes: VmChanges) -> Arc<Self> {
+        let labelled = |kind| Watch {
+            site,
+            kind,
+            selector: Some(objects::managed_selector()),
+            changes: None,
+        };
+        let vms = Watch {
+            site,
+            kind: VM,
+            selector: None,
+            changes: Some(changes),
+        };
         Arc::new(SiteWatch {
-            vms: Cache::start(site, client.clone(), VM, None, Some(changes)),
-            copies: Cache::start(
-                site,
-                client.clone(),
-                CONFIG_MAP,
-                Some(objects::source_copy_selector()),
-                None,
-            ),
+            vms: Cache::whole(vms, client.clone()),
+            labelled: LABELLED
+                .iter()
+                .map(|&kind| (kind, Cache::whole(labelled(kind), client.clone())))
+                .collect(),
+            points: Cache::metadata(labelled(VOLUME_SNAPSHOT), client.clone()),
         })
     }
 
     /// The VirtualMachines of a namespace; `None` until the watch has listed them.
     pub fn vms(&self, namespace: &str) -> Option<Vec<Value>> {
-        self.vms.in_namespace(namespace)
+        self.vms.in_namespace(namespace, &[])
     }
 
     /// One VirtualMachine: `None` until the watch has listed them, `Some(None)` when there
@@ -165,13 +220,29 @@ impl SiteWatch {
         self.vms.get(VM, namespace, name)
     }
 
-    /// One of coldsite's copies of a VM manifest, as [`Self::vm`].
-    pub fn copy(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
-        self.copies.get(CONFIG_MAP, namespace, name)
+    fn whole(&self, kind: Kind) -> Option<&Cache<DynamicObject>> {
+        self.labelled
+            .iter()
+            .find(|(k, _)| k.plural == kind.plural)
+            .map(|(_, c)| c)
     }
 
-    /// coldsite's copies of VM manifests in a namespace; `None` until listed.
-    pub fn copies(&self, namespace: &str) -> Option<Vec<Value>> {
-        self.copies.in_namespace(namespace)
+    /// One object of a kind coldsite labels, as [`Self::vm`]; `None` as well for a kind not
+    /// cached. An object without coldsite's labels reads as absent; a VolumeSnapshot reads
+    /// as its metadata only.
+    pub fn labelled(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
+        if kind.plural == VOLUME_SNAPSHOT.plural {
+            return self.points.get(kind, namespace, name);
+        }
+        self.whole(kind)?.get(kind, namespace, name)
+    }
+
+    /// The objects of a kind coldsite labels in a namespace that carry `labels` too, as
+    /// [`Self::labelled`]; `None` until listed, or for a kind not cached.
+    pub fn labelled_in(&self, kind: Kind, namespace: &str, labels: &[(&str, &str)]) -> Option<Vec<Value>> {
+        if kind.plural == VOLUME_SNAPSHOT.plural {
+            return self.points.in_namespace(namespace, labels);
+        }
+        self.whole(kind)?.in_namespace(namespace, labels)
     }
 }

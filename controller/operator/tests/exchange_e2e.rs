@@ -983,20 +983,24 @@ async fn privileged_script_refused(s: &Scenario) -> Result<()> {
     plan_ready_is(s, true).await
 }
 
-/// An audit policy that records VirtualMachine reads and nothing else.
-const AUDIT_VM_READS: &str = r#"apiVersion: audit.k8s.io/v1
+/// An audit policy that records reads of VirtualMachines, ReplicationSources and
+/// VolumeSnapshots, and nothing else.
+const AUDIT_READS: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived", "ResponseStarted"]
 rules:
   - level: Metadata
     verbs: ["list", "watch", "get"]
-    resources: [{group: "kubevirt.io", resources: ["virtualmachines"]}]
+    resources:
+      - {group: "kubevirt.io", resources: ["virtualmachines"]}
+      - {group: "volsync.backube", resources: ["replicationsources"]}
+      - {group: "snapshot.storage.k8s.io", resources: ["volumesnapshots"]}
   - level: None
 "#;
 
-/// coldsite-controller's VirtualMachine reads by verb (`list`, `watch`, `get`), by the
+/// coldsite-controller's reads of `resource` by verb (`list`, `watch`, `get`), by the
 /// audit log.
-fn vm_reads(log: &Path) -> Result<BTreeMap<String, usize>> {
+fn reads(log: &Path, resource: &str) -> Result<BTreeMap<String, usize>> {
     let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     let mut reads = BTreeMap::new();
     for line in text.lines() {
@@ -1004,13 +1008,58 @@ fn vm_reads(log: &Path) -> Result<BTreeMap<String, usize>> {
         let by_controller = event["userAgent"]
             .as_str()
             .is_some_and(|a| a.starts_with("coldsite-controller/"));
-        if by_controller && event["objectRef"]["resource"] == "virtualmachines" {
+        if by_controller && event["objectRef"]["resource"] == resource {
             *reads
                 .entry(event["verb"].as_str().unwrap_or_default().to_owned())
                 .or_default() += 1;
         }
     }
     Ok(reads)
+}
+
+/// Reconciles at rest read from the controller's watches of HQ: five plan reconciles list
+/// none of HQ's VirtualMachines, and five ProtectedVM reconciles of a protected VM read
+/// none of its ReplicationSources and list no VolumeSnapshots there.
+async fn steady_reads_come_from_watches(s: &Scenario, ctl: &ControllerProcess, audit_log: &Path) -> Result<()> {
+    let count = |m: &BTreeMap<String, usize>, verb: &str| m.get(verb).copied().unwrap_or(0);
+    let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+    let before = reads(audit_log, "virtualmachines")?;
+    touch_five_times(ctl, "RecoveryPlan", &plans, "exchange").await?;
+    let after = reads(audit_log, "virtualmachines")?;
+    ensure!(
+        count(&after, "list") == count(&before, "list") && count(&after, "watch") > 0,
+        "five plan reconciles; the controller's VM reads at HQ before: {before:?}, after: {after:?}"
+    );
+    let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
+    let resources = ["replicationsources", "volumesnapshots"];
+    let before: Vec<_> = resources.iter().map(|r| reads(audit_log, r)).collect::<Result<_>>()?;
+    touch_five_times(ctl, "ProtectedVM", &pvms, "dc01").await?;
+    for (resource, before) in resources.iter().zip(before) {
+        let after = reads(audit_log, resource)?;
+        ensure!(
+            ["get", "list"].iter().all(|v| count(&after, v) == count(&before, v)) && count(&after, "watch") > 0,
+            "five ProtectedVM reconciles; the controller's reads of {resource} at HQ before: {before:?}, after: {after:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Annotates an object five times, each time waiting for the controller to reconcile it.
+async fn touch_five_times<K>(ctl: &ControllerProcess, kind: &str, api: &Api<K>, name: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let metric = format!(r#"coldsite_reconciles_total{{kind="{kind}""#);
+    for touch in 0..5 {
+        let reconciles = ctl.metric(&metric).await;
+        let note = json!({"metadata": {"annotations": {"e2e.coldsite.io/touch": touch.to_string()}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&note)).await?;
+        wait_for("the object to be reconciled", Duration::from_secs(30), || async {
+            Ok((ctl.metric(&metric).await > reconciles).then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// With a one-minute retention, points older than that go, the newest always stays.
@@ -1262,10 +1311,10 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     // The management cluster lives at the recovery site, as DESIGN.md advises; the primary
     // is a server of its own, stopped to play the disaster.
     let recovery = ControlPlane::shared_recovery().await?;
-    // HQ's API server keeps an audit log of VM reads, to see how the controller reads them.
+    // HQ's API server keeps an audit log of some reads, to see how the controller reads them.
     let audit = tempfile::tempdir()?;
     let (policy, audit_log) = (audit.path().join("policy.yaml"), audit.path().join("audit.log"));
-    std::fs::write(&policy, AUDIT_VM_READS)?;
+    std::fs::write(&policy, AUDIT_READS)?;
     let mut options = coldsite_e2e::ControlPlaneOptions::new("hq-outage");
     options.extra_apiserver_args = vec![
         format!("--audit-policy-file={}", policy.display()),
@@ -1291,28 +1340,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     let result = async {
         protected(&s).await.context("protect")?;
         retention_prunes(&s).await.context("retention")?;
-        // Each plan reconcile reads its VMs from the controller's watch of HQ: touching the
-        // plan five times makes five reconciles and no list of HQ's VirtualMachines.
-        let plan_reconciles = r#"coldsite_reconciles_total{kind="RecoveryPlan""#;
-        let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
-        let before = vm_reads(&audit_log)?;
-        for touch in 0..5 {
-            let reconciles = ctl.metric(plan_reconciles).await;
-            let note = json!({"metadata": {"annotations": {"e2e.coldsite.io/touch": touch.to_string()}}});
-            plans
-                .patch("exchange", &PatchParams::default(), &Patch::Merge(&note))
-                .await?;
-            wait_for("the plan to be reconciled", Duration::from_secs(30), || async {
-                Ok((ctl.metric(plan_reconciles).await > reconciles).then_some(()))
-            })
-            .await?;
-        }
-        let after = vm_reads(&audit_log)?;
-        let count = |m: &BTreeMap<String, usize>, verb: &str| m.get(verb).copied().unwrap_or(0);
-        ensure!(
-            count(&after, "list") == count(&before, "list") && count(&after, "watch") > 0,
-            "five plan reconciles; the controller's VM reads at HQ before: {before:?}, after: {after:?}"
-        );
+        steady_reads_come_from_watches(&s, &ctl, &audit_log).await?;
         let writes = writes_before_the_disaster(&s).await?;
         let DisasterWrites {
             synced, lost, lost_at, ..

@@ -159,6 +159,12 @@ impl KubeVirtFabric {
         now: DateTime<Utc>,
     ) -> Result<AppSync, FabricError> {
         let (src, dst) = (self.site(&source.name)?, self.site(&target.name)?);
+        // At rest, the sites' watches show it: no sync under way and none due; nothing is read.
+        if let Some(watched) = watched_disks(src, dst, vm)
+            && !needs_work(&watched, vm.app_consistent_interval, points, now)
+        {
+            return Ok(AppSync::Idle);
+        }
         let disks = read_disks(src, dst, vm).await?;
         let under_way = disks.iter().any(DiskEnds::tagged);
         let Some(interval) = vm.app_consistent_interval else {
@@ -167,18 +173,11 @@ impl KubeVirtFabric {
             }
             return Ok(AppSync::Idle);
         };
-        if !under_way {
-            let newest = points.iter().rev().find(|p| p.app_consistent).map(|p| p.time);
-            let attempted = disks
-                .first()
-                .and_then(|d| d.rd.as_ref())
-                .and_then(|rd| annotation(rd, ATTEMPTED))
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
-            let running = self.vmi_running(src, &vm.vm_namespace, &vm.vm_name).await?;
-            if points.is_empty() || !running || !due(interval, newest, attempted, now) {
-                return Ok(AppSync::Idle);
-            }
+        let runs_due = !under_way
+            && due_for(&disks, interval, points, now)
+            && self.vmi_running(src, &vm.vm_namespace, &vm.vm_name).await?;
+        if !under_way && !runs_due {
+            return Ok(AppSync::Idle);
         }
         let steps: Vec<Next> = disks.iter().map(DiskEnds::next).collect();
         if steps.iter().all(|n| *n == Next::Adopt) {
@@ -305,6 +304,41 @@ impl KubeVirtFabric {
             froze: frozen.contains(&true),
         })
     }
+}
+
+/// Pure: whether a VM with these points is due an app-consistent sync, by the disks read.
+fn due_for(disks: &[DiskEnds], interval: Duration, points: &[RecoveryPoint], now: DateTime<Utc>) -> bool {
+    let newest = points.iter().rev().find(|p| p.app_consistent).map(|p| p.time);
+    let attempted = disks
+        .first()
+        .and_then(|d| d.rd.as_ref())
+        .and_then(|rd| annotation(rd, ATTEMPTED))
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    !points.is_empty() && due(interval, newest, attempted, now)
+}
+
+/// Pure: whether an app-consistent sync is under way or due, by the disks read.
+fn needs_work(disks: &[DiskEnds], interval: Option<Duration>, points: &[RecoveryPoint], now: DateTime<Utc>) -> bool {
+    disks.iter().any(DiskEnds::tagged) || interval.is_some_and(|i| due_for(disks, i, points, now))
+}
+
+/// The disks' replication objects as the sites' watches show them (no mover Jobs); `None`
+/// when a watch has not listed them or lacks one.
+fn watched_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Option<Vec<DiskEnds>> {
+    let ns = vm.vm_namespace.as_str();
+    vm.disks
+        .iter()
+        .map(|disk| {
+            let name = objects::replication_name(disk);
+            Some(DiskEnds {
+                disk: disk.clone(),
+                rs: src.watch.as_ref()?.labelled(REPLICATION_SOURCE, ns, &name)??,
+                rd: dst.watch.as_ref()?.labelled(REPLICATION_DESTINATION, ns, &name)?,
+                job: None,
+            })
+        })
+        .collect()
 }
 
 async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Vec<DiskEnds>, FabricError> {
@@ -442,6 +476,46 @@ mod tests {
         // at every reconcile.
         assert!(!due(hour, Some(at(0)), Some(at(30)), at(60)));
         assert!(due(hour, Some(at(0)), Some(at(30)), at(90)));
+    }
+
+    #[test]
+    fn a_vm_needs_app_consistent_work_while_a_sync_is_under_way_or_one_is_due() {
+        let hour = Duration::from_secs(3600);
+        let disk = |trigger: Option<&str>, attempted: Option<DateTime<Utc>>| DiskEnds {
+            disk: "d".into(),
+            rs: json!({"spec": {"trigger": {"manual": trigger}}}),
+            rd: Some(json!({"metadata": {"annotations": {ATTEMPTED: attempted.map(|t| t.to_rfc3339())}}})),
+            job: None,
+        };
+        let point = |minutes, app_consistent| RecoveryPoint {
+            time: at(minutes),
+            app_consistent,
+        };
+        let rest = [disk(None, Some(at(0)))];
+        assert!(!needs_work(&rest, Some(hour), &[point(0, true)], at(30)));
+        assert!(
+            needs_work(&rest, Some(hour), &[point(0, true)], at(61)),
+            "an interval on"
+        );
+        assert!(
+            !needs_work(&[disk(None, Some(at(50)))], Some(hour), &[point(0, true)], at(61)),
+            "attempted since: a guest that cannot be frozen is tried once an interval"
+        );
+        assert!(
+            !needs_work(&rest, Some(hour), &[], at(61)),
+            "no point yet: replication first"
+        );
+        let never = [disk(None, None)];
+        assert!(
+            needs_work(&never, Some(hour), &[point(0, false)], at(1)),
+            "no app point, never attempted"
+        );
+        assert!(!needs_work(&rest, None, &[point(0, false)], at(600)), "no interval");
+        let tagged = [disk(Some("app-42"), Some(at(0)))];
+        assert!(
+            needs_work(&tagged, None, &[point(0, true)], at(1)),
+            "under way: finished even without an interval"
+        );
     }
 
     #[test]

@@ -149,6 +149,35 @@ impl SiteApi {
         Ok(list.items.into_iter().map(to_value).collect())
     }
 
+    /// One object coldsite labelled (see [`crate::site_watch`]), from the site's watch once it
+    /// has listed that kind, else read now: at most a moment behind, for decisions a later
+    /// pass corrects. An object without coldsite's labels may read as absent.
+    pub async fn get_labelled(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, FabricError> {
+        match self.watch.as_ref().and_then(|w| w.labelled(kind, namespace, name)) {
+            Some(cached) => Ok(cached),
+            None => self.get(kind, Some(namespace), name).await,
+        }
+    }
+
+    /// The objects coldsite labelled in a namespace that also carry `labels`, as
+    /// [`Self::get_labelled`]: no LIST per reconcile once the watch has listed.
+    pub async fn list_labelled(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<Value>, FabricError> {
+        if let Some(cached) = self.watch.as_ref().and_then(|w| w.labelled_in(kind, namespace, labels)) {
+            return Ok(cached);
+        }
+        let selector = labels
+            .iter()
+            .fold(crate::kubevirt::objects::managed_selector(), |s, (k, v)| {
+                format!("{s},{k}={v}")
+            });
+        self.list(kind, Some(namespace), &selector).await
+    }
+
     /// Creates the object unless one of that name exists; returns what is there. Like every
     /// write of coldsite's at a site, with strict field validation: a field the site's
     /// schema does not know is an error, not silently dropped.
@@ -236,19 +265,20 @@ impl SiteApi {
         Ok(to_value(o))
     }
 
-    /// [`Self::apply`], unless `cached` (the object as a watch last saw it) holds it already.
-    pub async fn apply_unless_held(
-        &self,
-        kind: Kind,
-        object: &Value,
-        cached: Option<Option<Value>>,
-    ) -> Result<(), FabricError> {
-        if let Some(Some(live)) = &cached
-            && holds(live, &with_digest(object))
+    /// [`Self::apply`] of an object coldsite labels, unless the site's watch shows it held
+    /// already: what is live, or what the watch last saw.
+    pub async fn apply_labelled(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
+        let (namespace, name) = namespace_and_name(object);
+        let cached = self
+            .watch
+            .as_ref()
+            .and_then(|w| w.labelled(kind, namespace.unwrap_or_default(), name));
+        if let Some(Some(live)) = cached
+            && holds(&live, &with_digest(object))
         {
-            return Ok(());
+            return Ok(live);
         }
-        self.apply(kind, object).await.map(|_| ())
+        self.apply(kind, object).await
     }
 
     pub async fn merge(

@@ -15,8 +15,8 @@ use coldsite_engine::{names, rpo};
 use serde_json::{Value, json};
 
 use super::dynamic::{
-    CONFIG_MAP, JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SERVICE, SiteApi, VM, VMI, VOLUME_SNAPSHOT,
-    VOLUME_SNAPSHOT_CONTENT, str_at,
+    CONFIG_MAP, JOB, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SERVICE, SiteApi, VM, VMI,
+    VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, str_at,
 };
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
 use super::points::{self, DiskPoint};
@@ -64,7 +64,8 @@ impl KubeVirtFabric {
         }
     }
 
-    /// The labelled snapshots of one disk at a site, oldest first, with their times.
+    /// The labelled snapshots of one disk at a site, oldest first, with their times, as the
+    /// site shows them now.
     async fn disk_points(
         &self,
         site: &SiteApi,
@@ -72,20 +73,26 @@ impl KubeVirtFabric {
         disk: &str,
     ) -> Result<Vec<(DateTime<Utc>, Value)>, FabricError> {
         let selector = format!("{PROTECTED_VM}={},{DISK}={disk}", vm.name);
-        let mut points: Vec<(DateTime<Utc>, Value)> = site
-            .list(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), &selector)
-            .await?
-            .into_iter()
-            .filter_map(|s| {
-                let t = parse_time(str_at(
-                    &s,
-                    &format!("/metadata/annotations/{}", POINT.replace('/', "~1")),
-                ))?;
-                Some((t, s))
-            })
-            .collect();
-        points.sort_by_key(|(t, _)| *t);
-        Ok(points)
+        Ok(timed(
+            site.list(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), &selector).await?,
+        ))
+    }
+
+    /// [`Self::disk_points`] from the site's watch, unless the watch does not show `newest`
+    /// (the point adopted last) yet: then as the site shows them now.
+    async fn watched_disk_points(
+        &self,
+        site: &SiteApi,
+        vm: &VmModel,
+        disk: &str,
+        newest: Option<&str>,
+    ) -> Result<Vec<(DateTime<Utc>, Value)>, FabricError> {
+        let labels = [(PROTECTED_VM, vm.name.as_str()), (DISK, disk)];
+        let seen = site.list_labelled(VOLUME_SNAPSHOT, &vm.vm_namespace, &labels).await?;
+        if newest.is_some_and(|n| !seen.iter().any(|s| str_at(s, "/metadata/name") == Some(n))) {
+            return self.disk_points(site, vm, disk).await;
+        }
+        Ok(timed(seen))
     }
 
     /// Adopts the destination's newest snapshot as a recovery point once it is ready to use:
@@ -121,6 +128,14 @@ impl KubeVirtFabric {
         ) else {
             return Ok(None);
         };
+        // A point adopted before is in the site's watch: nothing to read.
+        if let Some(Some(_)) = site
+            .watch
+            .as_ref()
+            .and_then(|w| w.labelled(VOLUME_SNAPSHOT, &vm.vm_namespace, image))
+        {
+            return Ok(Some(synced));
+        }
         let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
             return Ok(None);
         };
@@ -231,7 +246,7 @@ impl KubeVirtFabric {
             )));
         }
         let rd = dst
-            .apply(
+            .apply_labelled(
                 REPLICATION_DESTINATION,
                 &objects::replication_destination(&objects::DestinationSpec {
                     namespace: ns,
@@ -247,7 +262,7 @@ impl KubeVirtFabric {
             )
             .await?;
         let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
-            let mut waiting = blockers(dst, &ends.target.name, "ReplicationDestination", &rd).await?;
+            let mut waiting = blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd).await?;
             waiting.extend(address_blocker(dst, ends.target, &rd).await?);
             return Ok(DiskReplication {
                 established: false,
@@ -258,7 +273,7 @@ impl KubeVirtFabric {
         };
         let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
         let rs = src
-            .apply(
+            .apply_labelled(
                 REPLICATION_SOURCE,
                 &objects::replication_source(&objects::SourceSpec {
                     namespace: ns,
@@ -273,11 +288,13 @@ impl KubeVirtFabric {
             )
             .await?;
         let app_sync = self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
-        let kept = self.prune(dst, vm, disk, now).await?;
+        let kept = self
+            .prune(dst, vm, disk, str_at(&rd, "/status/latestImage/name"), now)
+            .await?;
         let mut waiting = Vec::new();
         if kept.is_empty() {
-            waiting.extend(blockers(src, &ends.source.name, "ReplicationSource", &rs).await?);
-            waiting.extend(blockers(dst, &ends.target.name, "ReplicationDestination", &rd).await?);
+            waiting.extend(blockers(src, &ends.source.name, REPLICATION_SOURCE, &rs).await?);
+            waiting.extend(blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd).await?);
         }
         Ok(DiskReplication {
             established: true,
@@ -499,15 +516,17 @@ impl KubeVirtFabric {
         Ok(())
     }
 
-    /// Deletes a disk's points past retention, never the newest; the points kept, oldest first.
+    /// Deletes a disk's points past retention, never the newest; the points kept, oldest
+    /// first. Read from the site's watch while it shows `newest`, the destination's image.
     async fn prune(
         &self,
         site: &SiteApi,
         vm: &VmModel,
         disk: &str,
+        newest: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<DiskPoint>, FabricError> {
-        let points = self.disk_points(site, vm, disk).await?;
+        let points = self.watched_disk_points(site, vm, disk, newest).await?;
         let times: Vec<RecoveryPoint> = points
             .iter()
             .map(|(t, _)| RecoveryPoint {
@@ -544,6 +563,19 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// Snapshots with the time of the point each records, oldest first; others, and those being
+/// deleted, left out.
+fn timed(snapshots: Vec<Value>) -> Vec<(DateTime<Utc>, Value)> {
+    let annotation = format!("/metadata/annotations/{}", POINT.replace('/', "~1"));
+    let mut points: Vec<(DateTime<Utc>, Value)> = snapshots
+        .into_iter()
+        .filter(|s| !deleting(s))
+        .filter_map(|s| Some((parse_time(str_at(&s, &annotation))?, s)))
+        .collect();
+    points.sort_by_key(|(t, _)| *t);
+    points
 }
 
 /// A disk's point as its snapshot records it.
@@ -624,17 +656,13 @@ async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(),
             "spec": source_vm.get("spec").cloned().unwrap_or(Value::Null),
         })).unwrap_or_default()},
     });
-    let cached = dst
-        .watch
-        .as_ref()
-        .and_then(|w| w.copy(ns, &objects::source_copy_name(&vm.name)));
-    dst.apply_unless_held(CONFIG_MAP, &copy, cached).await
+    dst.apply_labelled(CONFIG_MAP, &copy).await.map(|_| ())
 }
 
 /// Why a VolSync object has not synced yet, in what VolSync and the snapshot controller
 /// report: its conditions that are False or name an error, and the errors of the
-/// VolumeSnapshots it owns. Read only while a disk has never synced.
-async fn blockers(site: &SiteApi, site_name: &str, kind: &str, owner: &Value) -> Result<Vec<String>, FabricError> {
+/// VolumeSnapshot its mover cuts. Read only while a disk has never synced.
+async fn blockers(site: &SiteApi, site_name: &str, kind: Kind, owner: &Value) -> Result<Vec<String>, FabricError> {
     let ns = str_at(owner, "/metadata/namespace").unwrap_or_default();
     let name = str_at(owner, "/metadata/name").unwrap_or_default();
     let mut out: Vec<String> = owner
@@ -645,7 +673,8 @@ async fn blockers(site: &SiteApi, site_name: &str, kind: &str, owner: &Value) ->
         .filter(|c| str_at(c, "/status") == Some("False") || str_at(c, "/reason").is_some_and(|r| r.contains("Error")))
         .map(|c| {
             format!(
-                "{kind} {ns}/{name} at {site_name}: {} {} ({}): {}",
+                "{} {ns}/{name} at {site_name}: {} {} ({}): {}",
+                kind.kind,
                 str_at(c, "/type").unwrap_or("?"),
                 str_at(c, "/status").unwrap_or("?"),
                 str_at(c, "/reason").unwrap_or(""),
@@ -653,20 +682,43 @@ async fn blockers(site: &SiteApi, site_name: &str, kind: &str, owner: &Value) ->
             )
         })
         .collect();
+    let Some(snapshot) = mover_snapshot(site, kind, owner).await? else {
+        return Ok(out);
+    };
     let uid = str_at(owner, "/metadata/uid").unwrap_or_default();
-    for snap in site.list(VOLUME_SNAPSHOT, Some(ns), "").await? {
-        let owned = snap
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .is_some_and(|refs| refs.iter().any(|r| str_at(r, "/uid") == Some(uid)));
-        if let Some(error) = str_at(&snap, "/status/error/message").filter(|_| owned) {
-            out.push(format!(
-                "VolumeSnapshot {ns}/{} at {site_name}: {error}",
-                str_at(&snap, "/metadata/name").unwrap_or_default()
-            ));
-        }
+    let owned = snapshot
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| refs.iter().any(|r| str_at(r, "/uid") == Some(uid)));
+    if let Some(error) = str_at(&snapshot, "/status/error/message").filter(|_| owned) {
+        out.push(format!(
+            "VolumeSnapshot {ns}/{} at {site_name}: {error}",
+            str_at(&snapshot, "/metadata/name").unwrap_or_default()
+        ));
     }
     Ok(out)
+}
+
+/// The VolumeSnapshot a VolSync object's mover cuts, read by the name VolSync gives it (no
+/// LIST of the namespace): a source's of its disk before the copy, a destination's of what it
+/// received, named on its PVC.
+async fn mover_snapshot(site: &SiteApi, kind: Kind, owner: &Value) -> Result<Option<Value>, FabricError> {
+    let ns = str_at(owner, "/metadata/namespace");
+    let name = str_at(owner, "/metadata/name").unwrap_or_default();
+    let snapshot = if kind.plural == REPLICATION_SOURCE.plural {
+        objects::volsync_source_snapshot(name)
+    } else {
+        let pvc = site.get(PVC, ns, &objects::volsync_destination_pvc(owner)).await?;
+        let annotation = format!(
+            "/metadata/annotations/{}",
+            objects::VOLSYNC_SNAPSHOT_NAME.replace('/', "~1")
+        );
+        match pvc.as_ref().and_then(|p| str_at(p, &annotation)) {
+            Some(snapshot) => snapshot.to_owned(),
+            None => return Ok(None),
+        }
+    };
+    site.get(VOLUME_SNAPSHOT, ns, &snapshot).await
 }
 
 /// Why a destination has no address yet, when its Service is the reason: a LoadBalancer
@@ -1149,4 +1201,31 @@ pub fn probe_address(req: &Recovery<'_>, probe: &ProbeModel) -> Option<std::net:
         None => req.nics.first(),
     }?;
     nic.plan.addresses.first().map(|a| a.addr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_ordered_by_the_time_they_record_and_those_going_are_not_points() {
+        let snapshot = |name: &str, time: Option<&str>, going: bool| {
+            let mut s = json!({"metadata": {"name": name, "annotations": {}}});
+            if let Some(t) = time {
+                s["metadata"]["annotations"][POINT] = json!(t);
+            }
+            if going {
+                s["metadata"]["deletionTimestamp"] = json!("2026-12-02T10:00:00Z");
+            }
+            s
+        };
+        let points = timed(vec![
+            snapshot("late", Some("2026-12-02T09:00:00Z"), false),
+            snapshot("unlabelled", None, false),
+            snapshot("pruned", Some("2026-12-02T07:00:00Z"), true),
+            snapshot("early", Some("2026-12-02T08:00:00Z"), false),
+        ]);
+        let names: Vec<&str> = points.iter().filter_map(|(_, s)| str_at(s, "/metadata/name")).collect();
+        assert_eq!(names, ["early", "late"]);
+    }
 }

@@ -59,17 +59,40 @@ pub fn volsync_source_snapshot(source: &str) -> String {
     format!("volsync-{source}-src")
 }
 
+/// The PVC a ReplicationDestination's rsync-TLS mover writes into: the one it was given, or
+/// one VolSync makes (the same file of VolSync: prefix, owner, direction).
+pub fn volsync_destination_pvc(destination: &Value) -> String {
+    match destination
+        .pointer("/spec/rsyncTLS/destinationPVC")
+        .and_then(Value::as_str)
+    {
+        Some(given) => given.to_owned(),
+        None => format!(
+            "volsync-{}-dst",
+            destination
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The annotation on a destination's PVC naming the VolumeSnapshot VolSync cuts of it after
+/// a sync (`internal/controller/volumehandler/volumehandler.go` of VolSync).
+pub const VOLSYNC_SNAPSHOT_NAME: &str = "volsync.backube/snapname";
+
 pub fn rsync_secret_name(pvm: &str) -> String {
     dns_name(&format!("coldsite-{pvm}-rsync"))
 }
 
-/// The ConfigMap at the recovery site that keeps a copy of the source VM's manifest, so an
-/// unplanned failover can recreate it while the primary is gone.
-/// Selects coldsite's copies of VM manifests.
-pub fn source_copy_selector() -> String {
+/// Selects what coldsite labels for a ProtectedVM at a site: copies of VM manifests,
+/// replication objects, recovery points.
+pub fn managed_selector() -> String {
     format!("{MANAGED_BY}=coldsite,{PROTECTED_VM}")
 }
 
+/// The ConfigMap at the recovery site that keeps a copy of the source VM's manifest, so an
+/// unplanned failover can recreate it while the primary is gone.
 pub fn source_copy_name(pvm: &str) -> String {
     dns_name(&format!("coldsite-{pvm}-source"))
 }
@@ -506,6 +529,14 @@ mod tests {
         );
         let long = volsync_destination_mover(&"d".repeat(50));
         assert_eq!(long.len(), "volsync-rsync-tls-dst-".len() + 8, "{long}");
+    }
+
+    #[test]
+    fn a_destination_writes_into_the_pvc_it_was_given_else_one_volsync_names() {
+        let made = json!({"metadata": {"name": "coldsite-disk"}, "spec": {"rsyncTLS": {}}});
+        assert_eq!(volsync_destination_pvc(&made), "volsync-coldsite-disk-dst");
+        let given = json!({"metadata": {"name": "coldsite-disk"}, "spec": {"rsyncTLS": {"destinationPVC": "disk"}}});
+        assert_eq!(volsync_destination_pvc(&given), "disk");
     }
 
     #[test]
