@@ -18,16 +18,66 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
+    write(api, name, None, current, desired)
+        .await
+        .map(|w| w == Written::Yes)
+}
+
+/// What [`apply_at`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// The status was already as desired.
+    Unchanged,
+    /// The object changed since it was read: the status was built from an older one, and is
+    /// not written over the newer.
+    Stale,
+}
+
+/// [`apply`] only while the object is still at `version`, the resourceVersion it was read
+/// at: a reconcile that started from a cache a write behind must not undo that write.
+pub async fn apply_at<K, S>(
+    api: &Api<K>,
+    name: &str,
+    version: &str,
+    current: Option<&S>,
+    desired: &S,
+) -> Result<Written>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    write(api, name, Some(version), current, desired).await
+}
+
+async fn write<K, S>(
+    api: &Api<K>,
+    name: &str,
+    version: Option<&str>,
+    current: Option<&S>,
+    desired: &S,
+) -> Result<Written>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
     if current == Some(desired) {
-        return Ok(false);
+        return Ok(Written::Unchanged);
     }
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": desired,
     });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+    if let Some(v) = version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": v });
+    }
+    match api
+        .patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(Error::kube(format!("writing status of {} {name}", K::kind(&()))))?;
-    Ok(true)
+    {
+        Ok(_) => Ok(Written::Yes),
+        Err(kube::Error::Api(s)) if s.code == 409 && version.is_some() => Ok(Written::Stale),
+        Err(e) => Err(Error::kube(format!("writing status of {} {name}", K::kind(&())))(e)),
+    }
 }

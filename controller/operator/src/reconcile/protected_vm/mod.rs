@@ -146,7 +146,19 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     mine.last_run = None;
     was.last_run = None;
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
-    crate::status::apply(&api, &pvm.name_any(), old_for_compare(&was, &mine, rpo).as_ref(), &mine).await?;
+    let version = pvm.resource_version().unwrap_or_default();
+    let written = crate::status::apply_at(
+        &api,
+        &pvm.name_any(),
+        &version,
+        old_for_compare(&was, &mine, rpo).as_ref(),
+        &mine,
+    )
+    .await?;
+    if written == crate::status::Written::Stale {
+        // Reconciled from an object a write behind: again, from the newer one.
+        return Ok(Action::requeue(APP_SYNC_RETRY));
+    }
     Ok(Action::requeue(match app {
         // A frozen guest waits for the next look: it is thawed as soon as its snapshots are cut.
         Some(AppSync::Busy | AppSync::Done { .. }) => APP_SYNC_RETRY,
