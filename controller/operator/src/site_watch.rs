@@ -14,10 +14,8 @@
 //! watch at all (a site that is down, or a role without `watch`), readers get `None` and
 //! ask the API as before.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use std::fmt::Debug;
 
@@ -38,9 +36,9 @@ use crate::kubevirt::objects;
 /// watch is renewed from where it stopped (no new list), and a dead site is noticed.
 const WATCH_SECONDS: u32 = 8;
 
-/// A change a site's watches saw, for the ProtectedVMs it concerns.
+/// A change a site's VM watch saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SiteChange {
+pub enum VmChange {
     /// One VirtualMachine changed or went.
     One {
         site: String,
@@ -49,45 +47,11 @@ pub enum SiteChange {
     },
     /// The site's VMs were listed anew: its watch started, or resumed after an outage.
     Listed { site: String },
-    /// One of the ReplicationSources or ReplicationDestinations coldsite made for a
-    /// ProtectedVM (its label) changed or went: a sync started or ended, an address came.
-    Replication {
-        site: String,
-        namespace: String,
-        pvm: String,
-    },
 }
 
-/// Which changes a cache announces.
-#[derive(Clone, Copy)]
-enum Announce {
-    Nothing,
-    Vms,
-    Replication,
-}
-
-impl Announce {
-    fn change<K: Resource>(self, site: &str, event: &Event<K>) -> Option<SiteChange> {
-        match (self, event) {
-            (Announce::Vms, Event::InitDone) => Some(SiteChange::Listed { site: site.to_owned() }),
-            (Announce::Vms, Event::Apply(o) | Event::Delete(o)) => Some(SiteChange::One {
-                site: site.to_owned(),
-                namespace: o.namespace().unwrap_or_default(),
-                name: o.name_any(),
-            }),
-            (Announce::Replication, Event::Apply(o) | Event::Delete(o)) => Some(SiteChange::Replication {
-                site: site.to_owned(),
-                namespace: o.namespace().unwrap_or_default(),
-                pvm: o.labels().get(objects::PROTECTED_VM)?.clone(),
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// Where a site's changes are announced; receivers that fall behind hear of it as a
+/// Where a site's VM changes are announced; receivers that fall behind hear of it as a
 /// `Lagged` error and must assume anything changed.
-pub type SiteChanges = tokio::sync::broadcast::Sender<SiteChange>;
+pub type VmChanges = tokio::sync::broadcast::Sender<VmChange>;
 
 /// One cached kind at one site: whole objects, or only their metadata.
 struct Cache<K: Resource<DynamicType = ApiResource> + Clone + 'static> {
@@ -101,8 +65,7 @@ struct Watch<'a> {
     site: &'a str,
     kind: Kind,
     selector: Option<String>,
-    changes: SiteChanges,
-    announce: Announce,
+    changes: Option<VmChanges>,
 }
 
 impl Watch<'_> {
@@ -139,7 +102,7 @@ where
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
-        let (site, kind, changes, announce) = (watch.site.to_owned(), watch.kind, watch.changes, watch.announce);
+        let (site, kind, changes) = (watch.site.to_owned(), watch.kind, watch.changes);
         let stream = reflector::reflector(
             writer,
             events.default_backoff().modify(|o| o.meta_mut().managed_fields = None),
@@ -147,17 +110,25 @@ where
         let task = tokio::spawn(async move {
             stream
                 .for_each(|event| {
-                    match &event {
-                        Ok(e) => {
-                            if matches!(e, Event::InitDone) {
-                                flag.store(true, Ordering::Release);
-                            }
-                            if let Some(change) = announce.change(&site, e) {
-                                // No receiver (between leadership terms) is not an error.
-                                let _ = changes.send(change);
-                            }
+                    let change = match event {
+                        Ok(Event::InitDone) => {
+                            flag.store(true, Ordering::Release);
+                            Some(VmChange::Listed { site: site.clone() })
                         }
-                        Err(e) => tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch"),
+                        Ok(Event::Apply(o) | Event::Delete(o)) => Some(VmChange::One {
+                            site: site.clone(),
+                            namespace: o.namespace().unwrap_or_default(),
+                            name: o.name_any(),
+                        }),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch");
+                            None
+                        }
+                    };
+                    if let (Some(tx), Some(change)) = (&changes, change) {
+                        // No receiver (between leadership terms) is not an error.
+                        let _ = tx.send(change);
                     }
                     async {}
                 })
@@ -209,36 +180,24 @@ pub struct SiteWatch {
     labelled: Vec<(Kind, Cache<DynamicObject>)>,
     /// coldsite's recovery points, metadata only: their labels and annotations describe them.
     points: Cache<PartialObjectMeta<DynamicObject>>,
-    /// Namespaces found or made, and when: not read again within [`NAMESPACE_RECHECK`].
-    namespaces: Mutex<HashMap<String, Instant>>,
 }
-
-/// How long a namespace seen at a site is taken to exist there: one deleted meanwhile
-/// fails the writes into it, and is made again after this.
-const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 
 /// The kinds whose coldsite-labelled objects a site's watch caches whole.
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
 
 impl SiteWatch {
-    pub fn start(site: &str, client: &Client, changes: SiteChanges) -> Arc<Self> {
-        let labelled = |kind: Kind| Watch {
+    pub fn start(site: &str, client: &Client, changes: VmChanges) -> Arc<Self> {
+        let labelled = |kind| Watch {
             site,
             kind,
             selector: Some(objects::managed_selector()),
-            changes: changes.clone(),
-            announce: if kind.plural == CONFIG_MAP.plural || kind.plural == VOLUME_SNAPSHOT.plural {
-                Announce::Nothing
-            } else {
-                Announce::Replication
-            },
+            changes: None,
         };
         let vms = Watch {
             site,
             kind: VM,
             selector: None,
-            changes: changes.clone(),
-            announce: Announce::Vms,
+            changes: Some(changes),
         };
         Arc::new(SiteWatch {
             vms: Cache::whole(vms, client.clone()),
@@ -247,22 +206,7 @@ impl SiteWatch {
                 .map(|&kind| (kind, Cache::whole(labelled(kind), client.clone())))
                 .collect(),
             points: Cache::metadata(labelled(VOLUME_SNAPSHOT), client.clone()),
-            namespaces: Mutex::default(),
         })
-    }
-
-    /// Whether the namespace was seen at the site within [`NAMESPACE_RECHECK`].
-    pub fn namespace_seen(&self, name: &str) -> bool {
-        self.namespaces
-            .lock()
-            .is_ok_and(|n| n.get(name).is_some_and(|t| t.elapsed() < NAMESPACE_RECHECK))
-    }
-
-    /// Notes that the namespace exists at the site now.
-    pub fn saw_namespace(&self, name: &str) {
-        if let Ok(mut n) = self.namespaces.lock() {
-            n.insert(name.to_owned(), Instant::now());
-        }
     }
 
     /// The VirtualMachines of a namespace; `None` until the watch has listed them.

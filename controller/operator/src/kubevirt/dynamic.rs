@@ -334,17 +334,10 @@ impl SiteApi {
         }
     }
 
-    /// Makes sure a namespace exists, for restored and test VMs; one seen lately is not read.
+    /// Makes sure a namespace exists, for restored and test VMs.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), FabricError> {
-        if self.watch.as_ref().is_some_and(|w| w.namespace_seen(name)) {
-            return Ok(());
-        }
         let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        self.read_or_create(NAMESPACE, &ns).await?;
-        if let Some(w) = &self.watch {
-            w.saw_namespace(name);
-        }
-        Ok(())
+        self.read_or_create(NAMESPACE, &ns).await.map(|_| ())
     }
 
     /// What exists under the object's name, else the object, created. Reads first, so an

@@ -3,8 +3,8 @@
 //! other site is kept halted, and halted first when that site answers again. A finalizer
 //! removes replication when protection ends.
 //!
-//! Besides its own changes, a ProtectedVM is reconciled when its VM or its replication objects
-//! change at either site ([`triggers`]); at rest it is looked at again by its RPO, else every 30 s.
+//! Besides its own changes, a ProtectedVM is reconciled when its VM changes at either site
+//! ([`triggers`]); at rest it is looked at again by its RPO, else every 30 s.
 //!
 //! Stages: [`standing`] (pure: settle the last run's outcome, see who holds the VM), fence,
 //! replicate (with app-consistent syncs on their interval) or pause, [`status`] (pure), write.
