@@ -28,7 +28,7 @@ use coldsite_e2e::exchange::{
 };
 use coldsite_e2e::plugin::Plugin;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -129,7 +129,7 @@ async fn protected(s: &Scenario) -> Result<()> {
         destination.data["status"]
     );
     let snaps = volume_snapshots(&s.recovery, &s.ns);
-    let kept = |snaps: Api<kube::api::DynamicObject>| async move {
+    let kept = |snaps: Api<DynamicObject>| async move {
         Ok::<_, anyhow::Error>(
             snaps
                 .list(&ListParams::default().labels("volsync.backube/do-not-delete,coldsite.io/protected-vm=dc01"))
@@ -1442,15 +1442,27 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
 
 /// Runs a plugin command that must succeed, to the end, and checks the sites against status.
 async fn step(s: &Scenario, plugin: &Plugin, command: &str, name: &str, running: bool) -> Result<()> {
-    let extra: &[&str] = if matches!(command, "planned" | "failover" | "failback") {
+    begin_step(s, plugin, command, name).await?;
+    end_step(s, command, name, running).await
+}
+
+/// Starts a run with a plugin command, approving the plan's gate up front.
+async fn begin_step(s: &Scenario, plugin: &Plugin, command: &str, name: &str) -> Result<()> {
+    let moves = matches!(command, "planned" | "failover" | "failback");
+    if moves {
+        plan_ready_is(s, true).await?;
+    }
+    let extra: &[&str] = if moves {
         &["--approve", "confirm-ad-replication"]
     } else {
         &[]
     };
-    if matches!(command, "planned" | "failover" | "failback") {
-        plan_ready_is(s, true).await?;
-    }
-    start_run(plugin, command, name, extra).await?;
+    start_run(plugin, command, name, extra).await
+}
+
+/// Waits for a run to succeed (and after a reprotect for the VMs protected again), then
+/// checks the sites against status.
+async fn end_step(s: &Scenario, command: &str, name: &str, running: bool) -> Result<()> {
     s.run_to_end(name, Duration::from_secs(420)).await?;
     if command == "reprotect" {
         wait_for("the VMs protected again", Duration::from_secs(240), || async {
@@ -1530,7 +1542,7 @@ async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
     let result = async {
         s.wait_protected(Duration::from_secs(180)).await?;
         s.check_truth(true).await?;
-        step(&s, &plugin, "planned", "c1-planned", true).await?;
+        planned_over_a_stuck_app_sync(&s, &plugin, &mut ctl, &mgmt).await?;
         step(&s, &plugin, "commit", "c1-commit", true).await?;
         step(&s, &plugin, "reprotect", "c1-reprotect", true).await?;
         // The sequence: a second reprotect, and a planned failover of VMs that already
@@ -1557,6 +1569,65 @@ async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
     let samples = watched??;
     ensure!(samples > 100, "the split-brain watch sampled {samples} times");
     Ok(())
+}
+
+/// A planned failover that takes exch-mbx01 over in the middle of an app-consistent sync whose
+/// destination absorbed its tag, so that its source retries against a destination that no
+/// longer listens (the state VolSync reaches when a tag lands as the destination finishes an
+/// older sync). The run no longer drives the app sync, so its final sync must: a clean-clone CI
+/// run once hung here for 420 s. The state is made at the sites with the controller down, so
+/// that the run claims the VM before an app sync could mend it; `ctl` is restarted.
+async fn planned_over_a_stuck_app_sync(
+    s: &Scenario,
+    plugin: &Plugin,
+    ctl: &mut ControllerProcess,
+    mgmt: &ControlPlane,
+) -> Result<()> {
+    wait_for(
+        "exch-mbx01's first app-consistent point",
+        Duration::from_secs(120),
+        || async {
+            let points = pvm_status(s, "exch-mbx01").await?.recovery_points;
+            Ok(points.and_then(|p| p.latest_app_consistent).map(|_| ()))
+        },
+    )
+    .await?;
+    ctl.kill().await?;
+    let name = "coldsite-exch-mbx01-data";
+    let rs = replication_sources(&s.primary, &s.ns);
+    let rd = replication_destinations(&s.recovery, &s.ns);
+    let tag = |api: &Api<DynamicObject>, value: &'static str| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"spec": {"trigger": {"manual": value}}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await
+        }
+    };
+    let field = |o: &DynamicObject, path: &str| o.data.pointer(path).and_then(Value::as_str).map(str::to_owned);
+    // One app sync that completes at both ends: the destination now idles on its tag.
+    tag(&rd, "app-stuck-1").await?;
+    tag(&rs, "app-stuck-1").await?;
+    wait_for("both ends to record app-stuck-1", Duration::from_secs(120), || async {
+        let (a, b) = (rs.get(name).await?, rd.get(name).await?);
+        let done = |o: &DynamicObject| field(o, "/status/lastManualSync").as_deref() == Some("app-stuck-1");
+        Ok((done(&a) && done(&b) && field(&a, "/status/lastSyncStartTime").is_none()).then_some(()))
+    })
+    .await?;
+    // The next app sync's source, whose destination's tag an older sync absorbed.
+    tag(&rs, "app-stuck-2").await?;
+    wait_for(
+        "the source to retry against nobody",
+        Duration::from_secs(60),
+        || async { Ok(field(&rs.get(name).await?, "/status/lastSyncStartTime").map(|_| ())) },
+    )
+    .await?;
+    begin_step(s, plugin, "planned", "c1-planned").await?;
+    *ctl = controller(
+        mgmt,
+        &format!("controller-{}-restarted", s.ns),
+        &["--no-leader-election", "--lease-namespace", &s.ns],
+    )?;
+    end_step(s, "planned", "c1-planned", true).await
 }
 
 /// An unplanned failover cancelled at the mailbox gate has moved dc01 and not the others; its

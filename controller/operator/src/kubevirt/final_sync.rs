@@ -16,12 +16,15 @@
 //! 3. The point is adopted once both ends recorded their tags: the destination's sync that
 //!    recorded its tag received the source's final sync, the only one in flight.
 //!
-//! Two ways it can still go wrong are mended rather than waited out. A destination that
+//! Three ways it can still go wrong are mended rather than waited out. A destination that
 //! recorded its tag before the source was tagged (an older sync absorbed it) is tagged
 //! again. And if it absorbed the tag in the moment between the listening check and the
 //! source's tag, the source's mover finds no listener and fails (`latestMoverStatus.result:
 //! Failed`) while the destination sits idle: the destination is tagged again, and VolSync's
-//! next mover attempt lands in the new listener.
+//! next mover attempt lands in the new listener. The same holds for a sync this run did not
+//! start (an app-consistent sync the run took the VM over from): its source retries for ever
+//! while the destination idles on a trigger it recorded, and nobody else will tag it now. The
+//! destination is tagged, the old sync lands there, and the final sync follows it.
 //!
 //! Every tag is `<run uid>-<resourceVersion of the object tagged>`: each attempt has its own,
 //! and a tag of another run (a cancelled planned failover) is replaced.
@@ -76,6 +79,8 @@ pub fn next(run: &str, ends: &Ends<'_>) -> Next {
         return Next::Wait;
     };
     let rd_tag = tag_of(run, rd).filter(|t| !t.is_empty());
+    // The destination recorded its manual trigger and waits for another: nothing listens.
+    let rd_idle = str_at(rd, "/spec/trigger/manual").is_some_and(|t| !t.is_empty() && consumed(rd, t));
     match tag_of(run, rs) {
         Some(rs_tag) => {
             let destination_done = rd_tag.is_some_and(|t| consumed(rd, t));
@@ -93,6 +98,7 @@ pub fn next(run: &str, ends: &Ends<'_>) -> Next {
         None => {
             let running = str_at(rs, "/status/lastSyncStartTime").is_some_and(|t| !t.is_empty());
             match rd_tag {
+                _ if running && rd_idle => Next::TagDestination { tag: new_tag(run, rd) },
                 _ if running => Next::Wait,
                 Some(t) if !consumed(rd, t) => match str_at(rs, "/metadata/resourceVersion") {
                     Some(version) if listening(ends.destination_job) => Next::TagSource {
@@ -232,6 +238,34 @@ mod tests {
         // ahead of the source: wait.
         let trying = source("61", Some("run-uid-42"), Some("2026-11-26T10:00:41Z"), None);
         assert_eq!(next_of(&trying, Some(&rd), None), Next::Wait);
+    }
+
+    #[test]
+    fn an_app_sync_taken_over_while_its_source_finds_no_listener_gets_one() {
+        // The VM was claimed in the middle of an app-consistent sync whose destination absorbed
+        // its tag: the source retries against an idle destination, and the app sync is no
+        // longer driven. Waiting for the source to go idle would wait for ever.
+        let stuck = json!({
+            "metadata": {"resourceVersion": "70"},
+            "spec": {"trigger": {"manual": "app-41"}},
+            "status": {"lastSyncStartTime": "2026-11-26T10:00:41Z", "lastManualSync": "app-30"},
+        });
+        let idle = destination("14", Some("app-40"), Some("app-40"));
+        assert_eq!(
+            next_of(&stuck, Some(&idle), None),
+            Next::TagDestination {
+                tag: "run-uid-14".into()
+            }
+        );
+        // Once tagged, the destination listens: the old sync lands there, then ours follows.
+        let listening = destination("15", Some("run-uid-14"), Some("app-40"));
+        assert_eq!(next_of(&stuck, Some(&listening), Some(&job(1, 0))), Next::Wait);
+        // A destination still listening for the old sync's tag is not disturbed.
+        let waiting = destination("16", Some("app-40"), Some("app-39"));
+        assert_eq!(next_of(&stuck, Some(&waiting), Some(&job(1, 0))), Next::Wait);
+        // Without a manual trigger a destination always listens again after a sync.
+        let scheduled = destination("17", None, Some("app-40"));
+        assert_eq!(next_of(&stuck, Some(&scheduled), None), Next::Wait);
     }
 
     #[test]
