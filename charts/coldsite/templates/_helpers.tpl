@@ -103,10 +103,11 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshotcontents"]
   verbs: ["get", "list", "create", "delete"]
-# PVCs: read the source disks' size, restore disks from snapshots, delete test disks.
+# PVCs: read the source disks' size, restore disks from snapshots, delete test disks;
+# watch the disks coldsite restored (by its labels): is a VM's disk a copy it made.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # Secrets: the rsync-TLS key coldsite creates for each VM's replication, derived from a
 # master key on the management cluster, so the same at both ends without reading either;
 # deleted by name when the VM is unprotected. coldsite never reads, lists or updates a

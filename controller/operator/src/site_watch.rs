@@ -14,8 +14,11 @@
 //! watch at all (a site that is down, or a role without `watch`), readers get `None` and
 //! ask the API as before.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use std::fmt::Debug;
 
@@ -23,22 +26,24 @@ use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::runtime::{PredicateConfig, WatchStreamExt, reflector::store::Writer};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::kubevirt::dynamic::{CONFIG_MAP, Kind, REPLICATION_DESTINATION, REPLICATION_SOURCE, VM, VOLUME_SNAPSHOT};
+use crate::kubevirt::dynamic::{
+    CONFIG_MAP, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, VM, VOLUME_SNAPSHOT,
+};
 use crate::kubevirt::objects;
 
 /// Server-side end of each watch request, under the site client's 10 s read timeout: a
 /// watch is renewed from where it stopped (no new list), and a dead site is noticed.
 const WATCH_SECONDS: u32 = 8;
 
-/// A change a site's VM watch saw.
+/// A change a site's watches saw, for the ProtectedVMs it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmChange {
+pub enum SiteChange {
     /// One VirtualMachine changed or went.
     One {
         site: String,
@@ -47,11 +52,98 @@ pub enum VmChange {
     },
     /// The site's VMs were listed anew: its watch started, or resumed after an outage.
     Listed { site: String },
+    /// One of the ReplicationSources or ReplicationDestinations coldsite made for a
+    /// ProtectedVM (its label) changed or went: a sync started or ended, an address came.
+    Replication {
+        site: String,
+        namespace: String,
+        pvm: String,
+    },
 }
 
-/// Where a site's VM changes are announced; receivers that fall behind hear of it as a
+/// Which changes a cache announces.
+#[derive(Clone, Copy)]
+enum Announce {
+    Nothing,
+    Vms,
+    Replication,
+}
+
+impl Announce {
+    /// Runs a cache's events to their end, announcing what this kind announces.
+    async fn run<K>(self, site: String, changes: SiteChanges, events: impl Stream<Item = watcher::Result<Event<K>>>)
+    where
+        K: Resource + Serialize + 'static,
+    {
+        // No receiver (between leadership terms) is not an error.
+        let send = |change: SiteChange| {
+            let _ = changes.send(change);
+            async {}
+        };
+        match self {
+            Announce::Nothing => events.for_each(|_| async {}).await,
+            Announce::Vms => {
+                let change = |event: watcher::Result<Event<K>>| {
+                    let change = match event {
+                        Ok(Event::InitDone) => Some(SiteChange::Listed { site: site.clone() }),
+                        Ok(Event::Apply(o) | Event::Delete(o)) => Some(SiteChange::One {
+                            site: site.clone(),
+                            namespace: o.namespace().unwrap_or_default(),
+                            name: o.name_any(),
+                        }),
+                        _ => None,
+                    };
+                    async { change }
+                };
+                events.filter_map(change).for_each(send).await
+            }
+            Announce::Replication => {
+                let change = |o: watcher::Result<K>| {
+                    let change = o.ok().and_then(|o| {
+                        Some(SiteChange::Replication {
+                            site: site.clone(),
+                            namespace: o.namespace().unwrap_or_default(),
+                            pvm: o.labels().get(objects::PROTECTED_VM)?.clone(),
+                        })
+                    });
+                    async { change }
+                };
+                events
+                    .touched_objects()
+                    .predicate_filter(replication_state::<K>, PredicateConfig::default())
+                    .filter_map(change)
+                    .for_each(send)
+                    .await
+            }
+        }
+    }
+}
+
+/// What of a ReplicationSource or ReplicationDestination a reconcile acts on: its triggers,
+/// when its syncs start and end, its newest image, its address, its mover's result. Not its
+/// conditions, which VolSync rewrites at every retry.
+fn replication_state<K: Serialize>(object: &K) -> Option<u64> {
+    const FIELDS: [&str; 8] = [
+        "/spec/trigger",
+        "/status/lastSyncTime",
+        "/status/lastSyncStartTime",
+        "/status/lastManualSync",
+        "/status/latestImage/name",
+        "/status/rsyncTLS/address",
+        "/status/latestMoverStatus/result",
+        "/metadata/deletionTimestamp",
+    ];
+    let value = serde_json::to_value(object).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for field in FIELDS {
+        value.pointer(field).map(Value::to_string).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+/// Where a site's changes are announced; receivers that fall behind hear of it as a
 /// `Lagged` error and must assume anything changed.
-pub type VmChanges = tokio::sync::broadcast::Sender<VmChange>;
+pub type SiteChanges = tokio::sync::broadcast::Sender<SiteChange>;
 
 /// One cached kind at one site: whole objects, or only their metadata.
 struct Cache<K: Resource<DynamicType = ApiResource> + Clone + 'static> {
@@ -65,7 +157,8 @@ struct Watch<'a> {
     site: &'a str,
     kind: Kind,
     selector: Option<String>,
-    changes: Option<VmChanges>,
+    changes: SiteChanges,
+    announce: Announce,
 }
 
 impl Watch<'_> {
@@ -102,38 +195,18 @@ where
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
-        let (site, kind, changes) = (watch.site.to_owned(), watch.kind, watch.changes);
+        let (site, kind, changes, announce) =
+            (watch.site.to_owned(), watch.kind, watch.changes.clone(), watch.announce);
         let stream = reflector::reflector(
             writer,
             events.default_backoff().modify(|o| o.meta_mut().managed_fields = None),
         );
-        let task = tokio::spawn(async move {
-            stream
-                .for_each(|event| {
-                    let change = match event {
-                        Ok(Event::InitDone) => {
-                            flag.store(true, Ordering::Release);
-                            Some(VmChange::Listed { site: site.clone() })
-                        }
-                        Ok(Event::Apply(o) | Event::Delete(o)) => Some(VmChange::One {
-                            site: site.clone(),
-                            namespace: o.namespace().unwrap_or_default(),
-                            name: o.name_any(),
-                        }),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch");
-                            None
-                        }
-                    };
-                    if let (Some(tx), Some(change)) = (&changes, change) {
-                        // No receiver (between leadership terms) is not an error.
-                        let _ = tx.send(change);
-                    }
-                    async {}
-                })
-                .await;
+        let events = stream.inspect(move |event| match event {
+            Ok(Event::InitDone) => flag.store(true, Ordering::Release),
+            Err(e) => tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch"),
+            Ok(_) => {}
         });
+        let task = tokio::spawn(announce.run(watch.site.to_owned(), changes, events));
         Cache { store, ready, task }
     }
 
@@ -178,26 +251,43 @@ pub struct SiteWatch {
     vms: Cache<DynamicObject>,
     /// What coldsite labels ([`objects::managed_selector`]) of the kinds in [`LABELLED`].
     labelled: Vec<(Kind, Cache<DynamicObject>)>,
-    /// coldsite's recovery points, metadata only: their labels and annotations describe them.
-    points: Cache<PartialObjectMeta<DynamicObject>>,
+    /// What coldsite labels of the kinds in [`METADATA_ONLY`]: their labels and annotations
+    /// say all that is read of them.
+    metadata: Vec<(Kind, Cache<PartialObjectMeta<DynamicObject>>)>,
+    /// Namespaces found or made, and when: not read again within [`NAMESPACE_RECHECK`].
+    namespaces: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a namespace seen at a site is taken to exist there: one deleted meanwhile
+/// fails the writes into it, and is made again after this.
+const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 
 /// The kinds whose coldsite-labelled objects a site's watch caches whole.
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
 
+/// The kinds whose coldsite-labelled objects a site's watch caches as metadata: recovery
+/// points (VolumeSnapshots) and the disks coldsite restored (PVCs).
+const METADATA_ONLY: [Kind; 2] = [VOLUME_SNAPSHOT, PVC];
+
 impl SiteWatch {
-    pub fn start(site: &str, client: &Client, changes: VmChanges) -> Arc<Self> {
-        let labelled = |kind| Watch {
+    pub fn start(site: &str, client: &Client, changes: SiteChanges) -> Arc<Self> {
+        let labelled = |kind: Kind| Watch {
             site,
             kind,
             selector: Some(objects::managed_selector()),
-            changes: None,
+            changes: changes.clone(),
+            announce: if kind.plural == REPLICATION_SOURCE.plural || kind.plural == REPLICATION_DESTINATION.plural {
+                Announce::Replication
+            } else {
+                Announce::Nothing
+            },
         };
         let vms = Watch {
             site,
             kind: VM,
             selector: None,
-            changes: Some(changes),
+            changes: changes.clone(),
+            announce: Announce::Vms,
         };
         Arc::new(SiteWatch {
             vms: Cache::whole(vms, client.clone()),
@@ -205,8 +295,26 @@ impl SiteWatch {
                 .iter()
                 .map(|&kind| (kind, Cache::whole(labelled(kind), client.clone())))
                 .collect(),
-            points: Cache::metadata(labelled(VOLUME_SNAPSHOT), client.clone()),
+            metadata: METADATA_ONLY
+                .iter()
+                .map(|&kind| (kind, Cache::metadata(labelled(kind), client.clone())))
+                .collect(),
+            namespaces: Mutex::default(),
         })
+    }
+
+    /// Whether the namespace was seen at the site within [`NAMESPACE_RECHECK`].
+    pub fn namespace_seen(&self, name: &str) -> bool {
+        self.namespaces
+            .lock()
+            .is_ok_and(|n| n.get(name).is_some_and(|t| t.elapsed() < NAMESPACE_RECHECK))
+    }
+
+    /// Notes that the namespace exists at the site now.
+    pub fn saw_namespace(&self, name: &str) {
+        if let Ok(mut n) = self.namespaces.lock() {
+            n.insert(name.to_owned(), Instant::now());
+        }
     }
 
     /// The VirtualMachines of a namespace; `None` until the watch has listed them.
@@ -220,29 +328,55 @@ impl SiteWatch {
         self.vms.get(VM, namespace, name)
     }
 
-    fn whole(&self, kind: Kind) -> Option<&Cache<DynamicObject>> {
-        self.labelled
-            .iter()
-            .find(|(k, _)| k.plural == kind.plural)
-            .map(|(_, c)| c)
-    }
-
     /// One object of a kind coldsite labels, as [`Self::vm`]; `None` as well for a kind not
-    /// cached. An object without coldsite's labels reads as absent; a VolumeSnapshot reads
-    /// as its metadata only.
+    /// cached. An object without coldsite's labels reads as absent; one of a kind in
+    /// [`METADATA_ONLY`] reads as its metadata only.
     pub fn labelled(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
-        if kind.plural == VOLUME_SNAPSHOT.plural {
-            return self.points.get(kind, namespace, name);
+        match find(&self.metadata, kind) {
+            Some(cache) => cache.get(kind, namespace, name),
+            None => find(&self.labelled, kind)?.get(kind, namespace, name),
         }
-        self.whole(kind)?.get(kind, namespace, name)
     }
 
     /// The objects of a kind coldsite labels in a namespace that carry `labels` too, as
     /// [`Self::labelled`]; `None` until listed, or for a kind not cached.
     pub fn labelled_in(&self, kind: Kind, namespace: &str, labels: &[(&str, &str)]) -> Option<Vec<Value>> {
-        if kind.plural == VOLUME_SNAPSHOT.plural {
-            return self.points.in_namespace(namespace, labels);
+        match find(&self.metadata, kind) {
+            Some(cache) => cache.in_namespace(namespace, labels),
+            None => find(&self.labelled, kind)?.in_namespace(namespace, labels),
         }
-        self.whole(kind)?.in_namespace(namespace, labels)
+    }
+}
+
+fn find<K: Resource<DynamicType = ApiResource> + Clone>(caches: &[(Kind, Cache<K>)], kind: Kind) -> Option<&Cache<K>> {
+    caches.iter().find(|(k, _)| k.plural == kind.plural).map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::replication_state;
+
+    #[test]
+    fn only_what_a_reconcile_acts_on_counts_as_a_replication_change() {
+        let rs = |manual: &str, condition: &str| {
+            json!({"metadata": {"name": "coldsite-db01-data", "resourceVersion": condition},
+                   "spec": {"trigger": {"manual": manual}},
+                   "status": {"lastManualSync": "app-1",
+                              "conditions": [{"type": "Synchronizing", "message": condition}]}})
+        };
+        // VolSync rewrites its conditions (and so the version) at every retry: not a change.
+        assert_eq!(
+            replication_state(&rs("app-1", "7")),
+            replication_state(&rs("app-1", "8"))
+        );
+        assert_ne!(
+            replication_state(&rs("app-1", "7")),
+            replication_state(&rs("app-2", "7"))
+        );
+        let mut started = rs("app-1", "7");
+        started["status"]["lastSyncStartTime"] = json!("2026-12-02T15:00:00Z");
+        assert_ne!(replication_state(&rs("app-1", "7")), replication_state(&started));
     }
 }

@@ -11,7 +11,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
 use crate::error::{Error, Result};
-use crate::site_watch::{SiteWatch, VmChange, VmChanges};
+use crate::site_watch::{SiteChange, SiteChanges, SiteWatch};
 
 /// How long a call to a site may take before the site counts as unreachable.
 const SITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,7 @@ struct Entry {
 pub struct SiteClients {
     management: Client,
     cache: Mutex<HashMap<String, Entry>>,
-    vm_changes: VmChanges,
+    site_changes: SiteChanges,
 }
 
 impl SiteClients {
@@ -51,13 +51,13 @@ impl SiteClients {
         Self {
             management,
             cache: Mutex::new(HashMap::new()),
-            vm_changes: tokio::sync::broadcast::channel(4096).0,
+            site_changes: tokio::sync::broadcast::channel(4096).0,
         }
     }
 
-    /// The changes the sites' VM watches see, from now on.
-    pub fn vm_changes(&self) -> tokio::sync::broadcast::Receiver<VmChange> {
-        self.vm_changes.subscribe()
+    /// The changes the sites' watches see, from now on.
+    pub fn site_changes(&self) -> tokio::sync::broadcast::Receiver<SiteChange> {
+        self.site_changes.subscribe()
     }
 
     pub fn management(&self) -> &Client {
@@ -135,7 +135,7 @@ impl SiteClients {
 
     /// Caches a site's client with a new watch; the one it replaces stops when dropped.
     fn insert(&self, name: &str, version: &str, client: Client) -> Client {
-        let watch = SiteWatch::start(name, &client, self.vm_changes.clone());
+        let watch = SiteWatch::start(name, &client, self.site_changes.clone());
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(
                 name.to_owned(),

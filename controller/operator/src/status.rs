@@ -11,46 +11,21 @@ use crate::error::{Error, Result};
 /// The field manager of everything the controller writes.
 pub const MANAGER: &str = "coldsite-controller";
 
-/// Applies `desired` as the object's status unless it equals `current`. Returns whether
-/// it wrote.
-pub async fn apply<K, S>(api: &Api<K>, name: &str, current: Option<&S>, desired: &S) -> Result<bool>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize + PartialEq,
-{
-    write(api, name, None, current, desired)
-        .await
-        .map(|w| w == Written::Yes)
-}
-
-/// What [`apply_at`] did.
+/// What [`apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     Yes,
     /// The status was already as desired.
     Unchanged,
-    /// The object changed since it was read: the status was built from an older one, and is
-    /// not written over the newer.
+    /// The object changed since it was read at `version`: the status was built from an older
+    /// one, and is not written over the newer.
     Stale,
 }
 
-/// [`apply`] only while the object is still at `version`, the resourceVersion it was read
-/// at: a reconcile that started from a cache a write behind must not undo that write.
-pub async fn apply_at<K, S>(
-    api: &Api<K>,
-    name: &str,
-    version: &str,
-    current: Option<&S>,
-    desired: &S,
-) -> Result<Written>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize + PartialEq,
-{
-    write(api, name, Some(version), current, desired).await
-}
-
-async fn write<K, S>(
+/// Applies `desired` as the object's status unless it equals `current`; with a `version`
+/// (the resourceVersion it was read at), only while the object is still at it, so that a
+/// reconcile that started from a cache a write behind does not undo that write.
+pub async fn apply<K, S>(
     api: &Api<K>,
     name: &str,
     version: Option<&str>,

@@ -1592,6 +1592,8 @@ async fn planned_over_a_stuck_app_sync(
         },
     )
     .await?;
+    // The plan's Ready stands still while the controller is down.
+    plan_ready_is(s, true).await?;
     ctl.kill().await?;
     let name = "coldsite-exch-mbx01-data";
     let rs = replication_sources(&s.primary, &s.ns);

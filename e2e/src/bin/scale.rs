@@ -183,6 +183,8 @@ impl Bench {
                 &coldsite_engine::names::test_namespace(NS),
             ])
             .args(["--boot-delay-ms", &(args.boot_secs * 1000).to_string()])
+            // A pass over thousands of VMs takes longer than the default 20 s.
+            .args(["--pass-timeout-secs", &(20 + args.vms / 10).to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::from(std::fs::File::create(dir.path().join("simulator.log"))?))
             .stderr(Stdio::from(std::fs::File::create(dir.path().join("simulator.err"))?))

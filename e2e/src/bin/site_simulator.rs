@@ -61,6 +61,11 @@ struct Args {
     /// Milliseconds a mover's transfer takes.
     #[arg(long, default_value_t = 500)]
     sync_duration_ms: u64,
+    /// Seconds after which a pass over a site is abandoned and started again. Raise it with
+    /// thousands of VMs at a site, where one pass takes longer and an abandoned one reaches
+    /// only the first objects each time.
+    #[arg(long, default_value_t = 20)]
+    pass_timeout_secs: u64,
 }
 
 fn parse_site(text: &str) -> Result<(String, PathBuf), String> {
@@ -177,6 +182,7 @@ async fn main() -> Result<()> {
         job_duration: Duration::from_millis(args.job_duration_ms),
         sync_duration: Duration::from_millis(args.sync_duration_ms),
         shared_network: args.shared_network,
+        pass_timeout: Duration::from_secs(args.pass_timeout_secs),
         ..SimConfig::default()
     };
     if !args.namespaces.is_empty() {

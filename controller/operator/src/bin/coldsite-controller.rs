@@ -15,7 +15,7 @@ use coldsite_operator::metrics::Metrics;
 use coldsite_operator::reconcile;
 use coldsite_operator::replication_keys::ReplicationKeys;
 use coldsite_operator::server::{self, Readiness};
-use coldsite_operator::site_watch::VmChange;
+use coldsite_operator::site_watch::SiteChange;
 use coldsite_operator::sites::SiteClients;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Action, Controller};
@@ -58,6 +58,9 @@ struct Args {
     /// Platform calls in flight at once, per run.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// ProtectedVM reconciles in flight at once (each reads and writes at two sites).
+    #[arg(long, default_value_t = 16)]
+    protection_concurrency: u16,
     /// text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -135,10 +138,10 @@ async fn log_result<T, E: std::fmt::Display>(kind: &'static str, r: Result<T, E>
     }
 }
 
-/// The sites' VM changes as a stream; `None` stands for changes missed while behind.
-fn vm_changes(
-    rx: tokio::sync::broadcast::Receiver<VmChange>,
-) -> impl futures::Stream<Item = Option<VmChange>> + Send + 'static {
+/// The sites' changes as a stream; `None` stands for changes missed while behind.
+fn change_stream(
+    rx: tokio::sync::broadcast::Receiver<SiteChange>,
+) -> impl futures::Stream<Item = Option<SiteChange>> + Send + 'static {
     use tokio::sync::broadcast::error::RecvError;
     futures::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
@@ -203,9 +206,9 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             ctx.clone(),
         )
         .for_each(|r| log_result("NetworkMapping", r));
-    // A ProtectedVM is reconciled when its VM changes at a site, not only on a timer.
+    // A ProtectedVM is reconciled when its VM or its replication changes at a site, not only on a timer.
     let pvm_store = pvms.store();
-    let site_changes = vm_changes(ctx.sites.vm_changes()).flat_map(move |change| {
+    let site_changes = change_stream(ctx.sites.site_changes()).flat_map(move |change| {
         let state = pvm_store.state();
         futures::stream::iter(reconcile::protected_vm::triggers::concerned(
             state.iter().map(AsRef::as_ref),
@@ -213,6 +216,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
         ))
     });
     let pvms = pvms
+        .with_config(controller::Config::default().concurrency(ctx.settings.protection_concurrency))
         .reconcile_on(site_changes)
         .graceful_shutdown_on(stop.clone())
         .run(
@@ -291,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
         http: HttpClient::new()?,
         settings: Settings {
             concurrency: args.concurrency.max(1),
+            protection_concurrency: args.protection_concurrency.max(1),
         },
         runs: Default::default(),
         stores: Default::default(),

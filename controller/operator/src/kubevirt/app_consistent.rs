@@ -333,8 +333,8 @@ fn watched_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Option<Vec<DiskE
             let name = objects::replication_name(disk);
             Some(DiskEnds {
                 disk: disk.clone(),
-                rs: src.watch.as_ref()?.labelled(REPLICATION_SOURCE, ns, &name)??,
-                rd: dst.watch.as_ref()?.labelled(REPLICATION_DESTINATION, ns, &name)?,
+                rs: src.watched(REPLICATION_SOURCE, ns, &name)??,
+                rd: dst.watched(REPLICATION_DESTINATION, ns, &name)?,
                 job: None,
             })
         })

@@ -153,10 +153,16 @@ impl SiteApi {
     /// has listed that kind, else read now: at most a moment behind, for decisions a later
     /// pass corrects. An object without coldsite's labels may read as absent.
     pub async fn get_labelled(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, FabricError> {
-        match self.watch.as_ref().and_then(|w| w.labelled(kind, namespace, name)) {
+        match self.watched(kind, namespace, name) {
             Some(cached) => Ok(cached),
             None => self.get(kind, Some(namespace), name).await,
         }
+    }
+
+    /// An object coldsite labels as the site's watch shows it (a VolumeSnapshot's metadata
+    /// only); `None` when there is no watch of its kind or it has not listed yet.
+    pub fn watched(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
+        self.watch.as_ref()?.labelled(kind, namespace, name)
     }
 
     /// The objects coldsite labelled in a namespace that also carry `labels`, as
@@ -248,37 +254,36 @@ impl SiteApi {
     pub async fn apply(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
         let (namespace, name) = namespace_and_name(object);
         let desired = with_digest(object);
-        if let Some(live) = self.get(kind, namespace, name).await?
-            && holds(&live, &desired)
-        {
-            return Ok(live);
+        match self.get(kind, namespace, name).await? {
+            Some(live) if holds(&live, &desired) => Ok(live),
+            _ => self.server_side_apply(kind, &desired).await,
         }
+    }
+
+    /// [`Self::apply`] of an object coldsite labels, reading what is live from the site's
+    /// watch once it has listed (a watch a change behind costs one write that changes nothing).
+    pub async fn apply_labelled(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
+        let (namespace, name) = namespace_and_name(object);
+        let desired = with_digest(object);
+        match self.watched(kind, namespace.unwrap_or_default(), name) {
+            Some(Some(live)) if holds(&live, &desired) => Ok(live),
+            Some(_) => self.server_side_apply(kind, &desired).await,
+            None => self.apply(kind, object).await,
+        }
+    }
+
+    async fn server_side_apply(&self, kind: Kind, desired: &Value) -> Result<Value, FabricError> {
+        let (namespace, name) = namespace_and_name(desired);
         let o = self
             .api(kind, namespace)
             .patch(
                 name,
                 &PatchParams::apply(MANAGER).force().validation_strict(),
-                &Patch::Apply(&desired),
+                &Patch::Apply(desired),
             )
             .await
             .map_err(self.err(format!("applying {} {name}", kind.kind)))?;
         Ok(to_value(o))
-    }
-
-    /// [`Self::apply`] of an object coldsite labels, unless the site's watch shows it held
-    /// already: what is live, or what the watch last saw.
-    pub async fn apply_labelled(&self, kind: Kind, object: &Value) -> Result<Value, FabricError> {
-        let (namespace, name) = namespace_and_name(object);
-        let cached = self
-            .watch
-            .as_ref()
-            .and_then(|w| w.labelled(kind, namespace.unwrap_or_default(), name));
-        if let Some(Some(live)) = cached
-            && holds(&live, &with_digest(object))
-        {
-            return Ok(live);
-        }
-        self.apply(kind, object).await
     }
 
     pub async fn merge(
@@ -334,10 +339,17 @@ impl SiteApi {
         }
     }
 
-    /// Makes sure a namespace exists, for restored and test VMs.
+    /// Makes sure a namespace exists, for restored and test VMs; one seen lately is not read.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), FabricError> {
+        if self.watch.as_ref().is_some_and(|w| w.namespace_seen(name)) {
+            return Ok(());
+        }
         let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        self.read_or_create(NAMESPACE, &ns).await.map(|_| ())
+        self.read_or_create(NAMESPACE, &ns).await?;
+        if let Some(w) = &self.watch {
+            w.saw_namespace(name);
+        }
+        Ok(())
     }
 
     /// What exists under the object's name, else the object, created. Reads first, so an

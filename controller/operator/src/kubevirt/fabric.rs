@@ -128,12 +128,8 @@ impl KubeVirtFabric {
         ) else {
             return Ok(None);
         };
-        // A point adopted before is in the site's watch: nothing to read.
-        if let Some(Some(_)) = site
-            .watch
-            .as_ref()
-            .and_then(|w| w.labelled(VOLUME_SNAPSHOT, &vm.vm_namespace, image))
-        {
+        // A point adopted before is in the site's watch (labelled): nothing to read.
+        if let Some(Some(_)) = site.watched(VOLUME_SNAPSHOT, &vm.vm_namespace, image) {
             return Ok(Some(synced));
         }
         let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
@@ -341,7 +337,8 @@ impl KubeVirtFabric {
     /// Whether a site holds a copy of the VM's disk that coldsite made (a restore of an
     /// earlier failover): replication then lands in it, so only changes move.
     async fn holds_copy(&self, site: &SiteApi, vm: &VmModel, disk: &str) -> Result<bool, FabricError> {
-        Ok(site.get(PVC, Some(&vm.vm_namespace), disk).await?.is_some_and(|p| {
+        // Such a copy carries coldsite's labels, so the site's watch (when listed) knows it.
+        Ok(site.get_labelled(PVC, &vm.vm_namespace, disk).await?.is_some_and(|p| {
             str_at(&p, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) == Some(vm.name.as_str())
                 && !deleting(&p)
         }))

@@ -63,6 +63,7 @@ pub async fn reconcile(nm: Arc<NetworkMapping>, ctx: Arc<Context>) -> Result<Act
     crate::status::apply(
         &api,
         &nm.name_any(),
+        None,
         nm.status.as_ref(),
         &NetworkMappingStatus { ..status },
     )

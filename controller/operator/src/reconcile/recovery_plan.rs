@@ -319,7 +319,7 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
     }
     status.observed_generation = generation;
     let api: Api<RecoveryPlan> = Api::namespaced(ctx.client.clone(), &ns);
-    crate::status::apply(&api, &name, plan.status.as_ref(), &status).await?;
+    crate::status::apply(&api, &name, None, plan.status.as_ref(), &status).await?;
     Ok(Action::requeue(requeue))
 }
 

@@ -195,6 +195,7 @@ pub async fn reconcile(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action> {
     crate::status::apply(
         &Api::<Site>::all(ctx.client.clone()),
         &name,
+        None,
         site.status.as_ref(),
         &status,
     )

@@ -3,8 +3,8 @@
 //! other site is kept halted, and halted first when that site answers again. A finalizer
 //! removes replication when protection ends.
 //!
-//! Besides its own changes, a ProtectedVM is reconciled when its VM changes at either site
-//! ([`triggers`]); at rest it is looked at again by its RPO, else every 30 s.
+//! Besides its own changes, a ProtectedVM is reconciled when its VM or its replication objects
+//! change at either site ([`triggers`]); at rest it is looked at again by its RPO, else every 30 s.
 //!
 //! Stages: [`standing`] (pure: settle the last run's outcome, see who holds the VM), fence,
 //! replicate (with app-consistent syncs on their interval) or pause, [`status`] (pure), write.
@@ -88,14 +88,9 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         primary: SiteModel::of(&spec.primary_site, inv.sites.get(&spec.primary_site)),
         recovery: SiteModel::of(&spec.recovery_site, inv.sites.get(&spec.recovery_site)),
     };
-    let model = validate::vm_model(pvm, &inv).map(|(vm, _)| vm).map_err(|problems| {
-        problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .map(|p| format!("{}: {}", p.field, p.message))
-            .collect::<Vec<_>>()
-            .join("; ")
-    });
+    let model = validate::vm_model(pvm, &inv)
+        .map(|(vm, _)| vm)
+        .map_err(|problems| errors_of(&problems));
     // Fencing comes before any other write at the other site.
     let fences = match &model {
         Ok(vm) => fence_all(ctx, &fabric, pvm, vm, &settled, &sides).await,
@@ -109,10 +104,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     } = match &model {
         Err(text) => Protection::problem("InvalidSpec", text.clone()),
         Ok(vm) if settled.claim.is_some() => {
-            let source = sides.of(settled.resting.active);
-            if let Err(e) = fabric.thaw_for_run(vm, source).await {
-                tracing::warn!(protected_vm = %pvm.name_any(), error = %e.message, "could not thaw the guest for the run");
-            }
+            leave_to_the_run(&fabric, pvm, vm, sides.of(settled.resting.active)).await;
             Protection::default()
         }
         Ok(_) if !fenced => Protection::default(),
@@ -140,22 +132,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let (status, ready) = status::build(&old, &observed);
     report(ctx, pvm, &old, &status, &ready, &observed).await;
     report_app_sync(ctx, pvm, app.as_ref(), sides.of(settled.resting.active)).await;
-    // `lastRun` belongs to the runs (their field manager): this reconciler never writes it, or
-    // a run's claim could not clear what an earlier run left there.
-    let (mut mine, mut was) = (status, old);
-    mine.last_run = None;
-    was.last_run = None;
-    let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &ns);
-    let version = pvm.resource_version().unwrap_or_default();
-    let written = crate::status::apply_at(
-        &api,
-        &pvm.name_any(),
-        &version,
-        old_for_compare(&was, &mine, rpo).as_ref(),
-        &mine,
-    )
-    .await?;
-    if written == crate::status::Written::Stale {
+    if write_status(ctx, pvm, old, status, rpo).await? == crate::status::Written::Stale {
         // Reconciled from an object a write behind: again, from the newer one.
         return Ok(Action::requeue(APP_SYNC_RETRY));
     }
@@ -166,6 +143,30 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         Some(AppSync::Error(_)) => FENCE_RETRY,
         _ => look_again,
     }))
+}
+
+/// Writes the status over the object it was built from. `lastRun` belongs to the runs (their
+/// field manager): this reconciler never writes it, or a run's claim could not clear what an
+/// earlier run left there.
+async fn write_status(
+    ctx: &Context,
+    pvm: &ProtectedVM,
+    mut was: ProtectedVMStatus,
+    mut mine: ProtectedVMStatus,
+    rpo: Duration,
+) -> Result<crate::status::Written> {
+    mine.last_run = None;
+    was.last_run = None;
+    let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &pvm.namespace().unwrap_or_default());
+    let version = pvm.resource_version().unwrap_or_default();
+    crate::status::apply(
+        &api,
+        &pvm.name_any(),
+        Some(&version),
+        old_for_compare(&was, &mine, rpo).as_ref(),
+        &mine,
+    )
+    .await
 }
 
 /// When to look again if nothing changes. A VM at rest that replicates with a point is looked
@@ -207,6 +208,13 @@ mod tests {
         let waiting = ReplicationState::default();
         assert_eq!(next_look(true, Some(&waiting), day, now), CHECK_EVERY);
         assert_eq!(next_look(true, None, day, now), CHECK_EVERY);
+    }
+}
+
+/// A run holds the VM: replication is its to drive, and a guest coldsite froze is thawed.
+async fn leave_to_the_run(fabric: &KubeVirtFabric, pvm: &ProtectedVM, vm: &VmModel, source: &SiteModel) {
+    if let Err(e) = fabric.thaw_for_run(vm, source).await {
+        tracing::warn!(protected_vm = %pvm.name_any(), error = %e.message, "could not thaw the guest for the run");
     }
 }
 
@@ -437,6 +445,16 @@ fn old_for_compare(old: &ProtectedVMStatus, new: &ProtectedVMStatus, rpo: Durati
         return Some(same);
     }
     Some(old.clone())
+}
+
+/// The spec's errors in one message, each naming its field.
+fn errors_of(problems: &[validate::Problem]) -> String {
+    problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn reason_of(e: &FabricError) -> &'static str {

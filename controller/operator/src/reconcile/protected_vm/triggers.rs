@@ -1,29 +1,37 @@
-//! Which ProtectedVMs a change seen by a site's VM watch concerns, so that they are
-//! reconciled on it: the ones of that VM at that site, or every one using a site whose VMs
-//! were listed anew (it answers again after an outage), or every one when changes were missed.
+//! Which ProtectedVMs a change seen by a site's watches concerns, so that they are
+//! reconciled on it: the ones of that VM at that site, the one whose replication objects
+//! changed there, or every one using a site whose VMs were listed anew (it answers again
+//! after an outage), or every one when changes were missed.
 
 use coldsite_api::ProtectedVM;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::site_watch::VmChange;
+use crate::site_watch::SiteChange;
 
 /// `None`: changes were missed, so every ProtectedVM is concerned.
 pub fn concerned<'a>(
     pvms: impl IntoIterator<Item = &'a ProtectedVM>,
-    change: Option<&VmChange>,
+    change: Option<&SiteChange>,
 ) -> Vec<ObjectRef<ProtectedVM>> {
     pvms.into_iter()
         .filter(|p| match change {
             None => true,
-            Some(VmChange::Listed { site }) => uses(p, site),
-            Some(VmChange::One { site, namespace, name }) => {
-                let vm_namespace = p.spec.vm.namespace.clone().or_else(|| p.namespace());
-                uses(p, site) && &p.spec.vm.name == name && vm_namespace.as_ref() == Some(namespace)
+            Some(SiteChange::Listed { site }) => uses(p, site),
+            Some(SiteChange::One { site, namespace, name }) => {
+                uses(p, site) && &p.spec.vm.name == name && vm_namespace(p).as_ref() == Some(namespace)
+            }
+            Some(SiteChange::Replication { site, namespace, pvm }) => {
+                uses(p, site) && &p.name_any() == pvm && vm_namespace(p).as_ref() == Some(namespace)
             }
         })
         .map(ObjectRef::from_obj)
         .collect()
+}
+
+/// Where the VM and its replication objects live at the sites.
+fn vm_namespace(pvm: &ProtectedVM) -> Option<String> {
+    pvm.spec.vm.namespace.clone().or_else(|| pvm.namespace())
 }
 
 fn uses(pvm: &ProtectedVM, site: &str) -> bool {
@@ -55,7 +63,7 @@ mod tests {
             pvm("web", "web01", Some("frontend"), ("hq", "dr")),
             pvm("other-pair", "db01", None, ("branch", "cloud")),
         ];
-        let one = |site: &str, namespace: &str, name: &str| VmChange::One {
+        let one = |site: &str, namespace: &str, name: &str| SiteChange::One {
             site: site.into(),
             namespace: namespace.into(),
             name: name.into(),
@@ -64,7 +72,22 @@ mod tests {
         assert_eq!(names(concerned(&all, Some(&one("hq", "frontend", "web01")))), ["web"]);
         assert!(concerned(&all, Some(&one("hq", "apps", "web01"))).is_empty());
         assert!(concerned(&all, Some(&one("elsewhere", "apps", "db01"))).is_empty());
-        let listed = VmChange::Listed { site: "hq".into() };
+        let replication = |site: &str, namespace: &str, pvm: &str| SiteChange::Replication {
+            site: site.into(),
+            namespace: namespace.into(),
+            pvm: pvm.into(),
+        };
+        assert_eq!(names(concerned(&all, Some(&replication("dr", "apps", "db")))), ["db"]);
+        assert_eq!(
+            names(concerned(&all, Some(&replication("hq", "frontend", "web")))),
+            ["web"]
+        );
+        assert!(
+            concerned(&all, Some(&replication("hq", "apps", "web"))).is_empty(),
+            "the VM lives elsewhere"
+        );
+        assert!(concerned(&all, Some(&replication("cloud", "apps", "db"))).is_empty());
+        let listed = SiteChange::Listed { site: "hq".into() };
         assert_eq!(names(concerned(&all, Some(&listed))), ["db", "web"]);
         assert_eq!(names(concerned(&all, None)), ["db", "web", "other-pair"]);
     }

@@ -109,7 +109,7 @@ async fn write_condition(
         now,
     );
     let api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    crate::status::apply(&api, &run.name_any(), run.status.as_ref(), &status).await?;
+    crate::status::apply(&api, &run.name_any(), None, run.status.as_ref(), &status).await?;
     Ok(())
 }
 
@@ -454,7 +454,7 @@ impl Execution<'_> {
         // VMs first: a run whose status says it ended has recorded every VM's part.
         persist::write_vm_parts(ctx, &ns, graph, rctx, self.pvms, &outcome.after, run, phase).await?;
         let api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
-        crate::status::apply(&api, &run.name_any(), run.status.as_ref(), &st).await?;
+        crate::status::apply(&api, &run.name_any(), None, run.status.as_ref(), &st).await?;
         if phase.is_finished() {
             return Ok(Action::await_change());
         }
