@@ -1583,21 +1583,32 @@ async fn planned_over_a_stuck_app_sync(
     ctl: &mut ControllerProcess,
     mgmt: &ControlPlane,
 ) -> Result<()> {
+    let name = "coldsite-exch-mbx01-data";
+    let rs = replication_sources(&s.primary, &s.ns);
+    let rd = replication_destinations(&s.recovery, &s.ns);
+    // The first app-consistent sync (due at once) has ended: attempted, and no tags left.
     wait_for(
-        "exch-mbx01's first app-consistent point",
-        Duration::from_secs(120),
+        "exch-mbx01's first app-consistent sync to end",
+        Duration::from_secs(180),
         || async {
-            let points = pvm_status(s, "exch-mbx01").await?.recovery_points;
-            Ok(points.and_then(|p| p.latest_app_consistent).map(|_| ()))
+            let attempted = rd
+                .get("coldsite-exch-mbx01-system")
+                .await?
+                .annotations()
+                .contains_key("coldsite.io/app-consistent-attempt");
+            let mut tagged = false;
+            for disk in ["coldsite-exch-mbx01-system", name] {
+                for o in [rs.get(disk).await?, rd.get(disk).await?] {
+                    tagged |= o.data.pointer("/spec/trigger/manual").is_some_and(|t| !t.is_null());
+                }
+            }
+            Ok((attempted && !tagged).then_some(()))
         },
     )
     .await?;
     // The plan's Ready stands still while the controller is down.
     plan_ready_is(s, true).await?;
     ctl.kill().await?;
-    let name = "coldsite-exch-mbx01-data";
-    let rs = replication_sources(&s.primary, &s.ns);
-    let rd = replication_destinations(&s.recovery, &s.ns);
     let tag = |api: &Api<DynamicObject>, value: &'static str| {
         let api = api.clone();
         async move {

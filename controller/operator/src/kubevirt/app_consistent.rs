@@ -210,8 +210,11 @@ impl KubeVirtFabric {
         Ok(outcome)
     }
 
-    /// Thaws the guest once every source frozen for has its snapshot cut. A guest frozen by
-    /// someone else (no source frozen for) is theirs to thaw.
+    /// Thaws the guest once every source frozen for has its snapshot cut, and every source
+    /// is tagged: a source whose tag did not take (it changed as it was tagged) is tagged at
+    /// the next pass, inside the freeze still, or the point would be crash-consistent. A guest
+    /// frozen by someone else (no source frozen for) is theirs to thaw; KubeVirt thaws one
+    /// nobody does after [`UNFREEZE_TIMEOUT`].
     async fn thaw_when_cut(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
         let ns = vm.vm_namespace.as_str();
         if !guest_frozen(src, vm).await? {
@@ -223,6 +226,9 @@ impl KubeVirtFabric {
             let Some(rs) = src.get(REPLICATION_SOURCE, Some(ns), &name).await? else {
                 continue;
             };
+            if tag_on(&rs).is_none() {
+                return Ok(());
+            }
             if !frozen_for_its_tag(&rs) {
                 continue;
             }
