@@ -220,29 +220,24 @@ impl KubeVirtFabric {
         if !guest_frozen(src, vm).await? {
             return Ok(());
         }
-        let mut ours = Vec::new();
+        let mut sources = Vec::new();
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
             let Some(rs) = src.get(REPLICATION_SOURCE, Some(ns), &name).await? else {
                 continue;
             };
-            if tag_on(&rs).is_none() {
-                return Ok(());
-            }
-            if !frozen_for_its_tag(&rs) {
-                continue;
-            }
-            let snapshot = src
-                .get(VOLUME_SNAPSHOT, Some(ns), &objects::volsync_source_snapshot(&name))
-                .await?;
-            if !source_cut(&rs, snapshot.as_ref()) {
-                return Ok(());
-            }
-            ours.push(rs);
+            let snapshot = match frozen_for_its_tag(&rs) {
+                true => {
+                    src.get(VOLUME_SNAPSHOT, Some(ns), &objects::volsync_source_snapshot(&name))
+                        .await?
+                }
+                false => None,
+            };
+            sources.push((rs, snapshot));
         }
-        match ours.is_empty() {
-            true => Ok(()),
-            false => self.thaw(src, vm, &ours).await,
+        match to_thaw(&sources, Utc::now()) {
+            Some(ours) => self.thaw(src, vm, &ours).await,
+            None => Ok(()),
         }
     }
 
@@ -311,6 +306,28 @@ impl KubeVirtFabric {
         })
     }
 }
+
+/// Pure: with the guest frozen, the sources frozen for once the guest may be thawed: every
+/// one frozen for has its snapshot cut, and every source is tagged, or [`RETAG_WITHIN`] has
+/// passed (a source whose tag did not take, as it changed when tagged, is tagged inside the
+/// freeze at the next pass; a guest is not kept frozen longer for it). `None` to keep it
+/// frozen, or when coldsite froze it for none (someone else's freeze).
+fn to_thaw(sources: &[(Value, Option<Value>)], now: DateTime<Utc>) -> Option<Vec<Value>> {
+    let ours: Vec<&(Value, Option<Value>)> = sources.iter().filter(|(rs, _)| frozen_for_its_tag(rs)).collect();
+    let frozen_at = ours
+        .iter()
+        .filter_map(|(rs, _)| DateTime::parse_from_rfc3339(annotation(rs, FROZEN_AT)?).ok())
+        .min();
+    let retagging = frozen_at.is_some_and(|t| now.signed_duration_since(t).to_std().unwrap_or_default() < RETAG_WITHIN);
+    if retagging && sources.iter().any(|(rs, _)| tag_on(rs).is_none()) {
+        return None;
+    }
+    let cut = ours.iter().all(|(rs, snapshot)| source_cut(rs, snapshot.as_ref()));
+    (cut && !ours.is_empty()).then(|| ours.into_iter().map(|(rs, _)| rs.clone()).collect())
+}
+
+/// How long a freeze waits for a source whose tag did not take.
+const RETAG_WITHIN: Duration = Duration::from_secs(5);
 
 /// Pure: whether a VM with these points is due an app-consistent sync, by the disks read.
 fn due_for(disks: &[DiskEnds], interval: Duration, points: &[RecoveryPoint], now: DateTime<Utc>) -> bool {
@@ -559,5 +576,30 @@ mod tests {
         assert!(!source_cut(&rs(None, None), Some(&cut)));
         assert!(source_cut(&rs(Some("t"), None), Some(&cut)));
         assert!(source_cut(&rs(None, Some("app-7")), None));
+    }
+
+    #[test]
+    fn the_guest_is_thawed_once_every_source_is_tagged_and_every_frozen_one_cut() {
+        let rs = |tag: Option<&str>, frozen_for: Option<&str>| {
+            json!({"metadata": {"annotations": {FROZEN_FOR: frozen_for, FROZEN_AT: at(0).to_rfc3339()}},
+                   "spec": {"trigger": {"manual": tag}},
+                   "status": {"lastSyncStartTime": "t"}})
+        };
+        let cut = Some(json!({"status": {"creationTime": "2026-12-01T00:00:00Z"}}));
+        let frozen = |tag| (rs(Some(tag), Some(tag)), cut.clone());
+        let soon = at(0) + chrono::Duration::seconds(2);
+        let later = at(0) + chrono::Duration::seconds(6);
+        let thawed = |sources: &[(Value, Option<Value>)], now| to_thaw(sources, now).map(|v| v.len());
+        assert_eq!(thawed(&[frozen("app-1"), frozen("app-2")], soon), Some(2));
+        // The second disk's tag did not take: it is tagged inside this freeze, unless that
+        // takes longer than a guest is kept frozen for it.
+        let untagged = (rs(None, None), None);
+        assert_eq!(thawed(&[frozen("app-1"), untagged.clone()], soon), None);
+        assert_eq!(thawed(&[frozen("app-1"), untagged], later), Some(1));
+        // A frozen source whose snapshot is not cut yet.
+        let uncut = (rs(Some("app-2"), Some("app-2")), None);
+        assert_eq!(thawed(&[frozen("app-1"), uncut], later), None);
+        // Tagged after a failed freeze, or frozen by someone else: not coldsite's to thaw.
+        assert_eq!(thawed(&[(rs(Some("app-1"), None), None)], later), None);
     }
 }
