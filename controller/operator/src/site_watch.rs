@@ -37,9 +37,14 @@ use crate::kubevirt::dynamic::{
 };
 use crate::kubevirt::objects;
 
-/// Server-side end of each watch request, under the site client's 10 s read timeout: a
-/// watch is renewed from where it stopped (no new list), and a dead site is noticed.
-const WATCH_SECONDS: u32 = 8;
+/// Server-side end of each watch request, under [`WATCH_READ_TIMEOUT`]: a watch is renewed
+/// from where it stopped (no new list), about once a minute per kind when nothing changes.
+const WATCH_SECONDS: u32 = 55;
+
+/// The read timeout of the client a site's watches use (other calls to a site give up after
+/// 10 s): a watch that hears nothing for this long, as from a site that stopped answering,
+/// is broken off and started again.
+pub const WATCH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(65);
 
 /// A change a site's watches saw, for the ProtectedVMs it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]

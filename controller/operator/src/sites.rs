@@ -71,7 +71,7 @@ impl SiteClients {
             // The management cluster is the site: its client, with a watch of its own.
             return Ok(self
                 .lookup(&name, "")
-                .unwrap_or_else(|| self.insert(&name, "", self.management.clone())));
+                .unwrap_or_else(|| self.insert(&name, "", self.management.clone(), &self.management)));
         };
         if let Some(client) = self.recent(&name) {
             return Ok(client);
@@ -112,8 +112,10 @@ impl SiteClients {
         config.read_timeout = Some(SITE_TIMEOUT);
         config.write_timeout = Some(SITE_TIMEOUT);
         identify(&mut config);
-        let client = Client::try_from(config).map_err(|e| Error::InvalidSpec(format!("Site {name}: {e}")))?;
-        Ok(self.insert(&name, &version, client))
+        let mut watching = config.clone();
+        watching.read_timeout = Some(crate::site_watch::WATCH_READ_TIMEOUT);
+        let client = |config| Client::try_from(config).map_err(|e| Error::InvalidSpec(format!("Site {name}: {e}")));
+        Ok(self.insert(&name, &version, client(config)?, &client(watching)?))
     }
 
     /// The cached client of a site whose Secret was read within [`RECHECK`].
@@ -133,9 +135,10 @@ impl SiteClients {
         Some(entry.client.clone())
     }
 
-    /// Caches a site's client with a new watch; the one it replaces stops when dropped.
-    fn insert(&self, name: &str, version: &str, client: Client) -> Client {
-        let watch = SiteWatch::start(name, &client, self.site_changes.clone());
+    /// Caches a site's client with a new watch (through `watching`, a client that waits longer
+    /// for an answer); the one it replaces stops when dropped.
+    fn insert(&self, name: &str, version: &str, client: Client, watching: &Client) -> Client {
+        let watch = SiteWatch::start(name, watching, self.site_changes.clone());
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(
                 name.to_owned(),
