@@ -58,8 +58,9 @@ struct Args {
     /// Platform calls in flight at once, per run.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// ProtectedVM reconciles in flight at once (each reads and writes at two sites).
-    #[arg(long, default_value_t = 16)]
+    /// ProtectedVM reconciles in flight at once. Each reads and writes at two sites; while a
+    /// site does not answer, each may wait 10 s for it, so fewer slots mean slower rounds.
+    #[arg(long, default_value_t = 64)]
     protection_concurrency: u16,
     /// text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
