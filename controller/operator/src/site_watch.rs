@@ -1,13 +1,15 @@
 //! Watches of a site's VirtualMachines and of the objects coldsite labels there (copies of
 //! VM manifests, VolSync's ReplicationSources and ReplicationDestinations, recovery-point
-//! VolumeSnapshots), so that reconciles read them from a cache instead of listing or getting
-//! them at every pass (DESIGN §9: watches and reflector caches, not polling). A cache holds
-//! only what carries coldsite's labels: it grows with what coldsite protects, not with the
-//! site.
+//! VolumeSnapshots, restored disks), so that reconciles read them from a cache instead of
+//! listing or getting them at every pass (DESIGN §9: watches and reflector caches, not
+//! polling). A cache holds only what carries coldsite's labels: it grows with what coldsite
+//! protects, not with the site.
 //!
 //! The VM watch also announces each change (and each full list, as when a site that was down
 //! answers again), so ProtectedVMs are reconciled when their copies change instead of being
-//! polled for it: a copy that starts where it must not is fenced at once.
+//! polled for it: a copy that starts where it must not is fenced at once. The replication
+//! watches announce the changes a reconcile acts on (a sync starts or ends, a tag is recorded,
+//! an image or an address comes), so syncs are followed without polling.
 //!
 //! A watch starts with the site's client and stops when it is replaced (its kubeconfig
 //! Secret changed) or dropped. Until its first full list has arrived, and while it cannot
