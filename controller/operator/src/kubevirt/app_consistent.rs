@@ -71,11 +71,18 @@ pub fn due(
 
 /// Pure: whether the source snapshot of a source's tagged sync is cut. VolSync makes it
 /// (`volsync-<source>-src`) after the sync starts and deletes it only after recording the
-/// sync done, so a snapshot with a creation time, or a finished sync, means it is.
+/// sync done, so a snapshot with a creation time, or a finished sync, means it is. The
+/// previous sync's snapshot may still be going (deleted, held by the snapshot-controller's
+/// finalizers) as this sync starts, under the same name: that one does not count, or the
+/// guest would be thawed before this sync's snapshot is cut.
 pub fn source_cut(rs: &Value, snapshot: Option<&Value>) -> bool {
     let done = tag_on(rs).is_some_and(|t| str_at(rs, "/status/lastManualSync") == Some(t));
     let running = str_at(rs, "/status/lastSyncStartTime").is_some_and(|t| !t.is_empty());
-    done || (running && snapshot.is_some_and(|s| s.pointer("/status/creationTime").is_some_and(|t| !t.is_null())))
+    let this_syncs = |s: &Value| {
+        s.pointer("/status/creationTime").is_some_and(|t| !t.is_null())
+            && s.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
+    };
+    done || (running && snapshot.is_some_and(this_syncs))
 }
 
 /// What to do with the sources of an app-consistent sync next.
@@ -576,6 +583,10 @@ mod tests {
         assert!(!source_cut(&rs(None, None), Some(&cut)));
         assert!(source_cut(&rs(Some("t"), None), Some(&cut)));
         assert!(source_cut(&rs(None, Some("app-7")), None));
+        // The previous sync's snapshot, still going as this sync starts: not this sync's cut.
+        let going = json!({"metadata": {"deletionTimestamp": "2026-12-01T00:00:01Z"},
+                           "status": {"creationTime": "2026-12-01T00:00:00Z"}});
+        assert!(!source_cut(&rs(Some("t"), None), Some(&going)));
     }
 
     #[test]
