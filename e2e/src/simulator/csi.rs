@@ -61,8 +61,8 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
 // ---- external-provisioner --------------------------------------------------------------
 
 async fn provision(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
-    let claims: Vec<PersistentVolumeClaim> = ctx.list_typed(site).await?;
-    let ours = claims.iter().filter(|c| {
+    let claims = ctx.cache(site).claims.all();
+    let ours = claims.iter().map(AsRef::as_ref).filter(|c| {
         c.metadata.deletion_timestamp.is_none()
             && c.spec
                 .as_ref()
@@ -224,8 +224,7 @@ async fn create_volume(
 /// PV and the provisioner's finalizer.
 async fn delete_released(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
-    let list = pvs.list(&Default::default()).await.context("listing PVs")?;
-    for pv in list.items {
+    for pv in ctx.cache(site).volumes.all() {
         let ours = pv
             .metadata
             .annotations
@@ -248,7 +247,7 @@ async fn delete_released(ctx: &Ctx, site: usize, state: &mut SiteState) -> Resul
             continue;
         }
         let name = pv.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = delete_volume(&pvs, &pv).await {
+        if let Err(e) = delete_volume(&pvs, pv.as_ref()).await {
             state.errors.push(e.context(format!("deleting PV {name}")));
         }
     }
@@ -289,12 +288,11 @@ where
 // ---- csi-snapshotter -------------------------------------------------------------------
 
 async fn snapshot(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
-    let Some(contents) = ctx.list(VOLUME_SNAPSHOT_CONTENT, site).await? else {
+    let Some(contents) = ctx.cached(VOLUME_SNAPSHOT_CONTENT, site) else {
         return Ok(());
     };
     let api = VOLUME_SNAPSHOT_CONTENT.all(ctx.client(site));
-    let mut volumes: Option<HashMap<String, PersistentVolume>> = None;
-    for content in contents.iter().filter(|c| {
+    for content in contents.iter().map(AsRef::as_ref).filter(|c| {
         str_at(&c.data, "/spec/driver") == Some(DRIVER)
             && str_at(&c.data, "/spec/volumeSnapshotRef/namespace").is_some_and(|ns| ctx.in_scope(ns))
     }) {
@@ -309,18 +307,7 @@ async fn snapshot(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
             }
             remove_finalizer(&api, &content.metadata, CONTENT_FINALIZER).await
         } else {
-            if volumes.is_none() {
-                volumes = Some(volumes_by_handle(ctx, site).await?);
-            }
-            cut(
-                ctx,
-                site,
-                state,
-                &api,
-                content,
-                volumes.as_ref().unwrap_or(&HashMap::new()),
-            )
-            .await
+            cut(ctx, site, state, &api, content).await
         };
         if let Err(e) = result {
             state.errors.push(e.context(describe(content)));
@@ -329,6 +316,8 @@ async fn snapshot(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
     Ok(())
 }
 
+/// Every PV of a site by its CSI volume handle, from one fresh LIST: one etcd revision, so
+/// one instant of all their data.
 pub(super) async fn volumes_by_handle(ctx: &Ctx, site: usize) -> Result<HashMap<String, PersistentVolume>> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
     Ok(pvs
@@ -351,7 +340,6 @@ async fn cut(
     state: &mut SiteState,
     api: &Api<DynamicObject>,
     content: &DynamicObject,
-    volumes: &HashMap<String, PersistentVolume>,
 ) -> Result<()> {
     if content.data.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true) {
         return Ok(());
@@ -377,17 +365,15 @@ async fn cut(
             // Cut with its group; the snapshot-controller fills in its status.
             return Ok(());
         }
-        let Some(pv) = volumes.get(volume_handle) else {
-            bail!("volume {volume_handle} not found");
-        };
-        let mut data = DiskData::of_pv(pv)?;
-        if let Some(frozen) = guest_frozen(ctx, site, pv).await? {
+        let pv = volume(ctx, site, volume_handle).await?;
+        let mut data = DiskData::of_pv(&pv)?;
+        if let Some(frozen) = guest_frozen(ctx, site, &pv).await? {
             data.quiesced = frozen;
         }
         status.insert("snapshotHandle".into(), json!(data.snapshot_handle(&uid)));
         status.insert("readyToUse".into(), json!(false));
         status.insert("creationTime".into(), json!(now_nanos()));
-        if let Some(bytes) = capacity_bytes(pv) {
+        if let Some(bytes) = capacity_bytes(&pv) {
             status.insert("restoreSize".into(), json!(bytes));
         }
         util::patch_status(api, content, status, StatusAt::Subresource).await?;
@@ -400,6 +386,22 @@ async fn cut(
         util::patch_status(api, content, status, StatusAt::Subresource).await?;
     }
     Ok(())
+}
+
+/// The PV of a volume handle, read fresh: its data is what the snapshot holds.
+async fn volume(ctx: &Ctx, site: usize, handle: &str) -> Result<PersistentVolume> {
+    let cached = ctx.cache(site).volumes.matching(|pv| {
+        pv.spec
+            .as_ref()
+            .and_then(|s| s.csi.as_ref())
+            .is_some_and(|c| c.volume_handle == handle)
+    });
+    let name = cached
+        .first()
+        .and_then(|pv| pv.metadata.name.clone())
+        .with_context(|| format!("volume {handle} not found"))?;
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
+    pvs.get(&name).await.with_context(|| format!("reading PV {name}"))
 }
 
 /// Whether the snapshot-controller made this content for a member of a VolumeGroupSnapshot.
@@ -429,7 +431,8 @@ pub(super) fn capacity_bytes(pv: &PersistentVolume) -> Option<i64> {
 }
 
 /// Whether the guest that has a volume attached has its filesystems frozen; `None` when no
-/// running guest has it (the data is at rest, as consistent as what wrote it).
+/// running guest has it (the data is at rest, as consistent as what wrote it). The guests
+/// that mount it are found in the cache; whether one is frozen is read fresh.
 pub(super) async fn guest_frozen(ctx: &Ctx, site: usize, pv: &PersistentVolume) -> Result<Option<bool>> {
     let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
         return Ok(None);
@@ -437,17 +440,19 @@ pub(super) async fn guest_frozen(ctx: &Ctx, site: usize, pv: &PersistentVolume) 
     let (Some(ns), Some(name)) = (claim.namespace.as_deref(), claim.name.as_deref()) else {
         return Ok(None);
     };
-    let vmis = VIRTUAL_MACHINE_INSTANCE
-        .namespaced(ctx.client(site), ns)
-        .list(&Default::default())
-        .await
-        .context("listing VMIs")?;
-    Ok(vmis
-        .items
+    let mounting = ctx.cached(VIRTUAL_MACHINE_INSTANCE, site).unwrap_or_default();
+    let api = VIRTUAL_MACHINE_INSTANCE.namespaced(ctx.client(site), ns);
+    for vmi in mounting
         .iter()
-        .filter(|v| str_at(&v.data, "/status/phase") == Some("Running"))
-        .find(|v| kubevirt::claims(&v.data).iter().any(|c| c == name))
-        .map(|v| virt_api::frozen(&v.data)))
+        .filter(|v| v.metadata.namespace.as_deref() == Some(ns) && kubevirt::claims(&v.data).iter().any(|c| c == name))
+    {
+        let vmi_name = vmi.metadata.name.as_deref().unwrap_or_default();
+        let fresh = api.get_opt(vmi_name).await.context("reading a VMI")?;
+        if let Some(vmi) = fresh.filter(|v| str_at(&v.data, "/status/phase") == Some("Running")) {
+            return Ok(Some(virt_api::frozen(&vmi.data)));
+        }
+    }
+    Ok(None)
 }
 
 fn now_nanos() -> i64 {

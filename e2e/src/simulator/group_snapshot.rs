@@ -37,12 +37,12 @@ const BEING_CREATED: &str = "groupsnapshot.storage.kubernetes.io/volumegroupsnap
 const FINALIZER: &str = "groupsnapshot.storage.kubernetes.io/volumegroupsnapshotcontent-bound-protection";
 
 pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
-    let Some(contents) = ctx.list(VOLUME_GROUP_SNAPSHOT_CONTENT, site).await? else {
+    let Some(contents) = ctx.cached(VOLUME_GROUP_SNAPSHOT_CONTENT, site) else {
         return Ok(());
     };
     let api = VOLUME_GROUP_SNAPSHOT_CONTENT.all(ctx.client(site));
     let mut volumes: Option<HashMap<String, PersistentVolume>> = None;
-    for content in contents.iter().filter(|c| {
+    for content in contents.iter().map(AsRef::as_ref).filter(|c| {
         str_at(&c.data, "/spec/driver") == Some(DRIVER)
             && str_at(&c.data, "/spec/volumeGroupSnapshotRef/namespace").is_some_and(|ns| ctx.in_scope(ns))
     }) {

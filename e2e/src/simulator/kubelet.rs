@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PostParams};
 use serde_json::{Value, json};
 
@@ -38,8 +38,8 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
         ensure_node(ctx, site).await?;
         state.node_checked = Some(std::time::Instant::now());
     }
-    let pods: Vec<Pod> = ctx.list_typed(site).await?;
-    for pod in &pods {
+    for pod in ctx.cache(site).pods.all() {
+        let pod = pod.as_ref();
         let Some(workload) = workload(pod) else {
             continue;
         };
@@ -139,24 +139,19 @@ fn workload(pod: &Pod) -> Option<Workload> {
 }
 
 /// Whether every PVC the pod mounts is Bound, so a kubelet could start it.
-async fn volumes_ready(ctx: &Ctx, site: usize, pod: &Pod) -> Result<bool> {
+fn volumes_ready(ctx: &Ctx, site: usize, pod: &Pod) -> bool {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client(site), namespace);
-    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let Some(claim) = &volume.persistent_volume_claim else {
-            continue;
-        };
-        let bound = pvcs
-            .get_opt(&claim.claim_name)
-            .await?
-            .and_then(|c| c.status)
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p == "Bound");
-        if !bound {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    let claims = &ctx.cache(site).claims;
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|volume| volume.persistent_volume_claim.as_ref())
+        .all(|claim| {
+            claims
+                .get(namespace, &claim.claim_name)
+                .and_then(|c| c.status.as_ref()?.phase.clone())
+                .is_some_and(|p| p == "Bound")
+        })
 }
 
 fn exit_code(container: &k8s_openapi::api::core::v1::Container) -> i32 {
@@ -242,7 +237,7 @@ async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod, workload
         .map(|c| c.restart_count)
         .sum();
     match phase {
-        "Pending" if !volumes_ready(ctx, site, pod).await? => {}
+        "Pending" if !volumes_ready(ctx, site, pod) => {}
         "Pending" => {
             let containers: Vec<Value> = spec
                 .containers

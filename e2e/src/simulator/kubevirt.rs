@@ -12,10 +12,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::{Map, Value, json};
 
+use super::cache::SiteCache;
 use super::netdata::{self, SpecInterface};
 use super::resources::{VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE};
 use super::util::{self, StatusAt, condition, describe, key_of, str_at};
@@ -55,7 +56,7 @@ struct VmiView {
 }
 
 pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
-    let Some(vmis) = ctx.list(VIRTUAL_MACHINE_INSTANCE, site).await? else {
+    let Some(vmis) = ctx.cached(VIRTUAL_MACHINE_INSTANCE, site) else {
         return Ok(());
     };
     let mut views = HashMap::new();
@@ -67,7 +68,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
             Err(e) => state.errors.push(e),
         }
     }
-    let Some(vms) = ctx.list(VIRTUAL_MACHINE, site).await? else {
+    let Some(vms) = ctx.cached(VIRTUAL_MACHINE, site) else {
         return Ok(());
     };
     for vm in &vms {
@@ -89,7 +90,7 @@ fn controller_uid(object: &DynamicObject) -> Option<String> {
 }
 
 /// virt-handler's unfreeze timer: a guest nobody thawed thaws by itself at its
-/// `unfreezeTimeout`.
+/// `unfreezeTimeout`. Checked again on a fresh read: the cache may not show a newer freeze.
 async fn thaw_if_due(ctx: &Ctx, site: usize, vmi: &DynamicObject) -> Result<()> {
     if !virt_api::thaw_due(vmi, chrono::Utc::now()) {
         return Ok(());
@@ -97,6 +98,13 @@ async fn thaw_if_due(ctx: &Ctx, site: usize, vmi: &DynamicObject) -> Result<()> 
     let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
     let name = vmi.metadata.name.as_deref().unwrap_or_default();
     let api = VIRTUAL_MACHINE_INSTANCE.namespaced(ctx.client(site), namespace);
+    let fresh = api
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading {}", describe(vmi)))?;
+    if !fresh.is_some_and(|vmi| virt_api::thaw_due(&vmi, chrono::Utc::now())) {
+        return Ok(());
+    }
     api.patch(name, &util::params(), &kube::api::Patch::Merge(&virt_api::thaw_patch()))
         .await
         .with_context(|| format!("thawing {}", describe(vmi)))?;
@@ -178,8 +186,7 @@ async fn advance_vmi(ctx: &Ctx, site: usize, state: &mut SiteState, vmi: &Dynami
             )]),
         );
     } else {
-        let client = ctx.client(site);
-        let network_data = network_data(&client, namespace, &vmi.data).await?;
+        let network_data = network_data(ctx.cache(site), namespace, &vmi.data)?;
         let ethernets = match network_data.as_deref().map(netdata::parse_ethernets) {
             Some(Ok(ethernets)) => ethernets,
             Some(Err(why)) => {
@@ -229,10 +236,10 @@ async fn ensure_launcher(ctx: &Ctx, site: usize, vmi: &DynamicObject) -> Result<
     let mut hasher = DefaultHasher::new();
     uid.hash(&mut hasher);
     let pod_name = format!("virt-launcher-{name}-{:05x}", hasher.finish() & 0xfffff);
-    let pods: Api<Pod> = Api::namespaced(ctx.client(site), namespace);
-    if let Some(pod) = pods.get_opt(&pod_name).await.context("reading the virt-launcher pod")? {
-        return Ok(pod.status.and_then(|s| s.phase).as_deref() == Some("Running"));
+    if let Some(pod) = ctx.cache(site).pods.get(namespace, &pod_name) {
+        return Ok(pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
     }
+    let pods: Api<Pod> = Api::namespaced(ctx.client(site), namespace);
     let volumes: Vec<Value> = volume_claims(&vmi.data)
         .into_iter()
         .map(|(volume, claim)| json!({"name": volume, "persistentVolumeClaim": {"claimName": claim}}))
@@ -301,7 +308,7 @@ fn generated_mac(vmi: &str, nic: &str) -> String {
 
 /// The cloud-init network data of the first `cloudInitNoCloud` or `cloudInitConfigDrive`
 /// volume that has any: `networkData`, `networkDataBase64` or `networkDataSecretRef`.
-async fn network_data(client: &kube::Client, namespace: &str, data: &Value) -> Result<Option<String>> {
+fn network_data(cache: &SiteCache, namespace: &str, data: &Value) -> Result<Option<String>> {
     let volumes = data
         .pointer("/spec/volumes")
         .and_then(Value::as_array)
@@ -324,19 +331,13 @@ async fn network_data(client: &kube::Client, namespace: &str, data: &Value) -> R
             return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
         }
         if let Some(secret) = util::nonempty_str_at(source, "/networkDataSecretRef/name") {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let Some(secret) = secrets
-                .get_opt(secret)
-                .await
-                .with_context(|| format!("reading network data Secret {namespace}/{secret}"))?
-            else {
-                return Ok(None);
-            };
-            let data = secret.data.unwrap_or_default();
-            let text = ["networkdata", "networkData"]
-                .iter()
-                .find_map(|k| data.get(*k))
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+            let text = cache.secrets.get(namespace, secret).and_then(|secret| {
+                let data = secret.data.as_ref()?;
+                ["networkdata", "networkData"]
+                    .iter()
+                    .find_map(|k| data.get(*k))
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            });
             return Ok(text);
         }
     }

@@ -6,10 +6,11 @@
 //! rest, and says so in its logs. It lives under `e2e/`, is never shipped in the chart, and
 //! must not be mistaken for the real thing.
 //!
-//! At every site, every [`SimConfig::tick`], it lists the objects it plays for (in all
-//! namespaces, or in [`SimConfig::namespaces`]) and fixes what differs from what the real
-//! component would have done: a level-triggered loop that survives restarts of itself and
-//! outages of a site (it logs and retries; it never exits on an API error).
+//! At every site, every [`SimConfig::tick`], it reads the objects it plays for from caches
+//! fed by watches ([`cache`]; in all namespaces, or in [`SimConfig::namespaces`]) and fixes
+//! what differs from what the real component would have done: a level-triggered loop that
+//! survives restarts of itself and outages of a site (it logs and retries; it never exits on
+//! an API error).
 //!
 //! What it plays:
 //! - **A kubelet** ([`kubelet`]) on a Ready Node [`NODE_NAME`]: script Jobs' pods,
@@ -31,6 +32,7 @@
 //! Faults ([`Faults`]) are changed at run time through [`SimulatorHandle::faults`].
 
 pub mod admission;
+mod cache;
 pub mod csi;
 pub mod disk;
 mod faults;
@@ -59,6 +61,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use cache::{Cached, SiteCache};
 pub use disk::DiskData;
 pub use faults::{Faults, SiteFaults};
 pub use kubelet::{EXIT_CODE_ENV, NODE_NAME};
@@ -146,11 +149,24 @@ pub(crate) struct Ctx {
     pub config: SimConfig,
     pub faults: Arc<Mutex<Faults>>,
     pub sites: Vec<SimSite>,
+    /// What the simulator sees of each site, by site index.
+    caches: Vec<SiteCache>,
 }
 
 impl Ctx {
     pub(crate) fn client(&self, site: usize) -> Client {
         self.sites[site].client.clone()
+    }
+
+    /// The watch-fed caches of a site.
+    pub(crate) fn cache(&self, site: usize) -> &SiteCache {
+        &self.caches[site]
+    }
+
+    /// The cached objects of a custom kind at a site; `None` while its CRD is not
+    /// installed there (or the site plays only a kubelet).
+    pub(crate) fn cached(&self, kind: Kind, site: usize) -> Option<Vec<Arc<DynamicObject>>> {
+        self.caches[site].custom(kind).map(Cached::all)
     }
 
     pub(crate) fn site_name(&self, site: usize) -> &str {
@@ -168,7 +184,8 @@ impl Ctx {
             .is_none_or(|set| set.contains(namespace))
     }
 
-    /// Lists a custom kind at a site, in scope. `None` if its CRD is not installed there.
+    /// Lists a custom kind at a site, in scope, fresh (for one-off acts such as a power
+    /// loss; passes read [`Self::cached`]). `None` if its CRD is not installed there.
     pub(crate) async fn list(&self, kind: Kind, site: usize) -> Result<Option<Vec<DynamicObject>>> {
         let client = self.client(site);
         let apis = match &self.config.namespaces {
@@ -195,7 +212,7 @@ impl Ctx {
         Ok(Some(items))
     }
 
-    /// Lists a namespaced built-in kind at a site, in scope.
+    /// Lists a namespaced built-in kind at a site, in scope, fresh.
     pub(crate) async fn list_typed<K>(&self, site: usize) -> Result<Vec<K>>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
@@ -261,10 +278,15 @@ impl Simulator {
         let faults = Arc::new(Mutex::new(Faults::default()));
         let (stop, stopped) = watch::channel(false);
         let passes: Vec<Arc<AtomicU64>> = sites.iter().map(|_| Arc::default()).collect();
+        let caches = sites
+            .iter()
+            .map(|s| SiteCache::start(&s.client, config.namespaces.as_ref(), !s.management_only))
+            .collect();
         let ctx = Arc::new(Ctx {
             config,
             faults: faults.clone(),
             sites,
+            caches,
         });
         let ctx_for_handle = ctx.clone();
         let tasks = (0..ctx.sites.len())

@@ -18,8 +18,11 @@
 //!   tries five times over about a minute) exits 1, and VolSync retries with a new Job.
 //!   A client whose ReplicationSource is `stalled` (a fault) never connects.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch};
 use serde_json::json;
 
@@ -88,15 +91,9 @@ fn volumes(pod: &Pod) -> (Option<String>, Option<String>) {
     (claim, secret)
 }
 
-async fn psk(client: &kube::Client, namespace: &str, secret: Option<&str>) -> Result<Option<Vec<u8>>> {
-    let Some(secret) = secret else { return Ok(None) };
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .get_opt(secret)
-        .await
-        .with_context(|| format!("reading Secret {namespace}/{secret}"))?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get("psk.txt").map(|b| b.0.clone())))
+fn psk(ctx: &Ctx, site: usize, namespace: &str, secret: Option<&str>) -> Option<Vec<u8>> {
+    let secret = ctx.cache(site).secrets.get(namespace, secret?)?;
+    secret.data.as_ref()?.get("psk.txt").map(|b| b.0.clone())
 }
 
 /// Runs a mover's container one step; `Some(exit code)` once it has exited.
@@ -125,25 +122,26 @@ fn serve(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Option<i32
 }
 
 /// A running server pod behind `endpoint`, not yet used by another transfer.
-async fn server_behind(ctx: &Ctx, endpoint: &network::Endpoint) -> Result<Option<Pod>> {
+fn server_behind(ctx: &Ctx, endpoint: &network::Endpoint) -> Option<Arc<Pod>> {
     let namespace = endpoint.service.metadata.namespace.as_deref().unwrap_or_default();
-    let Some(selector) = endpoint.service.spec.as_ref().and_then(|s| s.selector.clone()) else {
-        return Ok(None);
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client(endpoint.site), namespace);
-    let list = pods.list(&Default::default()).await.context("listing pods")?;
-    Ok(list.items.into_iter().find(|p| {
-        let labels = p.metadata.labels.clone().unwrap_or_default();
-        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && p.metadata.deletion_timestamp.is_none()
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            && role(p) == Some(Role::Server)
-            && !p
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(COMPLETE))
-    }))
+    let selector = endpoint.service.spec.as_ref()?.selector.as_ref()?;
+    ctx.cache(endpoint.site)
+        .pods
+        .matching(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && role(p) == Some(Role::Server)
+                && !p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(COMPLETE))
+        })
+        .into_iter()
+        .next()
 }
 
 async fn send(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Result<Option<i32>> {
@@ -164,8 +162,8 @@ async fn send(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Resul
         tracing::info!(site = %ctx.site_name(site), "mover {namespace}/{source_name}: Remote host address must be provided in DESTINATION_ADDRESS");
         return Ok(Some(1));
     };
-    let server = match network::resolve(ctx, site, address).await? {
-        Some(endpoint) => server_behind(ctx, &endpoint).await?.map(|p| (endpoint.site, p)),
+    let server = match network::resolve(ctx, site, address) {
+        Some(endpoint) => server_behind(ctx, &endpoint).map(|p| (endpoint.site, p)),
         None => None,
     };
     let (client_claim, client_secret) = volumes(pod);
@@ -173,8 +171,8 @@ async fn send(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Resul
         Some((server_site, server_pod)) => {
             let (_, server_secret) = volumes(server_pod);
             let server_ns = server_pod.metadata.namespace.as_deref().unwrap_or_default();
-            let ours = psk(&ctx.client(site), namespace, client_secret.as_deref()).await?;
-            let theirs = psk(&ctx.client(*server_site), server_ns, server_secret.as_deref()).await?;
+            let ours = psk(ctx, site, namespace, client_secret.as_deref());
+            let theirs = psk(ctx, *server_site, server_ns, server_secret.as_deref());
             ours.is_some() && ours == theirs
         }
         None => false,

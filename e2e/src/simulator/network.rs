@@ -11,6 +11,7 @@
 //!   Submariner). Nothing else resolves: a name, an unknown or a foreign ClusterIP.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
@@ -26,7 +27,7 @@ use super::{Ctx, SiteState};
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
     pub site: usize,
-    pub service: Service,
+    pub service: Arc<Service>,
 }
 
 /// The ClusterIP range of a site, as its API server allocates.
@@ -54,9 +55,10 @@ pub(crate) fn lb_address(service_cidr: Ipv4Net, pool: Ipv4Net, cluster_ip: Ipv4A
 }
 
 pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
-    let services: Vec<Service> = ctx.list_typed(site).await?;
+    let services = ctx.cache(site).services.all();
     let pending: Vec<&Service> = services
         .iter()
+        .map(AsRef::as_ref)
         .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
         .filter(|s| {
             s.status
@@ -99,14 +101,10 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
 }
 
 /// The Service that `address` reaches from site `from`, if any.
-pub(crate) async fn resolve(ctx: &Ctx, from: usize, address: &str) -> Result<Option<Endpoint>> {
-    let Ok(ip) = address.parse::<IpAddr>() else {
-        return Ok(None);
-    };
-    let ip = ip.to_string();
+pub(crate) fn resolve(ctx: &Ctx, from: usize, address: &str) -> Option<Endpoint> {
+    let ip = address.parse::<IpAddr>().ok()?.to_string();
     for site in 0..ctx.sites.len() {
-        let services: Vec<Service> = ctx.list_typed(site).await?;
-        for service in services {
+        for service in ctx.cache(site).services.all() {
             let by_lb = service
                 .status
                 .as_ref()
@@ -116,11 +114,11 @@ pub(crate) async fn resolve(ctx: &Ctx, from: usize, address: &str) -> Result<Opt
             let by_cluster_ip = service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some(ip.as_str())
                 && (site == from || ctx.config.shared_network);
             if by_lb || by_cluster_ip {
-                return Ok(Some(Endpoint { site, service }));
+                return Some(Endpoint { site, service });
             }
         }
     }
-    Ok(None)
+    None
 }
 
 #[cfg(test)]
