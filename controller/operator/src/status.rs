@@ -22,7 +22,15 @@ pub enum Written {
     Stale,
 }
 
-/// Applies `desired` as the object's status unless it equals `current`; with a `version`
+/// Whether `desired` would write anything over `current`, compared as the API server
+/// stores them: times to the second, say, so a status built from in-memory times with
+/// nanoseconds does not differ from the one read back with the same seconds.
+pub fn unchanged<S: Serialize>(current: Option<&S>, desired: &S) -> bool {
+    current
+        .is_some_and(|c| matches!((serde_json::to_value(c), serde_json::to_value(desired)), (Ok(a), Ok(b)) if a == b))
+}
+
+/// Applies `desired` as the object's status unless it is [`unchanged`]; with a `version`
 /// (the resourceVersion it was read at), only while the object is still at it, so that a
 /// reconcile that started from a cache a write behind does not undo that write.
 pub async fn apply<K, S>(
@@ -34,9 +42,9 @@ pub async fn apply<K, S>(
 ) -> Result<Written>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize + PartialEq,
+    S: Serialize,
 {
-    if current == Some(desired) {
+    if unchanged(current, desired) {
         return Ok(Written::Unchanged);
     }
     let mut patch = serde_json::json!({
@@ -54,5 +62,30 @@ where
         Ok(_) => Ok(Written::Yes),
         Err(kube::Error::Api(s)) if s.code == 409 && version.is_some() => Ok(Written::Stale),
         Err(e) => Err(Error::kube(format!("writing status of {} {name}", K::kind(&())))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use coldsite_engine::time::to_k8s;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::unchanged;
+
+    fn at(nanos: u32, second: u32) -> Option<Time> {
+        Some(to_k8s(
+            Utc.with_ymd_and_hms(2026, 12, 2, 20, 0, second).unwrap() + chrono::Duration::nanoseconds(nanos.into()),
+        ))
+    }
+
+    #[test]
+    fn a_status_is_unchanged_when_it_differs_only_below_what_the_api_server_keeps() {
+        assert!(
+            unchanged(Some(&at(0, 1)), &at(123_456_789, 1)),
+            "the wire keeps whole seconds"
+        );
+        assert!(!unchanged(Some(&at(0, 1)), &at(0, 2)));
+        assert!(!unchanged(None, &at(0, 1)), "no status yet is a change");
     }
 }

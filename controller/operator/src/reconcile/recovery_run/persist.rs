@@ -140,7 +140,7 @@ pub async fn write_vm_parts(
             steps,
             replaced_point: current.and_then(|c| c.replaced_point.clone()),
         };
-        if current != Some(&part) {
+        if !crate::status::unchanged(current, &part) {
             super::claims::write_part(ctx, pvm, &part, None).await?;
         }
     }
