@@ -24,10 +24,6 @@ use crate::sites::SiteClients;
 pub struct Settings {
     /// Fabric calls in flight at once, per run.
     pub concurrency: usize,
-    /// ProtectedVM reconciles at once: a controller that starts (or a site that answers
-    /// again) looks at thousands of VMs, and the sites' API servers take them this many at a
-    /// time.
-    pub protection_concurrency: u16,
 }
 
 /// The controllers' caches of the management cluster's objects, fed by their watches, so

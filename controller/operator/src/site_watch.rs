@@ -202,18 +202,25 @@ where
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
-        let (site, kind, changes, announce) =
-            (watch.site.to_owned(), watch.kind, watch.changes.clone(), watch.announce);
+        let Watch {
+            site,
+            kind,
+            changes,
+            announce,
+            ..
+        } = watch;
+        let site = site.to_owned();
         let stream = reflector::reflector(
             writer,
             events.default_backoff().modify(|o| o.meta_mut().managed_fields = None),
         );
+        let warn_as = site.clone();
         let events = stream.inspect(move |event| match event {
             Ok(Event::InitDone) => flag.store(true, Ordering::Release),
-            Err(e) => tracing::warn!(site = %site, kind = kind.plural, error = %e, "site watch"),
+            Err(e) => tracing::warn!(site = %warn_as, kind = kind.plural, error = %e, "site watch"),
             Ok(_) => {}
         });
-        let task = tokio::spawn(announce.run(watch.site.to_owned(), changes, events));
+        let task = tokio::spawn(announce.run(site, changes, events));
         Cache { store, ready, task }
     }
 

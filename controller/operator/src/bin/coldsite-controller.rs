@@ -153,52 +153,21 @@ fn change_stream(
     })
 }
 
-async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
+async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: u16) {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
     let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone());
     let mappings = Controller::new(Api::<NetworkMapping>::all(client.clone()), cfg.clone());
     let pvms = Controller::new(Api::<ProtectedVM>::all(client.clone()), cfg.clone());
-    // Reconciles read what they refer to from the controllers' own caches, once each has
-    // its first full list. Only this future waits for that: a store's readiness keeps one
-    // waker, so of several reconciles waiting there all but one would sleep forever.
-    let stores = Stores {
-        sites: sites.store(),
-        mappings: mappings.store(),
-        protected_vms: pvms.store(),
-    };
-    let caches = {
-        let ctx = ctx.clone();
-        async move {
-            let ready = stores.sites.wait_until_ready().await.is_ok()
-                && stores.mappings.wait_until_ready().await.is_ok()
-                && stores.protected_vms.wait_until_ready().await.is_ok();
-            if ready {
-                ctx.set_stores(Some(stores));
-            }
-        }
-    };
-    let sites = sites
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            instrument("Site", reconcile::site::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each({
-            let ctx = ctx.clone();
-            move |r| {
-                // A deleted Site (one lost for good) leaves no reachability series behind,
-                // or its alert would fire for ever; its client and watches stop. The
-                // controller only re-triggers on changes, not deletions: this comes with the
-                // probe already scheduled (within PROBE_EVERY), which finds it gone.
-                if let Err(controller::Error::ObjectNotFound(site)) = &r {
-                    ctx.metrics.forget_site(&site.name);
-                    ctx.sites.forget(&site.name);
-                }
-                log_result("Site", r)
-            }
-        });
+    let caches = fill_stores(
+        ctx.clone(),
+        Stores {
+            sites: sites.store(),
+            mappings: mappings.store(),
+            protected_vms: pvms.store(),
+        },
+    );
+    let sites = site_controller(sites, &ctx, stop.clone());
     let mappings = mappings
         .graceful_shutdown_on(stop.clone())
         .run(
@@ -207,60 +176,9 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
             ctx.clone(),
         )
         .for_each(|r| log_result("NetworkMapping", r));
-    // A ProtectedVM is reconciled when its VM or its replication changes at a site, not only on a timer.
-    let pvm_store = pvms.store();
-    let site_changes = change_stream(ctx.sites.site_changes()).flat_map(move |change| {
-        let state = pvm_store.state();
-        futures::stream::iter(reconcile::protected_vm::triggers::concerned(
-            state.iter().map(AsRef::as_ref),
-            change.as_ref(),
-        ))
-    });
-    let pvms = pvms
-        .with_config(controller::Config::default().concurrency(ctx.settings.protection_concurrency))
-        .reconcile_on(site_changes)
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            instrument("ProtectedVM", reconcile::protected_vm::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|r| log_result("ProtectedVM", r));
-    let plans = Controller::new(Api::<RecoveryPlan>::all(client.clone()), cfg.clone());
-    // A plan's Ready follows its VMs' protection: a ProtectedVM whose protection changes
-    // (not each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it.
-    let plan_store = plans.store();
-    let protection = watcher::watcher(Api::<ProtectedVM>::all(client.clone()), cfg.clone())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(reconcile::recovery_plan::protection_state, Default::default());
-    let plans = plans
-        .watches(
-            Api::<RecoveryRun>::all(client.clone()),
-            cfg.clone(),
-            |run: RecoveryRun| run.namespace().map(|ns| ObjectRef::new(&run.spec.plan).within(&ns)),
-        )
-        .watches_stream(protection, move |pvm: ProtectedVM| {
-            reconcile::recovery_plan::plans_naming(&plan_store, &pvm)
-        })
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            instrument("RecoveryPlan", reconcile::recovery_plan::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each({
-            let ctx = ctx.clone();
-            move |r| {
-                // Likewise at the deleted plan's next scheduled pass (within a minute).
-                if let Err(controller::Error::ObjectNotFound(plan)) = &r {
-                    ctx.metrics
-                        .forget_plan(plan.namespace.as_deref().unwrap_or_default(), &plan.name);
-                }
-                log_result("RecoveryPlan", r)
-            }
-        });
-    let runs = Controller::new(Api::<RecoveryRun>::all(client.clone()), cfg)
+    let pvms = protection_controller(pvms, &ctx, stop.clone(), protection_concurrency);
+    let plans = plan_controller(&ctx, stop.clone());
+    let runs = Controller::new(Api::<RecoveryRun>::all(client), cfg)
         .graceful_shutdown_on(stop)
         .run(
             instrument("RecoveryRun", reconcile::recovery_run::reconcile),
@@ -271,6 +189,103 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop) {
     tokio::join!(caches, sites, mappings, pvms, plans, runs);
     // The watches ended with this term: later readers ask the API until the next term.
     ctx.set_stores(None);
+}
+
+/// Reconciles read what they refer to from the controllers' own caches, once each has its
+/// first full list. Only this future waits for that: a store's readiness keeps one waker,
+/// so of several reconciles waiting there all but one would sleep forever.
+async fn fill_stores(ctx: Arc<Context>, stores: Stores) {
+    let ready = stores.sites.wait_until_ready().await.is_ok()
+        && stores.mappings.wait_until_ready().await.is_ok()
+        && stores.protected_vms.wait_until_ready().await.is_ok();
+    if ready {
+        ctx.set_stores(Some(stores));
+    }
+}
+
+fn site_controller(sites: Controller<Site>, ctx: &Arc<Context>, stop: Stop) -> impl Future<Output = ()> {
+    let forget = ctx.clone();
+    sites
+        .graceful_shutdown_on(stop)
+        .run(
+            instrument("Site", reconcile::site::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(move |r| {
+            // A deleted Site (one lost for good) leaves no reachability series behind, or
+            // its alert would fire for ever; its client and watches stop. The controller
+            // only re-triggers on changes, not deletions: this comes with the probe already
+            // scheduled (within PROBE_EVERY), which finds it gone.
+            if let Err(controller::Error::ObjectNotFound(site)) = &r {
+                forget.metrics.forget_site(&site.name);
+                forget.sites.forget(&site.name);
+            }
+            log_result("Site", r)
+        })
+}
+
+/// A ProtectedVM is reconciled when its VM or its replication changes at a site, not only
+/// on a timer, `concurrency` at a time.
+fn protection_controller(
+    pvms: Controller<ProtectedVM>,
+    ctx: &Arc<Context>,
+    stop: Stop,
+    concurrency: u16,
+) -> impl Future<Output = ()> {
+    let pvm_store = pvms.store();
+    let site_changes = change_stream(ctx.sites.site_changes()).flat_map(move |change| {
+        let state = pvm_store.state();
+        futures::stream::iter(reconcile::protected_vm::triggers::concerned(
+            state.iter().map(AsRef::as_ref),
+            change.as_ref(),
+        ))
+    });
+    pvms.with_config(controller::Config::default().concurrency(concurrency))
+        .reconcile_on(site_changes)
+        .graceful_shutdown_on(stop)
+        .run(
+            instrument("ProtectedVM", reconcile::protected_vm::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| log_result("ProtectedVM", r))
+}
+
+/// A plan's Ready follows its VMs' protection: a ProtectedVM whose protection changes (not
+/// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it.
+fn plan_controller(ctx: &Arc<Context>, stop: Stop) -> impl Future<Output = ()> {
+    let client = ctx.client.clone();
+    let cfg = watcher::Config::default();
+    let plans = Controller::new(Api::<RecoveryPlan>::all(client.clone()), cfg.clone());
+    let plan_store = plans.store();
+    let protection = watcher::watcher(Api::<ProtectedVM>::all(client.clone()), cfg.clone())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(reconcile::recovery_plan::protection_state, Default::default());
+    let forget = ctx.clone();
+    plans
+        .watches(Api::<RecoveryRun>::all(client), cfg, |run: RecoveryRun| {
+            run.namespace().map(|ns| ObjectRef::new(&run.spec.plan).within(&ns))
+        })
+        .watches_stream(protection, move |pvm: ProtectedVM| {
+            reconcile::recovery_plan::plans_naming(&plan_store, &pvm)
+        })
+        .graceful_shutdown_on(stop)
+        .run(
+            instrument("RecoveryPlan", reconcile::recovery_plan::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(move |r| {
+            // Likewise at the deleted plan's next scheduled pass (within a minute).
+            if let Err(controller::Error::ObjectNotFound(plan)) = &r {
+                forget
+                    .metrics
+                    .forget_plan(plan.namespace.as_deref().unwrap_or_default(), &plan.name);
+            }
+            log_result("RecoveryPlan", r)
+        })
 }
 
 #[tokio::main]
@@ -296,7 +311,6 @@ async fn main() -> anyhow::Result<()> {
         http: HttpClient::new()?,
         settings: Settings {
             concurrency: args.concurrency.max(1),
-            protection_concurrency: args.protection_concurrency.max(1),
         },
         runs: Default::default(),
         stores: Default::default(),
@@ -327,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.no_leader_election {
         tracing::info!("acting without leader election");
-        run_controllers(ctx, shared(stopped())).await;
+        run_controllers(ctx, shared(stopped()), args.protection_concurrency.max(1)).await;
     } else {
         let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&args.lease_namespace)
@@ -370,7 +384,11 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         };
-        let controllers = tokio::spawn(run_controllers(ctx, shared(stop_or_lost)));
+        let controllers = tokio::spawn(run_controllers(
+            ctx,
+            shared(stop_or_lost),
+            args.protection_concurrency.max(1),
+        ));
         tokio::select! {
             () = lost => {
                 // Another replica may act now: stop at once rather than race it.
