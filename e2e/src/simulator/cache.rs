@@ -27,13 +27,15 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use super::resources::{
-    Kind, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, VOLUME_GROUP_SNAPSHOT_CONTENT, VOLUME_SNAPSHOT_CONTENT,
+    Kind, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, VOLUME_GROUP_SNAPSHOT_CONTENT, VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT,
 };
 
 /// The custom kinds a platform site's caches hold.
-const CUSTOM_KINDS: [Kind; 4] = [
+const CUSTOM_KINDS: [Kind; 5] = [
     VIRTUAL_MACHINE,
     VIRTUAL_MACHINE_INSTANCE,
+    VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT,
     VOLUME_GROUP_SNAPSHOT_CONTENT,
 ];
@@ -45,6 +47,7 @@ where
     K::DynamicType: Eq + Hash + Clone,
 {
     stores: Vec<Store<K>>,
+    dyntype: K::DynamicType,
 }
 
 impl<K> Cached<K>
@@ -68,15 +71,14 @@ where
     pub(crate) fn matching(&self, predicate: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
         self.stores.iter().flat_map(|s| s.state_filter(&predicate)).collect()
     }
-}
 
-impl<K> Cached<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    /// The cached object `namespace/name`.
-    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        let key = ObjectRef::new(name).within(namespace);
+    /// The cached object `namespace/name` (no namespace for a cluster-scoped kind).
+    pub(crate) fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
+        let key = ObjectRef::new_with(name, self.dyntype.clone());
+        let key = match namespace {
+            Some(ns) => key.within(ns),
+            None => key,
+        };
         self.stores.iter().find_map(|s| s.get(&key))
     }
 }
@@ -108,6 +110,7 @@ impl SiteCache {
             claims: scope.namespaced(&mut tasks),
             volumes: Cached {
                 stores: vec![reflect(Api::all(client.clone()), (), &mut tasks)],
+                dyntype: (),
             },
             services: scope.namespaced(&mut tasks),
             secrets: scope.namespaced(&mut tasks),
@@ -160,7 +163,7 @@ impl Scope<'_> {
             None => vec![Api::all(self.client.clone())],
         };
         let stores = apis.into_iter().map(|api| reflect(api, (), tasks)).collect();
-        Cached { stores }
+        Cached { stores, dyntype: () }
     }
 
     fn custom(&self, kind: Kind, tasks: &mut Vec<JoinHandle<()>>) -> Cached<DynamicObject> {
@@ -175,7 +178,10 @@ impl Scope<'_> {
             .into_iter()
             .map(|api| reflect(api, kind.api_resource(), tasks))
             .collect();
-        Cached { stores }
+        Cached {
+            stores,
+            dyntype: kind.api_resource(),
+        }
     }
 }
 

@@ -36,7 +36,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PostParams};
 use serde_json::{Map, Value, json};
 
 use super::disk::{DATA_ANNOTATION, DiskData};
-use super::resources::{VIRTUAL_MACHINE_INSTANCE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT};
+use super::resources::{Kind, VIRTUAL_MACHINE_INSTANCE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT};
 use super::util::{self, StatusAt, describe, nonempty_str_at, str_at};
 use super::{Ctx, SiteState, kubevirt, virt_api};
 
@@ -75,10 +75,11 @@ async fn provision(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> 
                 .map(String::as_str)
                 == Some(DRIVER)
     });
-    let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
+    let volumes = &ctx.cache(site).volumes;
     for claim in ours {
         let name = format!("pvc-{}", claim.metadata.uid.as_deref().unwrap_or_default());
-        if pvs.get_opt(&name).await.context("reading PVs")?.is_some() {
+        // One made a moment ago and not cached yet is refused as existing.
+        if volumes.get(None, &name).is_some() {
             continue;
         }
         let key = format!(
@@ -100,20 +101,20 @@ async fn provision(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> 
 }
 
 /// The data a new volume starts with; `None` while its source is not ready (the real
-/// provisioner retries such claims), an error for a source it refuses.
+/// provisioner retries such claims), an error for a source it refuses. A snapshot source is
+/// read from the cache: the data it holds is in its content's handle, which never changes.
 async fn initial_data(ctx: &Ctx, site: usize, claim: &PersistentVolumeClaim) -> Result<Option<DiskData>> {
     let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
     let spec = claim.spec.clone().unwrap_or_default();
     let Some(source) = spec.data_source.as_ref() else {
         return Ok(Some(DiskData::default()));
     };
-    let client = ctx.client(site);
+    let cache = ctx.cache(site);
+    let cached =
+        |kind: Kind, namespace: Option<&str>, name: &str| cache.custom(kind).and_then(|c| c.get(namespace, name));
     match (source.api_group.as_deref().unwrap_or_default(), source.kind.as_str()) {
         ("snapshot.storage.k8s.io", "VolumeSnapshot") => {
-            let Some(snapshot) = VOLUME_SNAPSHOT
-                .namespaced(client.clone(), namespace)
-                .get_opt(&source.name)
-                .await?
+            let Some(snapshot) = cached(VOLUME_SNAPSHOT, Some(namespace), &source.name)
                 .filter(|s| s.metadata.deletion_timestamp.is_none())
             else {
                 bail!("snapshot {} not found", source.name);
@@ -124,13 +125,15 @@ async fn initial_data(ctx: &Ctx, site: usize, claim: &PersistentVolumeClaim) -> 
             let Some(content_name) = nonempty_str_at(&snapshot.data, "/status/boundVolumeSnapshotContentName") else {
                 return Ok(None);
             };
-            let content = VOLUME_SNAPSHOT_CONTENT.all(client).get(content_name).await?;
+            let Some(content) = cached(VOLUME_SNAPSHOT_CONTENT, None, content_name) else {
+                return Ok(None);
+            };
             restore_checks(&snapshot, &content, &spec)?;
             let handle = nonempty_str_at(&content.data, "/status/snapshotHandle")
                 .with_context(|| format!("snapshot {} has no handle", source.name))?;
             DiskData::from_snapshot_handle(handle).map(Some)
         }
-        ("", "PersistentVolumeClaim") => super::disk::read(&client, namespace, &source.name).await,
+        ("", "PersistentVolumeClaim") => super::disk::read(&ctx.client(site), namespace, &source.name).await,
         (group, kind) => bail!("no populator for {kind}.{group} here"),
     }
 }

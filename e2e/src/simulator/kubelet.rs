@@ -148,7 +148,7 @@ fn volumes_ready(ctx: &Ctx, site: usize, pod: &Pod) -> bool {
         .filter_map(|volume| volume.persistent_volume_claim.as_ref())
         .all(|claim| {
             claims
-                .get(namespace, &claim.claim_name)
+                .get(Some(namespace), &claim.claim_name)
                 .and_then(|c| c.status.as_ref()?.phase.clone())
                 .is_some_and(|p| p == "Bound")
         })

@@ -236,7 +236,7 @@ async fn ensure_launcher(ctx: &Ctx, site: usize, vmi: &DynamicObject) -> Result<
     let mut hasher = DefaultHasher::new();
     uid.hash(&mut hasher);
     let pod_name = format!("virt-launcher-{name}-{:05x}", hasher.finish() & 0xfffff);
-    if let Some(pod) = ctx.cache(site).pods.get(namespace, &pod_name) {
+    if let Some(pod) = ctx.cache(site).pods.get(Some(namespace), &pod_name) {
         return Ok(pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client(site), namespace);
@@ -331,7 +331,7 @@ fn network_data(cache: &SiteCache, namespace: &str, data: &Value) -> Result<Opti
             return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
         }
         if let Some(secret) = util::nonempty_str_at(source, "/networkDataSecretRef/name") {
-            let text = cache.secrets.get(namespace, secret).and_then(|secret| {
+            let text = cache.secrets.get(Some(namespace), secret).and_then(|secret| {
                 let data = secret.data.as_ref()?;
                 ["networkdata", "networkData"]
                     .iter()

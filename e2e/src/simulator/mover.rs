@@ -92,7 +92,7 @@ fn volumes(pod: &Pod) -> (Option<String>, Option<String>) {
 }
 
 fn psk(ctx: &Ctx, site: usize, namespace: &str, secret: Option<&str>) -> Option<Vec<u8>> {
-    let secret = ctx.cache(site).secrets.get(namespace, secret?)?;
+    let secret = ctx.cache(site).secrets.get(Some(namespace), secret?)?;
     secret.data.as_ref()?.get("psk.txt").map(|b| b.0.clone())
 }
 
