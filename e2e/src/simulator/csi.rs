@@ -38,7 +38,7 @@ use serde_json::{Map, Value, json};
 use super::disk::{DATA_ANNOTATION, DiskData};
 use super::resources::{Kind, VIRTUAL_MACHINE_INSTANCE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT};
 use super::util::{self, StatusAt, describe, nonempty_str_at, str_at};
-use super::{Ctx, SiteState, kubevirt, virt_api};
+use super::{Ctx, SiteState, each, kubevirt, virt_api};
 
 /// The simulated CSI driver's name: the provisioner of the sites' StorageClasses and the
 /// driver of their VolumeSnapshotClasses.
@@ -52,7 +52,7 @@ const CONTENT_FINALIZER: &str = "snapshot.storage.kubernetes.io/volumesnapshotco
 const GROUP_MEMBER: &str = "groupsnapshot.storage.k8s.io/volumeGroupSnapshotHandle";
 const ALLOW_MODE_CHANGE: &str = "snapshot.storage.kubernetes.io/allow-volume-mode-change";
 
-pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
+pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
     provision(ctx, site, state).await?;
     delete_released(ctx, site, state).await?;
     snapshot(ctx, site, state).await
@@ -60,7 +60,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
 
 // ---- external-provisioner --------------------------------------------------------------
 
-async fn provision(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
+async fn provision(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
     let claims = ctx.cache(site).claims.all();
     let ours = claims.iter().map(AsRef::as_ref).filter(|c| {
         c.metadata.deletion_timestamp.is_none()
@@ -76,27 +76,29 @@ async fn provision(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> 
                 == Some(DRIVER)
     });
     let volumes = &ctx.cache(site).volumes;
-    for claim in ours {
-        let name = format!("pvc-{}", claim.metadata.uid.as_deref().unwrap_or_default());
-        // One made a moment ago and not cached yet is refused as existing.
-        if volumes.get(None, &name).is_some() {
-            continue;
-        }
+    let pv_name = |claim: &PersistentVolumeClaim| format!("pvc-{}", claim.metadata.uid.as_deref().unwrap_or_default());
+    // One made a moment ago and not cached yet is refused as existing.
+    let unprovisioned: Vec<_> = ours
+        .filter(|claim| volumes.get(None, &pv_name(claim)).is_none())
+        .collect();
+    each(state, unprovisioned, |claim| async move {
         let key = format!(
             "{}/{}",
             claim.metadata.namespace.as_deref().unwrap_or_default(),
             claim.metadata.name.as_deref().unwrap_or_default()
         );
         match initial_data(ctx, site, claim).await {
-            Ok(Some(data)) => {
-                if let Err(e) = create_volume(ctx, site, claim, &name, &data).await {
-                    state.errors.push(e.context(format!("provisioning PVC {key}")));
-                }
+            Ok(Some(data)) => create_volume(ctx, site, claim, &pv_name(claim), &data)
+                .await
+                .with_context(|| format!("provisioning PVC {key}")),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::debug!(site = %ctx.site_name(site), "PVC {key} not provisioned yet: {e:#}");
+                Ok(())
             }
-            Ok(None) => {}
-            Err(e) => tracing::debug!(site = %ctx.site_name(site), "PVC {key} not provisioned yet: {e:#}"),
         }
-    }
+    })
+    .await;
     Ok(())
 }
 
@@ -225,35 +227,44 @@ async fn create_volume(
 
 /// Released volumes of this driver with policy Delete: the backend volume goes, then the
 /// PV and the provisioner's finalizer.
-async fn delete_released(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
+async fn delete_released(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client(site));
-    for pv in ctx.cache(site).volumes.all() {
-        let ours = pv
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(PROVISIONED_BY))
-            .map(String::as_str)
-            == Some(DRIVER);
-        let claim_ns = pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.claim_ref.as_ref())
-            .and_then(|r| r.namespace.clone());
-        let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
-        let delete = pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-            == Some("Delete");
-        if !(ours && released && delete && claim_ns.is_some_and(|ns| ctx.in_scope(&ns))) {
-            continue;
+    let all = ctx.cache(site).volumes.all();
+    let released: Vec<_> = all
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|pv| {
+            let ours = pv
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PROVISIONED_BY))
+                .map(String::as_str)
+                == Some(DRIVER);
+            let claim_ns = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|r| r.namespace.clone());
+            let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+            let delete = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+                == Some("Delete");
+            ours && released && delete && claim_ns.is_some_and(|ns| ctx.in_scope(&ns))
+        })
+        .collect();
+    each(state, released, |pv| {
+        let pvs = &pvs;
+        async move {
+            let name = pv.metadata.name.as_deref().unwrap_or_default();
+            delete_volume(pvs, pv)
+                .await
+                .with_context(|| format!("deleting PV {name}"))
         }
-        let name = pv.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = delete_volume(&pvs, pv.as_ref()).await {
-            state.errors.push(e.context(format!("deleting PV {name}")));
-        }
-    }
+    })
+    .await;
     Ok(())
 }
 
@@ -290,32 +301,35 @@ where
 
 // ---- csi-snapshotter -------------------------------------------------------------------
 
-async fn snapshot(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
+async fn snapshot(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
     let Some(contents) = ctx.cached(VOLUME_SNAPSHOT_CONTENT, site) else {
         return Ok(());
     };
-    let api = VOLUME_SNAPSHOT_CONTENT.all(ctx.client(site));
-    for content in contents.iter().map(AsRef::as_ref).filter(|c| {
-        str_at(&c.data, "/spec/driver") == Some(DRIVER)
-            && str_at(&c.data, "/spec/volumeSnapshotRef/namespace").is_some_and(|ns| ctx.in_scope(ns))
-    }) {
-        let result = if content.metadata.deletion_timestamp.is_some() {
-            let marked = content
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(BEING_DELETED));
-            if !marked {
-                continue;
-            }
-            remove_finalizer(&api, &content.metadata, CONTENT_FINALIZER).await
+    let api = &VOLUME_SNAPSHOT_CONTENT.all(ctx.client(site));
+    let ours: Vec<_> = contents
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|c| {
+            str_at(&c.data, "/spec/driver") == Some(DRIVER)
+                && str_at(&c.data, "/spec/volumeSnapshotRef/namespace").is_some_and(|ns| ctx.in_scope(ns))
+        })
+        .collect();
+    each(state, ours, |content| async move {
+        let result = if content.metadata.deletion_timestamp.is_none() {
+            cut(ctx, site, state, api, content).await
+        } else if content
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(BEING_DELETED))
+        {
+            remove_finalizer(api, &content.metadata, CONTENT_FINALIZER).await
         } else {
-            cut(ctx, site, state, &api, content).await
+            Ok(())
         };
-        if let Err(e) = result {
-            state.errors.push(e.context(describe(content)));
-        }
-    }
+        result.with_context(|| describe(content))
+    })
+    .await;
     Ok(())
 }
 
@@ -340,7 +354,7 @@ pub(super) async fn volumes_by_handle(ctx: &Ctx, site: usize) -> Result<HashMap<
 async fn cut(
     ctx: &Ctx,
     site: usize,
-    state: &mut SiteState,
+    state: &SiteState,
     api: &Api<DynamicObject>,
     content: &DynamicObject,
 ) -> Result<()> {

@@ -36,7 +36,7 @@ const BEING_DELETED: &str = "groupsnapshot.storage.kubernetes.io/volumegroupsnap
 const BEING_CREATED: &str = "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-created";
 const FINALIZER: &str = "groupsnapshot.storage.kubernetes.io/volumegroupsnapshotcontent-bound-protection";
 
-pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
+pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
     let Some(contents) = ctx.cached(VOLUME_GROUP_SNAPSHOT_CONTENT, site) else {
         return Ok(());
     };
@@ -57,7 +57,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
             Ok(())
         };
         if let Err(e) = result {
-            state.errors.push(e.context(describe(content)));
+            state.error(e.context(describe(content)));
         }
     }
     Ok(())

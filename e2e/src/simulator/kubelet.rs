@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::mover;
 use super::util::{self, k8s_time};
-use super::{Ctx, SiteState};
+use super::{Ctx, SiteState, each, lock};
 
 /// The simulated node's name.
 pub const NODE_NAME: &str = "coldsite-sim-node";
@@ -33,24 +33,26 @@ pub const EXIT_CODE_ENV: &str = "COLDSITE_SIM_EXIT_CODE";
 
 const NODE_RECHECK: Duration = Duration::from_secs(10);
 
-pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
-    if state.node_checked.is_none_or(|t| t.elapsed() > NODE_RECHECK) {
+pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
+    if lock(&state.node_checked).is_none_or(|t| t.elapsed() > NODE_RECHECK) {
         ensure_node(ctx, site).await?;
-        state.node_checked = Some(std::time::Instant::now());
+        *lock(&state.node_checked) = Some(std::time::Instant::now());
     }
-    for pod in ctx.cache(site).pods.all() {
-        let pod = pod.as_ref();
-        let Some(workload) = workload(pod) else {
-            continue;
-        };
-        if let Err(e) = step(ctx, site, state, pod, workload).await {
-            state.errors.push(e.context(format!(
+    let pods = ctx.cache(site).pods.all();
+    let ours: Vec<_> = pods
+        .iter()
+        .filter_map(|pod| Some((pod.as_ref(), workload(pod)?)))
+        .collect();
+    each(state, ours, |(pod, workload)| async move {
+        step(ctx, site, state, pod, workload).await.with_context(|| {
+            format!(
                 "pod {}/{}",
                 pod.metadata.namespace.as_deref().unwrap_or_default(),
                 pod.metadata.name.as_deref().unwrap_or_default()
-            )));
-        }
-    }
+            )
+        })
+    })
+    .await;
     Ok(())
 }
 
@@ -177,7 +179,7 @@ fn pod_condition(type_: &str, status: bool, reason: Option<&str>, now: &str) -> 
     c
 }
 
-async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod, workload: Workload) -> Result<()> {
+async fn step(ctx: &Ctx, site: usize, state: &SiteState, pod: &Pod, workload: Workload) -> Result<()> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -21,7 +22,7 @@ use super::netdata::{self, SpecInterface};
 use super::resources::{VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE};
 use super::util::{self, StatusAt, condition, describe, key_of, str_at};
 use super::virt_api;
-use super::{Ctx, NODE_NAME, SiteState};
+use super::{Ctx, NODE_NAME, SiteState, each, lock};
 
 /// What `spec.runStrategy` (or the older `spec.running`) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,27 +56,27 @@ struct VmiView {
     controlled_by: Option<String>,
 }
 
-pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
+pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
     let Some(vmis) = ctx.cached(VIRTUAL_MACHINE_INSTANCE, site) else {
         return Ok(());
     };
-    let mut views = HashMap::new();
-    for vmi in &vmis {
-        match advance_vmi(ctx, site, state, vmi).await {
-            Ok(view) => {
-                views.insert(key_of(vmi), view);
-            }
-            Err(e) => state.errors.push(e),
+    let views = Mutex::new(HashMap::new());
+    each(state, vmis.iter().map(AsRef::as_ref).collect(), |vmi| {
+        let views = &views;
+        async move {
+            let view = advance_vmi(ctx, site, state, vmi).await?;
+            lock(views).insert(key_of(vmi), view);
+            Ok(())
         }
-    }
+    })
+    .await;
     let Some(vms) = ctx.cached(VIRTUAL_MACHINE, site) else {
         return Ok(());
     };
-    for vm in &vms {
-        if let Err(e) = reconcile_vm(ctx, site, vm, views.get(&key_of(vm))).await {
-            state.errors.push(e);
-        }
-    }
+    let views = views.into_inner().unwrap_or_else(|e| e.into_inner());
+    let views = &views;
+    let vms = vms.iter().map(AsRef::as_ref).collect();
+    each(state, vms, |vm| reconcile_vm(ctx, site, vm, views.get(&key_of(vm)))).await;
     Ok(())
 }
 
@@ -113,7 +114,7 @@ async fn thaw_if_due(ctx: &Ctx, site: usize, vmi: &DynamicObject) -> Result<()> 
 }
 
 /// Moves a VMI along `Pending → Scheduling → Running` and reports what its guest shows.
-async fn advance_vmi(ctx: &Ctx, site: usize, state: &mut SiteState, vmi: &DynamicObject) -> Result<VmiView> {
+async fn advance_vmi(ctx: &Ctx, site: usize, state: &SiteState, vmi: &DynamicObject) -> Result<VmiView> {
     let namespace = vmi.metadata.namespace.as_deref().unwrap_or_default();
     let name = vmi.metadata.name.as_deref().unwrap_or_default();
     let uid = vmi.metadata.uid.clone().unwrap_or_default();

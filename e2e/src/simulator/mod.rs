@@ -48,11 +48,13 @@ pub mod virt_api;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DynamicObject, ListParams};
@@ -174,7 +176,7 @@ impl Ctx {
     }
 
     pub(crate) fn faults(&self) -> MutexGuard<'_, Faults> {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.faults)
     }
 
     pub(crate) fn in_scope(&self, namespace: &str) -> bool {
@@ -238,33 +240,79 @@ impl Ctx {
 }
 
 /// What one site task remembers between passes. Nothing here is needed for
-/// correctness after a restart: timers just start over.
+/// correctness after a restart: timers just start over. Shared by the objects a pass works
+/// on at once ([`PARALLEL`]).
 #[derive(Default)]
 pub(crate) struct SiteState {
-    timers: HashMap<String, Instant>,
-    touched: HashSet<String>,
-    pub node_checked: Option<Instant>,
-    pub errors: Vec<anyhow::Error>,
+    timers: Mutex<Timers>,
+    pub node_checked: Mutex<Option<Instant>>,
+    errors: Mutex<Vec<anyhow::Error>>,
     last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Timers {
+    started: HashMap<String, Instant>,
+    touched: HashSet<String>,
+}
+
+/// How many objects of one kind a pass works on at once: at thousands of VMs, one request
+/// after another would make a pass outlast its timeout.
+pub(crate) const PARALLEL: usize = 16;
+
+/// Works on `items` [`PARALLEL`] at once; what fails goes to the pass's errors.
+/// (A `Vec`, not any iterator: a spawned pass cannot hold an adapter's closure across an
+/// await.)
+pub(crate) async fn each<T, Fut>(state: &SiteState, items: Vec<T>, work: impl Fn(T) -> Fut)
+where
+    Fut: Future<Output = Result<()>>,
+{
+    futures::stream::iter(items)
+        .for_each_concurrent(PARALLEL, |item| {
+            let done = work(item);
+            async move {
+                if let Err(e) = done.await {
+                    state.error(e);
+                }
+            }
+        })
+        .await;
 }
 
 impl SiteState {
     /// Time since `key` was first seen (now, if this is the first time).
-    pub(crate) fn since(&mut self, key: &str) -> Duration {
-        self.touched.insert(key.to_owned());
-        self.timers.entry(key.to_owned()).or_insert_with(Instant::now).elapsed()
+    pub(crate) fn since(&self, key: &str) -> Duration {
+        let mut timers = lock(&self.timers);
+        timers.touched.insert(key.to_owned());
+        timers
+            .started
+            .entry(key.to_owned())
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    /// Records an error of this pass: it is logged, and the pass retried.
+    pub(crate) fn error(&self, e: anyhow::Error) {
+        lock(&self.errors).push(e);
     }
 
     /// Forgets timers not used during a pass that completed without errors.
     fn end_pass(&mut self, complete: bool) {
+        let timers = self.timers.get_mut().unwrap_or_else(|e| e.into_inner());
+        let touched = std::mem::take(&mut timers.touched);
         if complete {
-            let touched = std::mem::take(&mut self.touched);
-            self.timers.retain(|k, _| touched.contains(k));
-        } else {
-            self.touched.clear();
+            timers.started.retain(|k, _| touched.contains(k));
         }
     }
 }
+
+/// A lock that a panicking holder did not spoil: the simulator's state is plain data.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pass that takes longer is reported: it slows everything the simulator plays.
+const SLOW_PASS: Duration = Duration::from_secs(5);
 
 static WRITES: AtomicU64 = AtomicU64::new(1);
 
@@ -466,17 +514,17 @@ async fn run_site(ctx: Arc<Ctx>, site: usize, mut stopped: watch::Receiver<bool>
     let mut state = SiteState::default();
     loop {
         let started = Instant::now();
-        let pass = tokio::time::timeout(ctx.config.pass_timeout, reconcile_site(&ctx, site, &mut state));
+        let pass = tokio::time::timeout(ctx.config.pass_timeout, reconcile_site(&ctx, site, &state));
         let timed_out = tokio::select! {
             _ = stopped.changed() => break,
             result = pass => result.is_err(),
         };
         if timed_out {
-            state
-                .errors
-                .push(anyhow!("pass timed out after {:?}", ctx.config.pass_timeout));
+            state.error(anyhow!("pass timed out after {:?}", ctx.config.pass_timeout));
         }
-        tracing::trace!(site = %name, "pass took {:?}", started.elapsed());
+        if started.elapsed() > SLOW_PASS {
+            tracing::info!(site = %name, "site simulator: a pass took {:.1?}", started.elapsed());
+        }
         report(&name, &mut state);
         passes.fetch_add(1, Ordering::Relaxed);
         let pause = ctx.config.tick.saturating_sub(started.elapsed());
@@ -489,7 +537,7 @@ async fn run_site(ctx: Arc<Ctx>, site: usize, mut stopped: watch::Receiver<bool>
 
 /// Logs the errors of a pass: a warning when they change, a note when they clear.
 fn report(site: &str, state: &mut SiteState) {
-    let errors = std::mem::take(&mut state.errors);
+    let errors = std::mem::take(state.errors.get_mut().unwrap_or_else(|e| e.into_inner()));
     state.end_pass(errors.is_empty());
     if errors.is_empty() {
         if state.last_error.take().is_some() {
@@ -511,27 +559,27 @@ fn report(site: &str, state: &mut SiteState) {
     }
 }
 
-async fn reconcile_site(ctx: &Ctx, site: usize, state: &mut SiteState) {
+async fn reconcile_site(ctx: &Ctx, site: usize, state: &SiteState) {
     if !ctx.sites[site].management_only {
         reconcile_platform(ctx, site, state).await;
     }
     if let Err(e) = kubelet::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("kubelet"));
+        state.error(e.context("kubelet"));
     }
 }
 
 /// The parts of a site that need nodes, disks and a network.
-async fn reconcile_platform(ctx: &Ctx, site: usize, state: &mut SiteState) {
+async fn reconcile_platform(ctx: &Ctx, site: usize, state: &SiteState) {
     if let Err(e) = network::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("load balancer"));
+        state.error(e.context("load balancer"));
     }
     if let Err(e) = csi::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("CSI sidecars"));
+        state.error(e.context("CSI sidecars"));
     }
     if let Err(e) = group_snapshot::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("CSI group snapshots"));
+        state.error(e.context("CSI group snapshots"));
     }
     if let Err(e) = kubevirt::reconcile(ctx, site, state).await {
-        state.errors.push(e.context("virt-controller"));
+        state.error(e.context("virt-controller"));
     }
 }

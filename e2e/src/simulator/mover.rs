@@ -97,14 +97,14 @@ fn psk(ctx: &Ctx, site: usize, namespace: &str, secret: Option<&str>) -> Option<
 }
 
 /// Runs a mover's container one step; `Some(exit code)` once it has exited.
-pub(crate) async fn step(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod, role: Role) -> Result<Option<i32>> {
+pub(crate) async fn step(ctx: &Ctx, site: usize, state: &SiteState, pod: &Pod, role: Role) -> Result<Option<i32>> {
     match role {
         Role::Server => Ok(serve(ctx, site, state, pod)),
         Role::Client => send(ctx, site, state, pod).await,
     }
 }
 
-fn serve(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Option<i32> {
+fn serve(ctx: &Ctx, site: usize, state: &SiteState, pod: &Pod) -> Option<i32> {
     let completed = pod
         .metadata
         .annotations
@@ -144,7 +144,7 @@ fn server_behind(ctx: &Ctx, endpoint: &network::Endpoint) -> Option<Arc<Pod>> {
         .next()
 }
 
-async fn send(ctx: &Ctx, site: usize, state: &mut SiteState, pod: &Pod) -> Result<Option<i32>> {
+async fn send(ctx: &Ctx, site: usize, state: &SiteState, pod: &Pod) -> Result<Option<i32>> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let source_name = pod

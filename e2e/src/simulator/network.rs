@@ -54,7 +54,7 @@ pub(crate) fn lb_address(service_cidr: Ipv4Net, pool: Ipv4Net, cluster_ip: Ipv4A
     Some(Ipv4Addr::from(u32::from(pool.network()) + offset))
 }
 
-pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> Result<()> {
+pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &SiteState) -> Result<()> {
     let services = ctx.cache(site).services.all();
     let pending: Vec<&Service> = services
         .iter()
@@ -92,9 +92,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, site: usize, state: &mut SiteState) -> 
             Ok(_) => {
                 tracing::info!(site = %ctx.site_name(site), "load balancer: Service {namespace}/{name} at {address}")
             }
-            Err(e) => state
-                .errors
-                .push(anyhow::Error::new(e).context(format!("Service {namespace}/{name}"))),
+            Err(e) => state.error(anyhow::Error::new(e).context(format!("Service {namespace}/{name}"))),
         }
     }
     Ok(())
