@@ -39,4 +39,4 @@ pub use binaries::{BIN_DIR_ENV, Binaries, workspace_binary};
 pub use controlplane::{
     Component, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS, SiteNetwork, TEST_NAMESPACE_LABEL, log_tail,
 };
-pub use process::KEEP_ENV;
+pub use process::{KEEP_ENV, spawn_tied};

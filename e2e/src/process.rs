@@ -129,6 +129,19 @@ pub(crate) fn spawn(spec: Spec) -> Result<Child> {
     Ok(child)
 }
 
+/// Starts `program` with `args`, its output to `log`, tied to this process as every child
+/// here is: it dies with this process, even one killed with SIGKILL (the site simulator's
+/// upstream controllers, whose tests kill it so).
+pub fn spawn_tied(program: &Path, args: Vec<String>, log: &Path) -> Result<Child> {
+    spawn(Spec {
+        program: program.to_owned(),
+        args: args.into_iter().map(OsString::from).collect(),
+        envs: Vec::new(),
+        cwd: log.parent().unwrap_or(Path::new("/")).to_owned(),
+        log: log.to_owned(),
+    })
+}
+
 /// Kills `child` (SIGKILL), reaps it and forgets it.
 pub(crate) fn kill(child: &mut Child) {
     registry().pids.retain(|p| *p != child.id() as i32);

@@ -1,7 +1,6 @@
 //! `coldsite-site-simulator`: runs the e2e site simulator against real API servers.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -91,20 +90,14 @@ async fn client_for(path: &Path) -> Result<Client> {
     Client::try_from(config).context("building a kube client")
 }
 
-/// Runs one upstream controller, logging to `log`; it dies with this process.
-fn run(binaries: &Binaries, name: &str, args: Vec<String>, log: &Path) -> Result<tokio::process::Child> {
-    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    tokio::process::Command::new(binaries.path(name))
-        .args(args)
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {name}"))
+/// Runs one upstream controller, logging to `log`; it dies with this process, however
+/// this process ends.
+fn run(binaries: &Binaries, name: &str, args: Vec<String>, log: &Path) -> Result<std::process::Child> {
+    coldsite_e2e::spawn_tied(&binaries.path(name), args, log).with_context(|| format!("starting {name}"))
 }
 
 /// Installs a site's upstream parts and starts its controllers.
-async fn install(name: &str, kubeconfig: &Path, client: &Client, log_dir: &Path) -> Result<Vec<tokio::process::Child>> {
+async fn install(name: &str, kubeconfig: &Path, client: &Client, log_dir: &Path) -> Result<Vec<std::process::Child>> {
     let binaries = Binaries::locate()?;
     site::install(client, &binaries)
         .await
