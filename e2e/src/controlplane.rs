@@ -313,6 +313,11 @@ impl ControlPlane {
                     format!("--service-account-private-key-file={}", files.sa_key.display()),
                     format!("--root-ca-file={}", files.ca_cert.display()),
                     format!("--cluster-name={}", self.name),
+                    // Its controllers' clients default to 20 requests a second each: the
+                    // PV binder then binds about five claims a second, which sets the pace
+                    // of a site with thousands of disks (as clusters at scale raise it).
+                    "--kube-api-qps=100".into(),
+                    "--kube-api-burst=200".into(),
                     "--v=1".into(),
                 ],
             )?;
