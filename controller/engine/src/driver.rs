@@ -4,7 +4,7 @@
 //! runs passes on a virtual clock.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use chrono::{DateTime, Utc};
 use coldsite_api::RunAction;
@@ -197,6 +197,11 @@ pub enum DriverError {
     Store { step: String, message: String },
 }
 
+/// When each running step is next asked, as a pass left it: `(when, step, attempt)`. The
+/// operator makes a driver per reconcile; handing this on keeps a step's own pace (its
+/// `retry_after`) instead of asking every running step again at every reconcile.
+pub type PollSchedule = Vec<(DateTime<Utc>, StepIdx, u32)>;
+
 /// How many fabric calls a pass makes at once.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -218,6 +223,8 @@ pub struct Driver<'a, F, S, H> {
     limits: Limits,
     /// Running steps and when to ask the fabric next, with the attempt polled.
     polls: BinaryHeap<Reverse<(DateTime<Utc>, StepIdx, u32)>>,
+    /// An earlier driver's schedule, for the running steps this one resumes.
+    carried: HashMap<StepIdx, (DateTime<Utc>, u32)>,
     /// Fabric calls made, for reports.
     pub calls: u64,
 }
@@ -232,8 +239,21 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             hook,
             limits,
             polls: BinaryHeap::new(),
+            carried: HashMap::new(),
             calls: 0,
         }
+    }
+
+    /// Resumes the running steps on an earlier driver's [`Self::schedule`]: a step resumed at
+    /// the attempt it was polled at is asked when that driver would have asked it.
+    pub fn with_schedule(mut self, schedule: PollSchedule) -> Self {
+        self.carried = schedule.into_iter().map(|(t, step, a)| (step, (t, a))).collect();
+        self
+    }
+
+    /// When each running step is next due (see [`PollSchedule`]).
+    pub fn schedule(&self) -> PollSchedule {
+        self.polls.iter().map(|Reverse(p)| *p).collect()
     }
 
     pub fn executor(&self) -> &Executor<'a> {
@@ -261,7 +281,11 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             let commands = self.executor.advance(now, inputs, std::mem::take(&mut observations));
             for c in commands {
                 if let Command::Start { step, attempt } = c {
-                    self.polls.push(Reverse((now, step, attempt)));
+                    let at = match self.carried.remove(&step) {
+                        Some((t, a)) if a == attempt => t.max(now),
+                        _ => now,
+                    };
+                    self.polls.push(Reverse((at, step, attempt)));
                 }
                 // Abandoned steps drop out when their poll comes due: the attempt no longer runs.
             }

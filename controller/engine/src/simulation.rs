@@ -78,6 +78,10 @@ pub struct RunOptions {
     pub check_every_pass: bool,
     /// Give up after this much virtual time.
     pub horizon: Duration,
+    /// A new driver for every pass, resumed from the saved records and the last driver's
+    /// poll schedule, as the operator does at each reconcile; otherwise one driver until a
+    /// crash.
+    pub driver_per_pass: bool,
 }
 
 impl Default for RunOptions {
@@ -90,6 +94,7 @@ impl Default for RunOptions {
             limits: Limits::default(),
             check_every_pass: false,
             horizon: Duration::from_secs(7 * 24 * 3600),
+            driver_per_pass: false,
         }
     }
 }
@@ -149,10 +154,13 @@ async fn run_async(
     let crashes_plan = CrashPlan::new(options.crash_at.iter().copied());
     let mut approvals: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
     let (mut crashes, mut passes, mut calls) = (0u32, 0u64, 0u64);
+    // A crash forgets the schedule; a driver handed on per pass keeps it.
+    let mut schedule = Vec::new();
     'restart: loop {
         let cancelled = cancel_at.is_some_and(|c| fabric.clock.now() >= c);
         let executor = Executor::resume(graph, store.records.clone(), cancelled);
-        let mut driver = Driver::new(ctx, executor, fabric, &mut store, &crashes_plan, options.limits);
+        let mut driver = Driver::new(ctx, executor, fabric, &mut store, &crashes_plan, options.limits)
+            .with_schedule(std::mem::take(&mut schedule));
         loop {
             let now = fabric.clock.now();
             let inputs = RunInputs {
@@ -213,14 +221,19 @@ async fn run_async(
                 .into_iter()
                 .flatten()
                 .min();
-            if next_approval.is_none() && !ex.waiting_for().is_empty() && options.approve_after.is_some() {
-                // Approvals granted this pass take effect on the next one, at once.
+            if ex.waiting_for().iter().any(|n| approvals.contains_key(*n)) {
+                // Approvals granted this pass take effect on the next one, at once, whether or
+                // not other steps still wait for theirs.
                 next = Some(now);
             }
             match next {
                 Some(t) if t > deadline => return Err(SimError::Horizon(options.horizon)),
                 Some(t) => fabric.clock.advance_to(t),
                 None => return Err(SimError::Stuck { at: now }),
+            }
+            if options.driver_per_pass {
+                schedule = driver.schedule();
+                continue 'restart;
             }
         }
     }

@@ -145,6 +145,7 @@ fn scenario(seed: u64) -> Scenario {
             limits: Limits {
                 concurrency: rng.random_range(1..=16),
             },
+            driver_per_pass: rng.random_bool(0.5),
             ..RunOptions::default()
         },
         must_succeed,
@@ -249,6 +250,39 @@ fn a_seed_replays_identically() {
         let b = scenario(seed);
         assert_eq!(run(&a).ok(), run(&b).ok(), "seed {seed}");
     }
+}
+
+/// The operator makes a new driver at every reconcile, handing on when each running step is
+/// next due: a step is asked as often as it said (its retry_after), as with one driver for
+/// the whole run, not once per pass. Without the schedule every pass would ask every running
+/// step again, and the fabric would see more calls.
+#[test]
+fn a_driver_per_pass_asks_the_fabric_as_one_driver_does() {
+    let mut compared = 0;
+    for seed in 1..=200 {
+        let mut s = scenario(seed);
+        if !s.run.crash_at.is_empty() {
+            continue;
+        }
+        let graph = planner::plan(&s.ctx.plan, s.options);
+        let mut run = |per_pass: bool| {
+            s.run.driver_per_pass = per_pass;
+            let fabric = SimFabric::for_run(s.config.clone(), &s.ctx.plan, s.options.action, s.options.direction);
+            simulation::run(&s.ctx, &graph, &fabric, &s.run).ok()
+        };
+        let (Some(one), Some(per_pass)) = (run(false), run(true)) else {
+            continue;
+        };
+        assert_eq!(
+            (one.fabric_calls, one.phase, one.finished),
+            (per_pass.fabric_calls, per_pass.phase, per_pass.finished),
+            "seed {seed}: {} passes with one driver, {} with one per pass",
+            one.passes,
+            per_pass.passes
+        );
+        compared += 1;
+    }
+    assert!(compared > 50, "only {compared} seeds ran to the end without crashes");
 }
 
 /// An unplanned failover told not to stop the source refuses to start a copy while the

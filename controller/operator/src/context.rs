@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use coldsite_api::{NetworkMapping, ProtectedVM, Site};
+use coldsite_api::{NetworkMapping, ProtectedVM, RecoveryRun, Site};
 use coldsite_engine::model::SiteModel;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,6 +33,17 @@ pub struct Stores {
     pub sites: Store<Site>,
     pub mappings: Store<NetworkMapping>,
     pub protected_vms: Store<ProtectedVM>,
+    /// Filled by the plans controller's watch of runs (see `plan_controller`).
+    pub runs: Store<RecoveryRun>,
+}
+
+/// What one pass of a run hands the next within this process: the step records (the
+/// durable copy is in status) and when each running step is next asked. Lost on restart,
+/// when a pass rebuilds the records from status and asks every running step at once.
+#[derive(Clone, Debug, Default)]
+pub struct RunMemory {
+    pub records: Vec<coldsite_engine::executor::StepRecord>,
+    pub polls: coldsite_engine::driver::PollSchedule,
 }
 
 pub struct Context {
@@ -42,8 +53,8 @@ pub struct Context {
     pub reporter: Reporter,
     pub http: HttpClient,
     pub settings: Settings,
-    /// Step records of runs in progress, by run UID: the durable copy is in status.
-    pub runs: Mutex<HashMap<String, Vec<coldsite_engine::executor::StepRecord>>>,
+    /// What the last pass of each run in progress left, by run UID.
+    pub runs: Mutex<HashMap<String, RunMemory>>,
     /// Set while controllers run (one leadership term) and their caches are filled; None
     /// makes readers ask the API.
     pub stores: RwLock<Option<Stores>>,

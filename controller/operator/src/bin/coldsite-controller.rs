@@ -20,7 +20,7 @@ use coldsite_operator::sites::SiteClients;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -159,12 +159,14 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
     let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone());
     let mappings = Controller::new(Api::<NetworkMapping>::all(client.clone()), cfg.clone());
     let pvms = Controller::new(Api::<ProtectedVM>::all(client.clone()), cfg.clone());
+    let (runs, plans_see_runs) = reflector::store();
     let caches = fill_stores(
         ctx.clone(),
         Stores {
             sites: sites.store(),
             mappings: mappings.store(),
             protected_vms: pvms.store(),
+            runs,
         },
     );
     let sites = site_controller(sites, &ctx, stop.clone());
@@ -177,7 +179,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
         )
         .for_each(|r| log_result("NetworkMapping", r));
     let pvms = protection_controller(pvms, &ctx, stop.clone(), protection_concurrency);
-    let plans = plan_controller(&ctx, stop.clone());
+    let plans = plan_controller(&ctx, stop.clone(), plans_see_runs);
     let runs = Controller::new(Api::<RecoveryRun>::all(client), cfg)
         .graceful_shutdown_on(stop)
         .run(
@@ -197,7 +199,8 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
 async fn fill_stores(ctx: Arc<Context>, stores: Stores) {
     let ready = stores.sites.wait_until_ready().await.is_ok()
         && stores.mappings.wait_until_ready().await.is_ok()
-        && stores.protected_vms.wait_until_ready().await.is_ok();
+        && stores.protected_vms.wait_until_ready().await.is_ok()
+        && stores.runs.wait_until_ready().await.is_ok();
     if ready {
         ctx.set_stores(Some(stores));
     }
@@ -253,8 +256,10 @@ fn protection_controller(
 }
 
 /// A plan's Ready follows its VMs' protection: a ProtectedVM whose protection changes (not
-/// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it.
-fn plan_controller(ctx: &Arc<Context>, stop: Stop) -> impl Future<Output = ()> {
+/// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it. Its watch
+/// of runs fills `runs` (the shared cache of runs) before it triggers a plan, so a plan
+/// reconciled for a run's change reads that change.
+fn plan_controller(ctx: &Arc<Context>, stop: Stop, runs: Writer<RecoveryRun>) -> impl Future<Output = ()> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
     let plans = Controller::new(Api::<RecoveryPlan>::all(client.clone()), cfg.clone());
@@ -264,8 +269,13 @@ fn plan_controller(ctx: &Arc<Context>, stop: Stop) -> impl Future<Output = ()> {
         .touched_objects()
         .predicate_filter(reconcile::recovery_plan::protection_state, Default::default());
     let forget = ctx.clone();
+    let run_changes = reflector::reflector(
+        runs,
+        watcher::watcher(Api::<RecoveryRun>::all(client), cfg).default_backoff(),
+    )
+    .touched_objects();
     plans
-        .watches(Api::<RecoveryRun>::all(client), cfg, |run: RecoveryRun| {
+        .watches_stream(run_changes, |run: RecoveryRun| {
             run.namespace().map(|ns| ObjectRef::new(&run.spec.plan).within(&ns))
         })
         .watches_stream(protection, move |pvm: ProtectedVM| {

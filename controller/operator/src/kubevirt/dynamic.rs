@@ -159,6 +159,15 @@ impl SiteApi {
         }
     }
 
+    /// A VirtualMachine from the site's watch once it has listed them (every namespace), else
+    /// read now: at most a moment behind, for decisions a later look corrects.
+    pub async fn get_vm(&self, namespace: &str, name: &str) -> Result<Option<Value>, FabricError> {
+        match self.watch.as_ref().and_then(|w| w.vm(namespace, name)) {
+            Some(cached) => Ok(cached),
+            None => self.get(VM, Some(namespace), name).await,
+        }
+    }
+
     /// An object coldsite labels as the site's watch shows it (a VolumeSnapshot's metadata
     /// only); `None` when there is no watch of its kind or it has not listed yet.
     pub fn watched(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {

@@ -545,11 +545,13 @@ impl KubeVirtFabric {
             .collect())
     }
 
-    /// A VM's points, from all its disks' snapshots (see [`points`]).
+    /// A VM's points, from all its disks' snapshots (see [`points`]), as the site's watch
+    /// shows them: a run asks at every look at a restore, and the restore itself finds its
+    /// snapshots in a fresh list.
     async fn recovery_points_at(&self, site: &SiteApi, vm: &VmModel) -> Result<Vec<RecoveryPoint>, FabricError> {
         let mut disks = Vec::new();
         for disk in &vm.disks {
-            let snapshots = self.disk_points(site, vm, disk).await?;
+            let snapshots = self.watched_disk_points(site, vm, disk, None).await?;
             disks.push(snapshots.iter().map(|(t, s)| disk_point(*t, s)).collect::<Vec<_>>());
         }
         Ok(points::vm_points(&disks))
@@ -636,12 +638,7 @@ struct DiskReplication {
 /// is brought up to date at the next pass.
 async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
     let ns = vm.vm_namespace.as_str();
-    let cached = src.watch.as_ref().and_then(|w| w.vm(ns, &vm.vm_name));
-    let found = match cached {
-        Some(found) => found,
-        None => src.get(VM, Some(ns), &vm.vm_name).await?,
-    };
-    let Some(source_vm) = found else {
+    let Some(source_vm) = src.get_vm(ns, &vm.vm_name).await? else {
         return Ok(());
     };
     let copy = json!({
@@ -1015,15 +1012,16 @@ impl Fabric for KubeVirtFabric {
         let site = self.site(&req.target.name)?;
         let ns = req.namespace;
         let name = &req.vm.vm_name;
+        // The VM from the site's watch, so asking often costs no request.
         if readiness.vm_ready {
-            let vm = site.get(VM, Some(ns), name).await?;
+            let vm = site.get_vm(ns, name).await?;
             if !vm
                 .as_ref()
                 .and_then(|v| v.pointer("/status/ready"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
             {
-                return in_progress(Duration::from_secs(3));
+                return in_progress(Duration::from_secs(1));
             }
         }
         if readiness.guest_agent {

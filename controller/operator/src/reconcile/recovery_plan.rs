@@ -11,7 +11,7 @@ use coldsite_api::recovery_plan::{DrillSchedule, DrillSummary, RecoveryPlanStatu
 use coldsite_api::recovery_run::{RecoveryRunSpec, RunPhase};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
 use coldsite_engine::validate::{self, Severity};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -228,11 +228,8 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
     status.estimated_rpo_seconds = worst_rpo;
 
     // The latest run and the latest drill.
-    let runs_api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut runs: Vec<RecoveryRun> = runs_api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing RecoveryRuns"))?
+    let mut runs: Vec<RecoveryRun> = crate::inventory::runs(&ctx, &ns)
+        .await?
         .into_iter()
         .filter(|r| r.spec.plan == name)
         .collect();
@@ -299,6 +296,7 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
             now,
         );
         requeue = decision.requeue;
+        let runs_api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
         for name in decision.delete {
             runs_api
                 .delete(&name, &DeleteParams::background())

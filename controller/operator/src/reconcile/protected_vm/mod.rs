@@ -374,24 +374,37 @@ async fn report_app_sync(ctx: &Context, pvm: &ProtectedVM, app: Option<&AppSync>
 }
 
 /// Ends a claim whose run is gone (deleted while it ran), or ended without recording it
-/// here (it stopped between its own status and its VMs'): nothing else would.
+/// here (it stopped between its own status and its VMs'): nothing else would. The runs'
+/// cache says whether to look; the API server confirms before a claim is released.
 async fn release_if_gone(ctx: &Context, pvm: &ProtectedVM, claim: &Claim) -> Result<bool> {
     let ns = pvm.namespace().unwrap_or_default();
+    if let Some(stores) = ctx.stores() {
+        let cached = stores
+            .runs
+            .get(&kube::runtime::reflector::ObjectRef::new(&claim.run).within(&ns));
+        if ended(cached.as_deref(), claim).is_none() {
+            return Ok(false);
+        }
+    }
     let run = Api::<coldsite_api::RecoveryRun>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&claim.run)
         .await
-        .map_err(Error::kube("reading the run that holds the VM"))?
-        .filter(|r| r.uid().as_deref() == Some(claim.uid.as_str()));
-    let phase = match &run {
-        None => RunPhase::Cancelled,
-        Some(r) => match r.status.as_ref().and_then(|s| s.phase) {
-            Some(p) if p.is_finished() => p,
-            _ => return Ok(false),
-        },
+        .map_err(Error::kube("reading the run that holds the VM"))?;
+    let Some(phase) = ended(run.as_ref(), claim) else {
+        return Ok(false);
     };
     tracing::info!(protected_vm = %pvm.name_any(), run = %claim.run, ?phase, "the run holding this VM has ended; releasing it");
     crate::reconcile::recovery_run::claims::release(ctx, &[pvm], &claim.run, &claim.uid, phase).await?;
     Ok(true)
+}
+
+/// How the claim's run ended, or None while it runs: a run of that name but another UID is
+/// a new run, and the claimant is gone (cancelled).
+fn ended(run: Option<&coldsite_api::RecoveryRun>, claim: &Claim) -> Option<RunPhase> {
+    match run.filter(|r| r.uid().as_deref() == Some(claim.uid.as_str())) {
+        None => Some(RunPhase::Cancelled),
+        Some(r) => r.status.as_ref().and_then(|s| s.phase).filter(|p| p.is_finished()),
+    }
 }
 
 /// Metrics, and an Event when the phase or readiness changed.

@@ -27,13 +27,12 @@ use coldsite_engine::model::{Direction, PlanModel};
 use coldsite_engine::planner::{self, PlanOptions};
 use coldsite_engine::time::to_k8s;
 use coldsite_engine::validate::{self, Inventory, Severity};
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use self::admission::Admission;
 use crate::conditions::{self, Desired};
-use crate::context::Context;
+use crate::context::{Context, RunMemory};
 use crate::error::{Error, Result};
 use crate::kubevirt::fabric::KubeVirtFabric;
 
@@ -289,10 +288,7 @@ async fn earlier_test_holds(run: &RecoveryRun, ctx: &Context) -> Result<Option<A
         return Ok(None);
     }
     let ns = run.namespace().unwrap_or_default();
-    let runs = Api::<RecoveryRun>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing RecoveryRuns"))?;
+    let runs = crate::inventory::runs(ctx, &ns).await?;
     let earlier = runs.into_iter().find(|r| {
         r.spec.plan == run.spec.plan
             && r.uid() != run.uid()
@@ -365,14 +361,18 @@ impl Execution<'_> {
             direction,
         };
         let rctx = RunContext::new(model, run_ref, run.spec.recovery_point.clone()).with_source_down(source_down);
-        let cached = self
+        let memory = self
             .ctx
             .runs
             .lock()
             .ok()
             .and_then(|m| m.get(&uid).cloned())
-            .filter(|r| r.len() == graph.len());
-        let before = cached.unwrap_or_else(|| persist::persisted(&graph, run, self.pvms));
+            .filter(|m| m.records.len() == graph.len())
+            .unwrap_or_else(|| RunMemory {
+                records: persist::persisted(&graph, run, self.pvms),
+                polls: Vec::new(),
+            });
+        let before = memory.records;
         let old = run.status.clone().unwrap_or_default();
         let executor = Executor::resume(&graph, before.clone(), old.phase == Some(RunPhase::CleaningUp));
         let mut inputs = RunInputs {
@@ -390,7 +390,8 @@ impl Execution<'_> {
         let limits = Limits {
             concurrency: self.ctx.settings.concurrency,
         };
-        let mut driver = Driver::new(&rctx, executor, self.fabric, persist::Unsaved, NoCrash, limits);
+        let mut driver =
+            Driver::new(&rctx, executor, self.fabric, persist::Unsaved, NoCrash, limits).with_schedule(memory.polls);
         driver
             .pass(now, &inputs)
             .await
@@ -402,6 +403,7 @@ impl Execution<'_> {
             phase: ex.phase(),
             waiting: ex.waiting_for().into_iter().map(str::to_owned).collect(),
             progress: ex.progress(),
+            polls: driver.schedule(),
         };
         self.record(&graph, &rctx, &before, outcome, now, wakeup).await
     }
@@ -432,7 +434,11 @@ impl Execution<'_> {
             if phase.is_finished() {
                 m.remove(&uid);
             } else {
-                m.insert(uid.clone(), outcome.after.clone());
+                let memory = RunMemory {
+                    records: outcome.after.clone(),
+                    polls: std::mem::take(&mut outcome.polls),
+                };
+                m.insert(uid.clone(), memory);
             }
         }
         let old = run.status.clone().unwrap_or_default();
@@ -476,6 +482,8 @@ struct Outcome {
     phase: RunPhase,
     waiting: Vec<String>,
     progress: (usize, usize),
+    /// When the pass would ask each running step next.
+    polls: coldsite_engine::driver::PollSchedule,
 }
 
 #[cfg(test)]
