@@ -103,11 +103,19 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshotcontents"]
   verbs: ["get", "list", "create", "delete"]
+# VolumeGroupSnapshots: where the Site names a volumeGroupSnapshotClassName, each round of
+# a multi-disk VM cuts its disks at one instant (create), waits for it (get), records the
+# freeze on it (patch), and deletes it after; unprotect lists its own by label.
+- apiGroups: ["groupsnapshot.storage.k8s.io"]
+  resources: ["volumegroupsnapshots"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # PVCs: read the source disks' size, restore disks from snapshots, delete test disks;
-# watch the disks coldsite restored (by its labels): is a VM's disk a copy it made.
+# watch the disks coldsite restored (by its labels): is a VM's disk a copy it made. A
+# multi-disk VM's claims are labelled for its group snapshot (patch), and each disk's cut is
+# restored into a claim VolSync copies, deleted after the round.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Secrets: the rsync-TLS key coldsite creates for each VM's replication, derived from a
 # master key on the management cluster, so the same at both ends without reading either;
 # deleted by name when the VM is unprotected. coldsite never reads, lists or updates a

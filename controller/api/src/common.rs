@@ -156,6 +156,9 @@ pub mod condition {
     /// With `appConsistentInterval`: the latest app-consistent sync froze the guest for
     /// every disk's snapshot.
     pub const APP_CONSISTENT: &str = "AppConsistent";
+    /// For a VM with more than one disk: its disks are cut at one instant (a group snapshot
+    /// at the source), so every point holds them consistent with each other.
+    pub const DISKS_CONSISTENT: &str = "DisksConsistent";
 }
 
 /// Find a condition by type.

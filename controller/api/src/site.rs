@@ -154,6 +154,13 @@ pub struct SiteStorage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub volume_snapshot_class_name: Option<String>,
+    /// VolumeGroupSnapshotClass (`groupsnapshot.storage.k8s.io`) for cutting every disk of a
+    /// multi-disk VM at one instant when this site is the source of replication. Without it,
+    /// each disk is cut on its own, and such VMs say so in their `DisksConsistent` condition.
+    /// Its driver must support CSI group snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub volume_group_snapshot_class_name: Option<String>,
 }
 
 /// How replication into this site is reached from the others.

@@ -30,6 +30,8 @@ pub struct SiteModel {
     pub test_namespace: Option<String>,
     pub storage_class: Option<String>,
     pub snapshot_class: Option<String>,
+    /// The VolumeGroupSnapshotClass that cuts a VM's disks at one instant here, if any.
+    pub group_snapshot_class: Option<String>,
     /// How replication into the site is reached from the other site.
     pub replication: SiteReplication,
     /// The profile script Jobs run under there.
@@ -52,6 +54,7 @@ impl SiteModel {
             test_namespace: site.and_then(|s| s.spec.test_namespace.clone()),
             storage_class: storage.and_then(|s| s.storage_class_name.clone()),
             snapshot_class: storage.and_then(|s| s.volume_snapshot_class_name.clone()),
+            group_snapshot_class: storage.and_then(|s| s.volume_group_snapshot_class_name.clone()),
             replication: site.and_then(|s| s.spec.replication.clone()).unwrap_or_default(),
             script_pod_security: site.map(|s| s.spec.script_pod_security).unwrap_or_default(),
         }

@@ -43,8 +43,8 @@ pub async fn sites(ctx: &Context) -> Result<BTreeMap<String, Site>> {
     Ok(list.into_iter().map(|s| (s.name_any(), s)).collect())
 }
 
-/// The namespace's RecoveryRuns, from the runs controller's cache when there is one: no
-/// LIST per reconcile.
+/// The namespace's RecoveryRuns, from the shared cache of runs when there is one: no LIST
+/// per reconcile.
 pub async fn runs(ctx: &Context, namespace: &str) -> Result<Vec<coldsite_api::RecoveryRun>> {
     let stores = ctx.stores();
     in_namespace(ctx, stores.as_ref().map(|s| &s.runs), namespace, "RecoveryRuns").await

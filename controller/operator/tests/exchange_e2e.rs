@@ -1803,3 +1803,190 @@ async fn nothing_piles_up(s: &Scenario) -> Result<()> {
     }
     Ok(())
 }
+
+/// Issue 13: a VM's disks restore from one instant. HQ's Site names a
+/// VolumeGroupSnapshotClass, so each VM's disks are cut together by a group snapshot. The
+/// mailbox's two disks are written in lockstep (the system disk, then the data disk) while it
+/// replicates; a test failover to the newest point must find the data disk at most one write
+/// behind the system disk, never ahead and never further behind, as after a crash at one
+/// instant. HQ's storage queues single snapshots of the data disk for 2 s, so disks cut one by
+/// one (as without the class) are cut 2 s apart, and this fails. Read from the disks and
+/// points at the sites.
+#[tokio::test]
+async fn two_disks_restore_from_one_instant() -> Result<()> {
+    let (mgmt, recovery) = (ControlPlane::shared().await?, ControlPlane::shared_recovery().await?);
+    let s = Scenario::set_up(
+        &Topology {
+            management: mgmt,
+            primary: mgmt,
+            recovery,
+        },
+        "groups",
+    )
+    .await?;
+    s.set_rpo("2m").await?;
+    s.simulator.update_faults(|f| {
+        f.site(&s.hq)
+            .queued_snapshots
+            .insert("exch-mbx01-data".into(), Duration::from_secs(2));
+    });
+    let class = json!({"spec": {"storage": {"volumeGroupSnapshotClassName": coldsite_e2e::site::DEFAULT_CLASS}}});
+    Api::<Site>::all(s.management.clone())
+        .patch(&s.hq, &PatchParams::default(), &Patch::Merge(&class))
+        .await?;
+    let mut ctl = controller(
+        mgmt,
+        &format!("controller-{}", s.ns),
+        &["--no-leader-election", "--lease-namespace", &s.ns],
+    )?;
+    let result = async {
+        s.wait_protected(Duration::from_secs(180)).await?;
+        let st = pvm_status(&s, "exch-mbx01").await?;
+        let cond = coldsite_api::common::find_condition(&st.conditions, "DisksConsistent");
+        ensure!(
+            cond.is_some_and(|c| c.status == "True" && c.reason == "GroupSnapshot"),
+            "DisksConsistent: {cond:?}"
+        );
+        let (pairs, cut_at) = lockstep_until_a_point(&s, "exch-mbx01").await?;
+        s.create_run("groups-test", "TestFailover", &["confirm-ad-replication"])
+            .await?;
+        s.run_to_end("groups-test", Duration::from_secs(300)).await?;
+        restored_from_one_instant(&s, "exch-mbx01", &pairs, cut_at).await?;
+        nothing_left_of_the_cuts(&s).await
+    }
+    .await;
+    if let Err(e) = &result {
+        eprintln!("--- controller log tail ---\n{}\n{e:#}", ctl.log_tail(40));
+    }
+    let _ = ctl.kill().await;
+    result
+}
+
+/// Writes `vm`'s system disk then its data disk at HQ, pair after pair, until the VM has a
+/// point newer than the first pair: the pairs' write ids, and that point's time.
+async fn lockstep_until_a_point(
+    s: &Scenario,
+    vm: &str,
+) -> Result<(Vec<(String, String)>, chrono::DateTime<chrono::Utc>)> {
+    let started = chrono::Utc::now();
+    let (system, data) = (format!("{vm}-system"), format!("{vm}-data"));
+    let mut pairs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let a = s.simulator.write_disk(&s.hq, &s.ns, &system).await?;
+        let b = s.simulator.write_disk(&s.hq, &s.ns, &data).await?;
+        pairs.push((a, b));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if pairs.len() % 20 != 0 {
+            continue;
+        }
+        let newest = pvm_status(s, vm)
+            .await?
+            .replication
+            .and_then(|r| r.last_sync_time)
+            .map(|t| coldsite_engine::time::from_k8s(&t));
+        // A point a few seconds into the writes: cut while they went on.
+        if let Some(t) = newest.filter(|t| *t > started + chrono::Duration::seconds(3)) {
+            return Ok((pairs, t));
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{vm} has no point newer than {started} after {} write pairs",
+            pairs.len()
+        );
+    }
+}
+
+/// The test copy of `vm` at DR holds its disks from one instant, and both came from points
+/// of one group snapshot at that instant.
+async fn restored_from_one_instant(
+    s: &Scenario,
+    vm: &str,
+    pairs: &[(String, String)],
+    cut_at: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    let (system, data) = (format!("{vm}-system"), format!("{vm}-data"));
+    let read = |claim: String| async move {
+        s.simulator
+            .read_disk(&s.dr, &s.test_ns, &claim)
+            .await?
+            .with_context(|| format!("{claim} unbound in the test namespace"))
+    };
+    let (sys, dat) = (read(system.clone()).await?, read(data.clone()).await?);
+    let held_sys = pairs.iter().take_while(|(a, _)| sys.contains(a)).count();
+    let held_dat = pairs.iter().take_while(|(_, b)| dat.contains(b)).count();
+    ensure!(
+        pairs[held_sys..].iter().all(|(a, _)| !sys.contains(a))
+            && pairs[held_dat..].iter().all(|(_, b)| !dat.contains(b)),
+        "each disk holds a prefix of its writes"
+    );
+    ensure!(
+        held_dat > 0 && held_sys < pairs.len(),
+        "the point was cut while the writes went on: {held_sys}/{held_dat} of {} pairs",
+        pairs.len()
+    );
+    ensure!(
+        held_sys == held_dat || held_sys == held_dat + 1,
+        "{vm}'s disks are from different instants: system holds {held_sys} writes, data {held_dat}"
+    );
+    // The restored claims name their points; both are one group snapshot's, at one time.
+    let claims = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.test_ns);
+    let mut points = BTreeSet::new();
+    for claim in [&system, &data] {
+        let c = claims.get(claim).await?;
+        points.insert(
+            c.annotations()
+                .get("coldsite.io/recovery-point")
+                .cloned()
+                .context("no point")?,
+        );
+    }
+    ensure!(points.len() == 1, "{vm}'s disks restored from points {points:?}");
+    let point = points.pop_first().unwrap_or_default();
+    ensure!(
+        chrono::DateTime::parse_from_rfc3339(&point)? >= cut_at - chrono::Duration::seconds(1),
+        "restored {point}, older than the point cut during the writes ({cut_at})"
+    );
+    let snapshots = volume_snapshots(&s.recovery, &s.ns)
+        .list(&ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
+        .await?;
+    let groups: BTreeSet<String> = snapshots
+        .items
+        .iter()
+        .filter(|p| p.annotations().get("coldsite.io/recovery-point") == Some(&point))
+        .filter_map(|p| p.annotations().get("coldsite.io/group-snapshot").cloned())
+        .collect();
+    let at_point = snapshots
+        .items
+        .iter()
+        .filter(|p| p.annotations().get("coldsite.io/recovery-point") == Some(&point))
+        .count();
+    ensure!(
+        at_point == 2 && groups.len() == 1,
+        "{vm}'s points at {point}: {at_point} snapshots from group snapshots {groups:?}"
+    );
+    Ok(())
+}
+
+/// Between rounds HQ keeps no group snapshot and no cut claim.
+async fn nothing_left_of_the_cuts(s: &Scenario) -> Result<()> {
+    let groups = dynamic(
+        &s.primary,
+        &s.ns,
+        "groupsnapshot.storage.k8s.io",
+        "v1beta2",
+        "VolumeGroupSnapshot",
+        "volumegroupsnapshots",
+    );
+    let claims = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(s.primary.clone(), &s.ns);
+    let cuts = ListParams::default().labels("coldsite.io/cut-of");
+    wait_for(
+        "HQ between rounds: no group snapshot, no cut claim",
+        Duration::from_secs(90),
+        || async {
+            let left = groups.list(&ListParams::default()).await?.items.len() + claims.list(&cuts).await?.items.len();
+            Ok((left == 0).then_some(()))
+        },
+    )
+    .await
+}

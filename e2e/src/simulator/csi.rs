@@ -383,6 +383,9 @@ async fn cut(
             return Ok(());
         }
         let pv = volume(ctx, site, volume_handle).await?;
+        if queued(ctx, site, state, &pv, &uid) {
+            return Ok(());
+        }
         let mut data = DiskData::of_pv(&pv)?;
         if let Some(frozen) = guest_frozen(ctx, site, &pv).await? {
             data.quiesced = frozen;
@@ -431,6 +434,23 @@ fn is_group_member(content: &DynamicObject) -> bool {
 }
 
 /// How long a cut snapshot takes to become ready at a site.
+/// Whether a snapshot of this volume still waits in the backend's queue (the
+/// `queued_snapshots` fault of its claim).
+fn queued(ctx: &Ctx, site: usize, state: &SiteState, pv: &PersistentVolume, uid: &str) -> bool {
+    let claim = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+    let (namespace, name) = claim
+        .map(|c| {
+            (
+                c.namespace.clone().unwrap_or_default(),
+                c.name.clone().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    ctx.faults()
+        .queued_snapshots(ctx.site_name(site), &namespace, &name)
+        .is_some_and(|delay| state.since(&format!("queued:{uid}")) < delay)
+}
+
 fn snapshot_ready_delay(ctx: &Ctx, site: usize) -> std::time::Duration {
     ctx.faults()
         .slow_snapshots(ctx.site_name(site))

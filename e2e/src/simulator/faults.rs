@@ -32,6 +32,10 @@ pub struct SiteFaults {
     /// How long this site's destination movers take to exit after a transfer, instead of
     /// `SimConfig::mover_exit_delay`: VolSync's destination then finishes its sync late.
     pub slow_mover_exit: Option<Duration>,
+    /// Claims (`namespace/name` or `name`) whose snapshots the backend queues: each is cut
+    /// this long after its VolumeSnapshotContent appears, with the data the disk holds then.
+    /// A group snapshot still cuts all its members at one instant.
+    pub queued_snapshots: BTreeMap<String, Duration>,
 }
 
 /// All injected faults: those for every site, and those for one site by name.
@@ -87,6 +91,15 @@ impl Faults {
             .get(site)
             .and_then(|f| f.slow_snapshots)
             .or(self.all_sites.slow_snapshots)
+    }
+
+    /// How long a claim's snapshots wait in the backend's queue, if at all.
+    pub fn queued_snapshots(&self, site: &str, namespace: &str, name: &str) -> Option<Duration> {
+        self.sites
+            .get(site)
+            .and_then(|f| lookup(&f.queued_snapshots, namespace, name))
+            .or_else(|| lookup(&self.all_sites.queued_snapshots, namespace, name))
+            .copied()
     }
 
     pub fn slow_mover_exit(&self, site: &str) -> Option<Duration> {

@@ -53,7 +53,7 @@ fn frozen_for_its_tag(rs: &Value) -> bool {
     tag_on(rs).is_some() && annotation(rs, FROZEN_FOR) == tag_on(rs)
 }
 
-fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+pub(super) fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     str_at(object, &format!("/metadata/annotations/{}", key.replace('/', "~1")))
 }
 
@@ -271,15 +271,26 @@ impl KubeVirtFabric {
 
     /// Thaws the guest coldsite froze for `sources`, and records how long it was frozen.
     async fn thaw(&self, src: &SiteApi, vm: &VmModel, sources: &[Value]) -> Result<(), FabricError> {
-        src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "unfreeze", &json!({}))
-            .await
-            .map_err(|e| super::dynamic::classify(&src.site, "thawing the guest", e))?;
         let since = sources
             .iter()
             .filter_map(|rs| annotation(rs, FROZEN_AT))
             .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
             .min();
-        let seconds = since.map(|t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0);
+        self.unfreeze(src, vm, since).await
+    }
+
+    /// Thaws the guest coldsite froze at `since`, and records how long it was frozen.
+    pub(super) async fn unfreeze(
+        &self,
+        src: &SiteApi,
+        vm: &VmModel,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(), FabricError> {
+        src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "unfreeze", &json!({}))
+            .await
+            .map_err(|e| super::dynamic::classify(&src.site, "thawing the guest", e))?;
+        let seconds = since.map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
         if let Some(seconds) = seconds {
             self.freeze_seconds
                 .with_label_values(&[src.site.as_str()])
@@ -394,14 +405,14 @@ async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Vec<Di
     Ok(disks)
 }
 
-async fn guest_frozen(src: &SiteApi, vm: &VmModel) -> Result<bool, FabricError> {
+pub(super) async fn guest_frozen(src: &SiteApi, vm: &VmModel) -> Result<bool, FabricError> {
     Ok(src
         .get(VMI, Some(&vm.vm_namespace), &vm.vm_name)
         .await?
         .is_some_and(|v| str_at(&v, "/status/fsFreezeStatus") == Some("frozen")))
 }
 
-async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
+pub(super) async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
     let body = json!({ "unfreezeTimeout": UNFREEZE_TIMEOUT });
     src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "freeze", &body)
         .await

@@ -54,6 +54,13 @@ pub const VOLUME_SNAPSHOT_CONTENT: Kind = Kind {
     kind: "VolumeSnapshotContent",
     plural: "volumesnapshotcontents",
 };
+/// external-snapshotter's group snapshots (v8.3 and later serve `v1beta2`).
+pub const VOLUME_GROUP_SNAPSHOT: Kind = Kind {
+    group: "groupsnapshot.storage.k8s.io",
+    version: "v1beta2",
+    kind: "VolumeGroupSnapshot",
+    plural: "volumegroupsnapshots",
+};
 pub const PVC: Kind = Kind {
     group: "",
     version: "v1",

@@ -20,7 +20,7 @@ use super::dynamic::{
 };
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
 use super::points::{self, DiskPoint};
-use super::{app_consistent, final_sync};
+use super::{app_consistent, final_sync, group_cut};
 use crate::replication_keys::ReplicationKeys;
 use crate::scripts::ScriptRunner;
 
@@ -108,24 +108,27 @@ impl KubeVirtFabric {
     ) -> Result<Option<DateTime<Utc>>, FabricError> {
         let name = objects::replication_name(disk);
         match site.get(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name).await? {
-            Some(rd) => self.adopt_from(site, vm, disk, &rd, app_consistent).await,
+            Some(rd) => self.adopt_from(site, vm, disk, &rd, app_consistent, None).await,
             None => Ok(None),
         }
     }
 
-    /// [`Self::adopt_latest`] with the destination already read.
-    async fn adopt_from(
+    /// [`Self::adopt_latest`] with the destination already read. `cut`: the image copies a
+    /// group snapshot's cut (its time and name), and the point is that instant.
+    pub(super) async fn adopt_from(
         &self,
         site: &SiteApi,
         vm: &VmModel,
         disk: &str,
         rd: &Value,
         app_consistent: bool,
+        cut: Option<(DateTime<Utc>, &str)>,
     ) -> Result<Option<DateTime<Utc>>, FabricError> {
-        let (Some(image), Some(synced)) = (
-            str_at(rd, "/status/latestImage/name"),
-            parse_time(str_at(rd, "/status/lastSyncTime")),
-        ) else {
+        let synced = match cut {
+            Some((taken, _)) => Some(taken),
+            None => parse_time(str_at(rd, "/status/lastSyncTime")),
+        };
+        let (Some(image), Some(synced)) = (str_at(rd, "/status/latestImage/name"), synced) else {
             return Ok(None);
         };
         // A point adopted before is in the site's watch (labelled): nothing to read.
@@ -158,6 +161,9 @@ impl KubeVirtFabric {
             let mut annotations = shape.annotations();
             annotations[POINT] = json!(synced.to_rfc3339());
             annotations[APP_CONSISTENT] = json!(app_consistent.to_string());
+            if let Some((_, group)) = cut {
+                annotations[objects::GROUP_SNAPSHOT] = json!(group);
+            }
             let patch = json!({"metadata": {
                 "labels": {DO_NOT_DELETE: "true", PROTECTED_VM: vm.name, DISK: disk, objects::MANAGED_BY: "coldsite"},
                 "annotations": annotations,
@@ -267,29 +273,39 @@ impl KubeVirtFabric {
                 app_sync: false,
             });
         };
-        let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
-        let rs = src
-            .apply_labelled(
-                REPLICATION_SOURCE,
-                &objects::replication_source(&objects::SourceSpec {
-                    namespace: ns,
-                    pvm: &vm.name,
-                    disk,
-                    address,
-                    schedule: Some(&schedule),
-                    manual: None,
-                    storage_class: ends.source.storage_class.as_deref(),
-                    snapshot_class: ends.source.snapshot_class.as_deref(),
-                }),
-            )
-            .await?;
-        let app_sync = self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
+        // A VM cut as a group has its sources made and triggered by its rounds only.
+        let (rs, app_sync) = if group_cut::applies(vm, ends.source) {
+            let name = objects::replication_name(disk);
+            (src.get_labelled(REPLICATION_SOURCE, ns, &name).await?, false)
+        } else {
+            let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
+            let rs = src
+                .apply_labelled(
+                    REPLICATION_SOURCE,
+                    &objects::replication_source(&objects::SourceSpec {
+                        namespace: ns,
+                        pvm: &vm.name,
+                        disk,
+                        address,
+                        schedule: Some(&schedule),
+                        manual: None,
+                        storage_class: ends.source.storage_class.as_deref(),
+                        snapshot_class: ends.source.snapshot_class.as_deref(),
+                        cut: None,
+                    }),
+                )
+                .await?;
+            let app_sync = self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
+            (Some(rs), app_sync)
+        };
         let kept = self
             .prune(dst, vm, disk, str_at(&rd, "/status/latestImage/name"), now)
             .await?;
         let mut waiting = Vec::new();
         if kept.is_empty() {
-            waiting.extend(blockers(src, &ends.source.name, REPLICATION_SOURCE, &rs).await?);
+            if let Some(rs) = &rs {
+                waiting.extend(blockers(src, &ends.source.name, REPLICATION_SOURCE, rs).await?);
+            }
             waiting.extend(blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd).await?);
         }
         Ok(DiskReplication {
@@ -329,7 +345,7 @@ impl KubeVirtFabric {
             .iter()
             .any(|o| str_at(o, "/spec/trigger/manual").is_some_and(app_consistent::is_tag));
         if !app_sync {
-            self.adopt_from(ends.dst, vm, disk, rd, false).await?;
+            self.adopt_from(ends.dst, vm, disk, rd, false, None).await?;
         }
         Ok(app_sync)
     }
@@ -585,6 +601,11 @@ fn disk_point(time: DateTime<Utc>, snapshot: &Value) -> DiskPoint {
             snapshot,
             &format!("/metadata/annotations/{}", APP_CONSISTENT.replace('/', "~1")),
         ) == Some("true"),
+        group: str_at(
+            snapshot,
+            &format!("/metadata/annotations/{}", objects::GROUP_SNAPSHOT.replace('/', "~1")),
+        )
+        .is_some(),
     }
 }
 
@@ -819,8 +840,10 @@ impl Fabric for KubeVirtFabric {
                 }
                 final_sync::Next::TagSource { tag, source_version } => {
                     // A manual trigger replaces the schedule: one last sync, then replication
-                    // pauses until reprotect.
-                    let trigger = json!({"spec": {"trigger": {"schedule": null, "manual": tag}}});
+                    // pauses until reprotect. It copies the stopped VM's disk itself, also when
+                    // group rounds had the source copy their cuts.
+                    let trigger = json!({"spec": {"sourcePVC": disk, "trigger": {"schedule": null, "manual": tag},
+                                                  "rsyncTLS": {"copyMethod": "Snapshot"}}});
                     src.merge_at_version(REPLICATION_SOURCE, Some(ns), &name, &source_version, &trigger)
                         .await?;
                     return in_progress(SOON);
@@ -1084,6 +1107,9 @@ impl Fabric for KubeVirtFabric {
             let name = objects::replication_name(disk);
             old.delete(REPLICATION_SOURCE, Some(ns), &name).await?;
             new.delete(REPLICATION_DESTINATION, Some(ns), &name).await?;
+        }
+        if group_cut::applies(vm, old_source) {
+            group_cut::remove_leftovers(old, vm).await?;
         }
         let state = self.replicate(vm, active, old_source, true, Utc::now()).await?;
         if state.established {

@@ -54,7 +54,7 @@ pub struct Ends<'a> {
     pub destination_job: Option<&'a Value>,
 }
 
-fn tag_of<'a>(run: &str, object: &'a Value) -> Option<&'a str> {
+pub fn tag_of<'a>(run: &str, object: &'a Value) -> Option<&'a str> {
     str_at(object, "/spec/trigger/manual").filter(|t| t.strip_prefix(run).is_some_and(|rest| rest.starts_with('-')))
 }
 

@@ -4,5 +4,6 @@ pub mod app_consistent;
 pub mod dynamic;
 pub mod fabric;
 pub mod final_sync;
+pub mod group_cut;
 pub mod objects;
 pub mod points;

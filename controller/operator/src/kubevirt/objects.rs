@@ -222,13 +222,16 @@ pub struct SourceSpec<'a> {
     pub manual: Option<&'a str>,
     pub storage_class: Option<&'a str>,
     pub snapshot_class: Option<&'a str>,
+    /// Copy this claim as it is (`copyMethod: Direct`) instead of a snapshot VolSync cuts of
+    /// the disk: the disk's [cut claim](cut_claim_name) from a group snapshot.
+    pub cut: Option<&'a str>,
 }
 
 pub fn replication_source(s: &SourceSpec<'_>) -> Value {
     let mut rsync = json!({
         "keySecret": rsync_secret_name(s.pvm),
         "address": s.address,
-        "copyMethod": "Snapshot",
+        "copyMethod": if s.cut.is_some() { "Direct" } else { "Snapshot" },
     });
     if let Some(sc) = s.storage_class {
         rsync["storageClassName"] = json!(sc);
@@ -250,7 +253,7 @@ pub fn replication_source(s: &SourceSpec<'_>) -> Value {
             "labels": labels(s.pvm, &[(DISK, s.disk)]),
         },
         "spec": {
-            "sourcePVC": s.disk,
+            "sourcePVC": s.cut.unwrap_or(s.disk),
             "trigger": trigger,
             "rsyncTLS": rsync,
         },
@@ -284,16 +287,22 @@ pub struct RestoredPvc<'a> {
     pub point: &'a str,
 }
 
-pub fn restored_pvc(p: &RestoredPvc<'_>) -> Value {
+/// The spec of a claim of `shape` restored from `snapshot`.
+fn restore_spec(shape: &DiskShape, snapshot: &str, storage_class: Option<&str>) -> Value {
     let mut spec = json!({
-        "accessModes": p.shape.access_modes,
-        "volumeMode": p.shape.volume_mode,
-        "resources": { "requests": { "storage": p.shape.capacity } },
-        "dataSource": { "apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": p.snapshot },
+        "accessModes": shape.access_modes,
+        "volumeMode": shape.volume_mode,
+        "resources": { "requests": { "storage": shape.capacity } },
+        "dataSource": { "apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": snapshot },
     });
-    if let Some(sc) = p.storage_class {
+    if let Some(sc) = storage_class {
         spec["storageClassName"] = json!(sc);
     }
+    spec
+}
+
+pub fn restored_pvc(p: &RestoredPvc<'_>) -> Value {
+    let spec = restore_spec(p.shape, p.snapshot, p.storage_class);
     json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -305,6 +314,55 @@ pub fn restored_pvc(p: &RestoredPvc<'_>) -> Value {
         },
         "spec": spec,
     })
+}
+
+/// On a claim restored from a group snapshot's member: which disk it is the cut of.
+pub const CUT_OF: &str = "coldsite.io/cut-of";
+/// On a cut claim, a source copying it and a point made from it: the group snapshot that cut
+/// it, so points of one instant are told from others and a stale cut is never copied.
+pub const GROUP_SNAPSHOT: &str = "coldsite.io/group-snapshot";
+
+/// The claim a disk's group snapshot member is restored into for VolSync to copy.
+pub fn cut_claim_name(disk: &str) -> String {
+    dns_name(&format!("{disk}-coldsite-cut"))
+}
+
+/// What a disk's cut claim is made from.
+pub struct CutClaim<'a> {
+    pub namespace: &'a str,
+    pub pvm: &'a str,
+    pub disk: &'a str,
+    /// The group snapshot and its member VolumeSnapshot of this disk.
+    pub group: &'a str,
+    pub member: &'a str,
+    /// The disk's own claim.
+    pub source: &'a Value,
+}
+
+/// The claim holding a disk as a group snapshot cut it: restored from the member snapshot,
+/// in the disk's own shape and storage class, labelled so unprotect finds it.
+pub fn cut_claim(c: &CutClaim<'_>) -> Result<Value, String> {
+    let CutClaim {
+        namespace,
+        pvm,
+        disk,
+        group,
+        member,
+        source,
+    } = *c;
+    let shape = DiskShape::of_pvc(source)?;
+    let spec = restore_spec(&shape, member, str_at(source, "/spec/storageClassName"));
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": cut_claim_name(disk),
+            "namespace": namespace,
+            "labels": labels(pvm, &[(CUT_OF, disk)]),
+            "annotations": { GROUP_SNAPSHOT: group },
+        },
+        "spec": spec,
+    }))
 }
 
 /// A copy of a snapshot in another namespace, for test failovers into the test namespace:
@@ -585,9 +643,49 @@ mod tests {
             manual: Some("run-1"),
             storage_class: None,
             snapshot_class: Some("snap"),
+            cut: None,
         });
         assert_eq!(s["spec"]["trigger"], json!({"manual": "run-1"}));
         assert_eq!(s["spec"]["rsyncTLS"]["copyMethod"], "Snapshot");
         assert_eq!(s["spec"]["rsyncTLS"]["keySecret"], "coldsite-dc01-rsync");
+    }
+
+    #[test]
+    fn a_disk_cut_as_a_group_is_copied_as_it_is_from_its_cut_claim() {
+        let source = json!({"spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+                                     "storageClassName": "fast",
+                                     "resources": {"requests": {"storage": "20Gi"}}}});
+        let claim = cut_claim(&CutClaim {
+            namespace: "ns",
+            pvm: "db",
+            disk: "db-log",
+            group: "coldsite-db-1800000000",
+            member: "snapshot-abc",
+            source: &source,
+        })
+        .unwrap();
+        assert_eq!(claim["metadata"]["name"], "db-log-coldsite-cut");
+        assert_eq!(claim["metadata"]["labels"][CUT_OF], "db-log");
+        assert_eq!(
+            claim["metadata"]["annotations"][GROUP_SNAPSHOT],
+            "coldsite-db-1800000000"
+        );
+        assert_eq!(claim["spec"]["dataSource"]["name"], "snapshot-abc");
+        assert_eq!(claim["spec"]["volumeMode"], "Block");
+        assert_eq!(claim["spec"]["storageClassName"], "fast");
+        let s = replication_source(&SourceSpec {
+            namespace: "ns",
+            pvm: "db",
+            disk: "db-log",
+            address: "addr",
+            schedule: None,
+            manual: Some("grp1800000000-7"),
+            storage_class: None,
+            snapshot_class: None,
+            cut: Some("db-log-coldsite-cut"),
+        });
+        assert_eq!(s["spec"]["sourcePVC"], "db-log-coldsite-cut");
+        assert_eq!(s["spec"]["rsyncTLS"]["copyMethod"], "Direct");
+        assert_eq!(s["spec"]["trigger"], json!({"manual": "grp1800000000-7"}));
     }
 }

@@ -2,7 +2,10 @@
 //! schedule, so a VM point at time T restores every disk from its newest snapshot not after
 //! T; T is a point only when every disk has one. The points are the distinct such
 //! combinations, each at the time of its newest snapshot: never newer than what was asked
-//! for (DESIGN §4.6), and app-consistent only when every disk's snapshot is.
+//! for (DESIGN §4.6), and app-consistent only when every disk's snapshot is. A snapshot
+//! cut by a [group snapshot](super::group_cut) makes a point only together with every other
+//! disk's snapshot of that instant: never mixed with another disk's older one, even for the
+//! moment between adopting one disk's snapshot and the next.
 
 use chrono::{DateTime, Utc};
 use coldsite_engine::fabric::RecoveryPoint;
@@ -12,6 +15,8 @@ use coldsite_engine::fabric::RecoveryPoint;
 pub struct DiskPoint {
     pub time: DateTime<Utc>,
     pub app_consistent: bool,
+    /// Cut with every other disk of the VM at one instant (by a group snapshot).
+    pub group: bool,
 }
 
 /// The newest snapshot of a disk (oldest first) not after `t`.
@@ -31,6 +36,9 @@ pub fn vm_points(disks: &[Vec<DiskPoint>]) -> Vec<RecoveryPoint> {
             continue;
         };
         let time = chosen.iter().map(|p| p.time).max().unwrap_or(t);
+        if chosen.iter().any(|p| p.group) && chosen.iter().any(|p| p.time != time) {
+            continue;
+        }
         if out.last().is_some_and(|p| p.time == time) {
             continue;
         }
@@ -50,6 +58,14 @@ mod tests {
         DiskPoint {
             time: DateTime::from_timestamp(s, 0).unwrap(),
             app_consistent: app,
+            group: false,
+        }
+    }
+
+    fn cut(s: i64) -> DiskPoint {
+        DiskPoint {
+            group: true,
+            ..at(s, false)
         }
     }
 
@@ -78,5 +94,20 @@ mod tests {
     fn a_vm_without_disks_or_with_an_unsynced_disk_has_no_point() {
         assert!(vm_points(&[]).is_empty());
         assert!(vm_points(&[vec![at(10, false)], vec![]]).is_empty());
+    }
+
+    #[test]
+    fn a_group_cut_is_a_point_only_once_every_disk_holds_it() {
+        // Round 50's data disk is adopted, its system disk not yet: no point at 50.
+        let half = vm_points(&[vec![cut(10)], vec![cut(10), cut(50)]]);
+        let times: Vec<i64> = half.iter().map(|p| p.time.timestamp()).collect();
+        assert_eq!(times, vec![10]);
+        let whole = vm_points(&[vec![cut(10), cut(50)], vec![cut(10), cut(50)]]);
+        let times: Vec<i64> = whole.iter().map(|p| p.time.timestamp()).collect();
+        assert_eq!(times, vec![10, 50]);
+        // A final sync's per-disk snapshots (the VM stopped) still make points after a cut.
+        let after = vm_points(&[vec![cut(10), at(70, true)], vec![cut(10), at(75, true)]]);
+        let times: Vec<i64> = after.iter().map(|p| p.time.timestamp()).collect();
+        assert_eq!(times, vec![10, 75]);
     }
 }

@@ -298,10 +298,13 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
         requeue = decision.requeue;
         let runs_api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
         for name in decision.delete {
-            runs_api
-                .delete(&name, &DeleteParams::background())
-                .await
-                .map_err(Error::kube("deleting a drill past keepFor or replaced"))?;
+            // The cache of runs may still show a drill deleted a moment ago.
+            match runs_api.delete(&name, &DeleteParams::background()).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                r => {
+                    r.map_err(Error::kube("deleting a drill past keepFor or replaced"))?;
+                }
+            }
         }
         if let Some(due) = decision.start {
             create_drill(&runs_api, &plan, due, &drill.auto_approve).await?;

@@ -1,4 +1,5 @@
-//! Unprotecting a VM: its replication and recovery points go at both sites.
+//! Unprotecting a VM: its replication, recovery points and group rounds' cuts go at both
+//! sites.
 
 use coldsite_api::ProtectedVM;
 use kube::ResourceExt;
@@ -7,10 +8,11 @@ use kube::runtime::controller::Action;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kubevirt::dynamic::{
-    CONFIG_MAP, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, VOLUME_SNAPSHOT, str_at,
+    CONFIG_MAP, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SECRET, VOLUME_GROUP_SNAPSHOT, VOLUME_SNAPSHOT,
+    str_at,
 };
 use crate::kubevirt::fabric::KubeVirtFabric;
-use crate::kubevirt::objects::{PROTECTED_VM, rsync_secret_name};
+use crate::kubevirt::objects::{CUT_OF, PROTECTED_VM, rsync_secret_name};
 
 /// Removes replication objects and recovery points at both sites.
 pub async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
@@ -40,7 +42,19 @@ pub async fn cleanup(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
             .await
             .map_err(|e| Error::Fabric(e.message))?;
         fabric.keys.forget(site_name, &ns, &pvm.name_any());
-        for kind in [REPLICATION_SOURCE, REPLICATION_DESTINATION, VOLUME_SNAPSHOT, CONFIG_MAP] {
+        // Group rounds' cuts, where the site cuts groups (elsewhere the kind may not exist).
+        let cuts = [
+            (VOLUME_GROUP_SNAPSHOT, selector.clone()),
+            (PVC, format!("{selector},{CUT_OF}")),
+        ];
+        let groups = [&fabric.primary, &fabric.recovery]
+            .iter()
+            .any(|m| &m.name == site_name && m.group_snapshot_class.is_some());
+        let kinds = [REPLICATION_SOURCE, REPLICATION_DESTINATION, VOLUME_SNAPSHOT, CONFIG_MAP]
+            .map(|k| (k, selector.clone()))
+            .into_iter()
+            .chain(cuts.into_iter().filter(|_| groups));
+        for (kind, selector) in kinds {
             for o in site
                 .list(kind, Some(&ns), &selector)
                 .await

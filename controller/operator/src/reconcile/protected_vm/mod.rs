@@ -33,6 +33,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kubevirt::app_consistent::AppSync;
 use crate::kubevirt::fabric::{Fence, KubeVirtFabric};
+use crate::kubevirt::group_cut;
 use coldsite_engine::standing::{self, Claim, Halt, Settled};
 
 pub use self::status::health;
@@ -128,6 +129,17 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         generation: pvm.metadata.generation,
         app: app.as_ref(),
         app_interval: spec.replication.app_consistent_interval.as_deref(),
+        disk_cut: match (&model, replication.is_some()) {
+            (Ok(vm), true) => {
+                let source = sides.of(settled.resting.active);
+                Some(status::DiskCut {
+                    disks: vm.disks.len(),
+                    source: &source.name,
+                    class: source.group_snapshot_class.as_deref(),
+                })
+            }
+            _ => None,
+        },
     };
     let (status, ready) = status::build(&old, &observed);
     report(ctx, pvm, &old, &status, &ready, &observed).await;
@@ -306,16 +318,19 @@ async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides
         Err(e) => return Protection::problem(reason_of(&e), e.message),
     };
     // A VM without app-consistent points costs no reads for them, unless one is under way.
-    let app_syncs = vm.app_consistent_interval.is_some() || state.app_sync_under_way;
-    let app = match state.established && app_syncs {
-        true => Some(
+    // A VM cut as a group takes all its points, app-consistent ones too, in group rounds.
+    let group = group_cut::applies(vm, source);
+    let app_syncs = group || vm.app_consistent_interval.is_some() || state.app_sync_under_way;
+    let app = match (state.established && app_syncs, group) {
+        (false, _) => None,
+        (true, true) => Some(fabric.group_sync(vm, source, target, &state.points, Utc::now()).await),
+        (true, false) => Some(
             fabric
                 .app_consistent_sync(vm, source, target, &state.points, Utc::now())
-                .await
-                .unwrap_or_else(|e| AppSync::Error(e.message)),
+                .await,
         ),
-        false => None,
-    };
+    }
+    .map(|r| r.unwrap_or_else(|e| AppSync::Error(e.message)));
     Protection {
         replication: Some(state),
         problem: None,

@@ -61,6 +61,16 @@ pub struct Observed<'a> {
     pub app: Option<&'a AppSync>,
     /// `spec.replication.appConsistentInterval`.
     pub app_interval: Option<&'a str>,
+    /// How the VM's disks are cut at the site it replicates from, when it replicates.
+    pub disk_cut: Option<DiskCut<'a>>,
+}
+
+/// How a VM's disks are cut at the source of its replication.
+pub struct DiskCut<'a> {
+    pub disks: usize,
+    pub source: &'a str,
+    /// The source Site's `volumeGroupSnapshotClassName`.
+    pub class: Option<&'a str>,
 }
 
 impl Observed<'_> {
@@ -241,6 +251,10 @@ fn set_conditions(
     if o.app_interval.is_none() {
         status.conditions.retain(|c| c.type_ != condition::APP_CONSISTENT);
     }
+    match o.disk_cut.as_ref().filter(|c| c.disks > 1) {
+        Some(cut) => desired.push(disks_consistent(cut, o.app)),
+        None => status.conditions.retain(|c| c.type_ != condition::DISKS_CONSISTENT),
+    }
     for d in desired {
         conditions::set(&mut status.conditions, d, o.generation, t.clone());
     }
@@ -302,6 +316,37 @@ fn app_consistent(
         reason,
         message,
     })
+}
+
+/// The `DisksConsistent` condition of a VM with several disks: cut together by a group
+/// snapshot, or each on its own (and how to change that).
+fn disks_consistent(cut: &DiskCut<'_>, outcome: Option<&AppSync>) -> Desired<'static> {
+    let (ok, reason, message) = match (cut.class, outcome) {
+        (Some(_), Some(AppSync::Error(why))) => (false, "CutFailed", why.clone()),
+        (Some(class), _) => (
+            true,
+            "GroupSnapshot",
+            format!(
+                "its {} disks are cut at one instant at {} (VolumeGroupSnapshotClass {class})",
+                cut.disks, cut.source
+            ),
+        ),
+        (None, _) => (
+            false,
+            "NoGroupSnapshotClass",
+            format!(
+                "its {} disks are cut one by one, so a crash-consistent point may hold them at different \
+                 instants; set spec.storage.volumeGroupSnapshotClassName on Site {} to cut them together",
+                cut.disks, cut.source
+            ),
+        ),
+    };
+    Desired {
+        type_: condition::DISKS_CONSISTENT,
+        ok,
+        reason,
+        message,
+    }
 }
 
 /// The `Fenced` condition: are the copies that must not run halted?

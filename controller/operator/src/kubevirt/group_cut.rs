@@ -1,0 +1,708 @@
+//! Multi-disk consistency: every disk of a VM with more than one disk cut at one instant by
+//! a VolumeGroupSnapshot at the source, when the source Site names a
+//! `volumeGroupSnapshotClassName`. VolSync cuts each source's snapshot when that source's
+//! sync starts, so it cannot give one instant; coldsite cuts the group, restores each member
+//! into the disk's cut claim, and has VolSync copy that claim as it is (`copyMethod: Direct`).
+//!
+//! A round makes one point of every disk:
+//! 1. it begins when due (by the RPO's sync interval, or `appConsistentInterval` for an app
+//!    round): the first disk's ReplicationDestination records its start ([`ROUND`]); its tags
+//!    are `grp<start>-<resourceVersion>`, so no earlier round's tag is mistaken for its own;
+//! 2. every destination is tagged, as in [the final sync](super::final_sync);
+//! 3. once every destination listens: the VM's claims are labelled [`MEMBER_OF`], the guest
+//!    is frozen for an app round, and the VolumeGroupSnapshot selecting them is created;
+//! 4. once it is ready: the guest is thawed, each member is restored into the disk's cut claim,
+//!    and every source is tagged to copy its cut claim;
+//! 5. once both ends of every disk recorded their tags: each destination's image is adopted
+//!    as a point at the group snapshot's creation time, named for it, so a VM point holds every
+//!    disk from that instant (see [`points`](super::points)); then the cut claims and the group
+//!    snapshot go.
+//!
+//! VolSync never syncs such a VM's disks by itself: its sources carry manual triggers only
+//! (an empty trigger syncs for ever). A planned action's final sync copies the stopped VM's
+//! disks themselves, which no write changes meanwhile. Everything a round needs to resume
+//! lives at the sites, so a restart picks up where it stopped. A group snapshot that is not
+//! ready within [`CUT_WITHIN`] (a driver that never reports it, as upstream's
+//! snapshot-controller can leave one) ends the round without a point; the next is tried an
+//! interval later, and the error is reported.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use coldsite_engine::fabric::{FabricError, RecoveryPoint};
+use coldsite_engine::model::{SiteModel, VmModel};
+use coldsite_engine::rpo;
+use serde_json::{Value, json};
+
+use super::app_consistent::{self, AppSync, annotation};
+use super::dynamic::{
+    JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VOLUME_GROUP_SNAPSHOT, VOLUME_SNAPSHOT, str_at,
+};
+use super::fabric::KubeVirtFabric;
+use super::final_sync::{self, Next};
+use super::objects::{self, GROUP_SNAPSHOT};
+
+/// On the first disk's ReplicationDestination: when the round under way began.
+pub const ROUND: &str = "coldsite.io/group-round";
+/// Beside [`ROUND`]: `app` when the round freezes the guest.
+pub const ROUND_KIND: &str = "coldsite.io/group-round-kind";
+/// On the first disk's ReplicationDestination: when the latest round (and the latest app
+/// round) began, so a round that came to nothing is tried again an interval later, not at once.
+pub const LAST_ROUND: &str = "coldsite.io/group-round-last";
+pub const LAST_APP_ROUND: &str = "coldsite.io/group-round-last-app";
+/// On a VM's claims: the VM whose group snapshot selects them.
+pub const MEMBER_OF: &str = "coldsite.io/group-member-of";
+/// On a group snapshot: when the guest was frozen for it.
+pub const FROZEN_AT: &str = "coldsite.io/frozen-at";
+/// On a group snapshot frozen for: `cut-inside` once the guest was thawed after the cut
+/// while still frozen, `before-cut` when it was not (thawed early, by KubeVirt's backstop).
+pub const THAWED: &str = "coldsite.io/thawed";
+/// On a source tagged by a round: the cut it copies, when that was taken.
+pub const CUT_AT: &str = "coldsite.io/cut-at";
+/// How long a group snapshot may take to be ready.
+pub const CUT_WITHIN: Duration = Duration::from_secs(120);
+/// How long a guest stays frozen for a cut that is not there yet.
+const FREEZE_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Whether the VM's disks are cut together when replicating from `source`.
+pub fn applies(vm: &VmModel, source: &SiteModel) -> bool {
+    vm.disks.len() > 1 && source.group_snapshot_class.is_some()
+}
+
+/// The group snapshot of the round begun at `start`.
+pub fn group_name(pvm: &str, start: DateTime<Utc>) -> String {
+    objects::dns_name(&format!("coldsite-{pvm}-{}", start.timestamp()))
+}
+
+fn round_id(start: DateTime<Utc>) -> String {
+    format!("grp{}", start.timestamp())
+}
+
+fn time_at(object: &Value, key: &str) -> Option<DateTime<Utc>> {
+    annotation(object, key)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    now.signed_duration_since(since).to_std().unwrap_or_default()
+}
+
+/// What kind of round is due, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    App,
+    Crash,
+}
+
+/// When the latest round and the latest app round began.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Last {
+    pub round: Option<DateTime<Utc>>,
+    pub app: Option<DateTime<Utc>>,
+}
+
+/// Pure: the round due for a VM with `points` at the target. An app round needs a first
+/// point, as app syncs do.
+pub fn due(vm: &VmModel, points: &[RecoveryPoint], last: Last, now: DateTime<Utc>) -> Option<Due> {
+    let newest_app = points.iter().rev().find(|p| p.app_consistent).map(|p| p.time);
+    if let Some(interval) = vm.app_consistent_interval
+        && !points.is_empty()
+        && app_consistent::due(interval, newest_app, last.app, now)
+    {
+        return Some(Due::App);
+    }
+    let newest = points.last().map(|p| p.time);
+    app_consistent::due(rpo::sync_interval(vm.rpo), newest, last.round, now).then_some(Due::Crash)
+}
+
+/// One disk's replication objects as read; the source is absent until the first round.
+struct Disk {
+    disk: String,
+    rs: Option<Value>,
+    rd: Value,
+    job: Option<Value>,
+}
+
+impl Disk {
+    fn next(&self, run: &str) -> Next {
+        // An absent source is idle: the round creates it tagged.
+        let absent = json!({"metadata": {"resourceVersion": "0"}});
+        final_sync::next(
+            run,
+            &final_sync::Ends {
+                source: self.rs.as_ref().unwrap_or(&absent),
+                destination: Some(&self.rd),
+                destination_job: self.job.as_ref(),
+            },
+        )
+    }
+
+    fn source_tagged(&self, run: &str) -> bool {
+        self.rs.as_ref().and_then(|rs| final_sync::tag_of(run, rs)).is_some()
+    }
+}
+
+/// Pure: whether the round may cut now: every destination listens, or it cut already (some
+/// source is tagged, and the rest follow from the same cut).
+fn ready_to_cut(steps: &[Next], any_source_tagged: bool) -> bool {
+    any_source_tagged || steps.iter().all(|n| matches!(n, Next::TagSource { .. }))
+}
+
+/// Pure: what became of a freeze, by the group snapshot and whether the guest is still frozen:
+/// `Some(thawed)` once the guest should be thawed, `None` to keep it frozen.
+fn thaw_verdict(group: &Value, frozen_now: bool, now: DateTime<Utc>) -> Option<&'static str> {
+    let frozen_at = time_at(group, FROZEN_AT)?;
+    if annotation(group, THAWED).is_some() {
+        return None;
+    }
+    let cut = str_at(group, "/status/creationTime").is_some();
+    match (cut, frozen_now) {
+        (true, true) => Some("cut-inside"),
+        (_, false) => Some("before-cut"),
+        (false, true) if age(frozen_at, now) >= FREEZE_AT_MOST => Some("before-cut"),
+        (false, true) => None,
+    }
+}
+
+impl KubeVirtFabric {
+    /// One step of the VM's group rounds from `source` to `target`, where `points` are the
+    /// VM's points at the target. What it came to, as an app-consistent sync reports it: a
+    /// crash round's point is reported by the points alone.
+    pub async fn group_sync(
+        &self,
+        vm: &VmModel,
+        source: &SiteModel,
+        target: &SiteModel,
+        points: &[RecoveryPoint],
+        now: DateTime<Utc>,
+    ) -> Result<AppSync, FabricError> {
+        let (src, dst) = (self.site(&source.name)?, self.site(&target.name)?);
+        let Some(disks) = read_disks(src, dst, vm).await? else {
+            return Ok(AppSync::Idle);
+        };
+        let first = &disks[0].rd;
+        let Some(start) = time_at(first, ROUND) else {
+            return begin(dst, vm, &disks, points, now).await;
+        };
+        let app = annotation(first, ROUND_KIND) == Some("app");
+        let run = round_id(start);
+        let group = group_name(&vm.name, start);
+        let steps: Vec<Next> = disks.iter().map(|d| d.next(&run)).collect();
+        if steps.iter().all(|n| *n == Next::Adopt) {
+            return self.end(src, dst, vm, &disks, &group).await;
+        }
+        tag_destinations(dst, vm, &disks, &steps).await?;
+        let to_tag = steps.iter().any(|n| matches!(n, Next::TagSource { .. }));
+        if !to_tag || !ready_to_cut(&steps, disks.iter().any(|d| d.source_tagged(&run))) {
+            return Ok(AppSync::Busy);
+        }
+        let class = source.group_snapshot_class.as_deref().unwrap_or_default();
+        let cut = match self.cut(src, vm, class, &group, app, now).await? {
+            Cut::Ready(cut) => cut,
+            Cut::Pending(outcome) => return Ok(outcome),
+            Cut::TimedOut(why) => {
+                give_up(src, dst, vm, &disks, &group).await?;
+                return Ok(AppSync::Error(why));
+            }
+        };
+        for (d, step) in disks.iter().zip(&steps) {
+            if let Next::TagSource { tag, source_version } = step {
+                tag_source(src, vm, d, &cut, tag, source_version).await?;
+            }
+        }
+        Ok(AppSync::Busy)
+    }
+
+    /// The group snapshot of the round: created (the guest frozen first for an app round),
+    /// waited for, and once ready, each member restored into its disk's cut claim.
+    async fn cut(
+        &self,
+        src: &SiteApi,
+        vm: &VmModel,
+        class: &str,
+        name: &str,
+        app: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Cut, FabricError> {
+        let ns = vm.vm_namespace.as_str();
+        let Some(group) = src.get(VOLUME_GROUP_SNAPSHOT, Some(ns), name).await? else {
+            label_members(src, vm).await?;
+            let mut outcome = AppSync::Busy;
+            let mut frozen_at = None;
+            if app {
+                match app_consistent::freeze(src, vm).await {
+                    Ok(()) => frozen_at = Some(now.to_rfc3339()),
+                    Err(why) => outcome = AppSync::FreezeFailed(why),
+                }
+            }
+            src.create_if_absent(VOLUME_GROUP_SNAPSHOT, &group_snapshot(vm, name, class, frozen_at))
+                .await?;
+            return Ok(Cut::Pending(outcome));
+        };
+        self.thaw_after_group_cut(src, vm, &group, now).await?;
+        if group.pointer("/status/readyToUse").and_then(Value::as_bool) != Some(true) {
+            let created = time_at_path(&group, "/metadata/creationTimestamp");
+            if created.is_some_and(|t| age(t, now) >= CUT_WITHIN) {
+                return Ok(Cut::TimedOut(format!(
+                    "group snapshot {ns}/{name} at {} was not ready within {}s; no point this round",
+                    src.site,
+                    CUT_WITHIN.as_secs()
+                )));
+            }
+            return Ok(Cut::Pending(AppSync::Busy));
+        }
+        let Some(taken) = time_at_path(&group, "/status/creationTime") else {
+            return Ok(Cut::Pending(AppSync::Busy));
+        };
+        restore_cuts(src, vm, &group, name).await?;
+        Ok(Cut::Ready(CutMade {
+            group: name.to_owned(),
+            taken,
+        }))
+    }
+
+    /// Thaws a guest frozen for the group snapshot once it is cut (or the freeze ran too
+    /// long), recording on the group snapshot whether the cut came inside the freeze.
+    async fn thaw_after_group_cut(
+        &self,
+        src: &SiteApi,
+        vm: &VmModel,
+        group: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), FabricError> {
+        if time_at(group, FROZEN_AT).is_none() || annotation(group, THAWED).is_some() {
+            return Ok(());
+        }
+        let frozen_now = app_consistent::guest_frozen(src, vm).await?;
+        let Some(verdict) = thaw_verdict(group, frozen_now, now) else {
+            return Ok(());
+        };
+        if frozen_now {
+            self.unfreeze(src, vm, time_at(group, FROZEN_AT)).await?;
+        }
+        let name = str_at(group, "/metadata/name").unwrap_or_default();
+        let patch = json!({"metadata": {"annotations": {THAWED: verdict}}});
+        src.merge(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), name, &patch)
+            .await?;
+        Ok(())
+    }
+
+    /// Adopts every disk's point of the round at the cut's instant, then clears the round.
+    async fn end(
+        &self,
+        src: &SiteApi,
+        dst: &SiteApi,
+        vm: &VmModel,
+        disks: &[Disk],
+        group: &str,
+    ) -> Result<AppSync, FabricError> {
+        let ns = vm.vm_namespace.as_str();
+        let snapshot = src.get(VOLUME_GROUP_SNAPSHOT, Some(ns), group).await?;
+        let app = annotation(&disks[0].rd, ROUND_KIND) == Some("app");
+        let app_consistent = snapshot
+            .as_ref()
+            .is_some_and(|g| annotation(g, THAWED) == Some("cut-inside"));
+        let froze = snapshot.as_ref().is_some_and(|g| time_at(g, FROZEN_AT).is_some());
+        for d in disks {
+            let taken = d.rs.as_ref().and_then(|rs| time_at(rs, CUT_AT));
+            let Some(taken) = taken else {
+                return Err(FabricError::permanent(format!(
+                    "VM {}: the source of disk {} does not record its cut",
+                    vm.name, d.disk
+                )));
+            };
+            let cut = Some((taken, group));
+            if self
+                .adopt_from(dst, vm, &d.disk, &d.rd, app_consistent, cut)
+                .await?
+                .is_none()
+            {
+                return Ok(AppSync::Busy);
+            }
+        }
+        // The cut goes first: a restart between the two adopts again (a no-op) and clears.
+        remove_cut(src, vm, group).await?;
+        clear_round(dst, vm, &disks[0]).await?;
+        tracing::info!(vm = %vm.name, site = %src.site, group, app_consistent, "group round adopted");
+        Ok(match app {
+            true => AppSync::Done { app_consistent, froze },
+            false => AppSync::Idle,
+        })
+    }
+}
+
+/// What the round's cut came to.
+enum Cut {
+    Ready(CutMade),
+    Pending(AppSync),
+    TimedOut(String),
+}
+
+struct CutMade {
+    group: String,
+    taken: DateTime<Utc>,
+}
+
+fn time_at_path(object: &Value, pointer: &str) -> Option<DateTime<Utc>> {
+    str_at(object, pointer)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The disks' replication objects; `None` while a destination is missing (replication
+/// makes them first).
+async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Option<Vec<Disk>>, FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    let mut disks = Vec::new();
+    for disk in &vm.disks {
+        let name = objects::replication_name(disk);
+        let Some(rd) = dst.get(REPLICATION_DESTINATION, Some(ns), &name).await? else {
+            return Ok(None);
+        };
+        disks.push(Disk {
+            disk: disk.clone(),
+            rs: src.get(REPLICATION_SOURCE, Some(ns), &name).await?,
+            rd,
+            job: dst
+                .get(JOB, Some(ns), &objects::volsync_destination_mover(&name))
+                .await?,
+        });
+    }
+    Ok((!disks.is_empty()).then_some(disks))
+}
+
+/// Begins a round when one is due: recorded on the first disk's destination.
+async fn begin(
+    dst: &SiteApi,
+    vm: &VmModel,
+    disks: &[Disk],
+    points: &[RecoveryPoint],
+    now: DateTime<Utc>,
+) -> Result<AppSync, FabricError> {
+    let first = &disks[0];
+    let last = Last {
+        round: time_at(&first.rd, LAST_ROUND),
+        app: time_at(&first.rd, LAST_APP_ROUND),
+    };
+    let Some(kind) = due(vm, points, last, now) else {
+        return Ok(AppSync::Idle);
+    };
+    let stamp = now.to_rfc3339();
+    let kind = if kind == Due::App { "app" } else { "crash" };
+    let mut annotations = json!({ROUND: stamp, ROUND_KIND: kind, LAST_ROUND: stamp});
+    if kind == "app" {
+        annotations[LAST_APP_ROUND] = json!(stamp);
+    }
+    let patch = json!({"metadata": {"annotations": annotations}});
+    let name = objects::replication_name(&first.disk);
+    dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
+        .await?;
+    tracing::info!(vm = %vm.name, site = %dst.site, kind, "group round begun");
+    Ok(AppSync::Busy)
+}
+
+async fn tag_destinations(dst: &SiteApi, vm: &VmModel, disks: &[Disk], steps: &[Next]) -> Result<(), FabricError> {
+    for (d, step) in disks.iter().zip(steps) {
+        if let Next::TagDestination { tag } = step {
+            let name = objects::replication_name(&d.disk);
+            let patch = json!({"spec": {"trigger": {"manual": tag}}});
+            dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Labels the VM's claims for its group snapshot's selector.
+async fn label_members(src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
+    let patch = json!({"metadata": {"labels": {MEMBER_OF: vm.name}}});
+    for disk in &vm.disks {
+        src.merge(PVC, Some(&vm.vm_namespace), disk, &patch).await?;
+    }
+    Ok(())
+}
+
+fn group_snapshot(vm: &VmModel, name: &str, class: &str, frozen_at: Option<String>) -> Value {
+    let mut annotations = serde_json::Map::new();
+    if let Some(t) = frozen_at {
+        annotations.insert(FROZEN_AT.into(), json!(t));
+    }
+    json!({
+        "apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
+        "kind": "VolumeGroupSnapshot",
+        "metadata": {
+            "name": name,
+            "namespace": vm.vm_namespace,
+            "labels": {objects::MANAGED_BY: "coldsite", objects::PROTECTED_VM: vm.name},
+            "annotations": annotations,
+        },
+        "spec": {
+            "volumeGroupSnapshotClassName": class,
+            "source": {"selector": {"matchLabels": {MEMBER_OF: vm.name}}},
+        },
+    })
+}
+
+/// Restores each disk's member of the group snapshot into its cut claim. A cut claim left
+/// by an earlier round is deleted first: a source must never copy a stale cut.
+async fn restore_cuts(src: &SiteApi, vm: &VmModel, group: &Value, name: &str) -> Result<(), FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    let uid = str_at(group, "/metadata/uid").unwrap_or_default();
+    let members: Vec<Value> = src
+        .list(VOLUME_SNAPSHOT, Some(ns), "")
+        .await?
+        .into_iter()
+        .filter(|s| {
+            s.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|owners| owners.iter().any(|o| str_at(o, "/uid") == Some(uid)))
+        })
+        .collect();
+    for disk in &vm.disks {
+        let member = members
+            .iter()
+            .find(|m| str_at(m, "/spec/source/persistentVolumeClaimName") == Some(disk.as_str()))
+            .and_then(|m| str_at(m, "/metadata/name"));
+        let Some(member) = member else {
+            return Err(FabricError::transient(format!(
+                "group snapshot {ns}/{name} has no member for disk {disk} yet"
+            )));
+        };
+        let claim_name = objects::cut_claim_name(disk);
+        if let Some(old) = src.get(PVC, Some(ns), &claim_name).await? {
+            if annotation(&old, GROUP_SNAPSHOT) != Some(name) {
+                src.delete(PVC, Some(ns), &claim_name).await?;
+                return Err(FabricError::transient(format!(
+                    "the cut claim {ns}/{claim_name} of an earlier round is being deleted"
+                )));
+            }
+            continue;
+        }
+        let Some(source) = src.get(PVC, Some(ns), disk).await? else {
+            return Err(FabricError::permanent(format!(
+                "disk PVC {ns}/{disk} of VM {} not found",
+                vm.vm_name
+            )));
+        };
+        let claim = objects::cut_claim(&objects::CutClaim {
+            namespace: ns,
+            pvm: &vm.name,
+            disk,
+            group: name,
+            member,
+            source: &source,
+        })
+        .map_err(|e| FabricError::permanent(format!("disk PVC {ns}/{disk}: {e}")))?;
+        src.create_if_absent(PVC, &claim).await?;
+    }
+    Ok(())
+}
+
+/// Points the disk's source at its cut claim, tagged, at the version judged idle; creates
+/// the source on the first round.
+async fn tag_source(
+    src: &SiteApi,
+    vm: &VmModel,
+    d: &Disk,
+    cut: &CutMade,
+    tag: &str,
+    version: &str,
+) -> Result<(), FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    let address = str_at(&d.rd, "/status/rsyncTLS/address").unwrap_or_default();
+    let cut_claim = objects::cut_claim_name(&d.disk);
+    let mut desired = objects::replication_source(&objects::SourceSpec {
+        namespace: ns,
+        pvm: &vm.name,
+        disk: &d.disk,
+        address,
+        schedule: None,
+        manual: Some(tag),
+        storage_class: None,
+        snapshot_class: None,
+        cut: Some(&cut_claim),
+    });
+    desired["metadata"]["annotations"] = json!({CUT_AT: cut.taken.to_rfc3339(), GROUP_SNAPSHOT: cut.group});
+    match &d.rs {
+        None => {
+            src.create_if_absent(REPLICATION_SOURCE, &desired).await?;
+        }
+        Some(_) => {
+            let mut patch = json!({"metadata": {"annotations": desired["metadata"]["annotations"]},
+                                   "spec": desired["spec"]});
+            // A schedule left from before the site named its group snapshot class goes.
+            patch["spec"]["trigger"]["schedule"] = Value::Null;
+            let name = objects::replication_name(&d.disk);
+            src.merge_at_version(REPLICATION_SOURCE, Some(ns), &name, version, &patch)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends the round on the first disk's destination.
+async fn clear_round(dst: &SiteApi, vm: &VmModel, first: &Disk) -> Result<(), FabricError> {
+    let patch = json!({"metadata": {"annotations": {ROUND: null, ROUND_KIND: null}}});
+    let name = objects::replication_name(&first.disk);
+    dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
+        .await?;
+    Ok(())
+}
+
+/// A round whose group snapshot never became ready: cleared without a point. Its
+/// destinations' tags are replaced by the next round's.
+async fn give_up(src: &SiteApi, dst: &SiteApi, vm: &VmModel, disks: &[Disk], group: &str) -> Result<(), FabricError> {
+    clear_round(dst, vm, &disks[0]).await?;
+    remove_cut(src, vm, group).await?;
+    tracing::warn!(vm = %vm.name, site = %src.site, group, "group snapshot not ready in time; round given up");
+    Ok(())
+}
+
+/// Deletes what rounds from `site` left there (a run took the VM over mid-round, and its
+/// replication now goes the other way): cut claims and group snapshots.
+pub async fn remove_leftovers(site: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
+    let selector = format!("{}={}", objects::PROTECTED_VM, vm.name);
+    for group in site
+        .list(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), &selector)
+        .await?
+    {
+        remove_cut(site, vm, str_at(&group, "/metadata/name").unwrap_or_default()).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the round's cut claims and group snapshot (with its members).
+pub async fn remove_cut(src: &SiteApi, vm: &VmModel, group: &str) -> Result<(), FabricError> {
+    let ns = vm.vm_namespace.as_str();
+    for disk in &vm.disks {
+        src.delete(PVC, Some(ns), &objects::cut_claim_name(disk)).await?;
+    }
+    src.delete(VOLUME_GROUP_SNAPSHOT, Some(ns), group).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + minutes * 60, 0).unwrap()
+    }
+
+    fn vm(rpo_minutes: u64, app: Option<u64>) -> VmModel {
+        VmModel {
+            name: "db".into(),
+            namespace: "ns".into(),
+            vm_namespace: "ns".into(),
+            vm_name: "db".into(),
+            disks: vec!["db-data".into(), "db-log".into()],
+            nics: Vec::new(),
+            rpo: Duration::from_secs(rpo_minutes * 60),
+            retention: Duration::from_secs(86_400),
+            app_consistent_interval: app.map(|m| Duration::from_secs(m * 60)),
+            cpu: None,
+            memory: None,
+        }
+    }
+
+    fn round(minutes: i64) -> Last {
+        Last {
+            round: Some(at(minutes)),
+            app: None,
+        }
+    }
+
+    fn point(minutes: i64, app: bool) -> RecoveryPoint {
+        RecoveryPoint {
+            time: at(minutes),
+            app_consistent: app,
+        }
+    }
+
+    #[test]
+    fn a_crash_round_is_due_once_a_sync_interval_after_the_newest_point_or_round() {
+        let v = vm(10, None); // syncs every 5 minutes
+        assert_eq!(
+            due(&v, &[], Last::default(), at(0)),
+            Some(Due::Crash),
+            "the first point at once"
+        );
+        assert_eq!(due(&v, &[point(0, false)], round(0), at(4)), None);
+        assert_eq!(due(&v, &[point(0, false)], round(0), at(5)), Some(Due::Crash));
+        // A round that came to nothing is not retried before an interval passed.
+        assert_eq!(due(&v, &[point(0, false)], round(6), at(8)), None);
+    }
+
+    #[test]
+    fn an_app_round_is_due_by_its_interval_once_there_is_a_point() {
+        let v = vm(10, Some(60));
+        let both = |r: i64, a: i64| Last {
+            round: Some(at(r)),
+            app: Some(at(a)),
+        };
+        assert_eq!(
+            due(&v, &[], Last::default(), at(0)),
+            Some(Due::Crash),
+            "a first point before any freeze"
+        );
+        assert_eq!(due(&v, &[point(0, false)], round(0), at(1)), Some(Due::App));
+        assert_eq!(due(&v, &[point(0, true)], both(0, 0), at(6)), Some(Due::Crash));
+        assert_eq!(
+            due(&v, &[point(0, true), point(30, false)], both(30, 0), at(60)),
+            Some(Due::App)
+        );
+        // A freeze that failed is tried again an interval later, while crash rounds go on.
+        assert_eq!(due(&v, &[point(30, false)], both(30, 20), at(40)), Some(Due::Crash));
+        assert_eq!(due(&v, &[point(40, false)], both(40, 20), at(42)), None);
+    }
+
+    #[test]
+    fn a_vm_is_cut_as_a_group_only_with_several_disks_and_a_class_at_its_source() {
+        let with_class = SiteModel {
+            group_snapshot_class: Some("groups".into()),
+            ..SiteModel::default()
+        };
+        assert!(applies(&vm(10, None), &with_class));
+        assert!(!applies(&vm(10, None), &SiteModel::default()));
+        let one_disk = VmModel {
+            disks: vec!["root".into()],
+            ..vm(10, None)
+        };
+        assert!(!applies(&one_disk, &with_class));
+    }
+
+    #[test]
+    fn no_disk_is_cut_before_every_destination_listens() {
+        let tag = |n: &str| Next::TagSource {
+            tag: n.into(),
+            source_version: "1".into(),
+        };
+        assert!(!ready_to_cut(&[tag("a"), Next::Wait], false));
+        assert!(ready_to_cut(&[tag("a"), tag("b")], false));
+        // Cut already, one source tagged: the other is tagged from the same cut.
+        assert!(ready_to_cut(&[Next::Wait, tag("b")], true));
+    }
+
+    #[test]
+    fn the_guest_is_thawed_once_cut_and_the_point_is_app_consistent_only_if_still_frozen() {
+        let frozen = json!({"metadata": {"annotations": {FROZEN_AT: at(0).to_rfc3339()}}});
+        let mut cut = frozen.clone();
+        cut["status"] = json!({"creationTime": at(0).to_rfc3339()});
+        assert_eq!(thaw_verdict(&frozen, true, at(0)), None, "kept frozen until cut");
+        assert_eq!(thaw_verdict(&cut, true, at(0)), Some("cut-inside"));
+        assert_eq!(
+            thaw_verdict(&cut, false, at(0)),
+            Some("before-cut"),
+            "thawed by the backstop"
+        );
+        assert_eq!(
+            thaw_verdict(&frozen, true, at(1)),
+            Some("before-cut"),
+            "not frozen for ever"
+        );
+        let mut thawed = cut.clone();
+        thawed["metadata"]["annotations"][THAWED] = json!("cut-inside");
+        assert_eq!(thaw_verdict(&thawed, true, at(0)), None, "thawed once");
+        assert_eq!(thaw_verdict(&json!({}), true, at(0)), None, "never frozen for");
+    }
+}
