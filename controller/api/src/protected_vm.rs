@@ -326,9 +326,13 @@ pub const LISTED_POINTS: usize = 120;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PointStatus {
-    /// When its data was taken (the end of its sync).
+    /// When its data was taken (the end of its sync; for a group snapshot's cut, the cut).
     pub time: Time,
     pub consistency: Consistency,
+    /// Every disk of the VM from one instant (a group snapshot cut them together), not each
+    /// disk at its own moment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_instant: bool,
 }
 
 /// What a recovery point is consistent with.

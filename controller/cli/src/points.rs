@@ -1,5 +1,6 @@
 //! `points`: the recovery points of a plan's VMs or of one ProtectedVM, as their status lists
-//! them, with each point's consistency and age.
+//! them, with each point's consistency (crash or app, and `group` when every disk is from
+//! one instant) and age.
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -41,7 +42,10 @@ pub fn table(pvms: &[ProtectedVM], now: DateTime<Utc>) -> String {
             rows.push([
                 pvm.name_any(),
                 view::time(t),
-                point.consistency.word().into(),
+                match point.one_instant {
+                    true => format!("{}, group", point.consistency.word()),
+                    false => point.consistency.word().into(),
+                },
                 duration((now - t).num_seconds()),
                 at.to_owned(),
             ]);
@@ -174,7 +178,7 @@ mod tests {
         let mbx = pvm(
             "exch-mbx01",
             json!([
-                {"time": "2026-12-01T11:45:00Z", "consistency": "Crash"},
+                {"time": "2026-12-01T11:45:00Z", "consistency": "Crash", "oneInstant": true},
                 {"time": "2026-12-01T11:00:00Z", "consistency": "App"},
             ]),
             5,
@@ -182,8 +186,17 @@ mod tests {
         let text = table(&[mbx, pvm("dc01", json!([]), 0)], now);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("VM") && lines[0].contains("CONSISTENCY"), "{text}");
-        assert!(lines[1].contains("2026-12-01 11:45:00Z") && lines[1].contains("crash") && lines[1].contains("15m00s"));
-        assert!(lines[2].contains("11:00:00Z") && lines[2].contains("app") && lines[2].contains("1h00m"));
+        assert!(
+            lines[1].contains("2026-12-01 11:45:00Z")
+                && lines[1].contains("crash, group")
+                && lines[1].contains("15m00s"),
+            "a group snapshot's point says so: {text}"
+        );
+        assert!(
+            lines[2].contains("11:00:00Z") && lines[2].contains("app") && !lines[2].contains("group"),
+            "{text}"
+        );
+        assert!(lines[2].contains("1h00m"), "{text}");
         assert!(lines[3].contains("(and 3 older)"), "{text}");
         assert!(
             lines[4].starts_with("dc01") && lines[4].contains("(none yet)"),

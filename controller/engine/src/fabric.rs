@@ -26,6 +26,8 @@ pub struct RunRef {
 pub struct RecoveryPoint {
     pub time: DateTime<Utc>,
     pub app_consistent: bool,
+    /// Every disk of the VM from one instant (cut by a group snapshot), not each disk's own.
+    pub one_instant: bool,
 }
 
 /// How an ensure call stands.

@@ -140,6 +140,7 @@ mod tests {
             .map(|i| RecoveryPoint {
                 time: at(i * 10),
                 app_consistent: i % 3 == 0,
+                one_instant: false,
             })
             .collect()
     }
@@ -232,7 +233,7 @@ mod tests {
             let points: Vec<RecoveryPoint> = minutes
                 .iter()
                 .zip(&app)
-                .map(|(m, a)| RecoveryPoint { time: at(*m), app_consistent: *a })
+                .map(|(m, a)| RecoveryPoint { time: at(*m), app_consistent: *a, one_instant: false })
                 .collect();
             let retention = Duration::from_secs(retention_minutes * 60);
             let gone = expired(&points, at(now), retention);
@@ -251,10 +252,12 @@ mod tests {
             RecoveryPoint {
                 time: at(0),
                 app_consistent: false,
+                one_instant: false,
             },
             RecoveryPoint {
                 time: at(10),
                 app_consistent: false,
+                one_instant: false,
             },
         ];
         let gone = expired(&old, at(500), Duration::from_secs(3600));

@@ -401,6 +401,7 @@ impl SimFabric {
                 out.push(RecoveryPoint {
                     time,
                     app_consistent: app.is_some_and(|a| a > 0 && t % a == 0),
+                    one_instant: false,
                 });
             }
             t -= interval;
@@ -523,6 +524,7 @@ impl Fabric for SimFabric {
                 Ok(Some(RecoveryPoint {
                     time: now.max(after),
                     app_consistent: true,
+                    one_instant: false,
                 }))
             },
         );

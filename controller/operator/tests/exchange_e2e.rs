@@ -1810,8 +1810,9 @@ async fn nothing_piles_up(s: &Scenario) -> Result<()> {
 /// replicates; a test failover to the newest point must find the data disk at most one write
 /// behind the system disk, never ahead and never further behind, as after a crash at one
 /// instant. HQ's storage queues single snapshots of the data disk for 2 s, so disks cut one by
-/// one (as without the class) are cut 2 s apart, and this fails. Read from the disks and
-/// points at the sites.
+/// one (as without the class) are cut 2 s apart, and this fails. With `appConsistentInterval`,
+/// app-consistent points come from group snapshots cut with the guest frozen. Read from the
+/// disks and points at the sites.
 #[tokio::test]
 async fn two_disks_restore_from_one_instant() -> Result<()> {
     let (mgmt, recovery) = (ControlPlane::shared().await?, ControlPlane::shared_recovery().await?);
@@ -1824,7 +1825,8 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
         "groups",
     )
     .await?;
-    s.set_rpo("2m").await?;
+    s.set_replication(json!({"rpo": "2m", "appConsistentInterval": "1h"}))
+        .await?;
     s.simulator.update_faults(|f| {
         f.site(&s.hq)
             .queued_snapshots
@@ -1852,6 +1854,7 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
             .await?;
         s.run_to_end("groups-test", Duration::from_secs(300)).await?;
         restored_from_one_instant(&s, "exch-mbx01", &pairs, cut_at).await?;
+        app_consistent_group_points(&s, "exch-mbx01").await?;
         nothing_left_of_the_cuts(&s).await
     }
     .await;
@@ -1964,6 +1967,38 @@ async fn restored_from_one_instant(
     ensure!(
         at_point == 2 && groups.len() == 1,
         "{vm}'s points at {point}: {at_point} snapshots from group snapshots {groups:?}"
+    );
+    Ok(())
+}
+
+/// `vm`'s app-consistent points at DR are group snapshots' cuts, their images cut with the
+/// guest frozen (as the storage shows), every disk from one round.
+async fn app_consistent_group_points(s: &Scenario, vm: &str) -> Result<()> {
+    let (app, _) = s.points_by_consistency(&s.dr, vm).await?;
+    ensure!(app >= 2, "{vm} has {app} app-consistent disk points at DR");
+    let snapshots = volume_snapshots(&s.recovery, &s.ns)
+        .list(&ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
+        .await?;
+    let mut by_group: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &snapshots.items {
+        let a = p.annotations();
+        if a.get("coldsite.io/app-consistent").map(String::as_str) == Some("true") {
+            let group = a.get("coldsite.io/group-snapshot").cloned().unwrap_or_default();
+            *by_group.entry(group).or_default() += 1;
+        }
+    }
+    ensure!(
+        !by_group.contains_key("") && by_group.values().all(|n| *n == 2),
+        "{vm}'s app-consistent points by group snapshot: {by_group:?}"
+    );
+    let st = pvm_status(s, vm).await?;
+    let cond = coldsite_api::common::find_condition(&st.conditions, "AppConsistent");
+    ensure!(cond.is_some_and(|c| c.status == "True"), "AppConsistent: {cond:?}");
+    // The status says what the storage shows: every point listed is one instant's.
+    let listed = st.recovery_points.map(|p| p.points).unwrap_or_default();
+    ensure!(
+        !listed.is_empty() && listed.iter().all(|p| p.one_instant),
+        "{vm}'s points as its status lists them: {listed:?}"
     );
     Ok(())
 }

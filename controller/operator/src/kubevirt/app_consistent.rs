@@ -531,6 +531,7 @@ mod tests {
         let point = |minutes, app_consistent| RecoveryPoint {
             time: at(minutes),
             app_consistent,
+            one_instant: false,
         };
         let rest = [disk(None, Some(at(0)))];
         assert!(!needs_work(&rest, Some(hour), &[point(0, true)], at(30)));

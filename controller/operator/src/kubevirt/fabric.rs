@@ -545,6 +545,7 @@ impl KubeVirtFabric {
             .map(|(t, _)| RecoveryPoint {
                 time: *t,
                 app_consistent: false,
+                one_instant: false,
             })
             .collect();
         let expired = rpo::expired(&times, now, vm.retention);
@@ -859,6 +860,7 @@ impl Fabric for KubeVirtFabric {
             Some(time) => Ok(Progress::Done(RecoveryPoint {
                 time,
                 app_consistent: true,
+                one_instant: false,
             })),
             None => Err(FabricError::permanent(format!("VM {} has no disks to sync", vm.name))),
         }

@@ -616,6 +616,7 @@ mod tests {
         RecoveryPoint {
             time: at(minutes),
             app_consistent: app,
+            one_instant: false,
         }
     }
 

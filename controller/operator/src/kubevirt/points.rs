@@ -45,6 +45,7 @@ pub fn vm_points(disks: &[Vec<DiskPoint>]) -> Vec<RecoveryPoint> {
         out.push(RecoveryPoint {
             time,
             app_consistent: chosen.iter().all(|p| p.app_consistent),
+            one_instant: chosen.iter().all(|p| p.group),
         });
     }
     out
@@ -105,9 +106,11 @@ mod tests {
         let whole = vm_points(&[vec![cut(10), cut(50)], vec![cut(10), cut(50)]]);
         let times: Vec<i64> = whole.iter().map(|p| p.time.timestamp()).collect();
         assert_eq!(times, vec![10, 50]);
+        assert!(whole.iter().all(|p| p.one_instant));
         // A final sync's per-disk snapshots (the VM stopped) still make points after a cut.
         let after = vm_points(&[vec![cut(10), at(70, true)], vec![cut(10), at(75, true)]]);
         let times: Vec<i64> = after.iter().map(|p| p.time.timestamp()).collect();
         assert_eq!(times, vec![10, 75]);
+        assert!(after[0].one_instant && !after[1].one_instant);
     }
 }

@@ -149,6 +149,7 @@ fn points(state: &ReplicationState) -> RecoveryPointsStatus {
             .map(|p| PointStatus {
                 time: coldsite_engine::time::to_k8s(p.time),
                 consistency: Consistency::of(p.app_consistent),
+                one_instant: p.one_instant,
             })
             .collect(),
     }

@@ -38,6 +38,7 @@ pub fn record_of(s: &StepStatus) -> StepRecord {
         point: s.recovery_point.as_ref().map(|t| RecoveryPoint {
             time: from_k8s(t),
             app_consistent: s.recovery_point_consistency.is_some_and(Consistency::is_app),
+            one_instant: false,
         }),
     }
 }
