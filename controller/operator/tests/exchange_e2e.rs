@@ -1855,7 +1855,16 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
         s.run_to_end("groups-test", Duration::from_secs(300)).await?;
         restored_from_one_instant(&s, "exch-mbx01", &pairs, cut_at).await?;
         app_consistent_group_points(&s, "exch-mbx01").await?;
-        nothing_left_of_the_cuts(&s).await
+        nothing_left_of_the_cuts(&s).await?;
+        a_round_resumes_after_a_restart(&s, &mut ctl, mgmt, "exch-mbx01").await?;
+        s.delete_test_run("groups-test", Duration::from_secs(120)).await?;
+        // A planned failover's final sync copies the stopped disks themselves, not a cut.
+        let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
+        let at_hq = s.write_vms(&s.hq).await?;
+        step(&s, &plugin, "planned", "groups-move", true).await?;
+        s.disks_hold(&s.dr, &at_hq, true)
+            .await
+            .context("no data loss on a planned failover of VMs cut as groups")
     }
     .await;
     if let Err(e) = &result {
@@ -2001,6 +2010,53 @@ async fn app_consistent_group_points(s: &Scenario, vm: &str) -> Result<()> {
         "{vm}'s points as its status lists them: {listed:?}"
     );
     Ok(())
+}
+
+/// The controller dies in the middle of `vm`'s round; restarted, it finishes the round from
+/// what the sites hold: a new point of one instant, and nothing left of the cut.
+async fn a_round_resumes_after_a_restart(
+    s: &Scenario,
+    ctl: &mut ControllerProcess,
+    cp: &ControlPlane,
+    vm: &str,
+) -> Result<()> {
+    let rds = replication_destinations(&s.recovery, &s.ns);
+    let mine = ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}"));
+    let round = || async {
+        let list = rds.list(&mine).await?;
+        Ok::<_, anyhow::Error>(
+            list.items
+                .iter()
+                .find_map(|rd| rd.annotations().get("coldsite.io/group-round").cloned()),
+        )
+    };
+    let begun = wait_for("a round under way", Duration::from_secs(150), || async {
+        round().await
+    })
+    .await?;
+    ctl.kill().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    *ctl = controller(
+        cp,
+        &format!("controller-{}-restarted", s.ns),
+        &["--no-leader-election", "--lease-namespace", &s.ns],
+    )?;
+    let begun_at = chrono::DateTime::parse_from_rfc3339(&begun)?;
+    wait_for(
+        "the round finished after the restart",
+        Duration::from_secs(150),
+        || async {
+            let newest = pvm_status(s, vm)
+                .await?
+                .recovery_points
+                .and_then(|p| p.points.first().cloned());
+            let done = round().await?.as_deref() != Some(begun.as_str())
+                && newest.is_some_and(|p| p.one_instant && coldsite_engine::time::from_k8s(&p.time) >= begun_at);
+            Ok(done.then_some(()))
+        },
+    )
+    .await?;
+    nothing_left_of_the_cuts(s).await
 }
 
 /// Between rounds HQ keeps no group snapshot and no cut claim.

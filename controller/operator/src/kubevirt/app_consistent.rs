@@ -259,6 +259,9 @@ impl KubeVirtFabric {
         if !guest_frozen(src, vm).await? {
             return Ok(());
         }
+        if super::group_cut::applies(vm, source) {
+            return self.thaw_group_for_run(src, vm).await;
+        }
         for disk in &vm.disks {
             let name = objects::replication_name(disk);
             let rs = src.get(REPLICATION_SOURCE, Some(&vm.vm_namespace), &name).await?;

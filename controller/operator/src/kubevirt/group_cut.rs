@@ -29,7 +29,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use coldsite_engine::fabric::{FabricError, RecoveryPoint};
+use coldsite_engine::fabric::{FabricError, FailureKind, RecoveryPoint};
 use coldsite_engine::model::{SiteModel, VmModel};
 use coldsite_engine::rpo;
 use serde_json::{Value, json};
@@ -201,7 +201,7 @@ impl KubeVirtFabric {
         let cut = match self.cut(src, vm, class, &group, app, now).await? {
             Cut::Ready(cut) => cut,
             Cut::Pending(outcome) => return Ok(outcome),
-            Cut::TimedOut(why) => {
+            Cut::Failed(why) => {
                 give_up(src, dst, vm, &disks, &group).await?;
                 return Ok(AppSync::Error(why));
             }
@@ -236,18 +236,36 @@ impl KubeVirtFabric {
                     Err(why) => outcome = AppSync::FreezeFailed(why),
                 }
             }
-            src.create_if_absent(VOLUME_GROUP_SNAPSHOT, &group_snapshot(vm, name, class, frozen_at))
-                .await?;
-            return Ok(Cut::Pending(outcome));
+            let made = src
+                .create_if_absent(
+                    VOLUME_GROUP_SNAPSHOT,
+                    &group_snapshot(vm, name, class, frozen_at.clone()),
+                )
+                .await;
+            return match made {
+                Ok(_) => Ok(Cut::Pending(outcome)),
+                Err(e) => {
+                    // Never leave a guest frozen for a cut that is not coming.
+                    if frozen_at.is_some() {
+                        self.unfreeze(src, vm, Some(now)).await?;
+                    }
+                    match e.kind {
+                        FailureKind::Permanent => Ok(Cut::Failed(e.message)),
+                        _ => Err(e),
+                    }
+                }
+            };
         };
         self.thaw_after_group_cut(src, vm, &group, now).await?;
         if group.pointer("/status/readyToUse").and_then(Value::as_bool) != Some(true) {
             let created = time_at_path(&group, "/metadata/creationTimestamp");
             if created.is_some_and(|t| age(t, now) >= CUT_WITHIN) {
-                return Ok(Cut::TimedOut(format!(
-                    "group snapshot {ns}/{name} at {} was not ready within {}s; no point this round",
+                let why = str_at(&group, "/status/error/message").map(|m| format!(": {m}"));
+                return Ok(Cut::Failed(format!(
+                    "group snapshot {ns}/{name} at {} was not ready within {}s{}; no point this round",
                     src.site,
-                    CUT_WITHIN.as_secs()
+                    CUT_WITHIN.as_secs(),
+                    why.unwrap_or_default()
                 )));
             }
             return Ok(Cut::Pending(AppSync::Busy));
@@ -285,6 +303,28 @@ impl KubeVirtFabric {
         let patch = json!({"metadata": {"annotations": {THAWED: verdict}}});
         src.merge(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), name, &patch)
             .await?;
+        Ok(())
+    }
+
+    /// A run took the VM over with its guest frozen for a group snapshot: thawed now, and
+    /// the group snapshot says so, so its round's point is not taken for app-consistent.
+    pub(super) async fn thaw_group_for_run(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
+        let selector = format!("{}={}", objects::PROTECTED_VM, vm.name);
+        for group in src
+            .list(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), &selector)
+            .await?
+        {
+            let Some(since) = time_at(&group, FROZEN_AT).filter(|_| annotation(&group, THAWED).is_none()) else {
+                continue;
+            };
+            let cut = str_at(&group, "/status/creationTime").is_some();
+            self.unfreeze(src, vm, Some(since)).await?;
+            let verdict = if cut { "cut-inside" } else { "before-cut" };
+            let name = str_at(&group, "/metadata/name").unwrap_or_default();
+            let patch = json!({"metadata": {"annotations": {THAWED: verdict}}});
+            src.merge(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), name, &patch)
+                .await?;
+        }
         Ok(())
     }
 
@@ -336,7 +376,8 @@ impl KubeVirtFabric {
 enum Cut {
     Ready(CutMade),
     Pending(AppSync),
-    TimedOut(String),
+    /// Refused by the site, or not ready in time: the round ends without a point.
+    Failed(String),
 }
 
 struct CutMade {
@@ -550,12 +591,12 @@ async fn clear_round(dst: &SiteApi, vm: &VmModel, first: &Disk) -> Result<(), Fa
     Ok(())
 }
 
-/// A round whose group snapshot never became ready: cleared without a point. Its
-/// destinations' tags are replaced by the next round's.
+/// A round whose group snapshot the site refused or never made ready: cleared without a
+/// point. Its destinations' tags are replaced by the next round's.
 async fn give_up(src: &SiteApi, dst: &SiteApi, vm: &VmModel, disks: &[Disk], group: &str) -> Result<(), FabricError> {
     clear_round(dst, vm, &disks[0]).await?;
     remove_cut(src, vm, group).await?;
-    tracing::warn!(vm = %vm.name, site = %src.site, group, "group snapshot not ready in time; round given up");
+    tracing::warn!(vm = %vm.name, site = %src.site, group, "no group snapshot this round; round given up");
     Ok(())
 }
 
