@@ -120,6 +120,9 @@ pub enum AppSync {
     Idle,
     /// One is under way: look again soon.
     Busy,
+    /// A [group round](super::group_cut) with no guest frozen is under way: its objects'
+    /// changes wake the VM, and a look every few seconds is enough.
+    Round,
     /// The guest could not be frozen; the sync goes on and yields a crash-consistent point.
     FreezeFailed(String),
     /// Its points are adopted: app-consistent if every disk was cut inside the freeze;

@@ -149,6 +149,12 @@ fn ready_to_cut(steps: &[Next], any_source_tagged: bool) -> bool {
     any_source_tagged || steps.iter().all(|n| matches!(n, Next::TagSource { .. }))
 }
 
+/// A round under way: only an app round may hold a guest frozen, which is looked at every
+/// second.
+fn under_way(app: bool) -> AppSync {
+    if app { AppSync::Busy } else { AppSync::Round }
+}
+
 /// Pure: what became of a freeze, by the group snapshot and whether the guest is still frozen:
 /// `Some(thawed)` once the guest should be thawed, `None` to keep it frozen.
 fn thaw_verdict(group: &Value, frozen_now: bool, now: DateTime<Utc>) -> Option<&'static str> {
@@ -186,6 +192,7 @@ impl KubeVirtFabric {
             return begin(dst, vm, &disks, points, now).await;
         };
         let app = annotation(first, ROUND_KIND) == Some("app");
+        let busy = under_way(app);
         let run = round_id(start);
         let group = group_name(&vm.name, start);
         let steps: Vec<Next> = disks.iter().map(|d| d.next(&run)).collect();
@@ -195,7 +202,7 @@ impl KubeVirtFabric {
         tag_destinations(dst, vm, &disks, &steps).await?;
         let to_tag = steps.iter().any(|n| matches!(n, Next::TagSource { .. }));
         if !to_tag || !ready_to_cut(&steps, disks.iter().any(|d| d.source_tagged(&run))) {
-            return Ok(AppSync::Busy);
+            return Ok(busy);
         }
         let class = source.group_snapshot_class.as_deref().unwrap_or_default();
         let cut = match self.cut(src, vm, class, &group, app, now).await? {
@@ -211,7 +218,7 @@ impl KubeVirtFabric {
                 tag_source(src, vm, d, &cut, tag, source_version).await?;
             }
         }
-        Ok(AppSync::Busy)
+        Ok(busy)
     }
 
     /// The group snapshot of the round: created (the guest frozen first for an app round),
@@ -226,9 +233,10 @@ impl KubeVirtFabric {
         now: DateTime<Utc>,
     ) -> Result<Cut, FabricError> {
         let ns = vm.vm_namespace.as_str();
+        let busy = || under_way(app);
         let Some(group) = src.get(VOLUME_GROUP_SNAPSHOT, Some(ns), name).await? else {
             label_members(src, vm).await?;
-            let mut outcome = AppSync::Busy;
+            let mut outcome = busy();
             let mut frozen_at = None;
             if app {
                 match app_consistent::freeze(src, vm).await {
@@ -268,10 +276,10 @@ impl KubeVirtFabric {
                     why.unwrap_or_default()
                 )));
             }
-            return Ok(Cut::Pending(AppSync::Busy));
+            return Ok(Cut::Pending(busy()));
         }
         let Some(taken) = time_at_path(&group, "/status/creationTime") else {
-            return Ok(Cut::Pending(AppSync::Busy));
+            return Ok(Cut::Pending(busy()));
         };
         restore_cuts(src, vm, &group, name).await?;
         Ok(Cut::Ready(CutMade {
@@ -358,7 +366,7 @@ impl KubeVirtFabric {
                 .await?
                 .is_none()
             {
-                return Ok(AppSync::Busy);
+                return Ok(under_way(app));
             }
         }
         // The cut goes first: a restart between the two adopts again (a no-op) and clears.

@@ -44,6 +44,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(30);
 const FENCE_RETRY: Duration = Duration::from_secs(5);
 /// How often a VM looks again while an app-consistent sync is under way.
 const APP_SYNC_RETRY: Duration = Duration::from_secs(1);
+/// How often a VM looks again while a group round without a freeze is under way.
+const ROUND_RETRY: Duration = Duration::from_secs(3);
 
 pub async fn reconcile(pvm: Arc<ProtectedVM>, ctx: Arc<Context>) -> Result<Action> {
     super::finalized(
@@ -151,6 +153,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(match app {
         // A frozen guest waits for the next look: it is thawed as soon as its snapshots are cut.
         Some(AppSync::Busy | AppSync::Done { .. }) => APP_SYNC_RETRY,
+        Some(AppSync::Round) => ROUND_RETRY,
         _ if !fenced => FENCE_RETRY,
         Some(AppSync::Error(_)) => FENCE_RETRY,
         _ => look_again,
