@@ -1857,6 +1857,7 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
         app_consistent_group_points(&s, "exch-mbx01").await?;
         nothing_left_of_the_cuts(&s).await?;
         a_round_resumes_after_a_restart(&s, &mut ctl, mgmt, "exch-mbx01").await?;
+        a_failed_cut_falls_back_to_per_disk_points(&s, "exch-mbx01").await?;
         s.delete_test_run("groups-test", Duration::from_secs(120)).await?;
         // A planned failover's final sync copies the stopped disks themselves, not a cut.
         let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
@@ -2057,6 +2058,71 @@ async fn a_round_resumes_after_a_restart(
     )
     .await?;
     nothing_left_of_the_cuts(s).await
+}
+
+/// Bad input: HQ's Site names a group snapshot class HQ lacks. The round's group snapshot
+/// never becomes ready, so after 2 minutes the round copies each disk on its own: `vm` still
+/// gets a point, its disks' points at DR are not a group snapshot's, and `DisksConsistent`
+/// says so. Then the class is named right again.
+async fn a_failed_cut_falls_back_to_per_disk_points(s: &Scenario, vm: &str) -> Result<()> {
+    let sites = Api::<Site>::all(s.management.clone());
+    let class = |name: &str| json!({"spec": {"storage": {"volumeGroupSnapshotClassName": name}}});
+    sites
+        .patch(&s.hq, &PatchParams::default(), &Patch::Merge(&class("no-such-class")))
+        .await?;
+    let since = chrono::Utc::now();
+    let (cond, newest) = wait_for(
+        "a per-disk point after the failed cut",
+        Duration::from_secs(330),
+        || async {
+            let st = pvm_status(s, vm).await?;
+            let cond = coldsite_api::common::find_condition(&st.conditions, "DisksConsistent").cloned();
+            let newest = st.recovery_points.and_then(|p| p.points.first().cloned());
+            let fell_back = newest
+                .as_ref()
+                .is_some_and(|p| !p.one_instant && coldsite_engine::time::from_k8s(&p.time) > since);
+            Ok(fell_back.then_some((cond, newest)))
+        },
+    )
+    .await?;
+    ensure!(
+        cond.as_ref()
+            .is_some_and(|c| c.status == "False" && ["CutFailed", "PerDiskPoint"].contains(&c.reason.as_str())),
+        "DisksConsistent after the failed cut: {cond:?}"
+    );
+    let snapshots = volume_snapshots(&s.recovery, &s.ns)
+        .list(&ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
+        .await?;
+    let after: Vec<_> = snapshots
+        .items
+        .iter()
+        .filter(|p| {
+            p.annotations()
+                .get("coldsite.io/recovery-point")
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t > since)
+        })
+        .collect();
+    ensure!(
+        after.len() >= 2
+            && after
+                .iter()
+                .all(|p| !p.annotations().contains_key("coldsite.io/group-snapshot")),
+        "{vm}'s points at DR after {since} (newest listed {newest:?}): {} snapshots, group snapshots {:?}",
+        after.len(),
+        after
+            .iter()
+            .map(|p| p.annotations().get("coldsite.io/group-snapshot"))
+            .collect::<Vec<_>>()
+    );
+    sites
+        .patch(
+            &s.hq,
+            &PatchParams::default(),
+            &Patch::Merge(&class(coldsite_e2e::site::DEFAULT_CLASS)),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Between rounds HQ keeps no group snapshot and no cut claim.

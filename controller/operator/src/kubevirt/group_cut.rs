@@ -21,10 +21,11 @@
 //! VolSync never syncs such a VM's disks by itself: its sources carry manual triggers only
 //! (an empty trigger syncs for ever). A planned action's final sync copies the stopped VM's
 //! disks themselves, which no write changes meanwhile. Everything a round needs to resume
-//! lives at the sites, so a restart picks up where it stopped. A group snapshot that is not
-//! ready within [`CUT_WITHIN`] (a driver that never reports it, as upstream's
-//! snapshot-controller can leave one) ends the round without a point; the next is tried an
-//! interval later, and the error is reported.
+//! lives at the sites, so a restart picks up where it stopped. A group snapshot the site
+//! refuses, or that is not ready within [`CUT_WITHIN`] (a class the site lacks, a driver that
+//! never reports it, as upstream's snapshot-controller can leave one), turns the round into
+//! one disk by disk ([`ROUND_PER_DISK`]): the VM still gets its point, not one of one instant,
+//! and the error is reported. The next round tries a group snapshot again.
 
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ pub const ROUND_KIND: &str = "coldsite.io/group-round-kind";
 /// round) began, so a round that came to nothing is tried again an interval later, not at once.
 pub const LAST_ROUND: &str = "coldsite.io/group-round-last";
 pub const LAST_APP_ROUND: &str = "coldsite.io/group-round-last-app";
+/// Beside [`ROUND`]: why the round's group snapshot failed; the round then copies each disk
+/// on its own (VolSync's own snapshots), so the VM still gets a point, not one of one instant.
+pub const ROUND_PER_DISK: &str = "coldsite.io/group-round-per-disk";
 /// On a VM's claims: the VM whose group snapshot selects them.
 pub const MEMBER_OF: &str = "coldsite.io/group-member-of";
 /// On a group snapshot: when the guest was frozen for it.
@@ -204,18 +208,23 @@ impl KubeVirtFabric {
         if !to_tag || !ready_to_cut(&steps, disks.iter().any(|d| d.source_tagged(&run))) {
             return Ok(busy);
         }
-        let class = source.group_snapshot_class.as_deref().unwrap_or_default();
-        let cut = match self.cut(src, vm, class, &group, app, now).await? {
-            Cut::Ready(cut) => cut,
-            Cut::Pending(outcome) => return Ok(outcome),
-            Cut::Failed(why) => {
-                give_up(src, dst, vm, &disks, &group).await?;
-                return Ok(AppSync::Error(why));
+        let cut = match annotation(first, ROUND_PER_DISK) {
+            Some(_) => None,
+            None => {
+                let class = source.group_snapshot_class.as_deref().unwrap_or_default();
+                match self.cut(src, vm, class, &group, app, now).await? {
+                    Cut::Ready(cut) => Some(cut),
+                    Cut::Pending(outcome) => return Ok(outcome),
+                    Cut::Failed(why) => {
+                        fall_back(src, dst, vm, &disks[0], &group, &why).await?;
+                        return Ok(AppSync::Error(why));
+                    }
+                }
             }
         };
         for (d, step) in disks.iter().zip(&steps) {
             if let Next::TagSource { tag, source_version } = step {
-                tag_source(src, vm, d, &cut, tag, source_version).await?;
+                tag_source(src, vm, d, cut.as_ref(), tag, source_version).await?;
             }
         }
         Ok(busy)
@@ -352,17 +361,21 @@ impl KubeVirtFabric {
             .as_ref()
             .is_some_and(|g| annotation(g, THAWED) == Some("cut-inside"));
         let froze = snapshot.as_ref().is_some_and(|g| time_at(g, FROZEN_AT).is_some());
+        let per_disk = annotation(&disks[0].rd, ROUND_PER_DISK).is_some();
         for d in disks {
             let taken = d.rs.as_ref().and_then(|rs| time_at(rs, CUT_AT));
-            let Some(taken) = taken else {
-                return Err(FabricError::permanent(format!(
-                    "VM {}: the source of disk {} does not record its cut",
-                    vm.name, d.disk
-                )));
+            let cut = match (per_disk, taken) {
+                (true, _) => None,
+                (false, Some(taken)) => Some((taken, group)),
+                (false, None) => {
+                    return Err(FabricError::permanent(format!(
+                        "VM {}: the source of disk {} does not record its cut",
+                        vm.name, d.disk
+                    )));
+                }
             };
-            let cut = Some((taken, group));
             if self
-                .adopt_from(dst, vm, &d.disk, &d.rd, app_consistent, cut)
+                .adopt_from(dst, vm, &d.disk, &d.rd, app_consistent && !per_disk, cut)
                 .await?
                 .is_none()
             {
@@ -548,13 +561,13 @@ async fn restore_cuts(src: &SiteApi, vm: &VmModel, group: &Value, name: &str) ->
     Ok(())
 }
 
-/// Points the disk's source at its cut claim, tagged, at the version judged idle; creates
-/// the source on the first round.
+/// Points the disk's source at its cut claim (without a cut, at the disk itself), tagged, at
+/// the version judged idle; creates the source on the first round.
 async fn tag_source(
     src: &SiteApi,
     vm: &VmModel,
     d: &Disk,
-    cut: &CutMade,
+    cut: Option<&CutMade>,
     tag: &str,
     version: &str,
 ) -> Result<(), FabricError> {
@@ -570,9 +583,12 @@ async fn tag_source(
         manual: Some(tag),
         storage_class: None,
         snapshot_class: None,
-        cut: Some(&cut_claim),
+        cut: cut.map(|_| cut_claim.as_str()),
     });
-    desired["metadata"]["annotations"] = json!({CUT_AT: cut.taken.to_rfc3339(), GROUP_SNAPSHOT: cut.group});
+    desired["metadata"]["annotations"] = match cut {
+        Some(cut) => json!({CUT_AT: cut.taken.to_rfc3339(), GROUP_SNAPSHOT: cut.group}),
+        None => json!({CUT_AT: null, GROUP_SNAPSHOT: null}),
+    };
     match &d.rs {
         None => {
             src.create_if_absent(REPLICATION_SOURCE, &desired).await?;
@@ -592,19 +608,29 @@ async fn tag_source(
 
 /// Ends the round on the first disk's destination.
 async fn clear_round(dst: &SiteApi, vm: &VmModel, first: &Disk) -> Result<(), FabricError> {
-    let patch = json!({"metadata": {"annotations": {ROUND: null, ROUND_KIND: null}}});
+    let patch = json!({"metadata": {"annotations": {ROUND: null, ROUND_KIND: null, ROUND_PER_DISK: null}}});
     let name = objects::replication_name(&first.disk);
     dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
         .await?;
     Ok(())
 }
 
-/// A round whose group snapshot the site refused or never made ready: cleared without a
-/// point. Its destinations' tags are replaced by the next round's.
-async fn give_up(src: &SiteApi, dst: &SiteApi, vm: &VmModel, disks: &[Disk], group: &str) -> Result<(), FabricError> {
-    clear_round(dst, vm, &disks[0]).await?;
+/// A round whose group snapshot the site refused or never made ready goes on disk by disk,
+/// so the VM still gets a point; the group snapshot goes.
+async fn fall_back(
+    src: &SiteApi,
+    dst: &SiteApi,
+    vm: &VmModel,
+    first: &Disk,
+    group: &str,
+    why: &str,
+) -> Result<(), FabricError> {
     remove_cut(src, vm, group).await?;
-    tracing::warn!(vm = %vm.name, site = %src.site, group, "no group snapshot this round; round given up");
+    let patch = json!({"metadata": {"annotations": {ROUND_PER_DISK: why}}});
+    let name = objects::replication_name(&first.disk);
+    dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
+        .await?;
+    tracing::warn!(vm = %vm.name, site = %src.site, group, why, "no group snapshot; this round's disks are cut one by one");
     Ok(())
 }
 

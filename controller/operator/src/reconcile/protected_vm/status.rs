@@ -253,7 +253,10 @@ fn set_conditions(
         status.conditions.retain(|c| c.type_ != condition::APP_CONSISTENT);
     }
     match o.disk_cut.as_ref().filter(|c| c.disks > 1) {
-        Some(cut) => desired.push(disks_consistent(cut, o.app)),
+        Some(cut) => {
+            let newest = o.replication.and_then(|r| r.points.last());
+            desired.push(disks_consistent(cut, o.app, newest.map(|p| p.one_instant)))
+        }
         None => status.conditions.retain(|c| c.type_ != condition::DISKS_CONSISTENT),
     }
     for d in desired {
@@ -320,11 +323,29 @@ fn app_consistent(
 }
 
 /// The `DisksConsistent` condition of a VM with several disks: cut together by a group
-/// snapshot, or each on its own (and how to change that).
-fn disks_consistent(cut: &DiskCut<'_>, outcome: Option<&AppSync>) -> Desired<'static> {
-    let (ok, reason, message) = match (cut.class, outcome) {
-        (Some(_), Some(AppSync::Error(why))) => (false, "CutFailed", why.clone()),
-        (Some(class), _) => (
+/// snapshot, or each on its own (and how to change that). `newest_one_instant`: whether
+/// the newest point holds every disk from one instant, when there is a point.
+fn disks_consistent(
+    cut: &DiskCut<'_>,
+    outcome: Option<&AppSync>,
+    newest_one_instant: Option<bool>,
+) -> Desired<'static> {
+    let (ok, reason, message) = match (cut.class, outcome, newest_one_instant) {
+        (Some(_), Some(AppSync::Error(why)), _) => (
+            false,
+            "CutFailed",
+            format!("{why}; this round's disks are cut one by one"),
+        ),
+        (Some(class), _, Some(false)) => (
+            false,
+            "PerDiskPoint",
+            format!(
+                "the newest point holds its {} disks cut one by one: the group snapshot of its round at {} \
+                 failed (see the controller's log); VolumeGroupSnapshotClass {class} is tried again next round",
+                cut.disks, cut.source
+            ),
+        ),
+        (Some(class), _, _) => (
             true,
             "GroupSnapshot",
             format!(
@@ -332,7 +353,7 @@ fn disks_consistent(cut: &DiskCut<'_>, outcome: Option<&AppSync>) -> Desired<'st
                 cut.disks, cut.source
             ),
         ),
-        (None, _) => (
+        (None, _, _) => (
             false,
             "NoGroupSnapshotClass",
             format!(
@@ -435,5 +456,39 @@ mod tests {
         assert_eq!(health(now, ago(5000), rpo, false).0, ReplicationHealth::Stalled);
         assert_eq!(health(now, None, rpo, false).0, ReplicationHealth::Unknown);
         assert_eq!(health(now, ago(60), rpo, true).0, ReplicationHealth::Paused);
+    }
+
+    #[test]
+    fn disks_consistent_follows_the_class_the_cut_and_the_newest_point() {
+        let with = DiskCut {
+            disks: 2,
+            source: "hq",
+            class: Some("groups"),
+        };
+        let without = DiskCut { class: None, ..with };
+        let verdict = |cut: &DiskCut<'_>, outcome: Option<&AppSync>, newest| {
+            let d = disks_consistent(cut, outcome, newest);
+            (d.ok, d.reason)
+        };
+        let no_class = disks_consistent(&without, None, Some(false));
+        assert_eq!((no_class.ok, no_class.reason), (false, "NoGroupSnapshotClass"));
+        assert!(
+            no_class
+                .message
+                .contains("spec.storage.volumeGroupSnapshotClassName on Site hq")
+        );
+        assert_eq!(verdict(&with, None, Some(true)), (true, "GroupSnapshot"));
+        assert_eq!(verdict(&with, None, None), (true, "GroupSnapshot"), "no point yet");
+        let failed = AppSync::Error("group snapshot ns/g at hq was not ready within 120s".into());
+        assert_eq!(verdict(&with, Some(&failed), Some(true)), (false, "CutFailed"));
+        // After the failed round, its per-disk point is the newest: still said, until a cut.
+        assert_eq!(
+            verdict(&with, Some(&AppSync::Round), Some(false)),
+            (false, "PerDiskPoint")
+        );
+        assert_eq!(
+            verdict(&with, Some(&AppSync::Idle), Some(true)),
+            (true, "GroupSnapshot")
+        );
     }
 }
