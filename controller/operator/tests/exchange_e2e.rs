@@ -2063,7 +2063,7 @@ async fn a_round_resumes_after_a_restart(
 /// Bad input: HQ's Site names a group snapshot class HQ lacks. The round's group snapshot
 /// never becomes ready, so after 2 minutes the round copies each disk on its own: `vm` still
 /// gets a point, its disks' points at DR are not a group snapshot's, and `DisksConsistent`
-/// says so. Then the class is named right again.
+/// and a Warning Event say so. Then the class is named right again.
 async fn a_failed_cut_falls_back_to_per_disk_points(s: &Scenario, vm: &str) -> Result<()> {
     let sites = Api::<Site>::all(s.management.clone());
     let class = |name: &str| json!({"spec": {"storage": {"volumeGroupSnapshotClassName": name}}});
@@ -2115,6 +2115,15 @@ async fn a_failed_cut_falls_back_to_per_disk_points(s: &Scenario, vm: &str) -> R
             .map(|p| p.annotations().get("coldsite.io/group-snapshot"))
             .collect::<Vec<_>>()
     );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(s.management.clone(), &s.ns)
+        .list(&ListParams::default())
+        .await?;
+    let warned = events.items.iter().any(|e| {
+        e.reason.as_deref() == Some("GroupSnapshotFailed")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(vm)
+            && e.note.as_deref().is_some_and(|n| n.contains("cut one by one"))
+    });
+    ensure!(warned, "no GroupSnapshotFailed Event for {vm}");
     sites
         .patch(
             &s.hq,

@@ -123,6 +123,8 @@ pub enum AppSync {
     /// A [group round](super::group_cut) with no guest frozen is under way: its objects'
     /// changes wake the VM, and a look every few seconds is enough.
     Round,
+    /// A group round's group snapshot failed (why): the round goes on disk by disk.
+    CutFailed(String),
     /// The guest could not be frozen; the sync goes on and yields a crash-consistent point.
     FreezeFailed(String),
     /// Its points are adopted: app-consistent if every disk was cut inside the freeze;

@@ -217,7 +217,7 @@ impl KubeVirtFabric {
                     Cut::Pending(outcome) => return Ok(outcome),
                     Cut::Failed(why) => {
                         fall_back(src, dst, vm, &disks[0], &group, &why).await?;
-                        return Ok(AppSync::Error(why));
+                        return Ok(AppSync::CutFailed(why));
                     }
                 }
             }

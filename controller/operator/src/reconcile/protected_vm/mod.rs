@@ -153,7 +153,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(match app {
         // A frozen guest waits for the next look: it is thawed as soon as its snapshots are cut.
         Some(AppSync::Busy | AppSync::Done { .. }) => APP_SYNC_RETRY,
-        Some(AppSync::Round) => ROUND_RETRY,
+        Some(AppSync::Round | AppSync::CutFailed(_)) => ROUND_RETRY,
         _ if !fenced => FENCE_RETRY,
         Some(AppSync::Error(_)) => FENCE_RETRY,
         _ => look_again,
@@ -342,7 +342,7 @@ async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides
 }
 
 /// The metric for what an app-consistent sync came to, counted once per sync, and an Event
-/// for each freeze and each point.
+/// for each freeze, each point and each group snapshot that failed.
 async fn report_app_sync(ctx: &Context, pvm: &ProtectedVM, app: Option<&AppSync>, source: &SiteModel) {
     let (result, event) = match app {
         Some(AppSync::FreezeFailed(why)) => (
@@ -377,6 +377,14 @@ async fn report_app_sync(ctx: &Context, pvm: &ProtectedVM, app: Option<&AppSync>
         ),
         // The freeze failed, and its Event said so.
         Some(AppSync::Done { froze: false, .. }) => (Some("unfrozen"), None),
+        Some(AppSync::CutFailed(why)) => (
+            None,
+            Some((
+                true,
+                "GroupSnapshotFailed",
+                format!("{why}; this round's disks are cut one by one"),
+            )),
+        ),
         _ => (None, None),
     };
     if let Some(result) = result {

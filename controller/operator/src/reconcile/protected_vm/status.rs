@@ -331,7 +331,7 @@ fn disks_consistent(
     newest_one_instant: Option<bool>,
 ) -> Desired<'static> {
     let (ok, reason, message) = match (cut.class, outcome, newest_one_instant) {
-        (Some(_), Some(AppSync::Error(why)), _) => (
+        (Some(_), Some(AppSync::CutFailed(why)), _) => (
             false,
             "CutFailed",
             format!("{why}; this round's disks are cut one by one"),
@@ -479,7 +479,7 @@ mod tests {
         );
         assert_eq!(verdict(&with, None, Some(true)), (true, "GroupSnapshot"));
         assert_eq!(verdict(&with, None, None), (true, "GroupSnapshot"), "no point yet");
-        let failed = AppSync::Error("group snapshot ns/g at hq was not ready within 120s".into());
+        let failed = AppSync::CutFailed("group snapshot ns/g at hq was not ready within 120s".into());
         assert_eq!(verdict(&with, Some(&failed), Some(true)), (false, "CutFailed"));
         // After the failed round, its per-disk point is the newest: still said, until a cut.
         assert_eq!(
