@@ -31,10 +31,44 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct Stores {
     pub sites: Store<Site>,
-    pub mappings: Store<NetworkMapping>,
-    pub protected_vms: Store<ProtectedVM>,
-    /// Filled by the plans controller's watch of runs (see `plan_controller`).
-    pub runs: Store<RecoveryRun>,
+    pub mappings: Cached<NetworkMapping>,
+    pub protected_vms: Cached<ProtectedVM>,
+    /// Filled by the plans controllers' watches of runs (see `plan_controller`).
+    pub runs: Cached<RecoveryRun>,
+}
+
+/// A namespaced kind's caches: one of every namespace, or one per namespace the controller
+/// acts in (see `--namespace`), each fed by its own watch.
+#[derive(Clone)]
+pub struct Cached<K: Resource<DynamicType = ()> + Clone + 'static>(Vec<Store<K>>);
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
+    pub fn new(stores: Vec<Store<K>>) -> Self {
+        Self(stores)
+    }
+
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.0.iter().find_map(|s| s.get(key))
+    }
+
+    /// The cached objects of one namespace.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.0
+            .iter()
+            .flat_map(Store::state)
+            .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+            .collect()
+    }
+
+    /// Whether every cache has its first full list; false if a watch ended first.
+    pub async fn wait_until_ready(&self) -> bool {
+        for store in &self.0 {
+            if store.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// What one pass of a run hands the next within this process: the step records (the
@@ -150,5 +184,42 @@ impl Context {
             recovery: models.pop().unwrap_or_default(),
             primary: models.pop().unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    fn run(ns: &str, name: &str) -> RecoveryRun {
+        let mut r = RecoveryRun::new(
+            name,
+            serde_json::from_value(serde_json::json!({"plan": "p", "action": "TestFailover"})).unwrap(),
+        );
+        r.metadata.namespace = Some(ns.into());
+        r
+    }
+
+    #[test]
+    fn a_namespace_reads_only_its_own_objects_across_per_namespace_caches() {
+        let (a, mut wa) = reflector::store();
+        let (b, mut wb) = reflector::store();
+        wa.apply_watcher_event(&Event::Apply(run("a", "one")));
+        wa.apply_watcher_event(&Event::Apply(run("a", "two")));
+        wb.apply_watcher_event(&Event::Apply(run("b", "one")));
+        let cached = Cached::new(vec![a, b]);
+        let names = |ns: &str| {
+            let mut n: Vec<String> = cached.in_namespace(ns).iter().map(|r| r.name_any()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names("a"), ["one", "two"]);
+        assert_eq!(names("b"), ["one"]);
+        assert!(names("c").is_empty());
+        let found = cached.get(&ObjectRef::new("one").within("b")).unwrap();
+        assert_eq!(found.namespace().as_deref(), Some("b"));
+        assert!(cached.get(&ObjectRef::new("two").within("b")).is_none());
     }
 }

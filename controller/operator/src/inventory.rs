@@ -7,11 +7,11 @@ use coldsite_api::{NetworkMapping, ProtectedVM, Site};
 use coldsite_engine::source_vm;
 use coldsite_engine::validate::Inventory;
 use kube::api::ListParams;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
-use crate::context::Context;
+use crate::context::{Cached, Context};
 use crate::error::{Error, Result};
 use crate::kubevirt::dynamic::{CONFIG_MAP, VM, str_at};
 use crate::kubevirt::fabric::KubeVirtFabric;
@@ -51,7 +51,7 @@ pub async fn runs(ctx: &Context, namespace: &str) -> Result<Vec<coldsite_api::Re
 }
 
 /// The namespace's objects of a kind, from the cache when there is one.
-async fn in_namespace<K>(ctx: &Context, store: Option<&Store<K>>, namespace: &str, what: &str) -> Result<Vec<K>>
+async fn in_namespace<K>(ctx: &Context, store: Option<&Cached<K>>, namespace: &str, what: &str) -> Result<Vec<K>>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -60,9 +60,8 @@ where
 {
     match store {
         Some(store) => Ok(store
-            .state()
+            .in_namespace(namespace)
             .into_iter()
-            .filter(|o| o.namespace().as_deref() == Some(namespace))
             .map(|o| (*o).clone())
             .collect()),
         None => Api::<K>::namespaced(ctx.client.clone(), namespace)

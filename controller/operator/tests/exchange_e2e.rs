@@ -32,13 +32,17 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-fn controller(cp: &ControlPlane, name: &str, extra: &[&str]) -> Result<ControllerProcess> {
+/// A controller acting in `namespaces` only: the tests of this binary share control planes,
+/// and a controller of one test must not act on another's objects.
+fn controller(cp: &ControlPlane, name: &str, namespaces: &str, extra: &[&str]) -> Result<ControllerProcess> {
     let log = cp.dir().join(format!("{name}.log"));
+    let mut args = vec!["--namespace", namespaces];
+    args.extend_from_slice(extra);
     ControllerProcess::start(
         Path::new(env!("CARGO_BIN_EXE_coldsite-controller")),
         cp.kubeconfig_path(),
         log,
-        extra,
+        &args,
     )
 }
 
@@ -762,7 +766,14 @@ impl<'a> Replicas<'a> {
         self.started += 1;
         let id = format!("replica-{}", self.started);
         let args = ["--lease-namespace", &self.lease_ns, "--identity", &id];
-        let p = controller(self.cp, &format!("controller-{}-{id}", self.lease_ns), &args)?;
+        // Its namespace and the second tenant's (see `two_tenants`).
+        let namespaces = format!("{0},{0}-b", self.lease_ns);
+        let p = controller(
+            self.cp,
+            &format!("controller-{}-{id}", self.lease_ns),
+            &namespaces,
+            &args,
+        )?;
         self.procs.push((id, p));
         Ok(())
     }
@@ -1340,6 +1351,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     let mut ctl = controller(
         recovery,
         &format!("controller-{}", s.ns),
+        &s.ns,
         &["--no-leader-election", "--lease-namespace", &s.ns],
     )?;
     let plugin = Plugin::build(recovery.kubeconfig_path().to_owned(), &s.ns).await?;
@@ -1534,6 +1546,7 @@ async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
     let mut ctl = controller(
         &mgmt,
         &format!("controller-{}", s.ns),
+        &s.ns,
         &["--no-leader-election", "--lease-namespace", &s.ns],
     )?;
     let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
@@ -1638,6 +1651,7 @@ async fn planned_over_a_stuck_app_sync(
     *ctl = controller(
         mgmt,
         &format!("controller-{}-restarted", s.ns),
+        &s.ns,
         &["--no-leader-election", "--lease-namespace", &s.ns],
     )?;
     end_step(s, "planned", "c1-planned", true).await
@@ -1839,10 +1853,12 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
     let mut ctl = controller(
         mgmt,
         &format!("controller-{}", s.ns),
+        &s.ns,
         &["--no-leader-election", "--lease-namespace", &s.ns],
     )?;
     let result = async {
         s.wait_protected(Duration::from_secs(180)).await?;
+        outside_its_namespaces_nothing_acts(&s).await?;
         let st = pvm_status(&s, "exch-mbx01").await?;
         let cond = coldsite_api::common::find_condition(&st.conditions, "DisksConsistent");
         ensure!(
@@ -1873,6 +1889,33 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
     }
     let _ = ctl.kill().await;
     result
+}
+
+/// `--namespace`: a ProtectedVM in a namespace no running controller lists gets no status,
+/// while those of the listed namespace were protected.
+async fn outside_its_namespaces_nothing_acts(s: &Scenario) -> Result<()> {
+    let elsewhere = format!("{}-unlisted", s.ns);
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(s.management.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": elsewhere}}))?,
+        )
+        .await?;
+    let spec = Api::<ProtectedVM>::namespaced(s.management.clone(), &s.ns)
+        .get("dc01")
+        .await?
+        .spec;
+    let unlisted: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &elsewhere);
+    unlisted
+        .create(&PostParams::default(), &ProtectedVM::new("dc01", spec))
+        .await?;
+    // In-scope ProtectedVMs get their first status within a second or two.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    ensure!(
+        unlisted.get("dc01").await?.status.is_none(),
+        "a controller acted on a ProtectedVM in {elsewhere}, a namespace it does not list"
+    );
+    Ok(())
 }
 
 /// Writes `vm`'s system disk then its data disk at HQ, pair after pair, until the VM has a
@@ -2040,6 +2083,7 @@ async fn a_round_resumes_after_a_restart(
     *ctl = controller(
         cp,
         &format!("controller-{}-restarted", s.ns),
+        &s.ns,
         &["--no-leader-election", "--lease-namespace", &s.ns],
     )?;
     let begun_at = chrono::DateTime::parse_from_rfc3339(&begun)?;

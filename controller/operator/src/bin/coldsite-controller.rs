@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use coldsite_api::{NetworkMapping, ProtectedVM, RecoveryPlan, RecoveryRun, Site};
-use coldsite_operator::context::{Context, Settings, Stores};
+use coldsite_operator::context::{Cached, Context, Settings, Stores};
 use coldsite_operator::error::Error;
 use coldsite_operator::http_client::HttpClient;
 use coldsite_operator::metrics::Metrics;
@@ -62,6 +62,12 @@ struct Args {
     /// site does not answer, each may wait 10 s for it, so fewer slots mean slower rounds.
     #[arg(long, default_value_t = 64)]
     protection_concurrency: u16,
+    /// Act only in these namespaces (repeat the flag or separate by commas); every
+    /// namespace when none is given. A shard: replicas with their own `--lease-name` (or
+    /// `--lease-namespace`) own a set of namespaces no other shard lists. Sites are shared:
+    /// every shard probes them.
+    #[arg(long = "namespace", env = "COLDSITE_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -153,42 +159,79 @@ fn change_stream(
     })
 }
 
-async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: u16) {
+/// What the controller acts in: every namespace, or each listed one (its own watches).
+fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    match namespaces {
+        [] => vec![None],
+        listed => listed.iter().cloned().map(Some).collect(),
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+type Work = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: u16, namespaces: &[String]) {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
     let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone());
-    let mappings = Controller::new(Api::<NetworkMapping>::all(client.clone()), cfg.clone());
-    let pvms = Controller::new(Api::<ProtectedVM>::all(client.clone()), cfg.clone());
-    let (runs, plans_see_runs) = reflector::store();
-    let caches = fill_stores(
+    let site_store = sites.store();
+    let mut work: Vec<Work> = vec![Box::pin(site_controller(sites, &ctx, stop.clone()))];
+    let (mut mapping_stores, mut pvm_stores, mut run_stores) = (Vec::new(), Vec::new(), Vec::new());
+    for ns in scopes(namespaces) {
+        let ns = ns.as_deref();
+        let mappings = Controller::new(api::<NetworkMapping>(&client, ns), cfg.clone());
+        let pvms = Controller::new(api::<ProtectedVM>(&client, ns), cfg.clone());
+        let (runs, plans_see_runs) = reflector::store();
+        mapping_stores.push(mappings.store());
+        pvm_stores.push(pvms.store());
+        run_stores.push(runs);
+        work.push(Box::pin(
+            mappings
+                .graceful_shutdown_on(stop.clone())
+                .run(
+                    instrument("NetworkMapping", reconcile::network_mapping::reconcile),
+                    error_policy,
+                    ctx.clone(),
+                )
+                .for_each(|r| log_result("NetworkMapping", r)),
+        ));
+        work.push(Box::pin(protection_controller(
+            pvms,
+            &ctx,
+            stop.clone(),
+            protection_concurrency,
+        )));
+        work.push(Box::pin(plan_controller(&ctx, stop.clone(), plans_see_runs, ns)));
+        work.push(Box::pin(
+            Controller::new(api::<RecoveryRun>(&client, ns), cfg.clone())
+                .graceful_shutdown_on(stop.clone())
+                .run(
+                    instrument("RecoveryRun", reconcile::recovery_run::reconcile),
+                    error_policy,
+                    ctx.clone(),
+                )
+                .for_each(|r| log_result("RecoveryRun", r)),
+        ));
+    }
+    work.push(Box::pin(fill_stores(
         ctx.clone(),
         Stores {
-            sites: sites.store(),
-            mappings: mappings.store(),
-            protected_vms: pvms.store(),
-            runs,
+            sites: site_store,
+            mappings: Cached::new(mapping_stores),
+            protected_vms: Cached::new(pvm_stores),
+            runs: Cached::new(run_stores),
         },
-    );
-    let sites = site_controller(sites, &ctx, stop.clone());
-    let mappings = mappings
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            instrument("NetworkMapping", reconcile::network_mapping::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|r| log_result("NetworkMapping", r));
-    let pvms = protection_controller(pvms, &ctx, stop.clone(), protection_concurrency);
-    let plans = plan_controller(&ctx, stop.clone(), plans_see_runs);
-    let runs = Controller::new(Api::<RecoveryRun>::all(client), cfg)
-        .graceful_shutdown_on(stop)
-        .run(
-            instrument("RecoveryRun", reconcile::recovery_run::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|r| log_result("RecoveryRun", r));
-    tokio::join!(caches, sites, mappings, pvms, plans, runs);
+    )));
+    futures::future::join_all(work).await;
     // The watches ended with this term: later readers ask the API until the next term.
     ctx.set_stores(None);
 }
@@ -198,15 +241,15 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
 /// so of several reconciles waiting there all but one would sleep forever.
 async fn fill_stores(ctx: Arc<Context>, stores: Stores) {
     let ready = stores.sites.wait_until_ready().await.is_ok()
-        && stores.mappings.wait_until_ready().await.is_ok()
-        && stores.protected_vms.wait_until_ready().await.is_ok()
-        && stores.runs.wait_until_ready().await.is_ok();
+        && stores.mappings.wait_until_ready().await
+        && stores.protected_vms.wait_until_ready().await
+        && stores.runs.wait_until_ready().await;
     if ready {
         ctx.set_stores(Some(stores));
     }
 }
 
-fn site_controller(sites: Controller<Site>, ctx: &Arc<Context>, stop: Stop) -> impl Future<Output = ()> {
+fn site_controller(sites: Controller<Site>, ctx: &Arc<Context>, stop: Stop) -> impl Future<Output = ()> + use<> {
     let forget = ctx.clone();
     sites
         .graceful_shutdown_on(stop)
@@ -235,7 +278,7 @@ fn protection_controller(
     ctx: &Arc<Context>,
     stop: Stop,
     concurrency: u16,
-) -> impl Future<Output = ()> {
+) -> impl Future<Output = ()> + use<> {
     let pvm_store = pvms.store();
     let site_changes = change_stream(ctx.sites.site_changes()).flat_map(move |change| {
         let state = pvm_store.state();
@@ -259,19 +302,24 @@ fn protection_controller(
 /// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it. Its watch
 /// of runs fills `runs` (the shared cache of runs) before it triggers a plan, so a plan
 /// reconciled for a run's change reads that change.
-fn plan_controller(ctx: &Arc<Context>, stop: Stop, runs: Writer<RecoveryRun>) -> impl Future<Output = ()> {
+fn plan_controller(
+    ctx: &Arc<Context>,
+    stop: Stop,
+    runs: Writer<RecoveryRun>,
+    namespace: Option<&str>,
+) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
-    let plans = Controller::new(Api::<RecoveryPlan>::all(client.clone()), cfg.clone());
+    let plans = Controller::new(api::<RecoveryPlan>(&client, namespace), cfg.clone());
     let plan_store = plans.store();
-    let protection = watcher::watcher(Api::<ProtectedVM>::all(client.clone()), cfg.clone())
+    let protection = watcher::watcher(api::<ProtectedVM>(&client, namespace), cfg.clone())
         .default_backoff()
         .touched_objects()
         .predicate_filter(reconcile::recovery_plan::protection_state, Default::default());
     let forget = ctx.clone();
     let run_changes = reflector::reflector(
         runs,
-        watcher::watcher(Api::<RecoveryRun>::all(client), cfg).default_backoff(),
+        watcher::watcher(api::<RecoveryRun>(&client, namespace), cfg).default_backoff(),
     )
     .touched_objects();
     plans
@@ -351,7 +399,13 @@ async fn main() -> anyhow::Result<()> {
 
     if args.no_leader_election {
         tracing::info!("acting without leader election");
-        run_controllers(ctx, shared(stopped()), args.protection_concurrency.max(1)).await;
+        run_controllers(
+            ctx,
+            shared(stopped()),
+            args.protection_concurrency.max(1),
+            &args.namespaces,
+        )
+        .await;
     } else {
         let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&args.lease_namespace)
@@ -394,11 +448,16 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         };
-        let controllers = tokio::spawn(run_controllers(
-            ctx,
-            shared(stop_or_lost),
-            args.protection_concurrency.max(1),
-        ));
+        let namespaces = args.namespaces.clone();
+        let controllers = tokio::spawn(async move {
+            run_controllers(
+                ctx,
+                shared(stop_or_lost),
+                args.protection_concurrency.max(1),
+                &namespaces,
+            )
+            .await
+        });
         tokio::select! {
             () = lost => {
                 // Another replica may act now: stop at once rather than race it.
