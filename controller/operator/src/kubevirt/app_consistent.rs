@@ -22,7 +22,9 @@ use coldsite_engine::fabric::{FabricError, RecoveryPoint};
 use coldsite_engine::model::{SiteModel, VmModel};
 use serde_json::{Value, json};
 
-use super::dynamic::{JOB, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VMI, VOLUME_SNAPSHOT, str_at};
+use super::dynamic::{
+    JOB, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VMI, VOLUME_SNAPSHOT, parse_time, str_at,
+};
 use super::fabric::KubeVirtFabric;
 use super::final_sync::{self, Next};
 use super::objects;
@@ -195,7 +197,8 @@ impl KubeVirtFabric {
         if steps.iter().all(|n| *n == Next::Adopt) {
             return self.adopt(src, dst, vm, &disks).await;
         }
-        tag_destinations(dst, vm, &disks, &steps, now).await?;
+        let names: Vec<&str> = disks.iter().map(|d| d.disk.as_str()).collect();
+        tag_destinations(dst, vm, &names, &steps, Some(now)).await?;
         let to_tag: Vec<(&DiskEnds, &Next)> = disks
             .iter()
             .zip(&steps)
@@ -281,9 +284,7 @@ impl KubeVirtFabric {
     async fn thaw(&self, src: &SiteApi, vm: &VmModel, sources: &[Value]) -> Result<(), FabricError> {
         let since = sources
             .iter()
-            .filter_map(|rs| annotation(rs, FROZEN_AT))
-            .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
+            .filter_map(|rs| annotation(rs, FROZEN_AT).and_then(parse_time))
             .min();
         self.unfreeze(src, vm, since).await
     }
@@ -342,7 +343,7 @@ fn to_thaw(sources: &[(Value, Option<Value>)], now: DateTime<Utc>) -> Option<Vec
     let ours: Vec<&(Value, Option<Value>)> = sources.iter().filter(|(rs, _)| frozen_for_its_tag(rs)).collect();
     let frozen_at = ours
         .iter()
-        .filter_map(|(rs, _)| DateTime::parse_from_rfc3339(annotation(rs, FROZEN_AT)?).ok())
+        .filter_map(|(rs, _)| annotation(rs, FROZEN_AT).and_then(parse_time))
         .min();
     let retagging = frozen_at.is_some_and(|t| now.signed_duration_since(t).to_std().unwrap_or_default() < RETAG_WITHIN);
     if retagging && sources.iter().any(|(rs, _)| tag_on(rs).is_none()) {
@@ -362,8 +363,7 @@ fn due_for(disks: &[DiskEnds], interval: Duration, points: &[RecoveryPoint], now
         .first()
         .and_then(|d| d.rd.as_ref())
         .and_then(|rd| annotation(rd, ATTEMPTED))
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc));
+        .and_then(parse_time);
     !points.is_empty() && due(interval, newest, attempted, now)
 }
 
@@ -436,25 +436,38 @@ pub(super) async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
 }
 
 /// Tags the destinations the protocol says to; the first disk's records when the sync began.
-async fn tag_destinations(
+/// Tags each disk's destination `steps` ask for; with `attempted`, the first disk's records
+/// when the sync was tried.
+pub(super) async fn tag_destinations(
     dst: &SiteApi,
     vm: &VmModel,
-    disks: &[DiskEnds],
+    disks: &[&str],
     steps: &[Next],
-    now: DateTime<Utc>,
+    attempted: Option<DateTime<Utc>>,
 ) -> Result<(), FabricError> {
-    for (i, (d, step)) in disks.iter().zip(steps).enumerate() {
+    for (i, (disk, step)) in disks.iter().zip(steps).enumerate() {
         let Next::TagDestination { tag } = step else {
             continue;
         };
         let mut patch = json!({"spec": {"trigger": {"manual": tag}}});
-        if i == 0 {
-            patch["metadata"] = json!({"annotations": {ATTEMPTED: now.to_rfc3339()}});
+        if let Some(at) = attempted.filter(|_| i == 0) {
+            patch["metadata"] = json!({"annotations": {ATTEMPTED: at.to_rfc3339()}});
         }
-        let name = objects::replication_name(&d.disk);
-        dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
-            .await?;
+        merge_destination(dst, vm, disk, &patch).await?;
     }
+    Ok(())
+}
+
+/// A merge patch to a disk's ReplicationDestination.
+pub(super) async fn merge_destination(
+    dst: &SiteApi,
+    vm: &VmModel,
+    disk: &str,
+    patch: &Value,
+) -> Result<(), FabricError> {
+    let name = objects::replication_name(disk);
+    dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, patch)
+        .await?;
     Ok(())
 }
 
@@ -500,8 +513,7 @@ async fn finish(src: &SiteApi, dst: &SiteApi, vm: &VmModel, disks: &[DiskEnds]) 
             src.merge(REPLICATION_SOURCE, Some(ns), &name, &patch).await?;
         }
         if d.rd.as_ref().and_then(tag_on).is_some() {
-            let patch = json!({"spec": {"trigger": {"manual": null}}});
-            dst.merge(REPLICATION_DESTINATION, Some(ns), &name, &patch).await?;
+            merge_destination(dst, vm, &d.disk, &json!({"spec": {"trigger": {"manual": null}}})).await?;
         }
     }
     Ok(())

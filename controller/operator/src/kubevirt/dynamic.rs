@@ -1,6 +1,7 @@
 //! Typed-enough access to the site APIs coldsite drives without Rust types of its own
 //! (KubeVirt, VolSync, CSI snapshots), and the mapping of their errors onto the fabric's.
 
+use chrono::{DateTime, Utc};
 use coldsite_engine::fabric::FabricError;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -444,6 +445,16 @@ pub fn classify(site: &str, what: &str, e: kube::Error) -> FabricError {
 /// A string at a JSON pointer.
 pub fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
+}
+
+/// A timestamp as the API writes them (RFC 3339).
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The timestamp at `pointer`.
+pub fn time_at(v: &Value, pointer: &str) -> Option<DateTime<Utc>> {
+    str_at(v, pointer).and_then(parse_time)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::dynamic::{
     CONFIG_MAP, JOB, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SERVICE, SiteApi, VM, VMI,
-    VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, str_at,
+    VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, parse_time, str_at, time_at,
 };
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
 use super::points::{self, DiskPoint};
@@ -42,11 +42,6 @@ pub struct KubeVirtFabric {
 
 fn in_progress<T>(after: Duration) -> FabricResult<T> {
     Ok(Progress::InProgress { retry_after: after })
-}
-
-fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 impl KubeVirtFabric {
@@ -126,7 +121,7 @@ impl KubeVirtFabric {
     ) -> Result<Option<DateTime<Utc>>, FabricError> {
         let synced = match cut {
             Some((taken, _)) => Some(taken),
-            None => parse_time(str_at(rd, "/status/lastSyncTime")),
+            None => time_at(rd, "/status/lastSyncTime"),
         };
         let (Some(image), Some(synced)) = (str_at(rd, "/status/latestImage/name"), synced) else {
             return Ok(None);
@@ -273,31 +268,7 @@ impl KubeVirtFabric {
                 app_sync: false,
             });
         };
-        // A VM cut as a group has its sources made and triggered by its rounds only.
-        let (rs, app_sync) = if group_cut::applies(vm, ends.source) {
-            let name = objects::replication_name(disk);
-            (src.get_labelled(REPLICATION_SOURCE, ns, &name).await?, false)
-        } else {
-            let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
-            let rs = src
-                .apply_labelled(
-                    REPLICATION_SOURCE,
-                    &objects::replication_source(&objects::SourceSpec {
-                        namespace: ns,
-                        pvm: &vm.name,
-                        disk,
-                        address,
-                        schedule: Some(&schedule),
-                        manual: None,
-                        storage_class: ends.source.storage_class.as_deref(),
-                        snapshot_class: ends.source.snapshot_class.as_deref(),
-                        cut: None,
-                    }),
-                )
-                .await?;
-            let app_sync = self.back_to_schedule(ends, vm, disk, &rs, &rd).await?;
-            (Some(rs), app_sync)
-        };
+        let (rs, app_sync) = self.source_end(ends, vm, disk, address, &rd).await?;
         let kept = self
             .prune(dst, vm, disk, str_at(&rd, "/status/latestImage/name"), now)
             .await?;
@@ -314,6 +285,42 @@ impl KubeVirtFabric {
             points: kept,
             app_sync,
         })
+    }
+
+    /// The disk's source, applied unless the VM is cut as a group (its rounds make and
+    /// trigger its sources), and whether an app-consistent sync holds the disk.
+    async fn source_end(
+        &self,
+        ends: &Ends<'_>,
+        vm: &VmModel,
+        disk: &str,
+        address: &str,
+        rd: &Value,
+    ) -> Result<(Option<Value>, bool), FabricError> {
+        let (src, ns) = (ends.src, vm.vm_namespace.as_str());
+        if group_cut::applies(vm, ends.source) {
+            let name = objects::replication_name(disk);
+            return Ok((src.get_labelled(REPLICATION_SOURCE, ns, &name).await?, false));
+        }
+        let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
+        let rs = src
+            .apply_labelled(
+                REPLICATION_SOURCE,
+                &objects::replication_source(&objects::SourceSpec {
+                    namespace: ns,
+                    pvm: &vm.name,
+                    disk,
+                    address,
+                    schedule: Some(&schedule),
+                    manual: None,
+                    storage_class: ends.source.storage_class.as_deref(),
+                    snapshot_class: ends.source.snapshot_class.as_deref(),
+                    cut: None,
+                }),
+            )
+            .await?;
+        let app_sync = self.back_to_schedule(ends, vm, disk, &rs, rd).await?;
+        Ok((Some(rs), app_sync))
     }
 
     /// Hands the disk back to its schedule and adopts its newest point, unless an
@@ -588,7 +595,7 @@ fn timed(snapshots: Vec<Value>) -> Vec<(DateTime<Utc>, Value)> {
     let mut points: Vec<(DateTime<Utc>, Value)> = snapshots
         .into_iter()
         .filter(|s| !deleting(s))
-        .filter_map(|s| Some((parse_time(str_at(&s, &annotation))?, s)))
+        .filter_map(|s| Some((time_at(&s, &annotation)?, s)))
         .collect();
     points.sort_by_key(|(t, _)| *t);
     points
@@ -895,10 +902,7 @@ impl Fabric for KubeVirtFabric {
                     bound = false;
                     continue;
                 }
-                if let Some(t) = parse_time(str_at(
-                    &existing,
-                    &format!("/metadata/annotations/{}", POINT.replace('/', "~1")),
-                )) {
+                if let Some(t) = super::app_consistent::annotation(&existing, POINT).and_then(parse_time) {
                     used.time = if first { t } else { used.time.max(t) };
                     first = false;
                 }

@@ -37,7 +37,8 @@ use serde_json::{Value, json};
 
 use super::app_consistent::{self, AppSync, annotation};
 use super::dynamic::{
-    JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VOLUME_GROUP_SNAPSHOT, VOLUME_SNAPSHOT, str_at,
+    JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VOLUME_GROUP_SNAPSHOT, VOLUME_SNAPSHOT, parse_time,
+    str_at, time_at,
 };
 use super::fabric::KubeVirtFabric;
 use super::final_sync::{self, Next};
@@ -82,10 +83,8 @@ fn round_id(start: DateTime<Utc>) -> String {
     format!("grp{}", start.timestamp())
 }
 
-fn time_at(object: &Value, key: &str) -> Option<DateTime<Utc>> {
-    annotation(object, key)
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
+fn annotated_time(object: &Value, key: &str) -> Option<DateTime<Utc>> {
+    annotation(object, key).and_then(parse_time)
 }
 
 fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
@@ -104,6 +103,16 @@ pub enum Due {
 pub struct Last {
     pub round: Option<DateTime<Utc>>,
     pub app: Option<DateTime<Utc>>,
+}
+
+impl Last {
+    /// As the first disk's destination records them.
+    fn of(first_destination: &Value) -> Self {
+        Last {
+            round: annotated_time(first_destination, LAST_ROUND),
+            app: annotated_time(first_destination, LAST_APP_ROUND),
+        }
+    }
 }
 
 /// Pure: the round due for a VM with `points` at the target. An app round needs a first
@@ -162,17 +171,27 @@ fn under_way(app: bool) -> AppSync {
 /// Pure: what became of a freeze, by the group snapshot and whether the guest is still frozen:
 /// `Some(thawed)` once the guest should be thawed, `None` to keep it frozen.
 fn thaw_verdict(group: &Value, frozen_now: bool, now: DateTime<Utc>) -> Option<&'static str> {
-    let frozen_at = time_at(group, FROZEN_AT)?;
+    let frozen_at = annotated_time(group, FROZEN_AT)?;
     if annotation(group, THAWED).is_some() {
         return None;
     }
     let cut = str_at(group, "/status/creationTime").is_some();
-    match (cut, frozen_now) {
-        (true, true) => Some("cut-inside"),
-        (_, false) => Some("before-cut"),
-        (false, true) if age(frozen_at, now) >= FREEZE_AT_MOST => Some("before-cut"),
-        (false, true) => None,
-    }
+    let waited = age(frozen_at, now) >= FREEZE_AT_MOST;
+    (cut || !frozen_now || waited).then_some(verdict(cut, frozen_now))
+}
+
+/// Pure: what a thaw records: whether the cut came while the guest was still frozen.
+fn verdict(cut: bool, frozen_now: bool) -> &'static str {
+    if cut && frozen_now { "cut-inside" } else { "before-cut" }
+}
+
+/// Records a thaw's verdict on the group snapshot.
+async fn record_thaw(src: &SiteApi, vm: &VmModel, group: &Value, verdict: &str) -> Result<(), FabricError> {
+    let name = str_at(group, "/metadata/name").unwrap_or_default();
+    let patch = json!({"metadata": {"annotations": {THAWED: verdict}}});
+    src.merge(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), name, &patch)
+        .await?;
+    Ok(())
 }
 
 impl KubeVirtFabric {
@@ -188,11 +207,14 @@ impl KubeVirtFabric {
         now: DateTime<Utc>,
     ) -> Result<AppSync, FabricError> {
         let (src, dst) = (self.site(&source.name)?, self.site(&target.name)?);
+        if at_rest(dst, vm, points, now).await? {
+            return Ok(AppSync::Idle);
+        }
         let Some(disks) = read_disks(src, dst, vm).await? else {
             return Ok(AppSync::Idle);
         };
         let first = &disks[0].rd;
-        let Some(start) = time_at(first, ROUND) else {
+        let Some(start) = annotated_time(first, ROUND) else {
             return begin(dst, vm, &disks, points, now).await;
         };
         let app = annotation(first, ROUND_KIND) == Some("app");
@@ -203,7 +225,8 @@ impl KubeVirtFabric {
         if steps.iter().all(|n| *n == Next::Adopt) {
             return self.end(src, dst, vm, &disks, &group).await;
         }
-        tag_destinations(dst, vm, &disks, &steps).await?;
+        let names: Vec<&str> = disks.iter().map(|d| d.disk.as_str()).collect();
+        app_consistent::tag_destinations(dst, vm, &names, &steps, None).await?;
         let to_tag = steps.iter().any(|n| matches!(n, Next::TagSource { .. }));
         if !to_tag || !ready_to_cut(&steps, disks.iter().any(|d| d.source_tagged(&run))) {
             return Ok(busy);
@@ -275,7 +298,7 @@ impl KubeVirtFabric {
         };
         self.thaw_after_group_cut(src, vm, &group, now).await?;
         if group.pointer("/status/readyToUse").and_then(Value::as_bool) != Some(true) {
-            let created = time_at_path(&group, "/metadata/creationTimestamp");
+            let created = time_at(&group, "/metadata/creationTimestamp");
             if created.is_some_and(|t| age(t, now) >= CUT_WITHIN) {
                 let why = str_at(&group, "/status/error/message").map(|m| format!(": {m}"));
                 return Ok(Cut::Failed(format!(
@@ -287,7 +310,7 @@ impl KubeVirtFabric {
             }
             return Ok(Cut::Pending(busy()));
         }
-        let Some(taken) = time_at_path(&group, "/status/creationTime") else {
+        let Some(taken) = time_at(&group, "/status/creationTime") else {
             return Ok(Cut::Pending(busy()));
         };
         restore_cuts(src, vm, &group, name).await?;
@@ -306,7 +329,7 @@ impl KubeVirtFabric {
         group: &Value,
         now: DateTime<Utc>,
     ) -> Result<(), FabricError> {
-        if time_at(group, FROZEN_AT).is_none() || annotation(group, THAWED).is_some() {
+        if annotated_time(group, FROZEN_AT).is_none() || annotation(group, THAWED).is_some() {
             return Ok(());
         }
         let frozen_now = app_consistent::guest_frozen(src, vm).await?;
@@ -314,13 +337,9 @@ impl KubeVirtFabric {
             return Ok(());
         };
         if frozen_now {
-            self.unfreeze(src, vm, time_at(group, FROZEN_AT)).await?;
+            self.unfreeze(src, vm, annotated_time(group, FROZEN_AT)).await?;
         }
-        let name = str_at(group, "/metadata/name").unwrap_or_default();
-        let patch = json!({"metadata": {"annotations": {THAWED: verdict}}});
-        src.merge(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), name, &patch)
-            .await?;
-        Ok(())
+        record_thaw(src, vm, group, verdict).await
     }
 
     /// A run took the VM over with its guest frozen for a group snapshot: thawed now, and
@@ -331,16 +350,12 @@ impl KubeVirtFabric {
             .list(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), &selector)
             .await?
         {
-            let Some(since) = time_at(&group, FROZEN_AT).filter(|_| annotation(&group, THAWED).is_none()) else {
+            let Some(since) = annotated_time(&group, FROZEN_AT).filter(|_| annotation(&group, THAWED).is_none()) else {
                 continue;
             };
             let cut = str_at(&group, "/status/creationTime").is_some();
             self.unfreeze(src, vm, Some(since)).await?;
-            let verdict = if cut { "cut-inside" } else { "before-cut" };
-            let name = str_at(&group, "/metadata/name").unwrap_or_default();
-            let patch = json!({"metadata": {"annotations": {THAWED: verdict}}});
-            src.merge(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), name, &patch)
-                .await?;
+            record_thaw(src, vm, &group, verdict(cut, true)).await?;
         }
         Ok(())
     }
@@ -360,10 +375,12 @@ impl KubeVirtFabric {
         let app_consistent = snapshot
             .as_ref()
             .is_some_and(|g| annotation(g, THAWED) == Some("cut-inside"));
-        let froze = snapshot.as_ref().is_some_and(|g| time_at(g, FROZEN_AT).is_some());
+        let froze = snapshot
+            .as_ref()
+            .is_some_and(|g| annotated_time(g, FROZEN_AT).is_some());
         let per_disk = annotation(&disks[0].rd, ROUND_PER_DISK).is_some();
         for d in disks {
-            let taken = d.rs.as_ref().and_then(|rs| time_at(rs, CUT_AT));
+            let taken = d.rs.as_ref().and_then(|rs| annotated_time(rs, CUT_AT));
             let cut = match (per_disk, taken) {
                 (true, _) => None,
                 (false, Some(taken)) => Some((taken, group)),
@@ -406,12 +423,6 @@ struct CutMade {
     taken: DateTime<Utc>,
 }
 
-fn time_at_path(object: &Value, pointer: &str) -> Option<DateTime<Utc>> {
-    str_at(object, pointer)
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
 /// The disks' replication objects; `None` while a destination is missing (replication
 /// makes them first).
 async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Option<Vec<Disk>>, FabricError> {
@@ -434,6 +445,26 @@ async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Option
     Ok((!disks.is_empty()).then_some(disks))
 }
 
+/// Whether the site's watch shows no round under way and none due: then nothing is read
+/// from the API. A watch a moment behind errs towards reading: rounds only become due.
+async fn at_rest(
+    dst: &SiteApi,
+    vm: &VmModel,
+    points: &[RecoveryPoint],
+    now: DateTime<Utc>,
+) -> Result<bool, FabricError> {
+    let Some(disk) = vm.disks.first() else {
+        return Ok(true);
+    };
+    let name = objects::replication_name(disk);
+    Ok(
+        match dst.watched(REPLICATION_DESTINATION, &vm.vm_namespace, &name).flatten() {
+            Some(first) => annotated_time(&first, ROUND).is_none() && due(vm, points, Last::of(&first), now).is_none(),
+            None => false,
+        },
+    )
+}
+
 /// Begins a round when one is due: recorded on the first disk's destination.
 async fn begin(
     dst: &SiteApi,
@@ -443,11 +474,7 @@ async fn begin(
     now: DateTime<Utc>,
 ) -> Result<AppSync, FabricError> {
     let first = &disks[0];
-    let last = Last {
-        round: time_at(&first.rd, LAST_ROUND),
-        app: time_at(&first.rd, LAST_APP_ROUND),
-    };
-    let Some(kind) = due(vm, points, last, now) else {
+    let Some(kind) = due(vm, points, Last::of(&first.rd), now) else {
         return Ok(AppSync::Idle);
     };
     let stamp = now.to_rfc3339();
@@ -457,23 +484,9 @@ async fn begin(
         annotations[LAST_APP_ROUND] = json!(stamp);
     }
     let patch = json!({"metadata": {"annotations": annotations}});
-    let name = objects::replication_name(&first.disk);
-    dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
-        .await?;
+    app_consistent::merge_destination(dst, vm, &first.disk, &patch).await?;
     tracing::info!(vm = %vm.name, site = %dst.site, kind, "group round begun");
     Ok(AppSync::Busy)
-}
-
-async fn tag_destinations(dst: &SiteApi, vm: &VmModel, disks: &[Disk], steps: &[Next]) -> Result<(), FabricError> {
-    for (d, step) in disks.iter().zip(steps) {
-        if let Next::TagDestination { tag } = step {
-            let name = objects::replication_name(&d.disk);
-            let patch = json!({"spec": {"trigger": {"manual": tag}}});
-            dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Labels the VM's claims for its group snapshot's selector.
@@ -609,10 +622,7 @@ async fn tag_source(
 /// Ends the round on the first disk's destination.
 async fn clear_round(dst: &SiteApi, vm: &VmModel, first: &Disk) -> Result<(), FabricError> {
     let patch = json!({"metadata": {"annotations": {ROUND: null, ROUND_KIND: null, ROUND_PER_DISK: null}}});
-    let name = objects::replication_name(&first.disk);
-    dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
-        .await?;
-    Ok(())
+    app_consistent::merge_destination(dst, vm, &first.disk, &patch).await
 }
 
 /// A round whose group snapshot the site refused or never made ready goes on disk by disk,
@@ -627,9 +637,7 @@ async fn fall_back(
 ) -> Result<(), FabricError> {
     remove_cut(src, vm, group).await?;
     let patch = json!({"metadata": {"annotations": {ROUND_PER_DISK: why}}});
-    let name = objects::replication_name(&first.disk);
-    dst.merge(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name, &patch)
-        .await?;
+    app_consistent::merge_destination(dst, vm, &first.disk, &patch).await?;
     tracing::warn!(vm = %vm.name, site = %src.site, group, why, "no group snapshot; this round's disks are cut one by one");
     Ok(())
 }
