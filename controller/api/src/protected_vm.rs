@@ -360,6 +360,16 @@ impl Consistency {
             Self::App => "app",
         }
     }
+
+    /// [`Self::word`], with `group` when every disk is from one instant.
+    pub fn words(self, one_instant: bool) -> &'static str {
+        match (self, one_instant) {
+            (Self::Crash, false) => "crash",
+            (Self::App, false) => "app",
+            (Self::Crash, true) => "crash, group",
+            (Self::App, true) => "app, group",
+        }
+    }
 }
 
 /// A VM's progress in one run. It lives here, not in the run, so the run stays small.
@@ -382,6 +392,9 @@ pub struct VmRunStatus {
     /// What that point is consistent with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point_consistency: Option<Consistency>,
+    /// Whether that point holds every disk of the VM from one instant (a group snapshot).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovery_point_one_instant: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<crate::recovery_run::StepStatus>,
     /// A repoint: the point the VM ran on before it, which the run replaces.

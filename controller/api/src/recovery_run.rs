@@ -288,6 +288,9 @@ pub struct StepStatus {
     /// What that point is consistent with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point_consistency: Option<crate::protected_vm::Consistency>,
+    /// Whether that point holds every disk of the VM from one instant (a group snapshot).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovery_point_one_instant: bool,
     /// When the next attempt may start, after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,

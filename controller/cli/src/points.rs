@@ -42,10 +42,7 @@ pub fn table(pvms: &[ProtectedVM], now: DateTime<Utc>) -> String {
             rows.push([
                 pvm.name_any(),
                 view::time(t),
-                match point.one_instant {
-                    true => format!("{}, group", point.consistency.word()),
-                    false => point.consistency.word().into(),
-                },
+                point.consistency.words(point.one_instant).into(),
                 duration((now - t).num_seconds()),
                 at.to_owned(),
             ]);

@@ -591,6 +591,29 @@ mod tests {
     }
 
     #[test]
+    fn a_point_of_one_instant_says_group() {
+        let mut d = fixtures::finished();
+        let mbx = d
+            .pvms
+            .iter_mut()
+            .find(|p| p.metadata.name.as_deref() == Some("exch-mbx01"))
+            .unwrap();
+        mbx.status
+            .as_mut()
+            .and_then(|s| s.last_run.as_mut())
+            .unwrap()
+            .recovery_point_one_instant = true;
+        let text = render_run(&run_view(&d), PLAIN);
+        let mbx = &text[text.find("vm exch-mbx01").unwrap()..];
+        assert!(
+            mbx.contains("recovery point 2026-03-01 09:55:00Z (app, group)"),
+            "{text}"
+        );
+        let dc = &text[text.find("vm dc01").unwrap()..text.find("vm exch-mbx01").unwrap()];
+        assert!(dc.contains("(app)") && !dc.contains("group)"), "{text}");
+    }
+
+    #[test]
     fn a_repoint_shows_the_point_each_vm_left_and_the_one_it_runs_on() {
         let text = render_run(&run_view(&fixtures::repointed()), PLAIN);
         assert!(

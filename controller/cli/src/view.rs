@@ -29,19 +29,23 @@ pub struct RunData {
 pub struct Point {
     pub time: DateTime<Utc>,
     pub consistency: Option<Consistency>,
+    /// Every disk from one instant.
+    pub one_instant: bool,
 }
 
 impl Point {
-    fn of(time: Option<&Time>, consistency: Option<Consistency>) -> Option<Self> {
+    fn of(time: Option<&Time>, consistency: Option<Consistency>, one_instant: bool) -> Option<Self> {
         time.map(|t| Point {
             time: from_k8s(t),
             consistency,
+            one_instant,
         })
     }
 
-    /// `app`, `crash`, or `-` for a run recorded before consistency was.
+    /// `app`, `crash` (and `, group` when every disk is from one instant), or `-` for a run
+    /// recorded before consistency was.
     pub fn consistency_word(&self) -> &'static str {
-        self.consistency.map_or("-", Consistency::word)
+        self.consistency.map_or("-", |c| c.words(self.one_instant))
     }
 }
 
@@ -59,6 +63,7 @@ impl Replaced {
             point: Point {
                 time: from_k8s(&r.time),
                 consistency: r.consistency,
+                one_instant: false,
             },
         }
     }
@@ -96,7 +101,11 @@ impl Step {
             attempts: s.attempts,
             started: s.started_at.as_ref().map(from_k8s),
             finished: s.finished_at.as_ref().map(from_k8s),
-            point: Point::of(s.recovery_point.as_ref(), s.recovery_point_consistency),
+            point: Point::of(
+                s.recovery_point.as_ref(),
+                s.recovery_point_consistency,
+                s.recovery_point_one_instant,
+            ),
             message: s.message.clone().filter(|m| !m.is_empty()),
         }
     }
@@ -636,7 +645,13 @@ fn vm_view(vm: &str, part: Option<&VmRunStatus>) -> VmView {
         name: vm.to_owned(),
         source_steps: vec![],
         steps: vec![],
-        point: part.and_then(|p| Point::of(p.recovery_point.as_ref(), p.recovery_point_consistency)),
+        point: part.and_then(|p| {
+            Point::of(
+                p.recovery_point.as_ref(),
+                p.recovery_point_consistency,
+                p.recovery_point_one_instant,
+            )
+        }),
         replaced: part.and_then(|p| p.replaced_point.as_ref()).map(Replaced::of),
         recorded: part.is_some(),
     };

@@ -2021,6 +2021,12 @@ async fn restored_from_one_instant(
         at_point == 2 && groups.len() == 1,
         "{vm}'s points at {point}: {at_point} snapshots from group snapshots {groups:?}"
     );
+    // The run's record of the VM says so too.
+    let last = pvm_status(s, vm).await?.last_run.context("no record of the run")?;
+    ensure!(
+        last.recovery_point_one_instant,
+        "the run's record of {vm} does not say its point is of one instant: {last:?}"
+    );
     Ok(())
 }
 

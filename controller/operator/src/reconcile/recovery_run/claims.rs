@@ -28,6 +28,7 @@ pub async fn claim(ctx: &Context, pvm: &ProtectedVM, run: &RecoveryRun, done: bo
         phase: None,
         recovery_point: earlier.and_then(|e| e.recovery_point.clone()),
         recovery_point_consistency: earlier.and_then(|e| e.recovery_point_consistency),
+        recovery_point_one_instant: earlier.is_some_and(|e| e.recovery_point_one_instant),
         steps: earlier.map(taken_over).unwrap_or_default(),
         replaced_point: (run.spec.action == RunAction::ChangeRecoveryPoint)
             .then(|| pvm.status.as_ref()?.last_run.as_ref()?.point_in_use())

@@ -38,7 +38,7 @@ pub fn record_of(s: &StepStatus) -> StepRecord {
         point: s.recovery_point.as_ref().map(|t| RecoveryPoint {
             time: from_k8s(t),
             app_consistent: s.recovery_point_consistency.is_some_and(Consistency::is_app),
-            one_instant: false,
+            one_instant: s.recovery_point_one_instant,
         }),
     }
 }
@@ -60,6 +60,7 @@ pub fn status_of(graph: &StepGraph, plan: &PlanModel, i: StepIdx, r: &StepRecord
         finished_at: r.finished_at.map(to_k8s),
         recovery_point: r.point.as_ref().map(|p| to_k8s(p.time)),
         recovery_point_consistency: r.point.as_ref().map(|p| Consistency::of(p.app_consistent)),
+        recovery_point_one_instant: r.point.as_ref().is_some_and(|p| p.one_instant),
         next_attempt_at: r.next_attempt_at.map(to_k8s),
         message: r.message.clone(),
     }
@@ -138,6 +139,7 @@ pub async fn write_vm_parts(
             phase: phase.is_finished().then_some(phase),
             recovery_point,
             recovery_point_consistency,
+            recovery_point_one_instant: restore.is_some_and(|s| s.recovery_point_one_instant),
             steps,
             replaced_point: current.and_then(|c| c.replaced_point.clone()),
         };
