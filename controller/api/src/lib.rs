@@ -28,13 +28,32 @@ pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as manifests spell it.
 pub const API_VERSION: &str = "coldsite.io/v1alpha1";
 
-/// Every CRD, in the order they are installed.
+/// On each CRD: a digest of its spec, so a controller can tell the CRDs it was built with
+/// from older ones still served (Helm never upgrades CRDs).
+pub const SCHEMA_DIGEST: &str = "coldsite.io/schema-digest";
+
+/// Every CRD, in the order they are installed, each annotated with its [`SCHEMA_DIGEST`].
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         Site::crd(),
         NetworkMapping::crd(),
         ProtectedVM::crd(),
         RecoveryPlan::crd(),
         RecoveryRun::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        let digest = schema_digest(crd);
+        crd.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(SCHEMA_DIGEST.into(), digest);
+    }
+    crds
+}
+
+/// The SHA-256 of a CRD's spec as JSON, hex: what [`SCHEMA_DIGEST`] records.
+pub fn schema_digest(crd: &CustomResourceDefinition) -> String {
+    use sha2::Digest;
+    let spec = serde_json::to_vec(&crd.spec).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(spec))
 }

@@ -15,6 +15,7 @@ pub mod reconcile;
 pub mod replication_keys;
 pub mod script_confinement;
 pub mod scripts;
+pub mod served_crds;
 pub mod server;
 pub mod site_watch;
 pub mod sites;

@@ -27,6 +27,7 @@ use coldsite_e2e::exchange::{
     virtual_machine_instances, virtual_machines, vm_runs, volume_snapshots, wait_for,
 };
 use coldsite_e2e::plugin::Plugin;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -1323,6 +1324,65 @@ async fn repointed_before_commit(s: &Scenario, plugin: &Plugin, writes: &Disaste
     Ok(())
 }
 
+/// Makes the served RecoveryRun CRD an older schema's (its digest): what a `helm upgrade`
+/// without applying the new CRDs leaves. Returns how to restore it.
+async fn stale_crd(cp: &ControlPlane) -> Result<(Api<CustomResourceDefinition>, Value)> {
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.client().await?);
+    let current = coldsite_api::crds()
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some("recoveryruns.coldsite.io"))
+        .context("no RecoveryRun CRD")?;
+    let digest = |d: &str| json!({"metadata": {"annotations": {coldsite_api::SCHEMA_DIGEST: d}}});
+    let restore = digest(&coldsite_api::schema_digest(&current));
+    crds.patch(
+        "recoveryruns.coldsite.io",
+        &PatchParams::default(),
+        &Patch::Merge(digest("0ld")),
+    )
+    .await?;
+    Ok((crds, restore))
+}
+
+/// A controller started over a stale CRD says which one, acts on nothing, and acts once the
+/// CRD is this build's again.
+async fn waits_for_its_crds(
+    s: &Scenario,
+    ctl: &ControllerProcess,
+    (crds, restore): (Api<CustomResourceDefinition>, Value),
+) -> Result<()> {
+    wait_for(
+        "the controller to name the stale CRD",
+        Duration::from_secs(30),
+        || async {
+            Ok(ctl
+                .log_tail(20)
+                .contains("recoveryruns.coldsite.io is not the schema this controller was built with")
+                .then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pvms: Api<ProtectedVM> = Api::namespaced(s.management.clone(), &s.ns);
+    let acted = pvms
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.status.is_some())
+        .count();
+    ensure!(
+        acted == 0,
+        "{acted} ProtectedVMs got a status while the CRDs were stale"
+    );
+    crds.patch(
+        "recoveryruns.coldsite.io",
+        &PatchParams::default(),
+        &Patch::Merge(restore),
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     // The management cluster lives at the recovery site, as DESIGN.md advises; the primary
@@ -1348,6 +1408,8 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     )
     .await?;
     s.set_rpo("2m").await?;
+    // No other test manages from this API server, so its CRDs may be made stale here.
+    let stale = stale_crd(recovery).await?;
     let mut ctl = controller(
         recovery,
         &format!("controller-{}", s.ns),
@@ -1356,6 +1418,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     )?;
     let plugin = Plugin::build(recovery.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
+        waits_for_its_crds(&s, &ctl, stale).await.context("stale CRDs")?;
         protected(&s).await.context("protect")?;
         retention_prunes(&s).await.context("retention")?;
         steady_reads_come_from_watches(&s, &ctl, &audit_log).await?;

@@ -14,13 +14,14 @@ use coldsite_operator::http_client::HttpClient;
 use coldsite_operator::metrics::Metrics;
 use coldsite_operator::reconcile;
 use coldsite_operator::replication_keys::ReplicationKeys;
+use coldsite_operator::served_crds;
 use coldsite_operator::server::{self, Readiness};
 use coldsite_operator::site_watch::SiteChange;
 use coldsite_operator::sites::SiteClients;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -58,8 +59,9 @@ struct Args {
     /// Platform calls in flight at once, per run.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// ProtectedVM reconciles in flight at once. Each reads and writes at two sites; while a
-    /// site does not answer, each may wait 10 s for it, so fewer slots mean slower rounds.
+    /// ProtectedVM reconciles in flight at once (per namespace `--namespace` lists). Each
+    /// reads and writes at two sites; while a site does not answer, each may wait 10 s for
+    /// it, so fewer slots mean slower rounds.
     #[arg(long, default_value_t = 64)]
     protection_concurrency: u16,
     /// Act only in these namespaces (repeat the flag or separate by commas); every
@@ -180,21 +182,59 @@ where
 type Work = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: u16, namespaces: &[String]) {
-    let client = ctx.client.clone();
-    let cfg = watcher::Config::default();
-    let sites = Controller::new(Api::<Site>::all(client.clone()), cfg.clone());
+    let sites = Controller::new(Api::<Site>::all(ctx.client.clone()), watcher::Config::default());
     let site_store = sites.store();
     let mut work: Vec<Work> = vec![Box::pin(site_controller(sites, &ctx, stop.clone()))];
-    let (mut mapping_stores, mut pvm_stores, mut run_stores) = (Vec::new(), Vec::new(), Vec::new());
+    let mut caches = NamespaceCaches::default();
     for ns in scopes(namespaces) {
-        let ns = ns.as_deref();
-        let mappings = Controller::new(api::<NetworkMapping>(&client, ns), cfg.clone());
-        let pvms = Controller::new(api::<ProtectedVM>(&client, ns), cfg.clone());
-        let (runs, plans_see_runs) = reflector::store();
-        mapping_stores.push(mappings.store());
-        pvm_stores.push(pvms.store());
-        run_stores.push(runs);
-        work.push(Box::pin(
+        work.extend(namespace_controllers(
+            &ctx,
+            &stop,
+            protection_concurrency,
+            ns.as_deref(),
+            &mut caches,
+        ));
+    }
+    work.push(Box::pin(fill_stores(
+        ctx.clone(),
+        Stores {
+            sites: site_store,
+            mappings: Cached::new(caches.mappings),
+            protected_vms: Cached::new(caches.protected_vms),
+            runs: Cached::new(caches.runs),
+        },
+    )));
+    futures::future::join_all(work).await;
+    // The watches ended with this term: later readers ask the API until the next term.
+    ctx.set_stores(None);
+}
+
+/// The caches of the namespaced kinds, one per scope.
+#[derive(Default)]
+struct NamespaceCaches {
+    mappings: Vec<Store<NetworkMapping>>,
+    protected_vms: Vec<Store<ProtectedVM>>,
+    runs: Vec<Store<RecoveryRun>>,
+}
+
+/// The controllers of the namespaced kinds in one scope (a namespace, or all of them),
+/// their caches added to `caches`.
+fn namespace_controllers(
+    ctx: &Arc<Context>,
+    stop: &Stop,
+    protection_concurrency: u16,
+    ns: Option<&str>,
+    caches: &mut NamespaceCaches,
+) -> Vec<Work> {
+    let (client, cfg) = (&ctx.client, watcher::Config::default());
+    let mappings = Controller::new(api::<NetworkMapping>(client, ns), cfg.clone());
+    let pvms = Controller::new(api::<ProtectedVM>(client, ns), cfg.clone());
+    let (runs, plans_see_runs) = reflector::store();
+    caches.mappings.push(mappings.store());
+    caches.protected_vms.push(pvms.store());
+    caches.runs.push(runs);
+    vec![
+        Box::pin(
             mappings
                 .graceful_shutdown_on(stop.clone())
                 .run(
@@ -203,16 +243,11 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
                     ctx.clone(),
                 )
                 .for_each(|r| log_result("NetworkMapping", r)),
-        ));
-        work.push(Box::pin(protection_controller(
-            pvms,
-            &ctx,
-            stop.clone(),
-            protection_concurrency,
-        )));
-        work.push(Box::pin(plan_controller(&ctx, stop.clone(), plans_see_runs, ns)));
-        work.push(Box::pin(
-            Controller::new(api::<RecoveryRun>(&client, ns), cfg.clone())
+        ),
+        Box::pin(protection_controller(pvms, ctx, stop.clone(), protection_concurrency)),
+        Box::pin(plan_controller(ctx, stop.clone(), plans_see_runs, ns)),
+        Box::pin(
+            Controller::new(api::<RecoveryRun>(client, ns), cfg)
                 .graceful_shutdown_on(stop.clone())
                 .run(
                     instrument("RecoveryRun", reconcile::recovery_run::reconcile),
@@ -220,20 +255,8 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
                     ctx.clone(),
                 )
                 .for_each(|r| log_result("RecoveryRun", r)),
-        ));
-    }
-    work.push(Box::pin(fill_stores(
-        ctx.clone(),
-        Stores {
-            sites: site_store,
-            mappings: Cached::new(mapping_stores),
-            protected_vms: Cached::new(pvm_stores),
-            runs: Cached::new(run_stores),
-        },
-    )));
-    futures::future::join_all(work).await;
-    // The watches ended with this term: later readers ask the API until the next term.
-    ctx.set_stores(None);
+        ),
+    ]
 }
 
 /// Reconciles read what they refer to from the controllers' own caches, once each has its
@@ -346,6 +369,33 @@ fn plan_controller(
         })
 }
 
+/// Waits until the served CRDs are this build's (see `served_crds`), saying what is wrong
+/// every 10 s: neither ready nor leading meanwhile, so an upgrade whose CRDs were not applied
+/// leaves the previous replicas acting. False when stopped first.
+async fn wait_for_current_crds(client: &Client, stopped: impl Future<Output = ()>) -> bool {
+    let wait = async {
+        loop {
+            match served_crds::check(client).await {
+                Ok(wrong) if wrong.is_empty() => return,
+                Ok(wrong) => tracing::error!(
+                    problems = %wrong.join("; "),
+                    "waiting for coldsite's CRDs: apply the ones this release ships \
+                     (kubectl apply --server-side -f charts/coldsite/crds/); the controller acts once they are served"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "cannot read coldsite's CRDs (the controller needs get on customresourcedefinitions); waiting"
+                ),
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    };
+    tokio::select! {
+        () = wait => true,
+        () = stopped => false,
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -395,6 +445,9 @@ async fn main() -> anyhow::Result<()> {
     });
     let ready = Readiness::default();
     let server = tokio::spawn(server::serve(args.metrics_address, metrics, ready.clone(), stopped()));
+    if !wait_for_current_crds(&client, stopped()).await {
+        return Ok(());
+    }
     ready.set(true);
 
     if args.no_leader_election {
