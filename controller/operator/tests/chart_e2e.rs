@@ -159,7 +159,7 @@ fn check_render(name: &str, docs: &[Value], known: &BTreeSet<String>) -> Result<
         })
     });
     match name {
-        "default" | "single-replica-values.yaml" | "monitoring-values.yaml" => {
+        "default" | "single-replica-values.yaml" | "monitoring-values.yaml" | "shard-values.yaml" => {
             let dep = find(docs, "Deployment")?;
             let pod = &dep["spec"]["template"]["spec"];
             let c = &pod["containers"][0];
@@ -204,10 +204,41 @@ fn check_render(name: &str, docs: &[Value], known: &BTreeSet<String>) -> Result<
                         args.contains("--lease-name=coldsite-controller"),
                         "leader election on: {args}"
                     );
+                    ensure!(!args.contains("--namespace"), "every namespace by default: {args}");
+                    let crd_names: Vec<String> = coldsite_api::crds()
+                        .iter()
+                        .filter_map(|c| c.metadata.name.clone())
+                        .collect();
+                    let reads_its_crds = docs.iter().any(|d| {
+                        d["kind"] == "ClusterRole"
+                            && d["rules"].as_array().into_iter().flatten().any(|r| {
+                                r["resources"] == json!(["customresourcedefinitions"])
+                                    && r["verbs"] == json!(["get"])
+                                    && r["resourceNames"] == json!(crd_names)
+                            })
+                    });
+                    ensure!(reads_its_crds, "get on its own CRDs, by name");
                     ensure!(
                         !k.contains("ServiceMonitor") && !k.contains("PrometheusRule") && !k.contains("ConfigMap"),
                         "monitoring is opt-in: {k:?}"
                     );
+                }
+                "shard-values.yaml" => {
+                    ensure!(
+                        args.contains("--namespace=exchange")
+                            && args.contains("--namespace=sap")
+                            && args.contains("--lease-name=coldsite-controller-shard-a"),
+                        "a shard lists its namespaces and leads through its own Lease: {args}"
+                    );
+                    let lease_granted = docs.iter().any(|d| {
+                        d["kind"] == "Role"
+                            && d["rules"].as_array().into_iter().flatten().any(|r| {
+                                r["resourceNames"]
+                                    .as_array()
+                                    .is_some_and(|n| n.contains(&json!("coldsite-controller-shard-a")))
+                            })
+                    });
+                    ensure!(lease_granted, "the shard's Lease is granted by name");
                 }
                 "single-replica-values.yaml" => {
                     ensure!(
