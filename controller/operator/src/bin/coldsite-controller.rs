@@ -396,6 +396,73 @@ async fn wait_for_current_crds(client: &Client, stopped: impl Future<Output = ()
     }
 }
 
+/// With leader election: waits for the Lease, then runs the controllers until stopped; a
+/// lost Lease ends the process, so a restart rejoins as standby.
+async fn lead_then_run(
+    args: &Args,
+    client: Client,
+    ctx: Arc<Context>,
+    identity: &str,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leader, task) = manager.watch().await;
+    tracing::info!(identity, lease = args.lease_name, "waiting to lead");
+    let mut stop = stop_rx.clone();
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader.changed() => changed?,
+            _ = stop.wait_for(|s| *s) => {
+                drop(leader);
+                let _ = task.await;
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(identity, "leading: controllers start");
+    let lost = {
+        let mut leader = leader.clone();
+        async move {
+            let _ = leader.wait_for(|l| !*l).await;
+        }
+    };
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let mut lost_watch = lost_rx.clone();
+    let stop_or_lost = {
+        let mut stopped = stop_rx.clone();
+        async move {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => {},
+                _ = lost_watch.wait_for(|l| *l) => {},
+            }
+        }
+    };
+    let (namespaces, concurrency) = (args.namespaces.clone(), args.protection_concurrency.max(1));
+    let controllers =
+        tokio::spawn(async move { run_controllers(ctx, shared(stop_or_lost), concurrency, &namespaces).await });
+    tokio::select! {
+        () = lost => {
+            // Another replica may act now: stop at once rather than race it.
+            let _ = lost_tx.send(true);
+            tracing::error!("lost the lease; exiting so a restart rejoins as standby");
+            std::process::exit(1);
+        }
+        _ = controllers => {}
+    }
+    drop(leader);
+    let _ = task.await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -460,68 +527,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
     } else {
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&identity)
-            .with_duration(15)
-            .with_grace(5)
-            .build()
-            .await?;
-        let (mut leader, task) = manager.watch().await;
-        tracing::info!(identity, lease = args.lease_name, "waiting to lead");
-        let mut stop = stop_rx.clone();
-        loop {
-            if *leader.borrow_and_update() {
-                break;
-            }
-            tokio::select! {
-                changed = leader.changed() => changed?,
-                _ = stop.wait_for(|s| *s) => {
-                    drop(leader);
-                    let _ = task.await;
-                    return Ok(());
-                }
-            }
-        }
-        tracing::info!(identity, "leading: controllers start");
-        let lost = {
-            let mut leader = leader.clone();
-            async move {
-                let _ = leader.wait_for(|l| !*l).await;
-            }
-        };
-        let (lost_tx, lost_rx) = watch::channel(false);
-        let mut lost_watch = lost_rx.clone();
-        let stop_or_lost = {
-            let stopped = stopped();
-            async move {
-                tokio::select! {
-                    () = stopped => {},
-                    _ = lost_watch.wait_for(|l| *l) => {},
-                }
-            }
-        };
-        let namespaces = args.namespaces.clone();
-        let controllers = tokio::spawn(async move {
-            run_controllers(
-                ctx,
-                shared(stop_or_lost),
-                args.protection_concurrency.max(1),
-                &namespaces,
-            )
-            .await
-        });
-        tokio::select! {
-            () = lost => {
-                // Another replica may act now: stop at once rather than race it.
-                let _ = lost_tx.send(true);
-                tracing::error!("lost the lease; exiting so a restart rejoins as standby");
-                std::process::exit(1);
-            }
-            _ = controllers => {}
-        }
-        drop(leader);
-        let _ = task.await;
+        lead_then_run(&args, client, ctx, &identity, stop_rx).await?;
     }
     let _ = server.await;
     Ok(())
