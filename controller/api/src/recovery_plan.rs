@@ -44,9 +44,34 @@ pub struct RecoveryPlanSpec {
     #[x_kube(validation = rules::unique_names("spec.groups", "group"))]
     #[schemars(length(min = 1, max = 32))]
     pub groups: Vec<RecoveryGroup>,
+    /// Sets of VMs cut at one instant and recovered to it: each set's disks are snapshotted
+    /// together at the primary site (its guests frozen together for app-consistent points),
+    /// on the shortest schedule among them, and a run restores every member from that one
+    /// instant. Needs the primary Site's `spec.storage.volumeGroupSnapshotClassName`; members
+    /// share one VM namespace, and a VM is in at most one set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = rules::unique_names("spec.consistencyGroups", "consistency group"))]
+    #[schemars(length(max = 32))]
+    pub consistency_groups: Vec<ConsistencyGroup>,
     /// Scheduled test failovers that prove the plan works.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillSchedule>,
+}
+
+/// The most VMs one consistency group cuts together: one group snapshot selects them all.
+pub const CONSISTENCY_GROUP_MAX: usize = 256;
+
+/// VMs cut together and recovered to one instant (see `spec.consistencyGroups`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistencyGroup {
+    #[x_kube(validation = rules::dns_label("spec.consistencyGroups[].name"))]
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// ProtectedVM names, in this namespace, each also in one of the plan's groups.
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    #[schemars(length(min = 2, max = 256), inner(length(max = 253)))]
+    pub vms: Vec<String>,
 }
 
 fn depends_on_known_groups() -> Rule {

@@ -227,6 +227,9 @@ pub struct Driver<'a, F, S, H> {
     carried: HashMap<StepIdx, (DateTime<Utc>, u32)>,
     /// Fabric calls made, for reports.
     pub calls: u64,
+    /// The instant each consistency group restores from, as this driver fixed or found it:
+    /// its members' restores in one pass ask at once, and must not choose twice.
+    group_points: futures::lock::Mutex<HashMap<usize, DateTime<Utc>>>,
 }
 
 impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
@@ -241,6 +244,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             polls: BinaryHeap::new(),
             carried: HashMap::new(),
             calls: 0,
+            group_points: futures::lock::Mutex::new(HashMap::new()),
         }
     }
 
@@ -494,6 +498,10 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 .clone()
                 .ok_or_else(|| FabricError::permanent("the final sync recorded no recovery point"));
         }
+        let plan = &self.ctx.plan;
+        if let Some(group) = plan.consistency_groups.iter().position(|g| g.vms.contains(&vm)) {
+            return self.group_point(group, vm, now).await;
+        }
         let points = self.fabric.recovery_points(model, self.ctx.run.direction).await?;
         rpo::choose_point(&points, &self.ctx.recovery_point, now, model.retention).map_err(|e| {
             let fix = match (&e, model.app_consistent_interval) {
@@ -504,5 +512,70 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             };
             FabricError::permanent(format!("VM {}: {e}{fix}", model.name))
         })
+    }
+
+    /// The point a member of a consistency group restores: its own at the group's instant.
+    /// That instant is fixed once per run, by the first member's restore (the sites record
+    /// it on the restored disks), so members restored later, while replication goes on, still
+    /// restore to it.
+    async fn group_point(&self, group: usize, vm: usize, now: DateTime<Utc>) -> Result<RecoveryPoint, FabricError> {
+        let (plan, direction) = (&self.ctx.plan, self.ctx.run.direction);
+        let cg = &plan.consistency_groups[group];
+        let mut fixed = self.group_points.lock().await;
+        let time = match fixed.get(&group) {
+            Some(t) => *t,
+            None => {
+                let t = match self.restored_instant(&cg.vms).await? {
+                    Some(t) => t,
+                    None => self.common_instant(cg, now).await?,
+                };
+                fixed.insert(group, t);
+                t
+            }
+        };
+        drop(fixed);
+        let model = &plan.vms[vm];
+        let points = self.fabric.recovery_points(model, direction).await?;
+        points.into_iter().find(|p| p.time == time).ok_or_else(|| {
+            FabricError::permanent(format!(
+                "VM {}: no recovery point at {time}, the instant the other VMs of consistency group {} restore from",
+                model.name, cg.name
+            ))
+        })
+    }
+
+    /// The instant a member's restore in this run began from, if one began.
+    async fn restored_instant(&self, members: &[usize]) -> Result<Option<DateTime<Utc>>, FabricError> {
+        for &m in members {
+            if let Some(t) = self.fabric.restored_point(&self.ctx.recovery(m)?).await? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The newest instant every member holds a point at, as the run asks.
+    async fn common_instant(
+        &self,
+        cg: &crate::model::ConsistencyGroupModel,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, FabricError> {
+        let plan = &self.ctx.plan;
+        let mut lists = Vec::with_capacity(cg.vms.len());
+        for &m in &cg.vms {
+            lists.push(
+                self.fabric
+                    .recovery_points(&plan.vms[m], self.ctx.run.direction)
+                    .await?,
+            );
+        }
+        let members: Vec<(&[RecoveryPoint], std::time::Duration)> = lists
+            .iter()
+            .zip(&cg.vms)
+            .map(|(l, &m)| (&l[..], plan.vms[m].retention))
+            .collect();
+        rpo::choose_common(&members, &self.ctx.recovery_point, now)
+            .map(|p| p.time)
+            .map_err(|e| FabricError::permanent(format!("consistency group {}: {e}", cg.name)))
     }
 }

@@ -194,6 +194,10 @@ pub trait Fabric {
     /// the one an earlier call chose if there was one.
     async fn restore_disks(&self, req: &Recovery<'_>, point: &RecoveryPoint) -> FabricResult<RecoveryPoint>;
 
+    /// When the point this run began to restore the VM's disks from was taken, once a restore
+    /// call began: the point it is fixed to.
+    async fn restored_point(&self, req: &Recovery<'_>) -> Result<Option<DateTime<Utc>>, FabricError>;
+
     /// The recovered VirtualMachine, created halted, with mapped networks and addresses.
     async fn create_vm(&self, req: &Recovery<'_>) -> FabricResult<()>;
 

@@ -97,6 +97,30 @@ pub struct VmModel {
     pub app_consistent_interval: Option<Duration>,
     pub cpu: Option<u32>,
     pub memory: Option<String>,
+    /// The ProtectedVMs of the plan's consistency group the VM is cut with, by name, sorted,
+    /// its own among them; empty when it is in none. The first drives the group's rounds.
+    pub cut_with: Vec<String>,
+}
+
+impl VmModel {
+    /// Whether the VM is cut with others (see [`VmModel::cut_with`]).
+    pub fn in_consistency_group(&self) -> bool {
+        !self.cut_with.is_empty()
+    }
+
+    /// The ProtectedVM whose reconcile drives the rounds the VM is cut in: the first of its
+    /// consistency group, or itself.
+    pub fn round_driver(&self) -> &str {
+        self.cut_with.first().map_or(self.name.as_str(), String::as_str)
+    }
+}
+
+/// VMs of a plan cut at one instant and recovered to it (`spec.consistencyGroups`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsistencyGroupModel {
+    pub name: String,
+    /// Indices into [`PlanModel::vms`].
+    pub vms: Vec<usize>,
 }
 
 /// What runs before or after a group.
@@ -184,6 +208,7 @@ pub struct PlanModel {
     pub recovery: SiteModel,
     pub groups: Vec<GroupModel>,
     pub vms: Vec<VmModel>,
+    pub consistency_groups: Vec<ConsistencyGroupModel>,
     /// Drill settings, if any.
     pub auto_approve: Vec<String>,
 }

@@ -78,6 +78,51 @@ pub enum PointError {
     NoAppConsistent,
     #[error("no recovery point at or before {0} within retention (oldest kept: {1})")]
     NoneBefore(DateTime<Utc>, String),
+    #[error(
+        "no recovery point{0} that every VM of the consistency group holds from one instant within retention; \
+         its VMs get such points from the rounds that cut them together"
+    )]
+    NoCommon(&'static str),
+}
+
+/// The point a consistency group's members all restore, from each member's points and
+/// retention: the newest instant every member holds a point at (each disk of each member cut
+/// then), app-consistent only if every member's point is, never newer than asked, never one
+/// that a member's retention prunes.
+pub fn choose_common(
+    members: &[(&[RecoveryPoint], Duration)],
+    selector: &RecoveryPointSelector,
+    now: DateTime<Utc>,
+) -> Result<RecoveryPoint, PointError> {
+    let kept: Vec<Vec<&RecoveryPoint>> = members
+        .iter()
+        .map(|(points, retention)| {
+            let retained = kept_by(retention_floor(now, *retention), points.iter().map(|p| p.time).max());
+            points.iter().filter(|p| retained(p) && p.time <= now).collect()
+        })
+        .collect();
+    let Some((first, rest)) = kept.split_first() else {
+        return Err(PointError::None);
+    };
+    let at = |list: &[&RecoveryPoint], t: DateTime<Utc>| list.iter().find(|p| p.time == t).map(|p| (*p).clone());
+    let common = first.iter().filter_map(|p| {
+        let all: Option<Vec<RecoveryPoint>> = rest.iter().map(|l| at(l, p.time)).collect();
+        all.map(|others| RecoveryPoint {
+            time: p.time,
+            app_consistent: p.app_consistent && others.iter().all(|o| o.app_consistent),
+            one_instant: true,
+        })
+    });
+    let (asked, why) = match selector {
+        RecoveryPointSelector::Latest => (None, ""),
+        RecoveryPointSelector::LatestAppConsistent => (None, " app-consistent for all"),
+        RecoveryPointSelector::At(t) => (Some(crate::time::from_k8s(t)), " at or before the time asked"),
+    };
+    let app_only = matches!(selector, RecoveryPointSelector::LatestAppConsistent);
+    common
+        .filter(|p| (!app_only || p.app_consistent) && asked.is_none_or(|t| p.time <= t))
+        .max_by_key(|p| p.time)
+        .ok_or(PointError::NoCommon(why))
 }
 
 /// The point a run restores: never newer than asked, never one that retention prunes.
@@ -262,5 +307,66 @@ mod tests {
         ];
         let gone = expired(&old, at(500), Duration::from_secs(3600));
         assert_eq!(gone, vec![old[0].clone()]);
+    }
+
+    fn pt(min: i64, app: bool) -> RecoveryPoint {
+        RecoveryPoint {
+            time: at(min),
+            app_consistent: app,
+            one_instant: true,
+        }
+    }
+
+    #[test]
+    fn a_consistency_group_restores_the_newest_instant_every_member_holds() {
+        let hour = Duration::from_secs(3600);
+        let db = [pt(0, true), pt(10, false), pt(20, true), pt(30, false)];
+        // The app server's round at 30 is not adopted yet; its own point at 25 is no group's.
+        let app = [pt(0, true), pt(10, false), pt(20, false), pt(25, false)];
+        let members = [(&db[..], hour), (&app[..], hour)];
+        let latest = choose_common(&members, &RecoveryPointSelector::Latest, at(40)).unwrap();
+        assert_eq!(latest.time, at(20));
+        assert!(!latest.app_consistent, "app-consistent only if every member's point is");
+        let app_point = choose_common(&members, &RecoveryPointSelector::LatestAppConsistent, at(40)).unwrap();
+        assert_eq!(app_point.time, at(0));
+        let asked = RecoveryPointSelector::At(crate::time::to_k8s(at(15)));
+        assert_eq!(choose_common(&members, &asked, at(40)).unwrap().time, at(10));
+        // Never newer than now, never what a member's retention prunes.
+        assert_eq!(
+            choose_common(&members, &RecoveryPointSelector::Latest, at(15))
+                .unwrap()
+                .time,
+            at(10)
+        );
+        let short = [(&db[..], hour), (&app[..], Duration::from_secs(60))];
+        assert_eq!(
+            choose_common(&short, &RecoveryPointSelector::Latest, at(70)),
+            Err(PointError::NoCommon("")),
+            "the app server keeps only its newest point (25), which the database lacks"
+        );
+    }
+
+    proptest::proptest! {
+        /// The group's point is one every member holds, and no newer instant all hold would do.
+        #[test]
+        fn a_group_point_is_held_by_every_member_and_is_the_newest_so(
+            members in proptest::collection::vec(proptest::collection::btree_set(0i64..40, 0..12), 1..5),
+            now in 0i64..50,
+            latest in proptest::bool::ANY,
+        ) {
+            let lists: Vec<Vec<RecoveryPoint>> = members
+                .iter()
+                .map(|times| times.iter().map(|m| pt(*m, m % 3 == 0)).collect())
+                .collect();
+            let day = Duration::from_secs(86_400);
+            let input: Vec<(&[RecoveryPoint], Duration)> = lists.iter().map(|l| (&l[..], day)).collect();
+            let selector = if latest { RecoveryPointSelector::Latest } else { RecoveryPointSelector::LatestAppConsistent };
+            let fits = |m: i64| m <= now && (latest || m % 3 == 0) && members.iter().all(|t| t.contains(&m));
+            let best = (0..40).filter(|m| fits(*m)).max();
+            match choose_common(&input, &selector, at(now)) {
+                Ok(p) => proptest::prop_assert_eq!(Some(p.time), best.map(at)),
+                Err(_) => proptest::prop_assert_eq!(best, None),
+            }
+        }
     }
 }

@@ -566,6 +566,13 @@ impl Fabric for SimFabric {
         with_point(r)
     }
 
+    async fn restored_point(&self, req: &Recovery<'_>) -> Result<Option<DateTime<Utc>>, FabricError> {
+        let (site, ns, vm) = Self::vm_key(req);
+        let key = format!("restore/{}/{site}/{ns}/{vm}", req.run.uid);
+        let w = self.world.borrow();
+        Ok(w.ops.get(&key).and_then(|op| op.point.as_ref()).map(|p| p.time))
+    }
+
     async fn create_vm(&self, req: &Recovery<'_>) -> FabricResult<()> {
         let key = Self::vm_key(req);
         let run_uid = req.run.uid.clone();

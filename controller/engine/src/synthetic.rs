@@ -139,6 +139,7 @@ pub fn plan(seed: u64, shape: &Shape) -> PlanModel {
                 app_consistent_interval: rng.random_bool(0.5).then_some(Duration::from_secs(3600)),
                 cpu: None,
                 memory: None,
+                cut_with: Vec::new(),
             });
             members.push(i);
         }
@@ -184,6 +185,7 @@ pub fn plan(seed: u64, shape: &Shape) -> PlanModel {
         recovery: site("site-b"),
         groups,
         vms,
+        consistency_groups: Vec::new(),
         auto_approve: Vec::new(),
     }
 }

@@ -15,8 +15,8 @@ use k8s_openapi::api::batch::v1::JobTemplateSpec;
 use kube::ResourceExt;
 
 use crate::model::{
-    ActionKind, ActionModel, GroupModel, NicModel, PlanModel, ProbeModel, ReadinessModel, SiteModel, VmModel,
-    parse_duration,
+    ActionKind, ActionModel, ConsistencyGroupModel, GroupModel, NicModel, PlanModel, ProbeModel, ReadinessModel,
+    SiteModel, VmModel, parse_duration,
 };
 use crate::reip::{self, NicPlan, SourceNic, StaticAddress, SubnetMap};
 use crate::source_vm::SourceVm;
@@ -376,6 +376,8 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
         });
     }
 
+    let consistency_groups = consistency_groups(plan, &mut vms, primary.as_ref(), &mut p);
+
     if let Some(why) = spec
         .drill
         .as_ref()
@@ -416,10 +418,81 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
             recovery,
             groups,
             vms,
+            consistency_groups,
             auto_approve,
         },
         p.list,
     ))
+}
+
+/// The plan's consistency groups over its resolved VMs, each member's `cut_with` set: every
+/// member a VM of the plan, in one group only, all in one VM namespace (a group snapshot
+/// selects claims of one namespace), at a primary Site that cuts groups.
+fn consistency_groups(
+    plan: &RecoveryPlan,
+    vms: &mut [VmModel],
+    primary: Option<&SiteModel>,
+    p: &mut Problems,
+) -> Vec<ConsistencyGroupModel> {
+    let spec = &plan.spec;
+    if !spec.consistency_groups.is_empty() && primary.is_some_and(|s| s.group_snapshot_class.is_none()) {
+        p.error(
+            "spec.consistencyGroups",
+            format!(
+                "Site {} names no spec.storage.volumeGroupSnapshotClassName, so it cannot cut several VMs at one \
+                 instant: set one there (a VolumeGroupSnapshotClass of its CSI driver), or remove the consistency groups",
+                spec.primary_site
+            ),
+        );
+    }
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut models = Vec::new();
+    for (ci, cg) in spec.consistency_groups.iter().enumerate() {
+        let mut members: Vec<usize> = Vec::new();
+        for (vi, name) in cg.vms.iter().enumerate() {
+            let field = format!("spec.consistencyGroups[{ci}].vms[{vi}]");
+            if let Some(other) = owner.insert(name, &cg.name) {
+                p.error(
+                    field,
+                    format!("ProtectedVM {name} is already in consistency group {other}; a VM is cut with one group"),
+                );
+                continue;
+            }
+            let Some(i) = vms.iter().position(|v| &v.name == name) else {
+                p.error(
+                    field,
+                    format!(
+                        "ProtectedVM {name} is not in any of spec.groups; add it to a recovery group, or remove it here"
+                    ),
+                );
+                continue;
+            };
+            if let Some(&first) = members.first()
+                && vms[first].vm_namespace != vms[i].vm_namespace
+            {
+                p.error(
+                    field,
+                    format!(
+                        "the VM of ProtectedVM {name} is in namespace {}, the group's others in {}: one group snapshot \
+                         cuts claims of one namespace; move the VMs into one namespace or split the group",
+                        vms[i].vm_namespace, vms[first].vm_namespace
+                    ),
+                );
+                continue;
+            }
+            members.push(i);
+        }
+        let mut names: Vec<String> = members.iter().map(|&i| vms[i].name.clone()).collect();
+        names.sort();
+        for &i in &members {
+            vms[i].cut_with = names.clone();
+        }
+        models.push(ConsistencyGroupModel {
+            name: cg.name.clone(),
+            vms: members,
+        });
+    }
+    models
 }
 
 /// A plan's site; its shared test namespace, if it has one, must be granted to the plan's
@@ -596,6 +669,7 @@ fn resolve_vm(
             .recovery
             .as_ref()
             .and_then(|r| r.memory.as_ref().map(|q| q.0.clone())),
+        cut_with: Vec::new(),
     })
 }
 

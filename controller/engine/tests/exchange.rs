@@ -127,6 +127,81 @@ fn a_vm_in_two_groups_is_refused() {
     );
 }
 
+fn consistency_group(name: &str, vms: &[&str]) -> coldsite_api::recovery_plan::ConsistencyGroup {
+    coldsite_api::recovery_plan::ConsistencyGroup {
+        name: name.into(),
+        vms: vms.iter().map(|v| (*v).to_owned()).collect(),
+    }
+}
+
+fn with_group_snapshots(inv: &mut Inventory) {
+    let hq = inv.sites.get_mut("contoso-hq").unwrap();
+    hq.spec.storage.as_mut().unwrap().volume_group_snapshot_class_name = Some("ceph-rbd-groupsnap".into());
+}
+
+#[test]
+fn a_consistency_group_cuts_its_members_with_each_other() {
+    let (mut inv, mut plan) = exchange();
+    with_group_snapshots(&mut inv);
+    plan.spec.consistency_groups = vec![consistency_group("mail", &["exch-mbx01", "exch-cas01"])];
+    let (m, _) = validate_plan(&plan, &inv).unwrap();
+    let names: Vec<&str> = m.consistency_groups[0]
+        .vms
+        .iter()
+        .map(|&i| m.vms[i].name.as_str())
+        .collect();
+    assert_eq!(names, ["exch-mbx01", "exch-cas01"]);
+    let cut_with = |name: &str| m.vms.iter().find(|v| v.name == name).unwrap().cut_with.clone();
+    assert_eq!(cut_with("exch-mbx01"), ["exch-cas01", "exch-mbx01"]);
+    assert_eq!(cut_with("exch-mbx01"), cut_with("exch-cas01"));
+    assert!(cut_with("dc01").is_empty());
+    assert_eq!(
+        m.vms.iter().find(|v| v.name == "exch-mbx01").unwrap().round_driver(),
+        "exch-cas01"
+    );
+}
+
+#[test]
+fn consistency_groups_name_what_cannot_be_cut_together() {
+    let (mut inv, mut plan) = exchange();
+    plan.spec.consistency_groups = vec![
+        consistency_group("mail", &["exch-mbx01", "exch-cas01"]),
+        consistency_group("all", &["dc01", "exch-cas01", "exch-mbx02"]),
+    ];
+    let e = errors(validate_plan(&plan, &inv));
+    has(
+        &e,
+        "spec.consistencyGroups: Site contoso-hq names no spec.storage.volumeGroupSnapshotClassName",
+    );
+    has(
+        &e,
+        "spec.consistencyGroups[1].vms[1]: ProtectedVM exch-cas01 is already in consistency group mail",
+    );
+    has(
+        &e,
+        "spec.consistencyGroups[1].vms[2]: ProtectedVM exch-mbx02 is not in any of spec.groups",
+    );
+    // Members' VMs in two namespaces cannot be one group snapshot's.
+    with_group_snapshots(&mut inv);
+    plan.spec.consistency_groups.truncate(1);
+    let cas = inv
+        .protected_vms
+        .get_mut(&("exchange".into(), "exch-cas01".into()))
+        .unwrap();
+    cas.spec.vm.namespace = Some("exchange-edge".into());
+    let vm = inv
+        .source_vms
+        .get(&("exchange".into(), "exch-cas01".into()))
+        .unwrap()
+        .clone();
+    inv.source_vms.insert(("exchange-edge".into(), "exch-cas01".into()), vm);
+    let e = errors(validate_plan(&plan, &inv));
+    has(
+        &e,
+        "the VM of ProtectedVM exch-cas01 is in namespace exchange-edge, the group's others in exchange",
+    );
+}
+
 #[test]
 fn missing_references_are_named() {
     let (mut inv, mut plan) = exchange();

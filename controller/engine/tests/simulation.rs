@@ -298,26 +298,8 @@ fn failover_without_shutdown_refuses_a_running_source() {
             random_dependencies: false,
         },
     );
-    let ctx = RunContext::new(
-        plan,
-        RunRef {
-            namespace: "apps".into(),
-            name: "r".into(),
-            uid: "u".into(),
-            action: RunAction::Failover,
-            direction: Direction::Forward,
-        },
-        RecoveryPointSelector::Latest,
-    );
     // shutdown_source false: the source keeps running, and the copy starts anyway.
-    let graph = planner::plan(
-        &ctx.plan,
-        PlanOptions {
-            action: RunAction::Failover,
-            direction: Direction::Forward,
-            shutdown_source: false,
-        },
-    );
+    let (ctx, graph) = forward_run(plan, RunAction::Failover);
     let fabric = SimFabric::new(SimConfig::default(), &ctx.plan, Direction::Forward);
     let report = simulation::run(
         &ctx,
@@ -342,6 +324,31 @@ fn failover_without_shutdown_refuses_a_running_source() {
         failed.message.as_deref().unwrap_or_default().contains("still running"),
         "{failed:?}"
     );
+}
+
+/// A run of `action` from the primary to the recovery site, to the newest point, without
+/// shutting the source down.
+fn forward_run(plan: coldsite_engine::model::PlanModel, action: RunAction) -> (RunContext, planner::StepGraph) {
+    let ctx = RunContext::new(
+        plan,
+        RunRef {
+            namespace: "apps".into(),
+            name: "r".into(),
+            uid: "u".into(),
+            action,
+            direction: Direction::Forward,
+        },
+        RecoveryPointSelector::Latest,
+    );
+    let graph = planner::plan(
+        &ctx.plan,
+        PlanOptions {
+            action,
+            direction: Direction::Forward,
+            shutdown_source: false,
+        },
+    );
+    (ctx, graph)
 }
 
 /// Crashes land between a fabric call and the save of its result, and the run still ends
@@ -534,5 +541,57 @@ fn a_final_sync_that_cannot_finish_does_not_hold_up_a_cancel() {
             .iter()
             .any(|e| matches!(e, coldsite_engine::sim::SimEvent::VmStarted { pvm, .. } if *pvm == stalled)),
         "a VM whose final sync did not finish does not start at the target"
+    );
+}
+
+/// A consistency group's members, one in the first recovery group and one in the last,
+/// restore from one instant: the newest both hold. One syncs every minute, the other every
+/// two, and replication lags a minute, so each member's own newest point differs.
+#[test]
+fn a_consistency_group_restores_one_instant_across_recovery_groups() {
+    let mut plan = synthetic::plan(
+        5,
+        &Shape {
+            groups: 3,
+            vms_per_group: 2,
+            action_chance: 0.0,
+            random_dependencies: false,
+        },
+    );
+    let (first, last) = (plan.groups[0].vms[0], plan.groups[2].vms[1]);
+    plan.vms[first].rpo = Duration::from_secs(120); // a point every minute
+    plan.vms[last].rpo = Duration::from_secs(240); // every two
+    plan.consistency_groups = vec![coldsite_engine::model::ConsistencyGroupModel {
+        name: "db-and-app".into(),
+        vms: vec![first, last],
+    }];
+    let names = [plan.vms[first].name.clone(), plan.vms[last].name.clone()];
+    let (ctx, graph) = forward_run(plan, RunAction::TestFailover);
+    let mut config = SimConfig::default();
+    config.faults.replication_lag = Duration::from_secs(60);
+    let fabric = SimFabric::new(config, &ctx.plan, Direction::Forward);
+    let report = simulation::run(&ctx, &graph, &fabric, &RunOptions::default()).unwrap();
+    assert_eq!(report.phase, RunPhase::Succeeded);
+    let restored: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = names
+        .iter()
+        .map(|name| {
+            fabric
+                .world()
+                .events
+                .iter()
+                .find_map(|e| match e {
+                    coldsite_engine::sim::SimEvent::Restored { at, pvm, point, .. } if pvm == name => {
+                        Some((*at, point.time))
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(restored[0].1, restored[1].1, "members restored from different instants");
+    assert_eq!(
+        restored[0].0 - restored[0].1,
+        chrono::TimeDelta::minutes(2),
+        "the newest instant both hold, not the first member's newer own: {restored:?}"
     );
 }

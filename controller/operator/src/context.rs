@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use coldsite_api::{NetworkMapping, ProtectedVM, RecoveryRun, Site};
+use coldsite_api::{NetworkMapping, ProtectedVM, RecoveryPlan, RecoveryRun, Site};
 use coldsite_engine::model::SiteModel;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,6 +33,7 @@ pub struct Stores {
     pub sites: Store<Site>,
     pub mappings: Cached<NetworkMapping>,
     pub protected_vms: Cached<ProtectedVM>,
+    pub plans: Cached<RecoveryPlan>,
     /// Filled by the plans controllers' watches of runs (see `plan_controller`).
     pub runs: Cached<RecoveryRun>,
 }

@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use coldsite_api::{NetworkMapping, ProtectedVM, Site};
+use coldsite_engine::model::VmModel;
 use coldsite_engine::source_vm;
-use coldsite_engine::validate::Inventory;
+use coldsite_engine::validate::{self, Inventory};
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -50,13 +51,27 @@ pub async fn runs(ctx: &Context, namespace: &str) -> Result<Vec<coldsite_api::Re
     in_namespace(ctx, stores.as_ref().map(|s| &s.runs), namespace, "RecoveryRuns").await
 }
 
-/// The namespace's objects of a kind, from the cache when there is one.
-async fn in_namespace<K>(ctx: &Context, store: Option<&Cached<K>>, namespace: &str, what: &str) -> Result<Vec<K>>
-where
+/// A namespaced kind read from the caches or the API.
+pub trait Namespaced:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
+{
+}
+
+/// The namespace's objects of a kind, from the cache when there is one.
+async fn in_namespace<K>(ctx: &Context, store: Option<&Cached<K>>, namespace: &str, what: &str) -> Result<Vec<K>>
+where
+    K: Namespaced,
 {
     match store {
         Some(store) => Ok(store
@@ -69,6 +84,26 @@ where
             .await
             .map(|l| l.items)
             .map_err(Error::kube(format!("listing {what}"))),
+    }
+}
+
+/// One object of a kind by name, from the cache when there is one.
+async fn named<K>(
+    ctx: &Context,
+    store: Option<&Cached<K>>,
+    namespace: &str,
+    name: &str,
+    what: &str,
+) -> Result<Option<K>>
+where
+    K: Namespaced,
+{
+    match store {
+        Some(store) => Ok(store.get(&ObjectRef::new(name).within(namespace)).map(|o| (*o).clone())),
+        None => Api::<K>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(format!("reading {what}"))),
     }
 }
 
@@ -94,16 +129,8 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
         ),
         Scope::Vm(pvm) => {
             let name = &pvm.spec.network_mapping;
-            let mapping = match &stores {
-                Some(s) => s
-                    .mappings
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .map(|m| (*m).clone()),
-                None => Api::<NetworkMapping>::namespaced(ctx.client.clone(), namespace)
-                    .get_opt(name)
-                    .await
-                    .map_err(Error::kube("reading the NetworkMapping"))?,
-            };
+            let cache = stores.as_ref().map(|s| &s.mappings);
+            let mapping = named::<NetworkMapping>(ctx, cache, namespace, name, "the NetworkMapping").await?;
             (mapping.into_iter().collect(), vec![pvm.clone()])
         }
     };
@@ -182,4 +209,62 @@ fn add_copy(inv: &mut Inventory, namespace: &str, vm_namespace: &str, copy: &Val
     if let Ok(v) = source_vm::from_manifest(&manifest, vm_namespace) {
         inv.source_vms.insert(key, v);
     }
+}
+
+/// The ProtectedVMs `pvm` is cut with: the members, sorted, of the first consistency group
+/// of a plan in its namespace that lists it; empty when none does. From the plans' cache.
+pub async fn cut_with(ctx: &Context, namespace: &str, pvm: &str) -> Result<Vec<String>> {
+    let stores = ctx.stores();
+    let plans = in_namespace(ctx, stores.as_ref().map(|s| &s.plans), namespace, "RecoveryPlans").await?;
+    let mut members = plans
+        .iter()
+        .flat_map(|p| &p.spec.consistency_groups)
+        .find(|g| g.vms.iter().any(|v| v == pvm))
+        .map(|g| g.vms.clone())
+        .unwrap_or_default();
+    members.sort();
+    members.dedup();
+    Ok(members)
+}
+
+/// The members of the consistency group `vm` is cut with, as models, each from its
+/// ProtectedVM and its VM: what its driver's rounds cut. Why not, naming the member, when
+/// one cannot be resolved.
+pub async fn cut_set(
+    ctx: &Context,
+    namespace: &str,
+    fabric: &KubeVirtFabric,
+    vm: &VmModel,
+) -> Result<std::result::Result<Vec<VmModel>, String>> {
+    let stores = ctx.stores();
+    let mut members = Vec::with_capacity(vm.cut_with.len());
+    for name in &vm.cut_with {
+        if *name == vm.name {
+            members.push(vm.clone());
+            continue;
+        }
+        let cache = stores.as_ref().map(|s| &s.protected_vms);
+        let pvm = named::<ProtectedVM>(ctx, cache, namespace, name, "a ProtectedVM of the consistency group").await?;
+        let Some(pvm) = pvm else {
+            return Ok(Err(format!(
+                "ProtectedVM {namespace}/{name} of the consistency group does not exist; create it or remove it from \
+                 the plan's spec.consistencyGroups"
+            )));
+        };
+        let inv = load(ctx, namespace, fabric, Scope::Vm(&pvm)).await?;
+        match validate::vm_model(&pvm, &inv) {
+            Ok((mut member, _)) => {
+                member.cut_with = vm.cut_with.clone();
+                members.push(member);
+            }
+            Err(problems) => {
+                let why: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                return Ok(Err(format!(
+                    "ProtectedVM {name} of the consistency group cannot be cut: {}",
+                    why.join("; ")
+                )));
+            }
+        }
+    }
+    Ok(Ok(members))
 }

@@ -201,6 +201,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
             sites: site_store,
             mappings: Cached::new(caches.mappings),
             protected_vms: Cached::new(caches.protected_vms),
+            plans: Cached::new(caches.plans),
             runs: Cached::new(caches.runs),
         },
     )));
@@ -214,6 +215,7 @@ async fn run_controllers(ctx: Arc<Context>, stop: Stop, protection_concurrency: 
 struct NamespaceCaches {
     mappings: Vec<Store<NetworkMapping>>,
     protected_vms: Vec<Store<ProtectedVM>>,
+    plans: Vec<Store<RecoveryPlan>>,
     runs: Vec<Store<RecoveryRun>>,
 }
 
@@ -229,9 +231,11 @@ fn namespace_controllers(
     let (client, cfg) = (&ctx.client, watcher::Config::default());
     let mappings = Controller::new(api::<NetworkMapping>(client, ns), cfg.clone());
     let pvms = Controller::new(api::<ProtectedVM>(client, ns), cfg.clone());
+    let plans = Controller::new(api::<RecoveryPlan>(client, ns), cfg.clone());
     let (runs, plans_see_runs) = reflector::store();
     caches.mappings.push(mappings.store());
     caches.protected_vms.push(pvms.store());
+    caches.plans.push(plans.store());
     caches.runs.push(runs);
     vec![
         Box::pin(
@@ -245,7 +249,7 @@ fn namespace_controllers(
                 .for_each(|r| log_result("NetworkMapping", r)),
         ),
         Box::pin(protection_controller(pvms, ctx, stop.clone(), protection_concurrency)),
-        Box::pin(plan_controller(ctx, stop.clone(), plans_see_runs, ns)),
+        Box::pin(plan_controller(plans, ctx, stop.clone(), plans_see_runs, ns)),
         Box::pin(
             Controller::new(api::<RecoveryRun>(client, ns), cfg)
                 .graceful_shutdown_on(stop.clone())
@@ -266,6 +270,7 @@ async fn fill_stores(ctx: Arc<Context>, stores: Stores) {
     let ready = stores.sites.wait_until_ready().await.is_ok()
         && stores.mappings.wait_until_ready().await
         && stores.protected_vms.wait_until_ready().await
+        && stores.plans.wait_until_ready().await
         && stores.runs.wait_until_ready().await;
     if ready {
         ctx.set_stores(Some(stores));
@@ -326,6 +331,7 @@ fn protection_controller(
 /// of runs fills `runs` (the shared cache of runs) before it triggers a plan, so a plan
 /// reconciled for a run's change reads that change.
 fn plan_controller(
+    plans: Controller<RecoveryPlan>,
     ctx: &Arc<Context>,
     stop: Stop,
     runs: Writer<RecoveryRun>,
@@ -333,7 +339,6 @@ fn plan_controller(
 ) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
-    let plans = Controller::new(api::<RecoveryPlan>(&client, namespace), cfg.clone());
     let plan_store = plans.store();
     let protection = watcher::watcher(api::<ProtectedVM>(&client, namespace), cfg.clone())
         .default_backoff()

@@ -979,6 +979,22 @@ impl Fabric for KubeVirtFabric {
         }
     }
 
+    async fn restored_point(&self, req: &Recovery<'_>) -> Result<Option<DateTime<Utc>>, FabricError> {
+        let site = self.site(&req.target.name)?;
+        for disk in &req.vm.disks {
+            let Some(pvc) = site.get(PVC, Some(req.namespace), disk).await? else {
+                continue;
+            };
+            let ours = str_at(&pvc, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")));
+            if ours == Some(req.run.uid.as_str())
+                && let Some(t) = app_consistent::annotation(&pvc, POINT).and_then(parse_time)
+            {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
     async fn create_vm(&self, req: &Recovery<'_>) -> FabricResult<()> {
         let site = self.site(&req.target.name)?;
         let vm = req.vm;

@@ -1,6 +1,8 @@
-//! Multi-disk consistency: every disk of a VM with more than one disk cut at one instant by
-//! a VolumeGroupSnapshot at the source, when the source Site names a
-//! `volumeGroupSnapshotClassName`. VolSync cuts each source's snapshot when that source's
+//! Multi-disk and multi-VM consistency: every disk of a VM with more than one disk, or of
+//! every VM of a plan's consistency group, cut at one instant by a VolumeGroupSnapshot at the
+//! source, when the source Site names a `volumeGroupSnapshotClassName`. A consistency group's
+//! rounds are driven by its first member by name (its [`CutSet::driver`]): the others take no
+//! part but to replicate what the rounds cut. VolSync cuts each source's snapshot when that source's
 //! sync starts, so it cannot give one instant; coldsite cuts the group, restores each member
 //! into the disk's cut claim, and has VolSync copy that claim as it is (`copyMethod: Direct`).
 //!
@@ -69,9 +71,48 @@ pub const CUT_WITHIN: Duration = Duration::from_secs(120);
 /// How long a guest stays frozen for a cut that is not there yet.
 const FREEZE_AT_MOST: Duration = Duration::from_secs(30);
 
-/// Whether the VM's disks are cut together when replicating from `source`.
+/// Whether the VM's disks are cut together (with its consistency group's) when replicating
+/// from `source`.
 pub fn applies(vm: &VmModel, source: &SiteModel) -> bool {
-    vm.disks.len() > 1 && source.group_snapshot_class.is_some()
+    (vm.disks.len() > 1 || vm.in_consistency_group()) && source.group_snapshot_class.is_some()
+}
+
+/// The VMs a round cuts together: one VM, or a consistency group's members (all in one VM
+/// namespace, as validation makes sure). The first drives: its first disk's destination holds
+/// the round, and its name names the group snapshot and labels the claims it selects.
+pub struct CutSet<'a> {
+    members: &'a [VmModel],
+    /// When rounds are due: the shortest RPO and app-consistent interval of the members.
+    schedule: VmModel,
+}
+
+impl<'a> CutSet<'a> {
+    pub fn new(members: &'a [VmModel]) -> Option<Self> {
+        let driver = members.first()?;
+        let schedule = VmModel {
+            rpo: members.iter().map(|m| m.rpo).min().unwrap_or(driver.rpo),
+            app_consistent_interval: members.iter().filter_map(|m| m.app_consistent_interval).min(),
+            ..driver.clone()
+        };
+        Some(Self { members, schedule })
+    }
+
+    pub fn driver(&self) -> &VmModel {
+        &self.schedule
+    }
+
+    /// The VM namespace of every member.
+    fn vm_namespace(&self) -> &str {
+        &self.schedule.vm_namespace
+    }
+
+    /// Every disk of every member, with its member's index.
+    fn disks(&self) -> impl Iterator<Item = (usize, &String)> {
+        self.members
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| m.disks.iter().map(move |d| (i, d)))
+    }
 }
 
 /// The group snapshot of the round begun at `start`.
@@ -131,6 +172,8 @@ pub fn due(vm: &VmModel, points: &[RecoveryPoint], last: Last, now: DateTime<Utc
 
 /// One disk's replication objects as read; the source is absent until the first round.
 struct Disk {
+    /// The member of the cut set the disk is of.
+    member: usize,
     disk: String,
     rs: Option<Value>,
     rd: Value,
@@ -195,22 +238,23 @@ async fn record_thaw(src: &SiteApi, vm: &VmModel, group: &Value, verdict: &str) 
 }
 
 impl KubeVirtFabric {
-    /// One step of the VM's group rounds from `source` to `target`, where `points` are the
-    /// VM's points at the target. What it came to, as an app-consistent sync reports it: a
-    /// crash round's point is reported by the points alone.
+    /// One step of the group rounds of `set` from `source` to `target`, where `points` are
+    /// the driver's points at the target. What it came to, as an app-consistent sync reports
+    /// it: a crash round's point is reported by the points alone.
     pub async fn group_sync(
         &self,
-        vm: &VmModel,
+        set: &CutSet<'_>,
         source: &SiteModel,
         target: &SiteModel,
         points: &[RecoveryPoint],
         now: DateTime<Utc>,
     ) -> Result<AppSync, FabricError> {
         let (src, dst) = (self.site(&source.name)?, self.site(&target.name)?);
+        let vm = set.driver();
         if at_rest(dst, vm, points, now).await? {
             return Ok(AppSync::Idle);
         }
-        let Some(disks) = read_disks(src, dst, vm).await? else {
+        let Some(disks) = read_disks(src, dst, set).await? else {
             return Ok(AppSync::Idle);
         };
         let first = &disks[0].rd;
@@ -223,7 +267,7 @@ impl KubeVirtFabric {
         let group = group_name(&vm.name, start);
         let steps: Vec<Next> = disks.iter().map(|d| d.next(&run)).collect();
         if steps.iter().all(|n| *n == Next::Adopt) {
-            return self.end(src, dst, vm, &disks, &group).await;
+            return self.end(src, dst, set, &disks, &group).await;
         }
         let names: Vec<&str> = disks.iter().map(|d| d.disk.as_str()).collect();
         app_consistent::tag_destinations(dst, vm, &names, &steps, None).await?;
@@ -235,11 +279,11 @@ impl KubeVirtFabric {
             Some(_) => None,
             None => {
                 let class = source.group_snapshot_class.as_deref().unwrap_or_default();
-                match self.cut(src, vm, class, &group, app, now).await? {
+                match self.cut(src, set, class, &group, app, now).await? {
                     Cut::Ready(cut) => Some(cut),
                     Cut::Pending(outcome) => return Ok(outcome),
                     Cut::Failed(why) => {
-                        fall_back(src, dst, vm, &disks[0], &group, &why).await?;
+                        fall_back(src, dst, set, &disks[0], &group, &why).await?;
                         return Ok(AppSync::CutFailed(why));
                     }
                 }
@@ -247,31 +291,31 @@ impl KubeVirtFabric {
         };
         for (d, step) in disks.iter().zip(&steps) {
             if let Next::TagSource { tag, source_version } = step {
-                tag_source(src, vm, d, cut.as_ref(), tag, source_version).await?;
+                tag_source(src, &set.members[d.member], d, cut.as_ref(), tag, source_version).await?;
             }
         }
         Ok(busy)
     }
 
-    /// The group snapshot of the round: created (the guest frozen first for an app round),
+    /// The group snapshot of the round: created (the guests frozen first for an app round),
     /// waited for, and once ready, each member restored into its disk's cut claim.
     async fn cut(
         &self,
         src: &SiteApi,
-        vm: &VmModel,
+        set: &CutSet<'_>,
         class: &str,
         name: &str,
         app: bool,
         now: DateTime<Utc>,
     ) -> Result<Cut, FabricError> {
-        let ns = vm.vm_namespace.as_str();
+        let ns = set.vm_namespace();
         let busy = || under_way(app);
         let Some(group) = src.get(VOLUME_GROUP_SNAPSHOT, Some(ns), name).await? else {
-            label_members(src, vm).await?;
+            label_members(src, set).await?;
             let mut outcome = busy();
             let mut frozen_at = None;
             if app {
-                match app_consistent::freeze(src, vm).await {
+                match self.freeze_all(src, set, now).await? {
                     Ok(()) => frozen_at = Some(now.to_rfc3339()),
                     Err(why) => outcome = AppSync::FreezeFailed(why),
                 }
@@ -279,7 +323,7 @@ impl KubeVirtFabric {
             let made = src
                 .create_if_absent(
                     VOLUME_GROUP_SNAPSHOT,
-                    &group_snapshot(vm, name, class, frozen_at.clone()),
+                    &group_snapshot(set.driver(), name, class, frozen_at.clone()),
                 )
                 .await;
             return match made {
@@ -287,7 +331,7 @@ impl KubeVirtFabric {
                 Err(e) => {
                     // Never leave a guest frozen for a cut that is not coming.
                     if frozen_at.is_some() {
-                        self.unfreeze(src, vm, Some(now)).await?;
+                        self.unfreeze_all(src, set, Some(now)).await?;
                     }
                     match e.kind {
                         FailureKind::Permanent => Ok(Cut::Failed(e.message)),
@@ -296,7 +340,7 @@ impl KubeVirtFabric {
                 }
             };
         };
-        self.thaw_after_group_cut(src, vm, &group, now).await?;
+        self.thaw_after_group_cut(src, set, &group, now).await?;
         if group.pointer("/status/readyToUse").and_then(Value::as_bool) != Some(true) {
             let created = time_at(&group, "/metadata/creationTimestamp");
             if created.is_some_and(|t| age(t, now) >= CUT_WITHIN) {
@@ -313,39 +357,78 @@ impl KubeVirtFabric {
         let Some(taken) = time_at(&group, "/status/creationTime") else {
             return Ok(Cut::Pending(busy()));
         };
-        restore_cuts(src, vm, &group, name).await?;
+        restore_cuts(src, set, &group, name).await?;
         Ok(Cut::Ready(CutMade {
             group: name.to_owned(),
             taken,
         }))
     }
 
-    /// Thaws a guest frozen for the group snapshot once it is cut (or the freeze ran too
-    /// long), recording on the group snapshot whether the cut came inside the freeze.
+    /// Freezes every member's guest, the driver's first; when one refuses, thaws those it
+    /// froze and says why (the round's point is then crash-consistent).
+    async fn freeze_all(
+        &self,
+        src: &SiteApi,
+        set: &CutSet<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), String>, FabricError> {
+        for (i, member) in set.members.iter().enumerate() {
+            if let Err(why) = app_consistent::freeze(src, member).await {
+                for frozen in &set.members[..i] {
+                    self.unfreeze(src, frozen, Some(now)).await?;
+                }
+                return Ok(Err(match set.members.len() {
+                    1 => why,
+                    _ => format!("VM {}: {why}", member.name),
+                }));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Thaws every member's guest that is still frozen.
+    async fn unfreeze_all(
+        &self,
+        src: &SiteApi,
+        set: &CutSet<'_>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(), FabricError> {
+        for member in set.members {
+            if app_consistent::guest_frozen(src, member).await? {
+                self.unfreeze(src, member, since).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Thaws the guests frozen for the group snapshot once it is cut (or the freeze ran too
+    /// long), recording on the group snapshot whether the cut came inside the freeze of all.
     async fn thaw_after_group_cut(
         &self,
         src: &SiteApi,
-        vm: &VmModel,
+        set: &CutSet<'_>,
         group: &Value,
         now: DateTime<Utc>,
     ) -> Result<(), FabricError> {
         if annotated_time(group, FROZEN_AT).is_none() || annotation(group, THAWED).is_some() {
             return Ok(());
         }
-        let frozen_now = app_consistent::guest_frozen(src, vm).await?;
+        let mut frozen_now = true;
+        for member in set.members {
+            frozen_now &= app_consistent::guest_frozen(src, member).await?;
+        }
         let Some(verdict) = thaw_verdict(group, frozen_now, now) else {
             return Ok(());
         };
-        if frozen_now {
-            self.unfreeze(src, vm, annotated_time(group, FROZEN_AT)).await?;
-        }
-        record_thaw(src, vm, group, verdict).await
+        self.unfreeze_all(src, set, annotated_time(group, FROZEN_AT)).await?;
+        record_thaw(src, set.driver(), group, verdict).await
     }
 
     /// A run took the VM over with its guest frozen for a group snapshot: thawed now, and
     /// the group snapshot says so, so its round's point is not taken for app-consistent.
+    /// (Other members of its consistency group stay frozen until KubeVirt's backstop.)
     pub(super) async fn thaw_group_for_run(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
-        let selector = format!("{}={}", objects::PROTECTED_VM, vm.name);
+        let selector = format!("{}={}", objects::PROTECTED_VM, vm.round_driver());
         for group in src
             .list(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), &selector)
             .await?
@@ -365,11 +448,11 @@ impl KubeVirtFabric {
         &self,
         src: &SiteApi,
         dst: &SiteApi,
-        vm: &VmModel,
+        set: &CutSet<'_>,
         disks: &[Disk],
         group: &str,
     ) -> Result<AppSync, FabricError> {
-        let ns = vm.vm_namespace.as_str();
+        let (ns, vm) = (set.vm_namespace(), set.driver());
         let snapshot = src.get(VOLUME_GROUP_SNAPSHOT, Some(ns), group).await?;
         let app = annotation(&disks[0].rd, ROUND_KIND) == Some("app");
         let app_consistent = snapshot
@@ -387,12 +470,13 @@ impl KubeVirtFabric {
                 (false, None) => {
                     return Err(FabricError::permanent(format!(
                         "VM {}: the source of disk {} does not record its cut",
-                        vm.name, d.disk
+                        set.members[d.member].name, d.disk
                     )));
                 }
             };
+            let member = &set.members[d.member];
             if self
-                .adopt_from(dst, vm, &d.disk, &d.rd, app_consistent && !per_disk, cut)
+                .adopt_from(dst, member, &d.disk, &d.rd, app_consistent && !per_disk, cut)
                 .await?
                 .is_none()
             {
@@ -400,7 +484,7 @@ impl KubeVirtFabric {
             }
         }
         // The cut goes first: a restart between the two adopts again (a no-op) and clears.
-        remove_cut(src, vm, group).await?;
+        remove_cut(src, ns, set.disks().map(|(_, d)| d.as_str()), group).await?;
         clear_round(dst, vm, &disks[0]).await?;
         tracing::info!(vm = %vm.name, site = %src.site, group, app_consistent, "group round adopted");
         Ok(match app {
@@ -425,15 +509,16 @@ struct CutMade {
 
 /// The disks' replication objects; `None` while a destination is missing (replication
 /// makes them first).
-async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Option<Vec<Disk>>, FabricError> {
-    let ns = vm.vm_namespace.as_str();
+async fn read_disks(src: &SiteApi, dst: &SiteApi, set: &CutSet<'_>) -> Result<Option<Vec<Disk>>, FabricError> {
+    let ns = set.vm_namespace();
     let mut disks = Vec::new();
-    for disk in &vm.disks {
+    for (member, disk) in set.disks() {
         let name = objects::replication_name(disk);
         let Some(rd) = dst.get(REPLICATION_DESTINATION, Some(ns), &name).await? else {
             return Ok(None);
         };
         disks.push(Disk {
+            member,
             disk: disk.clone(),
             rs: src.get(REPLICATION_SOURCE, Some(ns), &name).await?,
             rd,
@@ -489,11 +574,11 @@ async fn begin(
     Ok(AppSync::Busy)
 }
 
-/// Labels the VM's claims for its group snapshot's selector.
-async fn label_members(src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
-    let patch = json!({"metadata": {"labels": {MEMBER_OF: vm.name}}});
-    for disk in &vm.disks {
-        src.merge(PVC, Some(&vm.vm_namespace), disk, &patch).await?;
+/// Labels the members' claims for the group snapshot's selector.
+async fn label_members(src: &SiteApi, set: &CutSet<'_>) -> Result<(), FabricError> {
+    let patch = json!({"metadata": {"labels": {MEMBER_OF: set.driver().name}}});
+    for (_, disk) in set.disks() {
+        src.merge(PVC, Some(set.vm_namespace()), disk, &patch).await?;
     }
     Ok(())
 }
@@ -521,8 +606,8 @@ fn group_snapshot(vm: &VmModel, name: &str, class: &str, frozen_at: Option<Strin
 
 /// Restores each disk's member of the group snapshot into its cut claim. A cut claim left
 /// by an earlier round is deleted first: a source must never copy a stale cut.
-async fn restore_cuts(src: &SiteApi, vm: &VmModel, group: &Value, name: &str) -> Result<(), FabricError> {
-    let ns = vm.vm_namespace.as_str();
+async fn restore_cuts(src: &SiteApi, set: &CutSet<'_>, group: &Value, name: &str) -> Result<(), FabricError> {
+    let ns = set.vm_namespace();
     let uid = str_at(group, "/metadata/uid").unwrap_or_default();
     let members: Vec<Value> = src
         .list(VOLUME_SNAPSHOT, Some(ns), "")
@@ -534,7 +619,8 @@ async fn restore_cuts(src: &SiteApi, vm: &VmModel, group: &Value, name: &str) ->
                 .is_some_and(|owners| owners.iter().any(|o| str_at(o, "/uid") == Some(uid)))
         })
         .collect();
-    for disk in &vm.disks {
+    for (i, disk) in set.disks() {
+        let vm = &set.members[i];
         let member = members
             .iter()
             .find(|m| str_at(m, "/spec/source/persistentVolumeClaimName") == Some(disk.as_str()))
@@ -630,12 +716,13 @@ async fn clear_round(dst: &SiteApi, vm: &VmModel, first: &Disk) -> Result<(), Fa
 async fn fall_back(
     src: &SiteApi,
     dst: &SiteApi,
-    vm: &VmModel,
+    set: &CutSet<'_>,
     first: &Disk,
     group: &str,
     why: &str,
 ) -> Result<(), FabricError> {
-    remove_cut(src, vm, group).await?;
+    let vm = set.driver();
+    remove_cut(src, set.vm_namespace(), set.disks().map(|(_, d)| d.as_str()), group).await?;
     let patch = json!({"metadata": {"annotations": {ROUND_PER_DISK: why}}});
     app_consistent::merge_destination(dst, vm, &first.disk, &patch).await?;
     tracing::warn!(vm = %vm.name, site = %src.site, group, why, "no group snapshot; this round's disks are cut one by one");
@@ -643,22 +730,29 @@ async fn fall_back(
 }
 
 /// Deletes what rounds from `site` left there (a run took the VM over mid-round, and its
-/// replication now goes the other way): cut claims and group snapshots.
+/// replication now goes the other way): the VM's cut claims and its rounds' group snapshots
+/// (a consistency group's are its driver's; each member's run removes its own claims).
 pub async fn remove_leftovers(site: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
-    let selector = format!("{}={}", objects::PROTECTED_VM, vm.name);
-    for group in site
-        .list(VOLUME_GROUP_SNAPSHOT, Some(&vm.vm_namespace), &selector)
-        .await?
-    {
-        remove_cut(site, vm, str_at(&group, "/metadata/name").unwrap_or_default()).await?;
+    let ns = vm.vm_namespace.as_str();
+    let selector = format!("{}={}", objects::PROTECTED_VM, vm.round_driver());
+    let disks = || vm.disks.iter().map(String::as_str);
+    for group in site.list(VOLUME_GROUP_SNAPSHOT, Some(ns), &selector).await? {
+        remove_cut(site, ns, disks(), str_at(&group, "/metadata/name").unwrap_or_default()).await?;
+    }
+    for disk in disks() {
+        site.delete(PVC, Some(ns), &objects::cut_claim_name(disk)).await?;
     }
     Ok(())
 }
 
-/// Deletes the round's cut claims and group snapshot (with its members).
-pub async fn remove_cut(src: &SiteApi, vm: &VmModel, group: &str) -> Result<(), FabricError> {
-    let ns = vm.vm_namespace.as_str();
-    for disk in &vm.disks {
+/// Deletes the round's cut claims of `disks` and its group snapshot (with its members).
+pub async fn remove_cut<'d>(
+    src: &SiteApi,
+    ns: &str,
+    disks: impl Iterator<Item = &'d str>,
+    group: &str,
+) -> Result<(), FabricError> {
+    for disk in disks {
         src.delete(PVC, Some(ns), &objects::cut_claim_name(disk)).await?;
     }
     src.delete(VOLUME_GROUP_SNAPSHOT, Some(ns), group).await
@@ -685,6 +779,7 @@ mod tests {
             app_consistent_interval: app.map(|m| Duration::from_secs(m * 60)),
             cpu: None,
             memory: None,
+            cut_with: Vec::new(),
         }
     }
 

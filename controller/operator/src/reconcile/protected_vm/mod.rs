@@ -91,9 +91,19 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         primary: SiteModel::of(&spec.primary_site, inv.sites.get(&spec.primary_site)),
         recovery: SiteModel::of(&spec.recovery_site, inv.sites.get(&spec.recovery_site)),
     };
-    let model = validate::vm_model(pvm, &inv)
-        .map(|(vm, _)| vm)
-        .map_err(|problems| errors_of(&problems));
+    let model = match validate::vm_model(pvm, &inv) {
+        Ok((mut vm, _)) => {
+            vm.cut_with = crate::inventory::cut_with(ctx, &ns, &vm.name).await?;
+            Ok(vm)
+        }
+        Err(problems) => Err(errors_of(&problems)),
+    };
+    let cut_set = match &model {
+        Ok(vm) if vm.in_consistency_group() && vm.round_driver() == vm.name => {
+            Some(crate::inventory::cut_set(ctx, &ns, &fabric, vm).await?)
+        }
+        _ => None,
+    };
     // Fencing comes before any other write at the other site.
     let fences = match &model {
         Ok(vm) => fence_all(ctx, &fabric, pvm, vm, &settled, &sides).await,
@@ -111,7 +121,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
             Protection::default()
         }
         Ok(_) if !fenced => Protection::default(),
-        Ok(vm) => protect(&fabric, &settled, vm, &sides).await,
+        Ok(vm) => protect(&fabric, &settled, vm, cut_set.as_ref(), &sides).await,
     };
     let rpo = coldsite_engine::model::parse_duration(&spec.replication.rpo).unwrap_or(Duration::from_secs(900));
     // At rest: no run holds it, nothing is wrong, and no app-consistent syncs to drive.
@@ -304,9 +314,16 @@ impl Protection {
     }
 }
 
-/// Replication from where the VM runs to the other site, with its app-consistent syncs, or,
-/// while it is paused after a failover, nothing flowing into the disks it runs on.
-async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides: &Sides) -> Protection {
+/// Replication from where the VM runs to the other site, with its app-consistent syncs (its
+/// group rounds, with its consistency group's `cut_set` when it drives them), or, while it
+/// is paused after a failover, nothing flowing into the disks it runs on.
+async fn protect(
+    fabric: &KubeVirtFabric,
+    settled: &Settled,
+    vm: &VmModel,
+    cut_set: Option<&std::result::Result<Vec<VmModel>, String>>,
+    sides: &Sides,
+) -> Protection {
     let active = settled.resting.active;
     let (source, target) = (sides.of(active), sides.of(active.other()));
     if settled.resting.direction == ReplicationDirection::Paused {
@@ -326,7 +343,9 @@ async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides
     let app_syncs = group || vm.app_consistent_interval.is_some() || state.app_sync_under_way;
     let app = match (state.established && app_syncs, group) {
         (false, _) => None,
-        (true, true) => Some(fabric.group_sync(vm, source, target, &state.points, Utc::now()).await),
+        // Another member of its consistency group drives the rounds that cut its disks.
+        (true, true) if vm.round_driver() != vm.name => None,
+        (true, true) => Some(group_round(fabric, vm, cut_set, source, target, &state.points).await),
         (true, false) => Some(
             fabric
                 .app_consistent_sync(vm, source, target, &state.points, Utc::now())
@@ -339,6 +358,26 @@ async fn protect(fabric: &KubeVirtFabric, settled: &Settled, vm: &VmModel, sides
         problem: None,
         app,
     }
+}
+
+/// One step of the group rounds the VM drives: of its own disks, or of its consistency group's.
+async fn group_round(
+    fabric: &KubeVirtFabric,
+    vm: &VmModel,
+    cut_set: Option<&std::result::Result<Vec<VmModel>, String>>,
+    source: &SiteModel,
+    target: &SiteModel,
+    points: &[coldsite_engine::fabric::RecoveryPoint],
+) -> std::result::Result<AppSync, FabricError> {
+    let members = match cut_set {
+        None => std::slice::from_ref(vm),
+        Some(Ok(members)) => members.as_slice(),
+        Some(Err(why)) => return Err(FabricError::permanent(why.clone())),
+    };
+    let Some(set) = group_cut::CutSet::new(members) else {
+        return Ok(AppSync::Idle);
+    };
+    fabric.group_sync(&set, source, target, points, Utc::now()).await
 }
 
 /// The metric for what an app-consistent sync came to, counted once per sync, and an Event
