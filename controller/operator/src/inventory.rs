@@ -212,12 +212,16 @@ fn add_copy(inv: &mut Inventory, namespace: &str, vm_namespace: &str, copy: &Val
 }
 
 /// The ProtectedVMs `pvm` is cut with: the members, sorted, of the first consistency group
-/// of a plan in its namespace that lists it; empty when none does. From the plans' cache.
+/// of a valid plan in its namespace that lists it; empty when none does. A plan's groups
+/// take effect once it is found valid as it stands: until then (a member misspelt, a Site
+/// that cannot cut groups) its VMs are cut on their own, and its Valid condition says why.
+/// From the plans' cache.
 pub async fn cut_with(ctx: &Context, namespace: &str, pvm: &str) -> Result<Vec<String>> {
     let stores = ctx.stores();
     let plans = in_namespace(ctx, stores.as_ref().map(|s| &s.plans), namespace, "RecoveryPlans").await?;
     let mut members = plans
         .iter()
+        .filter(|p| valid_as_it_stands(p))
         .flat_map(|p| &p.spec.consistency_groups)
         .find(|g| g.vms.iter().any(|v| v == pvm))
         .map(|g| g.vms.clone())
@@ -225,6 +229,13 @@ pub async fn cut_with(ctx: &Context, namespace: &str, pvm: &str) -> Result<Vec<S
     members.sort();
     members.dedup();
     Ok(members)
+}
+
+/// Whether the plan's Valid condition is True for its current generation.
+fn valid_as_it_stands(plan: &coldsite_api::RecoveryPlan) -> bool {
+    let conditions = plan.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    coldsite_api::common::find_condition(conditions, coldsite_api::common::condition::VALID)
+        .is_some_and(|c| c.status == "True" && c.observed_generation == plan.metadata.generation)
 }
 
 /// The members of the consistency group `vm` is cut with, as models, each from its

@@ -1881,15 +1881,17 @@ async fn nothing_piles_up(s: &Scenario) -> Result<()> {
     Ok(())
 }
 
-/// Issue 13: a VM's disks restore from one instant. HQ's Site names a
-/// VolumeGroupSnapshotClass, so each VM's disks are cut together by a group snapshot. The
-/// mailbox's two disks are written in lockstep (the system disk, then the data disk) while it
-/// replicates; a test failover to the newest point must find the data disk at most one write
-/// behind the system disk, never ahead and never further behind, as after a crash at one
-/// instant. HQ's storage queues single snapshots of the data disk for 2 s, so disks cut one by
-/// one (as without the class) are cut 2 s apart, and this fails. With `appConsistentInterval`,
-/// app-consistent points come from group snapshots cut with the guest frozen. Read from the
-/// disks and points at the sites.
+/// Issue 13: a VM's disks, and a consistency group's VMs, restore from one instant. HQ's
+/// Site names a VolumeGroupSnapshotClass, so each VM's disks are cut together by a group
+/// snapshot, and the plan's consistency group `mail` cuts the mailbox and client access
+/// servers together (client access, first by name, drives its rounds). The mailbox's two
+/// disks and the client access server's data disk are written in lockstep while they
+/// replicate; a test failover to the newest point must find each disk at most one write
+/// behind the one written before it, as after a crash at one instant. HQ's storage queues
+/// single snapshots of the mailbox's data disk for 2 s, so disks cut one by one (as without
+/// the class) are cut 2 s apart, and VMs cut on their own are cut at their own moments: both
+/// fail this. With `appConsistentInterval`, app-consistent points come from group snapshots
+/// cut with the guests frozen. Read from the disks and points at the sites.
 #[tokio::test]
 async fn two_disks_restore_from_one_instant() -> Result<()> {
     let (mgmt, recovery) = (ControlPlane::shared().await?, ControlPlane::shared_recovery().await?);
@@ -1913,6 +1915,8 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
     Api::<Site>::all(s.management.clone())
         .patch(&s.hq, &PatchParams::default(), &Patch::Merge(&class))
         .await?;
+    // Bad input first: a member the plan does not recover.
+    set_consistency_group(&s, &["exch-mbx01", "exch-mbx02"]).await?;
     let mut ctl = controller(
         mgmt,
         &format!("controller-{}", s.ns),
@@ -1920,6 +1924,12 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
         &["--no-leader-election", "--lease-namespace", &s.ns],
     )?;
     let result = async {
+        plan_invalid_at(
+            &s,
+            "spec.consistencyGroups[0].vms[1]: ProtectedVM exch-mbx02 is not in any of spec.groups",
+        )
+        .await?;
+        set_consistency_group(&s, &["exch-mbx01", "exch-cas01"]).await?;
         s.wait_protected(Duration::from_secs(180)).await?;
         outside_its_namespaces_nothing_acts(&s).await?;
         let st = pvm_status(&s, "exch-mbx01").await?;
@@ -1928,15 +1938,19 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
             cond.is_some_and(|c| c.status == "True" && c.reason == "GroupSnapshot"),
             "DisksConsistent: {cond:?}"
         );
-        let (pairs, cut_at) = lockstep_until_a_point(&s, "exch-mbx01").await?;
+        let claims = ["exch-mbx01-system", "exch-mbx01-data", "exch-cas01-data"];
+        let (writes, cut_at) = lockstep_until_a_point(&s, "exch-mbx01", &claims).await?;
         s.create_run("groups-test", "TestFailover", &["confirm-ad-replication"])
             .await?;
         s.run_to_end("groups-test", Duration::from_secs(300)).await?;
-        restored_from_one_instant(&s, "exch-mbx01", &pairs, cut_at).await?;
-        app_consistent_group_points(&s, "exch-mbx01").await?;
+        restored_from_one_instant(&s, &claims, &writes, cut_at).await?;
+        for vm in ["exch-mbx01", "exch-cas01"] {
+            app_consistent_group_points(&s, vm).await?;
+        }
         nothing_left_of_the_cuts(&s).await?;
-        a_round_resumes_after_a_restart(&s, &mut ctl, mgmt, "exch-mbx01").await?;
-        a_failed_cut_falls_back_to_per_disk_points(&s, "exch-mbx01").await?;
+        // The consistency group's rounds are its driver's.
+        a_round_resumes_after_a_restart(&s, &mut ctl, mgmt, "exch-cas01").await?;
+        a_failed_cut_falls_back_to_per_disk_points(&s, "exch-cas01").await?;
         s.delete_test_run("groups-test", Duration::from_secs(120)).await?;
         // A planned failover's final sync copies the stopped disks themselves, not a cut.
         let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
@@ -1981,22 +1995,51 @@ async fn outside_its_namespaces_nothing_acts(s: &Scenario) -> Result<()> {
     Ok(())
 }
 
-/// Writes `vm`'s system disk then its data disk at HQ, pair after pair, until the VM has a
-/// point newer than the first pair: the pairs' write ids, and that point's time.
+/// The plan's consistency group `mail` is `vms`.
+async fn set_consistency_group(s: &Scenario, vms: &[&str]) -> Result<()> {
+    let patch = json!({"spec": {"consistencyGroups": [{"name": "mail", "vms": vms}]}});
+    Api::<RecoveryPlan>::namespaced(s.management.clone(), &s.ns)
+        .patch("exchange", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the plan's Valid condition is False with a message holding `problem`.
+async fn plan_invalid_at(s: &Scenario, problem: &str) -> Result<()> {
+    let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
+    wait_for(
+        &format!("the plan's Valid to name {problem:?}"),
+        Duration::from_secs(60),
+        || async {
+            let plan = plans.get("exchange").await?;
+            let conds = plan.status.map(|st| st.conditions).unwrap_or_default();
+            let valid = coldsite_api::common::find_condition(&conds, "Valid");
+            Ok(valid
+                .is_some_and(|c| c.status == "False" && c.message.contains(problem))
+                .then_some(()))
+        },
+    )
+    .await
+}
+
+/// Writes `claims` at HQ one after the other, round after round, until `vm` has a point
+/// newer than the first round: each round's write ids, and that point's time.
 async fn lockstep_until_a_point(
     s: &Scenario,
     vm: &str,
-) -> Result<(Vec<(String, String)>, chrono::DateTime<chrono::Utc>)> {
+    claims: &[&str],
+) -> Result<(Vec<Vec<String>>, chrono::DateTime<chrono::Utc>)> {
     let started = chrono::Utc::now();
-    let (system, data) = (format!("{vm}-system"), format!("{vm}-data"));
-    let mut pairs = Vec::new();
+    let mut rounds = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     loop {
-        let a = s.simulator.write_disk(&s.hq, &s.ns, &system).await?;
-        let b = s.simulator.write_disk(&s.hq, &s.ns, &data).await?;
-        pairs.push((a, b));
+        let mut round = Vec::new();
+        for claim in claims {
+            round.push(s.simulator.write_disk(&s.hq, &s.ns, claim).await?);
+        }
+        rounds.push(round);
         tokio::time::sleep(Duration::from_millis(30)).await;
-        if pairs.len() % 20 != 0 {
+        if rounds.len() % 20 != 0 {
             continue;
         }
         let newest = pvm_status(s, vm)
@@ -2006,89 +2049,102 @@ async fn lockstep_until_a_point(
             .map(|t| coldsite_engine::time::from_k8s(&t));
         // A point a few seconds into the writes: cut while they went on.
         if let Some(t) = newest.filter(|t| *t > started + chrono::Duration::seconds(3)) {
-            return Ok((pairs, t));
+            return Ok((rounds, t));
         }
         ensure!(
             tokio::time::Instant::now() < deadline,
-            "{vm} has no point newer than {started} after {} write pairs",
-            pairs.len()
+            "{vm} has no point newer than {started} after {} rounds of writes",
+            rounds.len()
         );
     }
 }
 
-/// The test copy of `vm` at DR holds its disks from one instant, and both came from points
-/// of one group snapshot at that instant.
+/// The test copies at DR hold `claims` from one instant (each disk at most one write behind
+/// the one written before it), and every disk of their VMs came from points of one group
+/// snapshot at one time.
 async fn restored_from_one_instant(
     s: &Scenario,
-    vm: &str,
-    pairs: &[(String, String)],
+    claims: &[&str],
+    writes: &[Vec<String>],
     cut_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<()> {
-    let (system, data) = (format!("{vm}-system"), format!("{vm}-data"));
-    let read = |claim: String| async move {
-        s.simulator
-            .read_disk(&s.dr, &s.test_ns, &claim)
+    let mut held = Vec::new();
+    for (i, claim) in claims.iter().enumerate() {
+        let image = s
+            .simulator
+            .read_disk(&s.dr, &s.test_ns, claim)
             .await?
-            .with_context(|| format!("{claim} unbound in the test namespace"))
-    };
-    let (sys, dat) = (read(system.clone()).await?, read(data.clone()).await?);
-    let held_sys = pairs.iter().take_while(|(a, _)| sys.contains(a)).count();
-    let held_dat = pairs.iter().take_while(|(_, b)| dat.contains(b)).count();
-    ensure!(
-        pairs[held_sys..].iter().all(|(a, _)| !sys.contains(a))
-            && pairs[held_dat..].iter().all(|(_, b)| !dat.contains(b)),
-        "each disk holds a prefix of its writes"
-    );
-    ensure!(
-        held_dat > 0 && held_sys < pairs.len(),
-        "the point was cut while the writes went on: {held_sys}/{held_dat} of {} pairs",
-        pairs.len()
-    );
-    ensure!(
-        held_sys == held_dat || held_sys == held_dat + 1,
-        "{vm}'s disks are from different instants: system holds {held_sys} writes, data {held_dat}"
-    );
-    // The restored claims name their points; both are one group snapshot's, at one time.
-    let claims = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.test_ns);
-    let mut points = BTreeSet::new();
-    for claim in [&system, &data] {
-        let c = claims.get(claim).await?;
-        points.insert(
-            c.annotations()
-                .get("coldsite.io/recovery-point")
-                .cloned()
-                .context("no point")?,
+            .with_context(|| format!("{claim} unbound in the test namespace"))?;
+        let n = writes.iter().take_while(|w| image.contains(&w[i])).count();
+        ensure!(
+            writes[n..].iter().all(|w| !image.contains(&w[i])),
+            "{claim} holds a prefix of its writes"
         );
+        held.push(n);
     }
-    ensure!(points.len() == 1, "{vm}'s disks restored from points {points:?}");
+    ensure!(
+        held[claims.len() - 1] > 0 && held[0] < writes.len(),
+        "the point was cut while the writes went on: {held:?} of {} rounds",
+        writes.len()
+    );
+    ensure!(
+        held.windows(2).all(|w| w[0] >= w[1]) && held[0] - held[claims.len() - 1] <= 1,
+        "{claims:?} are from different instants: they hold {held:?} writes"
+    );
+    let vms: BTreeSet<&str> = claims
+        .iter()
+        .filter_map(|c| c.rsplit_once('-').map(|(vm, _)| vm))
+        .collect();
+    // The restored claims name their points; all are one group snapshot's, at one time.
+    let restored = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(s.recovery.clone(), &s.test_ns);
+    let mut points = BTreeSet::new();
+    for vm in &vms {
+        for disk in ["system", "data"] {
+            let c = restored.get(&format!("{vm}-{disk}")).await?;
+            points.insert(
+                c.annotations()
+                    .get("coldsite.io/recovery-point")
+                    .cloned()
+                    .context("no point")?,
+            );
+        }
+    }
+    ensure!(points.len() == 1, "{vms:?} restored from points {points:?}");
     let point = points.pop_first().unwrap_or_default();
     ensure!(
         chrono::DateTime::parse_from_rfc3339(&point)? >= cut_at - chrono::Duration::seconds(1),
         "restored {point}, older than the point cut during the writes ({cut_at})"
     );
-    let snapshots = volume_snapshots(&s.recovery, &s.ns)
-        .list(&ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
-        .await?;
-    let groups: BTreeSet<String> = snapshots
-        .items
-        .iter()
-        .filter(|p| p.annotations().get("coldsite.io/recovery-point") == Some(&point))
-        .filter_map(|p| p.annotations().get("coldsite.io/group-snapshot").cloned())
-        .collect();
-    let at_point = snapshots
-        .items
-        .iter()
-        .filter(|p| p.annotations().get("coldsite.io/recovery-point") == Some(&point))
-        .count();
+    let mut groups = BTreeSet::new();
+    for vm in &vms {
+        let snapshots = volume_snapshots(&s.recovery, &s.ns)
+            .list(&ListParams::default().labels(&format!("coldsite.io/protected-vm={vm}")))
+            .await?;
+        let at_point: Vec<_> = snapshots
+            .items
+            .iter()
+            .filter(|p| p.annotations().get("coldsite.io/recovery-point") == Some(&point))
+            .collect();
+        ensure!(
+            at_point.len() == 2,
+            "{vm} has {} disk points at {point}",
+            at_point.len()
+        );
+        groups.extend(
+            at_point
+                .iter()
+                .map(|p| p.annotations().get("coldsite.io/group-snapshot").cloned()),
+        );
+        // The run's record of the VM says so too.
+        let last = pvm_status(s, vm).await?.last_run.context("no record of the run")?;
+        ensure!(
+            last.recovery_point_one_instant,
+            "the run's record of {vm} does not say its point is of one instant: {last:?}"
+        );
+    }
     ensure!(
-        at_point == 2 && groups.len() == 1,
-        "{vm}'s points at {point}: {at_point} snapshots from group snapshots {groups:?}"
-    );
-    // The run's record of the VM says so too.
-    let last = pvm_status(s, vm).await?.last_run.context("no record of the run")?;
-    ensure!(
-        last.recovery_point_one_instant,
-        "the run's record of {vm} does not say its point is of one instant: {last:?}"
+        groups.len() == 1 && groups.iter().all(Option::is_some),
+        "{vms:?}'s points at {point} come from group snapshots {groups:?}"
     );
     Ok(())
 }

@@ -357,7 +357,17 @@ impl KubeVirtFabric {
         let Some(taken) = time_at(&group, "/status/creationTime") else {
             return Ok(Cut::Pending(busy()));
         };
-        restore_cuts(src, set, &group, name).await?;
+        if let Some(missing) = restore_cuts(src, set, &group, name).await? {
+            // Members that joined a consistency group after the cut was made.
+            let created = time_at(&group, "/metadata/creationTimestamp");
+            return Ok(match created.is_some_and(|t| age(t, now) >= CUT_WITHIN) {
+                true => Cut::Failed(format!(
+                    "group snapshot {ns}/{name} at {} holds no snapshot of disk {missing}; no point this round",
+                    src.site
+                )),
+                false => Cut::Pending(busy()),
+            });
+        }
         Ok(Cut::Ready(CutMade {
             group: name.to_owned(),
             taken,
@@ -485,7 +495,7 @@ impl KubeVirtFabric {
         }
         // The cut goes first: a restart between the two adopts again (a no-op) and clears.
         remove_cut(src, ns, set.disks().map(|(_, d)| d.as_str()), group).await?;
-        clear_round(dst, vm, &disks[0]).await?;
+        clear_round(dst, vm, &disks[0].disk).await?;
         tracing::info!(vm = %vm.name, site = %src.site, group, app_consistent, "group round adopted");
         Ok(match app {
             true => AppSync::Done { app_consistent, froze },
@@ -605,8 +615,14 @@ fn group_snapshot(vm: &VmModel, name: &str, class: &str, frozen_at: Option<Strin
 }
 
 /// Restores each disk's member of the group snapshot into its cut claim. A cut claim left
-/// by an earlier round is deleted first: a source must never copy a stale cut.
-async fn restore_cuts(src: &SiteApi, set: &CutSet<'_>, group: &Value, name: &str) -> Result<(), FabricError> {
+/// by an earlier round is deleted first: a source must never copy a stale cut. The disk the
+/// group snapshot holds no member of yet, if any.
+async fn restore_cuts(
+    src: &SiteApi,
+    set: &CutSet<'_>,
+    group: &Value,
+    name: &str,
+) -> Result<Option<String>, FabricError> {
     let ns = set.vm_namespace();
     let uid = str_at(group, "/metadata/uid").unwrap_or_default();
     let members: Vec<Value> = src
@@ -626,9 +642,7 @@ async fn restore_cuts(src: &SiteApi, set: &CutSet<'_>, group: &Value, name: &str
             .find(|m| str_at(m, "/spec/source/persistentVolumeClaimName") == Some(disk.as_str()))
             .and_then(|m| str_at(m, "/metadata/name"));
         let Some(member) = member else {
-            return Err(FabricError::transient(format!(
-                "group snapshot {ns}/{name} has no member for disk {disk} yet"
-            )));
+            return Ok(Some(disk.clone()));
         };
         let claim_name = objects::cut_claim_name(disk);
         if let Some(old) = src.get(PVC, Some(ns), &claim_name).await? {
@@ -657,7 +671,7 @@ async fn restore_cuts(src: &SiteApi, set: &CutSet<'_>, group: &Value, name: &str
         .map_err(|e| FabricError::permanent(format!("disk PVC {ns}/{disk}: {e}")))?;
         src.create_if_absent(PVC, &claim).await?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Points the disk's source at its cut claim (without a cut, at the disk itself), tagged, at
@@ -706,9 +720,9 @@ async fn tag_source(
 }
 
 /// Ends the round on the first disk's destination.
-async fn clear_round(dst: &SiteApi, vm: &VmModel, first: &Disk) -> Result<(), FabricError> {
+async fn clear_round(dst: &SiteApi, vm: &VmModel, first_disk: &str) -> Result<(), FabricError> {
     let patch = json!({"metadata": {"annotations": {ROUND: null, ROUND_KIND: null, ROUND_PER_DISK: null}}});
-    app_consistent::merge_destination(dst, vm, &first.disk, &patch).await
+    app_consistent::merge_destination(dst, vm, first_disk, &patch).await
 }
 
 /// A round whose group snapshot the site refused or never made ready goes on disk by disk,
@@ -726,6 +740,43 @@ async fn fall_back(
     let patch = json!({"metadata": {"annotations": {ROUND_PER_DISK: why}}});
     app_consistent::merge_destination(dst, vm, &first.disk, &patch).await?;
     tracing::warn!(vm = %vm.name, site = %src.site, group, why, "no group snapshot; this round's disks are cut one by one");
+    Ok(())
+}
+
+/// A VM that joined a consistency group driven by another: a round it drove on its own
+/// (under way when it joined) is abandoned, its group snapshot deleted and its guest thawed
+/// if that round froze it; the driver's rounds cut its disks from now on. Reads only the
+/// site's watch when there is none.
+pub async fn abandon_own_round(
+    fabric: &KubeVirtFabric,
+    vm: &VmModel,
+    source: &SiteModel,
+    target: &SiteModel,
+) -> Result<(), FabricError> {
+    let (src, dst) = (fabric.site(&source.name)?, fabric.site(&target.name)?);
+    let Some(disk) = vm.disks.first() else {
+        return Ok(());
+    };
+    let ns = vm.vm_namespace.as_str();
+    let rd_name = objects::replication_name(disk);
+    let first = match dst.watched(REPLICATION_DESTINATION, ns, &rd_name) {
+        Some(watched) => watched,
+        None => dst.get(REPLICATION_DESTINATION, Some(ns), &rd_name).await?,
+    };
+    let Some(start) = first.as_ref().and_then(|rd| annotated_time(rd, ROUND)) else {
+        return Ok(());
+    };
+    let group = group_name(&vm.name, start);
+    if let Some(g) = src.get(VOLUME_GROUP_SNAPSHOT, Some(ns), &group).await?
+        && annotated_time(&g, FROZEN_AT).is_some()
+        && annotation(&g, THAWED).is_none()
+        && app_consistent::guest_frozen(src, vm).await?
+    {
+        fabric.unfreeze(src, vm, annotated_time(&g, FROZEN_AT)).await?;
+    }
+    remove_cut(src, ns, vm.disks.iter().map(String::as_str), &group).await?;
+    clear_round(dst, vm, disk).await?;
+    tracing::info!(vm = %vm.name, driver = vm.round_driver(), "own round abandoned: the VM is cut with its consistency group");
     Ok(())
 }
 

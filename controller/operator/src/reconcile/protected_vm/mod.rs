@@ -344,7 +344,10 @@ async fn protect(
     let app = match (state.established && app_syncs, group) {
         (false, _) => None,
         // Another member of its consistency group drives the rounds that cut its disks.
-        (true, true) if vm.round_driver() != vm.name => None,
+        (true, true) if vm.round_driver() != vm.name => group_cut::abandon_own_round(fabric, vm, source, target)
+            .await
+            .err()
+            .map(Err),
         (true, true) => Some(group_round(fabric, vm, cut_set, source, target, &state.points).await),
         (true, false) => Some(
             fabric

@@ -272,7 +272,7 @@ fn app_consistent(
     interval: Option<&str>,
 ) -> Option<Desired<'static>> {
     let interval = interval?;
-    let shown = coldsite_api::common::find_condition(&status.conditions, condition::APP_CONSISTENT).is_some();
+    let shown = coldsite_api::common::find_condition(&status.conditions, condition::APP_CONSISTENT);
     let has_point = status
         .recovery_points
         .as_ref()
@@ -304,8 +304,9 @@ fn app_consistent(
         Some(AppSync::Done {
             app_consistent: true, ..
         }) => frozen(),
-        _ if shown => return None,
-        _ if has_point => frozen(),
+        // A member of a consistency group learns of its group's freezes from its points alone.
+        _ if has_point && shown.is_none_or(|c| c.reason == "Pending") => frozen(),
+        _ if shown.is_some() => return None,
         _ => (
             false,
             "Pending",
