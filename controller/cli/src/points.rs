@@ -4,7 +4,10 @@
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use coldsite_api::protected_vm::Consistency;
 use coldsite_api::{ProtectedVM, RecoveryPlan};
+use coldsite_engine::fabric::RecoveryPoint;
+use coldsite_engine::rpo;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
@@ -61,6 +64,61 @@ pub fn table(pvms: &[ProtectedVM], now: DateTime<Utc>) -> String {
     render(&rows)
 }
 
+/// Pure: for each of the plan's consistency groups, the instant a run would restore all its
+/// members from, among the points their status lists.
+pub fn consistency_groups(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>) -> String {
+    use coldsite_api::recovery_run::RecoveryPointSelector as Asked;
+    let mut out = String::new();
+    for cg in &plan.spec.consistency_groups {
+        let lists: Vec<Vec<RecoveryPoint>> = cg
+            .vms
+            .iter()
+            .map(|vm| {
+                pvms.iter()
+                    .find(|p| p.name_any() == *vm)
+                    .map(engine_points)
+                    .unwrap_or_default()
+            })
+            .collect();
+        // The listed points are the newest: retention (a century here) does not prune them.
+        let century = std::time::Duration::from_secs(100 * 365 * 86_400);
+        let members: Vec<(&[RecoveryPoint], std::time::Duration)> = lists.iter().map(|l| (&l[..], century)).collect();
+        let at = |asked: &Asked| match rpo::choose_common(&members, asked, now) {
+            Ok(p) => format!(
+                "{} ({})",
+                view::time(p.time),
+                if p.app_consistent { "app" } else { "crash" }
+            ),
+            Err(_) => "none yet".to_owned(),
+        };
+        out.push_str(&format!(
+            "consistency group {} ({}): all restore from {}; newest app-consistent for all: {}\n",
+            cg.name,
+            cg.vms.join(", "),
+            at(&Asked::Latest),
+            at(&Asked::LatestAppConsistent),
+        ));
+    }
+    out
+}
+
+/// The points a ProtectedVM's status lists, as the engine sees them.
+fn engine_points(pvm: &ProtectedVM) -> Vec<RecoveryPoint> {
+    let listed = pvm.status.as_ref().and_then(|s| s.recovery_points.as_ref());
+    listed
+        .map(|p| p.points.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            Some(RecoveryPoint {
+                time: DateTime::<Utc>::from_timestamp(p.time.0.as_second(), 0)?,
+                app_consistent: p.consistency == Consistency::App,
+                one_instant: p.one_instant,
+            })
+        })
+        .collect()
+}
+
 /// Pure: the plan's VMs, group by group in startup order.
 pub fn vms_in_startup_order(plan: &RecoveryPlan) -> Vec<String> {
     view::startup_order(plan)
@@ -114,9 +172,9 @@ pub async fn points(c: &Cluster, target: &str) -> anyhow::Result<bool> {
             .await
             .with_context(|| format!("reading RecoveryPlan {}/{name}", c.namespace))?,
     };
-    let listed = match plan {
+    let listed = match &plan {
         Some(plan) => {
-            let order = vms_in_startup_order(&plan);
+            let order = vms_in_startup_order(plan);
             let mut all = pvms
                 .list(&ListParams::default())
                 .await
@@ -137,6 +195,9 @@ pub async fn points(c: &Cluster, target: &str) -> anyhow::Result<bool> {
         },
     };
     print!("{}", table(&listed, Utc::now()));
+    if let Some(plan) = &plan {
+        print!("{}", consistency_groups(plan, &listed, Utc::now()));
+    }
     Ok(true)
 }
 
@@ -202,6 +263,35 @@ mod tests {
         assert!(
             lines[1].trim_end().ends_with("dr"),
             "points are at the recovery site: {text}"
+        );
+    }
+
+    #[test]
+    fn a_consistency_group_shows_the_instant_all_its_members_restore_from() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z").unwrap().to_utc();
+        let mut plan = view::fixtures::plan();
+        plan.spec.consistency_groups = vec![coldsite_api::recovery_plan::ConsistencyGroup {
+            name: "mail".into(),
+            vms: vec!["exch-mbx01".into(), "exch-cas01".into()],
+        }];
+        let mbx = pvm(
+            "exch-mbx01",
+            json!([
+                {"time": "2026-12-01T11:45:00Z", "consistency": "Crash", "oneInstant": true},
+                {"time": "2026-12-01T11:30:00Z", "consistency": "App", "oneInstant": true},
+            ]),
+            2,
+        );
+        let cas = pvm(
+            "exch-cas01",
+            json!([{"time": "2026-12-01T11:30:00Z", "consistency": "App", "oneInstant": true}]),
+            1,
+        );
+        let text = consistency_groups(&plan, &[mbx, cas], now);
+        assert_eq!(
+            text.trim(),
+            "consistency group mail (exch-mbx01, exch-cas01): all restore from 2026-12-01 11:30:00Z (app); \
+             newest app-consistent for all: 2026-12-01 11:30:00Z (app)"
         );
     }
 }

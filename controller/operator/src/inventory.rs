@@ -233,7 +233,11 @@ pub async fn cut_with(ctx: &Context, namespace: &str, pvm: &str) -> Result<Vec<S
 
 /// Whether the plan's Valid condition is True for its current generation.
 fn valid_as_it_stands(plan: &coldsite_api::RecoveryPlan) -> bool {
-    let conditions = plan.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let conditions = plan
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     coldsite_api::common::find_condition(conditions, coldsite_api::common::condition::VALID)
         .is_some_and(|c| c.status == "True" && c.observed_generation == plan.metadata.generation)
 }
