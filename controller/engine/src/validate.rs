@@ -58,6 +58,9 @@ pub struct Inventory {
     pub protected_vms: BTreeMap<(String, String), ProtectedVM>,
     /// VirtualMachines at primary sites, by namespace and name.
     pub source_vms: BTreeMap<(String, String), SourceVm>,
+    /// The plans of the namespace, for what one plan claims that another holds (a VM in
+    /// two plans' consistency groups).
+    pub plans: BTreeMap<(String, String), RecoveryPlan>,
 }
 
 struct Problems {
@@ -376,7 +379,7 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
         });
     }
 
-    let consistency_groups = consistency_groups(plan, &mut vms, primary.as_ref(), &mut p);
+    let consistency_groups = consistency_groups(plan, inv, &mut vms, primary.as_ref(), &mut p);
 
     if let Some(why) = spec
         .drill
@@ -430,6 +433,7 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
 /// selects claims of one namespace), at a primary Site that cuts groups.
 fn consistency_groups(
     plan: &RecoveryPlan,
+    inv: &Inventory,
     vms: &mut [VmModel],
     primary: Option<&SiteModel>,
     p: &mut Problems,
@@ -455,6 +459,16 @@ fn consistency_groups(
                 p.error(
                     field,
                     format!("ProtectedVM {name} is already in consistency group {other}; a VM is cut with one group"),
+                );
+                continue;
+            }
+            if let Some((other, group)) = cut_by_an_older_plan(plan, name, inv) {
+                p.error(
+                    field,
+                    format!(
+                        "ProtectedVM {name} is already in consistency group {group} of plan {other}, which came \
+                         first; a VM is cut with one group: remove it from one of the two"
+                    ),
                 );
                 continue;
             }
@@ -493,6 +507,23 @@ fn consistency_groups(
         });
     }
     models
+}
+
+/// The plan created before `plan` (by time, then name) in its namespace whose consistency
+/// group lists `vm`, with that group's name: the first plan keeps the VM.
+fn cut_by_an_older_plan<'a>(plan: &RecoveryPlan, vm: &str, inv: &'a Inventory) -> Option<(String, &'a str)> {
+    let key = |p: &RecoveryPlan| (p.metadata.creation_timestamp.clone(), p.name_any());
+    inv.plans
+        .values()
+        .filter(|o| o.namespace() == plan.namespace() && key(o) < key(plan))
+        .find_map(|o| {
+            let group = o
+                .spec
+                .consistency_groups
+                .iter()
+                .find(|g| g.vms.iter().any(|v| v == vm))?;
+            Some((o.name_any(), group.name.as_str()))
+        })
 }
 
 /// A plan's site; its shared test namespace, if it has one, must be granted to the plan's

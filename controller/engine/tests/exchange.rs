@@ -181,9 +181,28 @@ fn consistency_groups_name_what_cannot_be_cut_together() {
         &e,
         "spec.consistencyGroups[1].vms[2]: ProtectedVM exch-mbx02 is not in any of spec.groups",
     );
-    // Members' VMs in two namespaces cannot be one group snapshot's.
+    // A VM in a consistency group of a plan made before this one stays that plan's.
     with_group_snapshots(&mut inv);
+    let mut first = plan.clone();
+    first.metadata.name = Some("exchange-mail".into());
+    first.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-11-01T00:00:00Z".parse().unwrap(),
+    ));
+    first.spec.consistency_groups = vec![consistency_group("mailbox", &["exch-mbx01", "dc01"])];
+    plan.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-11-02T00:00:00Z".parse().unwrap(),
+    ));
     plan.spec.consistency_groups.truncate(1);
+    inv.plans
+        .insert(("exchange".into(), "exchange-mail".into()), first.clone());
+    has(
+        &errors(validate_plan(&plan, &inv)),
+        "spec.consistencyGroups[0].vms[0]: ProtectedVM exch-mbx01 is already in consistency group mailbox of plan \
+         exchange-mail, which came first",
+    );
+    assert!(validate_plan(&first, &inv).is_ok(), "the first plan keeps its group");
+    inv.plans.clear();
+    // Members' VMs in two namespaces cannot be one group snapshot's.
     let cas = inv
         .protected_vms
         .get_mut(&("exchange".into(), "exch-cas01".into()))

@@ -140,6 +140,12 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
     for p in pvms {
         inv.protected_vms.insert((namespace.to_owned(), p.name_any()), p);
     }
+    if matches!(scope, Scope::Namespace) {
+        let cache = stores.as_ref().map(|s| &s.plans);
+        for p in in_namespace(ctx, cache, namespace, "RecoveryPlans").await? {
+            inv.plans.insert((namespace.to_owned(), p.name_any()), p);
+        }
+    }
     let primary = fabric.site(&fabric.primary.name).ok();
     let recovery = fabric.site(&fabric.recovery.name).ok();
     match scope {
@@ -232,7 +238,7 @@ pub async fn cut_with(ctx: &Context, namespace: &str, pvm: &str) -> Result<Vec<S
 }
 
 /// Whether the plan's Valid condition is True for its current generation.
-fn valid_as_it_stands(plan: &coldsite_api::RecoveryPlan) -> bool {
+pub fn valid_as_it_stands(plan: &coldsite_api::RecoveryPlan) -> bool {
     let conditions = plan
         .status
         .as_ref()

@@ -248,7 +248,13 @@ fn namespace_controllers(
                 )
                 .for_each(|r| log_result("NetworkMapping", r)),
         ),
-        Box::pin(protection_controller(pvms, ctx, stop.clone(), protection_concurrency)),
+        Box::pin(protection_controller(
+            pvms,
+            api::<RecoveryPlan>(client, ns),
+            ctx,
+            stop.clone(),
+            protection_concurrency,
+        )),
         Box::pin(plan_controller(plans, ctx, stop.clone(), plans_see_runs, ns)),
         Box::pin(
             Controller::new(api::<RecoveryRun>(client, ns), cfg)
@@ -299,10 +305,12 @@ fn site_controller(sites: Controller<Site>, ctx: &Arc<Context>, stop: Stop) -> i
         })
 }
 
-/// A ProtectedVM is reconciled when its VM or its replication changes at a site, not only
-/// on a timer, `concurrency` at a time.
+/// A ProtectedVM is reconciled when its VM or its replication changes at a site, or a plan's
+/// consistency groups listing it take effect or change, not only on a timer, `concurrency`
+/// at a time.
 fn protection_controller(
     pvms: Controller<ProtectedVM>,
+    plans: Api<RecoveryPlan>,
     ctx: &Arc<Context>,
     stop: Stop,
     concurrency: u16,
@@ -315,8 +323,15 @@ fn protection_controller(
             change.as_ref(),
         ))
     });
+    let plans = watcher::watcher(plans, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(reconcile::protected_vm::triggers::consistency_state, Default::default());
     pvms.with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_on(site_changes)
+        .watches_stream(plans, |plan: RecoveryPlan| {
+            reconcile::protected_vm::triggers::cut_members(&plan)
+        })
         .graceful_shutdown_on(stop)
         .run(
             instrument("ProtectedVM", reconcile::protected_vm::reconcile),

@@ -1,13 +1,37 @@
 //! Which ProtectedVMs a change seen by a site's watches concerns, so that they are
 //! reconciled on it: the ones of that VM at that site, the one whose replication objects
 //! changed there, or every one using a site whose VMs were listed anew (it answers again
-//! after an outage), or every one when changes were missed.
+//! after an outage), or every one when changes were missed; and the members of a plan's
+//! consistency groups when those groups take effect or change.
 
-use coldsite_api::ProtectedVM;
+use coldsite_api::{ProtectedVM, RecoveryPlan};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::site_watch::SiteChange;
+
+/// What the ProtectedVMs read from a plan: its consistency groups, once it is valid. Changes
+/// of this hash, not each status write, reconcile the groups' members.
+pub fn consistency_state(plan: &RecoveryPlan) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    crate::inventory::valid_as_it_stands(plan).hash(&mut hasher);
+    for g in &plan.spec.consistency_groups {
+        (&g.name, &g.vms).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+/// The ProtectedVMs the plan's consistency groups list.
+pub fn cut_members(plan: &RecoveryPlan) -> Vec<ObjectRef<ProtectedVM>> {
+    let ns = plan.namespace().unwrap_or_default();
+    plan.spec
+        .consistency_groups
+        .iter()
+        .flat_map(|g| &g.vms)
+        .map(|vm| ObjectRef::new(vm).within(&ns))
+        .collect()
+}
 
 /// `None`: changes were missed, so every ProtectedVM is concerned.
 pub fn concerned<'a>(
@@ -90,5 +114,36 @@ mod tests {
         let listed = SiteChange::Listed { site: "hq".into() };
         assert_eq!(names(concerned(&all, Some(&listed))), ["db", "web"]);
         assert_eq!(names(concerned(&all, None)), ["db", "web", "other-pair"]);
+    }
+
+    #[test]
+    fn a_plans_consistency_groups_concern_their_members_when_they_take_effect_or_change() {
+        let plan = |generation: i64, valid_for: i64, vms: &[&str]| -> RecoveryPlan {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryPlan",
+                "metadata": {"name": "p", "namespace": "apps", "generation": generation},
+                "spec": {"primarySite": "hq", "recoverySite": "dr", "groups": [{"name": "g", "vms": ["db", "app", "web"]}],
+                         "consistencyGroups": [{"name": "tier", "vms": vms}]},
+                "status": {"conditions": [{"type": "Valid", "status": "True", "reason": "Valid", "message": "",
+                           "observedGeneration": valid_for, "lastTransitionTime": "2026-12-01T00:00:00Z"}]},
+            }))
+            .unwrap()
+        };
+        let state = |p: &RecoveryPlan| consistency_state(p).unwrap();
+        let valid = plan(2, 2, &["db", "app"]);
+        assert_eq!(names(cut_members(&valid)), ["db", "app"]);
+        assert_ne!(
+            state(&valid),
+            state(&plan(2, 1, &["db", "app"])),
+            "found valid as it stands: the groups take effect"
+        );
+        assert_ne!(
+            state(&valid),
+            state(&plan(2, 2, &["db", "app", "web"])),
+            "a member added"
+        );
+        let mut restated = valid.clone();
+        restated.status.as_mut().unwrap().vm_count = Some(3);
+        assert_eq!(state(&valid), state(&restated), "other status writes concern no VM");
     }
 }
