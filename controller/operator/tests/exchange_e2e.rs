@@ -1932,12 +1932,26 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
         set_consistency_group(&s, &["exch-mbx01", "exch-cas01"]).await?;
         s.wait_protected(Duration::from_secs(180)).await?;
         outside_its_namespaces_nothing_acts(&s).await?;
-        let st = pvm_status(&s, "exch-mbx01").await?;
-        let cond = coldsite_api::common::find_condition(&st.conditions, "DisksConsistent");
-        ensure!(
-            cond.is_some_and(|c| c.status == "True" && c.reason == "GroupSnapshot"),
-            "DisksConsistent: {cond:?}"
-        );
+        // Each member says it is cut with the group, and by whom.
+        for vm in ["exch-mbx01", "exch-cas01"] {
+            wait_for(
+                &format!("{vm} cut with its consistency group"),
+                Duration::from_secs(60),
+                || async {
+                    let st = pvm_status(&s, vm).await?;
+                    let cond = coldsite_api::common::find_condition(&st.conditions, "DisksConsistent");
+                    Ok(cond
+                        .is_some_and(|c| {
+                            c.status == "True"
+                                && c.reason == "GroupSnapshot"
+                                && c.message
+                                    .contains("consistency group: exch-cas01, exch-mbx01 (rounds driven by exch-cas01")
+                        })
+                        .then_some(()))
+                },
+            )
+            .await?;
+        }
         let claims = ["exch-mbx01-system", "exch-mbx01-data", "exch-cas01-data"];
         let (writes, cut_at) = lockstep_until_a_point(&s, "exch-mbx01", &claims).await?;
         s.create_run("groups-test", "TestFailover", &["confirm-ad-replication"])

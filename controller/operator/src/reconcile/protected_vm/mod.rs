@@ -148,6 +148,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
                     disks: vm.disks.len(),
                     source: &source.name,
                     class: source.group_snapshot_class.as_deref(),
+                    cut_with: &vm.cut_with,
                 })
             }
             _ => None,

@@ -71,6 +71,8 @@ pub struct DiskCut<'a> {
     pub source: &'a str,
     /// The source Site's `volumeGroupSnapshotClassName`.
     pub class: Option<&'a str>,
+    /// The consistency group's members, the VM among them, when it is in one.
+    pub cut_with: &'a [String],
 }
 
 impl Observed<'_> {
@@ -252,7 +254,7 @@ fn set_conditions(
     if o.app_interval.is_none() {
         status.conditions.retain(|c| c.type_ != condition::APP_CONSISTENT);
     }
-    match o.disk_cut.as_ref().filter(|c| c.disks > 1) {
+    match o.disk_cut.as_ref().filter(|c| c.disks > 1 || !c.cut_with.is_empty()) {
         Some(cut) => {
             let newest = o.replication.and_then(|r| r.points.last());
             desired.push(disks_consistent(cut, o.app, newest.map(|p| p.one_instant)))
@@ -323,14 +325,26 @@ fn app_consistent(
     })
 }
 
-/// The `DisksConsistent` condition of a VM with several disks: cut together by a group
-/// snapshot, or each on its own (and how to change that). `newest_one_instant`: whether
-/// the newest point holds every disk from one instant, when there is a point.
+/// The `DisksConsistent` condition of a VM with several disks or in a consistency group: cut
+/// together by a group snapshot, or each on its own (and how to change that), and with
+/// which VMs. `newest_one_instant`: whether the newest point holds every disk from one
+/// instant, when there is a point.
 fn disks_consistent(
     cut: &DiskCut<'_>,
     outcome: Option<&AppSync>,
     newest_one_instant: Option<bool>,
 ) -> Desired<'static> {
+    let mut d = disks_alone(cut, outcome, newest_one_instant);
+    if let Some(driver) = cut.cut_with.first() {
+        d.message.push_str(&format!(
+            "; with its consistency group: {} (rounds driven by {driver}, whose Events say how they go)",
+            cut.cut_with.join(", ")
+        ));
+    }
+    d
+}
+
+fn disks_alone(cut: &DiskCut<'_>, outcome: Option<&AppSync>, newest_one_instant: Option<bool>) -> Desired<'static> {
     let (ok, reason, message) = match (cut.class, outcome, newest_one_instant) {
         (Some(_), Some(AppSync::CutFailed(why)), _) => (
             false,
@@ -465,6 +479,7 @@ mod tests {
             disks: 2,
             source: "hq",
             class: Some("groups"),
+            cut_with: &[],
         };
         let without = DiskCut { class: None, ..with };
         let verdict = |cut: &DiskCut<'_>, outcome: Option<&AppSync>, newest| {
@@ -490,6 +505,22 @@ mod tests {
         assert_eq!(
             verdict(&with, Some(&AppSync::Idle), Some(true)),
             (true, "GroupSnapshot")
+        );
+        // A one-disk member of a consistency group: cut with the others, which it names.
+        let members = ["app01".to_owned(), "db01".to_owned()];
+        let member = DiskCut {
+            disks: 1,
+            cut_with: &members,
+            ..with
+        };
+        let d = disks_consistent(&member, None, Some(true));
+        assert_eq!((d.ok, d.reason), (true, "GroupSnapshot"));
+        assert!(
+            d.message.ends_with(
+                "with its consistency group: app01, db01 (rounds driven by app01, whose Events say how they go)"
+            ),
+            "{}",
+            d.message
         );
     }
 }
