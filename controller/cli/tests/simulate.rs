@@ -203,3 +203,70 @@ fn a_repoint_halts_restores_and_starts_each_vm_at_dr_from_the_older_point() {
         "a repoint leaves the primary alone and runs no script unasked: {ids:?}"
     );
 }
+
+/// The Exchange example with HQ cutting group snapshots, the client access server syncing on
+/// a 10-minute RPO (its points fall on another schedule than the mailbox's), and, when
+/// `grouped`, the two in a consistency group: each VM's restore, as the run records it.
+fn restores_of_mailbox_and_client_access(grouped: bool) -> (serde_json::Value, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let from = repo().join("examples/exchange");
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("primary-site")).unwrap();
+    std::fs::copy(
+        from.join("primary-site/virtual-machines.yaml"),
+        dir.path().join("primary-site/virtual-machines.yaml"),
+    )
+    .unwrap();
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has no {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    };
+    edit(
+        "00-sites.yaml",
+        "# volumeGroupSnapshotClassName: ceph-rbd-groupsnap",
+        "volumeGroupSnapshotClassName: ceph-rbd-groupsnap",
+    );
+    let cas = "name: exch-cas01\n";
+    let pvms = std::fs::read_to_string(dir.path().join("20-protected-vms.yaml")).unwrap();
+    let at = pvms.find(cas).unwrap();
+    let (head, tail) = pvms.split_at(at);
+    std::fs::write(
+        dir.path().join("20-protected-vms.yaml"),
+        format!("{head}{}", tail.replacen("rpo: 15m", "rpo: 10m", 1)),
+    )
+    .unwrap();
+    if grouped {
+        edit(
+            "30-recovery-plan.yaml",
+            "  recoverySite: contoso-dr\n",
+            "  recoverySite: contoso-dr\n  consistencyGroups:\n    - name: mail\n      vms: [exch-mbx01, exch-cas01]\n",
+        );
+    }
+    let (ok, out) = simulate(&[dir.path().to_str().unwrap(), "--output", "json"]);
+    assert!(ok, "{out}");
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (
+        step(&run, "mailbox/vm/exch-mbx01/restore-disks").clone(),
+        step(&run, "client-access/vm/exch-cas01/restore-disks").clone(),
+    )
+}
+
+#[test]
+fn a_consistency_group_restores_its_vms_from_one_instant() {
+    let (mbx, cas) = restores_of_mailbox_and_client_access(false);
+    assert_ne!(
+        mbx["recoveryPoint"], cas["recoveryPoint"],
+        "on their own the two restore their own newest points"
+    );
+    let (mbx, cas) = restores_of_mailbox_and_client_access(true);
+    assert_eq!(mbx["recoveryPoint"], cas["recoveryPoint"], "one instant for the group");
+    // The simulated sites sync every 7 and every 5 minutes: instants both hold are 35 apart.
+    assert_eq!(time(&mbx["recoveryPoint"]).timestamp() % (35 * 60), 0, "{mbx}");
+}
