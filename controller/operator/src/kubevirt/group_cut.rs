@@ -61,6 +61,9 @@ pub const ROUND_PER_DISK: &str = "coldsite.io/group-round-per-disk";
 pub const MEMBER_OF: &str = "coldsite.io/group-member-of";
 /// On a group snapshot: when the guest was frozen for it.
 pub const FROZEN_AT: &str = "coldsite.io/frozen-at";
+/// Beside [`FROZEN_AT`]: the VirtualMachines frozen for it, comma-separated, so a run that
+/// takes any of them over thaws them all.
+pub const FROZEN_VMS: &str = "coldsite.io/frozen-vms";
 /// On a group snapshot frozen for: `cut-inside` once the guest was thawed after the cut
 /// while still frozen, `before-cut` when it was not (thawed early, by KubeVirt's backstop).
 pub const THAWED: &str = "coldsite.io/thawed";
@@ -323,7 +326,7 @@ impl KubeVirtFabric {
             let made = src
                 .create_if_absent(
                     VOLUME_GROUP_SNAPSHOT,
-                    &group_snapshot(set.driver(), name, class, frozen_at.clone()),
+                    &group_snapshot(set, name, class, frozen_at.clone()),
                 )
                 .await;
             return match made {
@@ -434,9 +437,9 @@ impl KubeVirtFabric {
         record_thaw(src, set.driver(), group, verdict).await
     }
 
-    /// A run took the VM over with its guest frozen for a group snapshot: thawed now, and
-    /// the group snapshot says so, so its round's point is not taken for app-consistent.
-    /// (Other members of its consistency group stay frozen until KubeVirt's backstop.)
+    /// A run took the VM over with its guest frozen for a group snapshot: thawed now, with
+    /// every other guest frozen for it (its consistency group's), and the group snapshot says
+    /// so, so its round's point is not taken for app-consistent.
     pub(super) async fn thaw_group_for_run(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
         let selector = format!("{}={}", objects::PROTECTED_VM, vm.round_driver());
         for group in src
@@ -447,7 +450,16 @@ impl KubeVirtFabric {
                 continue;
             };
             let cut = str_at(&group, "/status/creationTime").is_some();
-            self.unfreeze(src, vm, Some(since)).await?;
+            let frozen = annotation(&group, FROZEN_VMS).unwrap_or(vm.vm_name.as_str());
+            for name in frozen.split(',').filter(|n| !n.is_empty()) {
+                let member = VmModel {
+                    vm_name: name.to_owned(),
+                    ..vm.clone()
+                };
+                if name == vm.vm_name || app_consistent::guest_frozen(src, &member).await? {
+                    self.unfreeze(src, &member, Some(since)).await?;
+                }
+            }
             record_thaw(src, vm, &group, verdict(cut, true)).await?;
         }
         Ok(())
@@ -593,10 +605,13 @@ async fn label_members(src: &SiteApi, set: &CutSet<'_>) -> Result<(), FabricErro
     Ok(())
 }
 
-fn group_snapshot(vm: &VmModel, name: &str, class: &str, frozen_at: Option<String>) -> Value {
+fn group_snapshot(set: &CutSet<'_>, name: &str, class: &str, frozen_at: Option<String>) -> Value {
+    let vm = set.driver();
     let mut annotations = serde_json::Map::new();
     if let Some(t) = frozen_at {
+        let frozen: Vec<&str> = set.members.iter().map(|m| m.vm_name.as_str()).collect();
         annotations.insert(FROZEN_AT.into(), json!(t));
+        annotations.insert(FROZEN_VMS.into(), json!(frozen.join(",")));
     }
     json!({
         "apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
@@ -934,5 +949,32 @@ mod tests {
         thawed["metadata"]["annotations"][THAWED] = json!("cut-inside");
         assert_eq!(thaw_verdict(&thawed, true, at(0)), None, "thawed once");
         assert_eq!(thaw_verdict(&json!({}), true, at(0)), None, "never frozen for");
+    }
+
+    #[test]
+    fn a_consistency_groups_snapshot_selects_the_drivers_label_and_names_every_guest_it_froze() {
+        let members = [
+            VmModel {
+                name: "app".into(),
+                vm_name: "app01".into(),
+                disks: vec!["app01-root".into()],
+                ..vm(10, Some(60))
+            },
+            VmModel {
+                rpo: Duration::from_secs(120),
+                ..vm(10, None)
+            },
+        ];
+        let set = CutSet::new(&members).unwrap();
+        assert_eq!(set.driver().name, "app");
+        assert_eq!(set.driver().rpo, Duration::from_secs(120), "the shortest RPO");
+        assert_eq!(set.driver().app_consistent_interval, Some(Duration::from_secs(3600)));
+        let disks: Vec<(usize, &String)> = set.disks().collect();
+        assert_eq!(disks.len(), 3);
+        let frozen = group_snapshot(&set, "coldsite-app-1", "groups", Some(at(0).to_rfc3339()));
+        assert_eq!(frozen["spec"]["source"]["selector"]["matchLabels"][MEMBER_OF], "app");
+        assert_eq!(frozen["metadata"]["annotations"][FROZEN_VMS], "app01,db");
+        let crash = group_snapshot(&set, "coldsite-app-2", "groups", None);
+        assert!(crash["metadata"]["annotations"].get(FROZEN_VMS).is_none());
     }
 }
