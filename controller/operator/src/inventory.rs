@@ -223,18 +223,22 @@ fn add_copy(inv: &mut Inventory, namespace: &str, vm_namespace: &str, copy: &Val
 /// that cannot cut groups) its VMs are cut on their own, and its Valid condition says why.
 /// From the plans' cache.
 pub async fn cut_with(ctx: &Context, namespace: &str, pvm: &str) -> Result<Vec<String>> {
-    let stores = ctx.stores();
-    let plans = in_namespace(ctx, stores.as_ref().map(|s| &s.plans), namespace, "RecoveryPlans").await?;
-    let mut members = plans
-        .iter()
-        .filter(|p| valid_as_it_stands(p))
-        .flat_map(|p| &p.spec.consistency_groups)
-        .find(|g| g.vms.iter().any(|v| v == pvm))
-        .map(|g| g.vms.clone())
-        .unwrap_or_default();
-    members.sort();
-    members.dedup();
-    Ok(members)
+    // From the cache without cloning the plans: every ProtectedVM reconcile asks.
+    let group = |plans: &mut dyn Iterator<Item = &coldsite_api::RecoveryPlan>| {
+        let mut members = plans
+            .filter(|p| valid_as_it_stands(p))
+            .flat_map(|p| &p.spec.consistency_groups)
+            .find(|g| g.vms.iter().any(|v| v == pvm))
+            .map(|g| g.vms.clone())
+            .unwrap_or_default();
+        members.sort();
+        members.dedup();
+        members
+    };
+    Ok(match ctx.stores() {
+        Some(stores) => group(&mut stores.plans.in_namespace(namespace).iter().map(AsRef::as_ref)),
+        None => group(&mut in_namespace(ctx, None, namespace, "RecoveryPlans").await?.iter()),
+    })
 }
 
 /// Whether the plan's Valid condition is True for its current generation.
