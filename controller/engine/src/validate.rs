@@ -506,7 +506,47 @@ fn consistency_groups(
             vms: members,
         });
     }
+    // A VM no group of this plan lists is cut as protection cuts it: with its group in
+    // another plan, if one lists it.
+    let others: Vec<&RecoveryPlan> = inv
+        .plans
+        .values()
+        .filter(|o| o.namespace() == plan.namespace() && o.name_any() != plan.name_any())
+        .collect();
+    for vm in vms.iter_mut().filter(|v| v.cut_with.is_empty()) {
+        vm.cut_with = cut_with(others.iter().copied(), &vm.name);
+    }
     models
+}
+
+/// Whether the plan's `Valid` condition is True for its current generation: its consistency
+/// groups take effect from then on.
+pub fn valid_as_it_stands(plan: &RecoveryPlan) -> bool {
+    let conditions = plan
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    coldsite_api::common::find_condition(conditions, coldsite_api::common::condition::VALID)
+        .is_some_and(|c| c.status == "True" && c.observed_generation == plan.metadata.generation)
+}
+
+/// The ProtectedVMs `vm` is cut with: the members, sorted, of the first consistency group of
+/// a plan among `plans` that is valid as it stands and lists it; empty when none does. Until
+/// a plan is found valid (a member misspelt, a Site that cannot cut groups) its VMs are cut
+/// on their own, and its Valid condition says why. Validation keeps a VM in one group of
+/// the valid plans, so protection and every run agree on it.
+pub fn cut_with<'a>(plans: impl IntoIterator<Item = &'a RecoveryPlan>, vm: &str) -> Vec<String> {
+    let mut members = plans
+        .into_iter()
+        .filter(|p| valid_as_it_stands(p))
+        .flat_map(|p| &p.spec.consistency_groups)
+        .find(|g| g.vms.iter().any(|v| v == vm))
+        .map(|g| g.vms.clone())
+        .unwrap_or_default();
+    members.sort();
+    members.dedup();
+    members
 }
 
 /// The plan created before `plan` (by time, then name) in its namespace whose consistency

@@ -161,6 +161,54 @@ fn a_consistency_group_cuts_its_members_with_each_other() {
     );
 }
 
+/// Marks `plan` Valid for its current generation, as the plan reconciler would.
+fn found_valid(plan: &mut coldsite_api::RecoveryPlan) {
+    plan.metadata.generation = Some(3);
+    let status = plan.status.get_or_insert_with(Default::default);
+    status.conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Valid".into(),
+        status: "True".into(),
+        observed_generation: Some(3),
+        reason: "Valid".into(),
+        message: String::new(),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-11-01T00:00:00Z".parse().unwrap(),
+        ),
+    }];
+}
+
+/// A plan without consistency groups cuts a VM as protection does: with the group another
+/// valid plan puts it in, so its runs' reprotects set up what the group's rounds expect.
+#[test]
+fn a_vm_in_another_plans_group_is_cut_with_that_group() {
+    let (mut inv, plan) = exchange();
+    with_group_snapshots(&mut inv);
+    let mut mail = plan.clone();
+    mail.metadata.name = Some("exchange-mail".into());
+    mail.spec.consistency_groups = vec![consistency_group("mail", &["exch-mbx01", "exch-cas01"])];
+    inv.plans
+        .insert(("exchange".into(), "exchange-mail".into()), mail.clone());
+    let cut_with = |inv: &Inventory, name: &str| {
+        let (m, _) = validate_plan(&plan, inv).unwrap();
+        m.vms.iter().find(|v| v.name == name).unwrap().cut_with.clone()
+    };
+    // Not yet found valid: its group does not take effect anywhere.
+    assert!(cut_with(&inv, "exch-mbx01").is_empty());
+    found_valid(&mut mail);
+    assert_eq!(
+        coldsite_engine::validate::cut_with([&mail], "exch-mbx01"),
+        ["exch-cas01", "exch-mbx01"]
+    );
+    inv.plans
+        .insert(("exchange".into(), "exchange-mail".into()), mail.clone());
+    assert_eq!(cut_with(&inv, "exch-mbx01"), ["exch-cas01", "exch-mbx01"]);
+    assert!(cut_with(&inv, "dc01").is_empty());
+    // Edited since it was found valid: its groups wait for the new verdict.
+    mail.metadata.generation = Some(4);
+    inv.plans.insert(("exchange".into(), "exchange-mail".into()), mail);
+    assert!(cut_with(&inv, "exch-mbx01").is_empty());
+}
+
 #[test]
 fn consistency_groups_name_what_cannot_be_cut_together() {
     let (mut inv, mut plan) = exchange();

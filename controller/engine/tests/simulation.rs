@@ -299,7 +299,7 @@ fn failover_without_shutdown_refuses_a_running_source() {
         },
     );
     // shutdown_source false: the source keeps running, and the copy starts anyway.
-    let (ctx, graph) = forward_run(plan, RunAction::Failover);
+    let (ctx, graph) = forward_run(plan, RunAction::Failover, false);
     let fabric = SimFabric::new(SimConfig::default(), &ctx.plan, Direction::Forward);
     let report = simulation::run(
         &ctx,
@@ -326,9 +326,13 @@ fn failover_without_shutdown_refuses_a_running_source() {
     );
 }
 
-/// A run of `action` from the primary to the recovery site, to the newest point, without
-/// shutting the source down.
-fn forward_run(plan: coldsite_engine::model::PlanModel, action: RunAction) -> (RunContext, planner::StepGraph) {
+/// A run of `action` from the primary to the recovery site, to the newest point, shutting the
+/// source down first when `shutdown_source`.
+fn forward_run(
+    plan: coldsite_engine::model::PlanModel,
+    action: RunAction,
+    shutdown_source: bool,
+) -> (RunContext, planner::StepGraph) {
     let ctx = RunContext::new(
         plan,
         RunRef {
@@ -345,7 +349,7 @@ fn forward_run(plan: coldsite_engine::model::PlanModel, action: RunAction) -> (R
         PlanOptions {
             action,
             direction: Direction::Forward,
-            shutdown_source: false,
+            shutdown_source,
         },
     );
     (ctx, graph)
@@ -365,25 +369,7 @@ fn crashes_everywhere_in_one_run() {
         },
     );
     let action = RunAction::PlannedFailover;
-    let ctx = RunContext::new(
-        plan,
-        RunRef {
-            namespace: "apps".into(),
-            name: "r".into(),
-            uid: "u".into(),
-            action,
-            direction: Direction::Forward,
-        },
-        RecoveryPointSelector::Latest,
-    );
-    let graph = planner::plan(
-        &ctx.plan,
-        PlanOptions {
-            action,
-            direction: Direction::Forward,
-            shutdown_source: true,
-        },
-    );
+    let (ctx, graph) = forward_run(plan, action, true);
     let fabric = SimFabric::new(SimConfig::default(), &ctx.plan, Direction::Forward);
     let crash_at: BTreeSet<u64> = (1..200).step_by(7).collect();
     let report = simulation::run(
@@ -426,23 +412,7 @@ fn an_unanswering_source_is_waited_for_unless_declared_down() {
         },
     );
     let primary = plan.primary.name.clone();
-    let ctx = RunContext::new(
-        plan,
-        RunRef {
-            namespace: "apps".into(),
-            name: "r".into(),
-            uid: "u".into(),
-            action: RunAction::Failover,
-            direction: Direction::Forward,
-        },
-        RecoveryPointSelector::Latest,
-    );
-    let options = PlanOptions {
-        action: RunAction::Failover,
-        direction: Direction::Forward,
-        shutdown_source: true,
-    };
-    let graph = planner::plan(&ctx.plan, options);
+    let (ctx, graph) = forward_run(plan, RunAction::Failover, true);
     let config = SimConfig {
         faults: Faults {
             sites_down: [primary].into(),
@@ -495,25 +465,7 @@ fn a_final_sync_that_cannot_finish_does_not_hold_up_a_cancel() {
         },
     );
     let stalled = plan.vms[0].name.clone();
-    let ctx = RunContext::new(
-        plan,
-        RunRef {
-            namespace: "apps".into(),
-            name: "r".into(),
-            uid: "u".into(),
-            action: RunAction::PlannedFailover,
-            direction: Direction::Forward,
-        },
-        RecoveryPointSelector::Latest,
-    );
-    let graph = planner::plan(
-        &ctx.plan,
-        PlanOptions {
-            action: RunAction::PlannedFailover,
-            direction: Direction::Forward,
-            shutdown_source: true,
-        },
-    );
+    let (ctx, graph) = forward_run(plan, RunAction::PlannedFailover, true);
     let config = SimConfig {
         faults: Faults {
             stalled_syncs: [stalled.clone()].into(),
@@ -566,7 +518,7 @@ fn a_consistency_group_restores_one_instant_across_recovery_groups() {
         vms: vec![first, last],
     }];
     let names = [plan.vms[first].name.clone(), plan.vms[last].name.clone()];
-    let (ctx, graph) = forward_run(plan, RunAction::TestFailover);
+    let (ctx, graph) = forward_run(plan, RunAction::TestFailover, false);
     let mut config = SimConfig::default();
     config.faults.replication_lag = Duration::from_secs(60);
     let fabric = SimFabric::new(config, &ctx.plan, Direction::Forward);

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::context::{Cached, Context};
 use crate::error::{Error, Result};
-use crate::kubevirt::dynamic::{CONFIG_MAP, VM, str_at};
+use crate::kubevirt::dynamic::{CONFIG_MAP, SiteApi, VM, str_at};
 use crate::kubevirt::fabric::KubeVirtFabric;
 use crate::kubevirt::objects::{self, PROTECTED_VM};
 
@@ -22,9 +22,10 @@ use crate::kubevirt::objects::{self, PROTECTED_VM};
 pub enum Scope<'a> {
     /// A plan or a run: every mapping and ProtectedVM of the namespace and their VMs.
     Namespace,
-    /// One ProtectedVM: its Sites, its mapping and its own VM only, so that reconciling
-    /// each of n VMs costs O(1) reads, not O(n).
-    Vm(&'a ProtectedVM),
+    /// Some ProtectedVMs (one, or a consistency group's members): their Sites, their
+    /// mappings and their own VMs only, so that reconciling each of n VMs costs O(1) reads,
+    /// not O(n).
+    Vms(&'a [ProtectedVM]),
 }
 
 /// Every Site, by name.
@@ -127,11 +128,14 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
             )
             .await?,
         ),
-        Scope::Vm(pvm) => {
-            let name = &pvm.spec.network_mapping;
+        Scope::Vms(pvms) => {
             let cache = stores.as_ref().map(|s| &s.mappings);
-            let mapping = named::<NetworkMapping>(ctx, cache, namespace, name, "the NetworkMapping").await?;
-            (mapping.into_iter().collect(), vec![pvm.clone()])
+            let names: BTreeSet<&str> = pvms.iter().map(|p| p.spec.network_mapping.as_str()).collect();
+            let mut mappings = Vec::with_capacity(names.len());
+            for name in names {
+                mappings.extend(named::<NetworkMapping>(ctx, cache, namespace, name, "the NetworkMapping").await?);
+            }
+            (mappings, pvms.to_vec())
         }
     };
     for m in mappings {
@@ -173,26 +177,39 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                 }
             }
         }
-        Scope::Vm(pvm) => {
-            let ns = pvm.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned());
-            // From the sites' watches when they have listed, else asked now.
-            let name = &pvm.spec.vm.name;
-            let live = match primary.map(|site| (site, site.watch.as_ref().and_then(|w| w.vm(&ns, name)))) {
-                Some((_, Some(cached))) => cached,
-                Some((site, None)) => site.get(VM, Some(&ns), name).await.ok().flatten(),
-                None => None,
-            };
-            if let Some(v) = live.and_then(|vm| source_vm::from_manifest(&vm, &ns).ok()) {
-                inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
-            } else if let Some(site) = recovery {
-                let name = objects::source_copy_name(&pvm.name_any());
-                if let Ok(Some(copy)) = site.get_labelled(CONFIG_MAP, &ns, &name).await {
-                    add_copy(&mut inv, namespace, &ns, &copy);
-                }
+        Scope::Vms(pvms) => {
+            for pvm in pvms {
+                own_vm(&mut inv, namespace, pvm, primary, recovery).await;
             }
         }
     }
     Ok(inv)
+}
+
+/// The VM `pvm` protects: live from the primary (its watch when it has listed, else asked
+/// now), else from the copy of its manifest at the recovery site.
+async fn own_vm(
+    inv: &mut Inventory,
+    namespace: &str,
+    pvm: &ProtectedVM,
+    primary: Option<&SiteApi>,
+    recovery: Option<&SiteApi>,
+) {
+    let ns = pvm.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned());
+    let name = &pvm.spec.vm.name;
+    let live = match primary.map(|site| (site, site.watch.as_ref().and_then(|w| w.vm(&ns, name)))) {
+        Some((_, Some(cached))) => cached,
+        Some((site, None)) => site.get(VM, Some(&ns), name).await.ok().flatten(),
+        None => None,
+    };
+    if let Some(v) = live.and_then(|vm| source_vm::from_manifest(&vm, &ns).ok()) {
+        inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
+    } else if let Some(site) = recovery {
+        let copy_name = objects::source_copy_name(&pvm.name_any());
+        if let Ok(Some(copy)) = site.get_labelled(CONFIG_MAP, &ns, &copy_name).await {
+            add_copy(inv, namespace, &ns, &copy);
+        }
+    }
 }
 
 /// A VM the primary cannot show, from the copy of its manifest kept at the recovery site.
@@ -217,39 +234,13 @@ fn add_copy(inv: &mut Inventory, namespace: &str, vm_namespace: &str, copy: &Val
     }
 }
 
-/// The ProtectedVMs `pvm` is cut with: the members, sorted, of the first consistency group
-/// of a valid plan in its namespace that lists it; empty when none does. A plan's groups
-/// take effect once it is found valid as it stands: until then (a member misspelt, a Site
-/// that cannot cut groups) its VMs are cut on their own, and its Valid condition says why.
-/// From the plans' cache.
+/// The ProtectedVMs `pvm` is cut with ([`validate::cut_with`]), from the plans' cache without
+/// cloning the plans: every ProtectedVM reconcile asks.
 pub async fn cut_with(ctx: &Context, namespace: &str, pvm: &str) -> Result<Vec<String>> {
-    // From the cache without cloning the plans: every ProtectedVM reconcile asks.
-    let group = |plans: &mut dyn Iterator<Item = &coldsite_api::RecoveryPlan>| {
-        let mut members = plans
-            .filter(|p| valid_as_it_stands(p))
-            .flat_map(|p| &p.spec.consistency_groups)
-            .find(|g| g.vms.iter().any(|v| v == pvm))
-            .map(|g| g.vms.clone())
-            .unwrap_or_default();
-        members.sort();
-        members.dedup();
-        members
-    };
     Ok(match ctx.stores() {
-        Some(stores) => group(&mut stores.plans.in_namespace(namespace).iter().map(AsRef::as_ref)),
-        None => group(&mut in_namespace(ctx, None, namespace, "RecoveryPlans").await?.iter()),
+        Some(stores) => validate::cut_with(stores.plans.in_namespace(namespace).iter().map(AsRef::as_ref), pvm),
+        None => validate::cut_with(&in_namespace(ctx, None, namespace, "RecoveryPlans").await?, pvm),
     })
-}
-
-/// Whether the plan's Valid condition is True for its current generation.
-pub fn valid_as_it_stands(plan: &coldsite_api::RecoveryPlan) -> bool {
-    let conditions = plan
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    coldsite_api::common::find_condition(conditions, coldsite_api::common::condition::VALID)
-        .is_some_and(|c| c.status == "True" && c.observed_generation == plan.metadata.generation)
 }
 
 /// The members of the consistency group `vm` is cut with, as models, each from its
@@ -262,13 +253,9 @@ pub async fn cut_set(
     vm: &VmModel,
 ) -> Result<std::result::Result<Vec<VmModel>, String>> {
     let stores = ctx.stores();
-    let mut members = Vec::with_capacity(vm.cut_with.len());
-    for name in &vm.cut_with {
-        if *name == vm.name {
-            members.push(vm.clone());
-            continue;
-        }
-        let cache = stores.as_ref().map(|s| &s.protected_vms);
+    let cache = stores.as_ref().map(|s| &s.protected_vms);
+    let mut others = Vec::with_capacity(vm.cut_with.len());
+    for name in vm.cut_with.iter().filter(|n| **n != vm.name) {
         let pvm = named::<ProtectedVM>(ctx, cache, namespace, name, "a ProtectedVM of the consistency group").await?;
         let Some(pvm) = pvm else {
             return Ok(Err(format!(
@@ -276,8 +263,17 @@ pub async fn cut_set(
                  the plan's spec.consistencyGroups"
             )));
         };
-        let inv = load(ctx, namespace, fabric, Scope::Vm(&pvm)).await?;
-        match validate::vm_model(&pvm, &inv) {
+        others.push(pvm);
+    }
+    // One load for the whole set: its Sites, mappings and VMs.
+    let inv = load(ctx, namespace, fabric, Scope::Vms(&others)).await?;
+    let mut members = Vec::with_capacity(vm.cut_with.len());
+    for name in &vm.cut_with {
+        let Some(pvm) = others.iter().find(|p| p.name_any() == *name) else {
+            members.push(vm.clone());
+            continue;
+        };
+        match validate::vm_model(pvm, &inv) {
             Ok((mut member, _)) => {
                 member.cut_with = vm.cut_with.clone();
                 members.push(member);

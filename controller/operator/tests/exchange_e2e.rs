@@ -63,16 +63,26 @@ async fn start_run(plugin: &Plugin, command: &str, name: &str, extra: &[&str]) -
 /// Waits until the plan's Ready is `ready`: `kubectl coldsite` requires it before it
 /// recovers VMs, unless forced.
 async fn plan_ready_is(s: &Scenario, ready: bool) -> Result<()> {
+    let what = format!("the plan's Ready to be {ready}");
+    plan_condition(s, &what, Duration::from_secs(180), |conds| {
+        coldsite_api::common::is_condition_true(conds, "Ready") == ready
+    })
+    .await
+}
+
+/// Waits until the plan's conditions are as `holds` wants.
+async fn plan_condition(
+    s: &Scenario,
+    what: &str,
+    within: Duration,
+    holds: impl Fn(&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool,
+) -> Result<()> {
     let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
-    wait_for(
-        &format!("the plan's Ready to be {ready}"),
-        Duration::from_secs(180),
-        || async {
-            let plan = plans.get("exchange").await?;
-            let conds = plan.status.map(|st| st.conditions).unwrap_or_default();
-            Ok((coldsite_api::common::is_condition_true(&conds, "Ready") == ready).then_some(()))
-        },
-    )
+    wait_for(what, within, || async {
+        let plan = plans.get("exchange").await?;
+        let conds = plan.status.map(|st| st.conditions).unwrap_or_default();
+        Ok(holds(&conds).then_some(()))
+    })
     .await
 }
 
@@ -2020,19 +2030,11 @@ async fn set_consistency_group(s: &Scenario, vms: &[&str]) -> Result<()> {
 
 /// Waits until the plan's Valid condition is False with a message holding `problem`.
 async fn plan_invalid_at(s: &Scenario, problem: &str) -> Result<()> {
-    let plans: Api<RecoveryPlan> = Api::namespaced(s.management.clone(), &s.ns);
-    wait_for(
-        &format!("the plan's Valid to name {problem:?}"),
-        Duration::from_secs(60),
-        || async {
-            let plan = plans.get("exchange").await?;
-            let conds = plan.status.map(|st| st.conditions).unwrap_or_default();
-            let valid = coldsite_api::common::find_condition(&conds, "Valid");
-            Ok(valid
-                .is_some_and(|c| c.status == "False" && c.message.contains(problem))
-                .then_some(()))
-        },
-    )
+    let what = format!("the plan's Valid to name {problem:?}");
+    plan_condition(s, &what, Duration::from_secs(60), |conds| {
+        coldsite_api::common::find_condition(conds, "Valid")
+            .is_some_and(|c| c.status == "False" && c.message.contains(problem))
+    })
     .await
 }
 

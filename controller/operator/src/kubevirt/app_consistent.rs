@@ -208,12 +208,12 @@ impl KubeVirtFabric {
         let outcome = match source_step(&steps, any_tagged) {
             SourceStep::Wait => AppSync::Busy,
             SourceStep::TagRest => {
-                let frozen = guest_frozen(src, vm).await?;
+                let frozen = guest_frozen(src, Guest::of(vm)).await?;
                 tag_sources(src, vm, &to_tag, frozen, now).await?;
                 AppSync::Busy
             }
             SourceStep::FreezeAndTagAll => {
-                let (frozen, outcome) = match freeze(src, vm).await {
+                let (frozen, outcome) = match freeze(src, Guest::of(vm)).await {
                     Ok(()) => (true, AppSync::Busy),
                     Err(why) => (false, AppSync::FreezeFailed(why)),
                 };
@@ -232,7 +232,7 @@ impl KubeVirtFabric {
     /// nobody does after [`UNFREEZE_TIMEOUT`].
     async fn thaw_when_cut(&self, src: &SiteApi, vm: &VmModel) -> Result<(), FabricError> {
         let ns = vm.vm_namespace.as_str();
-        if !guest_frozen(src, vm).await? {
+        if !guest_frozen(src, Guest::of(vm)).await? {
             return Ok(());
         }
         let mut sources = Vec::new();
@@ -264,7 +264,7 @@ impl KubeVirtFabric {
         let (Some(_), Ok(src)) = (vm.app_consistent_interval, self.site(&source.name)) else {
             return Ok(());
         };
-        if !guest_frozen(src, vm).await? {
+        if !guest_frozen(src, Guest::of(vm)).await? {
             return Ok(());
         }
         if super::group_cut::applies(vm, source) {
@@ -286,17 +286,17 @@ impl KubeVirtFabric {
             .iter()
             .filter_map(|rs| annotation(rs, FROZEN_AT).and_then(parse_time))
             .min();
-        self.unfreeze(src, vm, since).await
+        self.unfreeze(src, Guest::of(vm), since).await
     }
 
     /// Thaws the guest coldsite froze at `since`, and records how long it was frozen.
     pub(super) async fn unfreeze(
         &self,
         src: &SiteApi,
-        vm: &VmModel,
+        guest: Guest<'_>,
         since: Option<DateTime<Utc>>,
     ) -> Result<(), FabricError> {
-        src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "unfreeze", &json!({}))
+        src.vmi_subresource(guest.namespace, guest.name, "unfreeze", &json!({}))
             .await
             .map_err(|e| super::dynamic::classify(&src.site, "thawing the guest", e))?;
         let seconds = since.map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
@@ -305,7 +305,7 @@ impl KubeVirtFabric {
                 .with_label_values(&[src.site.as_str()])
                 .observe(seconds);
         }
-        tracing::info!(vm = %vm.name, site = %src.site, frozen_seconds = ?seconds, "guest thawed");
+        tracing::info!(vm = %guest.name, namespace = %guest.namespace, site = %src.site, frozen_seconds = ?seconds, "guest thawed");
         Ok(())
     }
 
@@ -413,16 +413,32 @@ async fn read_disks(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<Vec<Di
     Ok(disks)
 }
 
-pub(super) async fn guest_frozen(src: &SiteApi, vm: &VmModel) -> Result<bool, FabricError> {
+/// A VM's guest at a site: what freezes and thaws act on.
+#[derive(Clone, Copy)]
+pub(super) struct Guest<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl<'a> Guest<'a> {
+    pub fn of(vm: &'a VmModel) -> Self {
+        Self {
+            namespace: &vm.vm_namespace,
+            name: &vm.vm_name,
+        }
+    }
+}
+
+pub(super) async fn guest_frozen(src: &SiteApi, guest: Guest<'_>) -> Result<bool, FabricError> {
     Ok(src
-        .get(VMI, Some(&vm.vm_namespace), &vm.vm_name)
+        .get(VMI, Some(guest.namespace), guest.name)
         .await?
         .is_some_and(|v| str_at(&v, "/status/fsFreezeStatus") == Some("frozen")))
 }
 
-pub(super) async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
+pub(super) async fn freeze(src: &SiteApi, guest: Guest<'_>) -> Result<(), String> {
     let body = json!({ "unfreezeTimeout": UNFREEZE_TIMEOUT });
-    src.vmi_subresource(&vm.vm_namespace, &vm.vm_name, "freeze", &body)
+    src.vmi_subresource(guest.namespace, guest.name, "freeze", &body)
         .await
         .map_err(|e| match e {
             kube::Error::Api(s) => format!(
@@ -431,7 +447,7 @@ pub(super) async fn freeze(src: &SiteApi, vm: &VmModel) -> Result<(), String> {
             ),
             other => format!("virt-api at {} did not freeze the guest: {other}", src.site),
         })?;
-    tracing::info!(vm = %vm.name, site = %src.site, "guest frozen for an app-consistent point");
+    tracing::info!(vm = %guest.name, namespace = %guest.namespace, site = %src.site, "guest frozen for an app-consistent point");
     Ok(())
 }
 

@@ -37,7 +37,7 @@ use coldsite_engine::model::{SiteModel, VmModel};
 use coldsite_engine::rpo;
 use serde_json::{Value, json};
 
-use super::app_consistent::{self, AppSync, annotation};
+use super::app_consistent::{self, AppSync, Guest, annotation};
 use super::dynamic::{
     JOB, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VOLUME_GROUP_SNAPSHOT, VOLUME_SNAPSHOT, parse_time,
     str_at, time_at,
@@ -386,9 +386,9 @@ impl KubeVirtFabric {
         now: DateTime<Utc>,
     ) -> Result<Result<(), String>, FabricError> {
         for (i, member) in set.members.iter().enumerate() {
-            if let Err(why) = app_consistent::freeze(src, member).await {
+            if let Err(why) = app_consistent::freeze(src, Guest::of(member)).await {
                 for frozen in &set.members[..i] {
-                    self.unfreeze(src, frozen, Some(now)).await?;
+                    self.unfreeze(src, Guest::of(frozen), Some(now)).await?;
                 }
                 return Ok(Err(match set.members.len() {
                     1 => why,
@@ -407,8 +407,8 @@ impl KubeVirtFabric {
         since: Option<DateTime<Utc>>,
     ) -> Result<(), FabricError> {
         for member in set.members {
-            if app_consistent::guest_frozen(src, member).await? {
-                self.unfreeze(src, member, since).await?;
+            if app_consistent::guest_frozen(src, Guest::of(member)).await? {
+                self.unfreeze(src, Guest::of(member), since).await?;
             }
         }
         Ok(())
@@ -428,7 +428,7 @@ impl KubeVirtFabric {
         }
         let mut frozen_now = true;
         for member in set.members {
-            frozen_now &= app_consistent::guest_frozen(src, member).await?;
+            frozen_now &= app_consistent::guest_frozen(src, Guest::of(member)).await?;
         }
         let Some(verdict) = thaw_verdict(group, frozen_now, now) else {
             return Ok(());
@@ -452,12 +452,12 @@ impl KubeVirtFabric {
             let cut = str_at(&group, "/status/creationTime").is_some();
             let frozen = annotation(&group, FROZEN_VMS).unwrap_or(vm.vm_name.as_str());
             for name in frozen.split(',').filter(|n| !n.is_empty()) {
-                let member = VmModel {
-                    vm_name: name.to_owned(),
-                    ..vm.clone()
+                let member = Guest {
+                    namespace: &vm.vm_namespace,
+                    name,
                 };
-                if name == vm.vm_name || app_consistent::guest_frozen(src, &member).await? {
-                    self.unfreeze(src, &member, Some(since)).await?;
+                if name == vm.vm_name || app_consistent::guest_frozen(src, member).await? {
+                    self.unfreeze(src, member, Some(since)).await?;
                 }
             }
             record_thaw(src, vm, &group, verdict(cut, true)).await?;
@@ -785,9 +785,11 @@ pub async fn abandon_own_round(
     if let Some(g) = src.get(VOLUME_GROUP_SNAPSHOT, Some(ns), &group).await?
         && annotated_time(&g, FROZEN_AT).is_some()
         && annotation(&g, THAWED).is_none()
-        && app_consistent::guest_frozen(src, vm).await?
+        && app_consistent::guest_frozen(src, Guest::of(vm)).await?
     {
-        fabric.unfreeze(src, vm, annotated_time(&g, FROZEN_AT)).await?;
+        fabric
+            .unfreeze(src, Guest::of(vm), annotated_time(&g, FROZEN_AT))
+            .await?;
     }
     remove_cut(src, ns, vm.disks.iter().map(String::as_str), &group).await?;
     clear_round(dst, vm, disk).await?;

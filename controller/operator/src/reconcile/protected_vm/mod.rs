@@ -78,7 +78,13 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let spec = &pvm.spec;
     let now = Utc::now();
     let fabric = ctx.fabric(&spec.primary_site, &spec.recovery_site).await?;
-    let inv = crate::inventory::load(ctx, &ns, &fabric, crate::inventory::Scope::Vm(pvm)).await?;
+    let inv = crate::inventory::load(
+        ctx,
+        &ns,
+        &fabric,
+        crate::inventory::Scope::Vms(std::slice::from_ref(pvm)),
+    )
+    .await?;
     let old = pvm.status.clone().unwrap_or_default();
     let has_points = old.recovery_points.as_ref().is_some_and(|p| p.count > 0);
     let settled = standing::settle(&old, &spec.recovery_site, has_points);
@@ -91,19 +97,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         primary: SiteModel::of(&spec.primary_site, inv.sites.get(&spec.primary_site)),
         recovery: SiteModel::of(&spec.recovery_site, inv.sites.get(&spec.recovery_site)),
     };
-    let model = match validate::vm_model(pvm, &inv) {
-        Ok((mut vm, _)) => {
-            vm.cut_with = crate::inventory::cut_with(ctx, &ns, &vm.name).await?;
-            Ok(vm)
-        }
-        Err(problems) => Err(errors_of(&problems)),
-    };
-    let cut_set = match &model {
-        Ok(vm) if vm.in_consistency_group() && vm.round_driver() == vm.name => {
-            Some(crate::inventory::cut_set(ctx, &ns, &fabric, vm).await?)
-        }
-        _ => None,
-    };
+    let (model, cut_set) = model_and_cut_set(ctx, pvm, &inv, &fabric).await?;
     // Fencing comes before any other write at the other site.
     let fences = match &model {
         Ok(vm) => fence_all(ctx, &fabric, pvm, vm, &settled, &sides).await,
@@ -155,12 +149,13 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         },
     };
     let (status, ready) = status::build(&old, &observed);
-    report(ctx, pvm, &old, &status, &ready, &observed).await;
     report_app_sync(ctx, pvm, app.as_ref(), sides.of(settled.resting.active)).await;
-    if write_status(ctx, pvm, old, status, rpo).await? == crate::status::Written::Stale {
-        // Reconciled from an object a write behind: again, from the newer one.
+    if write_status(ctx, pvm, &old, &status, rpo).await? == crate::status::Written::Stale {
+        // Reconciled from an object a write behind: again, from the newer one, which alone
+        // tells whether the phase changed (no Event twice for one change).
         return Ok(Action::requeue(APP_SYNC_RETRY));
     }
+    report(ctx, pvm, &old, &status, &ready, &observed).await;
     Ok(Action::requeue(match app {
         // A frozen guest waits for the next look: it is thawed as soon as its snapshots are cut.
         Some(AppSync::Busy | AppSync::Done { .. }) => APP_SYNC_RETRY,
@@ -171,18 +166,49 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     }))
 }
 
+/// The VM's model with the consistency group it is cut with, or its spec's errors; and the
+/// group's members when this VM drives the group's rounds.
+async fn model_and_cut_set(
+    ctx: &Context,
+    pvm: &ProtectedVM,
+    inv: &validate::Inventory,
+    fabric: &KubeVirtFabric,
+) -> Result<(std::result::Result<VmModel, String>, Option<GroupMembers>)> {
+    let ns = pvm.namespace().unwrap_or_default();
+    let mut vm = match validate::vm_model(pvm, inv) {
+        Ok((vm, _)) => vm,
+        Err(problems) => return Ok((Err(errors_of(&problems)), None)),
+    };
+    vm.cut_with = crate::inventory::cut_with(ctx, &ns, &vm.name).await?;
+    let cut_set = if vm.in_consistency_group() && vm.round_driver() == vm.name {
+        Some(crate::inventory::cut_set(ctx, &ns, fabric, &vm).await?)
+    } else {
+        None
+    };
+    Ok((Ok(vm), cut_set))
+}
+
+/// A consistency group's members as models, or why one cannot be cut.
+type GroupMembers = std::result::Result<Vec<VmModel>, String>;
+
 /// Writes the status over the object it was built from. `lastRun` belongs to the runs (their
 /// field manager): this reconciler never writes it, or a run's claim could not clear what an
 /// earlier run left there.
 async fn write_status(
     ctx: &Context,
     pvm: &ProtectedVM,
-    mut was: ProtectedVMStatus,
-    mut mine: ProtectedVMStatus,
+    was: &ProtectedVMStatus,
+    mine: &ProtectedVMStatus,
     rpo: Duration,
 ) -> Result<crate::status::Written> {
-    mine.last_run = None;
-    was.last_run = None;
+    let mine = ProtectedVMStatus {
+        last_run: None,
+        ..mine.clone()
+    };
+    let was = ProtectedVMStatus {
+        last_run: None,
+        ..was.clone()
+    };
     let api: Api<ProtectedVM> = Api::namespaced(ctx.client.clone(), &pvm.namespace().unwrap_or_default());
     let version = pvm.resource_version().unwrap_or_default();
     crate::status::apply(
@@ -322,7 +348,7 @@ async fn protect(
     fabric: &KubeVirtFabric,
     settled: &Settled,
     vm: &VmModel,
-    cut_set: Option<&std::result::Result<Vec<VmModel>, String>>,
+    cut_set: Option<&GroupMembers>,
     sides: &Sides,
 ) -> Protection {
     let active = settled.resting.active;
@@ -368,7 +394,7 @@ async fn protect(
 async fn group_round(
     fabric: &KubeVirtFabric,
     vm: &VmModel,
-    cut_set: Option<&std::result::Result<Vec<VmModel>, String>>,
+    cut_set: Option<&GroupMembers>,
     source: &SiteModel,
     target: &SiteModel,
     points: &[coldsite_engine::fabric::RecoveryPoint],

@@ -15,7 +15,7 @@ use crate::site_watch::SiteChange;
 pub fn consistency_state(plan: &RecoveryPlan) -> Option<u64> {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut hasher = DefaultHasher::new();
-    crate::inventory::valid_as_it_stands(plan).hash(&mut hasher);
+    coldsite_engine::validate::valid_as_it_stands(plan).hash(&mut hasher);
     for g in &plan.spec.consistency_groups {
         (&g.name, &g.vms).hash(&mut hasher);
     }
