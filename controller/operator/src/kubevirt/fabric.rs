@@ -259,7 +259,8 @@ impl KubeVirtFabric {
             )
             .await?;
         let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
-            let mut waiting = blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd).await?;
+            // No address, no data: the destination's mover has cut nothing yet.
+            let mut waiting = blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd, false).await?;
             waiting.extend(address_blocker(dst, ends.target, &rd).await?);
             return Ok(DiskReplication {
                 established: false,
@@ -275,9 +276,11 @@ impl KubeVirtFabric {
         let mut waiting = Vec::new();
         if kept.is_empty() {
             if let Some(rs) = &rs {
-                waiting.extend(blockers(src, &ends.source.name, REPLICATION_SOURCE, rs).await?);
+                let overdue = source_snapshot_overdue(rs, now);
+                waiting.extend(blockers(src, &ends.source.name, REPLICATION_SOURCE, rs, overdue).await?);
             }
-            waiting.extend(blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd).await?);
+            let overdue = destination_snapshot_overdue(rs.as_ref(), now);
+            waiting.extend(blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd, overdue).await?);
         }
         Ok(DiskReplication {
             established: true,
@@ -682,10 +685,34 @@ async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(),
     dst.apply_labelled(CONFIG_MAP, &copy).await.map(|_| ())
 }
 
+/// How long after a sync started (a source's) or its data arrived (a destination's) the
+/// VolumeSnapshot its mover cuts is read for errors: VolSync itself warns of a snapshot still
+/// unbound after 30 s. Until then the wait is young, and its look costs no request.
+const SNAPSHOT_BIND_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// Whether a source's mover snapshot is worth reading for what holds up its first sync: cut
+/// when the sync starts, it should have bound within the grace.
+fn source_snapshot_overdue(rs: &Value, now: DateTime<Utc>) -> bool {
+    super::dynamic::time_at(rs, "/status/lastSyncStartTime").is_some_and(|t| now - t >= SNAPSHOT_BIND_GRACE)
+}
+
+/// Whether a destination's mover snapshot is worth reading: it is cut once the data has
+/// arrived, which the source's finished sync tells, so not while the destination waits for it.
+fn destination_snapshot_overdue(rs: Option<&Value>, now: DateTime<Utc>) -> bool {
+    rs.and_then(|rs| super::dynamic::time_at(rs, "/status/lastSyncTime"))
+        .is_some_and(|t| now - t >= SNAPSHOT_BIND_GRACE)
+}
+
 /// Why a VolSync object has not synced yet, in what VolSync and the snapshot controller
-/// report: its conditions that are False or name an error, and the errors of the
-/// VolumeSnapshot its mover cuts. Read only while a disk has never synced.
-async fn blockers(site: &SiteApi, site_name: &str, kind: Kind, owner: &Value) -> Result<Vec<String>, FabricError> {
+/// report: its conditions that are False or name an error, and, when `snapshot_overdue`,
+/// the errors of the VolumeSnapshot its mover cuts. Read only while a disk has never synced.
+async fn blockers(
+    site: &SiteApi,
+    site_name: &str,
+    kind: Kind,
+    owner: &Value,
+    snapshot_overdue: bool,
+) -> Result<Vec<String>, FabricError> {
     let ns = str_at(owner, "/metadata/namespace").unwrap_or_default();
     let name = str_at(owner, "/metadata/name").unwrap_or_default();
     let mut out: Vec<String> = owner
@@ -705,6 +732,9 @@ async fn blockers(site: &SiteApi, site_name: &str, kind: Kind, owner: &Value) ->
             )
         })
         .collect();
+    if !snapshot_overdue {
+        return Ok(out);
+    }
     let Some(snapshot) = mover_snapshot(site, kind, owner).await? else {
         return Ok(out);
     };
@@ -1270,5 +1300,27 @@ mod tests {
         ]);
         let names: Vec<&str> = points.iter().filter_map(|(_, s)| str_at(s, "/metadata/name")).collect();
         assert_eq!(names, ["early", "late"]);
+    }
+
+    #[test]
+    fn a_movers_snapshot_is_read_only_once_it_should_have_bound() {
+        let now = parse_time("2026-12-03T10:00:00Z").unwrap();
+        let source = |status: Value| json!({ "status": status });
+        // A source's snapshot is cut when its sync starts.
+        assert!(
+            !source_snapshot_overdue(&source(json!({})), now),
+            "no sync under way, no snapshot"
+        );
+        let young = source(json!({"lastSyncStartTime": "2026-12-03T09:59:31Z"}));
+        assert!(!source_snapshot_overdue(&young, now));
+        let overdue = source(json!({"lastSyncStartTime": "2026-12-03T09:59:30Z"}));
+        assert!(source_snapshot_overdue(&overdue, now));
+        // A destination's, once the source has sent the data.
+        assert!(!destination_snapshot_overdue(None, now));
+        assert!(!destination_snapshot_overdue(Some(&overdue), now), "still sending");
+        let sent = source(json!({"lastSyncTime": "2026-12-03T09:59:31Z"}));
+        assert!(!destination_snapshot_overdue(Some(&sent), now));
+        let sent = source(json!({"lastSyncTime": "2026-12-03T09:58:00Z"}));
+        assert!(destination_snapshot_overdue(Some(&sent), now));
     }
 }
