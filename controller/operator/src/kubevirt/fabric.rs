@@ -703,8 +703,20 @@ fn destination_snapshot_overdue(rs: Option<&Value>, now: DateTime<Utc>) -> bool 
         .is_some_and(|t| now - t >= SNAPSHOT_BIND_GRACE)
 }
 
+/// The reasons of VolSync's `Synchronizing` condition that are steps of a healthy cycle, not
+/// trouble, though the condition is False: waiting for a trigger, or cleaning up after a sync.
+const VOLSYNC_WAITS: [&str; 3] = ["WaitingForSchedule", "WaitingForManual", "CleaningUp"];
+
+/// Whether a VolSync condition says what holds a sync up: one that names an error, or is
+/// False for another reason than a healthy cycle's steps (those would flap the status
+/// message at every step of every sync).
+fn holds_up(condition: &Value) -> bool {
+    let reason = str_at(condition, "/reason").unwrap_or_default();
+    reason.contains("Error") || (str_at(condition, "/status") == Some("False") && !VOLSYNC_WAITS.contains(&reason))
+}
+
 /// Why a VolSync object has not synced yet, in what VolSync and the snapshot controller
-/// report: its conditions that are False or name an error, and, when `snapshot_overdue`,
+/// report: its conditions that [hold it up](holds_up), and, when `snapshot_overdue`,
 /// the errors of the VolumeSnapshot its mover cuts. Read only while a disk has never synced.
 async fn blockers(
     site: &SiteApi,
@@ -720,7 +732,7 @@ async fn blockers(
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|c| str_at(c, "/status") == Some("False") || str_at(c, "/reason").is_some_and(|r| r.contains("Error")))
+        .filter(|c| holds_up(c))
         .map(|c| {
             format!(
                 "{} {ns}/{name} at {site_name}: {} {} ({}): {}",
@@ -1322,5 +1334,18 @@ mod tests {
         assert!(!destination_snapshot_overdue(Some(&sent), now));
         let sent = source(json!({"lastSyncTime": "2026-12-03T09:58:00Z"}));
         assert!(destination_snapshot_overdue(Some(&sent), now));
+    }
+
+    #[test]
+    fn a_healthy_sync_cycles_steps_do_not_count_as_what_holds_it_up() {
+        let condition =
+            |status: &str, reason: &str| json!({"type": "Synchronizing", "status": status, "reason": reason});
+        for step in VOLSYNC_WAITS {
+            assert!(!holds_up(&condition("False", step)), "{step}");
+        }
+        assert!(!holds_up(&condition("True", "SyncInProgress")));
+        assert!(holds_up(&condition("False", "Error")));
+        assert!(holds_up(&condition("True", "Error")));
+        assert!(holds_up(&condition("False", "SomethingNew")));
     }
 }
