@@ -2,6 +2,7 @@
 //! call the engine and apply what it returns; the KubeVirt fabric drives VolSync, snapshots
 //! and VMs at the sites.
 
+pub mod compact_object;
 pub mod conditions;
 pub mod context;
 pub mod error;

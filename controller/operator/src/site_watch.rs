@@ -26,6 +26,8 @@ use std::fmt::Debug;
 
 use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
+
+use crate::compact_object::CompactObject;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{PredicateConfig, WatchStreamExt, reflector::store::Writer};
@@ -178,9 +180,10 @@ impl Watch<'_> {
     }
 }
 
-impl Cache<DynamicObject> {
+impl Cache<CompactObject> {
+    /// Whole objects, kept compact ([`CompactObject`]).
     fn whole(watch: Watch<'_>, client: Client) -> Self {
-        let (api, config) = watch.api::<DynamicObject>(client);
+        let (api, config) = watch.api::<CompactObject>(client);
         Self::start(watch, watcher::watcher(api, config))
     }
 }
@@ -262,9 +265,9 @@ impl<K: Resource<DynamicType = ApiResource> + Clone + 'static> Drop for Cache<K>
 
 /// The cached objects of one site.
 pub struct SiteWatch {
-    vms: Cache<DynamicObject>,
+    vms: Cache<CompactObject>,
     /// What coldsite labels ([`objects::managed_selector`]) of the kinds in [`LABELLED`].
-    labelled: Vec<(Kind, Cache<DynamicObject>)>,
+    labelled: Vec<(Kind, Cache<CompactObject>)>,
     /// What coldsite labels of the kinds in [`METADATA_ONLY`]: their labels and annotations
     /// say all that is read of them.
     metadata: Vec<(Kind, Cache<PartialObjectMeta<DynamicObject>>)>,
