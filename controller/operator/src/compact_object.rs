@@ -10,6 +10,7 @@ use kube::api::ApiResource;
 use kube::core::{DynamicResourceScope, ObjectMeta, Resource};
 use serde::de::Error as _;
 use serde::ser::Error as _;
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -24,9 +25,7 @@ pub struct CompactObject {
 impl CompactObject {
     /// The whole object as a JSON tree.
     pub fn to_value(&self) -> serde_json::Result<Value> {
-        let mut fields: Map<String, Value> = serde_json::from_str(self.rest.get())?;
-        fields.insert("metadata".into(), serde_json::to_value(&self.metadata)?);
-        Ok(Value::Object(fields))
+        serde_json::to_value(self)
     }
 }
 
@@ -43,8 +42,16 @@ impl<'de> Deserialize<'de> for CompactObject {
 }
 
 impl Serialize for CompactObject {
+    /// Field by field, each parsed once straight into what the serializer makes.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_value().map_err(S::Error::custom)?.serialize(s)
+        let fields: std::collections::BTreeMap<String, &RawValue> =
+            serde_json::from_str(self.rest.get()).map_err(S::Error::custom)?;
+        let mut map = s.serialize_map(Some(fields.len() + 1))?;
+        map.serialize_entry("metadata", &self.metadata)?;
+        for (key, value) in &fields {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
     }
 }
 

@@ -221,6 +221,24 @@ struct NamespaceCaches {
 
 /// The controllers of the namespaced kinds in one scope (a namespace, or all of them),
 /// their caches added to `caches`.
+/// A controller whose cache keeps no managedFields: nothing reads them (a run's approvals
+/// do, and runs keep theirs), and at thousands of ProtectedVMs they would be much of the
+/// controller's memory.
+fn lean_controller<K>(api: Api<K>, cfg: watcher::Config) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = reflector::reflector(
+        writer,
+        watcher::watcher(api, cfg)
+            .default_backoff()
+            .modify(|o| o.meta_mut().managed_fields = None),
+    )
+    .applied_objects();
+    Controller::for_stream(events, reader)
+}
+
 fn namespace_controllers(
     ctx: &Arc<Context>,
     stop: &Stop,
@@ -229,9 +247,9 @@ fn namespace_controllers(
     caches: &mut NamespaceCaches,
 ) -> Vec<Work> {
     let (client, cfg) = (&ctx.client, watcher::Config::default());
-    let mappings = Controller::new(api::<NetworkMapping>(client, ns), cfg.clone());
-    let pvms = Controller::new(api::<ProtectedVM>(client, ns), cfg.clone());
-    let plans = Controller::new(api::<RecoveryPlan>(client, ns), cfg.clone());
+    let mappings = lean_controller(api::<NetworkMapping>(client, ns), cfg.clone());
+    let pvms = lean_controller(api::<ProtectedVM>(client, ns), cfg.clone());
+    let plans = lean_controller(api::<RecoveryPlan>(client, ns), cfg.clone());
     let (runs, plans_see_runs) = reflector::store();
     caches.mappings.push(mappings.store());
     caches.protected_vms.push(pvms.store());
