@@ -506,17 +506,27 @@ fn consistency_groups(
             vms: members,
         });
     }
-    // A VM no group of this plan lists is cut as protection cuts it: with its group in
-    // another plan, if one lists it.
-    let others: Vec<&RecoveryPlan> = inv
-        .plans
-        .values()
-        .filter(|o| o.namespace() == plan.namespace() && o.name_any() != plan.name_any())
-        .collect();
-    for vm in vms.iter_mut().filter(|v| v.cut_with.is_empty()) {
-        vm.cut_with = cut_with(others.iter().copied(), &vm.name);
-    }
+    cut_with_groups_of_other_plans(plan, inv, vms);
     models
+}
+
+/// The namespace's plans other than `plan`.
+fn other_plans<'a>(
+    plan: &RecoveryPlan,
+    inv: &'a Inventory,
+) -> impl Iterator<Item = &'a RecoveryPlan> + Clone + use<'a> {
+    let (namespace, name) = (plan.namespace(), plan.name_any());
+    inv.plans
+        .values()
+        .filter(move |o| o.namespace() == namespace && o.name_any() != name)
+}
+
+/// A VM no group of this plan lists is cut as protection cuts it: with its group in another
+/// plan, if one lists it.
+fn cut_with_groups_of_other_plans(plan: &RecoveryPlan, inv: &Inventory, vms: &mut [VmModel]) {
+    for vm in vms.iter_mut().filter(|v| v.cut_with.is_empty()) {
+        vm.cut_with = cut_with(other_plans(plan, inv), &vm.name);
+    }
 }
 
 /// Whether the plan's `Valid` condition is True for its current generation: its consistency
@@ -553,17 +563,14 @@ pub fn cut_with<'a>(plans: impl IntoIterator<Item = &'a RecoveryPlan>, vm: &str)
 /// group lists `vm`, with that group's name: the first plan keeps the VM.
 fn cut_by_an_older_plan<'a>(plan: &RecoveryPlan, vm: &str, inv: &'a Inventory) -> Option<(String, &'a str)> {
     let key = |p: &RecoveryPlan| (p.metadata.creation_timestamp.clone(), p.name_any());
-    inv.plans
-        .values()
-        .filter(|o| o.namespace() == plan.namespace() && key(o) < key(plan))
-        .find_map(|o| {
-            let group = o
-                .spec
-                .consistency_groups
-                .iter()
-                .find(|g| g.vms.iter().any(|v| v == vm))?;
-            Some((o.name_any(), group.name.as_str()))
-        })
+    other_plans(plan, inv).filter(|o| key(o) < key(plan)).find_map(|o| {
+        let group = o
+            .spec
+            .consistency_groups
+            .iter()
+            .find(|g| g.vms.iter().any(|v| v == vm))?;
+        Some((o.name_any(), group.name.as_str()))
+    })
 }
 
 /// A plan's site; its shared test namespace, if it has one, must be granted to the plan's
