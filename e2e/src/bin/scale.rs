@@ -18,14 +18,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use coldsite_api::ProtectedVM;
 use coldsite_api::RecoveryRun;
-use coldsite_api::recovery_run::RunPhase;
+use coldsite_api::recovery_run::{RecoveryRunStatus, RunPhase, StepStatus};
 use coldsite_e2e::Component;
 use coldsite_e2e::exchange::{ControllerProcess, dynamic};
 use coldsite_e2e::image::ImageArchive;
 use coldsite_e2e::manifests::repo_root;
 use coldsite_e2e::scale::report::{Table, ratio};
-use coldsite_e2e::scale::{self, Cluster, NS, audit, process_stats};
+use coldsite_e2e::scale::{self, Cluster, NS, audit, process_stats, rto};
+use coldsite_engine::time::from_k8s;
 use kube::api::{Api, PostParams};
 
 #[derive(Debug, Parser)]
@@ -404,9 +406,67 @@ impl Bench {
                 ratio(dr_writes as f64, 3.0 * n as f64)
             ),
         );
+        self.rto_rows(&mut t, &status).await?;
         self.largest_rows(&mut t).await?;
         self.request_rows(&mut t, &w, n)?;
         Ok(t)
+    }
+
+    /// Where the run's time went, by stage, from its own records and its VMs'.
+    async fn rto_rows(&self, t: &mut Table, status: &RecoveryRunStatus) -> Result<()> {
+        let Some(start) = status.start_time.as_ref().map(from_k8s) else {
+            return Ok(());
+        };
+        let pvms: Api<ProtectedVM> = Api::namespaced(self.clusters[0].1.admin.clone(), NS);
+        let vm_steps: Vec<StepStatus> = pvms
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.status?.last_run)
+            .flat_map(|r| r.steps)
+            .collect();
+        // The bench runs one run, so every lastRun is its.
+        let groups: Vec<String> = status.groups.iter().map(|g| g.name.clone()).collect();
+        let b = rto::breakdown(start, &groups, &status.steps, &vm_steps, &self.ready_at_dr().await?);
+        for (i, stage) in rto::STAGES.iter().enumerate() {
+            t.row(
+                format!("RTO stage, all groups / slowest: {stage}"),
+                format!("{:.0} s / {:.0} s", b.total[i], b.slowest[i]),
+            );
+        }
+        t.row(
+            "a VM from power-on to ready at the site, p50 / max (simulated boot)",
+            format!("{:.0} s / {:.0} s ({} s)", b.boot.0, b.boot.1, self.args.boot_secs),
+        );
+        t.row(
+            "a VM from ready at the site until coldsite saw it, p50 / max",
+            format!("{:.0} s / {:.0} s", b.noticed.0, b.noticed.1),
+        );
+        Ok(())
+    }
+
+    /// When each VMI at DR became Ready, by name (the bench names each ProtectedVM as its VM).
+    async fn ready_at_dr(&self) -> Result<BTreeMap<String, DateTime<Utc>>> {
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+            "virtualmachineinstances",
+        );
+        let vmis: Api<kube::api::DynamicObject> = Api::all_with(self.clusters[2].1.admin.clone(), &ar);
+        let mut ready = BTreeMap::new();
+        for vmi in vmis.list(&Default::default()).await?.items {
+            let conditions = vmi.data.pointer("/status/conditions").and_then(|c| c.as_array());
+            let since = conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready" && c["status"] == "True")
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .and_then(|t| t.parse::<DateTime<Utc>>().ok());
+            if let (Some(name), Some(since)) = (vmi.metadata.name, since) {
+                ready.insert(name, since);
+            }
+        }
+        Ok(ready)
     }
 
     /// The largest objects coldsite writes on the management cluster.

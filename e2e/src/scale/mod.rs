@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod process_stats;
 pub mod report;
+pub mod rto;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
