@@ -9,6 +9,7 @@ pub mod driver;
 pub mod executor;
 pub mod fabric;
 pub mod lifecycle;
+pub mod listing;
 pub mod model;
 pub mod names;
 pub mod planner;

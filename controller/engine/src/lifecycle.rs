@@ -226,7 +226,7 @@ pub fn admit_plan<'a>(
              bring them to one side first",
             names.plan,
             verb(action),
-            apart.join(", "),
+            crate::listing::some_of(&apart),
             ways[0].0
         )]);
     }

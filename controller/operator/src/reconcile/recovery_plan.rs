@@ -211,7 +211,12 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
     } else if !valid {
         "the plan is not valid".to_owned()
     } else {
-        format!("not protected within RPO: {}", not_ready.join(", "))
+        format!(
+            "not protected within RPO: {} of {} VM(s): {}",
+            not_ready.len(),
+            vms.len(),
+            coldsite_engine::listing::some_of(&not_ready)
+        )
     };
     conditions::set(
         &mut status.conditions,

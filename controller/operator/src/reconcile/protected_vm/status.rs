@@ -338,7 +338,7 @@ fn disks_consistent(
     if let Some(driver) = cut.cut_with.first() {
         d.message.push_str(&format!(
             "; with its consistency group: {} (rounds driven by {driver}, whose Events say how they go)",
-            cut.cut_with.join(", ")
+            coldsite_engine::listing::some_of(cut.cut_with)
         ));
     }
     d

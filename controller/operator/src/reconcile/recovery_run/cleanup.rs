@@ -185,7 +185,7 @@ async fn discard_partial(run: &RecoveryRun, ctx: &Context, uid: &str) -> Result<
         if discarded.is_empty() {
             "none".to_owned()
         } else {
-            discarded.join(", ")
+            coldsite_engine::listing::some_of(&discarded)
         }
     );
     ctx.event(run, false, "PartialDiscarded", "Cleanup", note).await;
