@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use coldsite_api::{NetworkMapping, ProtectedVM, Site};
 use coldsite_engine::model::VmModel;
-use coldsite_engine::source_vm;
+use coldsite_engine::source_vm::{self, SourceVm};
 use coldsite_engine::validate::{self, Inventory};
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
@@ -161,19 +161,32 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
                 .collect();
             // From the sites' watches when they have listed, else asked now.
             for ns in &vm_namespaces {
-                let live = match (primary, primary.and_then(|s| s.watch.as_ref()).and_then(|w| w.vms(ns))) {
-                    (Some(_), Some(cached)) => Some(cached),
-                    (Some(site), None) => site.list(VM, Some(ns), "").await.ok(),
-                    (None, _) => None,
+                let read = |vm: Value| source_vm::from_manifest(&vm, ns).ok();
+                let live = match (primary, primary.and_then(|s| s.watch.as_ref())) {
+                    (Some(_), Some(watch)) => watch.read_vms(ns, read),
+                    _ => None,
                 };
-                for vm in live.unwrap_or_default() {
-                    if let Ok(v) = source_vm::from_manifest(&vm, ns) {
-                        inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
-                    }
+                let live = match (primary, live) {
+                    (_, Some(cached)) => cached,
+                    (Some(site), None) => site
+                        .list(VM, Some(ns), "")
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(read)
+                        .collect(),
+                    (None, None) => Vec::new(),
+                };
+                for v in live {
+                    inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
                 }
                 let Some(site) = recovery else { continue };
-                for copy in site.list_labelled(CONFIG_MAP, ns, &[]).await.unwrap_or_default() {
-                    add_copy(&mut inv, namespace, ns, &copy);
+                let copies = site
+                    .read_labelled(CONFIG_MAP, ns, &[], |copy| from_copy(&inv, namespace, ns, &copy))
+                    .await
+                    .unwrap_or_default();
+                for v in copies {
+                    inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
                 }
             }
         }
@@ -206,32 +219,27 @@ async fn own_vm(
         inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
     } else if let Some(site) = recovery {
         let copy_name = objects::source_copy_name(&pvm.name_any());
-        if let Ok(Some(copy)) = site.get_labelled(CONFIG_MAP, &ns, &copy_name).await {
-            add_copy(inv, namespace, &ns, &copy);
+        if let Ok(Some(copy)) = site.get_labelled(CONFIG_MAP, &ns, &copy_name).await
+            && let Some(v) = from_copy(inv, namespace, &ns, &copy)
+        {
+            inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
         }
     }
 }
 
-/// A VM the primary cannot show, from the copy of its manifest kept at the recovery site.
-fn add_copy(inv: &mut Inventory, namespace: &str, vm_namespace: &str, copy: &Value) {
-    let Some(pvm) = str_at(copy, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1"))) else {
-        return;
-    };
-    let Some(p) = inv.protected_vms.get(&(namespace.to_owned(), pvm.to_owned())) else {
-        return;
-    };
+/// A VM the primary cannot show, from the copy of its manifest kept at the recovery site;
+/// `None` for a copy of a VM the inventory already has, or of no ProtectedVM of it.
+fn from_copy(inv: &Inventory, namespace: &str, vm_namespace: &str, copy: &Value) -> Option<SourceVm> {
+    let pvm = str_at(copy, &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1")))?;
+    let p = inv.protected_vms.get(&(namespace.to_owned(), pvm.to_owned()))?;
     let key = (vm_namespace.to_owned(), p.spec.vm.name.clone());
     if inv.source_vms.contains_key(&key) {
-        return;
+        return None;
     }
-    let Some(mut manifest) = str_at(copy, "/data/vm.json").and_then(|t| serde_json::from_str::<Value>(t).ok()) else {
-        return;
-    };
+    let mut manifest = serde_json::from_str::<Value>(str_at(copy, "/data/vm.json")?).ok()?;
     manifest["metadata"]["name"] = Value::String(key.1.clone());
     manifest["metadata"]["namespace"] = Value::String(vm_namespace.to_owned());
-    if let Ok(v) = source_vm::from_manifest(&manifest, vm_namespace) {
-        inv.source_vms.insert(key, v);
-    }
+    source_vm::from_manifest(&manifest, vm_namespace).ok()
 }
 
 /// The ProtectedVMs `pvm` is cut with ([`validate::cut_with`]), from the plans' cache without

@@ -237,8 +237,15 @@ where
         Some(self.store.get(&key).and_then(|o| serde_json::to_value(o.as_ref()).ok()))
     }
 
-    /// The namespace's objects carrying every label of `labels`, once the first list is in.
-    fn in_namespace(&self, namespace: &str, labels: &[(&str, &str)]) -> Option<Vec<Value>> {
+    /// What `read` makes of each of the namespace's objects that carry every label of
+    /// `labels`, once the first list is in. One object is a `Value` at a time: a namespace's
+    /// worth at once would cost many times its text.
+    fn read_namespace<T>(
+        &self,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        read: impl FnMut(Value) -> Option<T>,
+    ) -> Option<Vec<T>> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
@@ -252,6 +259,7 @@ where
                 .iter()
                 .filter(|o| o.namespace().as_deref() == Some(namespace) && wanted(o))
                 .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
+                .filter_map(read)
                 .collect(),
         )
     }
@@ -334,9 +342,10 @@ impl SiteWatch {
         }
     }
 
-    /// The VirtualMachines of a namespace; `None` until the watch has listed them.
-    pub fn vms(&self, namespace: &str) -> Option<Vec<Value>> {
-        self.vms.in_namespace(namespace, &[])
+    /// What `read` makes of each VirtualMachine of a namespace; `None` until the watch has
+    /// listed them.
+    pub fn read_vms<T>(&self, namespace: &str, read: impl FnMut(Value) -> Option<T>) -> Option<Vec<T>> {
+        self.vms.read_namespace(namespace, &[], read)
     }
 
     /// One VirtualMachine: `None` until the watch has listed them, `Some(None)` when there
@@ -355,12 +364,18 @@ impl SiteWatch {
         }
     }
 
-    /// The objects of a kind coldsite labels in a namespace that carry `labels` too, as
-    /// [`Self::labelled`]; `None` until listed, or for a kind not cached.
-    pub fn labelled_in(&self, kind: Kind, namespace: &str, labels: &[(&str, &str)]) -> Option<Vec<Value>> {
+    /// What `read` makes of each object of a kind coldsite labels in a namespace that carries
+    /// `labels` too, as [`Self::labelled`]; `None` until listed, or for a kind not cached.
+    pub fn read_labelled<T>(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        read: impl FnMut(Value) -> Option<T>,
+    ) -> Option<Vec<T>> {
         match find(&self.metadata, kind) {
-            Some(cache) => cache.in_namespace(namespace, labels),
-            None => find(&self.labelled, kind)?.in_namespace(namespace, labels),
+            Some(cache) => cache.read_namespace(namespace, labels, read),
+            None => find(&self.labelled, kind)?.read_namespace(namespace, labels, read),
         }
     }
 }

@@ -190,7 +190,20 @@ impl SiteApi {
         namespace: &str,
         labels: &[(&str, &str)],
     ) -> Result<Vec<Value>, FabricError> {
-        if let Some(cached) = self.watch.as_ref().and_then(|w| w.labelled_in(kind, namespace, labels)) {
+        self.read_labelled(kind, namespace, labels, Some).await
+    }
+
+    /// What `read` makes of each object [`Self::list_labelled`] finds, made as each is read.
+    pub async fn read_labelled<T>(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        mut read: impl FnMut(Value) -> Option<T>,
+    ) -> Result<Vec<T>, FabricError> {
+        if let Some(watch) = &self.watch
+            && let Some(cached) = watch.read_labelled(kind, namespace, labels, &mut read)
+        {
             return Ok(cached);
         }
         let selector = labels
@@ -198,7 +211,12 @@ impl SiteApi {
             .fold(crate::kubevirt::objects::managed_selector(), |s, (k, v)| {
                 format!("{s},{k}={v}")
             });
-        self.list(kind, Some(namespace), &selector).await
+        Ok(self
+            .list(kind, Some(namespace), &selector)
+            .await?
+            .into_iter()
+            .filter_map(read)
+            .collect())
     }
 
     /// Creates the object unless one of that name exists; returns what is there. Like every
