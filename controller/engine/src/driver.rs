@@ -230,10 +230,21 @@ pub struct Driver<'a, F, S, H> {
     /// The instant each consistency group restores from, as this driver fixed or found it:
     /// its members' restores in one pass ask at once, and must not choose twice.
     group_points: futures::lock::Mutex<HashMap<usize, DateTime<Utc>>>,
+    /// Each recovery group's start step: until it is done, the group's restores and creates
+    /// are work ahead ([`Self::is_ahead`]).
+    group_starts: HashMap<usize, StepIdx>,
 }
 
 impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
     pub fn new(ctx: &'a RunContext, executor: Executor<'a>, fabric: &'a F, store: S, hook: H, limits: Limits) -> Self {
+        let group_starts = executor
+            .graph()
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.kind == StepKind::Start)
+            .filter_map(|(i, d)| Some((d.group?, i)))
+            .collect();
         Self {
             ctx,
             executor,
@@ -245,6 +256,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
             carried: HashMap::new(),
             calls: 0,
             group_points: futures::lock::Mutex::new(HashMap::new()),
+            group_starts,
         }
     }
 
@@ -281,6 +293,8 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
     /// more is due at this instant.
     pub async fn pass(&mut self, now: DateTime<Utc>, inputs: &RunInputs) -> Result<(), DriverError> {
         let mut observations = Vec::new();
+        let mut room_ahead = self.limits.concurrency.max(1);
+        let mut deferred = Vec::new();
         loop {
             let commands = self.executor.advance(now, inputs, std::mem::take(&mut observations));
             for c in commands {
@@ -294,18 +308,13 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 // Abandoned steps drop out when their poll comes due: the attempt no longer runs.
             }
             self.save_dirty().await?;
-            let mut due = Vec::new();
-            while let Some(Reverse((t, step, attempt))) = self.polls.peek().copied() {
-                if t > now {
-                    break;
-                }
-                self.polls.pop();
-                let r = self.executor.record(step);
-                if r.state == coldsite_api::recovery_run::StepState::Running && r.attempts == attempt {
-                    due.push((step, attempt));
-                }
-            }
+            let due = self.take_due(now, &mut room_ahead, &mut deferred);
             if due.is_empty() {
+                self.polls.extend(
+                    deferred
+                        .into_iter()
+                        .map(|(step, attempt)| Reverse((now, step, attempt))),
+                );
                 return Ok(());
             }
             let this = &*self;
@@ -367,6 +376,54 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 }
             }
         }
+    }
+
+    /// The running steps due at `now`: all of the run's own and the started groups', and of
+    /// the work ahead only what `room` still allows in this pass, earliest in the startup
+    /// order first. The rest of it goes to `deferred`, due at the next pass. A pass that
+    /// restored a thousand VMs at once would hold up the next look at the group whose turn
+    /// it is (its power-ons, its readiness) until every later group's disks were asked for.
+    fn take_due(
+        &mut self,
+        now: DateTime<Utc>,
+        room: &mut usize,
+        deferred: &mut Vec<(StepIdx, u32)>,
+    ) -> Vec<(StepIdx, u32)> {
+        let (mut due, mut ahead) = (Vec::new(), Vec::new());
+        while let Some(Reverse((t, step, attempt))) = self.polls.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.polls.pop();
+            let r = self.executor.record(step);
+            if r.state == coldsite_api::recovery_run::StepState::Running && r.attempts == attempt {
+                if self.is_ahead(step) {
+                    ahead.push((step, attempt));
+                } else {
+                    due.push((step, attempt));
+                }
+            }
+        }
+        // Steps are planned in startup order.
+        ahead.sort_unstable();
+        let asked = ahead.len().min(*room);
+        *room -= asked;
+        deferred.extend(ahead.drain(asked..));
+        due.extend(ahead);
+        due
+    }
+
+    /// Whether a step is work ahead: a restore (or its final sync) or a create for a group
+    /// whose turn has not come. Nothing waits on it yet.
+    fn is_ahead(&self, step: StepIdx) -> bool {
+        let def = &self.executor.graph().steps[step];
+        matches!(
+            def.kind,
+            StepKind::FinalSync | StepKind::RestoreDisks | StepKind::CreateVm
+        ) && def
+            .group
+            .and_then(|g| self.group_starts.get(&g))
+            .is_some_and(|&start| self.executor.record(start).state != coldsite_api::recovery_run::StepState::Succeeded)
     }
 
     async fn save_dirty(&mut self) -> Result<(), DriverError> {

@@ -13,6 +13,7 @@ use coldsite_engine::fabric::RecoveryPoint;
 use coldsite_engine::model::PlanModel;
 use coldsite_engine::planner::{StepGraph, StepIdx, vm_of_step_id};
 use coldsite_engine::time::{from_k8s, to_k8s};
+use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 
 use crate::context::Context;
@@ -118,6 +119,7 @@ pub async fn write_vm_parts(
                 .push(status_of(graph, &rctx.plan, i, &records[i]));
         }
     }
+    let mut writes = Vec::new();
     for (vm, steps) in per_vm {
         let Some(pvm) = pvms.get(&(ns.to_owned(), vm.to_owned())) else {
             continue;
@@ -144,8 +146,17 @@ pub async fn write_vm_parts(
             replaced_point: current.and_then(|c| c.replaced_point.clone()),
         };
         if !crate::status::unchanged(current, &part) {
-            super::claims::write_part(ctx, pvm, &part, None).await?;
+            writes.push((pvm, part));
         }
     }
+    // A group's VMs change together (powered on, ready): written side by side, not one by one.
+    let writes: Vec<_> = writes
+        .into_iter()
+        .map(|(pvm, part)| async move { super::claims::write_part(ctx, pvm, &part, None).await })
+        .collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(ctx.settings.concurrency.max(1))
+        .try_collect::<Vec<bool>>()
+        .await?;
     Ok(())
 }
