@@ -5,7 +5,7 @@
 /// How many names a message shows before it counts the rest.
 pub const SHOWN: usize = 10;
 
-/// `a, b, c`, or `a, b, … and 7 more` past [`SHOWN`] names.
+/// `a, b, c`; past [`SHOWN`] names, the first of them and `and 7 more`.
 pub fn some_of<S: AsRef<str>>(names: &[S]) -> String {
     let shown: Vec<&str> = names.iter().take(SHOWN).map(AsRef::as_ref).collect();
     let text = shown.join(", ");
