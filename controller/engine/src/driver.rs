@@ -328,54 +328,42 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 if self.hook.crash_now() {
                     return Err(DriverError::Crashed);
                 }
-                let tolerate = self.executor.graph().steps[step].tolerate_unreachable;
-                match result {
-                    Ok(Progress::Done(point)) => {
-                        observations.push(Observation {
-                            step,
-                            attempt,
-                            outcome: Outcome::Done { point, note: None },
-                        });
-                    }
-                    Err(e) if tolerate && e.kind == FailureKind::Unreachable && self.ctx.source_down => {
-                        let note = Some(format!("source site down, not waited for: {}", e.message));
-                        observations.push(Observation {
-                            step,
-                            attempt,
-                            outcome: Outcome::Done { point: None, note },
-                        });
-                    }
-                    Err(e) if e.kind == FailureKind::Unreachable => {
-                        // A slow site is not a dead one: wait until it answers, or counts as down.
-                        let message = format!(
-                            "waiting for the site to answer ({}); it counts as down once unreachable for its \
-                             Site's spec.downAfter, or when the run sets spec.sourceDown",
-                            e.message
-                        );
-                        observations.push(Observation {
-                            step,
-                            attempt,
-                            outcome: Outcome::Waiting { message },
-                        });
-                        self.polls.push(Reverse((now + UNREACHABLE_RETRY, step, attempt)));
-                    }
-                    Ok(Progress::InProgress { retry_after }) => {
-                        let at = now + chrono_duration(retry_after.max(std::time::Duration::from_millis(1)));
-                        self.polls.push(Reverse((at, step, attempt)));
-                    }
-                    Err(e) => {
-                        observations.push(Observation {
-                            step,
-                            attempt,
-                            outcome: Outcome::Failed {
-                                retryable: e.retryable(),
-                                message: e.message,
-                            },
-                        });
-                    }
-                }
+                observations.extend(self.observe(step, attempt, result, now));
             }
         }
+    }
+
+    /// What a poll's result means for its step: an observation for the executor, or a later
+    /// poll (a step still in progress, or a site that does not answer yet).
+    fn observe(&mut self, step: StepIdx, attempt: u32, result: PollResult, now: DateTime<Utc>) -> Option<Observation> {
+        let tolerate = self.executor.graph().steps[step].tolerate_unreachable;
+        let outcome = match result {
+            Ok(Progress::Done(point)) => Outcome::Done { point, note: None },
+            Err(e) if tolerate && e.kind == FailureKind::Unreachable && self.ctx.source_down => {
+                let note = Some(format!("source site down, not waited for: {}", e.message));
+                Outcome::Done { point: None, note }
+            }
+            Err(e) if e.kind == FailureKind::Unreachable => {
+                // A slow site is not a dead one: wait until it answers, or counts as down.
+                self.polls.push(Reverse((now + UNREACHABLE_RETRY, step, attempt)));
+                let message = format!(
+                    "waiting for the site to answer ({}); it counts as down once unreachable for its \
+                     Site's spec.downAfter, or when the run sets spec.sourceDown",
+                    e.message
+                );
+                Outcome::Waiting { message }
+            }
+            Ok(Progress::InProgress { retry_after }) => {
+                let at = now + chrono_duration(retry_after.max(std::time::Duration::from_millis(1)));
+                self.polls.push(Reverse((at, step, attempt)));
+                return None;
+            }
+            Err(e) => Outcome::Failed {
+                retryable: e.retryable(),
+                message: e.message,
+            },
+        };
+        Some(Observation { step, attempt, outcome })
     }
 
     /// The running steps due at `now`: all of the run's own and the started groups', and of

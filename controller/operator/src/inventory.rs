@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::context::{Cached, Context};
 use crate::error::{Error, Result};
-use crate::kubevirt::dynamic::{CONFIG_MAP, SiteApi, VM, str_at};
+use crate::kubevirt::dynamic::{CONFIG_MAP, SiteApi, str_at};
 use crate::kubevirt::fabric::KubeVirtFabric;
 use crate::kubevirt::objects::{self, PROTECTED_VM};
 
@@ -153,43 +153,7 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
     let primary = fabric.site(&fabric.primary.name).ok();
     let recovery = fabric.site(&fabric.recovery.name).ok();
     match scope {
-        Scope::Namespace => {
-            let vm_namespaces: BTreeSet<String> = inv
-                .protected_vms
-                .values()
-                .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
-                .collect();
-            // From the sites' watches when they have listed, else asked now.
-            for ns in &vm_namespaces {
-                let read = |vm: Value| source_vm::from_manifest(&vm, ns).ok();
-                let live = match (primary, primary.and_then(|s| s.watch.as_ref())) {
-                    (Some(_), Some(watch)) => watch.read_vms(ns, read),
-                    _ => None,
-                };
-                let live = match (primary, live) {
-                    (_, Some(cached)) => cached,
-                    (Some(site), None) => site
-                        .list(VM, Some(ns), "")
-                        .await
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(read)
-                        .collect(),
-                    (None, None) => Vec::new(),
-                };
-                for v in live {
-                    inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
-                }
-                let Some(site) = recovery else { continue };
-                let copies = site
-                    .read_labelled(CONFIG_MAP, ns, &[], |copy| from_copy(&inv, namespace, ns, &copy))
-                    .await
-                    .unwrap_or_default();
-                for v in copies {
-                    inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
-                }
-            }
-        }
+        Scope::Namespace => namespace_vms(&mut inv, namespace, primary, recovery).await,
         Scope::Vms(pvms) => {
             for pvm in pvms {
                 own_vm(&mut inv, namespace, pvm, primary, recovery).await;
@@ -197,6 +161,32 @@ pub async fn load(ctx: &Context, namespace: &str, fabric: &KubeVirtFabric, scope
         }
     }
     Ok(inv)
+}
+
+/// The VMs of the namespace's ProtectedVMs: live from the primary (its watch when it has
+/// listed, else asked now), else from the copies of their manifests at the recovery site.
+async fn namespace_vms(inv: &mut Inventory, namespace: &str, primary: Option<&SiteApi>, recovery: Option<&SiteApi>) {
+    let vm_namespaces: BTreeSet<String> = inv
+        .protected_vms
+        .values()
+        .map(|p| p.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned()))
+        .collect();
+    for ns in &vm_namespaces {
+        if let Some(site) = primary {
+            let live = site.read_vms(ns, |vm| source_vm::from_manifest(&vm, ns).ok()).await;
+            for v in live.unwrap_or_default() {
+                inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
+            }
+        }
+        let Some(site) = recovery else { continue };
+        let copies = site
+            .read_labelled(CONFIG_MAP, ns, &[], |copy| from_copy(inv, namespace, ns, &copy))
+            .await
+            .unwrap_or_default();
+        for v in copies {
+            inv.source_vms.insert((v.namespace.clone(), v.name.clone()), v);
+        }
+    }
 }
 
 /// The VM `pvm` protects: live from the primary (its watch when it has listed, else asked
@@ -210,9 +200,8 @@ async fn own_vm(
 ) {
     let ns = pvm.spec.vm.namespace.clone().unwrap_or_else(|| namespace.to_owned());
     let name = &pvm.spec.vm.name;
-    let live = match primary.map(|site| (site, site.watch.as_ref().and_then(|w| w.vm(&ns, name)))) {
-        Some((_, Some(cached))) => cached,
-        Some((site, None)) => site.get(VM, Some(&ns), name).await.ok().flatten(),
+    let live = match primary {
+        Some(site) => site.get_vm(&ns, name).await.ok().flatten(),
         None => None,
     };
     if let Some(v) = live.and_then(|vm| source_vm::from_manifest(&vm, &ns).ok()) {

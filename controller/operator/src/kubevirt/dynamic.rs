@@ -176,6 +176,26 @@ impl SiteApi {
         }
     }
 
+    /// What `read` makes of each VirtualMachine of a namespace, from the site's watch once it
+    /// has listed them, else listed now; made as each is read.
+    pub async fn read_vms<T>(
+        &self,
+        namespace: &str,
+        mut read: impl FnMut(Value) -> Option<T>,
+    ) -> Result<Vec<T>, FabricError> {
+        if let Some(watch) = &self.watch
+            && let Some(cached) = watch.read_vms(namespace, &mut read)
+        {
+            return Ok(cached);
+        }
+        Ok(self
+            .list(VM, Some(namespace), "")
+            .await?
+            .into_iter()
+            .filter_map(read)
+            .collect())
+    }
+
     /// An object coldsite labels as the site's watch shows it (a VolumeSnapshot's metadata
     /// only); `None` when there is no watch of its kind or it has not listed yet.
     pub fn watched(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {

@@ -10,7 +10,7 @@ use coldsite_api::common::{condition, is_condition_true};
 use coldsite_api::recovery_plan::{DrillSchedule, DrillSummary, RecoveryPlanStatus, RunSummary};
 use coldsite_api::recovery_run::{RecoveryRunSpec, RunPhase};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
-use coldsite_engine::validate::{self, Severity};
+use coldsite_engine::validate::{self, Inventory, Severity};
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -125,6 +125,60 @@ fn last_successful_test(recorded: Option<&RunSummary>, runs: &[RecoveryRun]) -> 
         .max_by_key(|r| finished(r))
 }
 
+/// How the plan's VMs stand: its Ready condition, how many VMs it names, and the oldest
+/// newest point among them.
+struct Protection {
+    ready: Desired<'static>,
+    vms: usize,
+    worst_rpo: Option<i64>,
+}
+
+/// Pure: Ready when the plan is valid and every VM is protected and within its RPO.
+fn protection(plan: &RecoveryPlan, inv: &Inventory, valid: bool) -> Protection {
+    let ns = plan.namespace().unwrap_or_default();
+    let vms: Vec<&String> = plan.spec.groups.iter().flat_map(|g| &g.vms).collect();
+    let mut not_ready = Vec::new();
+    let mut worst_rpo: Option<i64> = None;
+    for vm in &vms {
+        let pvm: Option<&ProtectedVM> = inv.protected_vms.get(&(ns.clone(), (*vm).clone()));
+        let st = pvm.and_then(|p| p.status.as_ref());
+        if let Some(age) = st
+            .and_then(|s| s.replication.as_ref())
+            .and_then(|r| r.current_rpo_seconds)
+        {
+            worst_rpo = Some(worst_rpo.map_or(age, |w| w.max(age)));
+        }
+        if !st.is_some_and(|s| {
+            is_condition_true(&s.conditions, condition::READY) && is_condition_true(&s.conditions, condition::RPO_MET)
+        }) {
+            not_ready.push(vm.as_str());
+        }
+    }
+    let ok = valid && not_ready.is_empty();
+    let message = if ok {
+        format!("all {} VM(s) protected within their RPO", vms.len())
+    } else if !valid {
+        "the plan is not valid".to_owned()
+    } else {
+        format!(
+            "not protected within RPO: {} of {} VM(s): {}",
+            not_ready.len(),
+            vms.len(),
+            coldsite_engine::listing::some_of(&not_ready)
+        )
+    };
+    Protection {
+        ready: Desired {
+            type_: condition::READY,
+            ok,
+            reason: if ok { "Protected" } else { "NotProtected" },
+            message,
+        },
+        vms: vms.len(),
+        worst_rpo,
+    }
+}
+
 pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Action> {
     let ns = plan.namespace().unwrap_or_default();
     let name = plan.name_any();
@@ -186,51 +240,10 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
         .await;
     }
 
-    // Ready: every VM protected and within its RPO.
-    let vms: Vec<&String> = plan.spec.groups.iter().flat_map(|g| &g.vms).collect();
-    let mut not_ready = Vec::new();
-    let mut worst_rpo: Option<i64> = None;
-    for vm in &vms {
-        let pvm: Option<&ProtectedVM> = inv.protected_vms.get(&(ns.clone(), (*vm).clone()));
-        let st = pvm.and_then(|p| p.status.as_ref());
-        if let Some(age) = st
-            .and_then(|s| s.replication.as_ref())
-            .and_then(|r| r.current_rpo_seconds)
-        {
-            worst_rpo = Some(worst_rpo.map_or(age, |w| w.max(age)));
-        }
-        if !st.is_some_and(|s| {
-            is_condition_true(&s.conditions, condition::READY) && is_condition_true(&s.conditions, condition::RPO_MET)
-        }) {
-            not_ready.push(vm.as_str());
-        }
-    }
-    let ready = valid && not_ready.is_empty();
-    let ready_message = if ready {
-        format!("all {} VM(s) protected within their RPO", vms.len())
-    } else if !valid {
-        "the plan is not valid".to_owned()
-    } else {
-        format!(
-            "not protected within RPO: {} of {} VM(s): {}",
-            not_ready.len(),
-            vms.len(),
-            coldsite_engine::listing::some_of(&not_ready)
-        )
-    };
-    conditions::set(
-        &mut status.conditions,
-        Desired {
-            type_: condition::READY,
-            ok: ready,
-            reason: if ready { "Protected" } else { "NotProtected" },
-            message: ready_message,
-        },
-        generation,
-        t.clone(),
-    );
-    status.vm_count = Some(vms.len() as i32);
-    status.estimated_rpo_seconds = worst_rpo;
+    let protection = protection(&plan, &inv, valid);
+    conditions::set(&mut status.conditions, protection.ready, generation, t.clone());
+    status.vm_count = Some(protection.vms as i32);
+    status.estimated_rpo_seconds = protection.worst_rpo;
 
     // The latest run and the latest drill.
     let mut runs: Vec<RecoveryRun> = crate::inventory::runs(&ctx, &ns)
@@ -456,6 +469,39 @@ mod tests {
             base,
             protection_state(&pvm("a", "True", "False", "2026-11-26T10:00:00Z"))
         );
+    }
+
+    #[test]
+    fn ready_names_ten_unprotected_vms_and_counts_the_rest() {
+        let names: Vec<String> = (0..30).map(|i| format!("vm{i:02}")).collect();
+        let plan: RecoveryPlan = serde_json::from_value(serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryPlan",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"primarySite": "hq", "recoverySite": "dr", "groups": [{"name": "g", "vms": names}]},
+        }))
+        .unwrap();
+        let mut inv = Inventory::default();
+        for (i, name) in names.iter().enumerate() {
+            let ready = if i % 2 == 0 { "True" } else { "False" };
+            inv.protected_vms.insert(
+                ("ns".into(), name.clone()),
+                pvm(name, ready, "True", "2026-11-26T10:00:00Z"),
+            );
+        }
+        let p = protection(&plan, &inv, true);
+        assert!(!p.ready.ok);
+        assert_eq!(
+            p.ready.message,
+            "not protected within RPO: 15 of 30 VM(s): vm01, vm03, vm05, vm07, vm09, vm11, vm13, vm15, vm17, vm19 \
+             and 5 more"
+        );
+        assert_eq!(p.vms, 30);
+        assert_eq!(protection(&plan, &inv, false).ready.message, "the plan is not valid");
+        for pvm in inv.protected_vms.values_mut() {
+            *pvm = super::tests::pvm(&pvm.name_any(), "True", "True", "2026-11-26T10:00:00Z");
+        }
+        let all = protection(&plan, &inv, true);
+        assert!(all.ready.ok, "{}", all.ready.message);
     }
 
     #[test]
