@@ -21,3 +21,4 @@ pub mod server;
 pub mod site_watch;
 pub mod sites;
 pub mod status;
+pub mod throttle;

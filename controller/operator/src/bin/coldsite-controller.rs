@@ -18,6 +18,7 @@ use coldsite_operator::served_crds;
 use coldsite_operator::server::{self, Readiness};
 use coldsite_operator::site_watch::SiteChange;
 use coldsite_operator::sites::SiteClients;
+use coldsite_operator::throttle;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
@@ -360,7 +361,9 @@ fn protection_controller(
 }
 
 /// A plan's Ready follows its VMs' protection: a ProtectedVM whose protection changes (not
-/// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it. Its watch
+/// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it, each at
+/// most once per `PROTECTION_PASS_EVERY` (a pass reads the whole namespace, and while
+/// thousands of VMs are first protected their changes would run it back to back). Its watch
 /// of runs fills `runs` (the shared cache of runs) before it triggers a plan, so a plan
 /// reconciled for a run's change reads that change.
 fn plan_controller(
@@ -376,7 +379,9 @@ fn plan_controller(
     let protection = watcher::watcher(api::<ProtectedVM>(&client, namespace), cfg.clone())
         .default_backoff()
         .touched_objects()
-        .predicate_filter(reconcile::recovery_plan::protection_state, Default::default());
+        .predicate_filter(reconcile::recovery_plan::protection_state, Default::default())
+        .filter_map(|pvm| futures::future::ready(pvm.ok()))
+        .flat_map(move |pvm| futures::stream::iter(reconcile::recovery_plan::plans_naming(&plan_store, &pvm)));
     let forget = ctx.clone();
     let run_changes = reflector::reflector(
         runs,
@@ -387,9 +392,10 @@ fn plan_controller(
         .watches_stream(run_changes, |run: RecoveryRun| {
             run.namespace().map(|ns| ObjectRef::new(&run.spec.plan).within(&ns))
         })
-        .watches_stream(protection, move |pvm: ProtectedVM| {
-            reconcile::recovery_plan::plans_naming(&plan_store, &pvm)
-        })
+        .reconcile_on(throttle::at_most_every(
+            protection,
+            reconcile::recovery_plan::PROTECTION_PASS_EVERY,
+        ))
         .graceful_shutdown_on(stop)
         .run(
             instrument("RecoveryPlan", reconcile::recovery_plan::reconcile),
