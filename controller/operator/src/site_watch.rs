@@ -354,6 +354,14 @@ impl SiteWatch {
         self.vms.get(VM, namespace, name)
     }
 
+    /// Whether the changes of coldsite's ReplicationSources and ReplicationDestinations here
+    /// are announced: their watches have listed them.
+    pub fn follows_replication(&self) -> bool {
+        [REPLICATION_SOURCE, REPLICATION_DESTINATION]
+            .into_iter()
+            .all(|kind| find(&self.labelled, kind).is_some_and(|c| c.ready.load(Ordering::Acquire)))
+    }
+
     /// One object of a kind coldsite labels, as [`Self::vm`]; `None` as well for a kind not
     /// cached. An object without coldsite's labels reads as absent; one of a kind in
     /// [`METADATA_ONLY`] reads as its metadata only.

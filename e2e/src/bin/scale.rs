@@ -21,7 +21,6 @@ use clap::Parser;
 use coldsite_api::ProtectedVM;
 use coldsite_api::RecoveryRun;
 use coldsite_api::recovery_run::{RecoveryRunStatus, RunPhase, StepStatus};
-use coldsite_e2e::Component;
 use coldsite_e2e::exchange::{ControllerProcess, dynamic};
 use coldsite_e2e::image::ImageArchive;
 use coldsite_e2e::manifests::repo_root;
@@ -228,8 +227,9 @@ impl Bench {
         Ok(())
     }
 
-    /// CPU seconds so far of the controller, the simulator and each cluster's API server
-    /// and etcd.
+    /// CPU seconds so far of the controller, the simulator and each process of each cluster:
+    /// API server, etcd, controller manager, and at the sites VolSync's controller and the
+    /// snapshot-controller.
     fn cpu(&self) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
         let mut put = |name: String, pid: Option<u32>| {
@@ -241,9 +241,7 @@ impl Bench {
         put("site simulator".into(), self.simulator.id());
         for (name, c) in &self.clusters {
             for (component, pid) in c.cp.pids() {
-                if matches!(component, Component::ApiServer | Component::Etcd) {
-                    put(format!("{name} {}", component.name()), Some(pid));
-                }
+                put(format!("{name} {}", component.name()), Some(pid));
             }
         }
         out

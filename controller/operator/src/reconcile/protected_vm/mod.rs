@@ -40,6 +40,11 @@ pub use self::status::health;
 
 pub const FINALIZER: &str = "coldsite.io/protection";
 const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// How often a VM waiting for replication looks again while both sites' watches announce
+/// its replication objects' changes: those reconcile it as the sync moves, and the look only
+/// refreshes why it waits. At 5,000 VMs waiting at once, looks every [`CHECK_EVERY`] took
+/// all the API servers had.
+const WAITING_LOOK: Duration = Duration::from_secs(120);
 /// How often a VM whose copy could not be fenced looks again: the other site may be back.
 const FENCE_RETRY: Duration = Duration::from_secs(5);
 /// How often a VM looks again while an app-consistent sync is under way.
@@ -122,7 +127,10 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let at_rest = settled.claim.is_none()
         && problem.is_none()
         && model.as_ref().is_ok_and(|vm| vm.app_consistent_interval.is_none());
-    let look_again = next_look(at_rest, replication.as_ref(), rpo, now);
+    let watched = [&spec.primary_site, &spec.recovery_site]
+        .into_iter()
+        .all(|site| ctx.sites.watch(site).is_some_and(|w| w.follows_replication()));
+    let look_again = next_look(at_rest, watched, replication.as_ref(), rpo, now);
     let observed = Observed {
         settled: &settled,
         replication: replication.as_ref(),
@@ -223,17 +231,26 @@ async fn write_status(
 
 /// When to look again if nothing changes. A VM at rest that replicates with a point is looked
 /// at by its RPO ([`rpo::next_look`]): changes to it and to its copies at the sites trigger a
-/// reconcile on their own. Anything else, every [`CHECK_EVERY`].
+/// reconcile on their own. One at rest that waits for its first point, every [`WAITING_LOOK`]
+/// while the sites' watches announce its sync's progress (`watched`). Anything else, every
+/// [`CHECK_EVERY`].
 fn next_look(
     at_rest: bool,
+    watched: bool,
     replication: Option<&ReplicationState>,
     rpo: Duration,
     now: chrono::DateTime<Utc>,
 ) -> Duration {
     match (at_rest, replication) {
-        (true, Some(r)) if r.established => r
-            .last_sync
-            .map_or(CHECK_EVERY, |newest| rpo::next_look(rpo, newest, now)),
+        (
+            true,
+            Some(ReplicationState {
+                established: true,
+                last_sync: Some(newest),
+                ..
+            }),
+        ) => rpo::next_look(rpo, *newest, now),
+        (true, Some(_)) if watched => WAITING_LOOK,
         _ => CHECK_EVERY,
     }
 }
@@ -243,7 +260,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_vm_at_rest_with_a_point_waits_longer_than_the_regular_look() {
+    fn a_vm_at_rest_looks_by_its_rpo_with_a_point_and_waits_on_the_watches_without_one() {
         let now = Utc::now();
         let day = Duration::from_secs(24 * 3600);
         let replicating = |last_sync| ReplicationState {
@@ -252,14 +269,23 @@ mod tests {
             ..ReplicationState::default()
         };
         let with_point = replicating(Some(now));
-        assert_eq!(next_look(true, Some(&with_point), day, now), Duration::from_secs(300));
-        // Held by a run, in trouble, or driving app-consistent syncs: the regular look.
-        assert_eq!(next_look(false, Some(&with_point), day, now), CHECK_EVERY);
-        // No point yet, replication not set up, or paused after a failover.
-        assert_eq!(next_look(true, Some(&replicating(None)), day, now), CHECK_EVERY);
+        for watched in [true, false] {
+            assert_eq!(
+                next_look(true, watched, Some(&with_point), day, now),
+                Duration::from_secs(300)
+            );
+            // Held by a run, in trouble, or driving app-consistent syncs: the regular look.
+            assert_eq!(next_look(false, watched, Some(&with_point), day, now), CHECK_EVERY);
+            // Paused after a failover: nothing announces its way back.
+            assert_eq!(next_look(true, watched, None, day, now), CHECK_EVERY);
+        }
+        // No point yet, or replication not set up: the watches bring its progress, when up.
         let waiting = ReplicationState::default();
-        assert_eq!(next_look(true, Some(&waiting), day, now), CHECK_EVERY);
-        assert_eq!(next_look(true, None, day, now), CHECK_EVERY);
+        for r in [&replicating(None), &waiting] {
+            assert_eq!(next_look(true, true, Some(r), day, now), WAITING_LOOK);
+            assert_eq!(next_look(true, false, Some(r), day, now), CHECK_EVERY);
+        }
+        assert_eq!(next_look(false, true, Some(&waiting), day, now), CHECK_EVERY);
     }
 }
 
