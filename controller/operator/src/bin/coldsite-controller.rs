@@ -362,7 +362,7 @@ fn protection_controller(
 
 /// A plan's Ready follows its VMs' protection: a ProtectedVM whose protection changes (not
 /// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it, each at
-/// most once per `PROTECTION_PASS_EVERY` (a pass reads the whole namespace, and while
+/// most once per its `protection_pass_floor` (a pass reads the whole namespace, and while
 /// thousands of VMs are first protected their changes would run it back to back). Its watch
 /// of runs fills `runs` (the shared cache of runs) before it triggers a plan, so a plan
 /// reconciled for a run's change reads that change.
@@ -376,6 +376,12 @@ fn plan_controller(
     let client = ctx.client.clone();
     let cfg = watcher::Config::default();
     let plan_store = plans.store();
+    let sizes = plan_store.clone();
+    let floor = move |plan: &ObjectRef<RecoveryPlan>| {
+        sizes
+            .get(plan)
+            .map_or(Duration::ZERO, |p| reconcile::recovery_plan::protection_pass_floor(&p))
+    };
     let protection = watcher::watcher(api::<ProtectedVM>(&client, namespace), cfg.clone())
         .default_backoff()
         .touched_objects()
@@ -392,10 +398,7 @@ fn plan_controller(
         .watches_stream(run_changes, |run: RecoveryRun| {
             run.namespace().map(|ns| ObjectRef::new(&run.spec.plan).within(&ns))
         })
-        .reconcile_on(throttle::at_most_every(
-            protection,
-            reconcile::recovery_plan::PROTECTION_PASS_EVERY,
-        ))
+        .reconcile_on(throttle::at_most_every(protection, floor))
         .graceful_shutdown_on(stop)
         .run(
             instrument("RecoveryPlan", reconcile::recovery_plan::reconcile),

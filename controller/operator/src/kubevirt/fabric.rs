@@ -261,7 +261,9 @@ impl KubeVirtFabric {
         let Some(address) = str_at(&rd, "/status/rsyncTLS/address") else {
             // No address, no data: the destination's mover has cut nothing yet.
             let mut waiting = blockers(dst, &ends.target.name, REPLICATION_DESTINATION, &rd, false).await?;
-            waiting.extend(address_blocker(dst, ends.target, &rd).await?);
+            if address_overdue(&rd, now) {
+                waiting.extend(address_blocker(dst, ends.target, &rd).await?);
+            }
             return Ok(DiskReplication {
                 established: false,
                 waiting,
@@ -687,7 +689,8 @@ async fn copy_manifest(src: &SiteApi, dst: &SiteApi, vm: &VmModel) -> Result<(),
 
 /// How long after a sync started (a source's) or its data arrived (a destination's) the
 /// VolumeSnapshot its mover cuts is read for errors: VolSync itself warns of a snapshot still
-/// unbound after 30 s. Until then the wait is young, and its look costs no request.
+/// unbound after 30 s. Until then the wait is young, and its look costs no request. A new
+/// destination's Service likewise, for why it has no address.
 const SNAPSHOT_BIND_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// Whether a source's mover snapshot is worth reading for what holds up its first sync: cut
@@ -701,6 +704,12 @@ fn source_snapshot_overdue(rs: &Value, now: DateTime<Utc>) -> bool {
 fn destination_snapshot_overdue(rs: Option<&Value>, now: DateTime<Utc>) -> bool {
     rs.and_then(|rs| super::dynamic::time_at(rs, "/status/lastSyncTime"))
         .is_some_and(|t| now - t >= SNAPSHOT_BIND_GRACE)
+}
+
+/// Whether a destination's Service is worth reading for why it has no address: a load
+/// balancer gives one within seconds, so not while the destination is new.
+fn address_overdue(rd: &Value, now: DateTime<Utc>) -> bool {
+    super::dynamic::time_at(rd, "/metadata/creationTimestamp").is_some_and(|t| now - t >= SNAPSHOT_BIND_GRACE)
 }
 
 /// The reasons of VolSync's `Synchronizing` condition that are steps of a healthy cycle, not
@@ -1315,7 +1324,7 @@ mod tests {
     }
 
     #[test]
-    fn a_movers_snapshot_is_read_only_once_it_should_have_bound() {
+    fn a_movers_snapshot_or_a_destinations_service_is_read_only_once_it_should_have_bound() {
         let now = parse_time("2026-12-03T10:00:00Z").unwrap();
         let source = |status: Value| json!({ "status": status });
         // A source's snapshot is cut when its sync starts.
@@ -1327,6 +1336,10 @@ mod tests {
         assert!(!source_snapshot_overdue(&young, now));
         let overdue = source(json!({"lastSyncStartTime": "2026-12-03T09:59:30Z"}));
         assert!(source_snapshot_overdue(&overdue, now));
+        // A destination's Service, once it should have had an address.
+        let made = |at: &str| json!({"metadata": {"creationTimestamp": at}});
+        assert!(!address_overdue(&made("2026-12-03T09:59:31Z"), now));
+        assert!(address_overdue(&made("2026-12-03T09:59:30Z"), now));
         // A destination's, once the source has sent the data.
         assert!(!destination_snapshot_overdue(None, now));
         assert!(!destination_snapshot_overdue(Some(&overdue), now), "still sending");
