@@ -20,6 +20,7 @@ use coldsite_operator::site_watch::SiteChange;
 use coldsite_operator::sites::SiteClients;
 use coldsite_operator::throttle;
 use futures::StreamExt;
+use futures::channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
@@ -224,8 +225,10 @@ struct NamespaceCaches {
 /// their caches added to `caches`.
 /// A controller whose cache keeps no managedFields: nothing reads them (a run's approvals
 /// do, and runs keep theirs), and at thousands of ProtectedVMs they would be much of the
-/// controller's memory.
-fn lean_controller<K>(api: Api<K>, cfg: watcher::Config) -> Controller<K>
+/// controller's memory. Given a `tap`, each object it sees goes there too, once its cache
+/// holds it: what follows those changes then reads them from the cache, with no watch of
+/// its own.
+fn lean_controller<K>(api: Api<K>, cfg: watcher::Config, tap: Option<UnboundedSender<K>>) -> Controller<K>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -236,7 +239,13 @@ where
             .default_backoff()
             .modify(|o| o.meta_mut().managed_fields = None),
     )
-    .applied_objects();
+    .applied_objects()
+    .inspect(move |seen| {
+        if let (Some(tap), Ok(object)) = (&tap, seen) {
+            // Closed only when its follower stopped, as everything does at shutdown.
+            let _ = tap.unbounded_send(object.clone());
+        }
+    });
     Controller::for_stream(events, reader)
 }
 
@@ -248,9 +257,10 @@ fn namespace_controllers(
     caches: &mut NamespaceCaches,
 ) -> Vec<Work> {
     let (client, cfg) = (&ctx.client, watcher::Config::default());
-    let mappings = lean_controller(api::<NetworkMapping>(client, ns), cfg.clone());
-    let pvms = lean_controller(api::<ProtectedVM>(client, ns), cfg.clone());
-    let plans = lean_controller(api::<RecoveryPlan>(client, ns), cfg.clone());
+    let mappings = lean_controller(api::<NetworkMapping>(client, ns), cfg.clone(), None);
+    let (pvm_changes, plans_see_pvms) = mpsc::unbounded();
+    let pvms = lean_controller(api::<ProtectedVM>(client, ns), cfg.clone(), Some(pvm_changes));
+    let plans = lean_controller(api::<RecoveryPlan>(client, ns), cfg.clone(), None);
     let (runs, plans_see_runs) = reflector::store();
     caches.mappings.push(mappings.store());
     caches.protected_vms.push(pvms.store());
@@ -274,7 +284,14 @@ fn namespace_controllers(
             stop.clone(),
             protection_concurrency,
         )),
-        Box::pin(plan_controller(plans, ctx, stop.clone(), plans_see_runs, ns)),
+        Box::pin(plan_controller(
+            plans,
+            ctx,
+            stop.clone(),
+            plans_see_pvms,
+            plans_see_runs,
+            ns,
+        )),
         Box::pin(
             Controller::new(api::<RecoveryRun>(client, ns), cfg)
                 .graceful_shutdown_on(stop.clone())
@@ -363,18 +380,19 @@ fn protection_controller(
 /// A plan's Ready follows its VMs' protection: a ProtectedVM whose protection changes (not
 /// each sync: the predicate hashes Ready and RpoMet) requeues the plans naming it, each at
 /// most once per its `protection_pass_floor` (a pass reads the whole namespace, and while
-/// thousands of VMs are first protected their changes would run it back to back). Its watch
-/// of runs fills `runs` (the shared cache of runs) before it triggers a plan, so a plan
-/// reconciled for a run's change reads that change.
+/// thousands of VMs are first protected their changes would run it back to back). `pvms`
+/// come from the ProtectedVM controller's cache, and its watch of runs fills `runs` (the
+/// shared cache of runs) before it triggers a plan, so a plan reconciled for either's change
+/// reads that change.
 fn plan_controller(
     plans: Controller<RecoveryPlan>,
     ctx: &Arc<Context>,
     stop: Stop,
+    pvms: UnboundedReceiver<ProtectedVM>,
     runs: Writer<RecoveryRun>,
     namespace: Option<&str>,
 ) -> impl Future<Output = ()> + use<> {
     let client = ctx.client.clone();
-    let cfg = watcher::Config::default();
     let plan_store = plans.store();
     let sizes = plan_store.clone();
     let floor = move |plan: &ObjectRef<RecoveryPlan>| {
@@ -382,16 +400,15 @@ fn plan_controller(
             .get(plan)
             .map_or(Duration::ZERO, |p| reconcile::recovery_plan::protection_pass_floor(&p))
     };
-    let protection = watcher::watcher(api::<ProtectedVM>(&client, namespace), cfg.clone())
-        .default_backoff()
-        .touched_objects()
+    let protection = pvms
+        .map(Ok::<_, watcher::Error>)
         .predicate_filter(reconcile::recovery_plan::protection_state, Default::default())
         .filter_map(|pvm| futures::future::ready(pvm.ok()))
         .flat_map(move |pvm| futures::stream::iter(reconcile::recovery_plan::plans_naming(&plan_store, &pvm)));
     let forget = ctx.clone();
     let run_changes = reflector::reflector(
         runs,
-        watcher::watcher(api::<RecoveryRun>(&client, namespace), cfg).default_backoff(),
+        watcher::watcher(api::<RecoveryRun>(&client, namespace), watcher::Config::default()).default_backoff(),
     )
     .touched_objects();
     plans
