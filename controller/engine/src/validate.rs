@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use coldsite_api::network_mapping::{NetworkMapping, NetworkRule};
 use coldsite_api::protected_vm::ProtectedVM;
-use coldsite_api::recovery_plan::{Action, RecoveryPlan, WEBHOOK_HTTPS_MESSAGE, Webhook, WebhookTransport};
+use coldsite_api::recovery_plan::{
+    Action, RecoveryGroup, RecoveryPlan, WEBHOOK_HTTPS_MESSAGE, Webhook, WebhookTransport,
+};
 use coldsite_api::recovery_run::RecoveryRun;
 use coldsite_api::site::{SCRIPT_SERVICE_ACCOUNT, Site};
 use ipnet::IpNet;
@@ -286,126 +288,10 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
 
     let primary = site_model(inv, &spec.primary_site, "spec.primarySite", &ns, &mut p);
     let recovery = site_model(inv, &spec.recovery_site, "spec.recoverySite", &ns, &mut p);
-
-    // Groups and their order.
-    let group_index: BTreeMap<&str, usize> = spec
-        .groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.name.as_str(), i))
-        .collect();
-    let mut depends: Vec<Vec<usize>> = Vec::new();
-    for (i, g) in spec.groups.iter().enumerate() {
-        let deps = match &g.depends_on {
-            None if i > 0 => vec![i - 1],
-            None => Vec::new(),
-            Some(names) => names
-                .iter()
-                .filter_map(|n| match group_index.get(n.as_str()) {
-                    Some(&j) if j != i => Some(j),
-                    _ => {
-                        p.error(
-                            format!("spec.groups[{i}].dependsOn"),
-                            format!("{n:?} is not another group of this plan"),
-                        );
-                        None
-                    }
-                })
-                .collect(),
-        };
-        depends.push(deps);
-    }
-    if let Some(cycle) = find_cycle(&depends) {
-        let names: Vec<&str> = cycle.iter().map(|&i| spec.groups[i].name.as_str()).collect();
-        p.error(
-            "spec.groups[].dependsOn",
-            format!(
-                "groups depend on each other in a cycle: {}; remove one of these dependencies",
-                names.join(" → ")
-            ),
-        );
-    }
-
-    // VMs: each in one group, each resolvable.
-    let mut owner: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut vms: Vec<VmModel> = Vec::new();
-    let mut groups: Vec<GroupModel> = Vec::new();
-    let mut recovered_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut test_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
-    for (gi, g) in spec.groups.iter().enumerate() {
-        let mut members = Vec::new();
-        for (vi, vm_name) in g.vms.iter().enumerate() {
-            let field = format!("spec.groups[{gi}].vms[{vi}]");
-            if let Some(&other) = owner.get(vm_name.as_str()) {
-                p.error(
-                    field,
-                    format!(
-                        "ProtectedVM {vm_name} is already in group {}; a VM belongs to one group",
-                        spec.groups[other].name
-                    ),
-                );
-                continue;
-            }
-            owner.insert(vm_name, gi);
-            let Some(pvm) = inv.protected_vms.get(&(ns.clone(), vm_name.clone())) else {
-                p.error(
-                    field,
-                    format!("ProtectedVM {ns}/{vm_name} does not exist; create it or fix the name"),
-                );
-                continue;
-            };
-            if pvm.spec.primary_site != spec.primary_site || pvm.spec.recovery_site != spec.recovery_site {
-                p.error(
-                    field,
-                    format!(
-                        "ProtectedVM {vm_name} is protected from {} to {}, but the plan recovers {} to {}",
-                        pvm.spec.primary_site, pvm.spec.recovery_site, spec.primary_site, spec.recovery_site
-                    ),
-                );
-                continue;
-            }
-            if let Some(vm) = resolve_vm(pvm, &ns, inv, &mut p, &field, &mut recovered_ips, &mut test_ips) {
-                members.push(vms.len());
-                vms.push(vm);
-            }
-        }
-        groups.push(GroupModel {
-            name: g.name.clone(),
-            vms: members,
-            depends_on: depends[gi].clone(),
-            readiness: readiness_model(&g.readiness, gi, &mut p),
-            pre: actions(&g.pre, &format!("spec.groups[{gi}].pre"), &mut p),
-            post: actions(&g.post, &format!("spec.groups[{gi}].post"), &mut p),
-        });
-    }
-
+    let depends = group_order(&spec.groups, &mut p);
+    let (groups, mut vms) = members(plan, &ns, inv, depends, &mut p);
     let consistency_groups = consistency_groups(plan, inv, &mut vms, primary.as_ref(), &mut p);
-
-    if let Some(why) = spec
-        .drill
-        .as_ref()
-        .and_then(|d| crate::schedule::never_fires(&d.schedule))
-    {
-        p.error(
-            "spec.drill.schedule",
-            format!("{why}; pick dates that exist, such as '0 3 * * 6'"),
-        );
-    }
-    let auto_approve = spec.drill.as_ref().map(|d| d.auto_approve.clone()).unwrap_or_default();
-    let manual: BTreeSet<&str> = groups
-        .iter()
-        .flat_map(|g| g.pre.iter().chain(&g.post))
-        .filter(|a| a.is_manual())
-        .map(|a| a.name.as_str())
-        .collect();
-    for name in &auto_approve {
-        if !manual.contains(name.as_str()) {
-            p.error(
-                "spec.drill.autoApprove",
-                format!("{name:?} is not a manual action of this plan"),
-            );
-        }
-    }
+    let auto_approve = drill(plan, &groups, &mut p);
 
     if p.has_errors() {
         return Err(p.list);
@@ -426,6 +312,135 @@ pub fn validate_plan(plan: &RecoveryPlan, inv: &Inventory) -> Result<(PlanModel,
         },
         p.list,
     ))
+}
+
+/// Each group's dependencies, by index: the previous group unless it names its own, which
+/// must be other groups of the plan and form no cycle.
+fn group_order(groups: &[RecoveryGroup], p: &mut Problems) -> Vec<Vec<usize>> {
+    let group_index: BTreeMap<&str, usize> = groups.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
+    let mut depends: Vec<Vec<usize>> = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        let deps = match &g.depends_on {
+            None if i > 0 => vec![i - 1],
+            None => Vec::new(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| match group_index.get(n.as_str()) {
+                    Some(&j) if j != i => Some(j),
+                    _ => {
+                        p.error(
+                            format!("spec.groups[{i}].dependsOn"),
+                            format!("{n:?} is not another group of this plan"),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        depends.push(deps);
+    }
+    if let Some(cycle) = find_cycle(&depends) {
+        let names: Vec<&str> = cycle.iter().map(|&i| groups[i].name.as_str()).collect();
+        p.error(
+            "spec.groups[].dependsOn",
+            format!(
+                "groups depend on each other in a cycle: {}; remove one of these dependencies",
+                names.join(" → ")
+            ),
+        );
+    }
+    depends
+}
+
+/// The groups' models and their VMs: each VM in one group, each resolvable, each protected
+/// between the plan's sites.
+fn members(
+    plan: &RecoveryPlan,
+    ns: &str,
+    inv: &Inventory,
+    depends: Vec<Vec<usize>>,
+    p: &mut Problems,
+) -> (Vec<GroupModel>, Vec<VmModel>) {
+    let spec = &plan.spec;
+    let mut owner: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut vms: Vec<VmModel> = Vec::new();
+    let mut groups: Vec<GroupModel> = Vec::new();
+    let mut recovered_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut test_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for ((gi, g), depends_on) in spec.groups.iter().enumerate().zip(depends) {
+        let mut vm_indexes = Vec::new();
+        for (vi, vm_name) in g.vms.iter().enumerate() {
+            let field = format!("spec.groups[{gi}].vms[{vi}]");
+            if let Some(&other) = owner.get(vm_name.as_str()) {
+                p.error(
+                    field,
+                    format!(
+                        "ProtectedVM {vm_name} is already in group {}; a VM belongs to one group",
+                        spec.groups[other].name
+                    ),
+                );
+                continue;
+            }
+            owner.insert(vm_name, gi);
+            let Some(pvm) = inv.protected_vms.get(&(ns.to_owned(), vm_name.clone())) else {
+                p.error(
+                    field,
+                    format!("ProtectedVM {ns}/{vm_name} does not exist; create it or fix the name"),
+                );
+                continue;
+            };
+            if pvm.spec.primary_site != spec.primary_site || pvm.spec.recovery_site != spec.recovery_site {
+                p.error(
+                    field,
+                    format!(
+                        "ProtectedVM {vm_name} is protected from {} to {}, but the plan recovers {} to {}",
+                        pvm.spec.primary_site, pvm.spec.recovery_site, spec.primary_site, spec.recovery_site
+                    ),
+                );
+                continue;
+            }
+            if let Some(vm) = resolve_vm(pvm, ns, inv, p, &field, &mut recovered_ips, &mut test_ips) {
+                vm_indexes.push(vms.len());
+                vms.push(vm);
+            }
+        }
+        groups.push(GroupModel {
+            name: g.name.clone(),
+            vms: vm_indexes,
+            depends_on,
+            readiness: readiness_model(&g.readiness, gi, p),
+            pre: actions(&g.pre, &format!("spec.groups[{gi}].pre"), p),
+            post: actions(&g.post, &format!("spec.groups[{gi}].post"), p),
+        });
+    }
+    (groups, vms)
+}
+
+/// The drill's schedule checked, and its auto-approvals, each a manual action of the plan.
+fn drill(plan: &RecoveryPlan, groups: &[GroupModel], p: &mut Problems) -> Vec<String> {
+    let drill = plan.spec.drill.as_ref();
+    if let Some(why) = drill.and_then(|d| crate::schedule::never_fires(&d.schedule)) {
+        p.error(
+            "spec.drill.schedule",
+            format!("{why}; pick dates that exist, such as '0 3 * * 6'"),
+        );
+    }
+    let auto_approve = drill.map(|d| d.auto_approve.clone()).unwrap_or_default();
+    let manual: BTreeSet<&str> = groups
+        .iter()
+        .flat_map(|g| g.pre.iter().chain(&g.post))
+        .filter(|a| a.is_manual())
+        .map(|a| a.name.as_str())
+        .collect();
+    for name in &auto_approve {
+        if !manual.contains(name.as_str()) {
+            p.error(
+                "spec.drill.autoApprove",
+                format!("{name:?} is not a manual action of this plan"),
+            );
+        }
+    }
+    auto_approve
 }
 
 /// The plan's consistency groups over its resolved VMs, each member's `cut_with` set: every
