@@ -10,7 +10,9 @@ use coldsite_api::common::{condition, is_condition_true};
 use coldsite_api::recovery_plan::{DrillSchedule, DrillSummary, RecoveryPlanStatus, RunSummary};
 use coldsite_api::recovery_run::{RecoveryRunSpec, RunPhase};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
-use coldsite_engine::validate::{self, Inventory, Severity};
+use coldsite_engine::model::PlanModel;
+use coldsite_engine::validate::{self, Inventory, Problem, Severity};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -198,55 +200,19 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
     let inv = crate::inventory::load(&ctx, &ns, &fabric, crate::inventory::Scope::Namespace).await?;
     let mut status: RecoveryPlanStatus = plan.status.clone().unwrap_or_default();
 
-    let validated = validate::validate_plan(&plan, &inv);
-    let (valid, message) = match &validated {
-        Ok((m, warnings)) => {
-            let mut text = format!("{} VM(s) in {} group(s)", m.vms.len(), m.groups.len());
-            if !warnings.is_empty() {
-                text.push_str(&format!(
-                    "; {} warning(s): {}",
-                    warnings.len(),
-                    warnings
-                        .iter()
-                        .map(|w| w.message.clone())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ));
-            }
-            (true, text)
-        }
-        Err(problems) => (
-            false,
-            problems
-                .iter()
-                .filter(|p| p.severity == Severity::Error)
-                .map(|p| format!("{}: {}", p.field, p.message))
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    };
+    let (valid, message) = validity(&validate::validate_plan(&plan, &inv));
     let was_valid =
         coldsite_api::common::find_condition(&status.conditions, condition::VALID).map(|c| c.status == "True");
-    conditions::set(
-        &mut status.conditions,
-        Desired {
-            type_: condition::VALID,
-            ok: valid,
-            reason: if valid { "Valid" } else { "InvalidPlan" },
-            message: message.clone(),
-        },
-        generation,
-        t.clone(),
-    );
+    let reason = if valid { "Valid" } else { "InvalidPlan" };
+    let desired = Desired {
+        type_: condition::VALID,
+        ok: valid,
+        reason,
+        message: message.clone(),
+    };
+    conditions::set(&mut status.conditions, desired, generation, t.clone());
     if was_valid != Some(valid) {
-        ctx.event(
-            plan.as_ref(),
-            !valid,
-            if valid { "Valid" } else { "InvalidPlan" },
-            "Validate",
-            message,
-        )
-        .await;
+        ctx.event(plan.as_ref(), !valid, reason, "Validate", message).await;
     }
 
     let protection = protection(&plan, &inv, valid);
@@ -254,15 +220,13 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
     status.vm_count = Some(protection.vms as i32);
     status.estimated_rpo_seconds = protection.worst_rpo;
 
-    // The latest run and the latest drill.
     let mut runs: Vec<RecoveryRun> = crate::inventory::runs(&ctx, &ns)
         .await?
         .into_iter()
         .filter(|r| r.spec.plan == name)
         .collect();
     runs.sort_by_key(|r| r.metadata.creation_timestamp.clone().map(|t| t.0));
-    status.last_run = runs.last().map(summary);
-    status.last_successful_test = last_successful_test(status.last_successful_test.as_ref(), &runs);
+    record_runs(&mut status, &runs, &t);
     // Proven when a test last succeeded; until one has, since the plan exists.
     let proven = status
         .last_successful_test
@@ -275,80 +239,115 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
             .with_label_values(&[&ns, &name])
             .set(t.0.as_second() as f64);
     }
-    let drills: Vec<&RecoveryRun> = runs
-        .iter()
-        .filter(|r| r.labels().get(DRILL_LABEL).is_some_and(|v| v == "true"))
-        .collect();
-    if let Some(d) = drills.iter().rev().find(|r| {
-        r.status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(RunPhase::is_finished)
-    }) {
-        let s = d.status.clone().unwrap_or_default();
-        status.last_drill = Some(DrillSummary {
-            time: s.start_time.clone().unwrap_or_else(|| t.clone()),
-            run: Some(d.name_any()),
-            result: format!("{:?}", s.phase.unwrap_or_default()),
-            rto_seconds: s.rto_seconds,
-            rpo_seconds: None,
-            message: s
-                .steps
-                .iter()
-                .find(|x| x.state == coldsite_api::recovery_run::StepState::Failed)
-                .and_then(|x| x.message.clone()),
-        });
-    }
-
-    // Drills: one per cron tick, kept for keepFor after they finish (suspended or not).
-    let mut requeue = Duration::from_secs(60);
-    if let Some(drill) = plan.spec.drill.as_ref() {
-        let busy = runs.iter().any(|r| {
-            !r.status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(RunPhase::is_finished)
-        });
-        let plan_created = plan
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(coldsite_engine::time::from_k8s);
-        let decision = plan_drills(
-            drill,
-            &drills,
-            status.last_drill.as_ref(),
-            plan_created,
-            valid && !busy,
-            now,
-        );
-        requeue = decision.requeue;
-        let runs_api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &ns);
-        for name in decision.delete {
-            // The cache of runs may still show a drill deleted a moment ago.
-            match runs_api.delete(&name, &DeleteParams::background()).await {
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                r => {
-                    r.map_err(Error::kube("deleting a drill past keepFor or replaced"))?;
-                }
-            }
-        }
-        if let Some(due) = decision.start {
-            create_drill(&runs_api, &plan, due, &drill.auto_approve).await?;
-            ctx.event(
-                plan.as_ref(),
-                false,
-                "DrillStarted",
-                "Drill",
-                format!("scheduled test failover for {due}"),
-            )
-            .await;
-        }
-    }
+    let requeue = match plan.spec.drill.as_ref() {
+        Some(drill) => run_drills(&ctx, &plan, drill, &runs, &status, valid, now).await?,
+        None => Duration::from_secs(60),
+    };
     status.observed_generation = generation;
     let api: Api<RecoveryPlan> = Api::namespaced(ctx.client.clone(), &ns);
     crate::status::apply(&api, &name, None, plan.status.as_ref(), &status).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// Pure: whether the plan is valid, and the Valid condition's message: its size and
+/// warnings, or its errors, each with its field.
+fn validity(validated: &std::result::Result<(PlanModel, Vec<Problem>), Vec<Problem>>) -> (bool, String) {
+    match validated {
+        Ok((m, warnings)) => {
+            let mut text = format!("{} VM(s) in {} group(s)", m.vms.len(), m.groups.len());
+            if !warnings.is_empty() {
+                let messages: Vec<&str> = warnings.iter().map(|w| w.message.as_str()).collect();
+                text.push_str(&format!("; {} warning(s): {}", warnings.len(), messages.join("; ")));
+            }
+            (true, text)
+        }
+        Err(problems) => {
+            let errors: Vec<String> = problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect();
+            (false, errors.join("; "))
+        }
+    }
+}
+
+fn is_drill(run: &RecoveryRun) -> bool {
+    run.labels().get(DRILL_LABEL).is_some_and(|v| v == "true")
+}
+
+fn is_finished(run: &RecoveryRun) -> bool {
+    run.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(RunPhase::is_finished)
+}
+
+/// Pure: the plan's latest run, latest successful test and latest finished drill, from its
+/// runs oldest first.
+fn record_runs(status: &mut RecoveryPlanStatus, runs: &[RecoveryRun], now: &Time) {
+    status.last_run = runs.last().map(summary);
+    status.last_successful_test = last_successful_test(status.last_successful_test.as_ref(), runs);
+    let Some(d) = runs.iter().rev().find(|r| is_drill(r) && is_finished(r)) else {
+        return;
+    };
+    let s = d.status.clone().unwrap_or_default();
+    status.last_drill = Some(DrillSummary {
+        time: s.start_time.clone().unwrap_or_else(|| now.clone()),
+        run: Some(d.name_any()),
+        result: format!("{:?}", s.phase.unwrap_or_default()),
+        rto_seconds: s.rto_seconds,
+        rpo_seconds: None,
+        message: s
+            .steps
+            .iter()
+            .find(|x| x.state == coldsite_api::recovery_run::StepState::Failed)
+            .and_then(|x| x.message.clone()),
+    });
+}
+
+/// Drills: one per cron tick, kept for keepFor after they finish (suspended or not). When
+/// to look again.
+async fn run_drills(
+    ctx: &Context,
+    plan: &RecoveryPlan,
+    drill: &DrillSchedule,
+    runs: &[RecoveryRun],
+    status: &RecoveryPlanStatus,
+    valid: bool,
+    now: DateTime<Utc>,
+) -> Result<Duration> {
+    let drills: Vec<&RecoveryRun> = runs.iter().filter(|r| is_drill(r)).collect();
+    let busy = runs.iter().any(|r| !is_finished(r));
+    let plan_created = plan
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(coldsite_engine::time::from_k8s);
+    let decision = plan_drills(
+        drill,
+        &drills,
+        status.last_drill.as_ref(),
+        plan_created,
+        valid && !busy,
+        now,
+    );
+    let runs_api: Api<RecoveryRun> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    for name in decision.delete {
+        // The cache of runs may still show a drill deleted a moment ago.
+        match runs_api.delete(&name, &DeleteParams::background()).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            r => {
+                r.map_err(Error::kube("deleting a drill past keepFor or replaced"))?;
+            }
+        }
+    }
+    if let Some(due) = decision.start {
+        create_drill(&runs_api, plan, due, &drill.auto_approve).await?;
+        let message = format!("scheduled test failover for {due}");
+        ctx.event(plan, false, "DrillStarted", "Drill", message).await;
+    }
+    Ok(decision.requeue)
 }
 
 async fn create_drill(
@@ -460,6 +459,31 @@ mod tests {
         let newer = test_run("t5", "TestFailover", "Succeeded", Some("2026-11-20T10:00:00Z"));
         assert_eq!(last_successful_test(Some(&best), &[newer]).unwrap().name, "t5");
         assert!(last_successful_test(None, &runs[2..]).is_none());
+    }
+
+    #[test]
+    fn a_plan_records_its_latest_run_and_its_latest_finished_drill() {
+        let drill = |name: &str, phase: &str| {
+            let mut r = test_run(name, "TestFailover", phase, None);
+            r.labels_mut().insert(DRILL_LABEL.into(), "true".into());
+            r
+        };
+        let runs = [
+            drill("d1", "Succeeded"),
+            drill("d2", "Failed"),
+            test_run("t1", "TestFailover", "Succeeded", Some("2026-11-02T10:00:00Z")),
+            drill("d3", "Running"),
+        ];
+        let mut status = RecoveryPlanStatus::default();
+        record_runs(&mut status, &runs, &coldsite_engine::time::to_k8s(Utc::now()));
+        assert_eq!(status.last_run.map(|r| r.name).as_deref(), Some("d3"));
+        let last = status.last_drill.expect("a finished drill");
+        assert_eq!(
+            (last.run.as_deref(), last.result.as_str()),
+            (Some("d2"), "Failed"),
+            "the running drill is not yet a result"
+        );
+        assert_eq!(status.last_successful_test.map(|r| r.name).as_deref(), Some("t1"));
     }
 
     #[test]
