@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use coldsite_api::network_mapping::{NetworkMapping, NetworkRule};
-use coldsite_api::protected_vm::ProtectedVM;
+use coldsite_api::protected_vm::{NicOverride, ProtectedVM};
 use coldsite_api::recovery_plan::{
     Action, RecoveryGroup, RecoveryPlan, WEBHOOK_HTTPS_MESSAGE, Webhook, WebhookTransport,
 };
@@ -21,7 +21,7 @@ use crate::model::{
     SiteModel, VmModel, parse_duration,
 };
 use crate::reip::{self, NicPlan, SourceNic, StaticAddress, SubnetMap};
-use crate::source_vm::SourceVm;
+use crate::source_vm::{SourceVm, SourceVmNic};
 
 /// How bad a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -167,8 +167,7 @@ pub fn validate_protected_vm(pvm: &ProtectedVM, inv: &Inventory) -> Vec<Problem>
 pub fn vm_model(pvm: &ProtectedVM, inv: &Inventory) -> Result<(VmModel, Vec<Problem>), Vec<Problem>> {
     let ns = ns_of(pvm);
     let mut p = Problems::new(format!("ProtectedVM {ns}/{}", pvm.name_any()));
-    let (mut recovered, mut test) = (BTreeMap::new(), BTreeMap::new());
-    let vm = resolve_vm(pvm, &ns, inv, &mut p, "spec", &mut recovered, &mut test);
+    let vm = resolve_vm(pvm, &ns, inv, &mut p, "spec", &mut TakenAddresses::default());
     match vm {
         Some(vm) if !p.has_errors() => Ok((vm, p.list)),
         _ => Err(p.list),
@@ -365,8 +364,7 @@ fn members(
     let mut owner: BTreeMap<&str, usize> = BTreeMap::new();
     let mut vms: Vec<VmModel> = Vec::new();
     let mut groups: Vec<GroupModel> = Vec::new();
-    let mut recovered_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut test_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut taken = TakenAddresses::default();
     for ((gi, g), depends_on) in spec.groups.iter().enumerate().zip(depends) {
         let mut vm_indexes = Vec::new();
         for (vi, vm_name) in g.vms.iter().enumerate() {
@@ -399,7 +397,7 @@ fn members(
                 );
                 continue;
             }
-            if let Some(vm) = resolve_vm(pvm, ns, inv, p, &field, &mut recovered_ips, &mut test_ips) {
+            if let Some(vm) = resolve_vm(pvm, ns, inv, p, &field, &mut taken) {
                 vm_indexes.push(vms.len());
                 vms.push(vm);
             }
@@ -640,100 +638,34 @@ fn return_rules(inv: &Inventory, ns: &str, nm: &NetworkMapping, rule: &NetworkRu
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 fn resolve_vm(
     pvm: &ProtectedVM,
     ns: &str,
     inv: &Inventory,
     p: &mut Problems,
     field: &str,
-    recovered_ips: &mut BTreeMap<IpAddr, String>,
-    test_ips: &mut BTreeMap<IpAddr, String>,
+    taken: &mut TakenAddresses,
 ) -> Option<VmModel> {
     let name = pvm.name_any();
     let mapping = check_pvm_refs(pvm, ns, inv, p)?;
     let spec = &pvm.spec;
     let vm_ns = spec.vm.namespace.clone().unwrap_or_else(|| ns.to_owned());
-    let overrides = spec.recovery.as_ref().map(|r| r.nics.as_slice()).unwrap_or_default();
     let source = inv.source_vms.get(&(vm_ns.clone(), spec.vm.name.clone()));
-    let mut nics = Vec::new();
-    if let Some(source) = source {
-        for o in overrides {
-            if !source.nics.iter().any(|n| n.name == o.name) {
-                p.error(
-                    format!("ProtectedVM {name}: spec.recovery.nics"),
-                    format!(
-                        "VirtualMachine {vm_ns}/{} has no NIC {:?}; use one of its interface names",
-                        spec.vm.name, o.name
-                    ),
-                );
-            }
+    let nics = match source {
+        Some(source) => {
+            let vm = VmNics {
+                name: &name,
+                pvm,
+                ns,
+                inv,
+                mapping,
+                overrides: spec.recovery.as_ref().map(|r| r.nics.as_slice()).unwrap_or_default(),
+            };
+            vm.unknown_overrides(source, p);
+            source.nics.iter().filter_map(|nic| vm.resolve(nic, taken, p)).collect()
         }
-        for nic in &source.nics {
-            let Some(rule) = mapping.spec.networks.iter().find(|r| r.source.network == nic.network) else {
-                p.error(
-                    format!("ProtectedVM {name}: NIC {}", nic.name),
-                    format!(
-                        "network {} has no rule in NetworkMapping {}: add spec.networks[] with source.network {}",
-                        nic.network, spec.network_mapping, nic.network
-                    ),
-                );
-                continue;
-            };
-            let Some(test_network) = rule.test.as_ref().map(|t| t.network.clone()) else {
-                p.error(
-                    format!("ProtectedVM {name}: NIC {}", nic.name),
-                    format!(
-                        "network {} has no test network in NetworkMapping {}: set test.network so test failovers stay isolated",
-                        nic.network, spec.network_mapping
-                    ),
-                );
-                continue;
-            };
-            let rules: Vec<SubnetMap> = rule
-                .subnets
-                .iter()
-                .filter_map(|s| SubnetMap::from_rule(s).ok())
-                .collect();
-            let o = overrides.iter().find(|o| o.name == nic.name);
-            let static_ip = o.and_then(|o| overridden(StaticAddress::from_override(o), &name, p));
-            if let Some(s) = &static_ip
-                && !rules.is_empty()
-                && !rules.iter().any(|r| r.target.contains(&s.ip.addr()))
-            {
-                let targets: Vec<String> = rules.iter().map(|r| r.target.to_string()).collect();
-                p.error(
-                    format!("ProtectedVM {name}: spec.recovery.nics[{}].ip", nic.name),
-                    format!(
-                        "{} is outside the target subnets of {} ({}); pick an address inside one",
-                        s.ip,
-                        rule.target.network,
-                        targets.join(", ")
-                    ),
-                );
-            }
-            let recovered = reip::plan_nic(&nic.nic, &rules, static_ip);
-            let test = match o.and_then(|o| overridden(StaticAddress::from_test_override(o), &name, p)) {
-                Some(s) => reip::plan_nic(&nic.nic, &[], Some(s)),
-                // The test network is isolated: the recovered addresses cannot clash there.
-                None => recovered.clone(),
-            };
-            let returned = returned_plan(&nic.nic, &recovered, &return_rules(inv, ns, mapping, rule));
-            let who = format!("{name}/{}", nic.name);
-            unique_addresses(&recovered, &who, recovered_ips, "recovered", p);
-            unique_addresses(&test, &who, test_ips, "test", p);
-            nics.push(NicModel {
-                name: nic.name.clone(),
-                mac: nic.nic.mac.clone(),
-                source_network: nic.network.clone(),
-                target_network: rule.target.network.clone(),
-                test_network: Some(test_network),
-                recovered,
-                test,
-                returned,
-            });
-        }
-    }
+        None => Vec::new(),
+    };
     let duration = |text: &str, f: &str, p: &mut Problems| match parse_duration(text) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -764,6 +696,119 @@ fn resolve_vm(
             .and_then(|r| r.memory.as_ref().map(|q| q.0.clone())),
         cut_with: Vec::new(),
     })
+}
+
+/// The addresses the plan's VMs already hold, each with its holder, after recovery and in a
+/// test: no two NICs may share one.
+#[derive(Default)]
+struct TakenAddresses {
+    recovered: BTreeMap<IpAddr, String>,
+    test: BTreeMap<IpAddr, String>,
+}
+
+/// What resolving one ProtectedVM's NICs reads.
+struct VmNics<'a> {
+    name: &'a str,
+    pvm: &'a ProtectedVM,
+    ns: &'a str,
+    inv: &'a Inventory,
+    mapping: &'a NetworkMapping,
+    overrides: &'a [NicOverride],
+}
+
+impl VmNics<'_> {
+    /// Each of `spec.recovery.nics` names an interface of the VM.
+    fn unknown_overrides(&self, source: &SourceVm, p: &mut Problems) {
+        for o in self.overrides {
+            if !source.nics.iter().any(|n| n.name == o.name) {
+                p.error(
+                    format!("ProtectedVM {}: spec.recovery.nics", self.name),
+                    format!(
+                        "VirtualMachine {}/{} has no NIC {:?}; use one of its interface names",
+                        source.namespace, source.name, o.name
+                    ),
+                );
+            }
+        }
+    }
+
+    /// One NIC: its mapping rule and test network, and its addresses after recovery, in a
+    /// test and on the way back.
+    fn resolve(&self, nic: &SourceVmNic, taken: &mut TakenAddresses, p: &mut Problems) -> Option<NicModel> {
+        let (name, mapping_name) = (self.name, &self.pvm.spec.network_mapping);
+        let Some(rule) = self
+            .mapping
+            .spec
+            .networks
+            .iter()
+            .find(|r| r.source.network == nic.network)
+        else {
+            p.error(
+                format!("ProtectedVM {name}: NIC {}", nic.name),
+                format!(
+                    "network {} has no rule in NetworkMapping {mapping_name}: add spec.networks[] with source.network {}",
+                    nic.network, nic.network
+                ),
+            );
+            return None;
+        };
+        let Some(test_network) = rule.test.as_ref().map(|t| t.network.clone()) else {
+            p.error(
+                format!("ProtectedVM {name}: NIC {}", nic.name),
+                format!(
+                    "network {} has no test network in NetworkMapping {mapping_name}: set test.network so test failovers stay isolated",
+                    nic.network
+                ),
+            );
+            return None;
+        };
+        let rules: Vec<SubnetMap> = rule
+            .subnets
+            .iter()
+            .filter_map(|s| SubnetMap::from_rule(s).ok())
+            .collect();
+        let o = self.overrides.iter().find(|o| o.name == nic.name);
+        let static_ip = o.and_then(|o| overridden(StaticAddress::from_override(o), name, p));
+        if let Some(s) = &static_ip
+            && !rules.is_empty()
+            && !rules.iter().any(|r| r.target.contains(&s.ip.addr()))
+        {
+            let targets: Vec<String> = rules.iter().map(|r| r.target.to_string()).collect();
+            p.error(
+                format!("ProtectedVM {name}: spec.recovery.nics[{}].ip", nic.name),
+                format!(
+                    "{} is outside the target subnets of {} ({}); pick an address inside one",
+                    s.ip,
+                    rule.target.network,
+                    targets.join(", ")
+                ),
+            );
+        }
+        let recovered = reip::plan_nic(&nic.nic, &rules, static_ip);
+        let test = match o.and_then(|o| overridden(StaticAddress::from_test_override(o), name, p)) {
+            Some(s) => reip::plan_nic(&nic.nic, &[], Some(s)),
+            // The test network is isolated: the recovered addresses cannot clash there.
+            None => recovered.clone(),
+        };
+        let returned = returned_plan(
+            &nic.nic,
+            &recovered,
+            &return_rules(self.inv, self.ns, self.mapping, rule),
+        );
+        let who = format!("{name}/{}", nic.name);
+        unique_addresses(&recovered, &who, &mut taken.recovered, "recovered", p);
+        unique_addresses(&test, &who, &mut taken.test, "test", p);
+        Some(NicModel {
+            name: nic.name.clone(),
+            mac: nic.nic.mac.clone(),
+            source_network: nic.network.clone(),
+            target_network: rule.target.network.clone(),
+            test_network: Some(test_network),
+            recovered,
+            test,
+            returned,
+        })
+    }
 }
 
 /// Failback brings the VM home with the inverse translation; addresses that do not invert
