@@ -19,7 +19,7 @@ use crate::fabric::{
     ScriptLocation, ScriptRequest,
 };
 use crate::model::{ActionModel, Direction, PlanModel};
-use crate::planner::{SiteRole, StepGraph, StepIdx};
+use crate::planner::{SiteRole, StepDef, StepGraph, StepIdx};
 use crate::rpo;
 
 /// The fixed inputs of a run, with what follows from them computed once.
@@ -485,30 +485,7 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                     .await
                     .map(none)
             }
-            StepKind::Job | StepKind::Webhook => {
-                let Some(a) = def.action else {
-                    return Err(FabricError::permanent(format!("step {} has no action", def.id)));
-                };
-                let action = a.resolve(plan);
-                let location = match &action.kind {
-                    crate::model::ActionKind::Job { site, .. } => match site {
-                        ScriptSite::Primary => ScriptLocation::Site(&plan.primary),
-                        ScriptSite::Recovery => ScriptLocation::Site(&plan.recovery),
-                        ScriptSite::Management => ScriptLocation::Management,
-                    },
-                    _ => ScriptLocation::Management,
-                };
-                let req = ScriptRequest {
-                    run: &ctx.run,
-                    step_id: &def.id,
-                    action,
-                    location,
-                    idempotency_key: format!("{}/{}", ctx.run.uid, def.id),
-                    context: ctx.script_context(&def.id, a.group, action),
-                    vms: ctx.script_vms(),
-                };
-                self.fabric.run_script(&req).await.map(none)
-            }
+            StepKind::Job | StepKind::Webhook => self.run_action(def).await.map(none),
             StepKind::Commit => self
                 .fabric
                 .commit(&ctx.run, &plan.vms[def.vm.unwrap_or_default()])
@@ -530,6 +507,33 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
                 FabricError::permanent(format!("step {} is not driven by the fabric", def.id)),
             ),
         }
+    }
+
+    /// A Job or webhook step: its action, run where the plan says.
+    async fn run_action(&self, def: &StepDef) -> Result<Progress<()>, FabricError> {
+        let (ctx, plan) = (self.ctx, &self.ctx.plan);
+        let Some(a) = def.action else {
+            return Err(FabricError::permanent(format!("step {} has no action", def.id)));
+        };
+        let action = a.resolve(plan);
+        let location = match &action.kind {
+            crate::model::ActionKind::Job { site, .. } => match site {
+                ScriptSite::Primary => ScriptLocation::Site(&plan.primary),
+                ScriptSite::Recovery => ScriptLocation::Site(&plan.recovery),
+                ScriptSite::Management => ScriptLocation::Management,
+            },
+            _ => ScriptLocation::Management,
+        };
+        let req = ScriptRequest {
+            run: &ctx.run,
+            step_id: &def.id,
+            action,
+            location,
+            idempotency_key: format!("{}/{}", ctx.run.uid, def.id),
+            context: ctx.script_context(&def.id, a.group, action),
+            vms: ctx.script_vms(),
+        };
+        self.fabric.run_script(&req).await
     }
 
     async fn choose_point(&self, vm: usize, now: DateTime<Utc>) -> Result<RecoveryPoint, FabricError> {
