@@ -47,6 +47,29 @@ fn controller(cp: &ControlPlane, name: &str, namespaces: &str, extra: &[&str]) -
     )
 }
 
+/// The scenario's one controller, without leader election: `suffix` tells a restart's log
+/// apart.
+fn lone_controller(cp: &ControlPlane, s: &Scenario, suffix: &str) -> Result<ControllerProcess> {
+    controller(
+        cp,
+        &format!("controller-{}{suffix}", s.ns),
+        &s.ns,
+        &["--no-leader-election", "--lease-namespace", &s.ns],
+    )
+}
+
+/// A scenario on the shared control planes: management and primary on one, recovery on the
+/// other.
+async fn shared_scenario(name: &str) -> Result<(Scenario, &'static ControlPlane)> {
+    let (mgmt, recovery) = (ControlPlane::shared().await?, ControlPlane::shared_recovery().await?);
+    let topology = Topology {
+        management: mgmt,
+        primary: mgmt,
+        recovery,
+    };
+    Ok((Scenario::set_up(&topology, name).await?, mgmt))
+}
+
 /// Starts a run with a plugin command (`planned`, `failback`…) under a chosen name, and
 /// checks it says what it created.
 async fn start_run(plugin: &Plugin, command: &str, name: &str, extra: &[&str]) -> Result<()> {
@@ -1420,12 +1443,7 @@ async fn unplanned_failover_with_the_primary_down() -> Result<()> {
     s.set_rpo("2m").await?;
     // No other test manages from this API server, so its CRDs may be made stale here.
     let stale = stale_crd(recovery).await?;
-    let mut ctl = controller(
-        recovery,
-        &format!("controller-{}", s.ns),
-        &s.ns,
-        &["--no-leader-election", "--lease-namespace", &s.ns],
-    )?;
+    let mut ctl = lone_controller(recovery, &s, "")?;
     let plugin = Plugin::build(recovery.kubeconfig_path().to_owned(), &s.ns).await?;
     let result = async {
         waits_for_its_crds(&s, &ctl, stale).await.context("stale CRDs")?;
@@ -1616,12 +1634,7 @@ async fn two_cycles_and_the_commands_an_operator_gets_wrong() -> Result<()> {
     )
     .await?;
     s.set_rpo("2m").await?;
-    let mut ctl = controller(
-        &mgmt,
-        &format!("controller-{}", s.ns),
-        &s.ns,
-        &["--no-leader-election", "--lease-namespace", &s.ns],
-    )?;
+    let mut ctl = lone_controller(&mgmt, &s, "")?;
     let plugin = Plugin::build(mgmt.kubeconfig_path().to_owned(), &s.ns).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_split_brain(&s, stop.clone());
@@ -1721,12 +1734,7 @@ async fn planned_over_a_stuck_app_sync(
     )
     .await?;
     begin_step(s, plugin, "planned", "c1-planned").await?;
-    *ctl = controller(
-        mgmt,
-        &format!("controller-{}-restarted", s.ns),
-        &s.ns,
-        &["--no-leader-election", "--lease-namespace", &s.ns],
-    )?;
+    *ctl = lone_controller(mgmt, s, "-restarted")?;
     end_step(s, "planned", "c1-planned", true).await
 }
 
@@ -1902,18 +1910,95 @@ async fn nothing_piles_up(s: &Scenario) -> Result<()> {
 /// the class) are cut 2 s apart, and VMs cut on their own are cut at their own moments: both
 /// fail this. With `appConsistentInterval`, app-consistent points come from group snapshots
 /// cut with the guests frozen. Read from the disks and points at the sites.
+/// How long DR's storage takes to cut a snapshot in `first_points_follow_the_storage`.
+const CUT_TAKES: Duration = Duration::from_secs(20);
+
+/// A VM's first point counts once DR's storage has cut its disks' snapshots, and the VM is
+/// reported protected soon after. VolSync publishes a destination's image as soon as its
+/// snapshot is bound; here the storage takes [`CUT_TAKES`] more to cut it, and no watch of
+/// coldsite's announces when it has. A VM waiting for its first point otherwise looks every
+/// two minutes: this test caught a 100-VM bench whose last VMs sat that long at "Enabling".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_point_counts_once_cut_and_is_reported_soon() -> Result<()> {
+    let (s, mgmt) = shared_scenario("firstpoint").await?;
+    // One sync in the test's window: its image is the only one the point can come from.
+    s.set_rpo("1h").await?;
+    s.simulator
+        .update_faults(|f| f.site(&s.dr).slow_snapshots = Some(CUT_TAKES));
+    let mut ctl = lone_controller(mgmt, &s, "")?;
+    let result = first_points_follow_the_storage(&s).await;
+    if let Err(e) = &result {
+        eprintln!("--- controller log tail ---\n{}\n{e:#}", ctl.log_tail(40));
+    }
+    let _ = ctl.kill().await;
+    result
+}
+
+/// Watches each VM until it reports a point: never before DR holds every disk's image cut,
+/// and within 30 s of that (the storage's own delay is [`CUT_TAKES`]).
+async fn first_points_follow_the_storage(s: &Scenario) -> Result<()> {
+    let (mut cut, mut reported) = (BTreeMap::new(), BTreeMap::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while reported.len() < VMS.len() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "every VM protected within 240 s: cut {cut:?}, reported {reported:?}"
+        );
+        for vm in VMS {
+            if reported.contains_key(vm) {
+                continue;
+            }
+            // The status first: a point it reports must be cut by the time the images are read.
+            let points = pvm_status(s, vm).await?.recovery_points.map_or(0, |p| p.count);
+            let images_cut = images_cut(s, vm).await?;
+            ensure!(
+                points == 0 || images_cut,
+                "{vm} reports {points} points before DR's storage has cut its disks' snapshots"
+            );
+            let now = tokio::time::Instant::now();
+            if images_cut {
+                cut.entry(vm).or_insert(now);
+            }
+            if points > 0 {
+                reported.insert(vm, now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for vm in VMS {
+        let late = reported[vm] - cut[vm];
+        ensure!(
+            late <= Duration::from_secs(30),
+            "{vm} was reported protected {late:?} after DR's storage had cut its first point"
+        );
+    }
+    Ok(())
+}
+
+/// Whether each of the VM's destinations at DR has an image, and the storage has cut it.
+async fn images_cut(s: &Scenario, vm: &str) -> Result<bool> {
+    let selector = format!("coldsite.io/protected-vm={vm}");
+    let rds = replication_destinations(&s.recovery, &s.ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let snapshots = volume_snapshots(&s.recovery, &s.ns);
+    let mut cut = !rds.items.is_empty();
+    for rd in &rds.items {
+        let image = rd.data["status"]["latestImage"]["name"].as_str();
+        cut &= match image {
+            Some(name) => snapshots
+                .get_opt(name)
+                .await?
+                .is_some_and(|v| v.data["status"]["readyToUse"] == true),
+            None => false,
+        };
+    }
+    Ok(cut)
+}
+
 #[tokio::test]
 async fn two_disks_restore_from_one_instant() -> Result<()> {
-    let (mgmt, recovery) = (ControlPlane::shared().await?, ControlPlane::shared_recovery().await?);
-    let s = Scenario::set_up(
-        &Topology {
-            management: mgmt,
-            primary: mgmt,
-            recovery,
-        },
-        "groups",
-    )
-    .await?;
+    let (s, mgmt) = shared_scenario("groups").await?;
     s.set_replication(json!({"rpo": "2m", "appConsistentInterval": "1h"}))
         .await?;
     s.simulator.update_faults(|f| {
@@ -1927,12 +2012,7 @@ async fn two_disks_restore_from_one_instant() -> Result<()> {
         .await?;
     // Bad input first: a member the plan does not recover.
     set_consistency_group(&s, &["exch-mbx01", "exch-mbx02"]).await?;
-    let mut ctl = controller(
-        mgmt,
-        &format!("controller-{}", s.ns),
-        &s.ns,
-        &["--no-leader-election", "--lease-namespace", &s.ns],
-    )?;
+    let mut ctl = lone_controller(mgmt, &s, "")?;
     let result = async {
         plan_invalid_at(
             &s,
@@ -2221,12 +2301,7 @@ async fn a_round_resumes_after_a_restart(
     .await?;
     ctl.kill().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    *ctl = controller(
-        cp,
-        &format!("controller-{}-restarted", s.ns),
-        &s.ns,
-        &["--no-leader-election", "--lease-namespace", &s.ns],
-    )?;
+    *ctl = lone_controller(cp, s, "-restarted")?;
     let begun_at = chrono::DateTime::parse_from_rfc3339(&begun)?;
     wait_for(
         "the round finished after the restart",

@@ -103,7 +103,10 @@ impl KubeVirtFabric {
     ) -> Result<Option<DateTime<Utc>>, FabricError> {
         let name = objects::replication_name(disk);
         match site.get(REPLICATION_DESTINATION, Some(&vm.vm_namespace), &name).await? {
-            Some(rd) => self.adopt_from(site, vm, disk, &rd, app_consistent, None).await,
+            Some(rd) => Ok(self
+                .adopt_from(site, vm, disk, &rd, app_consistent, None)
+                .await?
+                .point()),
             None => Ok(None),
         }
     }
@@ -118,25 +121,26 @@ impl KubeVirtFabric {
         rd: &Value,
         app_consistent: bool,
         cut: Option<(DateTime<Utc>, &str)>,
-    ) -> Result<Option<DateTime<Utc>>, FabricError> {
+    ) -> Result<Adoption, FabricError> {
         let synced = match cut {
             Some((taken, _)) => Some(taken),
             None => time_at(rd, "/status/lastSyncTime"),
         };
         let (Some(image), Some(synced)) = (str_at(rd, "/status/latestImage/name"), synced) else {
-            return Ok(None);
+            return Ok(Adoption::Nothing);
         };
         // A point adopted before is in the site's watch (labelled): nothing to read.
         if let Some(Some(_)) = site.watched(VOLUME_SNAPSHOT, &vm.vm_namespace, image) {
-            return Ok(Some(synced));
+            return Ok(Adoption::Point(synced));
         }
         let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
-            return Ok(None);
+            return Ok(Adoption::Nothing);
         };
-        let ready = snapshot.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true)
-            && snapshot.pointer("/status/error").is_none_or(Value::is_null);
-        if !ready {
-            return Ok(None);
+        if snapshot.pointer("/status/error").is_some_and(|e| !e.is_null()) {
+            return Ok(Adoption::Nothing);
+        }
+        if snapshot.pointer("/status/readyToUse").and_then(Value::as_bool) != Some(true) {
+            return Ok(Adoption::Pending(synced));
         }
         if str_at(
             &snapshot,
@@ -166,7 +170,7 @@ impl KubeVirtFabric {
             site.merge(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image, &patch)
                 .await?;
         }
-        Ok(Some(synced))
+        Ok(Adoption::Point(synced))
     }
 
     /// Replication of one VM from `source` to `target`, with the schedule from its RPO, and
@@ -197,13 +201,14 @@ impl KubeVirtFabric {
         let mut established = true;
         let mut waiting = Vec::new();
         let mut disks = Vec::new();
-        let mut app_sync_under_way = false;
+        let (mut app_sync_under_way, mut point_pending) = (false, false);
         for disk in &vm.disks {
             let d = self.replicate_disk(&ends, vm, disk, now).await?;
             established &= d.established;
             waiting.extend(d.waiting);
             disks.push(d.points);
             app_sync_under_way |= d.app_sync;
+            point_pending |= d.point_pending;
         }
         let points = points::vm_points(&disks);
         Ok(ReplicationState {
@@ -213,6 +218,7 @@ impl KubeVirtFabric {
             bytes_transferred: None,
             waiting,
             app_sync_under_way,
+            point_pending,
         })
     }
 
@@ -269,9 +275,10 @@ impl KubeVirtFabric {
                 waiting,
                 points: Vec::new(),
                 app_sync: false,
+                point_pending: false,
             });
         };
-        let (rs, app_sync) = self.source_end(ends, vm, disk, address, &rd).await?;
+        let (rs, newest) = self.source_end(ends, vm, disk, address, &rd).await?;
         let kept = self
             .prune(dst, vm, disk, str_at(&rd, "/status/latestImage/name"), now)
             .await?;
@@ -288,12 +295,13 @@ impl KubeVirtFabric {
             established: true,
             waiting,
             points: kept,
-            app_sync,
+            app_sync: newest == Newest::AppSync,
+            point_pending: matches!(newest, Newest::Adopting(Adoption::Pending(synced)) if now - synced < POINT_PENDING_FOR),
         })
     }
 
     /// The disk's source, applied unless the VM is cut as a group (its rounds make and
-    /// trigger its sources), and whether an app-consistent sync holds the disk.
+    /// trigger its sources), and what became of the destination's newest image.
     async fn source_end(
         &self,
         ends: &Ends<'_>,
@@ -301,11 +309,11 @@ impl KubeVirtFabric {
         disk: &str,
         address: &str,
         rd: &Value,
-    ) -> Result<(Option<Value>, bool), FabricError> {
+    ) -> Result<(Option<Value>, Newest), FabricError> {
         let (src, ns) = (ends.src, vm.vm_namespace.as_str());
         if group_cut::applies(vm, ends.source) {
             let name = objects::replication_name(disk);
-            return Ok((src.get_labelled(REPLICATION_SOURCE, ns, &name).await?, false));
+            return Ok((src.get_labelled(REPLICATION_SOURCE, ns, &name).await?, Newest::Rounds));
         }
         let schedule = rpo::cron_schedule(rpo::sync_interval(vm.rpo));
         let rs = src
@@ -324,13 +332,12 @@ impl KubeVirtFabric {
                 }),
             )
             .await?;
-        let app_sync = self.back_to_schedule(ends, vm, disk, &rs, rd).await?;
-        Ok((Some(rs), app_sync))
+        let newest = self.back_to_schedule(ends, vm, disk, &rs, rd).await?;
+        Ok((Some(rs), newest))
     }
 
     /// Hands the disk back to its schedule and adopts its newest point, unless an
-    /// app-consistent sync owns its triggers and points (see `app_consistent`): whether one
-    /// does.
+    /// app-consistent sync owns its triggers and points (see `app_consistent`).
     async fn back_to_schedule(
         &self,
         ends: &Ends<'_>,
@@ -338,7 +345,7 @@ impl KubeVirtFabric {
         disk: &str,
         rs: &Value,
         rd: &Value,
-    ) -> Result<bool, FabricError> {
+    ) -> Result<Newest, FabricError> {
         let ns = vm.vm_namespace.as_str();
         let foreign = |o: &Value| str_at(o, "/spec/trigger/manual").is_some_and(|t| !app_consistent::is_tag(t));
         // A final sync's manual trigger outlives a run that ended before moving the VM, and
@@ -356,10 +363,12 @@ impl KubeVirtFabric {
         let app_sync = [rs, rd]
             .iter()
             .any(|o| str_at(o, "/spec/trigger/manual").is_some_and(app_consistent::is_tag));
-        if !app_sync {
-            self.adopt_from(ends.dst, vm, disk, rd, false, None).await?;
+        if app_sync {
+            return Ok(Newest::AppSync);
         }
-        Ok(app_sync)
+        Ok(Newest::Adopting(
+            self.adopt_from(ends.dst, vm, disk, rd, false, None).await?,
+        ))
     }
 
     /// Whether a site holds a copy of the VM's disk that coldsite made (a restore of an
@@ -665,7 +674,46 @@ struct DiskReplication {
     points: Vec<DiskPoint>,
     /// An app-consistent sync holds its triggers.
     app_sync: bool,
+    /// Its newest image awaits its snapshot's readiness (see [`Adoption::Pending`]).
+    point_pending: bool,
 }
+
+/// What became of a destination's newest image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Adoption {
+    /// A recovery point, of a sync at this time.
+    Point(DateTime<Utc>),
+    /// Its snapshot, of a sync at this time, is not ready to use yet. VolSync publishes the
+    /// image once the snapshot is bound, and nothing coldsite watches announces when the
+    /// storage has cut it: whoever waits for the point looks again soon.
+    Pending(DateTime<Utc>),
+    /// No image, or its snapshot is gone or failed.
+    Nothing,
+}
+
+impl Adoption {
+    pub(super) fn point(self) -> Option<DateTime<Utc>> {
+        match self {
+            Adoption::Point(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Who adopts a disk's newest image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Newest {
+    /// Its consistency group's rounds.
+    Rounds,
+    /// An app-consistent sync, which owns the disk's triggers and points.
+    AppSync,
+    /// Its schedule's pass, with this outcome.
+    Adopting(Adoption),
+}
+
+/// How long after its sync a snapshot not yet ready counts as about to be: past that, the
+/// storage is in trouble and the regular looks follow it.
+const POINT_PENDING_FOR: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// A copy of the VM's manifest at the target, for recovering it when the source is gone.
 /// Both ends are read from the sites' watches when they have listed: a copy a moment behind

@@ -500,6 +500,7 @@ impl KubeVirtFabric {
             if self
                 .adopt_from(dst, member, &d.disk, &d.rd, app_consistent && !per_disk, cut)
                 .await?
+                .point()
                 .is_none()
             {
                 return Ok(under_way(app));

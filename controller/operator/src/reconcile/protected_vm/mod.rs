@@ -45,6 +45,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// refreshes why it waits. At 5,000 VMs waiting at once, looks every [`CHECK_EVERY`] took
 /// all the API servers had.
 const WAITING_LOOK: Duration = Duration::from_secs(120);
+
+/// How soon a VM looks again while the storage cuts its newest point: no watch announces
+/// when the snapshot is ready to use, and a point not seen is a VM not reported protected.
+const POINT_PENDING_LOOK: Duration = Duration::from_secs(5);
 /// How often a VM whose copy could not be fenced looks again: the other site may be back.
 const FENCE_RETRY: Duration = Duration::from_secs(5);
 /// How often a VM looks again while an app-consistent sync is under way.
@@ -232,8 +236,8 @@ async fn write_status(
 /// When to look again if nothing changes. A VM at rest that replicates with a point is looked
 /// at by its RPO ([`rpo::next_look`]): changes to it and to its copies at the sites trigger a
 /// reconcile on their own. One at rest that waits for its first point, every [`WAITING_LOOK`]
-/// while the sites' watches announce its sync's progress (`watched`). Anything else, every
-/// [`CHECK_EVERY`].
+/// while the sites' watches announce its sync's progress (`watched`); soon while its newest
+/// point is being cut, which no watch announces. Anything else, every [`CHECK_EVERY`].
 fn next_look(
     at_rest: bool,
     watched: bool,
@@ -242,6 +246,7 @@ fn next_look(
     now: chrono::DateTime<Utc>,
 ) -> Duration {
     match (at_rest, replication) {
+        (true, Some(r)) if r.point_pending => POINT_PENDING_LOOK,
         (
             true,
             Some(ReplicationState {
@@ -286,6 +291,16 @@ mod tests {
             assert_eq!(next_look(true, false, Some(r), day, now), CHECK_EVERY);
         }
         assert_eq!(next_look(false, true, Some(&waiting), day, now), CHECK_EVERY);
+        // The storage cuts its newest point, first or not: soon, watched or not.
+        for r in [replicating(None), with_point] {
+            let cutting = ReplicationState {
+                point_pending: true,
+                ..r
+            };
+            for watched in [true, false] {
+                assert_eq!(next_look(true, watched, Some(&cutting), day, now), POINT_PENDING_LOOK);
+            }
+        }
     }
 }
 
