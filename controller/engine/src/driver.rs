@@ -428,84 +428,60 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
 
     async fn poll(&self, step: StepIdx, now: DateTime<Utc>) -> PollResult {
         let ctx = self.ctx;
-        let graph = self.executor.graph();
-        let def = &graph.steps[step];
-        let plan = &ctx.plan;
-        let (source, target) = plan.sites(ctx.run.direction);
-        let none = |p: Progress<()>| match p {
-            Progress::Done(()) => Progress::Done(None),
-            Progress::InProgress { retry_after } => Progress::InProgress { retry_after },
-        };
-        let some = |p: Progress<RecoveryPoint>| match p {
-            Progress::Done(pt) => Progress::Done(Some(pt)),
-            Progress::InProgress { retry_after } => Progress::InProgress { retry_after },
-        };
+        let def = &self.executor.graph().steps[step];
         match def.kind {
-            StepKind::PowerOff => {
-                let vm = &plan.vms[def.vm.unwrap_or_default()];
-                self.fabric.power_off(&ctx.run, source, vm).await.map(none)
-            }
-            StepKind::Halt => {
-                let vm = &plan.vms[def.vm.unwrap_or_default()];
-                self.fabric.power_off(&ctx.run, target, vm).await.map(none)
-            }
-            StepKind::CheckSource => {
-                let vm = &plan.vms[def.vm.unwrap_or_default()];
-                self.fabric.check_stopped(source, vm).await.map(none)
-            }
-            StepKind::FinalSync => {
-                let vm = def.vm.unwrap_or_default();
-                let after = graph
-                    .vm_step(vm, StepKind::PowerOff)
-                    .and_then(|s| self.executor.record(s).finished_at)
-                    .unwrap_or(now);
-                self.fabric.final_sync(&ctx.run, &plan.vms[vm], after).await.map(some)
-            }
-            StepKind::RestoreDisks => {
-                let vm = def.vm.unwrap_or_default();
-                // The first call that restores fixes the point; later ones report it.
-                let point = self.choose_point(vm, now).await?;
-                let req = ctx.recovery(vm)?;
-                self.fabric.restore_disks(&req, &point).await.map(some)
-            }
-            StepKind::CreateVm => self
-                .fabric
-                .create_vm(&ctx.recovery(def.vm.unwrap_or_default())?)
-                .await
-                .map(none),
-            StepKind::PowerOn => self
-                .fabric
-                .power_on(&ctx.recovery(def.vm.unwrap_or_default())?)
-                .await
-                .map(none),
-            StepKind::VmReady => {
-                let readiness = &plan.groups[def.group.unwrap_or_default()].readiness;
-                self.fabric
-                    .vm_ready(&ctx.recovery(def.vm.unwrap_or_default())?, readiness)
-                    .await
-                    .map(none)
-            }
-            StepKind::Job | StepKind::Webhook => self.run_action(def).await.map(none),
-            StepKind::Commit => self
-                .fabric
-                .commit(&ctx.run, &plan.vms[def.vm.unwrap_or_default()])
-                .await
-                .map(none),
-            StepKind::ReverseReplication => self
-                .fabric
-                .reverse_replication(&ctx.run, &plan.vms[def.vm.unwrap_or_default()])
-                .await
-                .map(none),
+            StepKind::Job | StepKind::Webhook => self.run_action(def).await.map(no_point),
             StepKind::Cleanup => {
+                let (source, target) = ctx.plan.sites(ctx.run.direction);
                 let site = match def.site {
                     Some(SiteRole::Source) => source,
                     _ => target,
                 };
-                self.fabric.delete_test_resources(&ctx.run, site).await.map(none)
+                self.fabric.delete_test_resources(&ctx.run, site).await.map(no_point)
             }
             StepKind::Manual | StepKind::Shutdown | StepKind::Start | StepKind::Ready | StepKind::Done => Err(
                 FabricError::permanent(format!("step {} is not driven by the fabric", def.id)),
             ),
+            _ => self.poll_vm_step(def, def.vm.unwrap_or_default(), now).await,
+        }
+    }
+
+    /// A step on one VM of the plan.
+    async fn poll_vm_step(&self, def: &StepDef, vm: usize, now: DateTime<Utc>) -> PollResult {
+        let (ctx, plan, fabric) = (self.ctx, &self.ctx.plan, &self.fabric);
+        let (source, target) = plan.sites(ctx.run.direction);
+        let Some(model) = plan.vms.get(vm) else {
+            return Err(FabricError::permanent(format!(
+                "step {} names no VM of the plan",
+                def.id
+            )));
+        };
+        match def.kind {
+            StepKind::PowerOff => fabric.power_off(&ctx.run, source, model).await.map(no_point),
+            StepKind::Halt => fabric.power_off(&ctx.run, target, model).await.map(no_point),
+            StepKind::CheckSource => fabric.check_stopped(source, model).await.map(no_point),
+            StepKind::FinalSync => {
+                let graph = self.executor.graph();
+                let after = graph
+                    .vm_step(vm, StepKind::PowerOff)
+                    .and_then(|s| self.executor.record(s).finished_at)
+                    .unwrap_or(now);
+                fabric.final_sync(&ctx.run, model, after).await.map(a_point)
+            }
+            StepKind::RestoreDisks => {
+                // The first call that restores fixes the point; later ones report it.
+                let point = self.choose_point(vm, now).await?;
+                fabric.restore_disks(&ctx.recovery(vm)?, &point).await.map(a_point)
+            }
+            StepKind::CreateVm => fabric.create_vm(&ctx.recovery(vm)?).await.map(no_point),
+            StepKind::PowerOn => fabric.power_on(&ctx.recovery(vm)?).await.map(no_point),
+            StepKind::VmReady => {
+                let readiness = &plan.groups[def.group.unwrap_or_default()].readiness;
+                fabric.vm_ready(&ctx.recovery(vm)?, readiness).await.map(no_point)
+            }
+            StepKind::Commit => fabric.commit(&ctx.run, model).await.map(no_point),
+            StepKind::ReverseReplication => fabric.reverse_replication(&ctx.run, model).await.map(no_point),
+            _ => Err(FabricError::permanent(format!("step {} is not a VM's", def.id))),
         }
     }
 
@@ -626,5 +602,21 @@ impl<'a, F: Fabric, S: RunStore, H: CrashHook> Driver<'a, F, S, H> {
         rpo::choose_common(&members, &self.ctx.recovery_point, now)
             .map(|p| p.time)
             .map_err(|e| FabricError::permanent(format!("consistency group {}: {e}", cg.name)))
+    }
+}
+
+/// A step's progress, where the step yields no recovery point.
+fn no_point(p: Progress<()>) -> Progress<Option<RecoveryPoint>> {
+    match p {
+        Progress::Done(()) => Progress::Done(None),
+        Progress::InProgress { retry_after } => Progress::InProgress { retry_after },
+    }
+}
+
+/// A step's progress, where the step yields the recovery point it used.
+fn a_point(p: Progress<RecoveryPoint>) -> Progress<Option<RecoveryPoint>> {
+    match p {
+        Progress::Done(pt) => Progress::Done(Some(pt)),
+        Progress::InProgress { retry_after } => Progress::InProgress { retry_after },
     }
 }

@@ -164,9 +164,10 @@ pub struct ReplicationState {
     /// Some disk is in the middle of an app-consistent sync (its manual triggers are set),
     /// which must be seen through even if the VM no longer asks for such syncs.
     pub app_sync_under_way: bool,
-    /// A disk's newest copy at the target is being cut by the storage: it becomes a point
-    /// soon, and nothing announces when.
-    pub point_pending: bool,
+    /// A disk's newest copy at the target is being cut by the storage, after a sync that
+    /// ended then (the latest such disk's): it becomes a point soon, and nothing announces
+    /// when.
+    pub point_cut_since: Option<DateTime<Utc>>,
 }
 
 /// The platform: KubeVirt, VolSync and CSI snapshots at each site, plus script runners.

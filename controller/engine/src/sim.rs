@@ -455,7 +455,7 @@ impl Fabric for SimFabric {
             bytes_transferred: None,
             waiting: Vec::new(),
             app_sync_under_way: false,
-            point_pending: false,
+            point_cut_since: None,
         })
     }
 

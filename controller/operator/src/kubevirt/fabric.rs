@@ -201,14 +201,14 @@ impl KubeVirtFabric {
         let mut established = true;
         let mut waiting = Vec::new();
         let mut disks = Vec::new();
-        let (mut app_sync_under_way, mut point_pending) = (false, false);
+        let (mut app_sync_under_way, mut point_cut_since) = (false, None);
         for disk in &vm.disks {
             let d = self.replicate_disk(&ends, vm, disk, now).await?;
             established &= d.established;
             waiting.extend(d.waiting);
             disks.push(d.points);
             app_sync_under_way |= d.app_sync;
-            point_pending |= d.point_pending;
+            point_cut_since = point_cut_since.max(d.point_cut_since);
         }
         let points = points::vm_points(&disks);
         Ok(ReplicationState {
@@ -218,7 +218,7 @@ impl KubeVirtFabric {
             bytes_transferred: None,
             waiting,
             app_sync_under_way,
-            point_pending,
+            point_cut_since,
         })
     }
 
@@ -275,13 +275,16 @@ impl KubeVirtFabric {
                 waiting,
                 points: Vec::new(),
                 app_sync: false,
-                point_pending: false,
+                point_cut_since: None,
             });
         };
         let (rs, newest) = self.source_end(ends, vm, disk, address, &rd).await?;
-        let kept = self
-            .prune(dst, vm, disk, str_at(&rd, "/status/latestImage/name"), now)
-            .await?;
+        // An image not adopted is no point yet: no need to read the points afresh for it.
+        let newest_point = match newest {
+            Newest::Adopting(Adoption::Pending(_) | Adoption::Nothing) => None,
+            _ => str_at(&rd, "/status/latestImage/name"),
+        };
+        let kept = self.prune(dst, vm, disk, newest_point, now).await?;
         let mut waiting = Vec::new();
         if kept.is_empty() {
             if let Some(rs) = &rs {
@@ -296,7 +299,10 @@ impl KubeVirtFabric {
             waiting,
             points: kept,
             app_sync: newest == Newest::AppSync,
-            point_pending: matches!(newest, Newest::Adopting(Adoption::Pending(synced)) if now - synced < POINT_PENDING_FOR),
+            point_cut_since: match newest {
+                Newest::Adopting(Adoption::Pending(synced)) if now - synced < POINT_PENDING_FOR => Some(synced),
+                _ => None,
+            },
         })
     }
 
@@ -369,6 +375,103 @@ impl KubeVirtFabric {
         Ok(Newest::Adopting(
             self.adopt_from(ends.dst, vm, disk, rd, false, None).await?,
         ))
+    }
+
+    /// One disk restored at the target from its newest snapshot not after `point`: a claim
+    /// this run made is kept, anything else there is replaced first.
+    async fn restore_disk(
+        &self,
+        site: &SiteApi,
+        req: &Recovery<'_>,
+        point: &RecoveryPoint,
+        disk: &str,
+    ) -> Result<DiskRestore, FabricError> {
+        let vm = req.vm;
+        if let Some(existing) = site.get(PVC, Some(req.namespace), disk).await? {
+            if str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")))
+                != Some(req.run.uid.as_str())
+            {
+                self.replace_leftover_disk(site, req, disk, &existing).await?;
+                return Ok(DiskRestore {
+                    bound: false,
+                    point: None,
+                });
+            }
+            return Ok(DiskRestore {
+                bound: str_at(&existing, "/status/phase") == Some("Bound"),
+                point: super::app_consistent::annotation(&existing, POINT).and_then(parse_time),
+            });
+        }
+        let points = self.disk_points(site, vm, disk).await?;
+        let Some((t, snapshot)) = points.iter().rev().find(|(t, _)| *t <= point.time) else {
+            return Err(FabricError::permanent(format!(
+                "VM {}: disk {disk} has no snapshot at or before {}",
+                vm.name, point.time
+            )));
+        };
+        let mut shape = DiskShape::of_point(snapshot).ok_or_else(|| {
+            FabricError::permanent(format!(
+                "VM {}: the recovery point of disk {disk} does not record the disk's size, access modes and \
+                 volume mode",
+                vm.name
+            ))
+        })?;
+        // A restore asks for at least the snapshot's size, as the CSI provisioner requires.
+        if let Some(size) = str_at(snapshot, "/status/restoreSize") {
+            shape.capacity = size.to_owned();
+        }
+        let snapshot_name = self.snapshot_in_namespace(site, req, disk, snapshot, &shape).await?;
+        let pvc = objects::restored_pvc(&objects::RestoredPvc {
+            namespace: req.namespace,
+            name: disk,
+            pvm: &vm.name,
+            run_uid: &req.run.uid,
+            snapshot: &snapshot_name,
+            shape: &shape,
+            storage_class: req.target.storage_class.as_deref(),
+            point: &t.to_rfc3339(),
+        });
+        site.create_if_absent(PVC, &pvc).await?;
+        Ok(DiskRestore {
+            bound: false,
+            point: Some(*t),
+        })
+    }
+
+    /// The name of the snapshot a disk restores from in the run's namespace. Snapshots are
+    /// namespaced: a test, which restores into a namespace of its own, gets a copy there
+    /// over the same content handle.
+    async fn snapshot_in_namespace(
+        &self,
+        site: &SiteApi,
+        req: &Recovery<'_>,
+        disk: &str,
+        snapshot: &Value,
+        shape: &DiskShape,
+    ) -> Result<String, FabricError> {
+        let name = str_at(snapshot, "/metadata/name").unwrap_or_default().to_owned();
+        if req.namespace == req.vm.vm_namespace {
+            return Ok(name);
+        }
+        let content_name = str_at(snapshot, "/status/boundVolumeSnapshotContentName").unwrap_or_default();
+        let content = site.get(VOLUME_SNAPSHOT_CONTENT, None, content_name).await?;
+        let content_field = |path: &str| content.as_ref().and_then(|c| str_at(c, path));
+        let driver = content_field("/spec/driver").unwrap_or("unknown.csi");
+        let handle = content_field("/status/snapshotHandle").unwrap_or(content_name);
+        let copy_name = objects::dns_name(&format!("coldsite-{}-{disk}", objects::run_tag(&req.run.uid)));
+        let (c, s) = objects::snapshot_copy(&objects::SnapshotCopy {
+            namespace: req.namespace,
+            name: &copy_name,
+            pvm: &req.vm.name,
+            run_uid: &req.run.uid,
+            driver,
+            handle,
+            class: req.target.snapshot_class.as_deref(),
+            volume_mode: &shape.volume_mode,
+        });
+        site.create_if_absent(VOLUME_SNAPSHOT_CONTENT, &c).await?;
+        site.create_if_absent(VOLUME_SNAPSHOT, &s).await?;
+        Ok(copy_name)
     }
 
     /// Whether a site holds a copy of the VM's disk that coldsite made (a restore of an
@@ -551,7 +654,7 @@ impl KubeVirtFabric {
     }
 
     /// Deletes a disk's points past retention, never the newest; the points kept, oldest
-    /// first. Read from the site's watch while it shows `newest`, the destination's image.
+    /// first. Read from the site's watch while it shows `newest`, the destination's image adopted.
     async fn prune(
         &self,
         site: &SiteApi,
@@ -674,8 +777,17 @@ struct DiskReplication {
     points: Vec<DiskPoint>,
     /// An app-consistent sync holds its triggers.
     app_sync: bool,
-    /// Its newest image awaits its snapshot's readiness (see [`Adoption::Pending`]).
-    point_pending: bool,
+    /// Its newest image awaits its snapshot's readiness since the sync that ended then (see
+    /// [`Adoption::Pending`]).
+    point_cut_since: Option<DateTime<Utc>>,
+}
+
+/// How one disk of a restore stands.
+struct DiskRestore {
+    /// Its claim is bound.
+    bound: bool,
+    /// When the data it restores from was taken, as far as known.
+    point: Option<DateTime<Utc>>,
 }
 
 /// What became of a destination's newest image.
@@ -988,94 +1100,22 @@ impl Fabric for KubeVirtFabric {
             )));
         }
         site.ensure_namespace(req.namespace).await?;
-        let mut bound = true;
-        let mut used = point.clone();
-        // The point used is the newest of the snapshots the disks restore from.
-        let mut first = true;
+        let (mut bound, mut newest) = (true, None::<DateTime<Utc>>);
         for disk in &vm.disks {
-            if let Some(existing) = site.get(PVC, Some(req.namespace), disk).await? {
-                if str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")))
-                    != Some(req.run.uid.as_str())
-                {
-                    self.replace_leftover_disk(site, req, disk, &existing).await?;
-                    bound = false;
-                    continue;
-                }
-                if let Some(t) = super::app_consistent::annotation(&existing, POINT).and_then(parse_time) {
-                    used.time = if first { t } else { used.time.max(t) };
-                    first = false;
-                }
-                bound &= str_at(&existing, "/status/phase") == Some("Bound");
-                continue;
+            let restored = self.restore_disk(site, req, point, disk).await?;
+            bound &= restored.bound;
+            if let Some(t) = restored.point {
+                newest = Some(newest.map_or(t, |n| n.max(t)));
             }
-            let points = self.disk_points(site, vm, disk).await?;
-            let Some((t, snapshot)) = points.iter().rev().find(|(t, _)| *t <= point.time) else {
-                return Err(FabricError::permanent(format!(
-                    "VM {}: disk {disk} has no snapshot at or before {}",
-                    vm.name, point.time
-                )));
-            };
-            let mut shape = DiskShape::of_point(snapshot).ok_or_else(|| {
-                FabricError::permanent(format!(
-                    "VM {}: the recovery point of disk {disk} does not record the disk's size, access modes and \
-                     volume mode",
-                    vm.name
-                ))
-            })?;
-            // A restore asks for at least the snapshot's size, as the CSI provisioner requires.
-            if let Some(size) = str_at(snapshot, "/status/restoreSize") {
-                shape.capacity = size.to_owned();
-            }
-            let mut snapshot_name = str_at(snapshot, "/metadata/name").unwrap_or_default().to_owned();
-            if req.namespace != vm.vm_namespace {
-                // Snapshots are namespaced: a test restores from a copy in the test namespace.
-                let content_name = str_at(snapshot, "/status/boundVolumeSnapshotContentName").unwrap_or_default();
-                let content = site.get(VOLUME_SNAPSHOT_CONTENT, None, content_name).await?;
-                let driver = content
-                    .as_ref()
-                    .and_then(|c| str_at(c, "/spec/driver"))
-                    .unwrap_or("unknown.csi")
-                    .to_owned();
-                let handle = content
-                    .as_ref()
-                    .and_then(|c| str_at(c, "/status/snapshotHandle"))
-                    .unwrap_or(content_name)
-                    .to_owned();
-                let copy_name = objects::dns_name(&format!("coldsite-{}-{disk}", objects::run_tag(&req.run.uid)));
-                let (c, s) = objects::snapshot_copy(&objects::SnapshotCopy {
-                    namespace: req.namespace,
-                    name: &copy_name,
-                    pvm: &vm.name,
-                    run_uid: &req.run.uid,
-                    driver: &driver,
-                    handle: &handle,
-                    class: req.target.snapshot_class.as_deref(),
-                    volume_mode: &shape.volume_mode,
-                });
-                site.create_if_absent(VOLUME_SNAPSHOT_CONTENT, &c).await?;
-                site.create_if_absent(VOLUME_SNAPSHOT, &s).await?;
-                snapshot_name = copy_name;
-            }
-            let pvc = objects::restored_pvc(&objects::RestoredPvc {
-                namespace: req.namespace,
-                name: disk,
-                pvm: &vm.name,
-                run_uid: &req.run.uid,
-                snapshot: &snapshot_name,
-                shape: &shape,
-                storage_class: req.target.storage_class.as_deref(),
-                point: &t.to_rfc3339(),
-            });
-            site.create_if_absent(PVC, &pvc).await?;
-            used.time = if first { *t } else { used.time.max(*t) };
-            first = false;
-            bound = false;
         }
-        if bound {
-            Ok(Progress::Done(used))
-        } else {
-            in_progress(SOON)
+        if !bound {
+            return in_progress(SOON);
         }
+        // The point used is the newest of the snapshots the disks restore from.
+        Ok(Progress::Done(RecoveryPoint {
+            time: newest.unwrap_or(point.time),
+            ..point.clone()
+        }))
     }
 
     async fn restored_point(&self, req: &Recovery<'_>) -> Result<Option<DateTime<Utc>>, FabricError> {

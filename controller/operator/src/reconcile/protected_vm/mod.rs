@@ -46,9 +46,11 @@ const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// all the API servers had.
 const WAITING_LOOK: Duration = Duration::from_secs(120);
 
-/// How soon a VM looks again while the storage cuts its newest point: no watch announces
-/// when the snapshot is ready to use, and a point not seen is a VM not reported protected.
-const POINT_PENDING_LOOK: Duration = Duration::from_secs(5);
+/// How soon a VM looks again while the storage cuts its newest point, at first and at most:
+/// no watch announces when the snapshot is ready to use, and a point not seen is a VM not
+/// reported protected. In between, a quarter of the wait so far, so that storage slow to
+/// cut thousands of snapshots is not asked thousands of times more.
+const CUT_LOOK: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
 /// How often a VM whose copy could not be fenced looks again: the other site may be back.
 const FENCE_RETRY: Duration = Duration::from_secs(5);
 /// How often a VM looks again while an app-consistent sync is under way.
@@ -246,7 +248,13 @@ fn next_look(
     now: chrono::DateTime<Utc>,
 ) -> Duration {
     match (at_rest, replication) {
-        (true, Some(r)) if r.point_pending => POINT_PENDING_LOOK,
+        (
+            true,
+            Some(ReplicationState {
+                point_cut_since: Some(synced),
+                ..
+            }),
+        ) => ((now - *synced).to_std().unwrap_or_default() / 4).clamp(CUT_LOOK.0, CUT_LOOK.1),
         (
             true,
             Some(ReplicationState {
@@ -291,14 +299,20 @@ mod tests {
             assert_eq!(next_look(true, false, Some(r), day, now), CHECK_EVERY);
         }
         assert_eq!(next_look(false, true, Some(&waiting), day, now), CHECK_EVERY);
-        // The storage cuts its newest point, first or not: soon, watched or not.
+        // The storage cuts its newest point, first or not: soon, watched or not, and less
+        // often the longer the cut takes.
         for r in [replicating(None), with_point] {
-            let cutting = ReplicationState {
-                point_pending: true,
-                ..r
-            };
-            for watched in [true, false] {
-                assert_eq!(next_look(true, watched, Some(&cutting), day, now), POINT_PENDING_LOOK);
+            for (waited, look) in [(0, 5.0), (30, 7.5), (100, 25.0), (600, 60.0)] {
+                let cutting = ReplicationState {
+                    point_cut_since: Some(now - chrono::TimeDelta::seconds(waited)),
+                    ..r.clone()
+                };
+                for watched in [true, false] {
+                    assert_eq!(
+                        next_look(true, watched, Some(&cutting), day, now),
+                        Duration::from_secs_f64(look)
+                    );
+                }
             }
         }
     }
