@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use coldsite_api::ProtectedVM;
-use coldsite_api::protected_vm::{ProtectedVMStatus, ReplicationDirection};
+use coldsite_api::protected_vm::{ProtectedVMSpec, ProtectedVMStatus, ReplicationDirection};
 use coldsite_api::recovery_run::RunPhase;
 use coldsite_engine::fabric::{FabricError, ReplicationState};
 use coldsite_engine::lifecycle::Side;
@@ -133,10 +133,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     let at_rest = settled.claim.is_none()
         && problem.is_none()
         && model.as_ref().is_ok_and(|vm| vm.app_consistent_interval.is_none());
-    let watched = [&spec.primary_site, &spec.recovery_site]
-        .into_iter()
-        .all(|site| ctx.sites.watch(site).is_some_and(|w| w.follows_replication()));
-    let look_again = next_look(at_rest, watched, replication.as_ref(), rpo, now);
+    let look_again = next_look(at_rest, sync_announced(ctx, spec), replication.as_ref(), rpo, now);
     let observed = Observed {
         settled: &settled,
         replication: replication.as_ref(),
@@ -150,15 +147,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         app: app.as_ref(),
         app_interval: spec.replication.app_consistent_interval.as_deref(),
         disk_cut: match (&model, replication.is_some()) {
-            (Ok(vm), true) => {
-                let source = sides.of(settled.resting.active);
-                Some(status::DiskCut {
-                    disks: vm.disks.len(),
-                    source: &source.name,
-                    class: source.group_snapshot_class.as_deref(),
-                    cut_with: &vm.cut_with,
-                })
-            }
+            (Ok(vm), true) => Some(disk_cut(vm, sides.of(settled.resting.active))),
             _ => None,
         },
     };
@@ -170,14 +159,37 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(APP_SYNC_RETRY));
     }
     report(ctx, pvm, &old, &status, &ready, &observed).await;
-    Ok(Action::requeue(match app {
+    Ok(Action::requeue(requeue_after(app.as_ref(), fenced, look_again)))
+}
+
+/// Whether both sites' watches announce the steps of the VM's syncs.
+fn sync_announced(ctx: &Context, spec: &ProtectedVMSpec) -> bool {
+    [&spec.primary_site, &spec.recovery_site]
+        .into_iter()
+        .all(|site| ctx.sites.watch(site).is_some_and(|w| w.follows_replication()))
+}
+
+/// How the VM's disks are cut at the source it replicates from.
+fn disk_cut<'a>(vm: &'a VmModel, source: &'a SiteModel) -> status::DiskCut<'a> {
+    status::DiskCut {
+        disks: vm.disks.len(),
+        source: &source.name,
+        class: source.group_snapshot_class.as_deref(),
+        cut_with: &vm.cut_with,
+    }
+}
+
+/// When to reconcile again: soon while an app-consistent sync or a fence is under way, else
+/// at the look the VM's protection asks for.
+fn requeue_after(app: Option<&AppSync>, fenced: bool, look_again: Duration) -> Duration {
+    match app {
         // A frozen guest waits for the next look: it is thawed as soon as its snapshots are cut.
         Some(AppSync::Busy | AppSync::Done { .. }) => APP_SYNC_RETRY,
         Some(AppSync::Round | AppSync::CutFailed(_)) => ROUND_RETRY,
         _ if !fenced => FENCE_RETRY,
         Some(AppSync::Error(_)) => FENCE_RETRY,
         _ => look_again,
-    }))
+    }
 }
 
 /// The VM's model with the consistency group it is cut with, or its spec's errors; and the
