@@ -2,8 +2,8 @@
 //! VM manifests, VolSync's ReplicationSources and ReplicationDestinations, recovery-point
 //! VolumeSnapshots, restored disks), so that reconciles read them from a cache instead of
 //! listing or getting them at every pass (DESIGN §9: watches and reflector caches, not
-//! polling). A cache holds only what carries coldsite's labels: it grows with what coldsite
-//! protects, not with the site.
+//! polling). Besides VMs and PVCs (a protected VM's disks carry no label of coldsite's), a
+//! cache holds only what carries coldsite's labels: it grows with what coldsite protects.
 //!
 //! The VM watch also announces each change (and each full list, as when a site that was down
 //! answers again), so ProtectedVMs are reconciled when their copies change instead of being
@@ -230,11 +230,23 @@ where
     /// One object: `None` until the first list is in, `Some(None)` when there is none of
     /// that name.
     fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
+        self.get_if(kind, namespace, name, |_| true)
+    }
+
+    /// [`Self::get`] of an object `wanted` admits; any other reads as absent.
+    fn get_if(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        wanted: impl Fn(&kube::core::ObjectMeta) -> bool,
+    ) -> Option<Option<Value>> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
         let key = reflector::ObjectRef::new_with(name, kind.resource()).within(namespace);
-        Some(self.store.get(&key).and_then(|o| serde_json::to_value(o.as_ref()).ok()))
+        let found = self.store.get(&key).filter(|o| wanted(o.meta()));
+        Some(found.and_then(|o| serde_json::to_value(o.as_ref()).ok()))
     }
 
     /// What `read` makes of each of the namespace's objects that carry every label of
@@ -244,6 +256,7 @@ where
         &self,
         namespace: &str,
         labels: &[(&str, &str)],
+        admit: impl Fn(&kube::core::ObjectMeta) -> bool,
         read: impl FnMut(Value) -> Option<T>,
     ) -> Option<Vec<T>> {
         if !self.ready.load(Ordering::Acquire) {
@@ -251,7 +264,7 @@ where
         }
         let wanted = |o: &K| {
             let have = o.labels();
-            labels.iter().all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+            admit(o.meta()) && labels.iter().all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
         };
         Some(
             self.store
@@ -279,6 +292,9 @@ pub struct SiteWatch {
     /// What coldsite labels of the kinds in [`METADATA_ONLY`]: their labels and annotations
     /// say all that is read of them.
     metadata: Vec<(Kind, Cache<PartialObjectMeta<DynamicObject>>)>,
+    /// Every PVC of the site: a protected VM's own disks, whose shape each look reads, carry
+    /// no label of coldsite's; the disks coldsite restored do.
+    disks: Cache<CompactObject>,
     /// Namespaces found or made, and when: not read again within [`NAMESPACE_RECHECK`].
     namespaces: Mutex<HashMap<String, Instant>>,
 }
@@ -291,8 +307,16 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
 
 /// The kinds whose coldsite-labelled objects a site's watch caches as metadata: recovery
-/// points (VolumeSnapshots) and the disks coldsite restored (PVCs).
-const METADATA_ONLY: [Kind; 2] = [VOLUME_SNAPSHOT, PVC];
+/// points (VolumeSnapshots).
+const METADATA_ONLY: [Kind; 1] = [VOLUME_SNAPSHOT];
+
+/// Whether an object carries coldsite's labels ([`objects::managed_selector`]).
+fn is_managed(meta: &kube::core::ObjectMeta) -> bool {
+    let labels = meta.labels.as_ref();
+    labels.is_some_and(|l| {
+        l.get(objects::MANAGED_BY).is_some_and(|v| v == "coldsite") && l.contains_key(objects::PROTECTED_VM)
+    })
+}
 
 impl SiteWatch {
     pub fn start(site: &str, client: &Client, changes: SiteChanges) -> Arc<Self> {
@@ -324,6 +348,16 @@ impl SiteWatch {
                 .iter()
                 .map(|&kind| (kind, Cache::metadata(labelled(kind), client.clone())))
                 .collect(),
+            disks: Cache::whole(
+                Watch {
+                    site,
+                    kind: PVC,
+                    selector: None,
+                    changes: changes.clone(),
+                    announce: Announce::Nothing,
+                },
+                client.clone(),
+            ),
             namespaces: Mutex::default(),
         })
     }
@@ -345,7 +379,7 @@ impl SiteWatch {
     /// What `read` makes of each VirtualMachine of a namespace; `None` until the watch has
     /// listed them.
     pub fn read_vms<T>(&self, namespace: &str, read: impl FnMut(Value) -> Option<T>) -> Option<Vec<T>> {
-        self.vms.read_namespace(namespace, &[], read)
+        self.vms.read_namespace(namespace, &[], |_| true, read)
     }
 
     /// One VirtualMachine: `None` until the watch has listed them, `Some(None)` when there
@@ -366,10 +400,18 @@ impl SiteWatch {
     /// cached. An object without coldsite's labels reads as absent; one of a kind in
     /// [`METADATA_ONLY`] reads as its metadata only.
     pub fn labelled(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
+        if kind.plural == PVC.plural {
+            return self.disks.get_if(kind, namespace, name, is_managed);
+        }
         match find(&self.metadata, kind) {
             Some(cache) => cache.get(kind, namespace, name),
             None => find(&self.labelled, kind)?.get(kind, namespace, name),
         }
+    }
+
+    /// One PVC, labelled or not, as [`Self::vm`].
+    pub fn disk(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
+        self.disks.get(PVC, namespace, name)
     }
 
     /// What `read` makes of each object of a kind coldsite labels in a namespace that carries
@@ -381,9 +423,12 @@ impl SiteWatch {
         labels: &[(&str, &str)],
         read: impl FnMut(Value) -> Option<T>,
     ) -> Option<Vec<T>> {
+        if kind.plural == PVC.plural {
+            return self.disks.read_namespace(namespace, labels, is_managed, read);
+        }
         match find(&self.metadata, kind) {
-            Some(cache) => cache.read_namespace(namespace, labels, read),
-            None => find(&self.labelled, kind)?.read_namespace(namespace, labels, read),
+            Some(cache) => cache.read_namespace(namespace, labels, |_| true, read),
+            None => find(&self.labelled, kind)?.read_namespace(namespace, labels, |_| true, read),
         }
     }
 }

@@ -176,6 +176,15 @@ impl SiteApi {
         }
     }
 
+    /// A PVC from the site's watch once it has listed them; one the watch does not show yet
+    /// (just made) is read now, so a disk is never taken for missing on a watch's delay.
+    pub async fn get_pvc(&self, namespace: &str, name: &str) -> Result<Option<Value>, FabricError> {
+        match self.watch.as_ref().and_then(|w| w.disk(namespace, name)) {
+            Some(Some(cached)) => Ok(Some(cached)),
+            _ => self.get(PVC, Some(namespace), name).await,
+        }
+    }
+
     /// What `read` makes of each VirtualMachine of a namespace, from the site's watch once it
     /// has listed them, else listed now; made as each is read.
     pub async fn read_vms<T>(

@@ -233,7 +233,7 @@ impl KubeVirtFabric {
     ) -> Result<DiskReplication, FabricError> {
         let (src, dst) = (ends.src, ends.dst);
         let ns = vm.vm_namespace.as_str();
-        let Some(pvc) = src.get(PVC, Some(ns), disk).await? else {
+        let Some(pvc) = src.get_pvc(ns, disk).await? else {
             return Err(FabricError::permanent(format!(
                 "site {}: disk PVC {ns}/{disk} of VM {} not found",
                 ends.source.name, vm.vm_name
