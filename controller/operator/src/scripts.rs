@@ -190,7 +190,7 @@ impl ScriptRunner {
 }
 
 fn job_progress(job: &Value, req: &ScriptRequest<'_>, name: &str) -> FabricResult<()> {
-    if str_at(job, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1"))) != Some(req.run.uid.as_str()) {
+    if objects::made_by_run(job) != Some(req.run.uid.as_str()) {
         return Err(FabricError::permanent(format!(
             "Job {name} exists and belongs to another run"
         )));

@@ -387,10 +387,14 @@ impl KubeVirtFabric {
         disk: &str,
     ) -> Result<DiskRestore, FabricError> {
         let vm = req.vm;
-        if let Some(existing) = site.get(PVC, Some(req.namespace), disk).await? {
-            if str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")))
-                != Some(req.run.uid.as_str())
-            {
+        // This run's claim, waiting to bind, is read from the watch; anything else is read
+        // live, so a leftover is never replaced on a stale view.
+        let existing = match site.watched(PVC, req.namespace, disk) {
+            Some(Some(pvc)) if objects::made_by_run(&pvc) == Some(req.run.uid.as_str()) => Some(pvc),
+            _ => site.get(PVC, Some(req.namespace), disk).await?,
+        };
+        if let Some(existing) = existing {
+            if objects::made_by_run(&existing) != Some(req.run.uid.as_str()) {
                 self.replace_leftover_disk(site, req, disk, &existing).await?;
                 return Ok(DiskRestore {
                     bound: false,
@@ -1124,7 +1128,7 @@ impl Fabric for KubeVirtFabric {
             let Some(pvc) = site.get(PVC, Some(req.namespace), disk).await? else {
                 continue;
             };
-            let ours = str_at(&pvc, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")));
+            let ours = objects::made_by_run(&pvc);
             if ours == Some(req.run.uid.as_str())
                 && let Some(t) = app_consistent::annotation(&pvc, POINT).and_then(parse_time)
             {
@@ -1138,7 +1142,7 @@ impl Fabric for KubeVirtFabric {
         let site = self.site(&req.target.name)?;
         let vm = req.vm;
         if let Some(existing) = site.get(VM, Some(req.namespace), &vm.vm_name).await? {
-            let owner = str_at(&existing, &format!("/metadata/labels/{}", RUN_UID.replace('/', "~1")));
+            let owner = objects::made_by_run(&existing);
             return match owner {
                 Some(uid) if uid == req.run.uid => Ok(Progress::Done(())),
                 // Failback finds the original, halted since the failover: it comes back as it was.

@@ -466,6 +466,11 @@ pub fn started_patch(run_uid: &str) -> Value {
     patch
 }
 
+/// The run that made this object (its [`RUN_UID`] label).
+pub fn made_by_run(object: &Value) -> Option<&str> {
+    object.pointer("/metadata/labels")?.get(RUN_UID)?.as_str()
+}
+
 /// The run that started this VM, as [`started_patch`] marked it.
 pub fn started_by(vm: &Value) -> Option<&str> {
     vm.pointer("/metadata/annotations")?.get(STARTED_BY)?.as_str()
