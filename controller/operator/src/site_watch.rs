@@ -441,7 +441,23 @@ fn find<K: Resource<DynamicType = ApiResource> + Clone>(caches: &[(Kind, Cache<K
 mod tests {
     use serde_json::json;
 
-    use super::replication_state;
+    use super::{is_managed, replication_state};
+
+    #[test]
+    fn of_a_sites_pvcs_only_those_with_coldsites_labels_read_as_its() {
+        let meta = |labels: serde_json::Value| {
+            serde_json::from_value::<kube::core::ObjectMeta>(json!({"name": "data", "labels": labels}))
+                .expect("metadata")
+        };
+        // A VM's own disk, or another tool's, is never taken for a disk coldsite restored.
+        assert!(!is_managed(&meta(json!(null))));
+        assert!(!is_managed(&meta(json!({"app.kubernetes.io/managed-by": "volsync"}))));
+        assert!(!is_managed(&meta(json!({"app.kubernetes.io/managed-by": "coldsite"}))));
+        assert!(!is_managed(&meta(json!({"coldsite.io/protected-vm": "db01"}))));
+        assert!(is_managed(&meta(
+            json!({"app.kubernetes.io/managed-by": "coldsite", "coldsite.io/protected-vm": "db01"})
+        )));
+    }
 
     #[test]
     fn only_what_a_reconcile_acts_on_counts_as_a_replication_change() {
