@@ -28,6 +28,7 @@ use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 
 use crate::compact_object::CompactObject;
+use kube::core::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{PredicateConfig, WatchStreamExt, reflector::store::Writer};
@@ -168,6 +169,21 @@ struct Watch<'a> {
     selector: Option<String>,
     changes: SiteChanges,
     announce: Announce,
+    /// What of each object's metadata the cache drops, beyond managedFields.
+    trim: fn(&mut ObjectMeta),
+}
+
+/// Keeps the whole metadata (but managedFields, dropped for every kind).
+fn keep_all(_: &mut ObjectMeta) {}
+
+/// Keeps of a PVC's metadata what coldsite reads (its name, labels, its own annotations,
+/// deletion), not what the storage and other tools add: every PVC of a site is cached.
+fn lean_disk(meta: &mut ObjectMeta) {
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|key, _| key.starts_with("coldsite.io/"));
+    }
+    meta.owner_references = None;
+    meta.finalizers = None;
 }
 
 impl Watch<'_> {
@@ -210,12 +226,16 @@ where
             kind,
             changes,
             announce,
+            trim,
             ..
         } = watch;
         let site = site.to_owned();
         let stream = reflector::reflector(
             writer,
-            events.default_backoff().modify(|o| o.meta_mut().managed_fields = None),
+            events.default_backoff().modify(move |o| {
+                o.meta_mut().managed_fields = None;
+                trim(o.meta_mut());
+            }),
         );
         let warn_as = site.clone();
         let events = stream.inspect(move |event| match event {
@@ -239,7 +259,7 @@ where
         kind: Kind,
         namespace: &str,
         name: &str,
-        wanted: impl Fn(&kube::core::ObjectMeta) -> bool,
+        wanted: impl Fn(&ObjectMeta) -> bool,
     ) -> Option<Option<Value>> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
@@ -256,7 +276,7 @@ where
         &self,
         namespace: &str,
         labels: &[(&str, &str)],
-        admit: impl Fn(&kube::core::ObjectMeta) -> bool,
+        admit: impl Fn(&ObjectMeta) -> bool,
         read: impl FnMut(Value) -> Option<T>,
     ) -> Option<Vec<T>> {
         if !self.ready.load(Ordering::Acquire) {
@@ -311,7 +331,7 @@ const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINA
 const METADATA_ONLY: [Kind; 1] = [VOLUME_SNAPSHOT];
 
 /// Whether an object carries coldsite's labels ([`objects::managed_selector`]).
-fn is_managed(meta: &kube::core::ObjectMeta) -> bool {
+fn is_managed(meta: &ObjectMeta) -> bool {
     let labels = meta.labels.as_ref();
     labels.is_some_and(|l| {
         l.get(objects::MANAGED_BY).is_some_and(|v| v == "coldsite") && l.contains_key(objects::PROTECTED_VM)
@@ -330,6 +350,7 @@ impl SiteWatch {
             } else {
                 Announce::Nothing
             },
+            trim: keep_all,
         };
         let vms = Watch {
             site,
@@ -337,6 +358,7 @@ impl SiteWatch {
             selector: None,
             changes: changes.clone(),
             announce: Announce::Vms,
+            trim: keep_all,
         };
         Arc::new(SiteWatch {
             vms: Cache::whole(vms, client.clone()),
@@ -355,6 +377,7 @@ impl SiteWatch {
                     selector: None,
                     changes: changes.clone(),
                     announce: Announce::Nothing,
+                    trim: lean_disk,
                 },
                 client.clone(),
             ),
@@ -441,13 +464,32 @@ fn find<K: Resource<DynamicType = ApiResource> + Clone>(caches: &[(Kind, Cache<K
 mod tests {
     use serde_json::json;
 
-    use super::{is_managed, replication_state};
+    use super::{ObjectMeta, is_managed, lean_disk, replication_state};
+
+    #[test]
+    fn a_cached_pvc_keeps_what_coldsite_reads_of_its_metadata() {
+        let mut meta: ObjectMeta = serde_json::from_value(json!({
+            "name": "data", "namespace": "apps", "deletionTimestamp": "2026-12-04T19:00:00Z",
+            "labels": {"coldsite.io/run-uid": "r1", "app": "db"},
+            "annotations": {"coldsite.io/recovery-point": "2026-12-04T18:00:00Z",
+                            "pv.kubernetes.io/bind-completed": "yes"},
+            "finalizers": ["kubernetes.io/pvc-protection"],
+            "ownerReferences": [{"apiVersion": "volsync.backube/v1alpha1", "kind": "ReplicationDestination",
+                                 "name": "coldsite-data", "uid": "u1"}],
+        }))
+        .expect("metadata");
+        lean_disk(&mut meta);
+        assert_eq!(meta.labels.as_ref().map(|l| l.len()), Some(2));
+        let kept: Vec<&String> = meta.annotations.iter().flat_map(|a| a.keys()).collect();
+        assert_eq!(kept, ["coldsite.io/recovery-point"]);
+        assert!(meta.deletion_timestamp.is_some());
+        assert!(meta.finalizers.is_none() && meta.owner_references.is_none());
+    }
 
     #[test]
     fn of_a_sites_pvcs_only_those_with_coldsites_labels_read_as_its() {
         let meta = |labels: serde_json::Value| {
-            serde_json::from_value::<kube::core::ObjectMeta>(json!({"name": "data", "labels": labels}))
-                .expect("metadata")
+            serde_json::from_value::<ObjectMeta>(json!({"name": "data", "labels": labels})).expect("metadata")
         };
         // A VM's own disk, or another tool's, is never taken for a disk coldsite restored.
         assert!(!is_managed(&meta(json!(null))));
