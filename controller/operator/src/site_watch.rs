@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use std::fmt::Debug;
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 
@@ -34,6 +35,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{PredicateConfig, WatchStreamExt, reflector::store::Writer};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -186,37 +188,69 @@ fn lean_disk(meta: &mut ObjectMeta) {
     meta.finalizers = None;
 }
 
-impl Watch<'_> {
-    fn api<K: Resource<DynamicType = ApiResource>>(&self, client: Client) -> (Api<K>, watcher::Config) {
-        let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
-        if let Some(s) = &self.selector {
-            config = config.labels(s);
+/// Keeps of a recovery point's (VolumeSnapshot's) metadata what coldsite reads: its name,
+/// its own labels and annotations (the point's time and disk shape), deletion. A disk keeps
+/// a point per RPO over its retention (97 at the defaults), so this is most of what a
+/// site's caches hold (`benches/cache_memory.rs`).
+fn lean_point(meta: &mut ObjectMeta) {
+    let own = |key: &String| key.starts_with("coldsite.io/");
+    if let Some(labels) = &mut meta.labels {
+        labels.retain(|key, _| own(key));
+    }
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|key, _| own(key));
+    }
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.uid = None;
+    meta.resource_version = None;
+    meta.generation = None;
+    meta.creation_timestamp = None;
+}
+
+/// Where a site's caches hear of their objects.
+pub enum Source {
+    /// The site's API server: a watch of each kind.
+    Site(Client),
+    /// The objects given, as the JSON an API server would send, listed once by kind
+    /// (plural): a site's caches without a site, as the memory bench fills them.
+    Given(HashMap<&'static str, Vec<String>>),
+}
+
+impl Source {
+    fn events<K>(&mut self, watch: &Watch<'_>) -> BoxStream<'static, watcher::Result<Event<K>>>
+    where
+        K: Resource<DynamicType = ApiResource> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        match self {
+            Source::Site(client) => {
+                let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
+                if let Some(s) = &watch.selector {
+                    config = config.labels(s);
+                }
+                watcher::watcher(Api::all_with(client.clone(), &watch.kind.resource()), config).boxed()
+            }
+            Source::Given(objects) => {
+                let given = objects.remove(watch.kind.plural).unwrap_or_default();
+                let listed = given
+                    .into_iter()
+                    .filter_map(|text| serde_json::from_str(&text).ok())
+                    .map(|o| Ok(Event::InitApply(o)));
+                let list = std::iter::once(Ok(Event::Init))
+                    .chain(listed)
+                    .chain(std::iter::once(Ok(Event::InitDone)));
+                futures::stream::iter(list).boxed()
+            }
         }
-        (Api::all_with(client, &self.kind.resource()), config)
-    }
-}
-
-impl Cache<CompactObject> {
-    /// Whole objects, kept compact ([`CompactObject`]).
-    fn whole(watch: Watch<'_>, client: Client) -> Self {
-        let (api, config) = watch.api::<CompactObject>(client);
-        Self::start(watch, watcher::watcher(api, config))
-    }
-}
-
-impl Cache<PartialObjectMeta<DynamicObject>> {
-    /// Metadata only: the kind's labels and annotations say all that is read from the cache.
-    fn metadata(watch: Watch<'_>, client: Client) -> Self {
-        let (api, config) = watch.api::<PartialObjectMeta<DynamicObject>>(client);
-        Self::start(watch, watcher::watcher(api, config))
     }
 }
 
 impl<K> Cache<K>
 where
-    K: Resource<DynamicType = ApiResource> + Clone + Serialize + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ApiResource> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    fn start(watch: Watch<'_>, events: impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static) -> Self {
+    fn start(watch: Watch<'_>, source: &mut Source) -> Self {
+        let events = source.events::<K>(&watch);
         let writer: Writer<K> = Writer::new(watch.kind.resource());
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
@@ -326,8 +360,8 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 /// The kinds whose coldsite-labelled objects a site's watch caches whole.
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
 
-/// The kinds whose coldsite-labelled objects a site's watch caches as metadata: recovery
-/// points (VolumeSnapshots).
+/// The kinds whose coldsite-labelled objects a site's watch caches as metadata, trimmed
+/// ([`lean_point`]): recovery points (VolumeSnapshots).
 const METADATA_ONLY: [Kind; 1] = [VOLUME_SNAPSHOT];
 
 /// Whether an object carries coldsite's labels ([`objects::managed_selector`]).
@@ -339,7 +373,8 @@ fn is_managed(meta: &ObjectMeta) -> bool {
 }
 
 impl SiteWatch {
-    pub fn start(site: &str, client: &Client, changes: SiteChanges) -> Arc<Self> {
+    /// A site's caches, each filled from `source`.
+    pub fn start(site: &str, mut source: Source, changes: SiteChanges) -> Arc<Self> {
         let labelled = |kind: Kind| Watch {
             site,
             kind,
@@ -360,17 +395,24 @@ impl SiteWatch {
             announce: Announce::Vms,
             trim: keep_all,
         };
+        let source = &mut source;
         Arc::new(SiteWatch {
-            vms: Cache::whole(vms, client.clone()),
+            vms: Cache::start(vms, source),
             labelled: LABELLED
                 .iter()
-                .map(|&kind| (kind, Cache::whole(labelled(kind), client.clone())))
+                .map(|&kind| (kind, Cache::start(labelled(kind), source)))
                 .collect(),
             metadata: METADATA_ONLY
                 .iter()
-                .map(|&kind| (kind, Cache::metadata(labelled(kind), client.clone())))
+                .map(|&kind| {
+                    let points = Watch {
+                        trim: lean_point,
+                        ..labelled(kind)
+                    };
+                    (kind, Cache::start(points, source))
+                })
                 .collect(),
-            disks: Cache::whole(
+            disks: Cache::start(
                 Watch {
                     site,
                     kind: PVC,
@@ -379,10 +421,19 @@ impl SiteWatch {
                     announce: Announce::Nothing,
                     trim: lean_disk,
                 },
-                client.clone(),
+                source,
             ),
             namespaces: Mutex::default(),
         })
+    }
+
+    /// Whether every cache has listed its objects.
+    pub fn listed(&self) -> bool {
+        let ready = |r: &AtomicBool| r.load(Ordering::Acquire);
+        ready(&self.vms.ready)
+            && ready(&self.disks.ready)
+            && self.labelled.iter().all(|(_, c)| ready(&c.ready))
+            && self.metadata.iter().all(|(_, c)| ready(&c.ready))
     }
 
     /// Whether the namespace was seen at the site within [`NAMESPACE_RECHECK`].
@@ -464,7 +515,8 @@ fn find<K: Resource<DynamicType = ApiResource> + Clone>(caches: &[(Kind, Cache<K
 mod tests {
     use serde_json::json;
 
-    use super::{ObjectMeta, is_managed, lean_disk, replication_state};
+    use super::{ObjectMeta, is_managed, lean_disk, lean_point, replication_state};
+    use crate::kubevirt::objects::{DISK, POINT, PROTECTED_VM};
 
     #[test]
     fn a_cached_pvc_keeps_what_coldsite_reads_of_its_metadata() {
@@ -484,6 +536,33 @@ mod tests {
         assert_eq!(kept, ["coldsite.io/recovery-point"]);
         assert!(meta.deletion_timestamp.is_some());
         assert!(meta.finalizers.is_none() && meta.owner_references.is_none());
+    }
+
+    #[test]
+    fn a_cached_recovery_point_keeps_what_a_look_and_a_restore_read() {
+        let mut meta: ObjectMeta = serde_json::from_value(json!({
+            "name": "volsync-coldsite-db01-data-dst-20261204220451", "namespace": "apps",
+            "uid": "u1", "resourceVersion": "7565", "generation": 2,
+            "creationTimestamp": "2026-12-04T22:04:51Z", "deletionTimestamp": "2026-12-05T22:04:51Z",
+            "labels": {"app.kubernetes.io/managed-by": "coldsite", "volsync.backube/do-not-delete": "true",
+                       PROTECTED_VM: "db01", DISK: "data"},
+            "annotations": {POINT: "2026-12-04T22:04:51+00:00", "coldsite.io/capacity": "10Gi",
+                            "snapshot.storage.kubernetes.io/deletion-secret-name": "s"},
+            "finalizers": ["snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"],
+        }))
+        .expect("metadata");
+        lean_point(&mut meta);
+        let trimmed = serde_json::to_value(&meta).expect("metadata");
+        // A disk's points are found by these labels, dated and shaped by these annotations.
+        assert_eq!(
+            trimmed,
+            json!({
+                "name": "volsync-coldsite-db01-data-dst-20261204220451", "namespace": "apps",
+                "deletionTimestamp": "2026-12-05T22:04:51Z",
+                "labels": {PROTECTED_VM: "db01", DISK: "data"},
+                "annotations": {POINT: "2026-12-04T22:04:51+00:00", "coldsite.io/capacity": "10Gi"},
+            })
+        );
     }
 
     #[test]

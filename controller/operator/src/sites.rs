@@ -11,7 +11,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
 use crate::error::{Error, Result};
-use crate::site_watch::{SiteChange, SiteChanges, SiteWatch};
+use crate::site_watch::{SiteChange, SiteChanges, SiteWatch, Source};
 
 /// How long a call to a site may take before the site counts as unreachable.
 const SITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,7 +138,7 @@ impl SiteClients {
     /// Caches a site's client with a new watch (through `watching`, a client that waits longer
     /// for an answer); the one it replaces stops when dropped.
     fn insert(&self, name: &str, version: &str, client: Client, watching: &Client) -> Client {
-        let watch = SiteWatch::start(name, watching, self.site_changes.clone());
+        let watch = SiteWatch::start(name, Source::Site(watching.clone()), self.site_changes.clone());
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(
                 name.to_owned(),

@@ -1,0 +1,254 @@
+//! Benchmark: what coldsite-controller's caches hold per protected VM, by kind, and what
+//! that comes to at 10,000 VMs against issue 14's 256 MiB. The objects are the ones a
+//! 100-VM `coldsite-scale` run wrote (`fixtures/`, one of each kind, copied under new
+//! names); the caches are the controller's own: a site's [`SiteWatch`] filled from them
+//! instead of from a site, and the ProtectedVM store as the controller keeps it (no
+//! managedFields). A counting allocator gives the bytes each holds, against a baseline from
+//! the same run: the JSON text of the same objects, as the API server sends them.
+//!
+//! The count of recovery points per disk (VolumeSnapshots at the recovery site, and the
+//! points a ProtectedVM's status lists) follows the replication policy: the scale bench's
+//! (RPO 24h, retention 48h) and coldsite's default (RPO 15m, retention 24h).
+//!
+//! `cargo bench -p coldsite-operator --bench cache_memory`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use coldsite_api::ProtectedVM;
+use coldsite_api::protected_vm::LISTED_POINTS;
+use coldsite_operator::site_watch::{SiteWatch, Source};
+use kube::Resource;
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event;
+use serde_json::Value;
+
+/// Counts the bytes live on the heap.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only sizes are counted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static HEAP: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// VMs whose objects each kind is measured with.
+const VMS: usize = 2_000;
+
+/// What issue 14 sets: the controller under 256 MiB at 10,000 ProtectedVMs.
+const TARGET_VMS: usize = 10_000;
+const TARGET_MIB: f64 = 256.0;
+
+/// One cached kind: where, the object a scale run wrote, and how many each VM has.
+struct Cached {
+    site: &'static str,
+    plural: &'static str,
+    fixture: &'static str,
+    /// Whether there is one per recovery point rather than one per VM.
+    per_point: bool,
+}
+
+const CACHED: [Cached; 8] = [
+    Cached::one(
+        "hq",
+        "virtualmachines",
+        include_str!("fixtures/hq-virtualmachines.json"),
+    ),
+    Cached::one(
+        "hq",
+        "persistentvolumeclaims",
+        include_str!("fixtures/hq-persistentvolumeclaims.json"),
+    ),
+    Cached::one(
+        "hq",
+        "replicationsources",
+        include_str!("fixtures/hq-replicationsources.json"),
+    ),
+    Cached::one(
+        "dr",
+        "persistentvolumeclaims",
+        include_str!("fixtures/dr-persistentvolumeclaims.json"),
+    ),
+    Cached::one("dr", "configmaps", include_str!("fixtures/dr-configmaps.json")),
+    Cached::one(
+        "dr",
+        "replicationdestinations",
+        include_str!("fixtures/dr-replicationdestinations.json"),
+    ),
+    Cached {
+        per_point: true,
+        ..Cached::one(
+            "dr",
+            "volumesnapshots",
+            include_str!("fixtures/dr-volumesnapshots.json"),
+        )
+    },
+    Cached::one("mgmt", "protectedvms", include_str!("fixtures/mgmt-protectedvms.json")),
+];
+
+impl Cached {
+    const fn one(site: &'static str, plural: &'static str, fixture: &'static str) -> Self {
+        Self {
+            site,
+            plural,
+            fixture,
+            per_point: false,
+        }
+    }
+}
+
+/// A replication policy, by the recovery points it keeps per disk.
+struct Policy {
+    name: &'static str,
+    points: usize,
+}
+
+const POLICIES: [Policy; 2] = [
+    // Points within retention, and the newest past it (never pruned).
+    Policy {
+        name: "RPO 24h, retention 48h (the scale bench's)",
+        points: 48 / 24 + 1,
+    },
+    Policy {
+        name: "RPO 15m, retention 24h (coldsite's default)",
+        points: 24 * 4 + 1,
+    },
+];
+
+/// `count` copies of `fixture` under names of their own, as JSON text; a ProtectedVM lists
+/// `points` recovery points in its status.
+fn copies(fixture: &str, count: usize, points: usize) -> Vec<String> {
+    let mut object: Value = serde_json::from_str(fixture).expect("fixture is JSON");
+    let name = object["metadata"]["name"].as_str().unwrap_or("object").to_owned();
+    if let Some(listed) = object.pointer_mut("/status/recoveryPoints/points") {
+        let point = listed[0].clone();
+        *listed = Value::Array(vec![point; points.min(LISTED_POINTS)]);
+    }
+    (0..count)
+        .map(|i| {
+            object["metadata"]["name"] = Value::String(format!("{name}-{i:06}"));
+            object["metadata"]["uid"] = Value::String(format!("00000000-0000-0000-0000-{i:012}"));
+            object.to_string()
+        })
+        .collect()
+}
+
+/// The change in live bytes as the site's caches take `texts`, beyond what they hold empty.
+fn held_by_site_watch(runtime: &tokio::runtime::Runtime, plural: &'static str, texts: Vec<String>) -> isize {
+    let fill = |given: HashMap<&'static str, Vec<String>>| {
+        let before = live();
+        let (changes, _) = tokio::sync::broadcast::channel(1);
+        let watch = runtime.block_on(async {
+            let watch = SiteWatch::start("site", Source::Given(given), changes);
+            while !watch.listed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The fill's tasks end with their lists.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            watch
+        });
+        let held = live() - before;
+        drop(watch);
+        held
+    };
+    let empty = fill(HashMap::new());
+    fill(HashMap::from([(plural, texts)])) - empty
+}
+
+/// The change in live bytes as the controller's ProtectedVM store takes `texts`.
+fn held_by_protected_vms(texts: Vec<String>) -> isize {
+    let before = live();
+    let (reader, mut writer) = reflector::store::<ProtectedVM>();
+    for text in texts {
+        let mut pvm: ProtectedVM = serde_json::from_str(&text).expect("a ProtectedVM");
+        pvm.meta_mut().managed_fields = None;
+        writer.apply_watcher_event(&Event::Apply(pvm));
+    }
+    let held = live() - before;
+    drop((reader, writer));
+    held
+}
+
+/// Bytes per object of one kind: held by its cache, and as JSON text.
+struct Figure {
+    json: f64,
+    held: f64,
+}
+
+fn measure(runtime: &tokio::runtime::Runtime, cached: &Cached, points: usize) -> Figure {
+    let texts = copies(cached.fixture, VMS, points);
+    let json = texts.iter().map(String::len).sum::<usize>() as f64 / VMS as f64;
+    // The texts are consumed as they are taken: their bytes leave the count.
+    let texts_bytes = texts.iter().map(String::capacity).sum::<usize>() + texts.capacity() * size_of::<String>();
+    let held = texts_bytes as isize
+        + match cached.plural {
+            "protectedvms" => held_by_protected_vms(texts),
+            plural => held_by_site_watch(runtime, plural, texts),
+        };
+    Figure {
+        json,
+        held: held as f64 / VMS as f64,
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    println!("coldsite-controller's caches per protected VM (one disk), measured at {VMS} VMs' objects");
+    for policy in &POLICIES {
+        println!("\n{}: {} points per disk", policy.name, policy.points);
+        println!(
+            "{:<5} {:<24} {:>7} {:>10} {:>10} {:>9} {:>10}",
+            "site", "kind", "per VM", "JSON B", "held B", "held/JSON", "KiB per VM"
+        );
+        let mut per_vm = (0.0, 0.0);
+        for cached in &CACHED {
+            let figure = measure(&runtime, cached, policy.points);
+            let count = if cached.per_point { policy.points } else { 1 };
+            per_vm.0 += figure.json * count as f64;
+            per_vm.1 += figure.held * count as f64;
+            println!(
+                "{:<5} {:<24} {:>7} {:>10.0} {:>10.0} {:>8.2}× {:>10.1}",
+                cached.site,
+                cached.plural,
+                count,
+                figure.json,
+                figure.held,
+                figure.held / figure.json,
+                figure.held * count as f64 / 1024.0
+            );
+        }
+        let at_target = per_vm.1 * TARGET_VMS as f64 / (1024.0 * 1024.0);
+        println!(
+            "per VM: {:.1} KiB held, {:.2}× its JSON; at {TARGET_VMS} VMs {at_target:.0} MiB = {:.2}× the {TARGET_MIB} MiB target (caches only)",
+            per_vm.1 / 1024.0,
+            per_vm.1 / per_vm.0,
+            at_target / TARGET_MIB
+        );
+    }
+}
