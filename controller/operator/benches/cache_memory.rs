@@ -15,10 +15,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coldsite_api::ProtectedVM;
 use coldsite_api::protected_vm::LISTED_POINTS;
+use coldsite_operator::kubevirt::objects::{DISK, POINT, PROTECTED_VM};
 use coldsite_operator::site_watch::{SiteWatch, Source};
 use kube::Resource;
 use kube::runtime::reflector;
@@ -138,22 +139,35 @@ const POLICIES: [Policy; 2] = [
     },
 ];
 
-/// `count` copies of `fixture` under names of their own, as JSON text; a ProtectedVM lists
-/// `points` recovery points in its status.
-fn copies(fixture: &str, count: usize, points: usize) -> Vec<String> {
+/// The objects of `vms` VMs made from `fixture`, `per_vm` each, as JSON text: each VM's
+/// under names and labels of its own, each of a VM's at a time of its own (15 minutes
+/// apart, as points are). A ProtectedVM lists `points` recovery points in its status.
+fn copies(fixture: &str, vms: usize, per_vm: usize, points: usize) -> Vec<String> {
     let mut object: Value = serde_json::from_str(fixture).expect("fixture is JSON");
     let name = object["metadata"]["name"].as_str().unwrap_or("object").to_owned();
     if let Some(listed) = object.pointer_mut("/status/recoveryPoints/points") {
         let point = listed[0].clone();
         *listed = Value::Array(vec![point; points.min(LISTED_POINTS)]);
     }
-    (0..count)
-        .map(|i| {
-            object["metadata"]["name"] = Value::String(format!("{name}-{i:06}"));
-            object["metadata"]["uid"] = Value::String(format!("00000000-0000-0000-0000-{i:012}"));
-            object.to_string()
-        })
-        .collect()
+    let start = chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").expect("a time");
+    let mut texts = Vec::with_capacity(vms * per_vm);
+    for vm in 0..vms {
+        for k in 0..per_vm {
+            let meta = &mut object["metadata"];
+            meta["name"] = Value::String(format!("{name}-{vm:06}-{k:03}"));
+            meta["uid"] = Value::String(format!("00000000-0000-0000-{vm:04}-{k:012}"));
+            if let Some(labels) = meta["labels"].as_object_mut() {
+                labels.insert(PROTECTED_VM.into(), format!("vm{vm:06}").into());
+                labels.entry(DISK).and_modify(|d| *d = format!("vm{vm:06}-disk").into());
+            }
+            if let Some(time) = meta.pointer_mut(&format!("/annotations/{}", POINT.replace('/', "~1"))) {
+                let at = start + chrono::Duration::minutes(15 * k as i64);
+                *time = at.to_rfc3339().into();
+            }
+            texts.push(object.to_string());
+        }
+    }
+    texts
 }
 
 /// The change in live bytes as the site's caches take `texts`, beyond what they hold empty.
@@ -199,8 +213,10 @@ struct Figure {
 }
 
 fn measure(runtime: &tokio::runtime::Runtime, cached: &Cached, points: usize) -> Figure {
-    let texts = copies(cached.fixture, VMS, points);
-    let json = texts.iter().map(String::len).sum::<usize>() as f64 / VMS as f64;
+    let per_vm = if cached.per_point { points } else { 1 };
+    let texts = copies(cached.fixture, VMS, per_vm, points);
+    let objects = texts.len() as f64;
+    let json = texts.iter().map(String::len).sum::<usize>() as f64 / objects;
     // The texts are consumed as they are taken: their bytes leave the count.
     let texts_bytes = texts.iter().map(String::capacity).sum::<usize>() + texts.capacity() * size_of::<String>();
     let held = texts_bytes as isize
@@ -210,8 +226,34 @@ fn measure(runtime: &tokio::runtime::Runtime, cached: &Cached, points: usize) ->
         };
     Figure {
         json,
-        held: held as f64 / VMS as f64,
+        held: held as f64 / objects,
     }
+}
+
+/// The time to read one disk's points (as each look does) among the points of `vms` VMs.
+fn point_lookup(runtime: &tokio::runtime::Runtime, vms: usize, points: usize) -> Duration {
+    const LOOKUPS: usize = 20_000;
+    let texts = copies(CACHED[6].fixture, vms, points, points);
+    let (changes, _) = tokio::sync::broadcast::channel(1);
+    let given = HashMap::from([("volumesnapshots", texts)]);
+    let watch = runtime.block_on(async {
+        let watch = SiteWatch::start("site", Source::Given(given), changes);
+        while !watch.listed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        watch
+    });
+    let started = Instant::now();
+    let mut found = 0;
+    for i in 0..LOOKUPS {
+        let vm = i * 7919 % vms;
+        let disk = format!("vm{vm:06}-disk");
+        found += watch
+            .points("scale", &format!("vm{vm:06}"), &disk)
+            .map_or(0, |p| p.len());
+    }
+    assert_eq!(found, LOOKUPS * points, "every disk's points are found");
+    started.elapsed() / LOOKUPS as u32
 }
 
 fn main() {
@@ -251,4 +293,16 @@ fn main() {
             at_target / TARGET_MIB
         );
     }
+    let points = POLICIES[1].points;
+    let (small, large) = (
+        point_lookup(&runtime, VMS / 10, points),
+        point_lookup(&runtime, VMS, points),
+    );
+    println!(
+        "\nreading a disk's {points} points: {:.1} µs among {} VMs' points, {:.1} µs among {VMS} VMs' ({:.2}×)",
+        small.as_secs_f64() * 1e6,
+        VMS / 10,
+        large.as_secs_f64() * 1e6,
+        large.as_secs_f64() / small.as_secs_f64()
+    );
 }

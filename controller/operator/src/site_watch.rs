@@ -26,7 +26,7 @@ use std::fmt::Debug;
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
+use kube::api::{Api, ApiResource};
 
 use crate::compact_object::CompactObject;
 use kube::core::ObjectMeta;
@@ -43,6 +43,10 @@ use crate::kubevirt::dynamic::{
     CONFIG_MAP, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, VM, VOLUME_SNAPSHOT,
 };
 use crate::kubevirt::objects;
+use crate::kubevirt::points::SnapshotPoint;
+use point_cache::PointCache;
+
+mod point_cache;
 
 /// Server-side end of each watch request, under [`WATCH_READ_TIMEOUT`]: a watch is renewed
 /// from where it stopped (no new list), about once a minute per kind when nothing changes.
@@ -188,26 +192,6 @@ fn lean_disk(meta: &mut ObjectMeta) {
     meta.finalizers = None;
 }
 
-/// Keeps of a recovery point's (VolumeSnapshot's) metadata what coldsite reads: its name,
-/// its own labels and annotations (the point's time and disk shape), deletion. A disk keeps
-/// a point per RPO over its retention (97 at the defaults), so this is most of what a
-/// site's caches hold (`benches/cache_memory.rs`).
-fn lean_point(meta: &mut ObjectMeta) {
-    let own = |key: &String| key.starts_with("coldsite.io/");
-    if let Some(labels) = &mut meta.labels {
-        labels.retain(|key, _| own(key));
-    }
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|key, _| own(key));
-    }
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.uid = None;
-    meta.resource_version = None;
-    meta.generation = None;
-    meta.creation_timestamp = None;
-}
-
 /// Where a site's caches hear of their objects.
 pub enum Source {
     /// The site's API server: a watch of each kind.
@@ -271,11 +255,12 @@ where
                 trim(o.meta_mut());
             }),
         );
-        let warn_as = site.clone();
-        let events = stream.inspect(move |event| match event {
-            Ok(Event::InitDone) => flag.store(true, Ordering::Release),
-            Err(e) => tracing::warn!(site = %warn_as, kind = kind.plural, error = %e, "site watch"),
-            Ok(_) => {}
+        let warn = warn_on_error(&site, kind);
+        let events = stream.inspect(move |event| {
+            warn(event);
+            if let Ok(Event::InitDone) = event {
+                flag.store(true, Ordering::Release);
+            }
         });
         let task = tokio::spawn(announce.run(site, changes, events));
         Cache { store, ready, task }
@@ -332,6 +317,16 @@ where
     }
 }
 
+/// Logs a watch's errors: it retries them itself, with backoff.
+fn warn_on_error<K>(site: &str, kind: Kind) -> impl Fn(&watcher::Result<Event<K>>) + Send + 'static {
+    let site = site.to_owned();
+    move |event| {
+        if let Err(e) = event {
+            tracing::warn!(site, kind = kind.plural, error = %e, "site watch");
+        }
+    }
+}
+
 impl<K: Resource<DynamicType = ApiResource> + Clone + 'static> Drop for Cache<K> {
     fn drop(&mut self) {
         self.task.abort();
@@ -343,9 +338,8 @@ pub struct SiteWatch {
     vms: Cache<CompactObject>,
     /// What coldsite labels ([`objects::managed_selector`]) of the kinds in [`LABELLED`].
     labelled: Vec<(Kind, Cache<CompactObject>)>,
-    /// What coldsite labels of the kinds in [`METADATA_ONLY`]: their labels and annotations
-    /// say all that is read of them.
-    metadata: Vec<(Kind, Cache<PartialObjectMeta<DynamicObject>>)>,
+    /// The recovery points coldsite adopted (VolumeSnapshots it labels), by disk.
+    points: PointCache,
     /// Every PVC of the site: a protected VM's own disks, whose shape each look reads, carry
     /// no label of coldsite's; the disks coldsite restored do.
     disks: Cache<CompactObject>,
@@ -359,10 +353,6 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 
 /// The kinds whose coldsite-labelled objects a site's watch caches whole.
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
-
-/// The kinds whose coldsite-labelled objects a site's watch caches as metadata, trimmed
-/// ([`lean_point`]): recovery points (VolumeSnapshots).
-const METADATA_ONLY: [Kind; 1] = [VOLUME_SNAPSHOT];
 
 /// Whether an object carries coldsite's labels ([`objects::managed_selector`]).
 fn is_managed(meta: &ObjectMeta) -> bool {
@@ -402,16 +392,7 @@ impl SiteWatch {
                 .iter()
                 .map(|&kind| (kind, Cache::start(labelled(kind), source)))
                 .collect(),
-            metadata: METADATA_ONLY
-                .iter()
-                .map(|&kind| {
-                    let points = Watch {
-                        trim: lean_point,
-                        ..labelled(kind)
-                    };
-                    (kind, Cache::start(points, source))
-                })
-                .collect(),
+            points: PointCache::start(labelled(VOLUME_SNAPSHOT), source),
             disks: Cache::start(
                 Watch {
                     site,
@@ -432,8 +413,8 @@ impl SiteWatch {
         let ready = |r: &AtomicBool| r.load(Ordering::Acquire);
         ready(&self.vms.ready)
             && ready(&self.disks.ready)
+            && ready(&self.points.ready)
             && self.labelled.iter().all(|(_, c)| ready(&c.ready))
-            && self.metadata.iter().all(|(_, c)| ready(&c.ready))
     }
 
     /// Whether the namespace was seen at the site within [`NAMESPACE_RECHECK`].
@@ -471,16 +452,17 @@ impl SiteWatch {
     }
 
     /// One object of a kind coldsite labels, as [`Self::vm`]; `None` as well for a kind not
-    /// cached. An object without coldsite's labels reads as absent; one of a kind in
-    /// [`METADATA_ONLY`] reads as its metadata only.
+    /// cached. An object without coldsite's labels reads as absent.
     pub fn labelled(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
         if kind.plural == PVC.plural {
             return self.disks.get_if(kind, namespace, name, is_managed);
         }
-        match find(&self.metadata, kind) {
-            Some(cache) => cache.get(kind, namespace, name),
-            None => find(&self.labelled, kind)?.get(kind, namespace, name),
-        }
+        find(&self.labelled, kind)?.get(kind, namespace, name)
+    }
+
+    /// A disk's recovery points, oldest first; `None` until the watch has listed them.
+    pub fn points(&self, namespace: &str, pvm: &str, disk: &str) -> Option<Vec<SnapshotPoint>> {
+        self.points.disk(namespace, pvm, disk)
     }
 
     /// One PVC, labelled or not, as [`Self::vm`].
@@ -500,14 +482,11 @@ impl SiteWatch {
         if kind.plural == PVC.plural {
             return self.disks.read_namespace(namespace, labels, is_managed, read);
         }
-        match find(&self.metadata, kind) {
-            Some(cache) => cache.read_namespace(namespace, labels, |_| true, read),
-            None => find(&self.labelled, kind)?.read_namespace(namespace, labels, |_| true, read),
-        }
+        find(&self.labelled, kind)?.read_namespace(namespace, labels, |_| true, read)
     }
 }
 
-fn find<K: Resource<DynamicType = ApiResource> + Clone>(caches: &[(Kind, Cache<K>)], kind: Kind) -> Option<&Cache<K>> {
+fn find(caches: &[(Kind, Cache<CompactObject>)], kind: Kind) -> Option<&Cache<CompactObject>> {
     caches.iter().find(|(k, _)| k.plural == kind.plural).map(|(_, c)| c)
 }
 
@@ -515,8 +494,7 @@ fn find<K: Resource<DynamicType = ApiResource> + Clone>(caches: &[(Kind, Cache<K
 mod tests {
     use serde_json::json;
 
-    use super::{ObjectMeta, is_managed, lean_disk, lean_point, replication_state};
-    use crate::kubevirt::objects::{DISK, POINT, PROTECTED_VM};
+    use super::{ObjectMeta, is_managed, lean_disk, replication_state};
 
     #[test]
     fn a_cached_pvc_keeps_what_coldsite_reads_of_its_metadata() {
@@ -536,33 +514,6 @@ mod tests {
         assert_eq!(kept, ["coldsite.io/recovery-point"]);
         assert!(meta.deletion_timestamp.is_some());
         assert!(meta.finalizers.is_none() && meta.owner_references.is_none());
-    }
-
-    #[test]
-    fn a_cached_recovery_point_keeps_what_a_look_and_a_restore_read() {
-        let mut meta: ObjectMeta = serde_json::from_value(json!({
-            "name": "volsync-coldsite-db01-data-dst-20261204220451", "namespace": "apps",
-            "uid": "u1", "resourceVersion": "7565", "generation": 2,
-            "creationTimestamp": "2026-12-04T22:04:51Z", "deletionTimestamp": "2026-12-05T22:04:51Z",
-            "labels": {"app.kubernetes.io/managed-by": "coldsite", "volsync.backube/do-not-delete": "true",
-                       PROTECTED_VM: "db01", DISK: "data"},
-            "annotations": {POINT: "2026-12-04T22:04:51+00:00", "coldsite.io/capacity": "10Gi",
-                            "snapshot.storage.kubernetes.io/deletion-secret-name": "s"},
-            "finalizers": ["snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"],
-        }))
-        .expect("metadata");
-        lean_point(&mut meta);
-        let trimmed = serde_json::to_value(&meta).expect("metadata");
-        // A disk's points are found by these labels, dated and shaped by these annotations.
-        assert_eq!(
-            trimmed,
-            json!({
-                "name": "volsync-coldsite-db01-data-dst-20261204220451", "namespace": "apps",
-                "deletionTimestamp": "2026-12-05T22:04:51Z",
-                "labels": {PROTECTED_VM: "db01", DISK: "data"},
-                "annotations": {POINT: "2026-12-04T22:04:51+00:00", "coldsite.io/capacity": "10Gi"},
-            })
-        );
     }
 
     #[test]

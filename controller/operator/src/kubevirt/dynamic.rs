@@ -8,6 +8,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
+use crate::kubevirt::points::SnapshotPoint;
 use crate::status::MANAGER;
 
 /// A kind at a site.
@@ -211,18 +212,15 @@ impl SiteApi {
         self.watch.as_ref()?.labelled(kind, namespace, name)
     }
 
-    /// The objects coldsite labelled in a namespace that also carry `labels`, as
-    /// [`Self::get_labelled`]: no LIST per reconcile once the watch has listed.
-    pub async fn list_labelled(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        labels: &[(&str, &str)],
-    ) -> Result<Vec<Value>, FabricError> {
-        self.read_labelled(kind, namespace, labels, Some).await
+    /// A disk's recovery points, oldest first, from the site's watch; `None` until it has
+    /// listed them (or without a watch).
+    pub fn watched_points(&self, namespace: &str, pvm: &str, disk: &str) -> Option<Vec<SnapshotPoint>> {
+        self.watch.as_ref()?.points(namespace, pvm, disk)
     }
 
-    /// What `read` makes of each object [`Self::list_labelled`] finds, made as each is read.
+    /// What `read` makes of each object coldsite labelled in a namespace that also carries
+    /// `labels`, made as each is read, as [`Self::get_labelled`]: no LIST per reconcile once
+    /// the watch has listed.
     pub async fn read_labelled<T>(
         &self,
         kind: Kind,

@@ -19,7 +19,7 @@ use super::dynamic::{
     VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, parse_time, str_at, time_at,
 };
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
-use super::points::{self, DiskPoint};
+use super::points::{self, DiskPoint, SnapshotPoint};
 use super::{app_consistent, final_sync, group_cut};
 use crate::replication_keys::ReplicationKeys;
 use crate::scripts::ScriptRunner;
@@ -73,21 +73,23 @@ impl KubeVirtFabric {
         ))
     }
 
-    /// [`Self::disk_points`] from the site's watch, unless the watch does not show `newest`
-    /// (the point adopted last) yet: then as the site shows them now.
+    /// A disk's points, oldest first, from the site's watch, unless the watch does not show
+    /// `newest` (the point adopted last) yet: then as the site shows them now.
     async fn watched_disk_points(
         &self,
         site: &SiteApi,
         vm: &VmModel,
         disk: &str,
         newest: Option<&str>,
-    ) -> Result<Vec<(DateTime<Utc>, Value)>, FabricError> {
-        let labels = [(PROTECTED_VM, vm.name.as_str()), (DISK, disk)];
-        let seen = site.list_labelled(VOLUME_SNAPSHOT, &vm.vm_namespace, &labels).await?;
-        if newest.is_some_and(|n| !seen.iter().any(|s| str_at(s, "/metadata/name") == Some(n))) {
-            return self.disk_points(site, vm, disk).await;
+    ) -> Result<Vec<SnapshotPoint>, FabricError> {
+        let seen = site
+            .watched_points(&vm.vm_namespace, &vm.name, disk)
+            .filter(|seen| newest.is_none_or(|n| seen.iter().any(|s| &*s.name == n)));
+        if let Some(seen) = seen {
+            return Ok(seen);
         }
-        Ok(timed(seen))
+        let listed = self.disk_points(site, vm, disk).await?;
+        Ok(listed.iter().filter_map(|(_, s)| SnapshotPoint::of_object(s)).collect())
     }
 
     /// Adopts the destination's newest snapshot as a recovery point once it is ready to use:
@@ -130,7 +132,8 @@ impl KubeVirtFabric {
             return Ok(Adoption::Nothing);
         };
         // A point adopted before is in the site's watch (labelled): nothing to read.
-        if let Some(Some(_)) = site.watched(VOLUME_SNAPSHOT, &vm.vm_namespace, image) {
+        let points = site.watched_points(&vm.vm_namespace, &vm.name, disk);
+        if points.is_some_and(|p| p.iter().any(|p| &*p.name == image)) {
             return Ok(Adoption::Point(synced));
         }
         let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
@@ -670,23 +673,22 @@ impl KubeVirtFabric {
         let points = self.watched_disk_points(site, vm, disk, newest).await?;
         let times: Vec<RecoveryPoint> = points
             .iter()
-            .map(|(t, _)| RecoveryPoint {
-                time: *t,
+            .map(|p| RecoveryPoint {
+                time: p.point.time,
                 app_consistent: false,
                 one_instant: false,
             })
             .collect();
         let expired = rpo::expired(&times, now, vm.retention);
         for gone in &expired {
-            if let Some((_, s)) = points.iter().find(|(t, _)| *t == gone.time) {
-                let name = str_at(s, "/metadata/name").unwrap_or_default();
-                site.delete(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
+            if let Some(p) = points.iter().find(|p| p.point.time == gone.time) {
+                site.delete(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), &p.name).await?;
             }
         }
         Ok(points
             .iter()
-            .filter(|(t, _)| !expired.iter().any(|e| e.time == *t))
-            .map(|(t, s)| disk_point(*t, s))
+            .filter(|p| !expired.iter().any(|e| e.time == p.point.time))
+            .map(|p| p.point)
             .collect())
     }
 
@@ -697,7 +699,7 @@ impl KubeVirtFabric {
         let mut disks = Vec::new();
         for disk in &vm.disks {
             let snapshots = self.watched_disk_points(site, vm, disk, None).await?;
-            disks.push(snapshots.iter().map(|(t, s)| disk_point(*t, s)).collect::<Vec<_>>());
+            disks.push(snapshots.iter().map(|p| p.point).collect::<Vec<_>>());
         }
         Ok(points::vm_points(&disks))
     }
@@ -712,30 +714,12 @@ impl KubeVirtFabric {
 /// Snapshots with the time of the point each records, oldest first; others, and those being
 /// deleted, left out.
 fn timed(snapshots: Vec<Value>) -> Vec<(DateTime<Utc>, Value)> {
-    let annotation = format!("/metadata/annotations/{}", POINT.replace('/', "~1"));
     let mut points: Vec<(DateTime<Utc>, Value)> = snapshots
         .into_iter()
-        .filter(|s| !deleting(s))
-        .filter_map(|s| Some((time_at(&s, &annotation)?, s)))
+        .filter_map(|s| Some((SnapshotPoint::of_object(&s)?.point.time, s)))
         .collect();
     points.sort_by_key(|(t, _)| *t);
     points
-}
-
-/// A disk's point as its snapshot records it.
-fn disk_point(time: DateTime<Utc>, snapshot: &Value) -> DiskPoint {
-    DiskPoint {
-        time,
-        app_consistent: str_at(
-            snapshot,
-            &format!("/metadata/annotations/{}", APP_CONSISTENT.replace('/', "~1")),
-        ) == Some("true"),
-        group: str_at(
-            snapshot,
-            &format!("/metadata/annotations/{}", objects::GROUP_SNAPSHOT.replace('/', "~1")),
-        )
-        .is_some(),
-    }
 }
 
 /// Whether the object is being deleted.

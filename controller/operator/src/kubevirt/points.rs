@@ -9,6 +9,11 @@
 
 use chrono::{DateTime, Utc};
 use coldsite_engine::fabric::RecoveryPoint;
+use kube::core::ObjectMeta;
+use serde_json::Value;
+
+use super::dynamic::parse_time;
+use super::objects::{APP_CONSISTENT, GROUP_SNAPSHOT, POINT};
 
 /// One disk's snapshot, as far as points are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +22,39 @@ pub struct DiskPoint {
     pub app_consistent: bool,
     /// Cut with every other disk of the VM at one instant (by a group snapshot).
     pub group: bool,
+}
+
+/// A disk's recovery point as its VolumeSnapshot records it in coldsite's annotations:
+/// all a look reads of a point, and all a site's watch keeps of one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotPoint {
+    /// The VolumeSnapshot's name.
+    pub name: Box<str>,
+    pub point: DiskPoint,
+}
+
+impl SnapshotPoint {
+    /// The point a snapshot's metadata records; `None` for a snapshot being deleted, or one
+    /// not adopted (no time).
+    pub fn of(meta: &ObjectMeta) -> Option<Self> {
+        if meta.deletion_timestamp.is_some() {
+            return None;
+        }
+        let annotation = |key: &str| meta.annotations.as_ref()?.get(key).map(String::as_str);
+        Some(Self {
+            name: meta.name.as_deref()?.into(),
+            point: DiskPoint {
+                time: parse_time(annotation(POINT)?)?,
+                app_consistent: annotation(APP_CONSISTENT) == Some("true"),
+                group: annotation(GROUP_SNAPSHOT).is_some(),
+            },
+        })
+    }
+
+    /// [`Self::of`] a snapshot as the API server sent it.
+    pub fn of_object(snapshot: &Value) -> Option<Self> {
+        Self::of(&serde_json::from_value(snapshot.get("metadata")?.clone()).ok()?)
+    }
 }
 
 /// The newest snapshot of a disk (oldest first) not after `t`.
@@ -54,6 +92,25 @@ pub fn vm_points(disks: &[Vec<DiskPoint>]) -> Vec<RecoveryPoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_records_its_point_in_coldsites_annotations() {
+        let snapshot = |annotations: Value, deleting: bool| {
+            serde_json::json!({"metadata": {"name": "s1", "annotations": annotations,
+                "deletionTimestamp": deleting.then_some("2026-12-04T22:00:00Z")}})
+        };
+        let adopted = serde_json::json!({POINT: "2026-12-04T19:00:00+00:00", APP_CONSISTENT: "true",
+                                         GROUP_SNAPSHOT: "grp-1"});
+        let point = SnapshotPoint::of_object(&snapshot(adopted.clone(), false)).expect("a point");
+        assert_eq!(&*point.name, "s1");
+        assert_eq!(point.point.time, parse_time("2026-12-04T19:00:00Z").unwrap());
+        assert!(point.point.app_consistent && point.point.group);
+        let crash = SnapshotPoint::of_object(&snapshot(serde_json::json!({POINT: "2026-12-04T19:00:00Z"}), false));
+        assert!(crash.is_some_and(|p| !p.point.app_consistent && !p.point.group));
+        // Being deleted, or never adopted: no point.
+        assert_eq!(SnapshotPoint::of_object(&snapshot(adopted, true)), None);
+        assert_eq!(SnapshotPoint::of_object(&snapshot(serde_json::json!({}), false)), None);
+    }
 
     fn at(s: i64, app: bool) -> DiskPoint {
         DiskPoint {
