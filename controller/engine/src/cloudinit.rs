@@ -454,18 +454,7 @@ ethernets:
 
     #[test]
     fn renders_the_expected_document() {
-        let dhcp = NicPlan {
-            name: "backup".into(),
-            mac: None,
-            addresses: Vec::new(),
-            gateway4: None,
-            gateway6: None,
-            dns: Vec::new(),
-            search: Vec::new(),
-            dhcp4: true,
-            dhcp6: false,
-            source: AddressSource::Dhcp,
-        };
+        let dhcp = NicPlan::dhcp("backup");
         let text = render_network_config(&[plan("corp", Some("02:c0:00:01:00:10")), dhcp]).unwrap();
         let expected = "\
 version: 2

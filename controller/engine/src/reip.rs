@@ -309,18 +309,27 @@ pub struct NicPlan {
 }
 
 impl NicPlan {
-    fn empty(nic: &SourceNic) -> Self {
+    /// A NIC whose guest asks DHCP for its IPv4 address.
+    pub fn dhcp(name: &str) -> Self {
         Self {
-            name: nic.name.clone(),
-            mac: nic.mac.clone(),
+            name: name.to_owned(),
+            mac: None,
             addresses: Vec::new(),
             gateway4: None,
             gateway6: None,
             dns: Vec::new(),
             search: Vec::new(),
-            dhcp4: false,
+            dhcp4: true,
             dhcp6: false,
             source: AddressSource::Dhcp,
+        }
+    }
+
+    fn empty(nic: &SourceNic) -> Self {
+        Self {
+            mac: nic.mac.clone(),
+            dhcp4: false,
+            ..Self::dhcp(&nic.name)
         }
     }
 

@@ -354,6 +354,9 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 /// The kinds whose coldsite-labelled objects a site's watch caches whole.
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
 
+/// Which of a cache's objects a reader takes.
+type Admit = fn(&ObjectMeta) -> bool;
+
 /// Whether an object carries coldsite's labels ([`objects::managed_selector`]).
 fn is_managed(meta: &ObjectMeta) -> bool {
     let labels = meta.labels.as_ref();
@@ -454,10 +457,17 @@ impl SiteWatch {
     /// One object of a kind coldsite labels, as [`Self::vm`]; `None` as well for a kind not
     /// cached. An object without coldsite's labels reads as absent.
     pub fn labelled(&self, kind: Kind, namespace: &str, name: &str) -> Option<Option<Value>> {
+        let (cache, admit) = self.labelled_cache(kind)?;
+        cache.get_if(kind, namespace, name, admit)
+    }
+
+    /// The cache of a kind coldsite labels, and which of its objects are coldsite's: PVCs are
+    /// read from the cache of every PVC of the site.
+    fn labelled_cache(&self, kind: Kind) -> Option<(&Cache<CompactObject>, Admit)> {
         if kind.plural == PVC.plural {
-            return self.disks.get_if(kind, namespace, name, is_managed);
+            return Some((&self.disks, is_managed));
         }
-        find(&self.labelled, kind)?.get(kind, namespace, name)
+        Some((find(&self.labelled, kind)?, |_| true))
     }
 
     /// A disk's recovery points, oldest first; `None` until the watch has listed them.
@@ -479,10 +489,8 @@ impl SiteWatch {
         labels: &[(&str, &str)],
         read: impl FnMut(Value) -> Option<T>,
     ) -> Option<Vec<T>> {
-        if kind.plural == PVC.plural {
-            return self.disks.read_namespace(namespace, labels, is_managed, read);
-        }
-        find(&self.labelled, kind)?.read_namespace(namespace, labels, |_| true, read)
+        let (cache, admit) = self.labelled_cache(kind)?;
+        cache.read_namespace(namespace, labels, admit, read)
     }
 }
 

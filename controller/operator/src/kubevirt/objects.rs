@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use coldsite_engine::fabric::Recovery;
+use coldsite_engine::fabric::{RecoveredNic, Recovery};
 pub use coldsite_engine::names::dns_name;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::dynamic::str_at;
 
@@ -495,61 +495,8 @@ pub fn recovered_vm(source: &Value, req: &Recovery<'_>) -> Result<Value, String>
         .pointer_mut("/template/spec")
         .and_then(Value::as_object_mut)
         .ok_or("the source VirtualMachine has no spec.template.spec")?;
-
-    if let Some(volumes) = template.get_mut("volumes").and_then(Value::as_array_mut) {
-        for v in volumes {
-            let Some(v) = v.as_object_mut() else { continue };
-            let claim = v
-                .get("persistentVolumeClaim")
-                .and_then(|p| p.get("claimName"))
-                .or_else(|| v.get("dataVolume").and_then(|d| d.get("name")))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if let Some(claim) = claim {
-                v.remove("dataVolume");
-                v.insert("persistentVolumeClaim".into(), json!({ "claimName": claim }));
-            }
-            for source in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
-                if let Some(ci) = v.get_mut(source).and_then(Value::as_object_mut) {
-                    ci.remove("networkDataBase64");
-                    ci.remove("networkDataSecretRef");
-                    ci.insert("networkData".into(), json!(req.network_data));
-                }
-            }
-        }
-    }
-    let mapped: BTreeMap<&str, &str> = req.nics.iter().map(|n| (n.name.as_str(), n.network.as_str())).collect();
-    if let Some(networks) = template.get_mut("networks").and_then(Value::as_array_mut) {
-        for n in networks {
-            let name = n.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let Some(target) = mapped.get(name.as_str()) else {
-                continue;
-            };
-            let Some(o) = n.as_object_mut() else { continue };
-            o.remove("pod");
-            o.remove("multus");
-            if *target == "pod" {
-                o.insert("pod".into(), json!({}));
-            } else {
-                o.insert("multus".into(), json!({ "networkName": target }));
-            }
-        }
-    }
-    if let Some(ifaces) = template
-        .get_mut("domain")
-        .and_then(|d| d.get_mut("devices"))
-        .and_then(|d| d.get_mut("interfaces"))
-        .and_then(Value::as_array_mut)
-    {
-        for i in ifaces {
-            let name = i.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-            if let Some(mac) = req.nics.iter().find(|n| n.name == name).and_then(|n| n.mac.clone())
-                && i.get("macAddress").is_none()
-            {
-                i["macAddress"] = json!(mac);
-            }
-        }
-    }
+    restored_volumes(template, req.network_data);
+    mapped_networks(template, req.nics);
     if let Some(cpu) = vm.cpu {
         template.entry("domain").or_insert_with(|| json!({}))["cpu"]["cores"] = json!(cpu);
     }
@@ -580,9 +527,121 @@ pub fn recovered_vm(source: &Value, req: &Recovery<'_>) -> Result<Value, String>
     }))
 }
 
+/// A recovered VM's volumes: each disk the claim restored under its name (a DataVolume
+/// becomes that claim: the data is already there), and cloud-init's network data the one
+/// for the target site's addresses.
+fn restored_volumes(template: &mut Map<String, Value>, network_data: &str) {
+    let Some(volumes) = template.get_mut("volumes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for v in volumes.iter_mut().filter_map(Value::as_object_mut) {
+        let claim = v
+            .get("persistentVolumeClaim")
+            .and_then(|p| p.get("claimName"))
+            .or_else(|| v.get("dataVolume").and_then(|d| d.get("name")))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(claim) = claim {
+            v.remove("dataVolume");
+            v.insert("persistentVolumeClaim".into(), json!({ "claimName": claim }));
+        }
+        for source in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
+            if let Some(ci) = v.get_mut(source).and_then(Value::as_object_mut) {
+                ci.remove("networkDataBase64");
+                ci.remove("networkDataSecretRef");
+                ci.insert("networkData".into(), json!(network_data));
+            }
+        }
+    }
+}
+
+/// A recovered VM's networks, each on the target site's network its mapping names (the pod
+/// network, or a Multus one), and its interfaces keeping their MACs.
+fn mapped_networks(template: &mut Map<String, Value>, nics: &[RecoveredNic]) {
+    let mapped: BTreeMap<&str, &str> = nics.iter().map(|n| (n.name.as_str(), n.network.as_str())).collect();
+    let networks = template.get_mut("networks").and_then(Value::as_array_mut);
+    for n in networks.into_iter().flatten() {
+        let name = n.get("name").and_then(Value::as_str).unwrap_or_default();
+        let Some(target) = mapped.get(name).copied() else {
+            continue;
+        };
+        let Some(o) = n.as_object_mut() else { continue };
+        o.remove("pod");
+        o.remove("multus");
+        if target == "pod" {
+            o.insert("pod".into(), json!({}));
+        } else {
+            o.insert("multus".into(), json!({ "networkName": target }));
+        }
+    }
+    let interfaces = template
+        .get_mut("domain")
+        .and_then(|d| d.get_mut("devices"))
+        .and_then(|d| d.get_mut("interfaces"))
+        .and_then(Value::as_array_mut);
+    for i in interfaces.into_iter().flatten() {
+        let name = i.get("name").and_then(Value::as_str).unwrap_or_default();
+        if let Some(mac) = nics.iter().find(|n| n.name == name).and_then(|n| n.mac.clone())
+            && i.get("macAddress").is_none()
+        {
+            i["macAddress"] = json!(mac);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recovered_vm_runs_on_the_restored_claims_and_the_mapped_networks() {
+        let mut template = json!({
+            "volumes": [
+                {"name": "root", "dataVolume": {"name": "db01-root"}},
+                {"name": "data", "persistentVolumeClaim": {"claimName": "db01-data", "readOnly": false}},
+                {"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config", "networkDataBase64": "b2xk"}},
+            ],
+            "networks": [{"name": "lan", "multus": {"networkName": "hq/lan"}}, {"name": "mgmt", "pod": {}},
+                         {"name": "other", "pod": {}}],
+            "domain": {"devices": {"interfaces": [{"name": "lan", "bridge": {}},
+                                                  {"name": "mgmt", "masquerade": {}, "macAddress": "02:00:00:00:00:09"}]}},
+        });
+        let nic = |name: &str, network: &str, mac: &str| RecoveredNic {
+            name: name.into(),
+            mac: Some(mac.into()),
+            network: network.into(),
+            plan: coldsite_engine::reip::NicPlan::dhcp(name),
+        };
+        let nics = [
+            nic("lan", "dr/lan", "02:00:00:00:00:01"),
+            nic("mgmt", "pod", "02:00:00:00:00:02"),
+        ];
+        let spec = template.as_object_mut().expect("an object");
+        restored_volumes(spec, "version: 2");
+        mapped_networks(spec, &nics);
+        assert_eq!(
+            template["volumes"],
+            json!([
+                {"name": "root", "persistentVolumeClaim": {"claimName": "db01-root"}},
+                {"name": "data", "persistentVolumeClaim": {"claimName": "db01-data"}},
+                {"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config", "networkData": "version: 2"}},
+            ])
+        );
+        // Each mapped network moves; one the mapping does not name stays as it was.
+        assert_eq!(
+            template["networks"],
+            json!([{"name": "lan", "multus": {"networkName": "dr/lan"}}, {"name": "mgmt", "pod": {}},
+                   {"name": "other", "pod": {}}])
+        );
+        // A MAC the VM sets itself is kept.
+        let macs: Vec<&str> = template["domain"]["devices"]["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["macAddress"].as_str())
+            .collect();
+        assert_eq!(macs, ["02:00:00:00:00:01", "02:00:00:00:00:09"]);
+    }
 
     #[test]
     fn volsync_names_its_destination_service_as_upstream_does() {
