@@ -4,6 +4,8 @@
 //! listing or getting them at every pass (DESIGN §9: watches and reflector caches, not
 //! polling). Besides VMs and PVCs (a protected VM's disks carry no label of coldsite's), a
 //! cache holds only what carries coldsite's labels: it grows with what coldsite protects.
+//! Recovery points, a disk's many, are kept by disk as what is read of them
+//! ([`point_cache`]).
 //!
 //! The VM watch also announces each change (and each full list, as when a site that was down
 //! answers again), so ProtectedVMs are reconciled when their copies change instead of being
