@@ -73,8 +73,11 @@ impl KubeVirtFabric {
         ))
     }
 
-    /// A disk's points, oldest first, from the site's watch, unless the watch does not show
-    /// `newest` (the point adopted last) yet: then as the site shows them now.
+    /// A disk's points, oldest first, from the site's watch, with the point adopted last
+    /// (`newest`), which the watch may not show yet, read as the site shows it now: a GET of
+    /// one snapshot rather than a LIST of the disk's, which the API server answers by a scan
+    /// of every snapshot of the namespace. Without a watch that has listed, all as the site
+    /// shows them now.
     async fn watched_disk_points(
         &self,
         site: &SiteApi,
@@ -82,14 +85,17 @@ impl KubeVirtFabric {
         disk: &str,
         newest: Option<&str>,
     ) -> Result<Vec<SnapshotPoint>, FabricError> {
-        let seen = site
-            .watched_points(&vm.vm_namespace, &vm.name, disk)
-            .filter(|seen| newest.is_none_or(|n| seen.iter().any(|s| &*s.name == n)));
-        if let Some(seen) = seen {
-            return Ok(seen);
+        let Some(mut seen) = site.watched_points(&vm.vm_namespace, &vm.name, disk) else {
+            let listed = self.disk_points(site, vm, disk).await?;
+            return Ok(listed.iter().filter_map(|(_, s)| SnapshotPoint::of_object(s)).collect());
+        };
+        if let Some(name) = newest.filter(|n| !seen.iter().any(|s| &*s.name == *n)) {
+            let snapshot = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
+            if let Some(point) = snapshot.and_then(|s| SnapshotPoint::of_disk(&s, &vm.name, disk)) {
+                points::insert_by_time(&mut seen, point);
+            }
         }
-        let listed = self.disk_points(site, vm, disk).await?;
-        Ok(listed.iter().filter_map(|(_, s)| SnapshotPoint::of_object(s)).collect())
+        Ok(seen)
     }
 
     /// Adopts the destination's newest snapshot as a recovery point once it is ready to use:

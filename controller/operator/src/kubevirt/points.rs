@@ -13,7 +13,7 @@ use kube::core::ObjectMeta;
 use serde_json::Value;
 
 use super::dynamic::parse_time;
-use super::objects::{APP_CONSISTENT, GROUP_SNAPSHOT, POINT};
+use super::objects::{APP_CONSISTENT, DISK, GROUP_SNAPSHOT, POINT, PROTECTED_VM};
 
 /// One disk's snapshot, as far as points are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +55,22 @@ impl SnapshotPoint {
     pub fn of_object(snapshot: &Value) -> Option<Self> {
         Self::of(&serde_json::from_value(snapshot.get("metadata")?.clone()).ok()?)
     }
+
+    /// [`Self::of_object`] of a snapshot whose labels name this disk of this ProtectedVM;
+    /// any other is none of its points.
+    pub fn of_disk(snapshot: &Value, pvm: &str, disk: &str) -> Option<Self> {
+        let meta: ObjectMeta = serde_json::from_value(snapshot.get("metadata")?.clone()).ok()?;
+        let label = |key: &str| meta.labels.as_ref()?.get(key).map(String::as_str);
+        (label(PROTECTED_VM) == Some(pvm) && label(DISK) == Some(disk))
+            .then(|| Self::of(&meta))
+            .flatten()
+    }
+}
+
+/// Puts a point among a disk's, oldest first, in its place by time.
+pub fn insert_by_time(points: &mut Vec<SnapshotPoint>, point: SnapshotPoint) {
+    let at = points.partition_point(|p| p.point.time <= point.point.time);
+    points.insert(at, point);
 }
 
 /// The newest snapshot of a disk (oldest first) not after `t`.
@@ -107,6 +123,16 @@ mod tests {
         assert!(point.point.app_consistent && point.point.group);
         let crash = SnapshotPoint::of_object(&snapshot(serde_json::json!({POINT: "2026-12-04T19:00:00Z"}), false));
         assert!(crash.is_some_and(|p| !p.point.app_consistent && !p.point.group));
+        // Only the disk its labels name has it as a point.
+        let mut labelled = snapshot(adopted.clone(), false);
+        labelled["metadata"]["labels"] = serde_json::json!({PROTECTED_VM: "db01", DISK: "data"});
+        assert!(SnapshotPoint::of_disk(&labelled, "db01", "data").is_some());
+        assert_eq!(SnapshotPoint::of_disk(&labelled, "db01", "logs"), None);
+        assert_eq!(SnapshotPoint::of_disk(&labelled, "db02", "data"), None);
+        assert_eq!(
+            SnapshotPoint::of_disk(&snapshot(adopted.clone(), false), "db01", "data"),
+            None
+        );
         // Being deleted, or never adopted: no point.
         assert_eq!(SnapshotPoint::of_object(&snapshot(adopted, true)), None);
         assert_eq!(SnapshotPoint::of_object(&snapshot(serde_json::json!({}), false)), None);

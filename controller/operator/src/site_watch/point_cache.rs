@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::{Source, Watch, warn_on_error};
 use crate::kubevirt::objects::{DISK, PROTECTED_VM};
-use crate::kubevirt::points::SnapshotPoint;
+use crate::kubevirt::points::{self, SnapshotPoint};
 
 /// The points of each disk, oldest first, by [`key`].
 #[derive(Default)]
@@ -48,8 +48,7 @@ impl Index {
         let disk = self.0.entry(key.clone()).or_default();
         disk.retain(|p| Some(&*p.name) != meta.name.as_deref());
         if let Some(point) = SnapshotPoint::of(meta) {
-            let at = disk.partition_point(|p| p.point.time <= point.point.time);
-            disk.insert(at, point);
+            points::insert_by_time(disk, point);
         }
         if disk.is_empty() {
             self.0.remove(&key);
