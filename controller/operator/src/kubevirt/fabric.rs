@@ -67,7 +67,7 @@ impl KubeVirtFabric {
         vm: &VmModel,
         disk: &str,
     ) -> Result<Vec<(DateTime<Utc>, Value)>, FabricError> {
-        let selector = format!("{PROTECTED_VM}={},{DISK}={disk}", vm.name);
+        let selector = disk_selector(vm, disk);
         Ok(timed(
             site.list(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), &selector).await?,
         ))
@@ -86,8 +86,11 @@ impl KubeVirtFabric {
         newest: Option<&str>,
     ) -> Result<Vec<SnapshotPoint>, FabricError> {
         let Some(mut seen) = site.watched_points(&vm.vm_namespace, &vm.name, disk) else {
-            let listed = self.disk_points(site, vm, disk).await?;
-            return Ok(listed.iter().filter_map(|(_, s)| SnapshotPoint::of_object(s)).collect());
+            let selector = disk_selector(vm, disk);
+            let listed = site.list(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), &selector).await?;
+            let mut points: Vec<SnapshotPoint> = listed.iter().filter_map(SnapshotPoint::of_object).collect();
+            points.sort_by_key(|p| p.point.time);
+            return Ok(points);
         };
         if let Some(name) = newest.filter(|n| !seen.iter().any(|s| &*s.name == *n)) {
             let snapshot = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
@@ -715,6 +718,11 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// The labels of a disk's snapshots.
+fn disk_selector(vm: &VmModel, disk: &str) -> String {
+    format!("{PROTECTED_VM}={},{DISK}={disk}", vm.name)
 }
 
 /// Snapshots with the time of the point each records, oldest first; others, and those being

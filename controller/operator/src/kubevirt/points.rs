@@ -53,18 +53,22 @@ impl SnapshotPoint {
 
     /// [`Self::of`] a snapshot as the API server sent it.
     pub fn of_object(snapshot: &Value) -> Option<Self> {
-        Self::of(&serde_json::from_value(snapshot.get("metadata")?.clone()).ok()?)
+        Self::of(&metadata(snapshot)?)
     }
 
     /// [`Self::of_object`] of a snapshot whose labels name this disk of this ProtectedVM;
     /// any other is none of its points.
     pub fn of_disk(snapshot: &Value, pvm: &str, disk: &str) -> Option<Self> {
-        let meta: ObjectMeta = serde_json::from_value(snapshot.get("metadata")?.clone()).ok()?;
+        let meta = metadata(snapshot)?;
         let label = |key: &str| meta.labels.as_ref()?.get(key).map(String::as_str);
         (label(PROTECTED_VM) == Some(pvm) && label(DISK) == Some(disk))
             .then(|| Self::of(&meta))
             .flatten()
     }
+}
+
+fn metadata(object: &Value) -> Option<ObjectMeta> {
+    serde_json::from_value(object.get("metadata")?.clone()).ok()
 }
 
 /// Puts a point among a disk's, oldest first, in its place by time.
