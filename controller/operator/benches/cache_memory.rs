@@ -170,6 +170,9 @@ fn copies(fixture: &str, vms: usize, per_vm: usize, points: usize) -> Vec<String
             if let Some(time) = meta.pointer_mut(&format!("/annotations/{}", POINT.replace('/', "~1"))) {
                 let at = start + chrono::Duration::minutes(15 * k as i64);
                 *time = at.to_rfc3339().into();
+                // A point's snapshot named as VolSync names it: its destination, then the time.
+                let stamp = at.format("%Y%m%d%H%M%S");
+                meta["name"] = Value::String(format!("volsync-coldsite-vm{vm:06}-disk-dst-{stamp}"));
             }
             texts.push(object.to_string());
         }

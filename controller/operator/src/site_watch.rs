@@ -28,10 +28,9 @@ use std::fmt::Debug;
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use kube::api::{Api, ApiResource};
+use kube::api::Api;
 
 use crate::compact_object::CompactObject;
-use kube::core::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{PredicateConfig, WatchStreamExt, reflector::store::Writer};
@@ -48,6 +47,7 @@ use crate::kubevirt::objects;
 use crate::kubevirt::points::SnapshotPoint;
 use point_cache::PointCache;
 
+mod disk_points;
 mod point_cache;
 
 /// Server-side end of each watch request, under [`WATCH_READ_TIMEOUT`]: a watch is renewed
@@ -89,10 +89,12 @@ enum Announce {
 
 impl Announce {
     /// Runs a cache's events to their end, announcing what this kind announces.
-    async fn run<K>(self, site: String, changes: SiteChanges, events: impl Stream<Item = watcher::Result<Event<K>>>)
-    where
-        K: Resource + Serialize + 'static,
-    {
+    async fn run(
+        self,
+        site: String,
+        changes: SiteChanges,
+        events: impl Stream<Item = watcher::Result<Event<CompactObject>>>,
+    ) {
         // No receiver (between leadership terms) is not an error.
         let send = |change: SiteChange| {
             let _ = changes.send(change);
@@ -101,7 +103,7 @@ impl Announce {
         match self {
             Announce::Nothing => events.for_each(|_| async {}).await,
             Announce::Vms => {
-                let change = |event: watcher::Result<Event<K>>| {
+                let change = |event: watcher::Result<Event<CompactObject>>| {
                     let change = match event {
                         Ok(Event::InitDone) => Some(SiteChange::Listed { site: site.clone() }),
                         Ok(Event::Apply(o) | Event::Delete(o)) => Some(SiteChange::One {
@@ -116,19 +118,19 @@ impl Announce {
                 events.filter_map(change).for_each(send).await
             }
             Announce::Replication => {
-                let change = |o: watcher::Result<K>| {
+                let change = |o: watcher::Result<CompactObject>| {
                     let change = o.ok().and_then(|o| {
                         Some(SiteChange::Replication {
                             site: site.clone(),
                             namespace: o.namespace().unwrap_or_default(),
-                            pvm: o.labels().get(objects::PROTECTED_VM)?.clone(),
+                            pvm: o.labels.get(objects::PROTECTED_VM)?.to_owned(),
                         })
                     });
                     async { change }
                 };
                 events
                     .touched_objects()
-                    .predicate_filter(replication_state::<K>, PredicateConfig::default())
+                    .predicate_filter(replication_state, PredicateConfig::default())
                     .filter_map(change)
                     .for_each(send)
                     .await
@@ -163,9 +165,9 @@ fn replication_state<K: Serialize>(object: &K) -> Option<u64> {
 /// `Lagged` error and must assume anything changed.
 pub type SiteChanges = tokio::sync::broadcast::Sender<SiteChange>;
 
-/// One cached kind at one site: whole objects, or only their metadata.
-struct Cache<K: Resource<DynamicType = ApiResource> + Clone + 'static> {
-    store: Store<K>,
+/// One cached kind at one site.
+struct Cache {
+    store: Store<CompactObject>,
     ready: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -178,20 +180,18 @@ struct Watch<'a> {
     changes: SiteChanges,
     announce: Announce,
     /// What of each object's metadata the cache drops, beyond managedFields.
-    trim: fn(&mut ObjectMeta),
+    trim: fn(&mut CompactObject),
 }
 
 /// Keeps the whole metadata (but managedFields, dropped for every kind).
-fn keep_all(_: &mut ObjectMeta) {}
+fn keep_all(_: &mut CompactObject) {}
 
 /// Keeps of a PVC's metadata what coldsite reads (its name, labels, its own annotations,
 /// deletion), not what the storage and other tools add: every PVC of a site is cached.
-fn lean_disk(meta: &mut ObjectMeta) {
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|key, _| key.starts_with("coldsite.io/"));
-    }
-    meta.owner_references = None;
-    meta.finalizers = None;
+fn lean_disk(disk: &mut CompactObject) {
+    disk.annotations.retain(|key| key.starts_with("coldsite.io/"));
+    disk.metadata.owner_references = None;
+    disk.metadata.finalizers = None;
 }
 
 /// Where a site's caches hear of their objects.
@@ -204,9 +204,14 @@ pub enum Source {
 }
 
 impl Source {
-    fn events<K>(&mut self, watch: &Watch<'_>) -> BoxStream<'static, watcher::Result<Event<K>>>
+    /// The events of a kind's watch, as objects of type `K` (whose `dyntype` is the kind's).
+    fn events<K>(
+        &mut self,
+        watch: &Watch<'_>,
+        dyntype: &K::DynamicType,
+    ) -> BoxStream<'static, watcher::Result<Event<K>>>
     where
-        K: Resource<DynamicType = ApiResource> + Clone + DeserializeOwned + Debug + Send + 'static,
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     {
         match self {
             Source::Site(client) => {
@@ -214,7 +219,7 @@ impl Source {
                 if let Some(s) = &watch.selector {
                     config = config.labels(s);
                 }
-                watcher::watcher(Api::all_with(client.clone(), &watch.kind.resource()), config).boxed()
+                watcher::watcher(Api::all_with(client.clone(), dyntype), config).boxed()
             }
             Source::Given(objects) => {
                 let given = objects.remove(watch.kind.plural).unwrap_or_default();
@@ -231,13 +236,10 @@ impl Source {
     }
 }
 
-impl<K> Cache<K>
-where
-    K: Resource<DynamicType = ApiResource> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+impl Cache {
     fn start(watch: Watch<'_>, source: &mut Source) -> Self {
-        let events = source.events::<K>(&watch);
-        let writer: Writer<K> = Writer::new(watch.kind.resource());
+        let events = source.events::<CompactObject>(&watch, &watch.kind);
+        let writer = Writer::new(watch.kind);
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
@@ -253,8 +255,8 @@ where
         let stream = reflector::reflector(
             writer,
             events.default_backoff().modify(move |o| {
-                o.meta_mut().managed_fields = None;
-                trim(o.meta_mut());
+                o.metadata.managed_fields = None;
+                trim(o);
             }),
         );
         let warn = warn_on_error(&site, kind);
@@ -275,18 +277,12 @@ where
     }
 
     /// [`Self::get`] of an object `wanted` admits; any other reads as absent.
-    fn get_if(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        name: &str,
-        wanted: impl Fn(&ObjectMeta) -> bool,
-    ) -> Option<Option<Value>> {
+    fn get_if(&self, kind: Kind, namespace: &str, name: &str, wanted: Admit) -> Option<Option<Value>> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
-        let key = reflector::ObjectRef::new_with(name, kind.resource()).within(namespace);
-        let found = self.store.get(&key).filter(|o| wanted(o.meta()));
+        let key = reflector::ObjectRef::new_with(name, kind).within(namespace);
+        let found = self.store.get(&key).filter(|o| wanted(o));
         Some(found.and_then(|o| serde_json::to_value(o.as_ref()).ok()))
     }
 
@@ -297,16 +293,13 @@ where
         &self,
         namespace: &str,
         labels: &[(&str, &str)],
-        admit: impl Fn(&ObjectMeta) -> bool,
+        admit: Admit,
         read: impl FnMut(Value) -> Option<T>,
     ) -> Option<Vec<T>> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
-        let wanted = |o: &K| {
-            let have = o.labels();
-            admit(o.meta()) && labels.iter().all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
-        };
+        let wanted = |o: &CompactObject| admit(o) && labels.iter().all(|(k, v)| o.labels.get(k) == Some(*v));
         Some(
             self.store
                 .state()
@@ -329,7 +322,7 @@ fn warn_on_error<K>(site: &str, kind: Kind) -> impl Fn(&watcher::Result<Event<K>
     }
 }
 
-impl<K: Resource<DynamicType = ApiResource> + Clone + 'static> Drop for Cache<K> {
+impl Drop for Cache {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -337,14 +330,14 @@ impl<K: Resource<DynamicType = ApiResource> + Clone + 'static> Drop for Cache<K>
 
 /// The cached objects of one site.
 pub struct SiteWatch {
-    vms: Cache<CompactObject>,
+    vms: Cache,
     /// What coldsite labels ([`objects::managed_selector`]) of the kinds in [`LABELLED`].
-    labelled: Vec<(Kind, Cache<CompactObject>)>,
+    labelled: Vec<(Kind, Cache)>,
     /// The recovery points coldsite adopted (VolumeSnapshots it labels), by disk.
     points: PointCache,
     /// Every PVC of the site: a protected VM's own disks, whose shape each look reads, carry
     /// no label of coldsite's; the disks coldsite restored do.
-    disks: Cache<CompactObject>,
+    disks: Cache,
     /// Namespaces found or made, and when: not read again within [`NAMESPACE_RECHECK`].
     namespaces: Mutex<HashMap<String, Instant>>,
 }
@@ -357,14 +350,12 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
 
 /// Which of a cache's objects a reader takes.
-type Admit = fn(&ObjectMeta) -> bool;
+type Admit = fn(&CompactObject) -> bool;
 
 /// Whether an object carries coldsite's labels ([`objects::managed_selector`]).
-fn is_managed(meta: &ObjectMeta) -> bool {
-    let labels = meta.labels.as_ref();
-    labels.is_some_and(|l| {
-        l.get(objects::MANAGED_BY).is_some_and(|v| v == "coldsite") && l.contains_key(objects::PROTECTED_VM)
-    })
+fn is_managed(object: &CompactObject) -> bool {
+    let labels = &object.labels;
+    labels.get(objects::MANAGED_BY) == Some("coldsite") && labels.get(objects::PROTECTED_VM).is_some()
 }
 
 impl SiteWatch {
@@ -465,7 +456,7 @@ impl SiteWatch {
 
     /// The cache of a kind coldsite labels, and which of its objects are coldsite's: PVCs are
     /// read from the cache of every PVC of the site.
-    fn labelled_cache(&self, kind: Kind) -> Option<(&Cache<CompactObject>, Admit)> {
+    fn labelled_cache(&self, kind: Kind) -> Option<(&Cache, Admit)> {
         if kind.plural == PVC.plural {
             return Some((&self.disks, is_managed));
         }
@@ -496,7 +487,7 @@ impl SiteWatch {
     }
 }
 
-fn find(caches: &[(Kind, Cache<CompactObject>)], kind: Kind) -> Option<&Cache<CompactObject>> {
+fn find(caches: &[(Kind, Cache)], kind: Kind) -> Option<&Cache> {
     caches.iter().find(|(k, _)| k.plural == kind.plural).map(|(_, c)| c)
 }
 
@@ -504,39 +495,50 @@ fn find(caches: &[(Kind, Cache<CompactObject>)], kind: Kind) -> Option<&Cache<Co
 mod tests {
     use serde_json::json;
 
-    use super::{ObjectMeta, is_managed, lean_disk, replication_state};
+    use super::{CompactObject, is_managed, lean_disk, replication_state};
 
     #[test]
     fn a_cached_pvc_keeps_what_coldsite_reads_of_its_metadata() {
-        let mut meta: ObjectMeta = serde_json::from_value(json!({
-            "name": "data", "namespace": "apps", "deletionTimestamp": "2026-12-04T19:00:00Z",
-            "labels": {"coldsite.io/run-uid": "r1", "app": "db"},
-            "annotations": {"coldsite.io/recovery-point": "2026-12-04T18:00:00Z",
-                            "pv.kubernetes.io/bind-completed": "yes"},
-            "finalizers": ["kubernetes.io/pvc-protection"],
-            "ownerReferences": [{"apiVersion": "volsync.backube/v1alpha1", "kind": "ReplicationDestination",
-                                 "name": "coldsite-data", "uid": "u1"}],
+        let mut disk: CompactObject = serde_json::from_value(json!({
+            "metadata": {
+                "name": "data", "namespace": "apps", "deletionTimestamp": "2026-12-04T19:00:00Z",
+                "labels": {"coldsite.io/run-uid": "r1", "app": "db"},
+                "annotations": {"coldsite.io/recovery-point": "2026-12-04T18:00:00Z",
+                                "pv.kubernetes.io/bind-completed": "yes"},
+                "finalizers": ["kubernetes.io/pvc-protection"],
+                "ownerReferences": [{"apiVersion": "volsync.backube/v1alpha1", "kind": "ReplicationDestination",
+                                     "name": "coldsite-data", "uid": "u1"}],
+            },
+            "spec": {"resources": {"requests": {"storage": "10Gi"}}},
         }))
-        .expect("metadata");
-        lean_disk(&mut meta);
-        assert_eq!(meta.labels.as_ref().map(|l| l.len()), Some(2));
-        let kept: Vec<&String> = meta.annotations.iter().flat_map(|a| a.keys()).collect();
-        assert_eq!(kept, ["coldsite.io/recovery-point"]);
-        assert!(meta.deletion_timestamp.is_some());
-        assert!(meta.finalizers.is_none() && meta.owner_references.is_none());
+        .expect("a PVC");
+        lean_disk(&mut disk);
+        let kept = disk.to_value().expect("a PVC's JSON");
+        assert_eq!(
+            kept["metadata"]["labels"],
+            json!({"coldsite.io/run-uid": "r1", "app": "db"})
+        );
+        assert_eq!(
+            kept["metadata"]["annotations"],
+            json!({"coldsite.io/recovery-point": "2026-12-04T18:00:00Z"})
+        );
+        assert_eq!(kept["metadata"]["deletionTimestamp"], "2026-12-04T19:00:00Z");
+        assert!(kept["metadata"].get("finalizers").is_none() && kept["metadata"].get("ownerReferences").is_none());
+        assert_eq!(kept["spec"]["resources"]["requests"]["storage"], "10Gi");
     }
 
     #[test]
     fn of_a_sites_pvcs_only_those_with_coldsites_labels_read_as_its() {
-        let meta = |labels: serde_json::Value| {
-            serde_json::from_value::<ObjectMeta>(json!({"name": "data", "labels": labels})).expect("metadata")
+        let disk = |labels: serde_json::Value| {
+            serde_json::from_value::<CompactObject>(json!({"metadata": {"name": "data", "labels": labels}}))
+                .expect("a PVC")
         };
         // A VM's own disk, or another tool's, is never taken for a disk coldsite restored.
-        assert!(!is_managed(&meta(json!(null))));
-        assert!(!is_managed(&meta(json!({"app.kubernetes.io/managed-by": "volsync"}))));
-        assert!(!is_managed(&meta(json!({"app.kubernetes.io/managed-by": "coldsite"}))));
-        assert!(!is_managed(&meta(json!({"coldsite.io/protected-vm": "db01"}))));
-        assert!(is_managed(&meta(
+        assert!(!is_managed(&disk(json!(null))));
+        assert!(!is_managed(&disk(json!({"app.kubernetes.io/managed-by": "volsync"}))));
+        assert!(!is_managed(&disk(json!({"app.kubernetes.io/managed-by": "coldsite"}))));
+        assert!(!is_managed(&disk(json!({"coldsite.io/protected-vm": "db01"}))));
+        assert!(is_managed(&disk(
             json!({"app.kubernetes.io/managed-by": "coldsite", "coldsite.io/protected-vm": "db01"})
         )));
     }

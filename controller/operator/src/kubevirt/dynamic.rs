@@ -12,7 +12,7 @@ use crate::kubevirt::points::SnapshotPoint;
 use crate::status::MANAGER;
 
 /// A kind at a site.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Kind {
     pub group: &'static str,
     pub version: &'static str,

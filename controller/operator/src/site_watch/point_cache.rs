@@ -5,8 +5,9 @@
 //! A disk keeps a point per RPO over its retention (97 at the defaults), so points are most
 //! of what a site holds for a VM. Kept as kube's cached metadata, one costs some 2.4 KiB and
 //! a disk's are found by a scan of every point of the site; kept here as a typed view
-//! ([`SnapshotPoint`], the name and what the annotations record), one costs about a twentieth
-//! of that (103 B) and a disk's are found by its key (`benches/cache_memory.rs` measures both).
+//! ([`SnapshotPoint`], the name and what the annotations record; a disk's names share their
+//! prefix, [`DiskPoints`]), one costs some 41 B and a disk's are found by its key
+//! (`benches/cache_memory.rs` measures both).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,13 +20,14 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::Event;
 use tokio::task::JoinHandle;
 
+use super::disk_points::DiskPoints;
 use super::{Source, Watch, warn_on_error};
 use crate::kubevirt::objects::{DISK, PROTECTED_VM};
-use crate::kubevirt::points::{self, SnapshotPoint};
+use crate::kubevirt::points::SnapshotPoint;
 
-/// The points of each disk, oldest first, by [`key`].
+/// The points of each disk by [`key`].
 #[derive(Default)]
-struct Index(HashMap<String, Vec<SnapshotPoint>>);
+struct Index(HashMap<String, DiskPoints>);
 
 /// A disk's key: names cannot hold a `/`.
 fn key(namespace: &str, pvm: &str, disk: &str) -> String {
@@ -46,9 +48,11 @@ impl Index {
     fn apply(&mut self, meta: &ObjectMeta) {
         let Some(key) = Self::key_of(meta) else { return };
         let disk = self.0.entry(key.clone()).or_default();
-        disk.retain(|p| Some(&*p.name) != meta.name.as_deref());
+        if let Some(name) = &meta.name {
+            disk.remove(name);
+        }
         if let Some(point) = SnapshotPoint::of(meta) {
-            points::insert_by_time(disk, point);
+            disk.insert(point);
         }
         if disk.is_empty() {
             self.0.remove(&key);
@@ -57,8 +61,8 @@ impl Index {
 
     fn delete(&mut self, meta: &ObjectMeta) {
         let Some(key) = Self::key_of(meta) else { return };
-        if let Some(disk) = self.0.get_mut(&key) {
-            disk.retain(|p| Some(&*p.name) != meta.name.as_deref());
+        if let (Some(disk), Some(name)) = (self.0.get_mut(&key), &meta.name) {
+            disk.remove(name);
             if disk.is_empty() {
                 self.0.remove(&key);
             }
@@ -114,7 +118,7 @@ impl PointCache {
         let (index, ready) = (follower.index.clone(), follower.ready.clone());
         let warn = warn_on_error(watch.site, watch.kind);
         let events = source
-            .events::<PartialObjectMeta<DynamicObject>>(&watch)
+            .events::<PartialObjectMeta<DynamicObject>>(&watch, &watch.kind.resource())
             .default_backoff();
         let task = tokio::spawn(events.for_each(move |event| {
             warn(&event);
@@ -132,7 +136,13 @@ impl PointCache {
             return None;
         }
         let index = self.index.read().ok()?;
-        Some(index.0.get(&key(namespace, pvm, disk)).cloned().unwrap_or_default())
+        Some(
+            index
+                .0
+                .get(&key(namespace, pvm, disk))
+                .map(DiskPoints::points)
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -167,7 +177,7 @@ mod tests {
 
     fn names(follower: &Follower, disk: &str) -> Vec<String> {
         let index = follower.index.read().expect("index");
-        let points = index.0.get(&key("apps", "db01", disk));
+        let points = index.0.get(&key("apps", "db01", disk)).map(|d| d.points());
         points.into_iter().flatten().map(|p| p.name.to_string()).collect()
     }
 
