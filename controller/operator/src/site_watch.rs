@@ -5,7 +5,7 @@
 //! polling). Besides VMs and PVCs (a protected VM's disks carry no label of coldsite's), a
 //! cache holds only what carries coldsite's labels: it grows with what coldsite protects.
 //! Recovery points, a disk's many, are kept by disk as what is read of them
-//! ([`point_cache`]).
+//! (`point_cache`).
 //!
 //! The VM watch also announces each change (and each full list, as when a site that was down
 //! answers again), so ProtectedVMs are reconciled when their copies change instead of being
@@ -413,7 +413,7 @@ impl SiteWatch {
             && self.labelled.iter().all(|(_, c)| ready(&c.ready))
     }
 
-    /// Whether the namespace was seen at the site within [`NAMESPACE_RECHECK`].
+    /// Whether the namespace was seen at the site within a minute.
     pub fn namespace_seen(&self, name: &str) -> bool {
         self.namespaces
             .lock()
