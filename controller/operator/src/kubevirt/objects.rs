@@ -528,22 +528,20 @@ pub fn recovered_vm(source: &Value, req: &Recovery<'_>) -> Result<Value, String>
 }
 
 /// A recovered VM's volumes: each disk the claim restored under its name (a DataVolume
-/// becomes that claim: the data is already there), and cloud-init's network data the one
-/// for the target site's addresses.
+/// becomes that claim: the data is already there; a claim keeps its own settings, such as
+/// `readOnly`), and cloud-init's network data the one for the target site's addresses.
 fn restored_volumes(template: &mut Map<String, Value>, network_data: &str) {
     let Some(volumes) = template.get_mut("volumes").and_then(Value::as_array_mut) else {
         return;
     };
     for v in volumes.iter_mut().filter_map(Value::as_object_mut) {
-        let claim = v
-            .get("persistentVolumeClaim")
-            .and_then(|p| p.get("claimName"))
-            .or_else(|| v.get("dataVolume").and_then(|d| d.get("name")))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if let Some(claim) = claim {
-            v.remove("dataVolume");
-            v.insert("persistentVolumeClaim".into(), json!({ "claimName": claim }));
+        if let Some(Value::Object(dv)) = v.remove("dataVolume") {
+            let mut claim = Map::new();
+            claim.insert("claimName".into(), dv.get("name").cloned().unwrap_or_default());
+            if let Some(h) = dv.get("hotpluggable") {
+                claim.insert("hotpluggable".into(), h.clone());
+            }
+            v.insert("persistentVolumeClaim".into(), Value::Object(claim));
         }
         for source in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
             if let Some(ci) = v.get_mut(source).and_then(Value::as_object_mut) {
@@ -599,6 +597,8 @@ mod tests {
             "volumes": [
                 {"name": "root", "dataVolume": {"name": "db01-root"}},
                 {"name": "data", "persistentVolumeClaim": {"claimName": "db01-data", "readOnly": false}},
+                {"name": "iso", "persistentVolumeClaim": {"claimName": "db01-iso", "readOnly": true}},
+                {"name": "extra", "dataVolume": {"name": "db01-extra", "hotpluggable": true}},
                 {"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config", "networkDataBase64": "b2xk"}},
             ],
             "networks": [{"name": "lan", "multus": {"networkName": "hq/lan"}}, {"name": "mgmt", "pod": {}},
@@ -623,7 +623,9 @@ mod tests {
             template["volumes"],
             json!([
                 {"name": "root", "persistentVolumeClaim": {"claimName": "db01-root"}},
-                {"name": "data", "persistentVolumeClaim": {"claimName": "db01-data"}},
+                {"name": "data", "persistentVolumeClaim": {"claimName": "db01-data", "readOnly": false}},
+                {"name": "iso", "persistentVolumeClaim": {"claimName": "db01-iso", "readOnly": true}},
+                {"name": "extra", "persistentVolumeClaim": {"claimName": "db01-extra", "hotpluggable": true}},
                 {"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config", "networkData": "version: 2"}},
             ])
         );
