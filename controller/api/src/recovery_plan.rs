@@ -455,7 +455,8 @@ pub struct DrillSummary {
     /// The RecoveryRun the drill created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
-    /// `Succeeded` or `Failed`, with the failed step in `message`.
+    /// `Succeeded`, `Failed` or `Cancelled`; `message` says why it did not succeed: the
+    /// failed step's message, or the reason it ended before its first step.
     pub result: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_seconds: Option<i64>,

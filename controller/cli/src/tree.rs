@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use coldsite_api::common::find_condition;
-use coldsite_api::recovery_plan::Action;
+use coldsite_api::recovery_plan::{Action, DrillSummary};
 use coldsite_api::recovery_run::{StepKind, StepState};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RunAction};
 use coldsite_engine::time::from_k8s;
@@ -437,6 +437,24 @@ fn describe_action(phase: &str, a: &Action) -> String {
 
 /// A plan: its conditions, groups in startup order with their actions, each VM's protection,
 /// and its last run and drill.
+/// The plan's last drill: how it ended, its figures, its run, and why it failed.
+fn drill_line(d: &DrillSummary) -> String {
+    let mut line = format!("Last drill: {} at {}", d.result, time(from_k8s(&d.time)));
+    if let Some(rto) = d.rto_seconds {
+        line.push_str(&format!(", RTO {}", duration(rto)));
+    }
+    if let Some(rpo) = d.rpo_seconds {
+        line.push_str(&format!(", RPO {}", duration(rpo)));
+    }
+    if let Some(run) = &d.run {
+        line.push_str(&format!(" ({run})"));
+    }
+    if let Some(why) = &d.message {
+        line.push_str(&format!(": {why}"));
+    }
+    line
+}
+
 pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>, st: Style) -> String {
     let mut out = Vec::new();
     let status = plan.status.clone().unwrap_or_default();
@@ -540,14 +558,7 @@ pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>
         out.push(line);
     }
     if let Some(d) = &status.last_drill {
-        let mut line = format!("Last drill: {} at {}", d.result, time(from_k8s(&d.time)));
-        if let Some(rto) = d.rto_seconds {
-            line.push_str(&format!(", RTO {}", duration(rto)));
-        }
-        if let Some(rpo) = d.rpo_seconds {
-            line.push_str(&format!(", RPO {}", duration(rpo)));
-        }
-        out.push(line);
+        out.push(drill_line(d));
     }
     match status
         .last_successful_test
@@ -588,6 +599,26 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'), "no colour when asked for none");
+    }
+
+    #[test]
+    fn the_last_drill_names_its_run_its_figures_and_why_it_failed() {
+        let drill = |v: serde_json::Value| drill_line(&serde_json::from_value(v).unwrap());
+        assert_eq!(
+            drill(
+                serde_json::json!({"time": "2026-12-05T03:00:00Z", "run": "exchange-drill-202612050300",
+                "result": "Failed", "message": "ActionDoesNotFit: VM dc01 has no recovery point"})
+            ),
+            "Last drill: Failed at 2026-12-05 03:00:00Z (exchange-drill-202612050300): \
+             ActionDoesNotFit: VM dc01 has no recovery point"
+        );
+        assert_eq!(
+            drill(
+                serde_json::json!({"time": "2026-12-05T03:10:00Z", "run": "d", "result": "Succeeded",
+                "rtoSeconds": 75, "rpoSeconds": 300})
+            ),
+            "Last drill: Succeeded at 2026-12-05 03:10:00Z, RTO 1m15s, RPO 5m00s (d)"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use coldsite_api::common::{condition, is_condition_true};
 use coldsite_api::recovery_plan::{DrillSchedule, DrillSummary, RecoveryPlanStatus, RunSummary};
-use coldsite_api::recovery_run::{RecoveryRunSpec, RunPhase};
+use coldsite_api::recovery_run::{RecoveryRunSpec, RecoveryRunStatus, RunPhase};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RecoveryRun, RunAction};
 use coldsite_engine::model::PlanModel;
 use coldsite_engine::validate::{self, Inventory, Problem, Severity};
@@ -226,7 +226,9 @@ pub async fn reconcile(plan: Arc<RecoveryPlan>, ctx: Arc<Context>) -> Result<Act
         .filter(|r| r.spec.plan == name)
         .collect();
     runs.sort_by_key(|r| r.metadata.creation_timestamp.clone().map(|t| t.0));
-    record_runs(&mut status, &runs, &t);
+    let plan_vms = plan.spec.groups.iter().flat_map(|g| &g.vms);
+    let pvms = plan_vms.filter_map(|vm| inv.protected_vms.get(&(ns.clone(), vm.clone())));
+    record_runs(&mut status, &runs, pvms, &t);
     // Proven when a test last succeeded; until one has, since the plan exists.
     let proven = status
         .last_successful_test
@@ -284,26 +286,70 @@ fn is_finished(run: &RecoveryRun) -> bool {
 }
 
 /// Pure: the plan's latest run, latest successful test and latest finished drill, from its
-/// runs oldest first.
-fn record_runs(status: &mut RecoveryPlanStatus, runs: &[RecoveryRun], now: &Time) {
+/// runs oldest first and the plan's ProtectedVMs.
+fn record_runs<'a>(
+    status: &mut RecoveryPlanStatus,
+    runs: &[RecoveryRun],
+    pvms: impl IntoIterator<Item = &'a ProtectedVM>,
+    now: &Time,
+) {
     status.last_run = runs.last().map(summary);
     status.last_successful_test = last_successful_test(status.last_successful_test.as_ref(), runs);
     let Some(d) = runs.iter().rev().find(|r| is_drill(r) && is_finished(r)) else {
         return;
     };
     let s = d.status.clone().unwrap_or_default();
+    let name = d.name_any();
+    // The VMs' records of the drill go when a later run claims them: keep what was read.
+    let recorded_rpo = status
+        .last_drill
+        .as_ref()
+        .filter(|l| l.run.as_deref() == Some(name.as_str()))
+        .and_then(|l| l.rpo_seconds);
     status.last_drill = Some(DrillSummary {
-        time: s.start_time.clone().unwrap_or_else(|| now.clone()),
-        run: Some(d.name_any()),
+        // A drill refused before it started is dated by its creation.
+        time: s
+            .start_time
+            .clone()
+            .or_else(|| d.metadata.creation_timestamp.clone())
+            .unwrap_or_else(|| now.clone()),
+        rpo_seconds: drill_rpo(d, pvms).or(recorded_rpo),
+        run: Some(name),
         result: format!("{:?}", s.phase.unwrap_or_default()),
         rto_seconds: s.rto_seconds,
-        rpo_seconds: None,
-        message: s
-            .steps
-            .iter()
-            .find(|x| x.state == coldsite_api::recovery_run::StepState::Failed)
-            .and_then(|x| x.message.clone()),
+        message: drill_message(&s),
     });
+}
+
+/// The drill's worst RPO: how old, at its start, the oldest recovery point it restored was,
+/// from the VMs that still record it as their last run.
+fn drill_rpo<'a>(run: &RecoveryRun, pvms: impl IntoIterator<Item = &'a ProtectedVM>) -> Option<i64> {
+    let start = run.status.as_ref()?.start_time.as_ref()?;
+    let uid = run.uid()?;
+    pvms.into_iter()
+        .filter_map(|p| p.status.as_ref()?.last_run.as_ref())
+        .filter(|l| l.run_uid.as_deref() == Some(uid.as_str()))
+        .filter_map(|l| l.recovery_point.as_ref())
+        .map(|point| (start.0.as_second() - point.0.as_second()).max(0))
+        .max()
+}
+
+/// Why a drill did not succeed: its failed step's message, or for one that ended before its
+/// first step (refused, or cancelled), its Succeeded condition's.
+fn drill_message(s: &RecoveryRunStatus) -> Option<String> {
+    if s.phase == Some(RunPhase::Succeeded) {
+        return None;
+    }
+    let step = s
+        .steps
+        .iter()
+        .find(|x| x.state == coldsite_api::recovery_run::StepState::Failed)
+        .and_then(|x| x.message.clone());
+    step.or_else(|| {
+        coldsite_api::common::find_condition(&s.conditions, condition::SUCCEEDED)
+            .filter(|c| c.status == "False" && !c.message.is_empty())
+            .map(|c| format!("{}: {}", c.reason, c.message))
+    })
 }
 
 /// Drills: one per cron tick, kept for keepFor after they finish (suspended or not). When
@@ -475,7 +521,7 @@ mod tests {
             drill("d3", "Running"),
         ];
         let mut status = RecoveryPlanStatus::default();
-        record_runs(&mut status, &runs, &coldsite_engine::time::to_k8s(Utc::now()));
+        record_runs(&mut status, &runs, [], &coldsite_engine::time::to_k8s(Utc::now()));
         assert_eq!(status.last_run.map(|r| r.name).as_deref(), Some("d3"));
         let last = status.last_drill.expect("a finished drill");
         assert_eq!(
@@ -483,7 +529,91 @@ mod tests {
             (Some("d2"), "Failed"),
             "the running drill is not yet a result"
         );
+        assert_eq!(last.message, None, "d2 says nothing of why");
         assert_eq!(status.last_successful_test.map(|r| r.name).as_deref(), Some("t1"));
+    }
+
+    fn finished_drill(name: &str, status: serde_json::Value) -> RecoveryRun {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "coldsite.io/v1alpha1", "kind": "RecoveryRun",
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                         "creationTimestamp": "2026-12-05T03:00:00Z", "labels": {DRILL_LABEL: "true"}},
+            "spec": {"plan": "p", "action": "TestFailover"}, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn last_drill(status: &mut RecoveryPlanStatus, run: RecoveryRun, pvms: &[ProtectedVM]) -> DrillSummary {
+        record_runs(status, &[run], pvms, &coldsite_engine::time::to_k8s(Utc::now()));
+        status.last_drill.clone().expect("a finished drill")
+    }
+
+    #[test]
+    fn a_failed_drill_says_why_whether_a_step_failed_or_it_never_started() {
+        let refused = serde_json::json!({"phase": "Failed", "conditions": [{"type": "Succeeded",
+            "status": "False", "reason": "ActionDoesNotFit", "message": "VM dc01 has no recovery point",
+            "lastTransitionTime": "2026-12-05T03:00:01Z"}]});
+        let mut status = RecoveryPlanStatus::default();
+        let last = last_drill(&mut status, finished_drill("d", refused.clone()), &[]);
+        assert_eq!(
+            last.message.as_deref(),
+            Some("ActionDoesNotFit: VM dc01 has no recovery point")
+        );
+        assert_eq!(
+            last.time.0.to_string(),
+            "2026-12-05T03:00:00Z",
+            "dated by its creation, not by when the plan was last looked at"
+        );
+        let mut step = refused;
+        step["steps"] = serde_json::json!([{"id": "identity/vm/dc01/restore-disks", "state": "Failed",
+                                            "message": "no VolumeSnapshot ready"}]);
+        let last = last_drill(&mut status, finished_drill("d", step), &[]);
+        assert_eq!(
+            last.message.as_deref(),
+            Some("no VolumeSnapshot ready"),
+            "the step says more"
+        );
+        let succeeded = serde_json::json!({"phase": "Succeeded", "conditions": [{"type": "Succeeded",
+            "status": "True", "reason": "Succeeded", "message": "all steps done",
+            "lastTransitionTime": "2026-12-05T03:01:25Z"}]});
+        assert_eq!(
+            last_drill(&mut status, finished_drill("d", succeeded), &[]).message,
+            None
+        );
+    }
+
+    #[test]
+    fn a_drill_records_the_age_of_the_oldest_point_it_restored_and_keeps_it() {
+        let held = |vm: &str, run: &str, point: &str| {
+            let mut p = pvm(vm, "True", "True", point);
+            p.status.as_mut().unwrap().last_run = Some(
+                serde_json::from_value(serde_json::json!({"run": run, "runUid": format!("uid-{run}"),
+                                                          "recoveryPoint": point}))
+                .unwrap(),
+            );
+            p
+        };
+        let started = serde_json::json!({"phase": "Succeeded", "startTime": "2026-12-05T03:10:00Z"});
+        let pvms = [
+            held("a", "d", "2026-12-05T03:05:00Z"),
+            held("b", "d", "2026-12-05T03:08:00Z"),
+            held("c", "other", "2026-12-05T01:00:00Z"),
+        ];
+        let mut status = RecoveryPlanStatus::default();
+        let last = last_drill(&mut status, finished_drill("d", started.clone()), &pvms);
+        assert_eq!(
+            last.rpo_seconds,
+            Some(300),
+            "a's point, 5 minutes old; c is another run's"
+        );
+        assert_eq!(last.time.0.to_string(), "2026-12-05T03:10:00Z");
+        // A later run claims the VMs: the drill's figure stays.
+        let claimed = [held("a", "later", "2026-12-05T04:00:00Z")];
+        let last = last_drill(&mut status, finished_drill("d", started.clone()), &claimed);
+        assert_eq!(last.rpo_seconds, Some(300));
+        // A new drill starts from its own VMs' records.
+        let last = last_drill(&mut status, finished_drill("d2", started), &claimed);
+        assert_eq!(last.rpo_seconds, None);
     }
 
     #[test]
