@@ -49,6 +49,14 @@ struct Args {
     /// Simulated boot time of every VM, in seconds.
     #[arg(long, default_value_t = 30)]
     boot_secs: u64,
+    /// Each VM's RPO (its ProtectedVM's spec.replication.rpo; it syncs every half RPO). The
+    /// default leaves the idle window with nothing changing; with syncs due in the window (such
+    /// as 5m) it is a steady window of syncs, and the bench prints their cost per sync.
+    #[arg(long, default_value = "24h")]
+    rpo: String,
+    /// How long each VM's recovery points are kept (spec.replication.retention).
+    #[arg(long, default_value = "48h")]
+    retention: String,
     /// Skip the test failover.
     #[arg(long)]
     no_failover: bool,
@@ -129,6 +137,11 @@ fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    for (flag, value) in [("--rpo", &args.rpo), ("--retention", &args.retention)] {
+        if let Err(e) = coldsite_engine::model::parse_duration(value) {
+            bail!("{flag} {value}: {e}; give a duration such as 15m or 24h");
+        }
+    }
     let start = Instant::now();
     let shipped = tempfile::tempdir()?;
     let controller = match &args.controller {
@@ -279,7 +292,11 @@ impl Bench {
     async fn protection(&self) -> Result<Table> {
         let n = self.args.vms;
         let window = self.open();
-        scale::protect(&self.clusters[0].1.admin, n, 16).await?;
+        let replication = scale::Replication {
+            rpo: &self.args.rpo,
+            retention: &self.args.retention,
+        };
+        scale::protect(&self.clusters[0].1.admin, n, 16, replication).await?;
         let mgmt = self.clusters[0].1.admin.clone();
         let ticker = Ticker::new(self.start);
         let done = scale::poll(self.timeout(), Duration::from_secs(2), || async {
@@ -335,23 +352,55 @@ impl Bench {
         Ok(())
     }
 
+    /// Syncs due in a window of `secs` by the VMs' schedule, when it is shorter than the
+    /// window (else the window is idle).
+    fn scheduled_syncs(&self, secs: f64) -> Option<f64> {
+        let every = self.sync_interval()?.as_secs_f64();
+        (every <= secs).then(|| self.args.vms as f64 * secs / every)
+    }
+
+    /// How often each VM syncs: coldsite schedules a sync every half RPO.
+    fn sync_interval(&self) -> Option<Duration> {
+        let rpo = coldsite_engine::model::parse_duration(&self.args.rpo).ok()?;
+        Some(coldsite_engine::rpo::sync_interval(rpo))
+    }
+
+    /// With nothing changing (the default RPO), or with syncs on their schedule.
     async fn idle(&self) -> Result<Table> {
-        say(self.start, format!("idle for {} s", self.args.idle_secs));
+        let steady = self.scheduled_syncs(self.args.idle_secs as f64).is_some();
+        let what = if steady { "steady, syncing" } else { "idle" };
+        say(self.start, format!("{what} for {} s", self.args.idle_secs));
         let window = self.open();
         tokio::time::sleep(Duration::from_secs(self.args.idle_secs)).await;
         let w = self.close(window);
         let minutes = (w.to - w.from).as_seconds_f64() / 60.0;
-        let mut t = Table::new(format!("Idle, {:.1} min with nothing changing", minutes));
+        let syncs = self.scheduled_syncs(minutes * 60.0);
+        let mut t = match syncs {
+            Some(k) => Table::new(format!(
+                "Steady, {minutes:.1} min with a sync every {} s per VM (RPO {}; {k:.0} due)",
+                self.sync_interval().unwrap_or_default().as_secs(),
+                self.args.rpo
+            )),
+            None => Table::new(format!("Idle, {minutes:.1} min with nothing changing")),
+        };
         for (cluster, reqs) in self.requests(&w)? {
             let writes: Vec<&audit::Request> = reqs.iter().filter(|r| r.is_write()).collect();
+            let (all, wrote) = (reqs.len() as f64, writes.len() as f64);
             t.row(
                 format!("{cluster}: requests / min, writes / min"),
                 format!(
-                    "{:.1}, {:.1} (target 0)",
-                    reqs.len() as f64 / minutes,
-                    writes.len() as f64 / minutes
+                    "{:.1}, {:.1}{}",
+                    all / minutes,
+                    wrote / minutes,
+                    if syncs.is_some() { "" } else { " (target 0)" }
                 ),
             );
+            if let Some(k) = syncs {
+                t.row(
+                    format!("{cluster}: requests, writes per sync due"),
+                    format!("{}, {}", ratio(all, k), ratio(wrote, k)),
+                );
+            }
             t.counts(&format!("{cluster} writes: "), &audit::by_verb_and_resource(writes), 5);
         }
         self.memory_rows(&mut t);

@@ -152,8 +152,15 @@ fn vm_manifest(i: usize) -> Value {
                 {"name": "cloudinit", "cloudInitNoCloud": {"networkData": network_data}}]}}}})
 }
 
+/// How often the VMs sync and how long their points are kept, as a ProtectedVM says them.
+#[derive(Clone, Copy, Debug)]
+pub struct Replication<'a> {
+    pub rpo: &'a str,
+    pub retention: &'a str,
+}
+
 /// The N ProtectedVMs, `parallel` writes at a time.
-pub async fn protect(mgmt: &Client, n: usize, parallel: usize) -> Result<()> {
+pub async fn protect(mgmt: &Client, n: usize, parallel: usize, replication: Replication<'_>) -> Result<()> {
     let pvms = dynamic(mgmt, NS, "coldsite.io", "v1alpha1", "ProtectedVM", "protectedvms");
     let params = PatchParams::apply(MANAGER).force();
     stream::iter(0..n)
@@ -164,7 +171,7 @@ pub async fn protect(mgmt: &Client, n: usize, parallel: usize) -> Result<()> {
                 let pvm: kube::api::DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "coldsite.io/v1alpha1", "kind": "ProtectedVM", "metadata": {"name": name},
                     "spec": {"vm": {"name": name}, "primarySite": "hq", "recoverySite": "dr",
-                             "networkMapping": "hq-to-dr", "replication": {"rpo": "24h", "retention": "48h"}}}))?;
+                             "networkMapping": "hq-to-dr", "replication": {"rpo": replication.rpo, "retention": replication.retention}}}))?;
                 pvms.patch(&name, params, &Patch::Apply(&pvm)).await?;
                 anyhow::Ok(())
             }
