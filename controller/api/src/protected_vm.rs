@@ -25,7 +25,7 @@ use crate::rules;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeSite"}"#,
     printcolumn = r#"{"name":"RPO","type":"string","jsonPath":".spec.replication.rpo"}"#,
-    printcolumn = r#"{"name":"Current RPO(s)","type":"integer","jsonPath":".status.replication.currentRpoSeconds"}"#,
+    printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.replication.lastSyncTime"}"#,
     printcolumn = r#"{"name":"Health","type":"string","jsonPath":".status.replication.health"}"#,
     printcolumn = r#"{"name":"Points","type":"integer","priority":1,"jsonPath":".status.recoveryPoints.count"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -292,9 +292,10 @@ pub struct ReplicationStatus {
     /// The oldest of the disks' last completed syncs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
-    /// Seconds of data that would be lost if the primary failed now, as of the last status
-    /// write: written when it moved by a tenth of the RPO (a minute at least), and at once
-    /// when health changes. The metric `coldsite_vm_rpo_seconds` has it live.
+    /// Seconds of data that would be lost if the primary failed, as of the last status write:
+    /// written with the status's other changes (a sync, a point, health, a condition), not as
+    /// it ages. The `Last Sync` printer column (the age of `lastSyncTime`) and the metric
+    /// `coldsite_vm_rpo_seconds` show it live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_rpo_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use coldsite_api::common::find_condition;
+use coldsite_api::protected_vm::ReplicationHealth;
 use coldsite_api::recovery_plan::{Action, DrillSummary};
 use coldsite_api::recovery_run::{StepKind, StepState};
 use coldsite_api::{ProtectedVM, RecoveryPlan, RunAction};
@@ -517,10 +518,12 @@ pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>
             .as_ref()
             .map(|r| format!("{:?}", r.health))
             .unwrap_or_else(|| "-".into());
+        // Live, from the last sync: the status's own age is as of its last write.
         let rpo_now = s
             .replication
             .as_ref()
-            .and_then(|r| r.current_rpo_seconds)
+            .filter(|r| r.health != ReplicationHealth::Paused)
+            .and_then(|r| coldsite_engine::rpo::current_rpo(now, r.last_sync_time.as_ref().map(from_k8s)))
             .map(duration)
             .unwrap_or_else(|| "-".into());
         let points = s.recovery_points.clone().unwrap_or_default();

@@ -153,7 +153,7 @@ async fn apply(pvm: &ProtectedVM, ctx: &Context) -> Result<Action> {
     };
     let (status, ready) = status::build(&old, &observed);
     report_app_sync(ctx, pvm, app.as_ref(), sides.of(settled.resting.active)).await;
-    if write_status(ctx, pvm, &old, &status, rpo).await? == crate::status::Written::Stale {
+    if write_status(ctx, pvm, &old, &status).await? == crate::status::Written::Stale {
         // Reconciled from an object a write behind: again, from the newer one, which alone
         // tells whether the phase changed (no Event twice for one change).
         return Ok(Action::requeue(APP_SYNC_RETRY));
@@ -225,7 +225,6 @@ async fn write_status(
     pvm: &ProtectedVM,
     was: &ProtectedVMStatus,
     mine: &ProtectedVMStatus,
-    rpo: Duration,
 ) -> Result<crate::status::Written> {
     let mine = ProtectedVMStatus {
         last_run: None,
@@ -241,7 +240,7 @@ async fn write_status(
         &api,
         &pvm.name_any(),
         Some(&version),
-        old_for_compare(&was, &mine, rpo).as_ref(),
+        Some(&old_for_compare(&was, &mine)),
         &mine,
     )
     .await
@@ -283,6 +282,32 @@ fn next_look(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rpo_age_alone_is_no_status_write_but_a_sync_or_a_change_of_health_is() {
+        let status = |health: &str, last_sync: &str, age: i64| -> ProtectedVMStatus {
+            serde_json::from_value(serde_json::json!({"phase": "Protected",
+                "replication": {"health": health, "lastSyncTime": last_sync, "currentRpoSeconds": age}}))
+            .unwrap()
+        };
+        let written = status("Healthy", "2026-12-05T03:00:00Z", 10);
+        let unchanged = |new: &ProtectedVMStatus| old_for_compare(&written, new) == *new;
+        assert!(
+            unchanged(&status("Healthy", "2026-12-05T03:00:00Z", 290)),
+            "4m40s later"
+        );
+        assert!(
+            !unchanged(&status("Degraded", "2026-12-05T03:00:00Z", 301)),
+            "past the RPO"
+        );
+        assert!(!unchanged(&status("Healthy", "2026-12-05T03:05:00Z", 4)), "a sync");
+        let mut point = status("Healthy", "2026-12-05T03:00:00Z", 200);
+        point.recovery_points = Some(coldsite_api::protected_vm::RecoveryPointsStatus {
+            count: 2,
+            ..Default::default()
+        });
+        assert!(!unchanged(&point), "a point more");
+    }
 
     #[test]
     fn a_vm_at_rest_looks_by_its_rpo_with_a_point_and_waits_on_the_watches_without_one() {
@@ -603,23 +628,16 @@ async fn report(
     }
 }
 
-/// Status writes skip changes of the RPO age alone within a minute, so an idle, healthy VM
-/// costs one write a minute at most.
-fn old_for_compare(old: &ProtectedVMStatus, new: &ProtectedVMStatus, rpo: Duration) -> Option<ProtectedVMStatus> {
-    let (a, b) = (old.replication.as_ref()?, new.replication.as_ref()?);
-    // The age moves by the second; written when it moved by a tenth of the RPO (a minute at
-    // least), so status stays within 10% of the truth without a write per reconcile.
-    let slack = (rpo.as_secs() as i64 / 10).max(60);
-    let close = match (a.current_rpo_seconds, b.current_rpo_seconds) {
-        (Some(x), Some(y)) => (x - y).abs() < slack,
-        (x, y) => x == y,
-    };
-    if close && a.health == b.health && a.last_sync_time == b.last_sync_time {
-        let mut same = old.clone();
-        same.replication = new.replication.clone();
-        return Some(same);
+/// Status writes skip a change of the RPO age alone: it moves by the second, so a VM syncing
+/// every RPO would rewrite its status several times a sync for it. The age is written with the
+/// status's other changes (a sync, a point, health, a condition); `lastSyncTime` dates it, and
+/// the `Last Sync` printer column and `coldsite_vm_rpo_seconds` show it live.
+fn old_for_compare(old: &ProtectedVMStatus, new: &ProtectedVMStatus) -> ProtectedVMStatus {
+    let mut same = old.clone();
+    if let (Some(a), Some(b)) = (&mut same.replication, &new.replication) {
+        a.current_rpo_seconds = b.current_rpo_seconds;
     }
-    Some(old.clone())
+    same
 }
 
 /// The spec's errors in one message, each naming its field.
