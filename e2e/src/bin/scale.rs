@@ -1,8 +1,9 @@
 //! `coldsite-scale`: measures coldsite-controller as it ships (a release build, in a process
 //! of its own) against three real control planes (management, HQ, DR) with the real
 //! VolSync and snapshot controllers at the sites and the site simulator in its own
-//! process. It protects N VMs, stays idle, then runs a test failover of one plan over all
-//! of them, and prints what coldsite asked of each API server (from their audit logs,
+//! process. It protects N VMs, stays idle (or, with `--rpo` short enough, syncs on schedule
+//! and prints the cost per sync), then runs a test failover of one plan over all of them,
+//! and prints what coldsite asked of each API server (from their audit logs,
 //! which record only coldsite's identity), its memory and CPU beside the simulator's and
 //! the API servers', reconcile latency, and the failover's RTO against the plan's critical
 //! path. A bench, not a test: it asserts nothing.
