@@ -436,8 +436,6 @@ fn describe_action(phase: &str, a: &Action) -> String {
     format!("{phase} {} ({what}{when})", a.name)
 }
 
-/// A plan: its conditions, groups in startup order with their actions, each VM's protection,
-/// and its last run and drill.
 /// The plan's last drill: how it ended, its figures, its run, and why it failed.
 fn drill_line(d: &DrillSummary) -> String {
     let mut line = format!("Last drill: {} at {}", d.result, time(from_k8s(&d.time)));
@@ -456,6 +454,8 @@ fn drill_line(d: &DrillSummary) -> String {
     line
 }
 
+/// A plan: its conditions, groups in startup order with their actions, each VM's protection,
+/// and its last run and drill.
 pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>, st: Style) -> String {
     let mut out = Vec::new();
     let status = plan.status.clone().unwrap_or_default();
