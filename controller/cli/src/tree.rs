@@ -454,28 +454,9 @@ fn drill_line(d: &DrillSummary) -> String {
     line
 }
 
-/// A plan: its conditions, groups in startup order with their actions, each VM's protection,
-/// and its last run and drill.
-pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>, st: Style) -> String {
+/// The plan's groups in startup order, each with what it waits for and its actions.
+fn group_outline(plan: &RecoveryPlan, st: Style) -> Vec<String> {
     let mut out = Vec::new();
-    let status = plan.status.clone().unwrap_or_default();
-    let vm_count: usize = plan.spec.groups.iter().map(|g| g.vms.len()).sum();
-    out.push(format!(
-        "{} {}/{}  {} → {}, {vm_count} VM(s) in {} group(s)",
-        st.bold("RecoveryPlan"),
-        plan.namespace().unwrap_or_default(),
-        plan.name_any(),
-        plan.spec.primary_site,
-        plan.spec.recovery_site,
-        plan.spec.groups.len()
-    ));
-    out.push(condition_line(plan, "Valid", st));
-    out.push(condition_line(plan, "Ready", st));
-    if let Some(r) = status.estimated_rpo_seconds {
-        out.push(format!("  Worst current RPO {}", duration(r)));
-    }
-    out.push(String::new());
-    out.push(st.bold("Groups, in startup order"));
     for name in startup_order(plan) {
         let Some(g) = plan.spec.groups.iter().find(|g| g.name == name) else {
             continue;
@@ -501,6 +482,67 @@ pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>
             out.push(format!("{}{item}", if i + 1 == n { "└─ " } else { "├─ " }));
         }
     }
+    out
+}
+
+/// One VM's protection: phase, where it runs, health, its RPO now (live, from its last sync)
+/// against its target, and its points.
+fn vm_row(vm: &str, p: &ProtectedVM, now: DateTime<Utc>, st: Style) -> String {
+    let s = p.status.clone().unwrap_or_default();
+    let health = s
+        .replication
+        .as_ref()
+        .map(|r| format!("{:?}", r.health))
+        .unwrap_or_else(|| "-".into());
+    let rpo_now = s
+        .replication
+        .as_ref()
+        .filter(|r| r.health != ReplicationHealth::Paused)
+        .and_then(|r| coldsite_engine::rpo::current_rpo(now, r.last_sync_time.as_ref().map(from_k8s)))
+        .map(duration)
+        .unwrap_or_else(|| "-".into());
+    let points = s.recovery_points.clone().unwrap_or_default();
+    let latest = points.latest.as_ref().map(|t| {
+        let t = from_k8s(t);
+        format!("{} ({} ago)", time(t), duration((now - t).num_seconds()))
+    });
+    let met = coldsite_api::common::is_condition_true(&s.conditions, "RpoMet");
+    let rpo = format!("{rpo_now}/{}", p.spec.replication.rpo);
+    format!(
+        "  {:<20} {:<13} {:<16} {:<9} {} {:>6}  {}",
+        vm,
+        s.phase.map(|x| format!("{x:?}")).unwrap_or_else(|| "-".into()),
+        s.active_site.clone().unwrap_or_else(|| "-".into()),
+        health,
+        if met { pad(&rpo, 14) } else { st.yellow(&pad(&rpo, 14)) },
+        points.count,
+        latest.unwrap_or_else(|| "-".into())
+    )
+}
+
+/// A plan: its conditions, groups in startup order with their actions, each VM's protection,
+/// and its last run and drill.
+pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>, st: Style) -> String {
+    let mut out = Vec::new();
+    let status = plan.status.clone().unwrap_or_default();
+    let vm_count: usize = plan.spec.groups.iter().map(|g| g.vms.len()).sum();
+    out.push(format!(
+        "{} {}/{}  {} → {}, {vm_count} VM(s) in {} group(s)",
+        st.bold("RecoveryPlan"),
+        plan.namespace().unwrap_or_default(),
+        plan.name_any(),
+        plan.spec.primary_site,
+        plan.spec.recovery_site,
+        plan.spec.groups.len()
+    ));
+    out.push(condition_line(plan, "Valid", st));
+    out.push(condition_line(plan, "Ready", st));
+    if let Some(r) = status.estimated_rpo_seconds {
+        out.push(format!("  Worst current RPO {}", duration(r)));
+    }
+    out.push(String::new());
+    out.push(st.bold("Groups, in startup order"));
+    out.extend(group_outline(plan, st));
     out.push(String::new());
     out.push(st.bold("VMs"));
     out.push(format!(
@@ -508,41 +550,10 @@ pub fn render_plan(plan: &RecoveryPlan, pvms: &[ProtectedVM], now: DateTime<Utc>
         "NAME", "PHASE", "ACTIVE SITE", "HEALTH", "RPO NOW/TARGET", "POINTS", "LATEST POINT"
     ));
     for vm in plan.spec.groups.iter().flat_map(|g| &g.vms) {
-        let Some(p) = pvms.iter().find(|p| &p.name_any() == vm) else {
-            out.push(format!("  {:<20} {}", vm, st.red("no such ProtectedVM")));
-            continue;
-        };
-        let s = p.status.clone().unwrap_or_default();
-        let health = s
-            .replication
-            .as_ref()
-            .map(|r| format!("{:?}", r.health))
-            .unwrap_or_else(|| "-".into());
-        // Live, from the last sync: the status's own age is as of its last write.
-        let rpo_now = s
-            .replication
-            .as_ref()
-            .filter(|r| r.health != ReplicationHealth::Paused)
-            .and_then(|r| coldsite_engine::rpo::current_rpo(now, r.last_sync_time.as_ref().map(from_k8s)))
-            .map(duration)
-            .unwrap_or_else(|| "-".into());
-        let points = s.recovery_points.clone().unwrap_or_default();
-        let latest = points.latest.as_ref().map(|t| {
-            let t = from_k8s(t);
-            format!("{} ({} ago)", time(t), duration((now - t).num_seconds()))
+        out.push(match pvms.iter().find(|p| &p.name_any() == vm) {
+            Some(p) => vm_row(vm, p, now, st),
+            None => format!("  {:<20} {}", vm, st.red("no such ProtectedVM")),
         });
-        let met = coldsite_api::common::is_condition_true(&s.conditions, "RpoMet");
-        let rpo = format!("{rpo_now}/{}", p.spec.replication.rpo);
-        out.push(format!(
-            "  {:<20} {:<13} {:<16} {:<9} {} {:>6}  {}",
-            vm,
-            s.phase.map(|x| format!("{x:?}")).unwrap_or_else(|| "-".into()),
-            s.active_site.clone().unwrap_or_else(|| "-".into()),
-            health,
-            if met { pad(&rpo, 14) } else { st.yellow(&pad(&rpo, 14)) },
-            points.count,
-            latest.unwrap_or_else(|| "-".into())
-        ));
     }
     if let Some(r) = &status.last_run {
         out.push(String::new());
