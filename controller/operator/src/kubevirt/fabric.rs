@@ -74,16 +74,16 @@ impl KubeVirtFabric {
     }
 
     /// A disk's points, oldest first, from the site's watch, with the point adopted last
-    /// (`newest`), which the watch may not show yet, read as the site shows it now: a GET of
-    /// one snapshot rather than a LIST of the disk's, which the API server answers by a scan
-    /// of every snapshot of the namespace. Without a watch that has listed, all as the site
-    /// shows them now.
+    /// (`latest`), which the watch may not show yet: as this look read it, else read as the
+    /// site shows it now, a GET of one snapshot rather than a LIST of the disk's, which the
+    /// API server answers by a scan of every snapshot of the namespace. Without a watch that
+    /// has listed, all as the site shows them now.
     async fn watched_disk_points(
         &self,
         site: &SiteApi,
         vm: &VmModel,
         disk: &str,
-        newest: Option<&str>,
+        latest: Option<Latest<'_>>,
     ) -> Result<Vec<SnapshotPoint>, FabricError> {
         let Some(mut seen) = site.watched_points(&vm.vm_namespace, &vm.name, disk) else {
             let selector = disk_selector(vm, disk);
@@ -92,11 +92,16 @@ impl KubeVirtFabric {
             points.sort_by_key(|p| p.point.time);
             return Ok(points);
         };
-        if let Some(name) = newest.filter(|n| !seen.iter().any(|s| &*s.name == *n)) {
-            let snapshot = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
-            if let Some(point) = snapshot.and_then(|s| SnapshotPoint::of_disk(&s, &vm.name, disk)) {
-                points::insert_by_time(&mut seen, point);
+        let shown = |name: &str| seen.iter().any(|s| &*s.name == name);
+        match latest {
+            Some(Latest::Read(point)) if !shown(&point.name) => points::insert_by_time(&mut seen, point.clone()),
+            Some(Latest::Named(name)) if !shown(name) => {
+                let snapshot = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), name).await?;
+                if let Some(point) = snapshot.and_then(|s| SnapshotPoint::of_disk(&s, &vm.name, disk)) {
+                    points::insert_by_time(&mut seen, point);
+                }
             }
+            _ => {}
         }
         Ok(seen)
     }
@@ -143,7 +148,7 @@ impl KubeVirtFabric {
         // A point adopted before is in the site's watch (labelled): nothing to read.
         let points = site.watched_points(&vm.vm_namespace, &vm.name, disk);
         if points.is_some_and(|p| p.iter().any(|p| &*p.name == image)) {
-            return Ok(Adoption::Point(synced));
+            return Ok(Adoption::Point(synced, None));
         }
         let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
             return Ok(Adoption::Nothing);
@@ -154,35 +159,26 @@ impl KubeVirtFabric {
         if snapshot.pointer("/status/readyToUse").and_then(Value::as_bool) != Some(true) {
             return Ok(Adoption::Pending(synced));
         }
-        if str_at(
+        let labelled = str_at(
             &snapshot,
             &format!("/metadata/labels/{}", PROTECTED_VM.replace('/', "~1")),
         )
-        .is_none()
-        {
-            let shape = DiskShape::of_pvc(&json!({"spec": {
-                "resources": {"requests": {"storage": rd.pointer("/spec/rsyncTLS/capacity")}},
-                "accessModes": rd.pointer("/spec/rsyncTLS/accessModes"),
-                "volumeMode": rd.pointer("/spec/rsyncTLS/volumeMode"),
-            }}))
-            .map_err(|e| {
-                let name = str_at(rd, "/metadata/name").unwrap_or_default();
-                FabricError::permanent(format!("ReplicationDestination {name}: {e}"))
-            })?;
-            let mut annotations = shape.annotations();
-            annotations[POINT] = json!(synced.to_rfc3339());
-            annotations[APP_CONSISTENT] = json!(app_consistent.to_string());
-            if let Some((_, group)) = cut {
-                annotations[objects::GROUP_SNAPSHOT] = json!(group);
-            }
-            let patch = json!({"metadata": {
-                "labels": {DO_NOT_DELETE: "true", PROTECTED_VM: vm.name, DISK: disk, objects::MANAGED_BY: "coldsite"},
-                "annotations": annotations,
-            }});
-            site.merge(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image, &patch)
-                .await?;
+        .is_some();
+        if labelled {
+            return Ok(Adoption::Point(
+                synced,
+                SnapshotPoint::of_disk(&snapshot, &vm.name, disk),
+            ));
         }
-        Ok(Adoption::Point(synced))
+        let patch = adoption(rd, vm, disk, synced, app_consistent, cut)?;
+        let adopted = site
+            .merge(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image, &patch)
+            .await?;
+        // The answer is the point as labelled: what the watch shows later.
+        Ok(Adoption::Point(
+            synced,
+            adopted.and_then(|s| SnapshotPoint::of_disk(&s, &vm.name, disk)),
+        ))
     }
 
     /// Replication of one VM from `source` to `target`, with the schedule from its RPO, and
@@ -291,12 +287,7 @@ impl KubeVirtFabric {
             });
         };
         let (rs, newest) = self.source_end(ends, vm, disk, address, &rd).await?;
-        // An image not adopted is no point yet: no need to read the points afresh for it.
-        let newest_point = match newest {
-            Newest::Adopting(Adoption::Pending(_) | Adoption::Nothing) => None,
-            _ => str_at(&rd, "/status/latestImage/name"),
-        };
-        let kept = self.prune(dst, vm, disk, newest_point, now).await?;
+        let kept = self.prune(dst, vm, disk, Latest::of(&newest, &rd), now).await?;
         let mut waiting = Vec::new();
         if kept.is_empty() {
             if let Some(rs) = &rs {
@@ -676,10 +667,10 @@ impl KubeVirtFabric {
         site: &SiteApi,
         vm: &VmModel,
         disk: &str,
-        newest: Option<&str>,
+        latest: Option<Latest<'_>>,
         now: DateTime<Utc>,
     ) -> Result<Vec<DiskPoint>, FabricError> {
-        let points = self.watched_disk_points(site, vm, disk, newest).await?;
+        let points = self.watched_disk_points(site, vm, disk, latest).await?;
         let times: Vec<RecoveryPoint> = points
             .iter()
             .map(|p| RecoveryPoint {
@@ -718,6 +709,38 @@ impl KubeVirtFabric {
             str_at(&v, "/status/phase") != Some("Succeeded") && str_at(&v, "/status/phase") != Some("Failed")
         }))
     }
+}
+
+/// The labels and annotations that make a destination's image a recovery point of the disk:
+/// VolSync keeps it (do-not-delete), and it records when its data was taken and the disk's
+/// shape.
+fn adoption(
+    rd: &Value,
+    vm: &VmModel,
+    disk: &str,
+    synced: DateTime<Utc>,
+    app_consistent: bool,
+    cut: Option<(DateTime<Utc>, &str)>,
+) -> Result<Value, FabricError> {
+    let shape = DiskShape::of_pvc(&json!({"spec": {
+        "resources": {"requests": {"storage": rd.pointer("/spec/rsyncTLS/capacity")}},
+        "accessModes": rd.pointer("/spec/rsyncTLS/accessModes"),
+        "volumeMode": rd.pointer("/spec/rsyncTLS/volumeMode"),
+    }}))
+    .map_err(|e| {
+        let name = str_at(rd, "/metadata/name").unwrap_or_default();
+        FabricError::permanent(format!("ReplicationDestination {name}: {e}"))
+    })?;
+    let mut annotations = shape.annotations();
+    annotations[POINT] = json!(synced.to_rfc3339());
+    annotations[APP_CONSISTENT] = json!(app_consistent.to_string());
+    if let Some((_, group)) = cut {
+        annotations[objects::GROUP_SNAPSHOT] = json!(group);
+    }
+    Ok(json!({"metadata": {
+        "labels": {DO_NOT_DELETE: "true", PROTECTED_VM: vm.name, DISK: disk, objects::MANAGED_BY: "coldsite"},
+        "annotations": annotations,
+    }}))
 }
 
 /// The labels of a disk's snapshots.
@@ -793,10 +816,11 @@ struct DiskRestore {
 }
 
 /// What became of a destination's newest image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Adoption {
-    /// A recovery point, of a sync at this time.
-    Point(DateTime<Utc>),
+    /// A recovery point, of a sync at this time; with its snapshot's point when this look
+    /// read or labelled it, as the site's watch may not show it yet.
+    Point(DateTime<Utc>, Option<SnapshotPoint>),
     /// Its snapshot, of a sync at this time, is not ready to use yet. VolSync publishes the
     /// image once the snapshot is bound, and nothing coldsite watches announces when the
     /// storage has cut it: whoever waits for the point looks again soon.
@@ -806,16 +830,37 @@ pub(super) enum Adoption {
 }
 
 impl Adoption {
-    pub(super) fn point(self) -> Option<DateTime<Utc>> {
+    pub(super) fn point(&self) -> Option<DateTime<Utc>> {
         match self {
-            Adoption::Point(t) => Some(t),
+            Adoption::Point(t, _) => Some(*t),
             _ => None,
         }
     }
 }
 
+/// A disk's newest point as a look knows it: the site's watch may not show it yet.
+#[derive(Clone, Copy)]
+enum Latest<'a> {
+    /// Read or labelled by this look.
+    Read(&'a SnapshotPoint),
+    /// The destination's newest image, by name: read unless the watch shows it.
+    Named(&'a str),
+}
+
+impl<'a> Latest<'a> {
+    /// What a look knows of the disk's newest point after its adoption: an image not adopted
+    /// is no point yet, so there is nothing to read afresh for it.
+    fn of(newest: &'a Newest, rd: &'a Value) -> Option<Self> {
+        match newest {
+            Newest::Adopting(Adoption::Pending(_) | Adoption::Nothing) => None,
+            Newest::Adopting(Adoption::Point(_, Some(read))) => Some(Latest::Read(read)),
+            _ => str_at(rd, "/status/latestImage/name").map(Latest::Named),
+        }
+    }
+}
+
 /// Who adopts a disk's newest image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Newest {
     /// Its consistency group's rounds.
     Rounds,
@@ -1390,6 +1435,167 @@ pub fn probe_address(req: &Recovery<'_>, probe: &ProbeModel) -> Option<std::net:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use http_body_util::BodyExt;
+
+    /// Requests as "VERB path", in order.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A site's API server holding one VolumeSnapshot, `img`: it answers every request with
+    /// it, applying merge patches to it first, and logs each request (the test asserts
+    /// which were made).
+    fn site_holding(snapshot: Value, watch: Arc<crate::site_watch::SiteWatch>) -> (SiteApi, Log) {
+        let log = Log::default();
+        let (seen, held) = (log.clone(), Arc::new(Mutex::new(snapshot)));
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (seen, held) = (seen.clone(), held.clone());
+            async move {
+                let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                seen.lock().unwrap().push(format!("{method} {path}"));
+                if method == http::Method::PATCH {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    merge_into(&mut held.lock().unwrap(), &serde_json::from_slice(&body)?);
+                }
+                let body = serde_json::to_vec(&*held.lock().unwrap())?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(kube::client::Body::from(body)))
+            }
+        });
+        let site = SiteApi {
+            site: "dr".into(),
+            client: kube::Client::new(service, "default"),
+            watch: Some(watch),
+        };
+        (site, log)
+    }
+
+    /// A JSON merge patch (RFC 7386), as the API server applies it.
+    fn merge_into(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_into(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    fn vm() -> VmModel {
+        VmModel {
+            name: "db01".into(),
+            namespace: "apps".into(),
+            vm_namespace: "apps".into(),
+            vm_name: "db01".into(),
+            disks: vec!["data".into()],
+            nics: Vec::new(),
+            rpo: Duration::from_secs(900),
+            retention: Duration::from_secs(86_400),
+            app_consistent_interval: None,
+            cpu: None,
+            memory: None,
+            cut_with: Vec::new(),
+        }
+    }
+
+    fn fabric() -> KubeVirtFabric {
+        let unused = kube::Client::new(
+            tower::service_fn(|_| async { Err::<http::Response<kube::client::Body>, _>("unused") }),
+            "default",
+        );
+        KubeVirtFabric {
+            sites: HashMap::new(),
+            management: SiteApi {
+                site: "management".into(),
+                client: unused.clone(),
+                watch: None,
+            },
+            scripts: ScriptRunner {
+                http: crate::http_client::HttpClient::new().unwrap(),
+            },
+            keys: Arc::new(ReplicationKeys::new(unused, "coldsite-system", "keys")),
+            freeze_seconds: prometheus::HistogramVec::new(prometheus::HistogramOpts::new("f", "f"), &["site"]).unwrap(),
+            primary: SiteModel::default(),
+            recovery: SiteModel::default(),
+        }
+    }
+
+    /// The site's watch, listed: the disk's two earlier points.
+    async fn watch_of_earlier_points() -> Arc<crate::site_watch::SiteWatch> {
+        let point = |name: &str, at: &str| {
+            json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                   "metadata": {"name": name, "namespace": "apps",
+                                "labels": {PROTECTED_VM: "db01", DISK: "data", objects::MANAGED_BY: "coldsite"},
+                                "annotations": {POINT: at}}})
+            .to_string()
+        };
+        let given = HashMap::from([(
+            VOLUME_SNAPSHOT.plural,
+            vec![point("p1", "2026-12-05T06:00:00Z"), point("p2", "2026-12-05T06:15:00Z")],
+        )]);
+        let (changes, _) = tokio::sync::broadcast::channel(1);
+        let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
+        while !watch.listed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        watch
+    }
+
+    #[tokio::test]
+    async fn a_look_that_adopts_a_point_reads_its_snapshot_once_though_the_watch_does_not_show_it_yet() {
+        let synced = "2026-12-05T06:30:00Z";
+        let rd = json!({"metadata": {"name": "data"},
+                        "spec": {"rsyncTLS": {"capacity": "10Gi", "accessModes": ["ReadWriteOnce"]}},
+                        "status": {"lastSyncTime": synced, "latestImage": {"name": "img"}}});
+        let image = json!({"metadata": {"name": "img", "namespace": "apps"}, "status": {"readyToUse": true}});
+        let (site, log) = site_holding(image, watch_of_earlier_points().await);
+        let (fabric, vm) = (fabric(), vm());
+        let now = parse_time("2026-12-05T06:31:00Z").unwrap();
+        let path = "/apis/snapshot.storage.k8s.io/v1/namespaces/apps/volumesnapshots/img";
+        let times = |points: &[DiskPoint]| points.iter().map(|p| p.time.to_rfc3339()).collect::<Vec<_>>();
+        let time = parse_time(synced).unwrap();
+        let point = SnapshotPoint {
+            name: "img".into(),
+            point: DiskPoint {
+                time,
+                app_consistent: false,
+                group: false,
+            },
+        };
+        let expected = [
+            "2026-12-05T06:00:00+00:00",
+            "2026-12-05T06:15:00+00:00",
+            "2026-12-05T06:30:00+00:00",
+        ];
+        // The look that labels the image, then one before the watch shows the label.
+        for requests in [
+            vec![format!("GET {path}"), format!("PATCH {path}")],
+            vec![format!("GET {path}")],
+        ] {
+            log.lock().unwrap().clear();
+            let adopted = fabric.adopt_from(&site, &vm, "data", &rd, false, None).await.unwrap();
+            assert_eq!(adopted, Adoption::Point(time, Some(point.clone())));
+            let newest = Newest::Adopting(adopted);
+            let kept = fabric
+                .prune(&site, &vm, "data", Latest::of(&newest, &rd), now)
+                .await
+                .unwrap();
+            assert_eq!(times(&kept), expected);
+            assert_eq!(*log.lock().unwrap(), requests);
+        }
+        // Known only by name, the image is read: the watch does not show it.
+        log.lock().unwrap().clear();
+        let kept = fabric
+            .prune(&site, &vm, "data", Some(Latest::Named("img")), now)
+            .await
+            .unwrap();
+        assert_eq!(times(&kept), expected);
+        assert_eq!(*log.lock().unwrap(), [format!("GET {path}")]);
+    }
 
     #[test]
     fn points_are_ordered_by_the_time_they_record_and_those_going_are_not_points() {
