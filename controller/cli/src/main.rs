@@ -1,5 +1,8 @@
 //! `kubectl-coldsite`: the command-line side of coldsite.
 
+// The commands' doc comments are their `--help`, where `<plan>` is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod cluster;
 mod complete;
 mod link;

@@ -244,6 +244,30 @@ fn group_lines(out: &mut Vec<String>, g: &GroupView, v: &RunView, st: Style) {
 /// shutdown in reverse order, then each group in startup order.
 pub fn render_run(v: &RunView, st: Style) -> String {
     let mut out: Vec<String> = Vec::new();
+    run_header(&mut out, v, st);
+    wait_lines(&mut out, v, st);
+    if v.has_shutdown() {
+        shutdown_lines(&mut out, v, st);
+    }
+    out.push(String::new());
+    out.push(st.bold(&format!(
+        "Recovery{}",
+        v.target_site.as_ref().map(|s| format!(" at {s}")).unwrap_or_default()
+    )));
+    for g in &v.groups {
+        group_lines(&mut out, g, v, st);
+    }
+    for s in &v.other {
+        step_line(&mut out, "● ", &s.id, s, v.now, st);
+    }
+    approval_lines(&mut out, v, st);
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The run's title, its phase and progress on one line, and what it is doing or why it ended.
+fn run_header(out: &mut Vec<String>, v: &RunView, st: Style) {
     let sites = match (&v.source_site, &v.target_site) {
         (Some(a), Some(b)) => format!(": {a} → {b}"),
         _ => String::new(),
@@ -295,6 +319,10 @@ pub fn render_run(v: &RunView, st: Style) -> String {
             st.yellow(&line)
         });
     }
+}
+
+/// Each approval the run waits for, with the command that gives it.
+fn wait_lines(out: &mut Vec<String>, v: &RunView, st: Style) {
     for w in &v.waits {
         out.push(String::new());
         let mut head = format!("⏸ Waiting for approval of {} ({})", st.bold(&w.action), w.step);
@@ -315,39 +343,34 @@ pub fn render_run(v: &RunView, st: Style) -> String {
             v.name, w.action, v.namespace
         ));
     }
-    if v.has_shutdown() {
-        out.push(String::new());
-        let (what, site) = v.stop_phase();
-        out.push(st.bold(&format!(
-            "{what}{}, in reverse order",
-            site.as_ref().map(|s| format!(" at {s}")).unwrap_or_default()
-        )));
-        for g in v.groups.iter().rev() {
-            let stops: Vec<(&str, &Step)> = g
-                .vms
-                .iter()
-                .flat_map(|vm| vm.source_steps.iter().map(move |s| (vm.name.as_str(), s)))
-                .collect();
-            if let Some(s) = &g.shutdown {
-                step_line(&mut out, "● ", &g.name, s, v.now, st);
-            }
-            for (i, (vm, s)) in stops.iter().enumerate() {
-                let branch = if i + 1 == stops.len() { "└─ " } else { "├─ " };
-                step_line(&mut out, branch, &format!("vm {vm} {}", s.short()), s, v.now, st);
-            }
+}
+
+/// The source VMs' stops, by group in reverse order.
+fn shutdown_lines(out: &mut Vec<String>, v: &RunView, st: Style) {
+    out.push(String::new());
+    let (what, site) = v.stop_phase();
+    out.push(st.bold(&format!(
+        "{what}{}, in reverse order",
+        site.as_ref().map(|s| format!(" at {s}")).unwrap_or_default()
+    )));
+    for g in v.groups.iter().rev() {
+        let stops: Vec<(&str, &Step)> = g
+            .vms
+            .iter()
+            .flat_map(|vm| vm.source_steps.iter().map(move |s| (vm.name.as_str(), s)))
+            .collect();
+        if let Some(s) = &g.shutdown {
+            step_line(out, "● ", &g.name, s, v.now, st);
+        }
+        for (i, (vm, s)) in stops.iter().enumerate() {
+            let branch = if i + 1 == stops.len() { "└─ " } else { "├─ " };
+            step_line(out, branch, &format!("vm {vm} {}", s.short()), s, v.now, st);
         }
     }
-    out.push(String::new());
-    out.push(st.bold(&format!(
-        "Recovery{}",
-        v.target_site.as_ref().map(|s| format!(" at {s}")).unwrap_or_default()
-    )));
-    for g in &v.groups {
-        group_lines(&mut out, g, v, st);
-    }
-    for s in &v.other {
-        step_line(&mut out, "● ", &s.id, s, v.now, st);
-    }
+}
+
+/// The approvals given, and whether their gates were passed.
+fn approval_lines(out: &mut Vec<String>, v: &RunView, st: Style) {
     if !v.approvals.is_empty() {
         out.push(String::new());
         out.push(st.bold("Approvals"));
@@ -368,9 +391,6 @@ pub fn render_run(v: &RunView, st: Style) -> String {
             out.push(line);
         }
     }
-    let mut text = out.join("\n");
-    text.push('\n');
-    text
 }
 
 fn wrap(text: &str, width: usize) -> Vec<String> {
