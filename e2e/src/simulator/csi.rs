@@ -17,7 +17,7 @@
 //!   `github.com/kubernetes-csi/external-snapshotter/v8`): a VolumeSnapshotContent of this
 //!   driver with a `volumeHandle` and no status gets `snapshotHandle` (carrying the volume's
 //!   data at that moment, see [`disk`](super::disk), marked quiesced when the running guest
-//!   that has the volume is frozen, see [`virt_api`](super::virt_api)), `creationTime` in
+//!   that has the volume is frozen, see [`virt_api`]), `creationTime` in
 //!   nanoseconds and
 //!   `restoreSize`, first with `readyToUse: false`, then after
 //!   [`SimConfig::snapshot_ready_delay`](super::SimConfig::snapshot_ready_delay) (or the

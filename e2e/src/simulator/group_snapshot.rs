@@ -16,7 +16,7 @@
 //! - A content being deleted that the snapshot-controller marked
 //!   `volumegroupsnapshot-being-deleted` has its group snapshot deleted from the backend
 //!   (its status loses the handle) and then loses its `volumegroupsnapshotcontent-bound-protection`
-//!   finalizer. Members are deleted as single snapshots (see [`csi`](super::csi)).
+//!   finalizer. Members are deleted as single snapshots (see [`csi`]).
 
 use std::collections::HashMap;
 

@@ -6,7 +6,7 @@
 //! reporting it `Running` once every PVC it mounts is Bound (as a kubelet mounts them):
 //! - **Job pods of scripts** (coldsite's): after `SimConfig::job_duration` the containers
 //!   exit 0, or N when the container's env has `COLDSITE_SIM_EXIT_CODE=N`.
-//! - **VolSync's rsync-TLS movers**: their containers run as [`mover`](super::mover) says.
+//! - **VolSync's rsync-TLS movers**: their containers run as [`mover`] says.
 //! - **virt-launcher pods** of VirtualMachineInstances: they run until deleted.
 //!
 //! With `restartPolicy: Never` a pod whose containers exited is `Succeeded` or `Failed`;

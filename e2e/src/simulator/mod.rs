@@ -7,7 +7,7 @@
 //! must not be mistaken for the real thing.
 //!
 //! At every site, every [`SimConfig::tick`], it reads the objects it plays for from caches
-//! fed by watches ([`cache`]; in all namespaces, or in [`SimConfig::namespaces`]) and fixes
+//! fed by watches (`cache`; in all namespaces, or in [`SimConfig::namespaces`]) and fixes
 //! what differs from what the real component would have done: a level-triggered loop that
 //! survives restarts of itself and outages of a site (it logs and retries; it never exits on
 //! an API error).

@@ -8,7 +8,7 @@
 //!   `slow_mover_exit` fault); server.sh waits for the client's "complete" signal the same
 //!   way. It never exits on its own otherwise.
 //! - **Client** (the source's mover): connects to `DESTINATION_ADDRESS`:`DESTINATION_PORT`
-//!   (8000 by default) through the [network](super::network): the address must reach a
+//!   (8000 by default) through the [network]: the address must reach a
 //!   Service whose selector matches a running server, and both movers' `psk.txt` must be
 //!   equal, as TLS-PSK requires. Then, after
 //!   [`SimConfig::sync_duration`](super::SimConfig::sync_duration), the destination volume
