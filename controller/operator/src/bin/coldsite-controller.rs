@@ -227,8 +227,14 @@ struct NamespaceCaches {
 /// do, and runs keep theirs), and at thousands of ProtectedVMs they would be much of the
 /// controller's memory. Given a `tap`, each object it sees goes there too, once its cache
 /// holds it: what follows those changes then reads them from the cache, with no watch of
-/// its own.
-fn lean_controller<K>(api: Api<K>, cfg: watcher::Config, tap: Option<UnboundedSender<K>>) -> Controller<K>
+/// its own. Of its objects' changes, those that change `wakes` (see [`every_change`])
+/// reconcile them.
+fn lean_controller<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    tap: Option<UnboundedSender<K>>,
+    wakes: fn(&K) -> Option<u64>,
+) -> Controller<K>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -245,8 +251,14 @@ where
             // Closed only when its follower stopped, as everything does at shutdown.
             let _ = tap.unbounded_send(object.clone());
         }
-    });
+    })
+    .predicate_filter(wakes, Default::default());
     Controller::for_stream(events, reader)
+}
+
+/// Every change of an object reconciles it (a predicate that hashes nothing lets all through).
+fn every_change<K>(_: &K) -> Option<u64> {
+    None
 }
 
 fn namespace_controllers(
@@ -257,10 +269,15 @@ fn namespace_controllers(
     caches: &mut NamespaceCaches,
 ) -> Vec<Work> {
     let (client, cfg) = (&ctx.client, watcher::Config::default());
-    let mappings = lean_controller(api::<NetworkMapping>(client, ns), cfg.clone(), None);
+    let mappings = lean_controller(api::<NetworkMapping>(client, ns), cfg.clone(), None, every_change);
     let (pvm_changes, plans_see_pvms) = mpsc::unbounded();
-    let pvms = lean_controller(api::<ProtectedVM>(client, ns), cfg.clone(), Some(pvm_changes));
-    let plans = lean_controller(api::<RecoveryPlan>(client, ns), cfg.clone(), None);
+    let pvms = lean_controller(
+        api::<ProtectedVM>(client, ns),
+        cfg.clone(),
+        Some(pvm_changes),
+        reconcile::protected_vm::triggers::inputs,
+    );
+    let plans = lean_controller(api::<RecoveryPlan>(client, ns), cfg.clone(), None, every_change);
     let (runs, plans_see_runs) = reflector::store();
     caches.mappings.push(mappings.store());
     caches.protected_vms.push(pvms.store());

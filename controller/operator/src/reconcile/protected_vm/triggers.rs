@@ -2,13 +2,29 @@
 //! reconciled on it: the ones of that VM at that site, the one whose replication objects
 //! changed there, or every one using a site whose VMs were listed anew (it answers again
 //! after an outage), or every one when changes were missed; and the members of a plan's
-//! consistency groups when those groups take effect or change.
+//! consistency groups when those groups take effect or change. Of a ProtectedVM's own
+//! changes, those to what its reconcile acts on ([`inputs`]).
 
 use coldsite_api::{ProtectedVM, RecoveryPlan};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::site_watch::SiteChange;
+
+/// What of a ProtectedVM its reconcile acts on: its spec, labels and annotations, its
+/// finalizers and deletion, and the run that holds it (`status.lastRun`, which runs write).
+/// Not the rest of its status, which the reconcile writes itself from what the sites show:
+/// its own write would only wake it to find nothing new.
+pub fn inputs(pvm: &ProtectedVM) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    let meta = &pvm.metadata;
+    (meta.generation, &meta.labels, &meta.annotations, &meta.finalizers).hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    let last_run = pvm.status.as_ref().and_then(|s| s.last_run.as_ref());
+    serde_json::to_string(&last_run).ok().hash(&mut hasher);
+    Some(hasher.finish())
+}
 
 /// What the ProtectedVMs read from a plan: its consistency groups, once it is valid. Changes
 /// of this hash, not each status write, reconcile the groups' members.
@@ -114,6 +130,55 @@ mod tests {
         let listed = SiteChange::Listed { site: "hq".into() };
         assert_eq!(names(concerned(&all, Some(&listed))), ["db", "web"]);
         assert_eq!(names(concerned(&all, None)), ["db", "web", "other-pair"]);
+    }
+
+    #[test]
+    fn a_protected_vms_own_status_writes_do_not_wake_it_but_a_run_or_its_spec_do() {
+        let base = || {
+            let mut p = pvm("db", "db01", None, ("hq", "dr"));
+            p.metadata.generation = Some(1);
+            p.metadata.finalizers = Some(vec!["coldsite.io/protection".into()]);
+            p
+        };
+        let with = |change: fn(&mut ProtectedVM)| {
+            let mut p = base();
+            change(&mut p);
+            inputs(&p)
+        };
+        let at_rest = inputs(&base());
+        assert!(at_rest.is_some());
+        let own_write = with(|p| {
+            p.status = serde_json::from_value(serde_json::json!({"phase": "Protected",
+                "replication": {"health": "Healthy", "lastSyncTime": "2026-12-05T08:00:00Z"},
+                "recoveryPoints": {"count": 3}}))
+            .unwrap();
+        });
+        assert_eq!(own_write, at_rest, "the reconcile's own status write");
+        let claimed = |p: &mut ProtectedVM| {
+            p.status = serde_json::from_value(serde_json::json!({"phase": "Protected",
+                "lastRun": {"run": "drill-1", "runUid": "u1"}}))
+            .unwrap();
+        };
+        let finished = |p: &mut ProtectedVM| {
+            p.status = serde_json::from_value(serde_json::json!({"phase": "Protected",
+                "lastRun": {"run": "drill-1", "runUid": "u1", "phase": "Succeeded"}}))
+            .unwrap();
+        };
+        assert_ne!(with(claimed), at_rest, "a run claims it");
+        assert_ne!(with(finished), with(claimed), "its run ends");
+        assert_ne!(with(|p| p.metadata.generation = Some(2)), at_rest, "its spec changed");
+        assert_ne!(with(|p| p.metadata.finalizers = None), at_rest, "its finalizer");
+        assert_ne!(
+            with(|p| p.metadata.deletion_timestamp =
+                serde_json::from_value(serde_json::json!("2026-12-05T08:00:00Z")).unwrap()),
+            at_rest,
+            "deleted"
+        );
+        assert_ne!(
+            with(|p| p.metadata.annotations = Some([("a".into(), "b".into())].into())),
+            at_rest,
+            "annotated"
+        );
     }
 
     #[test]
