@@ -371,9 +371,14 @@ impl Bench {
         let steady = self.scheduled_syncs(self.args.idle_secs as f64).is_some();
         let what = if steady { "steady, syncing" } else { "idle" };
         say(self.start, format!("{what} for {} s", self.args.idle_secs));
+        let reconciled = self.reconciles().await;
         let window = self.open();
         tokio::time::sleep(Duration::from_secs(self.args.idle_secs)).await;
         let w = self.close(window);
+        let mut reconciles = self.reconciles().await;
+        for (kind, count) in &mut reconciles {
+            *count -= reconciled.get(kind).copied().unwrap_or_default();
+        }
         let minutes = (w.to - w.from).as_seconds_f64() / 60.0;
         let syncs = self.scheduled_syncs(minutes * 60.0);
         let mut t = match syncs {
@@ -403,7 +408,12 @@ impl Bench {
                 );
             }
             t.counts(&format!("{cluster} writes: "), &audit::by_verb_and_resource(writes), 5);
+            if syncs.is_some() {
+                let reads = reqs.iter().filter(|r| !r.is_write());
+                t.counts(&format!("{cluster} reads: "), &audit::by_verb_and_resource(reads), 3);
+            }
         }
+        reconcile_rows(&mut t, &reconciles, syncs);
         self.memory_rows(&mut t);
         for (process, secs) in &w.cpu {
             t.row(
@@ -540,6 +550,15 @@ impl Bench {
         Ok(())
     }
 
+    /// Reconciles so far by kind, from the controller's histogram.
+    async fn reconciles(&self) -> BTreeMap<String, f64> {
+        let text = self.controller.metrics_text().await;
+        histogram(&text, "coldsite_reconcile_duration_seconds")
+            .into_iter()
+            .map(|(kind, buckets)| (kind, buckets.last().map_or(0.0, |b| b.1)))
+            .collect()
+    }
+
     /// Reconcile latency quantiles by kind from the controller's histogram.
     async fn reconcile_latency(&self) -> Table {
         let text = self.controller.metrics_text().await;
@@ -558,6 +577,17 @@ impl Bench {
             );
         }
         t
+    }
+}
+
+/// The window's reconciles by kind, and per sync due when the window is steady.
+fn reconcile_rows(t: &mut Table, reconciles: &BTreeMap<String, f64>, syncs: Option<f64>) {
+    for (kind, count) in reconciles.iter().filter(|(_, c)| **c > 0.0) {
+        let per_sync = syncs.map(|k| format!(" ({} per sync due)", ratio(*count, k)));
+        t.row(
+            format!("{kind} reconciles"),
+            format!("{count:.0}{}", per_sync.unwrap_or_default()),
+        );
     }
 }
 
