@@ -424,11 +424,22 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         };
     }
-    let cli = Cli::parse();
+    match dispatch(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("kubectl-coldsite: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command; `Ok(false)` when it ran and found something wrong.
+fn dispatch(cli: Cli) -> anyhow::Result<bool> {
     // For validate and simulate: the namespace of objects that name none.
     let namespace = cli.cluster.namespace.clone().unwrap_or_else(|| "default".into());
     let cl = &cli.cluster;
-    let result = match cli.command {
+    match cli.command {
         Command::Validate { paths, quiet } => validate::run(&paths, &namespace, quiet),
         Command::Simulate {
             paths,
@@ -472,44 +483,6 @@ fn main() -> ExitCode {
             cl,
             |c| async move { ops::approve(&c, &run, &action, field_manager).await },
         ),
-        Command::Test { run, recovery_point } => {
-            let mut req = run.request("test", RunAction::TestFailover);
-            req.recovery_point = recovery_point;
-            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
-        }
-        Command::Failover {
-            run,
-            recovery_point,
-            no_shutdown_source,
-        } => {
-            let mut req = run.request("failover", RunAction::Failover);
-            req.recovery_point = recovery_point;
-            req.shutdown_source = !no_shutdown_source;
-            // In a disaster, --force also declares the primary down.
-            req.source_down = req.force;
-            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
-        }
-        Command::Repoint { run, recovery_point } => {
-            let mut req = run.request("repoint", RunAction::ChangeRecoveryPoint);
-            req.recovery_point = Some(recovery_point);
-            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
-        }
-        Command::Planned { run } => {
-            let req = run.request("planned", RunAction::PlannedFailover);
-            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
-        }
-        Command::Commit { run } => {
-            let req = run.request("commit", RunAction::Commit);
-            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
-        }
-        Command::Reprotect { run } => {
-            let req = run.request("reprotect", RunAction::Reprotect);
-            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
-        }
-        Command::Failback { run } => {
-            let req = run.request("failback", RunAction::Failback);
-            on_cluster(cl, |c| async move { ops::create_run(&c, req).await })
-        }
         Command::Cleanup {
             run,
             force,
@@ -536,13 +509,42 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "kubectl-coldsite", &mut std::io::stdout());
             Ok(true)
         }
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("kubectl-coldsite: {e:#}");
-            ExitCode::from(2)
-        }
+        command => match run_request(command) {
+            Some(req) => on_cluster(cl, |c| async move { ops::create_run(&c, req).await }),
+            None => anyhow::bail!("this command has no handler: a defect of kubectl-coldsite"),
+        },
     }
+}
+
+/// The RecoveryRun a run-starting command asks for; `None` for any other command.
+fn run_request(command: Command) -> Option<NewRun> {
+    Some(match command {
+        Command::Test { run, recovery_point } => {
+            let mut req = run.request("test", RunAction::TestFailover);
+            req.recovery_point = recovery_point;
+            req
+        }
+        Command::Failover {
+            run,
+            recovery_point,
+            no_shutdown_source,
+        } => {
+            let mut req = run.request("failover", RunAction::Failover);
+            req.recovery_point = recovery_point;
+            req.shutdown_source = !no_shutdown_source;
+            // In a disaster, --force also declares the primary down.
+            req.source_down = req.force;
+            req
+        }
+        Command::Repoint { run, recovery_point } => {
+            let mut req = run.request("repoint", RunAction::ChangeRecoveryPoint);
+            req.recovery_point = Some(recovery_point);
+            req
+        }
+        Command::Planned { run } => run.request("planned", RunAction::PlannedFailover),
+        Command::Commit { run } => run.request("commit", RunAction::Commit),
+        Command::Reprotect { run } => run.request("reprotect", RunAction::Reprotect),
+        Command::Failback { run } => run.request("failback", RunAction::Failback),
+        _ => return None,
+    })
 }
