@@ -7,11 +7,15 @@
 //! Recovery points, a disk's many, are kept by disk as what is read of them
 //! (`point_cache`).
 //!
+//! VolSync's own snapshots (`images`, its label) are cached whole until coldsite adopts them:
+//! a newest image is read from there while the storage cuts it, and once it is ready.
+//!
 //! The VM watch also announces each change (and each full list, as when a site that was down
 //! answers again), so ProtectedVMs are reconciled when their copies change instead of being
 //! polled for it: a copy that starts where it must not is fenced at once. The replication
 //! watches announce the changes a reconcile acts on (a sync starts or ends, a tag is recorded,
-//! an image or an address comes), so syncs are followed without polling.
+//! an image or an address comes, a destination's image is cut), so syncs are followed
+//! without polling.
 //!
 //! A watch starts with the site's client and stops when it is replaced (its kubeconfig
 //! Secret changed) or dropped. Until its first full list has arrived, and while it cannot
@@ -80,11 +84,14 @@ pub enum SiteChange {
 }
 
 /// Which changes a cache announces.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Announce {
     Nothing,
     Vms,
     Replication,
+    /// A destination's image the storage has cut (or failed to), for the ProtectedVM of the
+    /// destination in this store that owns it.
+    Images(Store<CompactObject>),
 }
 
 impl Announce {
@@ -135,8 +142,54 @@ impl Announce {
                     .for_each(send)
                     .await
             }
+            Announce::Images(destinations) => {
+                let change = |o: watcher::Result<CompactObject>| {
+                    let change = o.ok().and_then(|image| image_cut(&site, &image, &destinations));
+                    async { change }
+                };
+                events
+                    .touched_objects()
+                    .predicate_filter(image_state, PredicateConfig::default())
+                    .filter_map(change)
+                    .for_each(send)
+                    .await
+            }
         }
     }
+}
+
+/// What of an image a reconcile acts on: whether the storage has cut it, or failed to.
+fn image_state<K: Serialize>(object: &K) -> Option<u64> {
+    let value = serde_json::to_value(object).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for field in ["/status/readyToUse", "/status/error"] {
+        value.pointer(field).map(Value::to_string).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+/// The change an image brings once the storage has cut it (or failed to): for the
+/// ProtectedVM of the coldsite destination that owns it. Other images (not cut yet, a
+/// source's, another tool's) bring none.
+fn image_cut(site: &str, image: &CompactObject, destinations: &Store<CompactObject>) -> Option<SiteChange> {
+    let value = image.to_value().ok()?;
+    let ready = value.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true);
+    let failed = value.pointer("/status/error").is_some_and(|e| !e.is_null());
+    if !(ready || failed) {
+        return None;
+    }
+    let namespace = image.namespace()?;
+    let owner = image
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == REPLICATION_DESTINATION.kind)?;
+    let key = reflector::ObjectRef::new_with(&owner.name, REPLICATION_DESTINATION).within(&namespace);
+    let pvm = destinations.get(&key)?.labels.get(objects::PROTECTED_VM)?.to_owned();
+    Some(SiteChange::Replication {
+        site: site.to_owned(),
+        namespace,
+        pvm,
+    })
 }
 
 /// What of a ReplicationSource or ReplicationDestination a reconcile acts on: its triggers,
@@ -176,6 +229,8 @@ struct Cache {
 struct Watch<'a> {
     site: &'a str,
     kind: Kind,
+    /// What a [`Source::Given`] lists for it: the kind's plural, or [`IMAGES`].
+    given: &'static str,
     selector: Option<String>,
     changes: SiteChanges,
     announce: Announce,
@@ -199,7 +254,8 @@ pub enum Source {
     /// The site's API server: a watch of each kind.
     Site(Client),
     /// The objects given, as the JSON an API server would send, listed once by kind
-    /// (plural): a site's caches without a site, as the memory bench fills them.
+    /// (plural; VolSync's images as [`IMAGES`]): a site's caches without a site, as the
+    /// memory bench fills them.
     Given(HashMap<&'static str, Vec<String>>),
 }
 
@@ -222,7 +278,7 @@ impl Source {
                 watcher::watcher(Api::all_with(client.clone(), dyntype), config).boxed()
             }
             Source::Given(objects) => {
-                let given = objects.remove(watch.kind.plural).unwrap_or_default();
+                let given = objects.remove(watch.given).unwrap_or_default();
                 let listed = given
                     .into_iter()
                     .filter_map(|text| serde_json::from_str(&text).ok())
@@ -335,6 +391,8 @@ pub struct SiteWatch {
     labelled: Vec<(Kind, Cache)>,
     /// The recovery points coldsite adopted (VolumeSnapshots it labels), by disk.
     points: PointCache,
+    /// VolSync's snapshots ([`VOLSYNC_MADE`]): a destination's newest image until adopted.
+    images: Cache,
     /// Every PVC of the site: a protected VM's own disks, whose shape each look reads, carry
     /// no label of coldsite's; the disks coldsite restored do.
     disks: Cache,
@@ -348,6 +406,14 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(60);
 
 /// The kinds whose coldsite-labelled objects a site's watch caches whole.
 const LABELLED: [Kind; 3] = [CONFIG_MAP, REPLICATION_SOURCE, REPLICATION_DESTINATION];
+
+/// VolSync's label on what it makes. It takes it off a snapshot marked do-not-delete (its
+/// `UnMarkForCleanupAndRemoveOwnership`), so the images cached are the few not yet adopted
+/// (and sources' snapshots while they sync): about one a disk at most.
+const VOLSYNC_MADE: &str = "app.kubernetes.io/created-by=volsync";
+
+/// The images' name in a [`Source::Given`].
+pub const IMAGES: &str = "volsync-images";
 
 /// Which of a cache's objects a reader takes.
 type Admit = fn(&CompactObject) -> bool;
@@ -364,6 +430,7 @@ impl SiteWatch {
         let labelled = |kind: Kind| Watch {
             site,
             kind,
+            given: kind.plural,
             selector: Some(objects::managed_selector()),
             changes: changes.clone(),
             announce: if kind.plural == REPLICATION_SOURCE.plural || kind.plural == REPLICATION_DESTINATION.plural {
@@ -376,23 +443,37 @@ impl SiteWatch {
         let vms = Watch {
             site,
             kind: VM,
+            given: VM.plural,
             selector: None,
             changes: changes.clone(),
             announce: Announce::Vms,
             trim: keep_all,
         };
         let source = &mut source;
+        let labelled_caches: Vec<_> = LABELLED
+            .iter()
+            .map(|&kind| (kind, Cache::start(labelled(kind), source)))
+            .collect();
+        let destinations = find(&labelled_caches, REPLICATION_DESTINATION).map(|c| c.store.clone());
+        let images = Watch {
+            site,
+            kind: VOLUME_SNAPSHOT,
+            given: IMAGES,
+            selector: Some(VOLSYNC_MADE.to_owned()),
+            changes: changes.clone(),
+            announce: destinations.map_or(Announce::Nothing, Announce::Images),
+            trim: keep_all,
+        };
         Arc::new(SiteWatch {
             vms: Cache::start(vms, source),
-            labelled: LABELLED
-                .iter()
-                .map(|&kind| (kind, Cache::start(labelled(kind), source)))
-                .collect(),
+            labelled: labelled_caches,
             points: PointCache::start(labelled(VOLUME_SNAPSHOT), source),
+            images: Cache::start(images, source),
             disks: Cache::start(
                 Watch {
                     site,
                     kind: PVC,
+                    given: PVC.plural,
                     selector: None,
                     changes: changes.clone(),
                     announce: Announce::Nothing,
@@ -410,6 +491,7 @@ impl SiteWatch {
         ready(&self.vms.ready)
             && ready(&self.disks.ready)
             && ready(&self.points.ready)
+            && ready(&self.images.ready)
             && self.labelled.iter().all(|(_, c)| ready(&c.ready))
     }
 
@@ -439,12 +521,13 @@ impl SiteWatch {
         self.vms.get(VM, namespace, name)
     }
 
-    /// Whether the changes of coldsite's ReplicationSources and ReplicationDestinations here
-    /// are announced: their watches have listed them.
+    /// Whether the changes of coldsite's ReplicationSources and ReplicationDestinations here,
+    /// and the cuts of their images, are announced: their watches have listed them.
     pub fn follows_replication(&self) -> bool {
-        [REPLICATION_SOURCE, REPLICATION_DESTINATION]
-            .into_iter()
-            .all(|kind| find(&self.labelled, kind).is_some_and(|c| c.ready.load(Ordering::Acquire)))
+        self.images.ready.load(Ordering::Acquire)
+            && [REPLICATION_SOURCE, REPLICATION_DESTINATION]
+                .into_iter()
+                .all(|kind| find(&self.labelled, kind).is_some_and(|c| c.ready.load(Ordering::Acquire)))
     }
 
     /// One object of a kind coldsite labels, as [`Self::vm`]; `None` as well for a kind not
@@ -466,6 +549,11 @@ impl SiteWatch {
     /// A disk's recovery points, oldest first; `None` until the watch has listed them.
     pub fn points(&self, namespace: &str, pvm: &str, disk: &str) -> Option<Vec<SnapshotPoint>> {
         self.points.disk(namespace, pvm, disk)
+    }
+
+    /// One of VolSync's snapshots not yet adopted, whole, as [`Self::vm`].
+    pub fn image(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
+        self.images.get(VOLUME_SNAPSHOT, namespace, name)
     }
 
     /// One PVC, labelled or not, as [`Self::vm`].
@@ -495,7 +583,80 @@ fn find(caches: &[(Kind, Cache)], kind: Kind) -> Option<&Cache> {
 mod tests {
     use serde_json::json;
 
-    use super::{CompactObject, is_managed, lean_disk, replication_state};
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    use super::{CompactObject, SiteChange, image_cut, image_state, is_managed, lean_disk, replication_state};
+    use crate::kubevirt::dynamic::REPLICATION_DESTINATION;
+    use crate::kubevirt::objects::PROTECTED_VM;
+
+    fn object(value: serde_json::Value) -> CompactObject {
+        serde_json::from_value(value).expect("an object")
+    }
+
+    #[test]
+    fn a_destinations_image_once_cut_or_failed_wakes_its_protected_vm_and_nothing_else_does() {
+        let mut writer = Writer::new(REPLICATION_DESTINATION);
+        let destination = |name: &str, pvm: Option<&str>| {
+            let labels = pvm.map(|p| json!({PROTECTED_VM: p, "app.kubernetes.io/managed-by": "coldsite"}));
+            object(json!({"metadata": {"name": name, "namespace": "apps", "labels": labels}}))
+        };
+        writer.apply_watcher_event(&Event::Apply(destination("coldsite-data", Some("db01"))));
+        writer.apply_watcher_event(&Event::Apply(destination("theirs", None)));
+        let destinations = writer.as_reader();
+        let image = |owner: (&str, &str), status: serde_json::Value| {
+            object(json!({"metadata": {"name": "img", "namespace": "apps",
+                                       "ownerReferences": [{"apiVersion": "volsync.backube/v1alpha1",
+                                                            "kind": owner.0, "name": owner.1, "uid": "u1"}]},
+                          "status": status}))
+        };
+        let ours = ("ReplicationDestination", "coldsite-data");
+        let wakes = |i: &CompactObject| image_cut("dr", i, &destinations);
+        let db01 = Some(SiteChange::Replication {
+            site: "dr".into(),
+            namespace: "apps".into(),
+            pvm: "db01".into(),
+        });
+        assert_eq!(wakes(&image(ours, json!({"readyToUse": true}))), db01);
+        assert_eq!(
+            wakes(&image(
+                ours,
+                json!({"readyToUse": false, "error": {"message": "quota"}})
+            )),
+            db01
+        );
+        // Still being cut; a source's snapshot; another tool's destination's; one whose
+        // destination this site does not show.
+        assert_eq!(wakes(&image(ours, json!({"readyToUse": false}))), None);
+        assert_eq!(
+            wakes(&image(
+                ("ReplicationSource", "coldsite-data"),
+                json!({"readyToUse": true})
+            )),
+            None
+        );
+        assert_eq!(
+            wakes(&image(
+                ("ReplicationDestination", "theirs"),
+                json!({"readyToUse": true})
+            )),
+            None
+        );
+        assert_eq!(
+            wakes(&image(("ReplicationDestination", "gone"), json!({"readyToUse": true}))),
+            None
+        );
+
+        // Only readiness and failure count as changes, not VolSync's relabelling.
+        let cut = image(ours, json!({"readyToUse": true}));
+        let mut relabelled = cut.to_value().expect("JSON");
+        relabelled["metadata"]["labels"] = json!({"volsync.backube/do-not-delete": "true"});
+        assert_eq!(image_state(&cut), image_state(&object(relabelled)));
+        assert_ne!(
+            image_state(&cut),
+            image_state(&image(ours, json!({"readyToUse": false})))
+        );
+    }
 
     #[test]
     fn a_cached_pvc_keeps_what_coldsite_reads_of_its_metadata() {

@@ -212,6 +212,15 @@ impl SiteApi {
         self.watch.as_ref()?.labelled(kind, namespace, name)
     }
 
+    /// One of VolSync's snapshots not yet adopted, from the site's watch once it has listed
+    /// them, else read now: one the watch does not show (just made, or just adopted) is read.
+    pub async fn get_image(&self, namespace: &str, name: &str) -> Result<Option<Value>, FabricError> {
+        match self.watch.as_ref().and_then(|w| w.image(namespace, name)) {
+            Some(Some(image)) => Ok(Some(image)),
+            _ => self.get(VOLUME_SNAPSHOT, Some(namespace), name).await,
+        }
+    }
+
     /// A disk's recovery points, oldest first, from the site's watch; `None` until it has
     /// listed them (or without a watch).
     pub fn watched_points(&self, namespace: &str, pvm: &str, disk: &str) -> Option<Vec<SnapshotPoint>> {

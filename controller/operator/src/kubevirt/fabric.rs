@@ -150,7 +150,9 @@ impl KubeVirtFabric {
         if points.is_some_and(|p| p.iter().any(|p| &*p.name == image)) {
             return Ok(Adoption::Point(synced, None));
         }
-        let Some(snapshot) = site.get(VOLUME_SNAPSHOT, Some(&vm.vm_namespace), image).await? else {
+        // While the storage cuts it, and once it is ready, the image is read from the site's
+        // watch: its readiness there is the site's, a moment behind, and announced.
+        let Some(snapshot) = site.get_image(&vm.vm_namespace, image).await? else {
             return Ok(Adoption::Nothing);
         };
         if snapshot.pointer("/status/error").is_some_and(|e| !e.is_null()) {
@@ -1526,6 +1528,11 @@ mod tests {
 
     /// The site's watch, listed: the disk's two earlier points.
     async fn watch_of_earlier_points() -> Arc<crate::site_watch::SiteWatch> {
+        watch_of_earlier_points_and(Vec::new()).await
+    }
+
+    /// [`watch_of_earlier_points`], with VolSync's `images` not yet adopted.
+    async fn watch_of_earlier_points_and(images: Vec<Value>) -> Arc<crate::site_watch::SiteWatch> {
         let point = |name: &str, at: &str| {
             json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
                    "metadata": {"name": name, "namespace": "apps",
@@ -1533,10 +1540,13 @@ mod tests {
                                 "annotations": {POINT: at}}})
             .to_string()
         };
-        let given = HashMap::from([(
-            VOLUME_SNAPSHOT.plural,
-            vec![point("p1", "2026-12-05T06:00:00Z"), point("p2", "2026-12-05T06:15:00Z")],
-        )]);
+        let given = HashMap::from([
+            (
+                VOLUME_SNAPSHOT.plural,
+                vec![point("p1", "2026-12-05T06:00:00Z"), point("p2", "2026-12-05T06:15:00Z")],
+            ),
+            (crate::site_watch::IMAGES, images.iter().map(Value::to_string).collect()),
+        ]);
         let (changes, _) = tokio::sync::broadcast::channel(1);
         let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
         while !watch.listed() {
@@ -1545,12 +1555,18 @@ mod tests {
         watch
     }
 
-    #[tokio::test]
-    async fn a_look_that_adopts_a_point_reads_its_snapshot_once_though_the_watch_does_not_show_it_yet() {
+    /// The disk's destination, which synced at 06:30 into the image `img`.
+    fn destination_synced_into_img() -> (&'static str, Value) {
         let synced = "2026-12-05T06:30:00Z";
         let rd = json!({"metadata": {"name": "data"},
                         "spec": {"rsyncTLS": {"capacity": "10Gi", "accessModes": ["ReadWriteOnce"]}},
                         "status": {"lastSyncTime": synced, "latestImage": {"name": "img"}}});
+        (synced, rd)
+    }
+
+    #[tokio::test]
+    async fn a_look_that_adopts_a_point_reads_its_snapshot_once_though_the_watch_does_not_show_it_yet() {
+        let (synced, rd) = destination_synced_into_img();
         let image = json!({"metadata": {"name": "img", "namespace": "apps"}, "status": {"readyToUse": true}});
         let (site, log) = site_holding(image, watch_of_earlier_points().await);
         let (fabric, vm) = (fabric(), vm());
@@ -1595,6 +1611,42 @@ mod tests {
             .unwrap();
         assert_eq!(times(&kept), expected);
         assert_eq!(*log.lock().unwrap(), [format!("GET {path}")]);
+    }
+
+    #[tokio::test]
+    async fn a_look_reads_the_image_being_cut_from_the_watch_and_only_labels_it_once_ready() {
+        let (synced, rd) = destination_synced_into_img();
+        let image = |ready: bool| {
+            json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                   "metadata": {"name": "img", "namespace": "apps",
+                                "labels": {"app.kubernetes.io/created-by": "volsync"}},
+                   "status": {"readyToUse": ready}})
+        };
+        let (fabric, vm) = (fabric(), vm());
+        let time = parse_time(synced).unwrap();
+        // Being cut, as the watch shows it: no request.
+        let (site, log) = site_holding(image(false), watch_of_earlier_points_and(vec![image(false)]).await);
+        let adopted = fabric.adopt_from(&site, &vm, "data", &rd, false, None).await.unwrap();
+        assert_eq!(adopted, Adoption::Pending(time));
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+        // Cut: labelled, its one request, and the points read from the answer.
+        let (site, log) = site_holding(image(true), watch_of_earlier_points_and(vec![image(true)]).await);
+        let adopted = fabric.adopt_from(&site, &vm, "data", &rd, false, None).await.unwrap();
+        let Adoption::Point(at, Some(point)) = &adopted else {
+            panic!("not adopted: {adopted:?}")
+        };
+        assert_eq!((*at, &*point.name, point.point.time), (time, "img", time));
+        let newest = Newest::Adopting(adopted.clone());
+        let now = parse_time("2026-12-05T06:31:00Z").unwrap();
+        let kept = fabric
+            .prune(&site, &vm, "data", Latest::of(&newest, &rd), now)
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), 3);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["PATCH /apis/snapshot.storage.k8s.io/v1/namespaces/apps/volumesnapshots/img"]
+        );
     }
 
     #[test]

@@ -46,10 +46,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// all the API servers had.
 const WAITING_LOOK: Duration = Duration::from_secs(120);
 
-/// How soon a VM looks again while the storage cuts its newest point, at first and at most:
-/// no watch announces when the snapshot is ready to use, and a point not seen is a VM not
-/// reported protected. In between, a quarter of the wait so far, so that storage slow to
-/// cut thousands of snapshots is not asked thousands of times more.
+/// How soon a VM looks again while the storage cuts its newest point, at first and at most,
+/// when the sites' watches do not announce the cut: a point not seen is a VM not reported
+/// protected. In between, a quarter of the wait so far, so that storage slow to cut
+/// thousands of snapshots is not asked thousands of times more. Announced, the most.
 const CUT_LOOK: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
 /// How often a VM whose copy could not be fenced looks again: the other site may be back.
 const FENCE_RETRY: Duration = Duration::from_secs(5);
@@ -249,8 +249,8 @@ async fn write_status(
 /// When to look again if nothing changes. A VM at rest that replicates with a point is looked
 /// at by its RPO ([`rpo::next_look`]): changes to it and to its copies at the sites trigger a
 /// reconcile on their own. One at rest that waits for its first point, every [`WAITING_LOOK`]
-/// while the sites' watches announce its sync's progress (`watched`); soon while its newest
-/// point is being cut, which no watch announces. Anything else, every [`CHECK_EVERY`].
+/// while the sites' watches announce its sync's progress (`watched`); while its newest point
+/// is being cut, by [`CUT_LOOK`]. Anything else, every [`CHECK_EVERY`].
 fn next_look(
     at_rest: bool,
     watched: bool,
@@ -265,7 +265,14 @@ fn next_look(
                 point_cut_since: Some(synced),
                 ..
             }),
-        ) => ((now - *synced).to_std().unwrap_or_default() / 4).clamp(CUT_LOOK.0, CUT_LOOK.1),
+        ) if !watched => ((now - *synced).to_std().unwrap_or_default() / 4).clamp(CUT_LOOK.0, CUT_LOOK.1),
+        (
+            true,
+            Some(ReplicationState {
+                point_cut_since: Some(_),
+                ..
+            }),
+        ) => CUT_LOOK.1,
         (
             true,
             Some(ReplicationState {
@@ -336,20 +343,19 @@ mod tests {
             assert_eq!(next_look(true, false, Some(r), day, now), CHECK_EVERY);
         }
         assert_eq!(next_look(false, true, Some(&waiting), day, now), CHECK_EVERY);
-        // The storage cuts its newest point, first or not: soon, watched or not, and less
-        // often the longer the cut takes.
+        // The storage cuts its newest point, first or not: unwatched, soon, and less often the
+        // longer the cut takes; watched, the cut is announced, and the look is a fallback.
         for r in [replicating(None), with_point] {
             for (waited, look) in [(0, 5.0), (30, 7.5), (100, 25.0), (600, 60.0)] {
                 let cutting = ReplicationState {
                     point_cut_since: Some(now - chrono::TimeDelta::seconds(waited)),
                     ..r.clone()
                 };
-                for watched in [true, false] {
-                    assert_eq!(
-                        next_look(true, watched, Some(&cutting), day, now),
-                        Duration::from_secs_f64(look)
-                    );
-                }
+                assert_eq!(
+                    next_look(true, false, Some(&cutting), day, now),
+                    Duration::from_secs_f64(look)
+                );
+                assert_eq!(next_look(true, true, Some(&cutting), day, now), CUT_LOOK.1);
             }
         }
     }
