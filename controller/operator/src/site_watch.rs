@@ -39,8 +39,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{PredicateConfig, WatchStreamExt, reflector::store::Writer};
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -158,13 +158,41 @@ impl Announce {
     }
 }
 
-/// What of an image a reconcile acts on: whether the storage has cut it, or failed to.
-fn image_state<K: Serialize>(object: &K) -> Option<u64> {
-    let value = serde_json::to_value(object).ok()?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for field in ["/status/readyToUse", "/status/error"] {
-        value.pointer(field).map(Value::to_string).hash(&mut hasher);
+/// What coldsite reads of one of VolSync's images: whether the storage has cut it, or failed to.
+#[derive(Debug, Default, Hash, PartialEq, Eq)]
+struct ImageCut {
+    ready: bool,
+    failed: bool,
+}
+
+impl ImageCut {
+    fn of(image: &CompactObject) -> Self {
+        #[derive(Deserialize)]
+        struct Image {
+            status: Option<Status>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Status {
+            ready_to_use: Option<bool>,
+            error: Option<serde::de::IgnoredAny>,
+        }
+        let status = image
+            .to_value()
+            .ok()
+            .and_then(|v| serde_json::from_value::<Image>(v).ok())
+            .and_then(|i| i.status);
+        status.map_or_else(Self::default, |s| Self {
+            ready: s.ready_to_use == Some(true),
+            failed: s.error.is_some(),
+        })
     }
+}
+
+/// The hash of what of an image a reconcile acts on ([`ImageCut`]).
+fn image_state(image: &CompactObject) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ImageCut::of(image).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -172,10 +200,8 @@ fn image_state<K: Serialize>(object: &K) -> Option<u64> {
 /// ProtectedVM of the coldsite destination that owns it. Other images (not cut yet, a
 /// source's, another tool's) bring none.
 fn image_cut(site: &str, image: &CompactObject, destinations: &Store<CompactObject>) -> Option<SiteChange> {
-    let value = image.to_value().ok()?;
-    let ready = value.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true);
-    let failed = value.pointer("/status/error").is_some_and(|e| !e.is_null());
-    if !(ready || failed) {
+    let cut = ImageCut::of(image);
+    if !(cut.ready || cut.failed) {
         return None;
     }
     let namespace = image.namespace()?;
@@ -241,10 +267,12 @@ struct Watch<'a> {
 /// Keeps the whole metadata (but managedFields, dropped for every kind).
 fn keep_all(_: &mut CompactObject) {}
 
-/// Keeps of a PVC's metadata what coldsite reads (its name, labels, its own annotations,
-/// deletion), not what the storage and other tools add: every PVC of a site is cached.
+/// Keeps of a PVC's metadata what coldsite reads (its name, labels, its own annotations and
+/// the snapshot VolSync names on it, deletion), not what the storage and other tools add:
+/// every PVC of a site is cached.
 fn lean_disk(disk: &mut CompactObject) {
-    disk.annotations.retain(|key| key.starts_with("coldsite.io/"));
+    disk.annotations
+        .retain(|key| key.starts_with("coldsite.io/") || key == objects::VOLSYNC_SNAPSHOT_NAME);
     disk.metadata.owner_references = None;
     disk.metadata.finalizers = None;
 }
@@ -665,6 +693,7 @@ mod tests {
                 "name": "data", "namespace": "apps", "deletionTimestamp": "2026-12-04T19:00:00Z",
                 "labels": {"coldsite.io/run-uid": "r1", "app": "db"},
                 "annotations": {"coldsite.io/recovery-point": "2026-12-04T18:00:00Z",
+                                "volsync.backube/snapname": "data-20261204180000",
                                 "pv.kubernetes.io/bind-completed": "yes"},
                 "finalizers": ["kubernetes.io/pvc-protection"],
                 "ownerReferences": [{"apiVersion": "volsync.backube/v1alpha1", "kind": "ReplicationDestination",
@@ -681,7 +710,8 @@ mod tests {
         );
         assert_eq!(
             kept["metadata"]["annotations"],
-            json!({"coldsite.io/recovery-point": "2026-12-04T18:00:00Z"})
+            json!({"coldsite.io/recovery-point": "2026-12-04T18:00:00Z",
+                   "volsync.backube/snapname": "data-20261204180000"})
         );
         assert_eq!(kept["metadata"]["deletionTimestamp"], "2026-12-04T19:00:00Z");
         assert!(kept["metadata"].get("finalizers").is_none() && kept["metadata"].get("ownerReferences").is_none());

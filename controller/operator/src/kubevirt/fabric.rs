@@ -982,16 +982,17 @@ async fn blockers(
     Ok(out)
 }
 
-/// The VolumeSnapshot a VolSync object's mover cuts, read by the name VolSync gives it (no
-/// LIST of the namespace): a source's of its disk before the copy, a destination's of what it
-/// received, named on its PVC.
+/// The VolumeSnapshot a VolSync object's mover cuts, by the name VolSync gives it (no LIST of
+/// the namespace): a source's of its disk before the copy, a destination's of what it
+/// received, named on its PVC. Both from the site's watches once listed: a slow site's
+/// overdue syncs are looked at again and again.
 async fn mover_snapshot(site: &SiteApi, kind: Kind, owner: &Value) -> Result<Option<Value>, FabricError> {
-    let ns = str_at(owner, "/metadata/namespace");
+    let ns = str_at(owner, "/metadata/namespace").unwrap_or_default();
     let name = str_at(owner, "/metadata/name").unwrap_or_default();
     let snapshot = if kind.plural == REPLICATION_SOURCE.plural {
         objects::volsync_source_snapshot(name)
     } else {
-        let pvc = site.get(PVC, ns, &objects::volsync_destination_pvc(owner)).await?;
+        let pvc = site.get_pvc(ns, &objects::volsync_destination_pvc(owner)).await?;
         let annotation = format!(
             "/metadata/annotations/{}",
             objects::VOLSYNC_SNAPSHOT_NAME.replace('/', "~1")
@@ -1001,7 +1002,7 @@ async fn mover_snapshot(site: &SiteApi, kind: Kind, owner: &Value) -> Result<Opt
             None => return Ok(None),
         }
     };
-    site.get(VOLUME_SNAPSHOT, ns, &snapshot).await
+    site.get_image(ns, &snapshot).await
 }
 
 /// Why a destination has no address yet, when its Service is the reason: a LoadBalancer
@@ -1647,6 +1648,34 @@ mod tests {
             *log.lock().unwrap(),
             ["PATCH /apis/snapshot.storage.k8s.io/v1/namespaces/apps/volumesnapshots/img"]
         );
+    }
+
+    #[tokio::test]
+    async fn an_overdue_destinations_failed_image_is_reported_from_the_watches_with_no_request() {
+        let rd = json!({"metadata": {"name": "coldsite-data", "namespace": "apps", "uid": "rd1"}});
+        let disk = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                          "metadata": {"name": "volsync-coldsite-data-dst", "namespace": "apps",
+                                       "annotations": {objects::VOLSYNC_SNAPSHOT_NAME: "img"}}});
+        let image = json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                           "metadata": {"name": "img", "namespace": "apps",
+                                        "labels": {"app.kubernetes.io/created-by": "volsync"},
+                                        "ownerReferences": [{"apiVersion": "volsync.backube/v1alpha1",
+                                                             "kind": "ReplicationDestination",
+                                                             "name": "coldsite-data", "uid": "rd1"}]},
+                           "status": {"readyToUse": false, "error": {"message": "no space left"}}});
+        let given = HashMap::from([
+            (PVC.plural, vec![disk.to_string()]),
+            (crate::site_watch::IMAGES, vec![image.to_string()]),
+        ]);
+        let (changes, _) = tokio::sync::broadcast::channel(1);
+        let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
+        while !watch.listed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (site, log) = site_holding(Value::Null, watch);
+        let found = blockers(&site, "dr", REPLICATION_DESTINATION, &rd, true).await.unwrap();
+        assert_eq!(found, ["VolumeSnapshot apps/img at dr: no space left"]);
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
     }
 
     #[test]
