@@ -265,14 +265,10 @@ fn next_look(
                 point_cut_since: Some(synced),
                 ..
             }),
-        ) if !watched => ((now - *synced).to_std().unwrap_or_default() / 4).clamp(CUT_LOOK.0, CUT_LOOK.1),
-        (
-            true,
-            Some(ReplicationState {
-                point_cut_since: Some(_),
-                ..
-            }),
-        ) => CUT_LOOK.1,
+        ) => match watched {
+            true => CUT_LOOK.1,
+            false => ((now - *synced).to_std().unwrap_or_default() / 4).clamp(CUT_LOOK.0, CUT_LOOK.1),
+        },
         (
             true,
             Some(ReplicationState {
