@@ -57,14 +57,12 @@ pub enum Error {
     Fabric(String),
     #[error("{0}")]
     Internal(String),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
 }
 
 impl Error {
     pub fn category(&self) -> Category {
         match self {
-            Error::Kube { .. } | Error::Finalizer(_) => Category::Kubernetes,
+            Error::Kube { .. } => Category::Kubernetes,
             Error::Site { .. } => Category::SiteUnreachable,
             Error::InvalidSpec(_) => Category::InvalidSpec,
             Error::Reference(_) => Category::Reference,
