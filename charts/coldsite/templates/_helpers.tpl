@@ -133,11 +133,13 @@ after a test failover lists by label across all namespaces, so these are cluster
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "create", "delete"]
-# Services: read the Service VolSync makes for a replication destination, to explain a
-# destination that has no address yet (a LoadBalancer Service without a load balancer).
+# Services: the Services VolSync makes (its label app.kubernetes.io/created-by=volsync) are
+# watched, to explain a replication destination that has no address yet (a LoadBalancer
+# Service without a load balancer) without a read per look; read directly while the watch
+# has not listed them.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 # Pods: never created. A script Job's pod is put through the site's admission as a dry run
 # (dryRun=All) first, so that Pod Security's refusal reaches the run. Jobs already let
 # coldsite start pods, so this grants no more than they do.

@@ -8,7 +8,9 @@
 //! (`point_cache`).
 //!
 //! VolSync's own snapshots (`images`, its label) are cached whole until coldsite adopts them:
-//! a newest image is read from there while the storage cuts it, and once it is ready.
+//! a newest image is read from there while the storage cuts it, and once it is ready. So are
+//! the Services VolSync makes (`services`, its label), read for why a destination has no
+//! address: while a slow site works through its destinations, every waiting VM's look asks.
 //!
 //! The VM watch also announces each change (and each full list, as when a site that was down
 //! answers again), so ProtectedVMs are reconciled when their copies change instead of being
@@ -45,7 +47,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::kubevirt::dynamic::{
-    CONFIG_MAP, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, VM, VOLUME_SNAPSHOT,
+    CONFIG_MAP, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SERVICE, VM, VOLUME_SNAPSHOT,
 };
 use crate::kubevirt::objects;
 use crate::kubevirt::points::SnapshotPoint;
@@ -277,6 +279,14 @@ fn lean_disk(disk: &mut CompactObject) {
     disk.metadata.finalizers = None;
 }
 
+/// Keeps of a Service's metadata its name and labels: what coldsite reads of it is its type
+/// and load-balancer address, not its annotations (a cloud's load-balancer settings).
+fn lean_service(service: &mut CompactObject) {
+    service.annotations.retain(|_| false);
+    service.metadata.owner_references = None;
+    service.metadata.finalizers = None;
+}
+
 /// Where a site's caches hear of their objects.
 pub enum Source {
     /// The site's API server: a watch of each kind.
@@ -421,6 +431,8 @@ pub struct SiteWatch {
     points: PointCache,
     /// VolSync's snapshots ([`VOLSYNC_MADE`]): a destination's newest image until adopted.
     images: Cache,
+    /// The Services VolSync made ([`VOLSYNC_MADE`]): a destination's, for why it has no address.
+    services: Cache,
     /// Every PVC of the site: a protected VM's own disks, whose shape each look reads, carry
     /// no label of coldsite's; the disks coldsite restored do.
     disks: Cache,
@@ -492,11 +504,21 @@ impl SiteWatch {
             announce: destinations.map_or(Announce::Nothing, Announce::Images),
             trim: keep_all,
         };
+        let services = Watch {
+            site,
+            kind: SERVICE,
+            given: SERVICE.plural,
+            selector: Some(VOLSYNC_MADE.to_owned()),
+            changes: changes.clone(),
+            announce: Announce::Nothing,
+            trim: lean_service,
+        };
         Arc::new(SiteWatch {
             vms: Cache::start(vms, source),
             labelled: labelled_caches,
             points: PointCache::start(labelled(VOLUME_SNAPSHOT), source),
             images: Cache::start(images, source),
+            services: Cache::start(services, source),
             disks: Cache::start(
                 Watch {
                     site,
@@ -520,6 +542,7 @@ impl SiteWatch {
             && ready(&self.disks.ready)
             && ready(&self.points.ready)
             && ready(&self.images.ready)
+            && ready(&self.services.ready)
             && self.labelled.iter().all(|(_, c)| ready(&c.ready))
     }
 
@@ -584,6 +607,11 @@ impl SiteWatch {
         self.images.get(VOLUME_SNAPSHOT, namespace, name)
     }
 
+    /// One of the Services VolSync made, as [`Self::vm`].
+    pub fn volsync_service(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
+        self.services.get(SERVICE, namespace, name)
+    }
+
     /// One PVC, labelled or not, as [`Self::vm`].
     pub fn disk(&self, namespace: &str, name: &str) -> Option<Option<Value>> {
         self.disks.get(PVC, namespace, name)
@@ -614,7 +642,9 @@ mod tests {
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
 
-    use super::{CompactObject, SiteChange, image_cut, image_state, is_managed, lean_disk, replication_state};
+    use super::{
+        CompactObject, SiteChange, image_cut, image_state, is_managed, lean_disk, lean_service, replication_state,
+    };
     use crate::kubevirt::dynamic::REPLICATION_DESTINATION;
     use crate::kubevirt::objects::PROTECTED_VM;
 
@@ -716,6 +746,28 @@ mod tests {
         assert_eq!(kept["metadata"]["deletionTimestamp"], "2026-12-04T19:00:00Z");
         assert!(kept["metadata"].get("finalizers").is_none() && kept["metadata"].get("ownerReferences").is_none());
         assert_eq!(kept["spec"]["resources"]["requests"]["storage"], "10Gi");
+    }
+
+    #[test]
+    fn a_cached_service_keeps_its_name_type_and_address_not_its_annotations() {
+        let mut service: CompactObject = serde_json::from_value(json!({
+            "metadata": {
+                "name": "volsync-rsync-tls-dst-coldsite-data", "namespace": "apps",
+                "labels": {"app.kubernetes.io/created-by": "volsync"},
+                "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+                "ownerReferences": [{"apiVersion": "volsync.backube/v1alpha1", "kind": "ReplicationDestination",
+                                     "name": "coldsite-data", "uid": "u1"}],
+            },
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}},
+        }))
+        .expect("a Service");
+        lean_service(&mut service);
+        let kept = service.to_value().expect("a Service's JSON");
+        assert_eq!(kept["metadata"]["name"], "volsync-rsync-tls-dst-coldsite-data");
+        assert!(kept["metadata"].get("annotations").is_none() && kept["metadata"].get("ownerReferences").is_none());
+        assert_eq!(kept["spec"]["type"], "LoadBalancer");
+        assert_eq!(kept["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.10");
     }
 
     #[test]

@@ -221,6 +221,16 @@ impl SiteApi {
         }
     }
 
+    /// A Service VolSync made, from the site's watch once it has listed them, else read now.
+    /// One the watch does not show yet reads as absent: it only explains a wait, and the
+    /// next look explains it again.
+    pub async fn get_volsync_service(&self, namespace: &str, name: &str) -> Result<Option<Value>, FabricError> {
+        match self.watch.as_ref().and_then(|w| w.volsync_service(namespace, name)) {
+            Some(cached) => Ok(cached),
+            None => self.get(SERVICE, Some(namespace), name).await,
+        }
+    }
+
     /// A disk's recovery points, oldest first, from the site's watch; `None` until it has
     /// listed them (or without a watch).
     pub fn watched_points(&self, namespace: &str, pvm: &str, disk: &str) -> Option<Vec<SnapshotPoint>> {

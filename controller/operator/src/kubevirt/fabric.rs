@@ -15,8 +15,8 @@ use coldsite_engine::{names, rpo};
 use serde_json::{Value, json};
 
 use super::dynamic::{
-    CONFIG_MAP, JOB, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SERVICE, SiteApi, VM, VMI,
-    VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, parse_time, str_at, time_at,
+    CONFIG_MAP, JOB, Kind, PVC, REPLICATION_DESTINATION, REPLICATION_SOURCE, SiteApi, VM, VMI, VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT, parse_time, str_at, time_at,
 };
 use super::objects::{self, APP_CONSISTENT, DISK, DO_NOT_DELETE, DiskShape, POINT, PROTECTED_VM, RUN_UID};
 use super::points::{self, DiskPoint, SnapshotPoint};
@@ -1010,7 +1010,7 @@ async fn mover_snapshot(site: &SiteApi, kind: Kind, owner: &Value) -> Result<Opt
 async fn address_blocker(site: &SiteApi, target: &SiteModel, rd: &Value) -> Result<Option<String>, FabricError> {
     let ns = str_at(rd, "/metadata/namespace").unwrap_or_default();
     let name = objects::volsync_destination_mover(str_at(rd, "/metadata/name").unwrap_or_default());
-    let Some(service) = site.get(SERVICE, Some(ns), &name).await? else {
+    let Some(service) = site.get_volsync_service(ns, &name).await? else {
         return Ok(None);
     };
     let has_ingress = service
@@ -1675,6 +1675,50 @@ mod tests {
         let (site, log) = site_holding(Value::Null, watch);
         let found = blockers(&site, "dr", REPLICATION_DESTINATION, &rd, true).await.unwrap();
         assert_eq!(found, ["VolumeSnapshot apps/img at dr: no space left"]);
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_destination_without_an_address_is_explained_from_the_watched_services_with_no_request() {
+        let rd = |name: &str| json!({"metadata": {"name": name, "namespace": "apps"}});
+        let service = |name: &str, ingress: Value| {
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": name, "namespace": "apps",
+                                "labels": {"app.kubernetes.io/created-by": "volsync"},
+                                "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}},
+                   "spec": {"type": "LoadBalancer"},
+                   "status": {"loadBalancer": ingress}})
+        };
+        let given = HashMap::from([(
+            crate::kubevirt::dynamic::SERVICE.plural,
+            vec![
+                service(&objects::volsync_destination_mover("coldsite-a"), json!({})).to_string(),
+                service(
+                    &objects::volsync_destination_mover("coldsite-b"),
+                    json!({"ingress": [{"ip": "192.0.2.10"}]}),
+                )
+                .to_string(),
+            ],
+        )]);
+        let (changes, _) = tokio::sync::broadcast::channel(1);
+        let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
+        while !watch.listed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (site, log) = site_holding(Value::Null, watch);
+        let target = SiteModel {
+            name: "dr".into(),
+            ..SiteModel::default()
+        };
+        let unserved = address_blocker(&site, &target, &rd("coldsite-a")).await.unwrap();
+        assert!(
+            unserved.is_some_and(|why| why.contains("has no load-balancer address yet")),
+            "a LoadBalancer Service no load balancer serves is the reason"
+        );
+        let served = address_blocker(&site, &target, &rd("coldsite-b")).await.unwrap();
+        assert_eq!(served, None, "its address is on its way: VolSync publishes it");
+        let unmade = address_blocker(&site, &target, &rd("coldsite-c")).await.unwrap();
+        assert_eq!(unmade, None, "VolSync has not made its Service yet: nothing to explain");
         assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
     }
 
