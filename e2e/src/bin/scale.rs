@@ -58,6 +58,12 @@ struct Args {
     /// How long each VM's recovery points are kept (spec.replication.retention).
     #[arg(long, default_value = "48h")]
     retention: String,
+    /// The sites share a network (as with Submariner): replication destinations are ClusterIP
+    /// Services (the Sites' spec.replication.serviceType), which take no node port. By
+    /// default they are LoadBalancer Services, each of which takes one, and a site's default
+    /// node-port range (30000-32767) holds 2,768: more VMs than that need this.
+    #[arg(long)]
+    shared_network: bool,
     /// Skip the test failover.
     #[arg(long)]
     no_failover: bool,
@@ -75,6 +81,9 @@ struct Args {
     #[arg(long)]
     keep: bool,
 }
+
+/// The node ports of a site's default range (30000-32767), one per LoadBalancer Service.
+const NODE_PORTS: usize = 2768;
 
 /// A window of the bench, for the audit logs and the CPU readings.
 struct Window {
@@ -184,7 +193,15 @@ impl Bench {
             Cluster::start("scale-dr", dir.path()),
         )?;
         tokio::try_join!(hq.cp.ensure_site(), dr.cp.ensure_site())?;
-        scale::install_coldsite_objects(&mgmt, &hq, &dr).await?;
+        scale::install_coldsite_objects(&mgmt, &hq, &dr, args.shared_network).await?;
+        if !args.shared_network && args.vms > NODE_PORTS {
+            say(
+                start,
+                format!(
+                    "warning: DR's {NODE_PORTS} node ports hold that many LoadBalancer destinations, no more (see --shared-network)"
+                ),
+            );
+        }
         say(start, format!("creating {} VMs at HQ", args.vms));
         scale::create_vms(&hq.admin, args.vms, 16).await?;
         scale::plan(&mgmt.admin, args.vms, args.groups).await?;
@@ -198,6 +215,7 @@ impl Bench {
                 &coldsite_engine::names::test_namespace(NS),
             ])
             .args(["--boot-delay-ms", &(args.boot_secs * 1000).to_string()])
+            .args(args.shared_network.then_some("--shared-network"))
             // A pass over thousands of VMs takes longer than the default 20 s.
             .args(["--pass-timeout-secs", &(20 + args.vms / 10).to_string()])
             .env("RUST_LOG", "warn")

@@ -85,16 +85,19 @@ pub fn vm_name(i: usize) -> String {
     format!("vm{i:05}")
 }
 
-/// Sites, the network mapping and the kubeconfig Secrets on the management cluster.
-pub async fn install_coldsite_objects(mgmt: &Cluster, hq: &Cluster, dr: &Cluster) -> Result<()> {
+/// Sites, the network mapping and the kubeconfig Secrets on the management cluster. Sites on
+/// a `shared_network` expose replication destinations as ClusterIP Services.
+pub async fn install_coldsite_objects(mgmt: &Cluster, hq: &Cluster, dr: &Cluster, shared_network: bool) -> Result<()> {
     install_crds(&mgmt.cp).await?;
+    let service_type = if shared_network { "ClusterIP" } else { "LoadBalancer" };
     for (site, c) in [("hq", hq), ("dr", dr)] {
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{site}-kubeconfig")},
                             "stringData": {"kubeconfig": c.coldsite_kubeconfig}});
         apply(&mgmt.admin, &secret, "coldsite-system").await??;
         let s = json!({"apiVersion": "coldsite.io/v1alpha1", "kind": "Site", "metadata": {"name": site},
             "spec": {"cluster": {"kubeconfigSecretRef": {"namespace": "coldsite-system",
-                                 "name": format!("{site}-kubeconfig"), "key": "kubeconfig"}}}});
+                                 "name": format!("{site}-kubeconfig"), "key": "kubeconfig"}},
+                     "replication": {"serviceType": service_type}}});
         apply(&mgmt.admin, &s, NS).await??;
     }
     let mapping = json!({"apiVersion": "coldsite.io/v1alpha1", "kind": "NetworkMapping",
