@@ -933,6 +933,22 @@ fn holds_up(condition: &Value) -> bool {
     reason.contains("Error") || (str_at(condition, "/status") == Some("False") && !VOLSYNC_WAITS.contains(&reason))
 }
 
+/// What the API server says when a LoadBalancer Service finds no free node port.
+const NODE_PORTS_FULL: &str = "failed to allocate a nodePort";
+
+/// The fix for a VolSync error whose cause is the site's, not VolSync's: each destination's
+/// LoadBalancer Service takes a node port, and a cluster's default range holds 2,768.
+fn fix_for(message: &str, site: &str) -> String {
+    if !message.contains(NODE_PORTS_FULL) {
+        return String::new();
+    }
+    format!(
+        " (each replication destination's LoadBalancer Service takes a node port, and {site} has none left: \
+         set spec.replication.serviceType: ClusterIP on Site {site} if the sites share a network, or widen \
+         its API server's --service-node-port-range)"
+    )
+}
+
 /// Why a VolSync object has not synced yet, in what VolSync and the snapshot controller
 /// report: its conditions that [hold it up](holds_up), and, when `snapshot_overdue`,
 /// the errors of the VolumeSnapshot its mover cuts. Read only while a disk has never synced.
@@ -952,13 +968,14 @@ async fn blockers(
         .flatten()
         .filter(|c| holds_up(c))
         .map(|c| {
+            let message = str_at(c, "/message").unwrap_or("");
             format!(
-                "{} {ns}/{name} at {site_name}: {} {} ({}): {}",
+                "{} {ns}/{name} at {site_name}: {} {} ({}): {message}{}",
                 kind.kind,
                 str_at(c, "/type").unwrap_or("?"),
                 str_at(c, "/status").unwrap_or("?"),
                 str_at(c, "/reason").unwrap_or(""),
-                str_at(c, "/message").unwrap_or("")
+                fix_for(message, site_name)
             )
         })
         .collect();
@@ -1472,6 +1489,16 @@ mod tests {
         (site, log)
     }
 
+    /// DR's watches, holding the objects `given` by kind, once they have listed them.
+    async fn listed_watch(given: HashMap<&'static str, Vec<String>>) -> Arc<crate::site_watch::SiteWatch> {
+        let (changes, _) = tokio::sync::broadcast::channel(1);
+        let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
+        while !watch.listed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        watch
+    }
+
     /// A JSON merge patch (RFC 7386), as the API server applies it.
     fn merge_into(target: &mut Value, patch: &Value) {
         match (target, patch) {
@@ -1548,12 +1575,7 @@ mod tests {
             ),
             (crate::site_watch::IMAGES, images.iter().map(Value::to_string).collect()),
         ]);
-        let (changes, _) = tokio::sync::broadcast::channel(1);
-        let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
-        while !watch.listed() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        watch
+        listed_watch(given).await
     }
 
     /// The disk's destination, which synced at 06:30 into the image `img`.
@@ -1667,14 +1689,39 @@ mod tests {
             (PVC.plural, vec![disk.to_string()]),
             (crate::site_watch::IMAGES, vec![image.to_string()]),
         ]);
-        let (changes, _) = tokio::sync::broadcast::channel(1);
-        let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
-        while !watch.listed() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let (site, log) = site_holding(Value::Null, watch);
+        let (site, log) = site_holding(Value::Null, listed_watch(given).await);
         let found = blockers(&site, "dr", REPLICATION_DESTINATION, &rd, true).await.unwrap();
         assert_eq!(found, ["VolumeSnapshot apps/img at dr: no space left"]);
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_destination_the_sites_node_ports_cannot_serve_says_how_to_fix_it() {
+        let rd = |message: &str| {
+            json!({"metadata": {"name": "coldsite-data", "namespace": "apps"},
+                   "status": {"conditions": [{"type": "Synchronizing", "status": "False", "reason": "Error",
+                                              "message": message}]}})
+        };
+        let (site, log) = site_holding(Value::Null, listed_watch(HashMap::new()).await);
+        let full = "Internal error occurred: failed to allocate a nodePort: range is full";
+        let found = blockers(&site, "dr", REPLICATION_DESTINATION, &rd(full), false)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].contains(full), "VolSync's own words stay: {}", found[0]);
+        assert!(
+            found[0].contains("spec.replication.serviceType: ClusterIP on Site dr")
+                && found[0].contains("--service-node-port-range"),
+            "and the fixes follow: {}",
+            found[0]
+        );
+        let other = blockers(&site, "dr", REPLICATION_DESTINATION, &rd("quota exceeded"), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            other,
+            ["ReplicationDestination apps/coldsite-data at dr: Synchronizing False (Error): quota exceeded"]
+        );
         assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
     }
 
@@ -1700,12 +1747,7 @@ mod tests {
                 .to_string(),
             ],
         )]);
-        let (changes, _) = tokio::sync::broadcast::channel(1);
-        let watch = crate::site_watch::SiteWatch::start("dr", crate::site_watch::Source::Given(given), changes);
-        while !watch.listed() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let (site, log) = site_holding(Value::Null, watch);
+        let (site, log) = site_holding(Value::Null, listed_watch(given).await);
         let target = SiteModel {
             name: "dr".into(),
             ..SiteModel::default()
