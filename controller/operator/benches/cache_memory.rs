@@ -79,7 +79,7 @@ struct Cached {
     per_point: bool,
 }
 
-const CACHED: [Cached; 8] = [
+const CACHED: [Cached; 9] = [
     Cached::one(
         "hq",
         "virtualmachines",
@@ -114,6 +114,9 @@ const CACHED: [Cached; 8] = [
             include_str!("fixtures/dr-volumesnapshots.json"),
         )
     },
+    // A destination's Service as VolSync makes it behind a load balancer (the scale run's,
+    // which ran ClusterIP, with the fields a LoadBalancer Service adds).
+    Cached::one("dr", "services", include_str!("fixtures/dr-services.json")),
     Cached::one("mgmt", "protectedvms", include_str!("fixtures/mgmt-protectedvms.json")),
 ];
 
