@@ -1,7 +1,8 @@
 //! `coldsite-scale`: measures coldsite-controller as it ships (a release build, in a process
 //! of its own) against three real control planes (management, HQ, DR) with the real
 //! VolSync and snapshot controllers at the sites and the site simulator in its own
-//! process. It protects N VMs, stays idle (or, with `--rpo` short enough, syncs on schedule
+//! process. Once the N VMs' disks are bound at HQ (a protected VM has its disks: their
+//! provisioning is the site's), it starts the controller, protects the VMs, stays idle (or, with `--rpo` short enough, syncs on schedule
 //! and prints the cost per sync), then runs a test failover of one plan over all of them,
 //! and prints what coldsite asked of each API server (from their audit logs,
 //! which record only coldsite's identity), its memory and CPU beside the simulator's and
@@ -34,9 +35,10 @@ use kube::api::{Api, PostParams};
 #[command(name = "coldsite-scale", version, verbatim_doc_comment)]
 /// Measures coldsite-controller at scale on real API servers and prints the figures.
 ///
-/// It starts three control planes (management, HQ, DR) on loopback, N one-disk VMs at HQ,
-/// a ProtectedVM each, and a plan of dependent groups over all of them; then measures
-/// protection, an idle window, and a test failover of the plan.
+/// It starts three control planes (management, HQ, DR) on loopback, N one-disk VMs at HQ
+/// (and waits until their disks are bound), a ProtectedVM each, and a plan of dependent
+/// groups over all of them; then measures protection, an idle window, and a test failover
+/// of the plan.
 struct Args {
     /// VMs at HQ, each protected, all in one plan.
     #[arg(long, default_value_t = 1000)]
@@ -80,6 +82,29 @@ struct Args {
     /// Keep the logs (controller, simulator, API servers' audit) after the bench.
     #[arg(long)]
     keep: bool,
+}
+
+/// The site simulator over HQ and DR, in its own process, logging into `dir`.
+fn start_simulator(bin: &Path, args: &Args, hq: &Cluster, dr: &Cluster, dir: &Path) -> Result<tokio::process::Child> {
+    tokio::process::Command::new(bin)
+        .args(["--site", &format!("hq={}", hq.cp.kubeconfig_path().display())])
+        .args(["--site", &format!("dr={}", dr.cp.kubeconfig_path().display())])
+        .args([
+            "--namespace",
+            NS,
+            "--namespace",
+            &coldsite_engine::names::test_namespace(NS),
+        ])
+        .args(["--boot-delay-ms", &(args.boot_secs * 1000).to_string()])
+        .args(args.shared_network.then_some("--shared-network"))
+        // A pass over thousands of VMs takes longer than the default 20 s.
+        .args(["--pass-timeout-secs", &(20 + args.vms / 10).to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(std::fs::File::create(dir.join("simulator.log"))?))
+        .stderr(Stdio::from(std::fs::File::create(dir.join("simulator.err"))?))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the site simulator")
 }
 
 /// The node ports of a site's default range (30000-32767), one per LoadBalancer Service.
@@ -202,28 +227,24 @@ impl Bench {
                 ),
             );
         }
+        let simulator = start_simulator(simulator, &args, &hq, &dr, dir.path())?;
         say(start, format!("creating {} VMs at HQ", args.vms));
         scale::create_vms(&hq.admin, args.vms, 16).await?;
+        // Protected VMs have their disks: their provisioning is the site's, not coldsite's.
+        let ticker = Ticker::new(start);
+        let bound = scale::poll(
+            Duration::from_secs(args.phase_timeout_min * 60),
+            Duration::from_secs(2),
+            || async {
+                let k = scale::count_bound_disks(&hq.admin).await?;
+                ticker.say(|| format!("{k}/{} disks bound at HQ", args.vms));
+                Ok((k >= args.vms).then_some(()))
+            },
+        )
+        .await?;
+        anyhow::ensure!(bound.is_some(), "the VMs' disks were not bound at HQ in time");
+        say(start, "the VMs' disks are bound at HQ");
         scale::plan(&mgmt.admin, args.vms, args.groups).await?;
-        let simulator = tokio::process::Command::new(simulator)
-            .args(["--site", &format!("hq={}", hq.cp.kubeconfig_path().display())])
-            .args(["--site", &format!("dr={}", dr.cp.kubeconfig_path().display())])
-            .args([
-                "--namespace",
-                NS,
-                "--namespace",
-                &coldsite_engine::names::test_namespace(NS),
-            ])
-            .args(["--boot-delay-ms", &(args.boot_secs * 1000).to_string()])
-            .args(args.shared_network.then_some("--shared-network"))
-            // A pass over thousands of VMs takes longer than the default 20 s.
-            .args(["--pass-timeout-secs", &(20 + args.vms / 10).to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(std::fs::File::create(dir.path().join("simulator.log"))?))
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("simulator.err"))?))
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the site simulator")?;
         let kubeconfig = mgmt.write_coldsite_kubeconfig(dir.path())?;
         let controller = ControllerProcess::start(
             controller,

@@ -200,6 +200,14 @@ pub async fn plan(mgmt: &Client, n: usize, groups: usize) -> Result<()> {
     Ok(())
 }
 
+/// How many of the VMs' disks at HQ are Bound.
+pub async fn count_bound_disks(hq: &Client) -> Result<usize> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(hq.clone(), NS);
+    let list = pvcs.list(&Default::default()).await?;
+    let bound = |p: &&PersistentVolumeClaim| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    Ok(list.items.iter().filter(bound).count())
+}
+
 /// How many ProtectedVMs show `phase`.
 pub async fn count_phase(mgmt: &Client, phase: &str) -> Result<usize> {
     let pvms = dynamic(mgmt, NS, "coldsite.io", "v1alpha1", "ProtectedVM", "protectedvms");
